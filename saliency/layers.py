@@ -1,0 +1,256 @@
+"""What each layer type means for units: a registry, one entry per layer type.
+
+A *unit* is one output channel of a producer layer (Linear, Conv1d, Conv2d).
+Between a producer and the layers that consume its channels sit *per-channel*
+modules (BatchNorm, elementwise activations, pooling, dropout, identity). Each
+layer kind is described by a small spec object held in a dict, so a new layer
+type is one new entry, never a rewrite of the tracer or the surgery
+(the pattern of ``torch/ao/pruning``'s per-pattern surgery functions).
+
+* :data:`PRODUCERS` -- layers whose output channels are units and whose input
+  channels can be sliced when they consume units: how to slice rows and
+  columns, how to fold a constant input into the bias, how many MACs they cost.
+* :data:`CHANNEL_MODULES` -- per-channel modules: which of their tensors are
+  per channel (sliced along dim 0 with the units), how a constant per channel
+  passes through them, and whether they keep a constant map constant.
+
+Reference: U. Evci, *Detecting Dead Weights and Units in Neural Networks*,
+NYU 2018 (``shared/seeds/004_...``), Sec. 1.2.3 (units, Table 1.1) and
+Sec. 1.2.4 (bias propagation, eq. 1.5-1.6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "ProducerSpec",
+    "ChannelSpec",
+    "PRODUCERS",
+    "CHANNEL_MODULES",
+    "ELEMENTWISE_FUNCTIONS",
+    "ELEMENTWISE_METHODS",
+    "DROPOUT_FUNCTIONS",
+    "POOL_FUNCTIONS",
+    "effective_tensor",
+    "register_channel_module",
+]
+
+
+def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """Return ``module.<name>`` as the forward pass would see it now.
+
+    For a tensor pruned with :mod:`torch.nn.utils.prune` the attribute is only
+    refreshed by the forward pre-hook, so it is recomputed here from
+    ``<name>_orig * <name>_mask``.
+    """
+    orig = module._parameters.get(name + "_orig")
+    if orig is not None:
+        return orig * getattr(module, name + "_mask")
+    return getattr(module, name, None)
+
+
+@dataclass(frozen=True)
+class ProducerSpec:
+    """How a producer/consumer layer type is treated.
+
+    Attributes:
+        out_attr: attribute holding the number of output channels.
+        in_attr: attribute holding the number of input channels.
+        fold: ``fold(module, channels, values) -> bias delta``: the change of
+            the layer's output bias when input channels ``channels`` are fed
+            the constants ``values`` instead of data.
+        fold_exact: whether that fold is exact everywhere (False for a
+            zero-padded convolution, which sees zeros at the borders).
+        macs: ``macs(module, input, output) -> int`` multiply-accumulates of one
+            forward call.
+        check_consumer: returns an error message when this layer cannot
+            consume units channel-wise (e.g. grouped convolution), else None.
+    """
+
+    out_attr: str
+    in_attr: str
+    fold: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    fold_exact: Callable[[nn.Module], bool]
+    macs: Callable[[nn.Module, torch.Tensor, torch.Tensor], int]
+    check_consumer: Callable[[nn.Module], str | None]
+    channel_dim_of_input: int = 1
+
+
+def _linear_fold(module: nn.Linear, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    w = effective_tensor(module, "weight")
+    return w[:, cols] @ values.to(w.dtype)
+
+
+def _conv_fold(module: nn.Module, chans: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    w = effective_tensor(module, "weight")
+    spatial = tuple(range(2, w.dim()))
+    return w[:, chans].sum(dim=spatial) @ values.to(w.dtype)
+
+
+def _conv_fold_exact(module: nn.Module) -> bool:
+    # Reflect, replicate and circular padding repeat the constant, so only zero
+    # padding breaks the fold at the borders.
+    if module.padding_mode != "zeros":
+        return True
+    if isinstance(module.padding, str):
+        return module.padding == "valid" or all(k == 1 for k in module.kernel_size)
+    return all(p == 0 for p in module.padding)
+
+
+def _linear_macs(module: nn.Linear, inp: torch.Tensor, out: torch.Tensor) -> int:
+    return int(out.numel()) * module.in_features
+
+
+def _conv_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
+    per_output = module.in_channels // module.groups
+    for k in module.kernel_size:
+        per_output *= k
+    return int(out.numel()) * per_output
+
+
+def _linear_check(module: nn.Module) -> str | None:
+    return None
+
+
+def _conv_check(module: nn.Module) -> str | None:
+    if module.groups != 1:
+        return f"grouped convolution (groups={module.groups}) couples its input channels"
+    return None
+
+
+_LINEAR = ProducerSpec("out_features", "in_features", _linear_fold, lambda m: True,
+                       _linear_macs, _linear_check)
+_CONV = ProducerSpec("out_channels", "in_channels", _conv_fold, _conv_fold_exact,
+                     _conv_macs, _conv_check)
+
+#: Producer (and consumer) layer types. Output channels of these are units.
+PRODUCERS: dict[type, ProducerSpec] = {
+    nn.Linear: _LINEAR,
+    nn.Conv1d: _CONV,
+    nn.Conv2d: _CONV,
+}
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """How a per-channel module type is treated.
+
+    Attributes:
+        tensors: names of the module's per-channel parameters and buffers
+            (sliced along dim 0 when units are removed). A callable receives
+            the module and returns the names (e.g. PReLU with one shared slope
+            has none).
+        push: ``push(module, x) -> y``: the module applied, in eval mode, to a
+            tensor holding one constant per channel, shaped ``(1, C, 1, ...)``.
+        keeps_constant: whether a spatially constant map stays constant (and
+            equal) through the module; False, e.g., for average pooling that
+            counts zero padding.
+        masks: names of per-channel parameters to mask in :func:`mask_units`.
+        count_attr: attribute holding the number of channels, if any.
+    """
+
+    tensors: Callable[[nn.Module], tuple[str, ...]]
+    push: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    keeps_constant: Callable[[nn.Module], bool] = lambda m: True
+    masks: Callable[[nn.Module], tuple[str, ...]] = lambda m: ()
+    count_attr: str | None = None
+
+
+def _bn_tensors(m: nn.Module) -> tuple[str, ...]:
+    return tuple(n for n in ("weight", "bias", "running_mean", "running_var")
+                 if getattr(m, n, None) is not None)
+
+
+def _bn_push(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    w = effective_tensor(m, "weight")
+    b = effective_tensor(m, "bias")
+    if m.running_mean is None:
+        # Normalizing with batch statistics maps a constant channel to its bias.
+        out = torch.zeros_like(x)
+        if b is not None:
+            out = out + b.view((1, -1) + (1,) * (x.dim() - 2))
+        return out
+    return F.batch_norm(x, m.running_mean, m.running_var, w, b, False, 0.0, m.eps)
+
+
+def _no_tensors(m: nn.Module) -> tuple[str, ...]:
+    return ()
+
+
+def _call(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m(x)
+
+
+def _identity(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _prelu_tensors(m: nn.PReLU) -> tuple[str, ...]:
+    return ("weight",) if m.num_parameters > 1 else ()
+
+
+def _prelu_push(m: nn.PReLU, x: torch.Tensor) -> torch.Tensor:
+    return F.prelu(x, effective_tensor(m, "weight"))
+
+
+def _avgpool_keeps(m: nn.Module) -> bool:
+    pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
+    return not (m.count_include_pad and any(p > 0 for p in pad))
+
+
+_BN = ChannelSpec(_bn_tensors, _bn_push, masks=lambda m: tuple(
+    n for n in ("weight", "bias") if getattr(m, n, None) is not None), count_attr="num_features")
+_ELEMENTWISE = ChannelSpec(_no_tensors, _call)
+_SHAPE_ONLY = ChannelSpec(_no_tensors, _identity)  # pooling, dropout, identity
+_AVGPOOL = ChannelSpec(_no_tensors, _identity, keeps_constant=_avgpool_keeps)
+
+#: Per-channel module types that may sit between a producer and its consumers.
+CHANNEL_MODULES: dict[type, ChannelSpec] = {
+    nn.BatchNorm1d: _BN,
+    nn.BatchNorm2d: _BN,
+    nn.PReLU: ChannelSpec(_prelu_tensors, _prelu_push, masks=_prelu_tensors),
+    **{cls: _ELEMENTWISE for cls in (
+        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
+        nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
+        nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink,
+        nn.Hardshrink, nn.Threshold)},
+    **{cls: _SHAPE_ONLY for cls in (
+        nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
+        nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)},
+    nn.AvgPool1d: _AVGPOOL,
+    nn.AvgPool2d: _AVGPOOL,
+}
+
+
+def register_channel_module(cls: type, spec: ChannelSpec) -> None:
+    """Declare a new per-channel module type (e.g. a switch layer)."""
+    CHANNEL_MODULES[cls] = spec
+
+
+#: Functions (``torch.*``, ``F.*``) that act elementwise on their first argument.
+ELEMENTWISE_FUNCTIONS: set = {
+    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.celu,
+    F.selu, F.gelu, F.silu, F.mish, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
+    F.hardtanh, F.hardsigmoid, F.hardswish, F.softplus, F.softsign, F.logsigmoid,
+    F.tanhshrink, F.softshrink, F.hardshrink, F.threshold, torch.abs, torch.clamp,
+}
+#: Dropout functions: identity in eval mode, elementwise in training.
+DROPOUT_FUNCTIONS: set = {F.dropout, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout}
+#: Functions that keep a constant channel constant (pooling; treated as identity).
+POOL_FUNCTIONS: set = {
+    F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.dropout1d, F.dropout2d,
+    torch.max_pool1d, torch.max_pool2d,
+}
+#: Tensor methods that act elementwise.
+ELEMENTWISE_METHODS: set = {
+    "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "abs", "clamp", "clamp_",
+    "contiguous", "float", "double", "exp", "neg",
+}
