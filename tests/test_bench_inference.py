@@ -1,0 +1,171 @@
+"""The inference benchmark on tiny models: JSON contract and MAC reductions.
+
+Timings on tiny models are noise; only their structure is checked. That unit
+removal is exact is tested with the surgery itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pruners
+from experiments.bench import inference
+from experiments.models import mlp, small_cnn
+
+TINY = dict(mlp_widths=(64, 96, 96, 10),
+            cnn=dict(widths=(8, 16), hidden=32, image_size=12),
+            batches=(16, 1), reductions=(2, 3, 5, 10), mask_reduction=5)
+
+
+@pytest.fixture(scope="module")
+def run():
+    buf = io.StringIO()
+    result = inference.main(["--quick", "--repeats", "2"], file=buf, **TINY)
+    return result, buf.getvalue()
+
+
+def test_last_line_is_the_json_object(run):
+    result, text = run
+    lines = text.rstrip("\n").split("\n")
+    parsed = json.loads(lines[-1])
+    assert parsed == json.loads(json.dumps(result))
+    assert set(parsed) >= {"benchmark", "cases", "targets", "targets_met"}
+    assert parsed["benchmark"] == "inference"
+    assert isinstance(parsed["targets_met"], bool)
+    assert parsed["targets"] == {
+        "mlp": {"batch": 256, "max_reduction": 5.0, "min_ratio": 0.8},
+        "small_cnn": {"batch": 256, "max_reduction": 3.0, "min_ratio": 0.5},
+    }
+    # one JSON object only, and it is last: no other line parses as one
+    for line in lines[:-1]:
+        assert not line.startswith("{")
+    # the table names every case
+    assert sum(1 for line in lines if line.startswith(("mlp ", "small_cnn "))) == 20
+
+
+def test_cases_cover_models_batches_reductions(run):
+    cases = run[0]["cases"]
+    assert len(cases) == 2 * 2 * (4 + 1)
+    got = {(c["model"], c["batch"], c["method"], c["target_reduction"]) for c in cases}
+    want = {(m, b, "remove", float(r)) for m in ("mlp", "small_cnn") for b in (16, 1)
+            for r in (2, 3, 5, 10)}
+    want |= {(m, b, "mask", 5.0) for m in ("mlp", "small_cnn") for b in (16, 1)}
+    assert got == want
+
+
+def test_mac_reductions_hit_their_targets(run):
+    for c in run[0]["cases"]:
+        assert abs(c["mac_reduction"] / c["target_reduction"] - 1) <= 0.10, c
+        assert c["mac_reduction"] == pytest.approx(c["macs_base"] / c["macs"], rel=1e-3)
+        if c["method"] == "remove":
+            assert c["dense_mac_reduction"] == c["mac_reduction"]
+            assert c["params"] < c["params_base"]
+        else:  # masking keeps the dense cost, and computes what removal computes
+            assert c["dense_mac_reduction"] == 1.0
+            assert c["max_abs_diff_vs_removed"] < 1e-5
+
+
+def test_macs_and_uniform_keep_fraction(run):
+    full = {"mlp": {"fc1": 96, "fc2": 96},
+            "small_cnn": {"conv1": 8, "conv2": 16, "fc1": 32}}
+    base_macs = {"mlp": 64 * 96 + 96 * 96 + 96 * 10,
+                 "small_cnn": 144 * 8 * 9 + 36 * 16 * 8 * 9 + 16 * 9 * 32 + 32 * 10}
+    for c in run[0]["cases"]:
+        assert c["macs_base"] == base_macs[c["model"]]
+        assert set(c["units"]) == set(full[c["model"]])
+        for layer, n in full[c["model"]].items():
+            assert c["units"][layer] == max(1, math.floor(c["keep_fraction"] * n + 0.5)), c
+
+
+def test_timing_fields_are_consistent(run):
+    result = run[0]
+    for c in result["cases"]:
+        assert c["ms_base"] > 0 and c["ms"] > 0
+        assert c["calls_base"] >= 2 and c["calls"] >= 2
+        assert c["speedup"] == pytest.approx(c["ms_base"] / c["ms"], rel=1e-3)
+        assert c["ratio"] == pytest.approx(c["speedup"] / c["mac_reduction"], rel=1e-3)
+        # targets are set at batch 256 only
+        assert c["in_target"] is False and c["meets_target"] is None
+    assert result["targets_met"] is False  # nothing in scope: not demonstrated
+    # the same unpruned timing serves every case of one model and batch
+    for model in ("mlp", "small_cnn"):
+        for batch in (16, 1):
+            base = {c["ms_base"] for c in result["cases"]
+                    if c["model"] == model and c["batch"] == batch}
+            assert len(base) == 1
+
+
+def test_prune_to_reduction_leaves_the_model_alone():
+    torch.manual_seed(0)
+    net = mlp([20, 40, 40, 3])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.zeros(1, 20)
+    p = inference.prune_to_reduction(net, x, 4.0, seed=1)
+    assert {k: v.shape for k, v in net.state_dict().items()} == \
+        {k: v.shape for k, v in before.items()}
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+    assert p.macs == pruners.count_macs(p.model, x)
+    assert p.macs_base == 20 * 40 + 40 * 40 + 40 * 3
+    assert abs(p.reduction / 4.0 - 1) <= 0.10
+    assert p.model.fc1.out_features == p.kept["fc1"] == p.kept["fc2"] == 40 - len(
+        p.units["fc1"])
+    # same seed, same units
+    assert inference.prune_to_reduction(net, x, 4.0, seed=1).units == p.units
+
+
+def test_prune_to_reduction_rejects_unreachable_targets():
+    net = mlp([20, 4, 3])
+    x = torch.zeros(1, 20)
+    with pytest.raises(ValueError, match="out of reach"):
+        inference.prune_to_reduction(net, x, 100.0)
+    with pytest.raises(ValueError, match="> 1"):
+        inference.prune_to_reduction(net, x, 1.0)
+
+
+def test_uniform_units_nested_and_at_least_one():
+    order = {"a": torch.tensor([3, 0, 2, 1]), "b": torch.arange(10)}
+    assert inference.uniform_units({"a": 4, "b": 10}, 1.0, order) == {}
+    assert inference.uniform_units({"a": 4, "b": 10}, 0.5, order) == {
+        "a": [3, 0], "b": [0, 1, 2, 3, 4]}
+    assert inference.uniform_units({"a": 4, "b": 10}, 0.0, order) == {
+        "a": [3, 0, 2], "b": list(range(9))}
+
+
+def test_bad_repeats_is_a_usage_error():
+    with pytest.raises(SystemExit):
+        inference.main(["--repeats", "0"], file=io.StringIO(), **TINY)
+
+
+def test_model_factories():
+    net = mlp([784, 1024, 1024, 10])
+    assert [n for n, _ in net.named_children()] == ["flatten", "fc1", "act1", "fc2", "act2",
+                                                    "fc3"]
+    images = torch.zeros(1, 1, 28, 28)
+    assert net(images).shape == (1, 10) and net(torch.zeros(1, 784)).shape == (1, 10)
+    assert pruners.count_macs(net, images) == 784 * 1024 + 1024 * 1024 + 1024 * 10
+    drop = mlp([8, 6, 4, 2], activation=nn.Tanh, bias=False, dropout=0.5)
+    assert [type(m) for m in drop] == [nn.Flatten, nn.Linear, nn.Tanh, nn.Dropout, nn.Linear,
+                                       nn.Tanh, nn.Dropout, nn.Linear]
+    assert drop.fc1.bias is None
+    assert pruners.trace(drop).prunable == ["fc1", "fc2"]
+
+    cnn = small_cnn()
+    assert {"conv1", "bn1", "conv2", "bn2", "fc1", "fc2"} <= dict(cnn.named_modules()).keys()
+    assert cnn(images).shape == (1, 10)
+    assert pruners.trace(cnn, images).prunable == ["conv1", "conv2", "fc1"]
+    assert pruners.count_macs(cnn, images) == (28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9
+                                               + 64 * 7 * 7 * 256 + 256 * 10)
+    rgb = small_cnn(in_channels=3, num_classes=5, widths=(4, 8, 8), hidden=16, image_size=17)
+    assert rgb(torch.zeros(2, 3, 17, 17)).shape == (2, 5)
+    assert rgb.fc1.in_features == 8 * 2 * 2
+
+    for bad in (lambda: mlp([10]), lambda: mlp([10, 0, 2]), lambda: mlp([4, 2], dropout=1.0),
+                lambda: small_cnn(widths=()), lambda: small_cnn(image_size=3, widths=(4, 4))):
+        with pytest.raises(ValueError):
+            bad()
