@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from saliency.layers import PRODUCERS
+from saliency.layers import PRODUCERS, eval_mode
 
 __all__ = ["count_params", "count_macs"]
 
@@ -46,13 +46,10 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if type(m) in PRODUCERS]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example_input)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return total // max(1, int(example_input.shape[0]))

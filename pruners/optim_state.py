@@ -20,26 +20,38 @@ __all__ = ["check_optimizer_state", "slice_param"]
 
 
 def check_optimizer_state(optimizer, params: Mapping[str, torch.Tensor]) -> None:
-    """Raise ValueError if some state of ``params`` cannot be sliced.
+    """Raise ValueError if the optimizer's state cannot follow a shrink.
 
-    Called before any change, so an unsupported optimizer (e.g. L-BFGS, whose
-    state is one flat vector) leaves model and optimizer untouched.
+    Every state entry of every parameter the optimizer holds must be a scalar
+    or a tensor shaped like its parameter: an optimizer whose state couples
+    parameters (L-BFGS keeps flat vectors over all of them on the first one)
+    is refused whichever parameters change. Called before any change, so a
+    refusal leaves model and optimizer untouched. ``params`` names the
+    parameters that will change (for the messages).
     """
     if optimizer is None:
         return
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                         f"{type(optimizer).__name__}")
-    for name, p in params.items():
-        state = optimizer.state.get(p)
-        if not state:
-            continue
-        for key, val in state.items():
-            if isinstance(val, torch.Tensor) and val.dim() > 0 and val.shape != p.shape:
+    names = {id(p): n for n, p in params.items()}
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            name = names.get(id(p), f"param_groups[{gi}]['params'][{pi}]")
+            for key, val in state.items():
+                scalar = isinstance(val, (int, float, bool)) or (
+                    isinstance(val, torch.Tensor) and val.dim() == 0)
+                if scalar or (isinstance(val, torch.Tensor) and val.shape == p.shape):
+                    continue
+                what = (f"has shape {tuple(val.shape)}" if isinstance(val, torch.Tensor)
+                        else f"is a {type(val).__name__}")
                 raise ValueError(
-                    f"optimizer state {key!r} of parameter {name!r} has shape "
-                    f"{tuple(val.shape)}, neither a scalar nor the parameter's shape "
-                    f"{tuple(p.shape)}: {type(optimizer).__name__} state cannot be sliced")
+                    f"optimizer state {key!r} of parameter {name!r} {what}, neither a "
+                    f"scalar nor shaped like the parameter {tuple(p.shape)}: "
+                    f"{type(optimizer).__name__} state cannot be sliced")
 
 
 def slice_param(p: torch.Tensor, dim: int, keep: torch.Tensor, optimizer=None) -> None:

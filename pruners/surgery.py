@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch.nn.utils import prune
 
 from saliency.graph import UnitGraph, default_example_input, trace
-from saliency.layers import CHANNEL_MODULES, PRODUCERS, effective_tensor
+from saliency.layers import CHANNEL_MODULES, PRODUCERS, effective_tensor, eval_mode
 from saliency.replacement import fold_deltas, iter_inputs, replacement_hooks, unit_means
 
 from .metrics import count_macs, count_params
@@ -181,8 +181,10 @@ def _example(model: nn.Module, example_input: torch.Tensor | None, data) -> torc
 
 def _apply(model, units, replacement, data, optimizer, example_input, exclude, min_units,
            *, physical: bool) -> RemovalReport:
-    if data is not None and iter(data) is data:
-        data = list(data)  # a one-pass iterator is read several times below
+    if data is not None:
+        if iter(data) is data:
+            data = list(data)  # a one-pass iterator is read several times below
+        next(iter_inputs(data))  # fail early on empty or malformed data
     example = _example(model, example_input, data)
     graph = trace(model, example, exclude=exclude)
     removed = {n: i for n, i in graph.validate_units(units, min_units=min_units).items()
@@ -231,7 +233,7 @@ def _constants(model, graph: UnitGraph, units, removed, replacement, data
     out: dict[str, torch.Tensor] = {}
     if isinstance(replacement, str):
         if replacement == "zero":
-            return {n: torch.zeros(i.numel()) for n, i in removed.items()}
+            return {n: torch.zeros(i.numel(), dtype=torch.float64) for n, i in removed.items()}
         if replacement == "mean":
             if data is None:
                 raise ValueError('replacement="mean" needs data= to measure the unit means')
@@ -261,9 +263,11 @@ def _constants(model, graph: UnitGraph, units, removed, replacement, data
         for name, idx in removed.items():
             val = given[name]
             if isinstance(val, (int, float)):
-                out[name] = torch.full((idx.numel(),), float(val))
+                out[name] = torch.full((idx.numel(),), float(val), dtype=torch.float64)
                 continue
-            val = torch.as_tensor(val).reshape(-1)
+            if not isinstance(val, torch.Tensor):
+                val = torch.as_tensor(val, dtype=torch.float64)
+            val = val.reshape(-1)
             order = torch.as_tensor(list(units[name]) if not isinstance(units[name], torch.Tensor)
                                     else units[name]).reshape(-1)
             if val.numel() != order.numel():
@@ -305,6 +309,8 @@ def _add_to_bias(module: nn.Module, delta: torch.Tensor, optimizer) -> None:
     if slots:
         slots[0].add_(delta.to(slots[0]))
         return
+    if not bool((delta != 0).any()):
+        return  # nothing to fold: no need for a bias
     w = _tensor_slots(module, "weight")[0]
     bias = nn.Parameter(delta.to(w).clone(), requires_grad=w.requires_grad)
     module.bias = bias
@@ -389,13 +395,10 @@ def _mask_units(model, graph: UnitGraph, removed) -> None:
 
 def _outputs(model: nn.Module, data, constants) -> list[torch.Tensor]:
     """Eval-mode outputs over data, with optional units held at constants."""
-    was_training = model.training
     handles = replacement_hooks(model, constants)
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             return [model(x).detach().clone() for x in iter_inputs(data)]
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)

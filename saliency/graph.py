@@ -29,6 +29,7 @@ from .layers import (
     ELEMENTWISE_METHODS,
     POOL_FUNCTIONS,
     PRODUCERS,
+    eval_mode,
 )
 
 __all__ = ["UnsupportedArchitecture", "ChannelOp", "Edge", "Producer", "UnitGraph", "trace"]
@@ -182,13 +183,24 @@ class UnitGraph:
 def _as_index_tensor(name: str, idx: Any) -> torch.Tensor:
     if isinstance(idx, torch.Tensor):
         t = idx.detach().cpu()
+        if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+            raise ValueError(f"layer {name!r}: indices must be integers, got dtype {t.dtype}")
     else:
+        items = [idx] if isinstance(idx, int) else idx
         try:
-            t = torch.as_tensor(list(idx) if not isinstance(idx, (int,)) else [idx])
-        except Exception as exc:  # noqa: BLE001 - reported with context
+            items = list(items)
+        except TypeError as exc:
             raise ValueError(f"layer {name!r}: indices must be integers, got {idx!r}") from exc
-    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-        raise ValueError(f"layer {name!r}: indices must be integers, got dtype {t.dtype}")
+        for pos, v in enumerate(items):
+            if isinstance(v, (list, tuple)):
+                raise ValueError(f"layer {name!r}: indices must be 1-D, got a nested {v!r}")
+            ok = isinstance(v, int) and not isinstance(v, bool)
+            ok = ok or (hasattr(v, "dtype") and getattr(v, "ndim", 1) == 0
+                        and "int" in str(v.dtype))
+            if not ok:
+                raise ValueError(f"layer {name!r}: index {v!r} at position {pos} is not an "
+                                 "integer")
+        t = torch.tensor([int(v) for v in items], dtype=torch.long)
     if t.dim() > 1:
         raise ValueError(f"layer {name!r}: indices must be 1-D, got shape {tuple(t.shape)}")
     return t.reshape(-1).long()
@@ -307,17 +319,13 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     except Exception as exc:  # noqa: BLE001
         raise UnsupportedArchitecture(
             f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             ShapeProp(gm).propagate(example_input)
     except Exception as exc:  # noqa: BLE001
         cause = exc.__cause__ or exc
         raise ValueError(f"the model does not run on example_input of shape "
                          f"{tuple(example_input.shape)}: {str(cause).splitlines()[0]}") from exc
-    finally:
-        model.train(was_training)
 
     producers: dict[str, Producer] = {}
     seen_calls: dict[str, int] = {}
@@ -345,10 +353,13 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
                 raise UnsupportedArchitecture(
                     f"{_describe(node)}: layer {name!r} is called {seen_calls[name]} times "
                     "(shared weights)")
+            why = spec.check(mod)
+            if why:
+                raise UnsupportedArchitecture(f"{_describe(node)}: {why}")
             if isinstance(mod, nn.Linear) and shape is not None and len(shape) != 2:
                 raise UnsupportedArchitecture(
                     f"{_describe(node)}: Linear output of shape {shape} is not (batch, features)")
-            _walk(gm, node, prod, owner)
+            _walk(gm, node, prod, owner, seen_calls)
         except UnsupportedArchitecture as exc:
             raise UnsupportedArchitecture(
                 f"{exc} [reached from producer {name!r}; pass exclude=[{name!r}] to leave "
@@ -356,13 +367,14 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     return UnitGraph(producers, tuple(example_input.shape))
 
 
-def _walk(gm: fx.GraphModule, start: fx.Node, prod: Producer, owner: dict[str, str]) -> None:
+def _walk(gm: fx.GraphModule, start: fx.Node, prod: Producer, owner: dict[str, str],
+          calls: dict[str, int]) -> None:
     """Depth-first walk from a producer's output to its consumers."""
     stack: list[tuple[fx.Node, tuple[ChannelOp, ...], int | None]] = [(start, (), None)]
     while stack:
         node, path, block = stack.pop()
         for user in list(node.users):
-            step = _classify(gm, user, node, block)
+            step = _classify(gm, user, node, block, calls)
             kind = step[0]
             if kind == "meta":
                 continue
@@ -395,7 +407,8 @@ def _claim(owner: dict[str, str], module: str, producer: str, node: fx.Node) -> 
             f"and {producer!r}")
 
 
-def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None):
+def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None,
+              calls: dict[str, int]):
     """Decide what ``user`` does with the channels of ``src``."""
     flat = block is not None
     if user.op == "output":
@@ -407,7 +420,7 @@ def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None
             raise UnsupportedArchitecture(f"{_describe(user)} takes more than one tensor input")
         spec = PRODUCERS.get(type(mod))
         if spec is not None:
-            why = spec.check_consumer(mod)
+            why = spec.check(mod)
             if why:
                 raise UnsupportedArchitecture(f"{_describe(user)}: {why}")
             ins = _shape(src)
@@ -417,6 +430,10 @@ def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None
                     "positions, not channels (flatten it first)")
             if flat and not isinstance(mod, nn.Linear):
                 raise UnsupportedArchitecture(f"{_describe(user)} consumes a flattened map")
+            if calls.get(user.target, 1) > 1:
+                raise UnsupportedArchitecture(
+                    f"{_describe(user)}: layer {user.target!r} is called "
+                    f"{calls[user.target]} times (shared weights)")
             return ("consumer",)
         if isinstance(mod, nn.Flatten):
             if flat:

@@ -21,8 +21,9 @@ Sec. 1.2.4 (bias propagation, eq. 1.5-1.6).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -38,8 +39,25 @@ __all__ = [
     "DROPOUT_FUNCTIONS",
     "POOL_FUNCTIONS",
     "effective_tensor",
+    "eval_mode",
     "register_channel_module",
 ]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own flag after.
+
+    Restoring per module keeps mixed modes (e.g. a frozen BatchNorm in a
+    training model) as the caller had them, also when an error is raised.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
@@ -69,8 +87,9 @@ class ProducerSpec:
             zero-padded convolution, which sees zeros at the borders).
         macs: ``macs(module, input, output) -> int`` multiply-accumulates of one
             forward call.
-        check_consumer: returns an error message when this layer cannot
-            consume units channel-wise (e.g. grouped convolution), else None.
+        check: returns an error message when this layer's channels cannot be
+            treated one by one, as a producer or as a consumer (e.g. grouped
+            convolution couples them), else None.
     """
 
     out_attr: str
@@ -78,7 +97,7 @@ class ProducerSpec:
     fold: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     fold_exact: Callable[[nn.Module], bool]
     macs: Callable[[nn.Module, torch.Tensor, torch.Tensor], int]
-    check_consumer: Callable[[nn.Module], str | None]
+    check: Callable[[nn.Module], str | None]
     channel_dim_of_input: int = 1
 
 
@@ -120,7 +139,7 @@ def _linear_check(module: nn.Module) -> str | None:
 
 def _conv_check(module: nn.Module) -> str | None:
     if module.groups != 1:
-        return f"grouped convolution (groups={module.groups}) couples its input channels"
+        return f"grouped convolution (groups={module.groups}) couples its channels"
     return None
 
 

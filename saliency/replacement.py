@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .graph import ChannelOp, Edge, UnitGraph
-from .layers import CHANNEL_MODULES, PRODUCERS
+from .layers import CHANNEL_MODULES, PRODUCERS, eval_mode
 
 __all__ = ["iter_inputs", "unit_means", "push_constants", "fold_deltas", "replacement_hooks"]
 
@@ -76,18 +76,15 @@ def unit_means(model: nn.Module, data: Iterable, layers: Iterable[str]) -> dict[
             counts[name] += out.numel() // out.shape[1]
         return hook
 
-    was_training = model.training
     try:
         for n in layers:
             handles.append(mods[n].register_forward_hook(make_hook(n)))
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for x in iter_inputs(data):
                 model(x)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return {n: (sums[n] / counts[n]).to(mods[n].weight.dtype) for n in layers}
 
 

@@ -25,8 +25,15 @@ TINY = dict(mlp_widths=(64, 96, 96, 10),
 
 @pytest.fixture(scope="module")
 def run():
-    buf = io.StringIO()
-    result = inference.main(["--quick", "--repeats", "2"], file=buf, **TINY)
+    # one thread: on a busy machine, tiny multi-threaded ops can stall for a
+    # scheduler tick each; the numbers checked here do not depend on threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        buf = io.StringIO()
+        result = inference.main(["--quick", "--repeats", "2"], file=buf, **TINY)
+    finally:
+        torch.set_num_threads(threads)
     return result, buf.getvalue()
 
 
@@ -62,7 +69,7 @@ def test_cases_cover_models_batches_reductions(run):
 def test_mac_reductions_hit_their_targets(run):
     for c in run[0]["cases"]:
         assert abs(c["mac_reduction"] / c["target_reduction"] - 1) <= 0.10, c
-        assert c["mac_reduction"] == pytest.approx(c["macs_base"] / c["macs"], rel=1e-3)
+        assert c["mac_reduction"] == c["macs_base"] / c["macs"]
         if c["method"] == "remove":
             assert c["dense_mac_reduction"] == c["mac_reduction"]
             assert c["params"] < c["params_base"]
@@ -88,8 +95,10 @@ def test_timing_fields_are_consistent(run):
     for c in result["cases"]:
         assert c["ms_base"] > 0 and c["ms"] > 0
         assert c["calls_base"] >= 2 and c["calls"] >= 2
-        assert c["speedup"] == pytest.approx(c["ms_base"] / c["ms"], rel=1e-3)
-        assert c["ratio"] == pytest.approx(c["speedup"] / c["mac_reduction"], rel=1e-3)
+        assert c["spread_base"] >= 0 and c["spread"] >= 0
+        assert c["other_cpus_busy"] is None or c["other_cpus_busy"] >= 0
+        assert c["speedup"] == pytest.approx(c["ms_base"] / c["ms"], rel=1e-12)
+        assert c["ratio"] == pytest.approx(c["speedup"] / c["mac_reduction"], rel=1e-12)
         # targets are set at batch 256 only
         assert c["in_target"] is False and c["meets_target"] is None
     assert result["targets_met"] is False  # nothing in scope: not demonstrated

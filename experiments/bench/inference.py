@@ -26,9 +26,18 @@ For each case::
 
 A ratio of 1 means the MAC reduction turns fully into speed. For the masked
 model the MAC reduction is that of the units it keeps (its removed twin's);
-its dense cost is unchanged (``dense_mac_reduction`` = 1). Targets (batch
-256, removed units): ratio >= 0.8 for the MLP up to 5x MAC reduction, >= 0.5
-for the CNN up to 3x.
+its dense cost is unchanged (``dense_mac_reduction`` = 1). Its time differs
+from the original's for reasons unrelated to MACs: the ``torch.nn.utils.prune``
+forward pre-hooks rebuild every masked weight on each call (costly at batch
+1), and data-dependent kernels such as max pooling run faster on all-zero
+channels. Targets (batch 256, removed units): ratio >= 0.8 for the MLP up to
+5x MAC reduction, >= 0.5 for the CNN up to 3x.
+
+Other processes on the machine distort the timings (with two threads on two
+busy cores, a call can wait a whole scheduler tick); the CPU time other
+processes used while timing is reported per case (``other_cpus_busy``, from
+``/proc/stat``) and a warning is printed when it exceeds
+:data:`BUSY_WARNING`.
 
 Output: a table, then, last, one JSON line
 ``{"benchmark": "inference", "cases": [...], "targets": {...},
@@ -42,6 +51,7 @@ import copy
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -68,6 +78,8 @@ DEFAULT_MLP_WIDTHS = (784, 1024, 1024, 10)
 DEFAULT_CNN = {"in_channels": 1, "num_classes": 10, "widths": (32, 64), "hidden": 256,
                "image_size": 28}
 DEFAULT_REDUCTIONS = (2.0, 3.0, 5.0, 10.0)
+#: CPUs used by other processes during timing above which a warning is printed.
+BUSY_WARNING = 0.25
 
 
 # ---------------------------------------------------------------------------
@@ -107,14 +119,16 @@ class Pruned:
 
 
 def prune_to_reduction(model: nn.Module, example: torch.Tensor, target: float, *,
-                       seed: int = 0, iterations: int = 40) -> Pruned:
+                       seed: int = 0) -> Pruned:
     """Copy of ``model`` with units removed uniformly to cut MACs by ``target``.
 
     Every prunable layer of ``pruners.trace(model, example)`` keeps the same
-    fraction ``k`` of its units, chosen at random (fixed ``seed``). ``k`` is
-    found by bisection on the MACs that :func:`pruners.count_macs` measures
-    on the pruned copy; of the two keep counts that bracket the target, the
-    one nearer to it (in log scale) is returned. ``model`` is not changed.
+    fraction ``k`` of its units (:func:`uniform_units`), chosen at random
+    (fixed ``seed``). The selection is a step function of ``k``; ``k`` is
+    found by bisection over its steps, measuring each candidate's MACs with
+    :func:`pruners.count_macs` after :func:`pruners.remove_units` on a copy.
+    Of the two neighbouring steps that bracket the target, the one nearer to
+    it (in log scale) is returned. ``model`` is not changed.
 
     Raises:
         ValueError: ``target`` is not above 1, or cannot be reached even when
@@ -127,37 +141,36 @@ def prune_to_reduction(model: nn.Module, example: torch.Tensor, target: float, *
     gen = torch.Generator().manual_seed(seed)
     order = {n: torch.randperm(u, generator=gen) for n, u in num_units.items()}
     macs_base = pruners.count_macs(model, example)
-    cache: dict[tuple, tuple[nn.Module, int]] = {}
+    # the kept count round(k * n) of a layer steps up at k = (j - 1/2) / n;
+    # one k inside each interval between steps represents all selections
+    steps = sorted({(j - 0.5) / n for n in num_units.values() for j in range(1, n + 1)})
+    keeps = [0.0] + [(a + b) / 2 for a, b in zip(steps, steps[1:])] + [1.0]
+    measured: dict[int, tuple[dict[str, list[int]], nn.Module, int]] = {}
 
-    def pruned(keep: float) -> tuple[dict[str, list[int]], nn.Module, int]:
-        units = uniform_units(num_units, keep, order)
-        key = tuple(len(units.get(n, ())) for n in num_units)
-        if key not in cache:
+    def prune(i: int) -> tuple[dict[str, list[int]], nn.Module, int]:
+        if i not in measured:
+            units = uniform_units(num_units, keeps[i], order)
             twin = copy.deepcopy(model)
+            macs = macs_base
             if units:
-                pruners.remove_units(twin, units, example_input=example)
-            cache.clear()  # keep at most one copy alive besides the result
-            cache[key] = (twin, pruners.count_macs(twin, example))
-        return (units, *cache[key])
+                macs = pruners.remove_units(twin, units, example_input=example).macs_after
+            measured[i] = (units, twin, macs)
+        return measured[i]
 
-    lo, hi = 0.0, 1.0  # reduction(lo) >= target > reduction(hi)
-    units, _, macs = pruned(lo)
-    if macs_base / macs < target:
+    lo, hi = 0, len(keeps) - 1  # reduction(lo) >= target > reduction(hi) = 1
+    if macs_base / prune(lo)[2] < target:
         raise ValueError(f"a {target}x MAC reduction is out of reach: keeping one unit per "
-                         f"prunable layer gives {macs_base / macs:.3g}x")
-    best_lo, best_hi = (units, lo, macs), ({}, hi, macs_base)
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        units, twin, macs = pruned(mid)
-        if macs_base / macs >= target:
-            lo, best_lo = mid, (units, mid, macs)
+                         f"prunable layer gives {macs_base / prune(lo)[2]:.3g}x")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if macs_base / prune(mid)[2] >= target:
+            lo = mid
         else:
-            hi, best_hi = mid, (units, mid, macs)
-    units, keep, macs = min((best_lo, best_hi),
-                            key=lambda c: abs(math.log(macs_base / c[2] / target)))
-    twin, macs = pruned(keep)[1:]
+            hi = mid
+    best = min((lo, hi), key=lambda i: abs(math.log(macs_base / prune(i)[2] / target)))
+    units, twin, macs = prune(best)
     kept = {n: num_units[n] - len(units.get(n, ())) for n in num_units}
-    return Pruned(twin, units, keep, macs, macs_base, kept)
+    return Pruned(twin, units, keeps[best], macs, macs_base, kept)
 
 
 # ---------------------------------------------------------------------------
@@ -230,13 +243,13 @@ def _run_model(name: str, model: nn.Module, make_input, batches: Sequence[int],
     example = make_input(1)
     macs_base = pruners.count_macs(model, example)
     params_base = pruners.count_params(model)
-    variants: list[tuple[str, float, Pruned | None, nn.Module]] = []
+    variants: list[tuple[str, float, Pruned, nn.Module]] = []
     for target in reductions:
         p = prune_to_reduction(model, example, target, seed=seed)
         variants.append(("remove", float(target), p, p.model))
         log(f"  {name}: {target:g}x -> keep {p.keep:.3f}, units {p.kept}, "
             f"MACs {macs_base:,} -> {p.macs:,} ({p.reduction:.3f}x)")
-    mask_diff = math.nan
+    mask_diff = None
     if mask_reduction is not None:
         twin = next((v[2] for v in variants if v[1] == float(mask_reduction)), None)
         if twin is None:
@@ -253,8 +266,14 @@ def _run_model(name: str, model: nn.Module, make_input, batches: Sequence[int],
     for batch in batches:
         torch.manual_seed(seed + batch)
         x = make_input(batch)
+        busy0, cpu0, wall0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
         times = time_models([model] + [v[3] for v in variants], x, **timing)
+        busy1, cpu1, wall1 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        # CPUs kept busy by other processes while timing (None off Linux)
+        others = (None if busy0 is None or busy1 is None else
+                  max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / (wall1 - wall0))
         ms_base = statistics.median(times[0]) * 1e3
+        spread_base = _spread(times[0])
         for (method, target, twin, net), t in zip(variants, times[1:]):
             ms = statistics.median(t) * 1e3
             macs_dense = pruners.count_macs(net, example)
@@ -264,14 +283,16 @@ def _run_model(name: str, model: nn.Module, make_input, batches: Sequence[int],
             in_target, min_ratio = _target_status(name, batch, method, target)
             case = {
                 "model": name, "batch": int(batch), "method": method,
-                "target_reduction": target, "mac_reduction": round(reduction, 4),
-                "dense_mac_reduction": round(macs_base / macs_dense, 4),
+                "target_reduction": target, "mac_reduction": reduction,
+                "dense_mac_reduction": macs_base / macs_dense,
                 "keep_fraction": twin.keep, "units": dict(twin.kept),
                 "macs_base": macs_base, "macs": twin.macs,
                 "params_base": params_base, "params": pruners.count_params(net),
-                "ms_base": round(ms_base, 5), "ms": round(ms, 5),
+                "ms_base": ms_base, "ms": ms,
                 "calls_base": len(times[0]), "calls": len(t),
-                "speedup": round(speedup, 4), "ratio": round(ratio, 4),
+                "spread_base": spread_base, "spread": _spread(t),
+                "other_cpus_busy": others,
+                "speedup": speedup, "ratio": ratio,
                 "in_target": in_target,
                 "meets_target": (ratio >= min_ratio) if in_target else None,
             }
@@ -279,6 +300,32 @@ def _run_model(name: str, model: nn.Module, make_input, batches: Sequence[int],
                 case["max_abs_diff_vs_removed"] = mask_diff
             cases.append(case)
     return cases
+
+
+def _spread(times: Sequence[float]) -> float:
+    """Interquartile range over median of per-call times: a noise indicator."""
+    if len(times) < 2:
+        return 0.0
+    q = statistics.quantiles(times, n=4)
+    return (q[2] - q[0]) / q[1]
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have used since boot (Linux ``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _table(cases: Sequence[Mapping[str, Any]]) -> str:
@@ -347,6 +394,7 @@ def main(argv: Sequence[str] | None = None, *,
         print(msg, file=out, flush=True)
 
     start = time.perf_counter()
+    load_start = _loadavg()
     log(f"inference benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"repeats {repeats}{' (quick)' if args.quick else ''}")
     torch.manual_seed(args.seed)
@@ -362,6 +410,7 @@ def main(argv: Sequence[str] | None = None, *,
     scoped = [c for c in cases if c["in_target"]]
     targets_met = bool(scoped) and all(c["meets_target"] for c in scoped)
     elapsed = time.perf_counter() - start
+    load_end = _loadavg()
 
     log("")
     log(_table(cases))
@@ -371,6 +420,14 @@ def main(argv: Sequence[str] | None = None, *,
     for name, t in TARGETS.items():
         log(f"target {name}: ratio >= {t['min_ratio']} at batch {t['batch']:g} up to "
             f"{t['max_reduction']:g}x")
+    if load_start is not None:
+        log(f"load average (1 min): {load_start:.2f} at start, {load_end:.2f} at end, "
+            f"{os.cpu_count()} CPUs")
+    busy = {(c["model"], c["batch"]): c["other_cpus_busy"] for c in cases
+            if c["other_cpus_busy"] is not None and c["other_cpus_busy"] > BUSY_WARNING}
+    for (name, batch), others in busy.items():
+        log(f"WARNING: other processes kept {others:.2f} CPUs busy while {name} was timed "
+            f"at batch {batch}; those timings are unreliable")
     log(f"targets met: {targets_met}   ({elapsed:.1f} s)")
     result = {
         "benchmark": "inference",
@@ -386,6 +443,7 @@ def main(argv: Sequence[str] | None = None, *,
             "batches": [int(b) for b in batches],
             "reductions": [float(r) for r in reductions],
             "mask_reduction": mask_reduction, "seconds": round(elapsed, 2),
+            "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
         },
     }
     print(json.dumps(result, allow_nan=False), file=out, flush=True)
