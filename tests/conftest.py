@@ -1,9 +1,20 @@
 import os
 import sys
 
+import pytest
+import torch
 from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests use tiny models, which intra-op threads only slow down."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

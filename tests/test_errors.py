@@ -25,14 +25,6 @@ FNS = pytest.mark.parametrize("fn", [remove_units, mask_units], ids=["remove", "
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mlp() -> nn.Sequential:
     """fc1 (8 units) -> BN -> ReLU -> fc2 (6 units, no bias) -> Tanh -> fc3 (output, no bias).
 
