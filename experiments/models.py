@@ -24,7 +24,23 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["mlp", "small_cnn", "SmallCNN"]
+__all__ = [
+    "mlp",
+    "small_cnn",
+    "SmallCNN",
+    "ThesisCNN",
+    "thesis_cnn",
+    "thesis_cifar_cnn",
+    "lenet_300_100",
+    "LeNet5",
+    "lenet5",
+    "VGG",
+    "vgg",
+    "VGG_CONFIGS",
+    "covertype_net",
+    "MODELS",
+    "build_model",
+]
 
 
 def _check_positive(name: str, values: Sequence[int]) -> None:
@@ -159,3 +175,246 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int]
         torch.Size([1, 10])
     """
     return SmallCNN(in_channels, num_classes, widths, hidden, image_size)
+
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def _activation(name: str) -> Callable[[], nn.Module]:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+class ThesisCNN(nn.Module):
+    """The small CNN of Evci's thesis (``shared/seeds/004_...``, App. C).
+
+    ``conv1`` (5x5) - [BN] - act - MaxPool2 - ``conv2`` (5x5) - [BN] - act -
+    MaxPool2 - Flatten - ``fc1`` - act - ``fc2``. With 1x28x28 inputs, widths
+    8 and 16 and ``hidden=64`` it has 20,522 parameters (the thesis's MNIST
+    network, Sec. 2.2); with 3x32x32 inputs it is the CIFAR network of App.
+    C.2 (``fc1`` 400 -> 64).
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, widths: Sequence[int] = (8, 16),
+                 hidden: int = 64, num_classes: int = 10, activation: str = "relu",
+                 batchnorm: bool = False) -> None:
+        super().__init__()
+        _check_positive("in_channels, image_size, widths, hidden, num_classes",
+                        [in_channels, image_size, *widths, hidden, num_classes])
+        if len(widths) != 2:
+            raise ValueError(f"ThesisCNN has two convolutions, got widths={list(widths)!r}")
+        side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"image_size={image_size} is too small (needs >= 16)")
+        act = _activation(activation)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 5)
+        self.bn1 = nn.BatchNorm2d(widths[0]) if batchnorm else nn.Identity()
+        self.act1 = act()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(widths[0], widths[1], 5)
+        self.bn2 = nn.BatchNorm2d(widths[1]) if batchnorm else nn.Identity()
+        self.act2 = act()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(widths[1] * side * side, hidden)
+        self.act3 = act()
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.act1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.act2(self.bn2(self.conv2(x))))
+        return self.fc2(self.act3(self.fc1(self.flatten(x))))
+
+
+def thesis_cnn(in_channels: int = 1, image_size: int = 28, widths: Sequence[int] = (8, 16),
+               hidden: int = 64, num_classes: int = 10, activation: str = "relu",
+               batchnorm: bool = False) -> ThesisCNN:
+    """The thesis's small MNIST CNN (App. C.1, Sec. 2.2): 20,522 parameters.
+
+    conv 1->8 5x5, max-pool, conv 8->16 5x5, max-pool, FC 256->64->10, ReLU.
+
+    Example:
+        >>> sum(p.numel() for p in thesis_cnn().parameters())
+        20522
+    """
+    return ThesisCNN(in_channels, image_size, widths, hidden, num_classes, activation, batchnorm)
+
+
+def thesis_cifar_cnn(in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = (8, 16),
+                     hidden: int = 64, num_classes: int = 10, activation: str = "relu",
+                     batchnorm: bool = False) -> ThesisCNN:
+    """The thesis's CIFAR CNN (App. C.2), used for the attacks of Ch. 3.
+
+    conv 3->8 5x5, max-pool, conv 8->16 5x5, max-pool, FC 400->64->10. For
+    Fashion-MNIST pass ``in_channels=1, image_size=28`` (FC 256->64->10).
+    ``activation`` ("relu", "tanh") and ``batchnorm`` give the Ch. 3 variants.
+
+    Example:
+        >>> sum(p.numel() for p in thesis_cifar_cnn().parameters())
+        30138
+    """
+    return ThesisCNN(in_channels, image_size, widths, hidden, num_classes, activation, batchnorm)
+
+
+def lenet_300_100(in_features: int = 784, num_classes: int = 10,
+                  widths: Sequence[int] = (300, 100), activation: str = "relu") -> nn.Sequential:
+    """LeNet-300-100 (LeCun et al. 1998): an MLP 784-300-100-10, 266,610 parameters.
+
+    Example:
+        >>> sum(p.numel() for p in lenet_300_100().parameters())
+        266610
+    """
+    return mlp([in_features, *widths, num_classes], activation=_activation(activation))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 as used in the pruning literature (Caffe's variant, Han et al. 2015).
+
+    ``conv1`` 5x5 (20) - MaxPool2 - ``conv2`` 5x5 (50) - MaxPool2 - Flatten -
+    ``fc1`` (500) - ReLU - ``fc2``. The original has no activation after the
+    convolutions; ``conv_activation=True`` adds ReLUs there.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28,
+                 widths: Sequence[int] = (20, 50), hidden: int = 500, num_classes: int = 10,
+                 conv_activation: bool = False) -> None:
+        super().__init__()
+        _check_positive("in_channels, image_size, widths, hidden, num_classes",
+                        [in_channels, image_size, *widths, hidden, num_classes])
+        side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"image_size={image_size} is too small (needs >= 16)")
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 5)
+        self.act1 = nn.ReLU() if conv_activation else nn.Identity()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(widths[0], widths[1], 5)
+        self.act2 = nn.ReLU() if conv_activation else nn.Identity()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(widths[1] * side * side, hidden)
+        self.act3 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.act1(self.conv1(x)))
+        x = self.pool2(self.act2(self.conv2(x)))
+        return self.fc2(self.act3(self.fc1(self.flatten(x))))
+
+
+def lenet5(in_channels: int = 1, image_size: int = 28, widths: Sequence[int] = (20, 50),
+           hidden: int = 500, num_classes: int = 10, conv_activation: bool = False) -> LeNet5:
+    """LeNet-5 (20-50-500-10), 431,080 parameters on 28x28 inputs.
+
+    Example:
+        >>> sum(p.numel() for p in lenet5().parameters())
+        431080
+    """
+    return LeNet5(in_channels, image_size, widths, hidden, num_classes, conv_activation)
+
+
+#: VGG layer configurations: channel counts, "M" for 2x2 max pooling.
+VGG_CONFIGS: dict[str, list] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"],
+    # four poolings for 28x28 inputs (Fashion-MNIST standing in for CIFAR-10)
+    "vgg-small": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """VGG-style CNN with BatchNorm and a width multiplier (ShrinkNets Sec. 5.1.1).
+
+    ``features`` holds Conv3x3(padding 1)-BatchNorm-ReLU blocks and max
+    pooling as the configuration says, every channel count multiplied by
+    ``width`` (rounded, at least 1): the channel-doubling heuristic of VGG
+    with one size parameter. ``classifier`` is Flatten - Linear(``hidden``) -
+    ReLU - Linear(``num_classes``): "the two last layers are fully connected
+    layers separated by a ReLU".
+    """
+
+    def __init__(self, config: str | Sequence = "vgg16", width: float = 1.0,
+                 in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
+                 hidden: int = 512, batchnorm: bool = True) -> None:
+        super().__init__()
+        cfg = VGG_CONFIGS[config] if isinstance(config, str) else list(config)
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width!r}")
+        layers: list[nn.Module] = []
+        c_in, side = in_channels, image_size
+        for item in cfg:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                side //= 2
+                continue
+            c_out = max(1, int(round(item * width)))
+            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU())
+            c_in = c_out
+        if side < 1:
+            raise ValueError(f"image_size={image_size} is too small for {cfg.count('M')} "
+                             "poolings")
+        hidden = max(1, int(round(hidden * width)))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c_in * side * side, hidden),
+                                        nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def vgg(config: str | Sequence = "vgg16", width: float = 1.0, in_channels: int = 3,
+        image_size: int = 32, num_classes: int = 10, hidden: int = 512,
+        batchnorm: bool = True) -> VGG:
+    """A VGG network; ``width=2`` is ShrinkNets' over-sized start (Sec. 5.1.1).
+
+    Example:
+        >>> net = vgg("vgg-small", width=0.25, in_channels=1, image_size=28)
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    return VGG(config, width, in_channels, image_size, num_classes, hidden, batchnorm)
+
+
+def covertype_net(widths: Sequence[int] = (256, 256, 256), in_features: int = 54,
+                  num_classes: int = 7) -> nn.Sequential:
+    """The COVERTYPE network of ShrinkNets Sec. 5.1.2 (after Scardapane et al. 2017).
+
+    Three fully connected hidden layers with ReLU, no Dropout, no BatchNorm;
+    each hidden size is a parameter (static networks sample them independently).
+    """
+    if len(widths) != 3:
+        raise ValueError(f"covertype_net has three hidden layers, got {list(widths)!r}")
+    return mlp([in_features, *widths, num_classes])
+
+
+#: name -> factory, for checkpoints (the architecture is recorded by name and
+#: keyword arguments) and the CLI.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "small_cnn": small_cnn,
+    "thesis_cnn": thesis_cnn,
+    "thesis_cifar_cnn": thesis_cifar_cnn,
+    "lenet_300_100": lenet_300_100,
+    "lenet5": lenet5,
+    "vgg": vgg,
+    "covertype_net": covertype_net,
+}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build model ``name`` of :data:`MODELS` with keyword arguments.
+
+    String activations are accepted for :func:`mlp` (``activation="tanh"``).
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    if name == "mlp" and isinstance(kwargs.get("activation"), str):
+        kwargs["activation"] = _activation(kwargs["activation"])
+    return MODELS[name](**kwargs)

@@ -1,0 +1,3 @@
+"""Imports every module that registers experiments (see :mod:`experiments.registry`)."""
+
+from . import baselines  # noqa: F401

@@ -1,0 +1,70 @@
+"""Command line: ``python -m experiments list | run NAME | sweep NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .registry import EXPERIMENTS, load_plugins, parse_overrides, run_experiment
+
+__all__ = ["main"]
+
+
+def _cmd_list(args) -> int:
+    load_plugins(args.plugin)
+    names = sorted(n for n in EXPERIMENTS if not n.startswith("_"))
+    width = max((len(n) for n in names), default=10)
+    for name in names:
+        print(f"{name:<{width}}  {EXPERIMENTS[name].summary}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    load_plugins(args.plugin)
+    overrides = parse_overrides(args.set)
+    out = args.out
+    results = run_experiment(args.name, overrides, quick=args.quick, out_dir=out,
+                             progress=None)
+    final = results.get("final", {})
+    shown = {k: final[k] for k in ("test_acc", "test_acc_at_best_val", "params", "macs")
+             if k in final}
+    print(f"{args.name}: done in {results['wall_time_s']:.1f}s; "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in shown.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments",
+                                     description="Reproductions, sweeps and tools.")
+    parser.add_argument("--plugin", action="append", default=[],
+                        help="extra module that registers experiments (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="list the experiments, one line each")
+    p_list.set_defaults(func=_cmd_list)
+    p_run = sub.add_parser("run", help="run one experiment")
+    p_run.add_argument("name")
+    p_run.add_argument("--quick", action="store_true", help="a seconds-long version")
+    p_run.add_argument("--out", default=None, help="output folder (default runs/NAME)")
+    p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting (JSON values), repeatable")
+    p_run.set_defaults(func=_cmd_run)
+    try:
+        from . import sweep
+    except ImportError:  # pragma: no cover - sweep is part of the package
+        sweep = None
+    if sweep is not None and hasattr(sweep, "add_arguments"):
+        p_sweep = sub.add_parser("sweep", help="random or grid search over an experiment")
+        sweep.add_arguments(p_sweep)
+        p_sweep.set_defaults(func=lambda a: sweep.run_from_args(a))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
