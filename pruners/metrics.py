@@ -15,13 +15,16 @@ def count_params(model: nn.Module, *, count_masked: bool = False) -> int:
 
     Entries masked by :mod:`torch.nn.utils.prune` (mask 0) are not counted
     unless ``count_masked=True``, so a masked model and its physically shrunk
-    twin report the same number.
+    twin report the same number. A parameter shared by several modules counts
+    once.
     """
     total = 0
+    seen: set[int] = set()
     for mod in model.modules():
         for pname, p in mod._parameters.items():
-            if p is None:
+            if p is None or id(p) in seen:
                 continue
+            seen.add(id(p))
             if not count_masked and pname.endswith("_orig"):
                 mask = mod._buffers.get(pname[: -len("_orig")] + "_mask")
                 if mask is not None:

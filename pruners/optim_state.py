@@ -16,7 +16,7 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["check_optimizer_state", "slice_param"]
+__all__ = ["check_optimizer_state", "slice_param", "Journal"]
 
 
 def check_optimizer_state(optimizer, params: Mapping[str, torch.Tensor]) -> None:
@@ -54,22 +54,71 @@ def check_optimizer_state(optimizer, params: Mapping[str, torch.Tensor]) -> None
                     f"{type(optimizer).__name__} state cannot be sliced")
 
 
-def slice_param(p: torch.Tensor, dim: int, keep: torch.Tensor, optimizer=None) -> None:
+def slice_param(p: torch.Tensor, dim: int, keep: torch.Tensor, optimizer=None,
+                journal=None) -> None:
     """Keep entries ``keep`` of ``p`` along ``dim``, in place, with its state.
 
-    The parameter object stays the same (its ``.data`` is replaced); ``.grad``
-    and the optimizer's per-parameter state tensors of the same shape are
-    sliced alike.
+    The parameter keeps its Python identity, so optimizers, hooks and user
+    references still hold it; its storage is swapped for the sliced one with
+    :func:`torch.utils.swap_tensors`, which also gives it fresh autograd
+    metadata (a graph built before the surgery cannot send it a gradient of
+    the old shape). ``.grad`` and the optimizer's per-parameter state tensors
+    of the old shape are sliced alike. ``journal`` (a :class:`Journal`)
+    records how to undo the change.
     """
     old_shape = p.shape
-    p.data = p.data.index_select(dim, keep)
-    if p.grad is not None:
-        p.grad = p.grad.index_select(dim, keep)
-    if optimizer is None:
-        return
-    state = optimizer.state.get(p)
+    old_grad = p.grad
+    new = torch.nn.Parameter(p.detach().index_select(dim, keep), requires_grad=p.requires_grad)
+    torch.utils.swap_tensors(p, new)  # `new` now holds the old tensor
+    p.grad = None if old_grad is None else old_grad.index_select(dim, keep)
+    state = optimizer.state.get(p) if optimizer is not None else None
+    old_state = dict(state) if state else None
+    if journal is not None:
+        def undo(p=p, old=new, grad=old_grad, state=state, old_state=old_state):
+            torch.utils.swap_tensors(p, old)
+            p.grad = grad
+            if state is not None:
+                state.clear()
+                state.update(old_state)
+        journal.add(undo)
     if not state:
         return
     for key, val in list(state.items()):
         if isinstance(val, torch.Tensor) and val.dim() > 0 and val.shape == old_shape:
             state[key] = val.index_select(dim, keep.to(val.device))
+
+
+class Journal:
+    """Undo log of an in-place model surgery: ``rollback()`` undoes in reverse."""
+
+    def __init__(self) -> None:
+        self._undo: list = []
+
+    def add(self, undo) -> None:
+        self._undo.append(undo)
+
+    def snapshot_module(self, module: torch.nn.Module) -> None:
+        """Record a module's parameter, buffer, hook and attribute dicts (shallow)."""
+        params, buffers = dict(module._parameters), dict(module._buffers)
+        hooks = dict(module._forward_pre_hooks)
+        attrs = dict(module.__dict__)
+
+        def undo():
+            module._parameters.clear()
+            module._parameters.update(params)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+            module._forward_pre_hooks.clear()
+            module._forward_pre_hooks.update(hooks)
+            for k in list(module.__dict__):
+                if k not in attrs:
+                    del module.__dict__[k]
+            module.__dict__.update({k: v for k, v in attrs.items()
+                                    if not k.startswith("_parameters")
+                                    and k not in ("_buffers", "_forward_pre_hooks")})
+        self._undo.append(undo)
+
+    def rollback(self) -> None:
+        with torch.no_grad():
+            while self._undo:
+                self._undo.pop()()

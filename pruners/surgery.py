@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Union
+from typing import Iterable, Iterator, Mapping, Union
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ from saliency.layers import CHANNEL_MODULES, PRODUCERS, effective_tensor, eval_m
 from saliency.replacement import fold_deltas, iter_inputs, replacement_hooks, unit_means
 
 from .metrics import count_macs, count_params
-from .optim_state import check_optimizer_state, slice_param
+from .optim_state import Journal, check_optimizer_state, slice_param
 
 __all__ = ["RemovalReport", "InexactReplacementWarning", "remove_units", "mask_units"]
 
@@ -173,14 +173,16 @@ def _example(model: nn.Module, example_input: torch.Tensor | None, data) -> torc
     if example_input is not None:
         if not isinstance(example_input, torch.Tensor):
             raise TypeError("example_input must be a Tensor")
-        return example_input[:1]
+        return example_input
     if data is not None:
-        return next(iter_inputs(data))[:1]
+        return next(iter_inputs(data))
     return default_example_input(model)
 
 
 def _apply(model, units, replacement, data, optimizer, example_input, exclude, min_units,
            *, physical: bool) -> RemovalReport:
+    if isinstance(units, Mapping):  # one-pass iterators (generators) are read once here
+        units = {k: (list(v) if isinstance(v, Iterator) else v) for k, v in units.items()}
     if data is not None:
         if iter(data) is data:
             data = list(data)  # a one-pass iterator is read several times below
@@ -197,14 +199,21 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
         reference = _outputs(model, data, {n: (removed[n], constants[n]) for n in constants})
     params_before, macs_before = count_params(model), count_macs(model, example)
 
-    # --- everything is validated: mutate ---
-    with torch.no_grad():
-        for consumer, delta in deltas.items():
-            _add_to_bias(model.get_submodule(consumer), delta, optimizer)
-        if physical:
-            _slice_units(model, graph, removed, optimizer)
-        else:
-            _mask_units(model, graph, removed)
+    # --- everything is validated: mutate, with an undo log as a safety net ---
+    journal = Journal()
+    try:
+        with torch.no_grad():
+            for consumer, delta in deltas.items():
+                _add_to_bias(model.get_submodule(consumer), delta, optimizer, journal)
+            if physical:
+                _slice_units(model, graph, removed, optimizer, journal)
+            else:
+                _mask_units(model, graph, removed, journal)
+        params_after, macs_after = count_params(model), count_macs(model, example)
+    except Exception as exc:
+        journal.rollback()
+        raise RuntimeError(f"unit {'removal' if physical else 'masking'} failed and was "
+                           f"undone; the model and optimizer are as before: {exc}") from exc
 
     deviation = None
     if reference is not None:
@@ -214,14 +223,14 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
         where = (f"max output deviation on data {deviation:.3g}" if deviation is not None
                  else "pass data= to measure the deviation")
         warnings.warn(
-            f"folding constants into zero-padded consumers {inexact} is inexact at the "
-            f"borders ({where})", InexactReplacementWarning, stacklevel=3)
+            f"folding constants into {inexact} is inexact at the borders (zero padding or "
+            f"average pooling over padding; {where})", InexactReplacementWarning, stacklevel=3)
     return RemovalReport(
         removed={n: int(i.numel()) for n, i in removed.items()},
         remaining={n: graph.producers[n].num_units - int(i.numel()) for n, i in removed.items()},
         indices=removed, constants=constants,
-        params_before=params_before, params_after=count_params(model),
-        macs_before=macs_before, macs_after=count_macs(model, example),
+        params_before=params_before, params_after=params_after,
+        macs_before=macs_before, macs_after=macs_after,
         inexact=inexact, max_deviation=deviation, masked=not physical)
 
 
@@ -304,20 +313,24 @@ def _touched_params(model, graph: UnitGraph, removed) -> dict[str, torch.Tensor]
     return out
 
 
-def _add_to_bias(module: nn.Module, delta: torch.Tensor, optimizer) -> None:
+def _add_to_bias(module: nn.Module, delta: torch.Tensor, optimizer, journal: Journal) -> None:
     slots = _tensor_slots(module, "bias")
     if slots:
+        old = slots[0].detach().clone()
         slots[0].add_(delta.to(slots[0]))
+        journal.add(lambda b=slots[0], old=old: b.copy_(old))
         return
     if not bool((delta != 0).any()):
         return  # nothing to fold: no need for a bias
     w = _tensor_slots(module, "weight")[0]
     bias = nn.Parameter(delta.to(w).clone(), requires_grad=w.requires_grad)
+    journal.snapshot_module(module)
     module.bias = bias
     if optimizer is not None:
         for group in optimizer.param_groups:
             if any(p is w for p in group["params"]):
                 group["params"].append(bias)
+                journal.add(lambda ps=group["params"]: ps.pop())
                 break
 
 
@@ -328,47 +341,55 @@ def _complement(n: int, idx: torch.Tensor, device) -> torch.Tensor:
 
 
 def _slice_tensor(module: nn.Module, name: str, dim: int, keep: torch.Tensor,
-                  optimizer) -> None:
+                  optimizer, journal: Journal) -> None:
     if name + "_orig" in module._parameters:
+        journal.snapshot_module(module)
         p = module._parameters[name + "_orig"]
-        slice_param(p, dim, keep.to(p.device), optimizer)
+        slice_param(p, dim, keep.to(p.device), optimizer, journal)
         mask = module._buffers[name + "_mask"]
         module._buffers[name + "_mask"] = mask.index_select(dim, keep.to(mask.device))
         setattr(module, name, p * module._buffers[name + "_mask"])
     elif module._parameters.get(name) is not None:
         p = module._parameters[name]
-        slice_param(p, dim, keep.to(p.device), optimizer)
+        slice_param(p, dim, keep.to(p.device), optimizer, journal)
     elif module._buffers.get(name) is not None:
+        journal.snapshot_module(module)
         b = module._buffers[name]
         module._buffers[name] = b.index_select(dim, keep.to(b.device))
 
 
-def _slice_units(model, graph: UnitGraph, removed, optimizer) -> None:
+def _set_attr(module: nn.Module, attr: str, value, journal: Journal) -> None:
+    old = getattr(module, attr)
+    setattr(module, attr, value)
+    journal.add(lambda: setattr(module, attr, old))
+
+
+def _slice_units(model, graph: UnitGraph, removed, optimizer, journal: Journal) -> None:
     for name, idx in removed.items():
         prod = graph.producers[name]
         pmod = model.get_submodule(name)
         spec = PRODUCERS[type(pmod)]
         keep = _complement(prod.num_units, idx, pmod.weight.device)
         for t in ("weight", "bias"):
-            _slice_tensor(pmod, t, 0, keep, optimizer)
-        setattr(pmod, spec.out_attr, int(keep.numel()))
+            _slice_tensor(pmod, t, 0, keep, optimizer, journal)
+        _set_attr(pmod, spec.out_attr, int(keep.numel()), journal)
         for cm in prod.channel_modules:
             cmod = model.get_submodule(cm)
             cspec = CHANNEL_MODULES[type(cmod)]
             for t in cspec.tensors(cmod):
-                _slice_tensor(cmod, t, 0, keep, optimizer)
+                _slice_tensor(cmod, t, 0, keep, optimizer, journal)
             if cspec.count_attr:
-                setattr(cmod, cspec.count_attr, int(keep.numel()))
+                _set_attr(cmod, cspec.count_attr, int(keep.numel()), journal)
         for edge in prod.edges:
             cmod = model.get_submodule(edge.consumer)
             cspec_p = PRODUCERS[type(cmod)]
             n_in = getattr(cmod, cspec_p.in_attr)
             keep_cols = _complement(n_in, edge.columns(idx), pmod.weight.device)
-            _slice_tensor(cmod, "weight", 1, keep_cols, optimizer)
-            setattr(cmod, cspec_p.in_attr, int(keep_cols.numel()))
+            _slice_tensor(cmod, "weight", 1, keep_cols, optimizer, journal)
+            _set_attr(cmod, cspec_p.in_attr, int(keep_cols.numel()), journal)
 
 
-def _mask_units(model, graph: UnitGraph, removed) -> None:
+def _mask_units(model, graph: UnitGraph, removed, journal: Journal) -> None:
     masks: dict[tuple[str, str], torch.Tensor] = {}
 
     def zero(mname: str, tname: str, dim: int, idx: torch.Tensor) -> None:
@@ -390,7 +411,9 @@ def _mask_units(model, graph: UnitGraph, removed) -> None:
         for edge in prod.edges:
             zero(edge.consumer, "weight", 1, edge.columns(idx))
     for (mname, tname), mask in masks.items():
-        prune.custom_from_mask(model.get_submodule(mname), tname, mask)
+        mod = model.get_submodule(mname)
+        journal.snapshot_module(mod)
+        prune.custom_from_mask(mod, tname, mask)
 
 
 def _outputs(model: nn.Module, data, constants) -> list[torch.Tensor]:

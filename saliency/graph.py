@@ -20,7 +20,6 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .layers import (
     CHANNEL_MODULES,
@@ -29,6 +28,7 @@ from .layers import (
     ELEMENTWISE_METHODS,
     POOL_FUNCTIONS,
     PRODUCERS,
+    avg_pool_scale,
     eval_mode,
 )
 
@@ -54,7 +54,8 @@ class ChannelOp:
     the data argument removed (it is always the first). ``keeps_constant`` is
     False when a spatially constant input does not give a constant output
     (average pooling over zero padding). ``shape_only`` functions (pooling,
-    channel dropout) map a constant to itself.
+    channel dropout) map a constant ``c`` to ``scale * c`` (``scale`` is 1
+    but for average pooling with a ``divisor_override``).
     """
 
     kind: str
@@ -63,6 +64,7 @@ class ChannelOp:
     kwargs: tuple = ()
     keeps_constant: bool = True
     shape_only: bool = False
+    scale: float = 1.0
 
     def describe(self) -> str:
         name = self.target if isinstance(self.target, str) else getattr(
@@ -212,7 +214,7 @@ def _as_index_tensor(name: str, idx: Any) -> torch.Tensor:
 _META_METHODS = {"size", "dim"}
 _SCALAR_OPS = {operator.add, operator.sub, operator.mul, operator.truediv,
                torch.add, torch.sub, torch.mul, torch.div}
-_AVG_POOL_FUNCS = {F.avg_pool1d, F.avg_pool2d}
+_AVG_POOL_FUNCS = {F.avg_pool1d: 3, F.avg_pool2d: 4}
 
 
 def _is_node(x: Any) -> bool:
@@ -233,10 +235,53 @@ def _has_node(args: Any) -> bool:
 
 
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape"):
-        return None
-    return tuple(meta.shape)
+    return node.meta.get("unit_graph_shape")
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the traced model once and records every tensor's shape on its node."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["unit_graph_shape"] = tuple(result.shape)
+        return result
+
+
+def _tainted_modules(model: nn.Module, gm: fx.GraphModule) -> dict[str, str]:
+    """Modules whose tensors are shared with another module or read directly."""
+    owners: dict[int, set[int]] = {}
+    names: dict[int, list[str]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(mod), []).append(name)
+        for t in list(mod._parameters.values()) + list(mod._buffers.values()):
+            if t is not None:
+                owners.setdefault(id(t), set()).add(id(mod))
+    tainted: dict[str, str] = {}
+    by_id = {id(m): m for _, m in model.named_modules(remove_duplicate=False)}
+    for mod_ids in owners.values():
+        if len(mod_ids) > 1:
+            all_names = sorted(n for i in mod_ids for n in names[i])
+            for i in mod_ids:
+                for n in names[i]:
+                    tainted[n] = f"it shares a parameter or buffer with {all_names}"
+    for mid, ns in names.items():
+        if len(ns) > 1 and any(by_id[mid]._parameters.values()):
+            for n in ns:
+                tainted[n] = f"the same module is registered as {sorted(ns)}"
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            mod_name = node.target.rpartition(".")[0]
+            tainted.setdefault(mod_name, f"its tensor {node.target!r} is read directly in "
+                                         "forward")
+    return tainted
+
+
+@dataclass
+class _Ctx:
+    gm: fx.GraphModule
+    calls: dict[str, int]
+    tainted: dict[str, str]
 
 
 def _describe(node: fx.Node) -> str:
@@ -321,17 +366,19 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
             f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
     try:
         with eval_mode(model), torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
+            _ShapeRecorder(gm).run(example_input)
     except Exception as exc:  # noqa: BLE001
-        cause = exc.__cause__ or exc
+        msg = str(exc).strip().splitlines()
         raise ValueError(f"the model does not run on example_input of shape "
-                         f"{tuple(example_input.shape)}: {str(cause).splitlines()[0]}") from exc
+                         f"{tuple(example_input.shape)}: {msg[0] if msg else type(exc).__name__}"
+                         ) from exc
 
     producers: dict[str, Producer] = {}
     seen_calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             seen_calls[node.target] = seen_calls.get(node.target, 0) + 1
+    ctx = _Ctx(gm, seen_calls, _tainted_modules(model, gm))
 
     owner: dict[str, str] = {}  # channel module / consumer -> producer
     for node in gm.graph.nodes:
@@ -353,13 +400,16 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
                 raise UnsupportedArchitecture(
                     f"{_describe(node)}: layer {name!r} is called {seen_calls[name]} times "
                     "(shared weights)")
+            if name in ctx.tainted:
+                raise UnsupportedArchitecture(f"{_describe(node)}: {ctx.tainted[name]}")
             why = spec.check(mod)
             if why:
                 raise UnsupportedArchitecture(f"{_describe(node)}: {why}")
-            if isinstance(mod, nn.Linear) and shape is not None and len(shape) != 2:
+            if shape is not None and len(shape) != spec.ndim:
                 raise UnsupportedArchitecture(
-                    f"{_describe(node)}: Linear output of shape {shape} is not (batch, features)")
-            _walk(gm, node, prod, owner, seen_calls)
+                    f"{_describe(node)}: {type(mod).__name__} output of shape {shape}; expected "
+                    f"{spec.ndim} dimensions (batch, channels, ...)")
+            _walk(ctx, node, prod, owner)
         except UnsupportedArchitecture as exc:
             raise UnsupportedArchitecture(
                 f"{exc} [reached from producer {name!r}; pass exclude=[{name!r}] to leave "
@@ -367,14 +417,15 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     return UnitGraph(producers, tuple(example_input.shape))
 
 
-def _walk(gm: fx.GraphModule, start: fx.Node, prod: Producer, owner: dict[str, str],
-          calls: dict[str, int]) -> None:
+def _walk(ctx: _Ctx, start: fx.Node, prod: Producer, owner: dict[str, str]) -> None:
     """Depth-first walk from a producer's output to its consumers."""
+    gm = ctx.gm
     stack: list[tuple[fx.Node, tuple[ChannelOp, ...], int | None]] = [(start, (), None)]
     while stack:
         node, path, block = stack.pop()
         for user in list(node.users):
-            step = _classify(gm, user, node, block, calls)
+            _check_inplace(ctx, user, node)
+            step = _classify(ctx, user, node, block)
             kind = step[0]
             if kind == "meta":
                 continue
@@ -393,6 +444,13 @@ def _walk(gm: fx.GraphModule, start: fx.Node, prod: Producer, owner: dict[str, s
             if op.kind == "module":
                 spec = CHANNEL_MODULES[type(gm.get_submodule(op.target))]
                 if spec.tensors(gm.get_submodule(op.target)):
+                    if ctx.calls.get(op.target, 1) > 1:
+                        raise UnsupportedArchitecture(
+                            f"{_describe(user)}: module {op.target!r} is called "
+                            f"{ctx.calls[op.target]} times (its per-channel tensors are shared)")
+                    if op.target in ctx.tainted:
+                        raise UnsupportedArchitecture(
+                            f"{_describe(user)}: {ctx.tainted[op.target]}")
                     _claim(owner, op.target, prod.name, user)
                     if op.target not in prod.channel_modules:
                         prod.channel_modules.append(op.target)
@@ -407,9 +465,67 @@ def _claim(owner: dict[str, str], module: str, producer: str, node: fx.Node) -> 
             f"and {producer!r}")
 
 
-def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None,
-              calls: dict[str, int]):
+_INPLACE_FUNCTIONS = {torch.relu_, F.relu_}
+
+
+def _is_inplace(ctx: _Ctx, node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return isinstance(node.target, str) and node.target.endswith("_") \
+            and not node.target.startswith("__")
+    if node.op == "call_module":
+        return bool(getattr(ctx.gm.get_submodule(node.target), "inplace", False))
+    if node.op == "call_function":
+        if node.target in _INPLACE_FUNCTIONS:
+            return True
+        if node.kwargs.get("inplace", False):
+            return True
+        try:
+            import inspect
+
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):
+            return False
+        return bool(bound.arguments.get("inplace", False))
+    return False
+
+
+def _check_inplace(ctx: _Ctx, user: fx.Node, src: fx.Node) -> None:
+    """An in-place op changes its input for every other user: refuse that case."""
+    if _is_inplace(ctx, user) and (len(src.users) > 1 or not user.users):
+        raise UnsupportedArchitecture(
+            f"{_describe(user)} modifies its input in place while the unmodified name is used "
+            "elsewhere (write the result to a new name, or use inplace=False)")
+
+
+def _check_channelwise(user: fx.Node, src: fx.Node, ndims, what: str) -> None:
+    """A per-channel op must keep batch and channel dimensions where they are."""
+    ins, outs = _shape(src), _shape(user)
+    if ins is None or outs is None:
+        return
+    if ndims is not None and len(ins) not in ndims:
+        raise UnsupportedArchitecture(
+            f"{_describe(user)}: {what} expects {' or '.join(map(str, ndims))}-D input "
+            f"(batch, channels, ...) here, got shape {ins}: it would not act per channel")
+    if len(outs) != len(ins) or outs[:2] != ins[:2]:
+        raise UnsupportedArchitecture(
+            f"{_describe(user)}: {what} maps shape {ins} to {outs}; batch and channel "
+            "dimensions must stay")
+
+
+def _fixed_size_reshape(user: fx.Node) -> int | None:
+    """A literal size (other than -1) in a view/reshape call, if any."""
+    sizes = user.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    for v in sizes:
+        if isinstance(v, int) and v != -1:
+            return v
+    return None
+
+
+def _classify(ctx: _Ctx, user: fx.Node, src: fx.Node, block: int | None):
     """Decide what ``user`` does with the channels of ``src``."""
+    gm, calls = ctx.gm, ctx.calls
     flat = block is not None
     if user.op == "output":
         return ("output",)
@@ -434,6 +550,12 @@ def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None
                 raise UnsupportedArchitecture(
                     f"{_describe(user)}: layer {user.target!r} is called "
                     f"{calls[user.target]} times (shared weights)")
+            if user.target in ctx.tainted:
+                raise UnsupportedArchitecture(f"{_describe(user)}: {ctx.tainted[user.target]}")
+            if ins is not None and len(ins) != spec.ndim:
+                raise UnsupportedArchitecture(
+                    f"{_describe(user)}: {type(mod).__name__} gets a {len(ins)}-D input {ins}; "
+                    f"its channels are dimension 1 of a {spec.ndim}-D input")
             return ("consumer",)
         if isinstance(mod, nn.Flatten):
             if flat:
@@ -450,6 +572,7 @@ def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None
         if flat and (cspec.tensors(mod) or _shape(user) != _shape(src)):
             raise UnsupportedArchitecture(
                 f"{_describe(user)}: {type(mod).__name__} after a flatten is not per-channel")
+        _check_channelwise(user, src, cspec.ndims, type(mod).__name__)
         return ("op", ChannelOp("module", user.target, keeps_constant=cspec.keeps_constant(mod)))
 
     if user.op == "call_function":
@@ -480,12 +603,15 @@ def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None
                 raise UnsupportedArchitecture(f"{_describe(user)}: unexpected tensor argument")
             if flat and tgt not in ELEMENTWISE_FUNCTIONS and tgt not in DROPOUT_FUNCTIONS:
                 raise UnsupportedArchitecture(f"{_describe(user)} after a flatten")
-            keeps = True
+            keeps, scale = True, 1.0
             if tgt in _AVG_POOL_FUNCS:
-                keeps = _avg_func_keeps(tgt, user)
+                keeps, scale = _avg_func_keeps(tgt, user)
+            ndims = POOL_FUNCTIONS.get(tgt) or _AVG_POOL_FUNCS.get(tgt)
+            _check_channelwise(user, src, (ndims,) if ndims else None,
+                               getattr(tgt, "__name__", "function"))
             return ("op", ChannelOp("function", tgt, tuple(user.args[1:]),
                                     tuple(user.kwargs.items()), keeps_constant=keeps,
-                                    shape_only=tgt not in ELEMENTWISE_FUNCTIONS))
+                                    shape_only=tgt not in ELEMENTWISE_FUNCTIONS, scale=scale))
         raise UnsupportedArchitecture(f"{_describe(user)} is not a per-channel operation")
 
     if user.op == "call_method":
@@ -495,6 +621,11 @@ def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None
         if meth in _META_METHODS:
             return ("meta",)
         if meth in ("view", "reshape", "flatten"):
+            fixed = _fixed_size_reshape(user) if meth != "flatten" else None
+            if fixed is not None:
+                raise UnsupportedArchitecture(
+                    f"{_describe(user)} reshapes to a fixed size {fixed}, which breaks when "
+                    "units are removed; use x.flatten(1) or x.view(x.size(0), -1)")
             b = _flatten_block(user, src)
             if b is None:
                 raise UnsupportedArchitecture(
@@ -504,20 +635,23 @@ def _classify(gm: fx.GraphModule, user: fx.Node, src: fx.Node, block: int | None
         if meth in ELEMENTWISE_METHODS:
             if _has_node((user.args[1:], user.kwargs)):
                 raise UnsupportedArchitecture(f"{_describe(user)}: unexpected tensor argument")
+            _check_channelwise(user, src, None, meth)
             return ("op", ChannelOp("method", meth, tuple(user.args[1:]),
                                     tuple(user.kwargs.items())))
         raise UnsupportedArchitecture(f"{_describe(user)} is not a per-channel operation")
     raise UnsupportedArchitecture(f"{_describe(user)} is not supported")
 
 
-def _avg_func_keeps(tgt, node: fx.Node) -> bool:
-    import inspect
+_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+             "divisor_override")
 
-    try:
-        bound = inspect.signature(tgt).bind(*node.args, **node.kwargs)
-    except (TypeError, ValueError):
-        return False
-    pad = bound.arguments.get("padding", 0)
-    include = bound.arguments.get("count_include_pad", True)
+
+def _avg_func_keeps(tgt, node: fx.Node) -> tuple[bool, float]:
+    """(keeps a constant map constant, scale of the constant) of F.avg_pool1d/2d."""
+    args = dict(zip(_AVG_ARGS, node.args[1:]))
+    args.update(node.kwargs)
+    pad = args.get("padding", 0)
     pads = pad if isinstance(pad, (tuple, list)) else (pad,)
-    return not (include and any(p > 0 for p in pads))
+    keeps = not (args.get("count_include_pad", True) and any(p > 0 for p in pads))
+    dims = 2 if tgt is F.avg_pool2d else 1
+    return keeps, avg_pool_scale(args.get("kernel_size", 1), args.get("divisor_override"), dims)

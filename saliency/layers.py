@@ -37,6 +37,7 @@ __all__ = [
     "ELEMENTWISE_FUNCTIONS",
     "ELEMENTWISE_METHODS",
     "DROPOUT_FUNCTIONS",
+    "avg_pool_scale",
     "POOL_FUNCTIONS",
     "effective_tensor",
     "eval_mode",
@@ -90,6 +91,8 @@ class ProducerSpec:
         check: returns an error message when this layer's channels cannot be
             treated one by one, as a producer or as a consumer (e.g. grouped
             convolution couples them), else None.
+        ndim: dimensions of its (batched) input and output: 2 for Linear,
+            3 for Conv1d, 4 for Conv2d; channels are dimension 1.
     """
 
     out_attr: str
@@ -98,7 +101,7 @@ class ProducerSpec:
     fold_exact: Callable[[nn.Module], bool]
     macs: Callable[[nn.Module, torch.Tensor, torch.Tensor], int]
     check: Callable[[nn.Module], str | None]
-    channel_dim_of_input: int = 1
+    ndim: int = 2
 
 
 def _linear_fold(module: nn.Linear, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -144,15 +147,17 @@ def _conv_check(module: nn.Module) -> str | None:
 
 
 _LINEAR = ProducerSpec("out_features", "in_features", _linear_fold, lambda m: True,
-                       _linear_macs, _linear_check)
-_CONV = ProducerSpec("out_channels", "in_channels", _conv_fold, _conv_fold_exact,
-                     _conv_macs, _conv_check)
+                       _linear_macs, _linear_check, ndim=2)
+_CONV1D = ProducerSpec("out_channels", "in_channels", _conv_fold, _conv_fold_exact,
+                       _conv_macs, _conv_check, ndim=3)
+_CONV2D = ProducerSpec("out_channels", "in_channels", _conv_fold, _conv_fold_exact,
+                       _conv_macs, _conv_check, ndim=4)
 
 #: Producer (and consumer) layer types. Output channels of these are units.
 PRODUCERS: dict[type, ProducerSpec] = {
     nn.Linear: _LINEAR,
-    nn.Conv1d: _CONV,
-    nn.Conv2d: _CONV,
+    nn.Conv1d: _CONV1D,
+    nn.Conv2d: _CONV2D,
 }
 
 
@@ -172,6 +177,8 @@ class ChannelSpec:
             counts zero padding.
         masks: names of per-channel parameters to mask in :func:`mask_units`.
         count_attr: attribute holding the number of channels, if any.
+        ndims: the input dimensions (batch and channel first) for which the
+            module acts per channel; None for elementwise modules (any).
     """
 
     tensors: Callable[[nn.Module], tuple[str, ...]]
@@ -179,6 +186,7 @@ class ChannelSpec:
     keeps_constant: Callable[[nn.Module], bool] = lambda m: True
     masks: Callable[[nn.Module], tuple[str, ...]] = lambda m: ()
     count_attr: str | None = None
+    ndims: tuple[int, ...] | None = None
 
 
 def _bn_tensors(m: nn.Module) -> tuple[str, ...]:
@@ -218,33 +226,63 @@ def _prelu_push(m: nn.PReLU, x: torch.Tensor) -> torch.Tensor:
     return F.prelu(x, effective_tensor(m, "weight"))
 
 
+def avg_pool_scale(kernel_size, divisor_override, spatial_dims: int) -> float:
+    """Factor by which average pooling scales a constant map.
+
+    A window sums ``area`` copies of the constant and divides by the area, or
+    by ``divisor_override`` when given (then the constant is multiplied by
+    ``area / divisor_override``).
+    """
+    if not divisor_override:
+        return 1.0
+    ks = (tuple(kernel_size) if isinstance(kernel_size, (tuple, list))
+          else (int(kernel_size),) * spatial_dims)
+    area = 1
+    for k in ks:
+        area *= int(k)
+    return area / float(divisor_override)
+
+
 def _avgpool_keeps(m: nn.Module) -> bool:
     pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
     return not (m.count_include_pad and any(p > 0 for p in pad))
 
 
-_BN = ChannelSpec(_bn_tensors, _bn_push, masks=lambda m: tuple(
-    n for n in ("weight", "bias") if getattr(m, n, None) is not None), count_attr="num_features")
+def _avgpool_push(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    dims = 2 if isinstance(m, nn.AvgPool2d) else 1
+    return x * avg_pool_scale(m.kernel_size, getattr(m, "divisor_override", None), dims)
+
+
+_BN_MASKS = lambda m: tuple(n for n in ("weight", "bias")  # noqa: E731
+                            if getattr(m, n, None) is not None)
 _ELEMENTWISE = ChannelSpec(_no_tensors, _call)
-_SHAPE_ONLY = ChannelSpec(_no_tensors, _identity)  # pooling, dropout, identity
-_AVGPOOL = ChannelSpec(_no_tensors, _identity, keeps_constant=_avgpool_keeps)
+
+
+def _shape_only(ndims: tuple[int, ...] | None) -> ChannelSpec:
+    return ChannelSpec(_no_tensors, _identity, ndims=ndims)
+
 
 #: Per-channel module types that may sit between a producer and its consumers.
 CHANNEL_MODULES: dict[type, ChannelSpec] = {
-    nn.BatchNorm1d: _BN,
-    nn.BatchNorm2d: _BN,
+    nn.BatchNorm1d: ChannelSpec(_bn_tensors, _bn_push, masks=_BN_MASKS,
+                                count_attr="num_features", ndims=(2, 3)),
+    nn.BatchNorm2d: ChannelSpec(_bn_tensors, _bn_push, masks=_BN_MASKS,
+                                count_attr="num_features", ndims=(4,)),
     nn.PReLU: ChannelSpec(_prelu_tensors, _prelu_push, masks=_prelu_tensors),
     **{cls: _ELEMENTWISE for cls in (
         nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
         nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
         nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink,
         nn.Hardshrink, nn.Threshold)},
-    **{cls: _SHAPE_ONLY for cls in (
-        nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
-        nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)},
-    nn.AvgPool1d: _AVGPOOL,
-    nn.AvgPool2d: _AVGPOOL,
+    **{cls: _shape_only(None) for cls in (nn.Identity, nn.Dropout, nn.AlphaDropout)},
+    **{cls: _shape_only((3,)) for cls in (
+        nn.Dropout1d, nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool1d)},
+    **{cls: _shape_only((4,)) for cls in (
+        nn.Dropout2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)},
+    nn.AvgPool1d: ChannelSpec(_no_tensors, _avgpool_push, keeps_constant=_avgpool_keeps,
+                              ndims=(3,)),
+    nn.AvgPool2d: ChannelSpec(_no_tensors, _avgpool_push, keeps_constant=_avgpool_keeps,
+                              ndims=(4,)),
 }
 
 
@@ -262,11 +300,13 @@ ELEMENTWISE_FUNCTIONS: set = {
 }
 #: Dropout functions: identity in eval mode, elementwise in training.
 DROPOUT_FUNCTIONS: set = {F.dropout, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout}
-#: Functions that keep a constant channel constant (pooling; treated as identity).
-POOL_FUNCTIONS: set = {
-    F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.dropout1d, F.dropout2d,
-    torch.max_pool1d, torch.max_pool2d,
+#: Functions that keep a constant channel constant (pooling, channel dropout),
+#: with the input dimensions they act per channel on.
+POOL_FUNCTIONS: dict = {
+    F.max_pool1d: 3, F.adaptive_max_pool1d: 3, F.adaptive_avg_pool1d: 3, F.dropout1d: 3,
+    torch.max_pool1d: 3,
+    F.max_pool2d: 4, F.adaptive_max_pool2d: 4, F.adaptive_avg_pool2d: 4, F.dropout2d: 4,
+    torch.max_pool2d: 4,
 }
 #: Tensor methods that act elementwise.
 ELEMENTWISE_METHODS: set = {

@@ -93,7 +93,7 @@ def _apply_op(model: nn.Module, op: ChannelOp, x: torch.Tensor) -> torch.Tensor:
         mod = model.get_submodule(op.target)
         return CHANNEL_MODULES[type(mod)].push(mod, x)
     if op.shape_only:
-        return x
+        return x * op.scale if op.scale != 1.0 else x
     if op.kind == "function":
         return op.target(x, *op.args, **dict(op.kwargs))
     return getattr(x, op.target)(*op.args, **dict(op.kwargs))
