@@ -360,7 +360,8 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     if unknown:
         raise ValueError(f"exclude names unknown modules: {sorted(unknown)}")
     try:
-        gm = fx.symbolic_trace(model)
+        with eval_mode(model):  # flags such as F.dropout(training=self.training) bake as eval
+            gm = fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001
         raise UnsupportedArchitecture(
             f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc

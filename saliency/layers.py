@@ -170,8 +170,13 @@ class ChannelSpec:
             (sliced along dim 0 when units are removed). A callable receives
             the module and returns the names (e.g. PReLU with one shared slope
             has none).
-        push: ``push(module, x) -> y``: the module applied, in eval mode, to a
-            tensor holding one constant per channel, shaped ``(1, C, 1, ...)``.
+        push: ``push(module, x, channels) -> y``: the module applied, in eval
+            mode, to ``x`` whose dimension 1 holds the channels ``channels``
+            (a 1-D index tensor; None = all channels in order). For
+            constants ``x`` is shaped ``(1, C, 1, ...)``; for real maps it is
+            ``(N, k, ...)``. Shape-only modules (pooling) are not called on
+            constants (a constant map pools to itself, up to ``push``'s
+            scale) but are called on real maps by :func:`saliency.replacement.run_path`.
         keeps_constant: whether a spatially constant map stays constant (and
             equal) through the module; False, e.g., for average pooling that
             counts zero padding.
@@ -182,7 +187,7 @@ class ChannelSpec:
     """
 
     tensors: Callable[[nn.Module], tuple[str, ...]]
-    push: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    push: Callable[..., torch.Tensor]
     keeps_constant: Callable[[nn.Module], bool] = lambda m: True
     masks: Callable[[nn.Module], tuple[str, ...]] = lambda m: ()
     count_attr: str | None = None
@@ -194,27 +199,34 @@ def _bn_tensors(m: nn.Module) -> tuple[str, ...]:
                  if getattr(m, n, None) is not None)
 
 
-def _bn_push(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    w = effective_tensor(m, "weight")
-    b = effective_tensor(m, "bias")
+def _pick(t: torch.Tensor | None, channels: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is None or channels is None else t[channels.to(t.device)]
+
+
+def _bn_push(m: nn.Module, x: torch.Tensor, channels: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    w = _pick(effective_tensor(m, "weight"), channels)
+    b = _pick(effective_tensor(m, "bias"), channels)
     if m.running_mean is None:
         # Normalizing with batch statistics maps a constant channel to its bias.
         out = torch.zeros_like(x)
         if b is not None:
             out = out + b.view((1, -1) + (1,) * (x.dim() - 2))
         return out
-    return F.batch_norm(x, m.running_mean, m.running_var, w, b, False, 0.0, m.eps)
+    return F.batch_norm(x, _pick(m.running_mean, channels), _pick(m.running_var, channels),
+                        w, b, False, 0.0, m.eps)
 
 
 def _no_tensors(m: nn.Module) -> tuple[str, ...]:
     return ()
 
 
-def _call(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _call(m: nn.Module, x: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
     return m(x)
 
 
-def _identity(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _identity(m: nn.Module, x: torch.Tensor, channels: torch.Tensor | None = None
+              ) -> torch.Tensor:
     return x
 
 
@@ -222,8 +234,10 @@ def _prelu_tensors(m: nn.PReLU) -> tuple[str, ...]:
     return ("weight",) if m.num_parameters > 1 else ()
 
 
-def _prelu_push(m: nn.PReLU, x: torch.Tensor) -> torch.Tensor:
-    return F.prelu(x, effective_tensor(m, "weight"))
+def _prelu_push(m: nn.PReLU, x: torch.Tensor, channels: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    w = effective_tensor(m, "weight")
+    return F.prelu(x, _pick(w, channels) if w.numel() > 1 else w)
 
 
 def avg_pool_scale(kernel_size, divisor_override, spatial_dims: int) -> float:
@@ -248,7 +262,8 @@ def _avgpool_keeps(m: nn.Module) -> bool:
     return not (m.count_include_pad and any(p > 0 for p in pad))
 
 
-def _avgpool_push(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _avgpool_push(m: nn.Module, x: torch.Tensor, channels: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     dims = 2 if isinstance(m, nn.AvgPool2d) else 1
     return x * avg_pool_scale(m.kernel_size, getattr(m, "divisor_override", None), dims)
 

@@ -25,9 +25,15 @@ import torch
 import torch.nn as nn
 
 from .graph import ChannelOp, Edge, UnitGraph
-from .layers import CHANNEL_MODULES, PRODUCERS, eval_mode
+import torch.nn.functional as F
 
-__all__ = ["iter_inputs", "unit_means", "push_constants", "fold_deltas", "replacement_hooks"]
+from .layers import CHANNEL_MODULES, DROPOUT_FUNCTIONS, PRODUCERS, eval_mode
+
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+_CHANNEL_DROPOUT = {F.dropout1d, F.dropout2d}
+
+__all__ = ["iter_inputs", "unit_means", "push_constants", "run_path", "fold_deltas",
+           "replacement_hooks"]
 
 
 def iter_inputs(data: Iterable) -> Iterator[torch.Tensor]:
@@ -88,15 +94,40 @@ def unit_means(model: nn.Module, data: Iterable, layers: Iterable[str]) -> dict[
     return {n: (sums[n] / counts[n]).to(mods[n].weight.dtype) for n in layers}
 
 
-def _apply_op(model: nn.Module, op: ChannelOp, x: torch.Tensor) -> torch.Tensor:
+def _apply_op(model: nn.Module, op: ChannelOp, x: torch.Tensor,
+              channels: torch.Tensor | None = None, maps: bool = False) -> torch.Tensor:
+    """One per-channel op on ``x`` (channels ``channels`` along dim 1), eval mode.
+
+    With ``maps=False`` (constants), pooling is skipped: a constant map pools
+    to itself (times the op's scale). With ``maps=True`` pooling runs.
+    Dropout is the identity (eval mode).
+    """
     if op.kind == "module":
         mod = model.get_submodule(op.target)
-        return CHANNEL_MODULES[type(mod)].push(mod, x)
+        spec = CHANNEL_MODULES[type(mod)]
+        if maps and not spec.tensors(mod) and not isinstance(mod, _DROPOUTS):
+            return mod(x)
+        return spec.push(mod, x, channels)
     if op.shape_only:
-        return x * op.scale if op.scale != 1.0 else x
+        if maps and op.target not in DROPOUT_FUNCTIONS and op.target not in _CHANNEL_DROPOUT:
+            return op.target(x, *op.args, **dict(op.kwargs))
+        return x * op.scale if (op.scale != 1.0 and not maps) else x
     if op.kind == "function":
         return op.target(x, *op.args, **dict(op.kwargs))
     return getattr(x, op.target)(*op.args, **dict(op.kwargs))
+
+
+def run_path(model: nn.Module, path: Iterable[ChannelOp], x: torch.Tensor,
+             channels: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply a per-channel path to real maps ``x`` (eval mode, pooling included).
+
+    ``x`` holds, along dimension 1, the producer channels ``channels`` (all
+    channels in order when None): any subset can be pushed on its own,
+    because every op on the path acts channel by channel.
+    """
+    for op in path:
+        x = _apply_op(model, op, x, channels, maps=True)
+    return x
 
 
 def push_constants(model: nn.Module, path: Iterable[ChannelOp], values: torch.Tensor,
