@@ -1,0 +1,211 @@
+"""The scorer contract shared by every saliency.
+
+A scorer holds hyperparameters and has one method::
+
+    scorer.score(model, data=None, loss_fn=F.cross_entropy) -> dict[str, Tensor]
+
+* Parameter-wise scorers (``granularity = "parameter"``) return
+  ``{parameter name: tensor shaped like the parameter}`` -- the
+  ``importance_scores`` contract of :mod:`torch.nn.utils.prune`.
+* Unit-wise scorers (``granularity = "unit"``) return ``{producer module
+  name: 1-D tensor over its output units}`` for the prunable units of
+  :func:`saliency.trace`.
+
+Lower score = less important. ``data`` is an iterable of ``(inputs,
+targets)`` batches; losses are summed per sample and divided by the number of
+samples, so results do not depend on how the samples are batched. Scoring
+runs the model in eval mode (BatchNorm running statistics, no dropout), and
+never changes it: parameters, ``.grad``, ``requires_grad``, the training
+flags and hooks are restored, also when an error is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .graph import UnitGraph, trace
+from .replacement import iter_inputs
+
+__all__ = ["Scorer", "ParameterScorer", "UnitScorer", "iter_batches", "loss_sum",
+           "per_sample_loss", "preserved", "default_parameters"]
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def iter_batches(data: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(inputs, targets)`` from ``data``; clear errors for bad data."""
+    if data is None:
+        raise ValueError("this scorer needs data: an iterable of (inputs, targets) batches")
+    if isinstance(data, torch.Tensor):
+        raise TypeError("data must be an iterable of (inputs, targets) batches, got a Tensor; "
+                        "wrap it as [(x, y)]")
+    n = 0
+    for batch in data:
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+            raise TypeError(f"batch {n} of data is not an (inputs, targets) pair")
+        n += 1
+        yield batch[0], batch[1]
+    if n == 0:
+        raise ValueError("data is empty: it yielded no batch")
+
+
+def per_sample_loss(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Loss of each sample: ``loss_fn(out, y, reduction="none")`` summed per sample."""
+    try:
+        loss = loss_fn(out, y, reduction="none")
+    except TypeError as exc:
+        raise TypeError("loss_fn must accept reduction='none' (like the functions of "
+                        "torch.nn.functional)") from exc
+    if loss.dim() > 1:
+        loss = loss.reshape(loss.shape[0], -1).sum(1)
+    if loss.dim() == 0 or loss.shape[0] != out.shape[0]:
+        raise ValueError(f"loss_fn(reduction='none') returned shape {tuple(loss.shape)}; "
+                         f"expected one loss per sample ({out.shape[0]})")
+    return loss
+
+
+def loss_sum(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum of the per-sample losses, checked to be finite."""
+    loss = per_sample_loss(loss_fn, out, y).sum()
+    if not torch.isfinite(loss):
+        raise FloatingPointError("the loss on data is not finite")
+    return loss
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module, *, eval_mode: bool = True):
+    """Restore ``.grad``, ``requires_grad``, training flags, hooks and values after.
+
+    Parameter values are compared by reference: scorers never write them, but
+    a snapshot of ``.data`` references is restored in case a scorer swapped
+    one temporarily.
+    """
+    params = list(model.named_parameters())
+    grads = {id(p): p.grad for _, p in params}
+    req = {id(p): p.requires_grad for _, p in params}
+    data = {id(p): p.data for _, p in params}
+    flags = [(m, m.training) for m in model.modules()]
+    hook_dicts = [(m, {k: dict(getattr(m, k)) for k in (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+        "_backward_pre_hooks")}) for m in model.modules()]
+    try:
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for _, p in params:
+            p.grad = grads[id(p)]
+            p.requires_grad_(req[id(p)])
+            if p.data is not data[id(p)]:
+                p.data = data[id(p)]
+        for m, flag in flags:
+            m.training = flag
+        for m, dicts in hook_dicts:
+            for k, saved in dicts.items():
+                d = getattr(m, k)
+                d.clear()
+                d.update(saved)
+
+
+def default_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every trainable parameter by name (``prune``'d tensors under their base name)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        out[name[: -len("_orig")] if name.endswith("_orig") else name] = p
+    return out
+
+
+class Scorer:
+    """Base class: hyperparameters in ``__init__``, work in :meth:`_score`.
+
+    Subclasses set ``granularity`` ("parameter" or "unit"), ``needs_data``,
+    ``exact`` (the exact counterpart's registry name for approximations, or
+    None) and implement ``_score(model, data, loss_fn)``.
+    """
+
+    granularity: str = "parameter"
+    needs_data: bool = True
+    #: registry name of the exact quantity this scorer approximates, if any
+    approximates: str | None = None
+
+    def score(self, model: nn.Module, data: Iterable | None = None,
+              loss_fn: LossFn = F.cross_entropy) -> dict[str, torch.Tensor]:
+        """Score ``model`` on ``data``; see the module docstring for the contract."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if self.needs_data:
+            if data is None:
+                raise ValueError(f"{type(self).__name__} needs data: an iterable of "
+                                 "(inputs, targets) batches")
+            if iter(data) is data:  # a one-pass iterator: read it once
+                data = list(data)
+            next(iter_batches(data))  # fail early on empty or malformed data
+        with preserved(model):
+            scores = self._score(model, data, loss_fn)
+        return {k: v.detach() for k, v in scores.items()}
+
+    def _score(self, model, data, loss_fn) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class ParameterScorer(Scorer):
+    """A parameter-wise scorer; ``params`` selects parameter names (None = all)."""
+
+    granularity = "parameter"
+
+    def __init__(self, params: Iterable[str] | None = None):
+        self.params = None if params is None else list(params)
+
+    def selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        allp = default_parameters(model)
+        if self.params is None:
+            return allp
+        unknown = [n for n in self.params if n not in allp]
+        if unknown:
+            raise ValueError(f"unknown parameter names {unknown}; the model has "
+                             f"{sorted(allp)}")
+        return {n: allp[n] for n in self.params}
+
+
+class UnitScorer(Scorer):
+    """A unit-wise scorer; ``layers`` selects producers (None = all prunable).
+
+    ``example_input`` (optional) is used to trace convolutional models when
+    there is no data; ``exclude`` is passed to :func:`trace`.
+    """
+
+    granularity = "unit"
+
+    def __init__(self, layers: Iterable[str] | None = None, *, exclude: Iterable[str] = (),
+                 example_input: torch.Tensor | None = None):
+        self.layers = None if layers is None else list(layers)
+        self.exclude = tuple(exclude)
+        self.example_input = example_input
+
+    def graph(self, model: nn.Module, data) -> tuple[UnitGraph, list[str]]:
+        example = self.example_input
+        if example is None and data is not None:
+            example = next(iter_inputs(data))
+        graph = trace(model, example, exclude=self.exclude)
+        prunable = graph.prunable
+        if not prunable:
+            raise ValueError(f"{type(model).__name__} has no prunable units (no Linear/Conv "
+                             "layer whose output feeds another layer)")
+        if self.layers is None:
+            return graph, prunable
+        bad = [n for n in self.layers if n not in prunable]
+        if bad:
+            raise ValueError(f"unknown or non-prunable layers {bad}; prunable layers are "
+                             f"{prunable}")
+        return graph, list(self.layers)

@@ -1,0 +1,227 @@
+"""Recompute only what changes: per-sample losses when units or weights change.
+
+:class:`Downstream` runs a model's ``torch.fx`` graph once on a batch and keeps
+every intermediate value. It then answers, for ``K`` variants at once, "what
+is each sample's loss when channel ``c_k`` of producer ``P`` outputs
+``v_k`` instead?" -- without a full forward pass per variant:
+
+1. the new channel goes through the per-channel path alone
+   (:func:`saliency.replacement.run_path` on the ``K`` chosen channels);
+2. each consumer's output changes by a *linear* term that involves only that
+   channel's weights: ``dz = W[:, cols(c)] . (a_new - a)`` for a Linear
+   consumer, a one-input-channel convolution for a Conv consumer -- a
+   fraction ``1/C`` of the consumer's cost;
+3. only the nodes downstream of the consumers are recomputed, for the ``K``
+   variants stacked along the batch dimension.
+
+This makes the exact mean replacement penalty (MRP, Evci 2018 Def. 3.1.1)
+of every unit and the exact loss change of zeroing each weight (the thesis's
+``lossChangeScorer``, Sec. 2.1) affordable. Producers that feed the model's
+output directly are recomputed from their own output instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import per_sample_loss
+from .graph import UnitGraph
+from .layers import effective_tensor
+from .replacement import run_path
+
+__all__ = ["Downstream"]
+
+#: elements of the stacked downstream activations allowed per chunk
+DEFAULT_BUDGET = 2 ** 25
+
+
+class Downstream:
+    """A cached forward pass of ``model`` on ``x`` (eval mode, no gradient).
+
+    Args:
+        model: the model (it must be in eval mode; scorers ensure this).
+        graph: its :class:`~saliency.graph.UnitGraph` (``trace(model, ...)``).
+        x: one input batch.
+        budget: elements of stacked activations per chunk of variants.
+    """
+
+    def __init__(self, model: nn.Module, graph: UnitGraph, x: torch.Tensor,
+                 budget: int = DEFAULT_BUDGET):
+        self.model, self.graph, self.budget = model, graph, budget
+        self.gm = fx.symbolic_trace(model)
+        self.batch = x.shape[0]
+        interp = fx.Interpreter(self.gm, garbage_collect_values=False)
+        with torch.no_grad():
+            self.out = interp.run(x)
+        if not isinstance(self.out, torch.Tensor):
+            raise TypeError("scoring needs a model whose output is one tensor")
+        self.env: dict[fx.Node, Any] = interp.env
+        self.nodes = {n.target: n for n in self.gm.graph.nodes if n.op == "call_module"}
+        self.order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
+        self._dependents: dict[tuple, list[fx.Node]] = {}
+
+    # -- cached values ----------------------------------------------------
+
+    def output_of(self, module: str) -> torch.Tensor:
+        """The cached output of module ``module`` on this batch."""
+        return self.env[self.nodes[module]]
+
+    def input_of(self, module: str) -> torch.Tensor:
+        """The cached (first) input of module ``module`` on this batch."""
+        return self.env[self.nodes[module].args[0]]
+
+    def base_losses(self, y: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
+        """Per-sample losses of the unchanged model."""
+        return per_sample_loss(loss_fn, self.out, y)
+
+    # -- recomputation -----------------------------------------------------
+
+    def _descendants(self, starts: tuple[fx.Node, ...]) -> list[fx.Node]:
+        key = starts
+        if key not in self._dependents:
+            seen: set[fx.Node] = set()
+            stack = list(starts)
+            while stack:
+                n = stack.pop()
+                for u in n.users:
+                    if u not in seen:
+                        seen.add(u)
+                        stack.append(u)
+            self._dependents[key] = sorted(seen, key=self.order.__getitem__)
+        return self._dependents[key]
+
+    def _rerun(self, overrides: dict[fx.Node, torch.Tensor], k: int) -> torch.Tensor:
+        """Recompute the nodes after ``overrides`` for ``k`` stacked variants."""
+        local = dict(overrides)
+        b = self.batch
+
+        def value(n):
+            if n in local:
+                return local[n]
+            v = self.env[n]
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == b:
+                return v.repeat((k,) + (1,) * (v.dim() - 1))
+            return v
+
+        out = None
+        for node in self._descendants(tuple(overrides)):
+            args = fx.node.map_arg(node.args, value)
+            kwargs = fx.node.map_arg(node.kwargs, value)
+            if node.op == "call_module":
+                res = self.gm.get_submodule(node.target)(*args, **kwargs)
+            elif node.op == "call_function":
+                res = node.target(*args, **kwargs)
+            elif node.op == "call_method":
+                res = getattr(args[0], node.target)(*args[1:], **kwargs)
+            elif node.op == "output":
+                out = args[0]
+                continue
+            else:  # pragma: no cover - placeholders/get_attr are never downstream
+                res = self.env[node]
+            local[node] = res
+        return out
+
+    def _chunk(self, starts: tuple[fx.Node, ...]) -> int:
+        per_variant = 0
+        for n in self._descendants(starts):
+            v = self.env.get(n)
+            if isinstance(v, torch.Tensor):
+                per_variant += v.numel()
+        return max(1, self.budget // max(per_variant, 1))
+
+    def channel_losses(self, producer: str, channels: torch.Tensor, values: torch.Tensor,
+                       y: torch.Tensor, loss_fn: Callable,
+                       reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                       ) -> torch.Tensor:
+        """Per-sample losses when channel ``channels[k]`` of ``producer`` outputs ``values[k]``.
+
+        Args:
+            producer: a Linear/Conv module name.
+            channels: ``(K,)`` channel indices (repeats allowed).
+            values: ``(K, B or 1, *spatial)``: the new output of that channel
+                for each sample (1 broadcasts over the batch).
+            y: targets of the batch.
+            reduce: optional map of each chunk's ``(k, B)`` losses to a smaller
+                tensor (``(k,)`` say), to save memory.
+
+        Returns:
+            ``(K, B)`` per-sample losses, or the concatenated reductions.
+        """
+        with torch.no_grad():
+            prod = self.graph.producers.get(producer)
+            fast = prod is not None and prod.prunable and prod.edges
+            node = self.nodes[producer]
+            starts = (tuple(self.nodes[e.consumer] for e in prod.edges) if fast else (node,))
+            step = self._chunk(starts)
+            pieces = []
+            for lo in range(0, channels.numel(), step):
+                ch, val = channels[lo:lo + step], values[lo:lo + step]
+                if fast:
+                    overrides = self._consumer_overrides(prod, ch, val)
+                else:
+                    overrides = {node: self._replaced_output(node, ch, val)}
+                out = self._rerun(overrides, ch.numel())
+                losses = per_sample_loss(loss_fn, out, y.repeat(
+                    (ch.numel(),) + (1,) * (y.dim() - 1))).reshape(ch.numel(), -1)
+                pieces.append(reduce(losses) if reduce is not None else losses)
+            return torch.cat(pieces)
+
+    def _replaced_output(self, node: fx.Node, ch: torch.Tensor, val: torch.Tensor
+                         ) -> torch.Tensor:
+        h = self.env[node]
+        k, b = ch.numel(), h.shape[0]
+        stacked = h.unsqueeze(0).repeat((k,) + (1,) * h.dim())
+        stacked[torch.arange(k), :, ch] = val.expand((k, b) + tuple(h.shape[2:])).to(h)
+        return stacked.reshape((k * b,) + tuple(h.shape[1:]))
+
+    def _consumer_overrides(self, prod, ch: torch.Tensor, val: torch.Tensor
+                            ) -> dict[fx.Node, torch.Tensor]:
+        h = self.env[self.nodes[prod.name]]
+        k, b = ch.numel(), h.shape[0]
+        spatial = tuple(h.shape[2:])
+        val = val.to(h).expand((k, val.shape[1]) + spatial)
+        new_in = val.transpose(0, 1)  # (B or 1, K, *spatial): channels ch along dim 1
+        old_in = h[:, ch]  # (B, K, *spatial)
+        overrides = {}
+        for edge in prod.edges:
+            a_new = run_path(self.model, edge.path, new_in, ch)
+            a_old = run_path(self.model, edge.path, old_in, ch)
+            delta = a_new - a_old  # (B, K, *spatial')
+            cnode = self.nodes[edge.consumer]
+            cmod = self.gm.get_submodule(edge.consumer)
+            z = self.env[cnode]
+            dz = _consumer_delta(cmod, delta, ch, edge.block)  # (K, B, ...)
+            overrides[cnode] = (z.unsqueeze(0) + dz).reshape((k * b,) + tuple(z.shape[1:]))
+        return overrides
+
+
+def _consumer_delta(cmod: nn.Module, delta: torch.Tensor, ch: torch.Tensor, block: int
+                    ) -> torch.Tensor:
+    """Change of a consumer's output when input channels ``ch`` change by ``delta``.
+
+    ``delta`` is ``(B, K, *spatial)``; returns ``(K, B, *out)``.
+    """
+    w = effective_tensor(cmod, "weight")
+    k = ch.numel()
+    if isinstance(cmod, nn.Linear):
+        bsz = delta.shape[0]
+        d = delta.reshape(bsz, k, block)  # the flattened block of each channel
+        w3 = w.reshape(w.shape[0], -1, block)[:, ch]  # (out, K, block)
+        return torch.einsum("bkj,okj->kbo", d, w3)
+    wk = w[:, ch].transpose(0, 1)  # (K, out, *kernel)
+    out_ch = w.shape[0]
+    weight = wk.reshape((k * out_ch, 1) + tuple(w.shape[2:]))
+    conv = F.conv1d if isinstance(cmod, nn.Conv1d) else F.conv2d
+    x = delta
+    padding = cmod.padding
+    if cmod.padding_mode != "zeros":
+        x = F.pad(x, cmod._reversed_padding_repeated_twice, mode=cmod.padding_mode)
+        padding = 0
+    res = conv(x, weight, None, cmod.stride, padding, cmod.dilation, groups=k)
+    res = res.reshape((res.shape[0], k, out_ch) + tuple(res.shape[2:]))
+    return res.transpose(0, 1)

@@ -1,0 +1,78 @@
+"""MRP: the exact mean replacement penalty of every unit.
+
+Evci 2018 (``shared/seeds/004_...``), Def. 3.1.1:
+
+    MRP_i = sum_{k in D} | L(h~_{k,i}) - L(h_k) |
+
+where ``h~_{k,i}`` is sample ``k``'s output of the unit's layer with unit
+``i`` replaced by its mean ``E_{k in D}[h_{k,i}]`` (the layer's output before
+the non-linearity, as in the thesis). Replacing a unit by a constant is what
+:func:`pruners.remove_units` with ``replacement="mean"`` does, with the same
+means (:func:`saliency.unit_means`), so the signed variant of this score
+(``absolute=False``) divided by the number of samples is exactly the loss
+change that removal causes.
+
+Cost: one pass for the means, then per batch one cached forward pass and,
+per unit, only the work that unit changes (:class:`saliency.engine.Downstream`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import UnitScorer, iter_batches
+from .engine import Downstream
+from .replacement import unit_means
+
+__all__ = ["MRP"]
+
+
+class MRP(UnitScorer):
+    """Mean replacement penalty (exact), one value per unit.
+
+    Args:
+        absolute: sum ``|L~ - L|`` over samples (Def. 3.1.1); False sums the
+            signed changes (the loss change of mean replacement, times N).
+        reduction: ``"sum"`` over samples (the definition) or ``"mean"``.
+        layers, exclude, example_input: see :class:`~saliency.base.UnitScorer`.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+        >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+        >>> MRP().score(net, data)["0"].shape
+        torch.Size([6])
+    """
+
+    approximates = None
+
+    def __init__(self, absolute: bool = True, reduction: str = "sum", **kwargs):
+        super().__init__(**kwargs)
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.absolute, self.reduction = absolute, reduction
+
+    def _score(self, model, data, loss_fn):
+        graph, layers = self.graph(model, data)
+        means = unit_means(model, data, layers)
+        totals = {n: torch.zeros(graph.producers[n].num_units, dtype=torch.float64)
+                  for n in layers}
+        count = 0
+        for x, y in iter_batches(data):
+            ds = Downstream(model, graph, x)
+            base = ds.base_losses(y, loss_fn).to(torch.float64)
+            count += x.shape[0]
+
+            def reduce(losses, base=base):
+                d = losses.to(torch.float64) - base
+                return (d.abs() if self.absolute else d).sum(1)
+
+            for name in layers:
+                h = ds.output_of(name)
+                c = h.shape[1]
+                ch = torch.arange(c)
+                vals = means[name].to(h).reshape((c, 1) + (1,) * (h.dim() - 2))
+                totals[name] += ds.channel_losses(name, ch, vals, y, loss_fn, reduce=reduce)
+        if self.reduction == "mean":
+            totals = {n: t / count for n, t in totals.items()}
+        return totals
