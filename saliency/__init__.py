@@ -1,15 +1,50 @@
 """Saliency scorers: what is each weight or unit worth?
 
 This is the lower layer of the toolkit: it imports nothing from :mod:`pruners`.
-It holds what scorers and pruners share: the graph of units
+It holds what scorers and pruners share -- the graph of units
 (:func:`trace`) and the replacement arithmetic of bias propagation
-(:mod:`saliency.replacement`), so a score such as MRP and the removal it
-predicts are one computation. Scorers of Evci's thesis (Table 2.1,
-Def. 3.1.1) arrive behind the contract
-``scorer.score(model, data=None, loss_fn=F.cross_entropy)``.
+(:mod:`saliency.replacement`) -- so a score such as MRP and the removal it
+predicts are one computation.
+
+Every scorer follows one contract (:mod:`saliency.base`)::
+
+    scorer.score(model, data=None, loss_fn=F.cross_entropy) -> dict[str, Tensor]
+
+and :data:`SCORERS` maps registry names to scorer classes; the shared tests
+and the CLI iterate over it. Lower score = less important.
 """
 
+from .base import ParameterScorer, Scorer, UnitScorer
 from .graph import UnitGraph, UnsupportedArchitecture, trace
+from .mrp import MRP
 from .replacement import unit_means
+from .unit_scorers import MRS, Dormancy, Norm, UnitTaylor
+from .unit_stats import unit_statistics
 
-__all__ = ["trace", "UnitGraph", "UnsupportedArchitecture", "unit_means"]
+#: name -> scorer class. Parameter-wise and unit-wise scorers of the thesis
+#: (Table 2.1, Table 4.1, Def. 3.1.1-3.1.2) and of the literature.
+SCORERS: dict[str, type[Scorer]] = {
+    # unit-wise
+    "mrp": MRP,
+    "mrs": MRS,
+    "taylor": UnitTaylor,
+    "dormancy": Dormancy,
+    "norm": Norm,
+}
+
+__all__ = [
+    "SCORERS",
+    "Scorer",
+    "ParameterScorer",
+    "UnitScorer",
+    "MRP",
+    "MRS",
+    "UnitTaylor",
+    "Dormancy",
+    "Norm",
+    "trace",
+    "UnitGraph",
+    "UnsupportedArchitecture",
+    "unit_means",
+    "unit_statistics",
+]

@@ -76,8 +76,11 @@ class Downstream:
         return self.env[self.nodes[module].args[0]]
 
     def base_losses(self, y: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
-        """Per-sample losses of the unchanged model."""
-        return per_sample_loss(loss_fn, self.out, y)
+        """Per-sample losses of the unchanged model (FloatingPointError if not finite)."""
+        losses = per_sample_loss(loss_fn, self.out, y)
+        if not torch.isfinite(losses).all():
+            raise FloatingPointError("the loss on data is not finite")
+        return losses
 
     # -- recomputation -----------------------------------------------------
 

@@ -1,0 +1,131 @@
+"""Every first-order unit statistic from one forward and one backward pass.
+
+:func:`unit_statistics` runs the model over the data once (eval mode), keeps
+each prunable producer's output ``h`` and its per-sample output gradient
+``g = dL_k/dh`` (the loss is the sum of per-sample losses, so each sample's
+gradient is its own), and accumulates, per unit ``i`` (positions ``p`` of a
+convolution's map, ``P`` of them, ``N`` samples):
+
+* ``mean``: ``mu_i = E_{k,p}[h]``, the unit's mean output (eq. 1.5);
+* ``mrs``: mean replacement saliency (Evci 2018, Def. 3.1.2), the first-order
+  approximation of MRP: ``MRS_i = sum_k |sum_p (mu_i - h_{k,i,p}) g_{k,i,p}|``.
+  It needs ``mu_i``, known only at the end; storing ``sum_p h g`` and
+  ``sum_p g`` per sample gives it exactly from the same single pass;
+* ``taylor``: Molchanov et al. 2017, ``|(1/N) sum_k (1/P) sum_p h g|``
+  (computed on the layer output; for a ReLU right after it this equals the
+  criterion on the activation, since ``relu(h) g_a = h g_h``);
+* ``dormancy``: ReDo (Sokar et al. 2023), the mean ``|a|`` of the unit's
+  activation ``a`` (the output after its per-channel path, BatchNorm and
+  activation, before pooling) divided by the layer's average of that mean;
+* ``apoz``: the fraction of samples and positions where the activation is
+  exactly zero (Hu et al. 2016);
+* ``act_mean``, ``act_var``, ``out_var``: moments of the activation and the
+  output; ``grad_norm``: the root mean square of ``g`` per sample.
+
+Only the gradients with respect to the layer outputs are computed
+(``torch.autograd.grad``), never the weight gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from .base import iter_batches, loss_sum
+from .graph import ChannelOp, UnitGraph
+from .layers import CHANNEL_MODULES
+from .replacement import _apply_op
+
+__all__ = ["unit_statistics", "STATISTICS", "activation"]
+
+STATISTICS = ("mean", "mrs", "taylor", "dormancy", "apoz", "act_mean", "act_var", "out_var",
+              "grad_norm")
+
+
+def _is_pool(model: nn.Module, op: ChannelOp) -> bool:
+    if op.kind == "module":
+        mod = model.get_submodule(op.target)
+        spec = CHANNEL_MODULES[type(mod)]
+        return not spec.tensors(mod) and spec.push.__name__ in ("_identity", "_avgpool_push")
+    return op.shape_only
+
+
+def activation(model: nn.Module, path: Iterable[ChannelOp], h: torch.Tensor) -> torch.Tensor:
+    """The unit activations: ``h`` through its path's per-channel ops, before pooling."""
+    for op in path:
+        if not _is_pool(model, op):
+            h = _apply_op(model, op, h, None, maps=True)
+    return h
+
+
+def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
+                    loss_fn: Callable) -> dict[str, dict[str, torch.Tensor]]:
+    """All statistics of :data:`STATISTICS` for ``layers``, from one pass over data.
+
+    The model must be in eval mode (the scorers ensure it). Returns
+    ``{statistic: {layer: 1-D float64 tensor}}``.
+    """
+    mods = {n: model.get_submodule(n) for n in layers}
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o))
+             for n in layers]
+    f64 = torch.float64
+    acc: dict[str, dict[str, torch.Tensor]] = {}
+    s_hg: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    s_g: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    n_samples = 0
+    positions: dict[str, int] = {}
+    for p in model.parameters():
+        p.requires_grad_(True)  # restored by the scorer's `preserved`
+    try:
+        for x, y in iter_batches(data):
+            outs.clear()
+            loss = loss_sum(loss_fn, model(x), y)
+            hs = [outs[n] for n in layers]
+            grads = torch.autograd.grad(loss, hs, allow_unused=True)
+            n_samples += x.shape[0]
+            with torch.no_grad():
+                for name, h, g in zip(layers, hs, grads):
+                    if g is None:
+                        g = torch.zeros_like(h)
+                    b, c = h.shape[0], h.shape[1]
+                    h2 = h.reshape(b, c, -1).to(f64)
+                    g2 = g.reshape(b, c, -1).to(f64)
+                    positions[name] = h2.shape[2]
+                    edges = graph.producers[name].edges
+                    a = activation(model, edges[0].path, h) if edges else h
+                    a2 = a.reshape(b, c, -1).to(f64)
+                    hg = (h2 * g2).sum(2)
+                    s_hg[name].append(hg)
+                    s_g[name].append(g2.sum(2))
+                    d = acc.setdefault(name, {})
+                    for key, val in (("h", h2.sum((0, 2))), ("h2", (h2 * h2).sum((0, 2))),
+                                     ("hg", hg.sum(0)), ("absa", a2.abs().sum((0, 2))),
+                                     ("a", a2.sum((0, 2))), ("a2", (a2 * a2).sum((0, 2))),
+                                     ("zero", (a2 == 0).sum((0, 2)).to(f64)),
+                                     ("g2", (g2 * g2).sum((0, 2)))):
+                        d[key] = d[key] + val if key in d else val
+    finally:
+        for hk in hooks:
+            hk.remove()
+    stats: dict[str, dict[str, torch.Tensor]] = {k: {} for k in STATISTICS}
+    for name in layers:
+        d, npos = acc[name], positions[name]
+        count = n_samples * npos
+        mu = d["h"] / count
+        stats["mean"][name] = mu
+        stats["mrs"][name] = (mu * torch.cat(s_g[name]) - torch.cat(s_hg[name])).abs().sum(0)
+        stats["taylor"][name] = (d["hg"] / count).abs()
+        mean_abs = d["absa"] / count
+        layer_mean = mean_abs.mean()
+        stats["dormancy"][name] = (mean_abs / layer_mean if layer_mean > 0
+                                   else torch.zeros_like(mean_abs))
+        stats["apoz"][name] = d["zero"] / count
+        act_mean = d["a"] / count
+        stats["act_mean"][name] = act_mean
+        stats["act_var"][name] = (d["a2"] / count - act_mean ** 2).clamp_min(0)
+        stats["out_var"][name] = (d["h2"] / count - mu ** 2).clamp_min(0)
+        stats["grad_norm"][name] = (d["g2"] / n_samples).sqrt()
+    return stats
