@@ -53,7 +53,7 @@ class Downstream:
     def __init__(self, model: nn.Module, graph: UnitGraph, x: torch.Tensor,
                  budget: int = DEFAULT_BUDGET):
         self.model, self.graph, self.budget = model, graph, budget
-        self.gm = fx.symbolic_trace(model)
+        self.gm = graph.gm if graph.gm is not None else fx.symbolic_trace(model)
         self.batch = x.shape[0]
         interp = fx.Interpreter(self.gm, garbage_collect_values=False)
         with torch.no_grad():
@@ -198,24 +198,27 @@ class Downstream:
             cnode = self.nodes[edge.consumer]
             cmod = self.gm.get_submodule(edge.consumer)
             z = self.env[cnode]
-            dz = _consumer_delta(cmod, delta, ch, edge.block)  # (K, B, ...)
-            overrides[cnode] = (z.unsqueeze(0) + dz).reshape((k * b,) + tuple(z.shape[1:]))
+            z_new = _consumer_update(cmod, z, delta, ch, edge.block)  # (K, B, ...)
+            overrides[cnode] = z_new.reshape((k * b,) + tuple(z.shape[1:]))
         return overrides
 
 
-def _consumer_delta(cmod: nn.Module, delta: torch.Tensor, ch: torch.Tensor, block: int
-                    ) -> torch.Tensor:
-    """Change of a consumer's output when input channels ``ch`` change by ``delta``.
+def _consumer_update(cmod: nn.Module, z: torch.Tensor, delta: torch.Tensor, ch: torch.Tensor,
+                     block: int) -> torch.Tensor:
+    """A consumer's output when its input channels ``ch`` change by ``delta``.
 
-    ``delta`` is ``(B, K, *spatial)``; returns ``(K, B, *out)``.
+    ``z`` is its cached output ``(B, out, ...)``; ``delta`` is ``(B or 1, K,
+    *spatial)``; returns ``(K, B, out, ...)``: ``z + W[:, cols(ch_k)] delta_k``,
+    the consumer being linear in its input.
     """
     w = effective_tensor(cmod, "weight")
     k = ch.numel()
+    bsz = z.shape[0]
     if isinstance(cmod, nn.Linear):
-        bsz = delta.shape[0]
-        d = delta.reshape(bsz, k, block)  # the flattened block of each channel
-        w3 = w.reshape(w.shape[0], -1, block)[:, ch]  # (out, K, block)
-        return torch.einsum("bkj,okj->kbo", d, w3)
+        d = delta.reshape(delta.shape[0], k, block).transpose(0, 1)  # (K, B|1, block)
+        wk = w.reshape(w.shape[0], -1, block)[:, ch].permute(1, 2, 0)  # (K, block, out)
+        d = d.expand(k, bsz, block)
+        return torch.baddbmm(z.unsqueeze(0).expand(k, bsz, z.shape[1]), d, wk)
     wk = w[:, ch].transpose(0, 1)  # (K, out, *kernel)
     out_ch = w.shape[0]
     weight = wk.reshape((k * out_ch, 1) + tuple(w.shape[2:]))
@@ -226,5 +229,5 @@ def _consumer_delta(cmod: nn.Module, delta: torch.Tensor, ch: torch.Tensor, bloc
         x = F.pad(x, cmod._reversed_padding_repeated_twice, mode=cmod.padding_mode)
         padding = 0
     res = conv(x, weight, None, cmod.stride, padding, cmod.dilation, groups=k)
-    res = res.reshape((res.shape[0], k, out_ch) + tuple(res.shape[2:]))
-    return res.transpose(0, 1)
+    res = res.reshape((res.shape[0], k, out_ch) + tuple(res.shape[2:])).transpose(0, 1)
+    return z.unsqueeze(0) + res

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -134,6 +135,7 @@ class UnitGraph:
 
     producers: dict[str, Producer]
     example_shape: tuple[int, ...] | None = None
+    gm: fx.GraphModule | None = field(default=None, repr=False, compare=False)
 
     @property
     def prunable(self) -> list[str]:
@@ -301,6 +303,22 @@ def _flatten_block(node: fx.Node, src: fx.Node) -> int | None:
     return None
 
 
+#: model -> {signature: UnitGraph}. A graph is reused while the model's
+#: structure (module types, tensor shapes), the input's per-sample shape and
+#: ``exclude`` are the same; any surgery changes a shape and so the key.
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _signature(model: nn.Module, example: torch.Tensor, exclude: set) -> tuple:
+    parts = []
+    for name, mod in model.named_modules():
+        tensors = tuple((k, tuple(v.shape)) for k, v in
+                        list(mod._parameters.items()) + list(mod._buffers.items())
+                        if v is not None)
+        parts.append((name, type(mod), id(mod), tensors))
+    return (tuple(parts), tuple(example.shape[1:]), example.dtype, tuple(sorted(exclude)))
+
+
 def default_example_input(model: nn.Module) -> torch.Tensor:
     """A one-sample input for a model whose first layer is a Linear.
 
@@ -355,6 +373,10 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     exclude = set(exclude)
     if example_input is None:
         example_input = default_example_input(model)
+    key = _signature(model, example_input, exclude)
+    cached = _CACHE.get(model, {}).get(key)
+    if cached is not None:
+        return cached
     names = {m: n for n, m in model.named_modules()}
     unknown = exclude - set(names.values())
     if unknown:
@@ -415,7 +437,9 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
             raise UnsupportedArchitecture(
                 f"{exc} [reached from producer {name!r}; pass exclude=[{name!r}] to leave "
                 "its units alone]") from None
-    return UnitGraph(producers, tuple(example_input.shape))
+    graph = UnitGraph(producers, tuple(example_input.shape), gm)
+    _CACHE.setdefault(model, {})[key] = graph
+    return graph
 
 
 def _walk(ctx: _Ctx, start: fx.Node, prod: Producer, owner: dict[str, str]) -> None:

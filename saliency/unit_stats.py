@@ -91,21 +91,24 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
                     if g is None:
                         g = torch.zeros_like(h)
                     b, c = h.shape[0], h.shape[1]
-                    h2 = h.reshape(b, c, -1).to(f64)
-                    g2 = g.reshape(b, c, -1).to(f64)
+                    h2 = h.reshape(b, c, -1)
+                    g2 = g.reshape(b, c, -1)
                     positions[name] = h2.shape[2]
                     edges = graph.producers[name].edges
                     a = activation(model, edges[0].path, h) if edges else h
-                    a2 = a.reshape(b, c, -1).to(f64)
-                    hg = (h2 * g2).sum(2)
+                    a2 = a.reshape(b, c, -1)
+                    hg = torch.einsum("bcp,bcp->bc", h2, g2).to(f64)
                     s_hg[name].append(hg)
-                    s_g[name].append(g2.sum(2))
+                    s_g[name].append(g2.sum(2, dtype=f64))
                     d = acc.setdefault(name, {})
-                    for key, val in (("h", h2.sum((0, 2))), ("h2", (h2 * h2).sum((0, 2))),
-                                     ("hg", hg.sum(0)), ("absa", a2.abs().sum((0, 2))),
-                                     ("a", a2.sum((0, 2))), ("a2", (a2 * a2).sum((0, 2))),
+                    for key, val in (("h", h2.sum((0, 2), dtype=f64)),
+                                     ("h2", torch.einsum("bcp,bcp->c", h2, h2).to(f64)),
+                                     ("hg", hg.sum(0)),
+                                     ("absa", a2.abs().sum((0, 2), dtype=f64)),
+                                     ("a", a2.sum((0, 2), dtype=f64)),
+                                     ("a2", torch.einsum("bcp,bcp->c", a2, a2).to(f64)),
                                      ("zero", (a2 == 0).sum((0, 2)).to(f64)),
-                                     ("g2", (g2 * g2).sum((0, 2)))):
+                                     ("g2", torch.einsum("bcp,bcp->c", g2, g2).to(f64))):
                         d[key] = d[key] + val if key in d else val
     finally:
         for hk in hooks:

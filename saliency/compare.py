@@ -1,0 +1,772 @@
+"""Comparing scorers: rank correlations, top-k overlap, pruning penalty, fidelity.
+
+The functions work on already-computed scores (``{name: scores}`` where each
+``scores`` follows the scorer contract of :mod:`saliency.base`), so a notebook
+scores a model once and reuses the result for every comparison.
+:func:`compute_scores` runs a set of scorers to produce that mapping;
+:func:`pruning_penalty` also accepts scorer objects and runs them itself.
+
+* :func:`rank_correlations` -- Spearman's rho or Kendall's tau-b
+  (:mod:`scipy.stats`) between every pair of scorers, per layer and over all
+  layers together (``"global"``).
+* :func:`topk_overlap` -- the fraction of the ``k`` lowest-scored items (the
+  ones a pruner removes) that two scorers share.
+* :func:`pruning_penalty` -- the pruning-penalty curve of Evci 2018
+  (``shared/seeds/004_...``): the change of the mean loss on held-out data
+  when the fraction ``f`` of a layer's parameters or units with the lowest
+  scores is pruned, for each scorer, with the model restored after every
+  probe. Draw it against the random scorer (the floor a scorer must beat)
+  and the exact oracle: ``loss_change`` for parameters, ``mrp`` (the mean
+  replacement penalty, :class:`saliency.mrp.MRP`) for units; the caller
+  passes them in like any other scorer.
+* :func:`fidelity` -- how well an approximation (``taylor1``, ``mrs``) ranks
+  compared with its exact counterpart (``loss_change``, ``mrp``).
+
+Each has a one-line plot (:func:`plot_correlations`, :func:`plot_topk`,
+:func:`plot_penalty`, :func:`plot_fidelity`) drawn with seaborn on a
+matplotlib Axes; nothing calls ``plt.show()``, so the plots work with the Agg
+backend and in notebooks alike.
+
+Example (a notebook cell)::
+
+    from saliency import compare
+    scores = compare.compute_scores({"mrp": MRP(), "random": Random()}, net, train)
+    compare.plot_correlations(compare.rank_correlations(scores)["global"])
+    compare.plot_penalty(compare.pruning_penalty(net, scores, test, layer="fc1",
+                                                 fractions=[0.1, 0.2, 0.5]))
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy import stats
+
+from .base import per_sample_loss, preserved
+from .replacement import replacement_hooks, unit_means
+
+__all__ = ["UndefinedComparisonWarning", "compute_scores", "rank_correlations", "topk_overlap",
+           "pruning_penalty", "fidelity", "plot_correlations", "plot_topk", "plot_penalty",
+           "plot_fidelity", "RANDOM_NAMES", "ORACLE_NAMES"]
+
+LossFn = Callable[..., torch.Tensor]
+Scores = Mapping[str, torch.Tensor]
+
+#: name prefixes :func:`plot_penalty` draws as the random baseline (dashed)
+RANDOM_NAMES: tuple[str, ...] = ("random",)
+#: name prefixes :func:`plot_penalty` draws as exact oracles (bold)
+ORACLE_NAMES: tuple[str, ...] = ("loss_change", "mrp", "oracle")
+
+_METHODS = ("spearman", "kendall")
+
+
+class UndefinedComparisonWarning(RuntimeWarning):
+    """A rank correlation is undefined (a constant score vector, or < 2 items): NaN."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _materialize(data: Iterable | None) -> Iterable | None:
+    """Read a one-pass iterator once, so it can be iterated several times."""
+    if data is not None and not isinstance(data, torch.Tensor) and iter(data) is data:
+        return list(data)
+    return data
+
+
+def _as_numpy(t: torch.Tensor, where: str) -> np.ndarray:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{where}: scores must be tensors, got {type(t).__name__}")
+    a = t.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
+    if np.isnan(a).any():
+        raise ValueError(f"{where}: scores contain NaN")
+    return a
+
+
+def _check_scores(scores: Mapping[str, Scores]) -> list[str]:
+    if not isinstance(scores, Mapping) or not scores:
+        raise ValueError("scores must be a non-empty mapping {scorer name: {layer: tensor}}")
+    for name, s in scores.items():
+        if not isinstance(s, Mapping):
+            raise TypeError(f"scores[{name!r}] must be a dict {{layer: tensor}}, got "
+                            f"{type(s).__name__}")
+    return list(scores)
+
+
+def _layers(scores: Mapping[str, Scores]) -> list[str]:
+    """Every layer key, in first-seen order."""
+    out: dict[str, None] = {}
+    for s in scores.values():
+        out.update(dict.fromkeys(s))
+    return list(out)
+
+
+def _common(a: Scores, b: Scores) -> list[str]:
+    return [k for k in a if k in b]
+
+
+def _pair_vectors(scores: Mapping[str, Scores], a: str, b: str,
+                  layers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened scores of scorers ``a`` and ``b`` over ``layers``, concatenated."""
+    xs, ys = [], []
+    for layer in layers:
+        ta, tb = scores[a][layer], scores[b][layer]
+        if tuple(ta.shape) != tuple(tb.shape):
+            raise ValueError(f"layer {layer!r}: scorer {a!r} gives shape {tuple(ta.shape)}, "
+                             f"{b!r} gives {tuple(tb.shape)}")
+        xs.append(_as_numpy(ta, f"scores[{a!r}][{layer!r}]"))
+        ys.append(_as_numpy(tb, f"scores[{b!r}][{layer!r}]"))
+    if not xs:
+        return np.empty(0), np.empty(0)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _corr(x: np.ndarray, y: np.ndarray, method: str, what: str) -> float:
+    """Spearman's rho or Kendall's tau-b; NaN with a warning when undefined."""
+    if x.size < 2:
+        warnings.warn(f"{what}: fewer than 2 items, the rank correlation is NaN",
+                      UndefinedComparisonWarning, stacklevel=3)
+        return math.nan
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        warnings.warn(f"{what}: a score vector is constant, the rank correlation is NaN",
+                      UndefinedComparisonWarning, stacklevel=3)
+        return math.nan
+    if method == "spearman":
+        return float(stats.spearmanr(x, y).statistic)
+    return float(stats.kendalltau(x, y).statistic)  # tau-b: corrected for ties
+
+
+def _n_of(k: int | float, n: int) -> int:
+    """Items to take: ``k`` itself (int) or ``floor(k * n)`` (float fraction).
+
+    The fraction follows the thesis ("256 units and a pruning factor of 0.1:
+    we prune floor(256/10) = 25"); the product is rounded to 9 decimals first,
+    so ``0.29 * 100`` gives 29, not 28.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)):
+        raise TypeError(f"k must be an int (count) or a float (fraction), got {k!r}")
+    if isinstance(k, (int, np.integer)):
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        return min(int(k), n)
+    if not 0.0 <= k <= 1.0:
+        raise ValueError(f"a fractional k must be in [0, 1], got {k}")
+    return int(math.floor(round(k * n, 9)))
+
+
+def _lowest(x: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """Indices of the ``k`` lowest entries; ties broken by position (stable sort)."""
+    x = np.asarray(x.detach().cpu().double().reshape(-1) if isinstance(x, torch.Tensor) else x)
+    return np.argsort(x, kind="stable")[:k]
+
+
+# --------------------------------------------------------------------------- scoring
+
+def compute_scores(scorers: Mapping[str, Any], model: nn.Module, data: Iterable | None = None,
+                   loss_fn: LossFn = F.cross_entropy) -> dict[str, dict[str, torch.Tensor]]:
+    """Run every scorer on ``model`` and ``data``.
+
+    Args:
+        scorers: ``{name: scorer}``; each has ``score(model, data, loss_fn)``
+            (:class:`saliency.base.Scorer`).
+        model: the model; scorers never change it.
+        data: iterable of ``(inputs, targets)`` batches (a one-pass iterator is
+            read once and reused for every scorer).
+        loss_fn: loss with a ``reduction`` argument.
+
+    Returns:
+        ``{name: {parameter or layer name: scores}}``, ready for every function
+        of this module.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from saliency.mrp import MRP
+        >>> torch.manual_seed(0) and None
+        >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+        >>> data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+        >>> scores = compute_scores({"mrp": MRP(), "mrp_signed": MRP(absolute=False)}, net, data)
+        >>> sorted(scores), scores["mrp"]["0"].shape
+        (['mrp', 'mrp_signed'], torch.Size([6]))
+    """
+    if not isinstance(scorers, Mapping) or not scorers:
+        raise ValueError("scorers must be a non-empty mapping {name: scorer}")
+    for name, s in scorers.items():
+        if not callable(getattr(s, "score", None)):
+            raise TypeError(f"scorers[{name!r}] has no score(model, data, loss_fn) method")
+    data = _materialize(data)
+    return {name: dict(s.score(model, data, loss_fn)) for name, s in scorers.items()}
+
+
+# --------------------------------------------------------------------------- rankings
+
+def rank_correlations(scores: Mapping[str, Scores], method: str = "spearman",
+                      per_layer: bool = True) -> dict[str, pd.DataFrame]:
+    """Rank-correlation matrices between scorers, per layer and global.
+
+    For two scorers ``a`` and ``b`` and a layer, the entry is Spearman's rho
+    (Pearson correlation of the ranks, ties ranked by their average) or
+    Kendall's tau-b (concordant minus discordant pairs, corrected for ties),
+    computed by :func:`scipy.stats.spearmanr` / :func:`scipy.stats.kendalltau`
+    on the flattened scores. 1 = same order, -1 = reversed order.
+
+    ``"global"`` concatenates, in a fixed order, the flattened scores of every
+    layer the two scorers share: the ranking a global pruner (one threshold
+    over all layers) would use. Scorers of different granularity (parameter
+    names vs. unit layer names) share no layer: their global entry is NaN.
+
+    An undefined correlation (a constant score vector, or fewer than two
+    items) is NaN, with a :class:`UndefinedComparisonWarning`.
+
+    Args:
+        scores: ``{scorer name: {layer: tensor}}`` (see :func:`compute_scores`).
+        method: ``"spearman"`` or ``"kendall"``.
+        per_layer: also return one matrix per layer (else only ``"global"``).
+
+    Returns:
+        ``{layer or "global": DataFrame}``; each a symmetric scorer x scorer
+        matrix over the scorers that have that layer (``"global"``: all
+        scorers), index and columns named ``"scorer"``.
+
+    Example:
+        >>> import torch
+        >>> s = {"a": {"fc": torch.tensor([1., 2., 3.])},
+        ...      "b": {"fc": torch.tensor([3., 2., 1.])}}
+        >>> float(rank_correlations(s)["fc"].loc["a", "b"])
+        -1.0
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    names = _check_scores(scores)
+    out: dict[str, pd.DataFrame] = {}
+    if per_layer:
+        for layer in _layers(scores):
+            have = [n for n in names if layer in scores[n]]
+            out[layer] = _matrix(have, lambda a, b, layer=layer: _corr(
+                *_pair_vectors(scores, a, b, [layer]), method,
+                f"{method} of {a!r} and {b!r} on layer {layer!r}"))
+
+    def glob(a, b):
+        common = _common(scores[a], scores[b])
+        return _corr(*_pair_vectors(scores, a, b, common), method,
+                     f"global {method} of {a!r} and {b!r}")
+    out["global"] = _matrix(names, glob)
+    return out
+
+
+def _matrix(names: list[str], fn: Callable[[str, str], float]) -> pd.DataFrame:
+    m = np.full((len(names), len(names)), np.nan)
+    for i, j in itertools.combinations_with_replacement(range(len(names)), 2):
+        m[i, j] = m[j, i] = fn(names[i], names[j])
+    idx = pd.Index(names, name="scorer")
+    return pd.DataFrame(m, index=idx, columns=idx.copy())
+
+
+def _overlap(x: np.ndarray, y: np.ndarray, k: int | float, what: str) -> float:
+    n = _n_of(k, x.size)
+    if isinstance(k, (float, np.floating)) and k > 0 and x.size:
+        n = max(n, 1)  # a positive fraction of a small layer compares its lowest item
+    if n == 0:
+        warnings.warn(f"{what}: k selects no item, the overlap is NaN", UndefinedComparisonWarning,
+                      stacklevel=3)
+        return math.nan
+    a, b = _lowest(x, n), _lowest(y, n)
+    return len(np.intersect1d(a, b)) / n
+
+
+def topk_overlap(scores: Mapping[str, Scores], k: int | float = 0.1,
+                 per_layer: bool = True) -> dict[str, pd.DataFrame]:
+    """Overlap of the ``k`` lowest-scored items between every pair of scorers.
+
+    For scorers ``a`` and ``b`` the entry is ``|L_a ∩ L_b| / k`` where ``L_s``
+    is the set of the ``k`` items with the lowest scores under ``s`` -- the
+    items a pruner using ``s`` removes first. Ties are broken by position
+    (stable sort), as a pruner would. 1 = same pruned set; a random pair
+    overlaps by about ``k / n``.
+
+    Args:
+        scores: ``{scorer name: {layer: tensor}}``.
+        k: an int is a count; a float in ``[0, 1]`` is a fraction of the
+            layer's items, ``max(1, floor(k * n))`` (so 10% of a 6-unit layer
+            compares the lowest unit). ``k = 0`` selects no item: NaN with a
+            :class:`UndefinedComparisonWarning`.
+        per_layer: also return one matrix per layer; ``"global"`` takes the
+            lowest ``k`` over the concatenation of the layers a pair shares
+            (a global pruner).
+
+    Returns:
+        ``{layer or "global": DataFrame}`` of scorer x scorer overlaps in ``[0, 1]``.
+
+    Example:
+        >>> import torch
+        >>> s = {"a": {"fc": torch.tensor([1., 2., 3., 4.])},
+        ...      "b": {"fc": torch.tensor([2., 1., 4., 3.])}}
+        >>> float(topk_overlap(s, k=2)["fc"].loc["a", "b"])
+        1.0
+    """
+    names = _check_scores(scores)
+    _n_of(k, 1 << 30)  # validate k before any work
+    out: dict[str, pd.DataFrame] = {}
+    if per_layer:
+        for layer in _layers(scores):
+            have = [n for n in names if layer in scores[n]]
+            out[layer] = _matrix(have, lambda a, b, layer=layer: _overlap(
+                *_pair_vectors(scores, a, b, [layer]), k,
+                f"top-k overlap of {a!r} and {b!r} on layer {layer!r}"))
+    out["global"] = _matrix(names, lambda a, b: _overlap(
+        *_pair_vectors(scores, a, b, _common(scores[a], scores[b])), k,
+        f"global top-k overlap of {a!r} and {b!r}"))
+    return out
+
+
+def fidelity(scores: Mapping[str, Scores], pairs: Mapping[str, str],
+             k: int | float = 0.1) -> pd.DataFrame:
+    """How well each approximation ranks compared with its exact counterpart.
+
+    For every ``approximation -> exact`` pair (e.g. ``{"taylor1":
+    "loss_change", "mrs": "mrp"}``) and every layer both score, plus a
+    ``"global"`` row over all those layers together: Spearman's rho,
+    Kendall's tau-b (see :func:`rank_correlations`) and the overlap of the
+    ``k`` lowest-scored items (see :func:`topk_overlap`; 10% by default, at
+    least one item). All
+    three are 1 for a perfect approximation.
+
+    Args:
+        scores: ``{scorer name: {layer: tensor}}``.
+        pairs: ``{approximation name: exact name}``.
+        k: the top-k of the overlap column (int count or float fraction).
+
+    Returns:
+        DataFrame with columns ``approximation, exact, layer, n, spearman,
+        kendall, topk_overlap`` (``n``: items compared), one row per pair and
+        layer, the ``"global"`` row last for each pair.
+
+    Example:
+        >>> import torch
+        >>> s = {"approx": {"fc": torch.tensor([1., 3., 2., 4.])},
+        ...      "exact": {"fc": torch.tensor([1., 2., 3., 4.])}}
+        >>> fidelity(s, {"approx": "exact"}, k=2)[["layer", "spearman", "topk_overlap"]]
+          layer  spearman  topk_overlap
+        0    fc       0.8           0.5
+        1  global       0.8           0.5
+    """
+    _check_scores(scores)
+    if not isinstance(pairs, Mapping) or not pairs:
+        raise ValueError("pairs must be a non-empty mapping {approximation: exact}")
+    missing = sorted({n for kv in pairs.items() for n in kv if n not in scores})
+    if missing:
+        raise ValueError(f"pairs names scorers without scores: {missing}; scores has "
+                         f"{sorted(scores)}")
+    _n_of(k, 1 << 30)
+    rows = []
+    for approx, exact in pairs.items():
+        common = _common(scores[approx], scores[exact])
+        if not common:
+            raise ValueError(f"{approx!r} and {exact!r} share no layer (different "
+                             "granularity?)")
+        for layer in [*common, "global"]:
+            x, y = _pair_vectors(scores, approx, exact, common if layer == "global" else [layer])
+            what = f"fidelity of {approx!r} to {exact!r} on {layer!r}"
+            rows.append({"approximation": approx, "exact": exact, "layer": layer, "n": x.size,
+                         "spearman": _corr(x, y, "spearman", what),
+                         "kendall": _corr(x, y, "kendall", what),
+                         "topk_overlap": _overlap(x, y, k, what)})
+    return pd.DataFrame(rows, columns=["approximation", "exact", "layer", "n", "spearman",
+                                       "kendall", "topk_overlap"])
+
+
+# --------------------------------------------------------------------------- penalty
+
+def _mean_loss(model: nn.Module, data: Iterable, loss_fn: LossFn) -> float:
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    with torch.no_grad():
+        for batch in data:
+            x, y = batch[0], batch[1]
+            total += per_sample_loss(loss_fn, model(x), y).to(torch.float64).sum()
+            count += x.shape[0]
+    if count == 0:
+        raise ValueError("data is empty: it yielded no sample")
+    return float(total / count)
+
+
+def _named_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters by name; ``torch.nn.utils.prune``'d ones also under their base name."""
+    out = dict(model.named_parameters(remove_duplicate=False))
+    for name, p in list(out.items()):
+        if name.endswith("_orig"):
+            out.setdefault(name[: -len("_orig")], p)
+    return out
+
+
+def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
+                    data: Iterable, *, layer: str, fractions: Iterable[float],
+                    loss_fn: LossFn = F.cross_entropy, kind: str = "unit",
+                    replacement: str = "mean",
+                    score_data: Iterable | None = None) -> pd.DataFrame:
+    """The pruning-penalty curve: loss change when each scorer prunes a fraction of a layer.
+
+    For every scorer ``s`` and fraction ``f`` the probe prunes the
+    ``n_pruned = floor(f * n)`` items of ``layer`` with the lowest scores
+    under ``s`` (ties broken by position) and measures, on ``data``,
+
+        delta = L(pruned model) - L(model),   L = mean per-sample loss,
+
+    restoring the model after every probe. A good scorer keeps ``delta``
+    small for large ``f``. Draw the curve against the random scorer (the
+    baseline to beat) and the exact oracle, which prunes by the true loss
+    change: ``loss_change`` for parameters, ``mrp`` (:class:`saliency.mrp.MRP`)
+    for units; pass them in ``scorers_or_scores`` like any other scorer
+    (:func:`plot_penalty` dashes names starting with ``"random"`` and draws
+    ``loss_change`` / ``mrp`` bold).
+
+    * ``kind="parameter"``: ``layer`` is a parameter name (``"fc1.weight"``;
+      a module name means its ``weight``); the selected entries are set to
+      zero under ``torch.no_grad()`` and restored from a saved clone in a
+      ``finally``, so the model is bit-identical afterwards.
+    * ``kind="unit"``: ``layer`` is a producer module (``"fc1"``); the
+      selected units' outputs are replaced by forward hooks
+      (:func:`saliency.replacement.replacement_hooks`) with their mean over
+      ``data`` (:func:`saliency.replacement.unit_means`, ``replacement=
+      "mean"``) or by 0 (``"zero"``). The loss is exactly that of
+      ``pruners.remove_units(model, units, replacement=..., data=data)``,
+      without changing the model. (``"zero"`` holds the producer output at 0,
+      so a following BatchNorm's shift still reaches the consumer, as in
+      ``remove_units(replacement="zero")``.)
+
+    Probes run in eval mode under ``torch.no_grad()``; training flags,
+    hooks, ``.grad`` and ``requires_grad`` are restored, also on error.
+
+    Args:
+        model: the model; unchanged afterwards.
+        scorers_or_scores: ``{name: scorer or scores dict}``; scorer objects
+            are run on ``score_data`` (default ``data``).
+        data: held-out iterable of ``(inputs, targets)`` batches.
+        layer: the parameter (``kind="parameter"``) or producer module
+            (``kind="unit"``) to prune.
+        fractions: fractions in ``[0, 1]``.
+        loss_fn: loss with a ``reduction`` argument.
+        kind: ``"unit"`` or ``"parameter"``.
+        replacement: ``"mean"`` or ``"zero"`` (units only).
+        score_data: data for scorer objects (e.g. the training set).
+
+    Returns:
+        DataFrame with columns ``scorer, fraction, n_pruned, loss_before,
+        loss_after, delta``, one row per scorer and fraction.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from saliency.mrp import MRP
+        >>> torch.manual_seed(0) and None
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> data = [(torch.randn(32, 4), torch.randint(0, 3, (32,)))]
+        >>> scorers = {"mrp": MRP(), "random": {"0": torch.rand(8)}}
+        >>> df = pruning_penalty(net, scorers, data, layer="0", fractions=[0.25, 0.5])
+        >>> df[["scorer", "fraction", "n_pruned"]].values.tolist()
+        [['mrp', 0.25, 2], ['mrp', 0.5, 4], ['random', 0.25, 2], ['random', 0.5, 4]]
+    """
+    # ---- validate everything before touching the model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if kind not in ("unit", "parameter"):
+        raise ValueError(f"kind must be 'unit' or 'parameter', got {kind!r}")
+    if kind == "unit" and replacement not in ("mean", "zero"):
+        raise ValueError(f"replacement must be 'mean' or 'zero', got {replacement!r}")
+    if not isinstance(scorers_or_scores, Mapping) or not scorers_or_scores:
+        raise ValueError("scorers_or_scores must be a non-empty mapping {name: scorer or "
+                         "scores}")
+    fractions = [float(f) for f in fractions]
+    if not fractions:
+        raise ValueError("fractions is empty")
+    bad = [f for f in fractions if not 0.0 <= f <= 1.0]
+    if bad:
+        raise ValueError(f"fractions must be in [0, 1], got {bad}")
+    if data is None:
+        raise ValueError("pruning_penalty needs data: an iterable of (inputs, targets) batches")
+    data = _materialize(data)
+    score_data = data if score_data is None else _materialize(score_data)
+
+    modules = dict(model.named_modules())
+    if kind == "parameter":
+        params = _named_params(model)
+        key = layer if layer in params else f"{layer}.weight"
+        if key not in params:
+            raise ValueError(f"kind='parameter': {layer!r} is neither a parameter nor a module "
+                             f"with a weight; parameters are {sorted(params)}")
+        param = params[key]
+        n_items = param.numel()
+    else:
+        if layer not in modules or not layer:
+            raise ValueError(f"kind='unit': {layer!r} is not a module of the model")
+        key = layer
+        mod = modules[layer]
+        n_items = getattr(mod, "out_features", getattr(mod, "out_channels", None))
+
+    vectors: dict[str, torch.Tensor] = {}
+    for name, s in scorers_or_scores.items():
+        if callable(getattr(s, "score", None)):
+            s = s.score(model, score_data, loss_fn)
+        if not isinstance(s, Mapping):
+            raise TypeError(f"scorers_or_scores[{name!r}] is neither a scorer nor a scores dict")
+        if key not in s:
+            hint = (" (parameter-wise scores for kind='unit'?)" if kind == "unit"
+                    and any(k.startswith(key + ".") for k in s) else "")
+            raise ValueError(f"scorer {name!r} has no scores for {key!r}{hint}; it scores "
+                             f"{sorted(s)}")
+        t = s[key].detach()
+        if kind == "parameter" and tuple(t.shape) != tuple(param.shape):
+            raise ValueError(f"scorer {name!r}: scores for {key!r} have shape "
+                             f"{tuple(t.shape)}, the parameter {tuple(param.shape)}")
+        if kind == "unit":
+            if t.dim() != 1 or (n_items is not None and t.numel() != n_items):
+                raise ValueError(f"scorer {name!r}: unit scores for {key!r} must be 1-D over "
+                                 f"its {n_items} units, got shape {tuple(t.shape)}")
+        if torch.isnan(t).any():
+            raise ValueError(f"scorer {name!r}: scores for {key!r} contain NaN")
+        vectors[name] = t.reshape(-1)
+    if kind == "unit":
+        n_items = next(iter(vectors.values())).numel()
+
+    counts = {f: _n_of(f, n_items) for f in fractions}
+    rows = []
+    with preserved(model), torch.no_grad():
+        loss_before = _mean_loss(model, data, loss_fn)
+        if kind == "unit" and replacement == "mean":
+            means = unit_means(model, data, [key])[key]
+        for name, v in vectors.items():
+            for f in fractions:
+                idx = torch.as_tensor(_lowest(v, counts[f]), dtype=torch.long)
+                if kind == "parameter":
+                    loss_after = _probe_parameter(model, param, idx, data, loss_fn)
+                else:
+                    vals = (means[idx] if replacement == "mean"
+                            else torch.zeros(idx.numel(), dtype=torch.float64))
+                    loss_after = _probe_unit(model, key, idx, vals, data, loss_fn)
+                rows.append({"scorer": name, "fraction": f, "n_pruned": int(idx.numel()),
+                             "loss_before": loss_before, "loss_after": loss_after,
+                             "delta": loss_after - loss_before})
+    return pd.DataFrame(rows, columns=["scorer", "fraction", "n_pruned", "loss_before",
+                                       "loss_after", "delta"])
+
+
+def _probe_parameter(model, param, idx, data, loss_fn) -> float:
+    saved = param.detach().clone()
+    try:
+        mask = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
+        mask[idx.to(param.device)] = True
+        param.masked_fill_(mask.view(param.shape), 0)
+        return _mean_loss(model, data, loss_fn)
+    finally:
+        param.copy_(saved)
+
+
+def _probe_unit(model, layer, idx, vals, data, loss_fn) -> float:
+    handles = replacement_hooks(model, {layer: (idx, vals)})
+    try:
+        return _mean_loss(model, data, loss_fn)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# --------------------------------------------------------------------------- plots
+
+def _axes(ax, figsize=(5, 4)):
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _heatmaps(mats, ax, *, vmin, vmax, cmap, title):
+    import seaborn as sns
+
+    def one(df, ax, name):
+        ax = sns.heatmap(df, ax=ax, annot=True, fmt=".2f", vmin=vmin, vmax=vmax, cmap=cmap,
+                         square=True, cbar_kws={"shrink": 0.8})
+        ax.set_title(f"{title}: {name}" if name else title)
+        return ax
+
+    if isinstance(mats, pd.DataFrame):
+        return one(mats, _axes(ax), None)
+    if not isinstance(mats, Mapping) or not mats:
+        raise TypeError("expected a DataFrame or a non-empty {layer: DataFrame} dict")
+    if len(mats) == 1:
+        (name, df), = mats.items()
+        return one(df, _axes(ax), name)
+    if ax is not None:
+        raise ValueError("several matrices need a figure of their own: pass ax=None, or one "
+                         "DataFrame (e.g. result['global'])")
+    import matplotlib.pyplot as plt
+    ncols = min(3, len(mats))
+    nrows = math.ceil(len(mats) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 4 * nrows), squeeze=False)
+    for a, (name, df) in zip(axes.flat, mats.items()):
+        one(df, a, name)
+    for a in axes.flat[len(mats):]:
+        a.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_correlations(corr: pd.DataFrame | Mapping[str, pd.DataFrame], ax=None,
+                      title: str = "rank correlation"):
+    """Annotated heatmap(s) of :func:`rank_correlations` (colour scale -1..1).
+
+    Args:
+        corr: one matrix (returns its Axes) or ``{layer: matrix}`` (a grid of
+            heatmaps: returns the Figure; a one-entry dict returns the Axes).
+        ax: Axes to draw one matrix on (new figure when None).
+
+    Example:
+        >>> import torch, matplotlib
+        >>> matplotlib.use("Agg")
+        >>> s = {"a": {"fc": torch.arange(5.)}, "b": {"fc": -torch.arange(5.)}}
+        >>> ax = plot_correlations(rank_correlations(s)["global"])
+        >>> len(ax.texts)
+        4
+    """
+    return _heatmaps(corr, ax, vmin=-1, vmax=1, cmap="vlag", title=title)
+
+
+def plot_topk(overlap: pd.DataFrame | Mapping[str, pd.DataFrame], ax=None,
+              title: str = "top-k overlap"):
+    """Annotated heatmap(s) of :func:`topk_overlap` (colour scale 0..1).
+
+    Takes one matrix (returns its Axes) or ``{layer: matrix}`` (returns the
+    Figure of a grid), like :func:`plot_correlations`.
+
+    Example:
+        >>> import torch, matplotlib
+        >>> matplotlib.use("Agg")
+        >>> s = {"a": {"fc": torch.arange(10.)}, "b": {"fc": torch.rand(10)}}
+        >>> fig = plot_topk(topk_overlap(s, k=0.3))   # fc and global: a Figure
+        >>> len(fig.axes) >= 2
+        True
+    """
+    return _heatmaps(overlap, ax, vmin=0, vmax=1, cmap="rocket", title=title)
+
+
+def _role(name: str, random: Sequence[str], oracles: Sequence[str]) -> str:
+    low = name.lower()
+    if any(low.startswith(p) for p in random):
+        return "random"
+    if any(low.startswith(p) for p in oracles):
+        return "oracle"
+    return "scorer"
+
+
+def plot_penalty(df: pd.DataFrame, ax=None, *, yscale: str = "symlog",
+                 random: Sequence[str] = RANDOM_NAMES, oracles: Sequence[str] = ORACLE_NAMES):
+    """Pruning-penalty curves of :func:`pruning_penalty`: loss change vs. fraction pruned.
+
+    One line per scorer (``delta`` against ``fraction``); the random
+    baseline (names starting with one of ``random``) is dashed grey, the
+    exact oracles (names starting with one of ``oracles``: ``loss_change``,
+    ``mrp``) bold. Several rows per scorer and fraction (e.g. the frames of
+    several random seeds concatenated) are averaged, with a +-1 sd band.
+
+    Args:
+        df: the DataFrame of :func:`pruning_penalty`.
+        ax: Axes to draw on (new figure when None).
+        yscale: ``"symlog"`` (default: log-like, yet defined for negative and
+            zero deltas), ``"log"`` or ``"linear"``.
+        random, oracles: name prefixes of the baseline and the oracles.
+
+    Returns:
+        The Axes.
+
+    Example:
+        >>> import pandas as pd, matplotlib
+        >>> matplotlib.use("Agg")
+        >>> df = pd.DataFrame({"scorer": ["mrp", "mrp", "random", "random"],
+        ...                    "fraction": [0.1, 0.5, 0.1, 0.5],
+        ...                    "delta": [0.0, 0.2, 0.1, 0.9]})
+        >>> len(plot_penalty(df).get_lines())
+        2
+    """
+    import seaborn as sns
+
+    missing = {"scorer", "fraction", "delta"} - set(df.columns)
+    if missing:
+        raise ValueError(f"df lacks columns {sorted(missing)} (expected pruning_penalty's "
+                         "output)")
+    if yscale not in ("symlog", "log", "linear"):
+        raise ValueError(f"yscale must be 'symlog', 'log' or 'linear', got {yscale!r}")
+    ax = _axes(ax, figsize=(6, 4))
+    names = list(dict.fromkeys(df["scorer"]))
+    others = [n for n in names if _role(n, random, oracles) != "random"]
+    palette = dict(zip(others, sns.color_palette(n_colors=max(len(others), 1))))
+    for name in names:
+        sub = df[df["scorer"] == name]
+        role = _role(name, random, oracles)
+        style = {"random": dict(color="0.45", linestyle="--", linewidth=1.5),
+                 "oracle": dict(color=palette.get(name), linestyle="-", linewidth=3.0),
+                 "scorer": dict(color=palette.get(name), linestyle="-", linewidth=1.5)}[role]
+        repeated = sub.duplicated(["fraction"]).any()
+        sns.lineplot(data=sub, x="fraction", y="delta", ax=ax, label=name, marker="o",
+                     errorbar="sd" if repeated else None, **style)
+    if yscale == "symlog":
+        nz = np.abs(df["delta"].to_numpy(dtype=float))
+        nz = nz[np.isfinite(nz) & (nz > 0)]
+        ax.set_yscale("symlog", linthresh=float(nz.min()) if nz.size else 1e-3)
+    else:
+        ax.set_yscale(yscale)
+    ax.set_xlabel("fraction pruned")
+    ax.set_ylabel("loss change (held-out)")
+    ax.set_title("pruning penalty")
+    ax.legend(title="scorer")
+    return ax
+
+
+def plot_fidelity(df: pd.DataFrame, ax=None, *, layer: str | None = "global"):
+    """Bar chart of :func:`fidelity`: Spearman, Kendall and top-k overlap per pair.
+
+    Args:
+        df: the DataFrame of :func:`fidelity`.
+        ax: Axes to draw on (new figure when None).
+        layer: which rows to draw (``"global"`` by default); ``None`` draws
+            every row, one group per ``approximation / layer``.
+
+    Returns:
+        The Axes; one bar per pair (and layer) and metric.
+
+    Example:
+        >>> import torch, matplotlib
+        >>> matplotlib.use("Agg")
+        >>> s = {"approx": {"fc": torch.tensor([1., 3., 2., 4.])},
+        ...      "exact": {"fc": torch.tensor([1., 2., 3., 4.])}}
+        >>> ax = plot_fidelity(fidelity(s, {"approx": "exact"}, k=2))
+        >>> len(ax.containers)   # one bar group per metric
+        3
+    """
+    import seaborn as sns
+
+    need = {"approximation", "exact", "layer", "spearman", "kendall", "topk_overlap"}
+    if need - set(df.columns):
+        raise ValueError(f"df lacks columns {sorted(need - set(df.columns))} (expected "
+                         "fidelity's output)")
+    rows = df if layer is None else df[df["layer"] == layer]
+    if rows.empty:
+        raise ValueError(f"no rows for layer {layer!r}; layers are {sorted(set(df['layer']))}")
+    label = rows["approximation"] + " vs " + rows["exact"]
+    if layer is None:
+        label = label + " / " + rows["layer"]
+    long = (rows.assign(pair=label)
+            .melt(id_vars=["pair"], value_vars=["spearman", "kendall", "topk_overlap"],
+                  var_name="metric", value_name="value"))
+    ax = _axes(ax, figsize=(max(5, 1.6 * rows.shape[0] + 2), 4))
+    sns.barplot(data=long, x="pair", y="value", hue="metric", ax=ax, errorbar=None)
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_ylim(min(-0.05, float(np.nanmin(long["value"])) - 0.05) if long["value"].notna().any()
+                else -0.05, 1.05)
+    ax.set_xlabel("approximation vs exact" + ("" if layer is None else f" ({layer})"))
+    ax.set_ylabel("agreement")
+    ax.set_title("fidelity")
+    return ax
