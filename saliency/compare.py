@@ -29,8 +29,10 @@ backend and in notebooks alike.
 
 Example (a notebook cell)::
 
-    from saliency import compare
-    scores = compare.compute_scores({"mrp": MRP(), "random": Random()}, net, train)
+    from saliency import MRP, MRS, compare
+    scores = compare.compute_scores({"mrs": MRS(), "mrp": MRP(), "random": random_scorer},
+                                    net, train)
+    compare.plot_fidelity(compare.fidelity(scores, {"mrs": "mrp"}))
     compare.plot_correlations(compare.rank_correlations(scores)["global"])
     compare.plot_penalty(compare.pruning_penalty(net, scores, test, layer="fc1",
                                                  fractions=[0.1, 0.2, 0.5]))
@@ -69,7 +71,8 @@ _METHODS = ("spearman", "kendall")
 
 
 class UndefinedComparisonWarning(RuntimeWarning):
-    """A rank correlation is undefined (a constant score vector, or < 2 items): NaN."""
+    """A comparison is undefined -- constant scores or < 2 items (rank correlation), a
+    ``k`` selecting no item (overlap) -- and was set to NaN. One warning per call."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -82,22 +85,37 @@ def _materialize(data: Iterable | None) -> Iterable | None:
 
 
 def _as_numpy(t: torch.Tensor, where: str) -> np.ndarray:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{where}: scores must be tensors, got {type(t).__name__}")
-    a = t.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
-    if np.isnan(a).any():
-        raise ValueError(f"{where}: scores contain NaN")
-    return a
+    return t.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
 
 
 def _check_scores(scores: Mapping[str, Scores]) -> list[str]:
+    """Validate everything up front: mappings of tensors, no NaN, one shape per layer."""
     if not isinstance(scores, Mapping) or not scores:
         raise ValueError("scores must be a non-empty mapping {scorer name: {layer: tensor}}")
+    shapes: dict[str, tuple[str, tuple]] = {}
     for name, s in scores.items():
         if not isinstance(s, Mapping):
             raise TypeError(f"scores[{name!r}] must be a dict {{layer: tensor}}, got "
                             f"{type(s).__name__}")
+        for layer, t in s.items():
+            where = f"scores[{name!r}][{layer!r}]"
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{where}: scores must be tensors, got {type(t).__name__}")
+            if t.is_floating_point() and torch.isnan(t).any():
+                raise ValueError(f"{where}: scores contain NaN")
+            first = shapes.setdefault(layer, (name, tuple(t.shape)))
+            if first[1] != tuple(t.shape):
+                raise ValueError(f"layer {layer!r}: scorer {first[0]!r} gives shape {first[1]}, "
+                                 f"{name!r} gives {tuple(t.shape)}")
     return list(scores)
+
+
+def _warn_undefined(notes: list[str], what: str) -> None:
+    """One warning per call, listing the undefined entries (NaN in the result)."""
+    if notes:
+        more = f" (and {len(notes) - 5} more)" if len(notes) > 5 else ""
+        warnings.warn(f"{what}: {len(notes)} undefined entries set to NaN: "
+                      + "; ".join(notes[:5]) + more, UndefinedComparisonWarning, stacklevel=3)
 
 
 def _layers(scores: Mapping[str, Scores]) -> list[str]:
@@ -118,9 +136,6 @@ def _pair_vectors(scores: Mapping[str, Scores], a: str, b: str,
     xs, ys = [], []
     for layer in layers:
         ta, tb = scores[a][layer], scores[b][layer]
-        if tuple(ta.shape) != tuple(tb.shape):
-            raise ValueError(f"layer {layer!r}: scorer {a!r} gives shape {tuple(ta.shape)}, "
-                             f"{b!r} gives {tuple(tb.shape)}")
         xs.append(_as_numpy(ta, f"scores[{a!r}][{layer!r}]"))
         ys.append(_as_numpy(tb, f"scores[{b!r}][{layer!r}]"))
     if not xs:
@@ -128,15 +143,13 @@ def _pair_vectors(scores: Mapping[str, Scores], a: str, b: str,
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _corr(x: np.ndarray, y: np.ndarray, method: str, what: str) -> float:
-    """Spearman's rho or Kendall's tau-b; NaN with a warning when undefined."""
+def _corr(x: np.ndarray, y: np.ndarray, method: str, what: str, notes: list[str]) -> float:
+    """Spearman's rho or Kendall's tau-b; NaN (noted in ``notes``) when undefined."""
     if x.size < 2:
-        warnings.warn(f"{what}: fewer than 2 items, the rank correlation is NaN",
-                      UndefinedComparisonWarning, stacklevel=3)
+        notes.append(f"{what}: fewer than 2 items")
         return math.nan
     if np.ptp(x) == 0 or np.ptp(y) == 0:
-        warnings.warn(f"{what}: a score vector is constant, the rank correlation is NaN",
-                      UndefinedComparisonWarning, stacklevel=3)
+        notes.append(f"{what}: constant scores")
         return math.nan
     if method == "spearman":
         return float(stats.spearmanr(x, y).statistic)
@@ -244,19 +257,17 @@ def rank_correlations(scores: Mapping[str, Scores], method: str = "spearman",
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     names = _check_scores(scores)
+    notes: list[str] = []
     out: dict[str, pd.DataFrame] = {}
     if per_layer:
         for layer in _layers(scores):
             have = [n for n in names if layer in scores[n]]
             out[layer] = _matrix(have, lambda a, b, layer=layer: _corr(
-                *_pair_vectors(scores, a, b, [layer]), method,
-                f"{method} of {a!r} and {b!r} on layer {layer!r}"))
-
-    def glob(a, b):
-        common = _common(scores[a], scores[b])
-        return _corr(*_pair_vectors(scores, a, b, common), method,
-                     f"global {method} of {a!r} and {b!r}")
-    out["global"] = _matrix(names, glob)
+                *_pair_vectors(scores, a, b, [layer]), method, f"({a}, {b}) on {layer}", notes))
+    out["global"] = _matrix(names, lambda a, b: _corr(
+        *_pair_vectors(scores, a, b, _common(scores[a], scores[b])), method,
+        f"({a}, {b}) global", notes))
+    _warn_undefined(notes, f"rank_correlations({method})")
     return out
 
 
@@ -268,13 +279,13 @@ def _matrix(names: list[str], fn: Callable[[str, str], float]) -> pd.DataFrame:
     return pd.DataFrame(m, index=idx, columns=idx.copy())
 
 
-def _overlap(x: np.ndarray, y: np.ndarray, k: int | float, what: str) -> float:
+def _overlap(x: np.ndarray, y: np.ndarray, k: int | float, what: str,
+             notes: list[str]) -> float:
     n = _n_of(k, x.size)
     if isinstance(k, (float, np.floating)) and k > 0 and x.size:
         n = max(n, 1)  # a positive fraction of a small layer compares its lowest item
     if n == 0:
-        warnings.warn(f"{what}: k selects no item, the overlap is NaN", UndefinedComparisonWarning,
-                      stacklevel=3)
+        notes.append(f"{what}: k selects no item")
         return math.nan
     a, b = _lowest(x, n), _lowest(y, n)
     return len(np.intersect1d(a, b)) / n
@@ -312,16 +323,17 @@ def topk_overlap(scores: Mapping[str, Scores], k: int | float = 0.1,
     """
     names = _check_scores(scores)
     _n_of(k, 1 << 30)  # validate k before any work
+    notes: list[str] = []
     out: dict[str, pd.DataFrame] = {}
     if per_layer:
         for layer in _layers(scores):
             have = [n for n in names if layer in scores[n]]
             out[layer] = _matrix(have, lambda a, b, layer=layer: _overlap(
-                *_pair_vectors(scores, a, b, [layer]), k,
-                f"top-k overlap of {a!r} and {b!r} on layer {layer!r}"))
+                *_pair_vectors(scores, a, b, [layer]), k, f"({a}, {b}) on {layer}", notes))
     out["global"] = _matrix(names, lambda a, b: _overlap(
-        *_pair_vectors(scores, a, b, _common(scores[a], scores[b])), k,
-        f"global top-k overlap of {a!r} and {b!r}"))
+        *_pair_vectors(scores, a, b, _common(scores[a], scores[b])), k, f"({a}, {b}) global",
+        notes))
+    _warn_undefined(notes, f"topk_overlap(k={k})")
     return out
 
 
@@ -364,6 +376,7 @@ def fidelity(scores: Mapping[str, Scores], pairs: Mapping[str, str],
         raise ValueError(f"pairs names scorers without scores: {missing}; scores has "
                          f"{sorted(scores)}")
     _n_of(k, 1 << 30)
+    notes: list[str] = []
     rows = []
     for approx, exact in pairs.items():
         common = _common(scores[approx], scores[exact])
@@ -372,11 +385,12 @@ def fidelity(scores: Mapping[str, Scores], pairs: Mapping[str, str],
                              "granularity?)")
         for layer in [*common, "global"]:
             x, y = _pair_vectors(scores, approx, exact, common if layer == "global" else [layer])
-            what = f"fidelity of {approx!r} to {exact!r} on {layer!r}"
+            what = f"({approx}, {exact}) on {layer}"
             rows.append({"approximation": approx, "exact": exact, "layer": layer, "n": x.size,
-                         "spearman": _corr(x, y, "spearman", what),
-                         "kendall": _corr(x, y, "kendall", what),
-                         "topk_overlap": _overlap(x, y, k, what)})
+                         "spearman": _corr(x, y, "spearman", what, notes),
+                         "kendall": _corr(x, y, "kendall", what, notes),
+                         "topk_overlap": _overlap(x, y, k, what, notes)})
+    _warn_undefined(notes, "fidelity")
     return pd.DataFrame(rows, columns=["approximation", "exact", "layer", "n", "spearman",
                                        "kendall", "topk_overlap"])
 
@@ -544,7 +558,7 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
                 if kind == "parameter":
                     loss_after = _probe_parameter(model, param, idx, data, loss_fn)
                 else:
-                    vals = (means[idx] if replacement == "mean"
+                    vals = (means[idx.to(means.device)] if replacement == "mean"
                             else torch.zeros(idx.numel(), dtype=torch.float64))
                     loss_after = _probe_unit(model, key, idx, vals, data, loss_fn)
                 rows.append({"scorer": name, "fraction": f, "n_pruned": int(idx.numel()),
@@ -715,7 +729,10 @@ def plot_penalty(df: pd.DataFrame, ax=None, *, yscale: str = "symlog",
     if yscale == "symlog":
         nz = np.abs(df["delta"].to_numpy(dtype=float))
         nz = nz[np.isfinite(nz) & (nz > 0)]
-        ax.set_yscale("symlog", linthresh=float(nz.min()) if nz.size else 1e-3)
+        # linear within the smallest non-zero |delta| (rounded down to a power of 10,
+        # and at most 4 decades below the largest): log-like beyond, defined at 0 and below
+        lin = 10.0 ** math.floor(math.log10(max(nz.min(), nz.max() * 1e-4))) if nz.size else 1e-3
+        ax.set_yscale("symlog", linthresh=lin, linscale=0.5)
     else:
         ax.set_yscale(yscale)
     ax.set_xlabel("fraction pruned")
