@@ -16,7 +16,11 @@ and the CLI iterate over it. Lower score = less important.
 
 from .base import ParameterScorer, Scorer, UnitScorer
 from .graph import UnitGraph, UnsupportedArchitecture, trace
+from .loss_change import LossChange
+from .magnitude import Magnitude
 from .mrp import MRP
+from .random_scores import RandomParameter, RandomUnit
+from .taylor import Hessian, Taylor1, Taylor2
 from .replacement import unit_means
 from .unit_scorers import MRS, Dormancy, Norm, UnitTaylor
 from .unit_stats import unit_statistics
@@ -24,17 +28,32 @@ from .unit_stats import unit_statistics
 #: name -> scorer class. Parameter-wise and unit-wise scorers of the thesis
 #: (Table 2.1, Table 4.1, Def. 3.1.1-3.1.2) and of the literature.
 SCORERS: dict[str, type[Scorer]] = {
-    # unit-wise
+    # parameter-wise (thesis Table 2.1 and Sec. 2.1)
+    "magnitude": Magnitude,
+    "taylor1": Taylor1,
+    "taylor2": Taylor2,
+    "hessian": Hessian,
+    "loss_change": LossChange,
+    "random": RandomParameter,
+    # unit-wise (thesis Table 4.1, Def. 3.1.1-3.1.2; Molchanov 2017; ReDo 2023)
     "mrp": MRP,
     "mrs": MRS,
     "taylor": UnitTaylor,
     "dormancy": Dormancy,
     "norm": Norm,
+    "random_unit": RandomUnit,
 }
 
 __all__ = [
     "SCORERS",
     "Scorer",
+    "Magnitude",
+    "Taylor1",
+    "Taylor2",
+    "Hessian",
+    "LossChange",
+    "RandomParameter",
+    "RandomUnit",
     "ParameterScorer",
     "UnitScorer",
     "MRP",

@@ -1,0 +1,147 @@
+"""Cost of every scorer as a multiple of one plain forward+backward pass.
+
+``python -m experiments.bench.scorers [--quick] [--repeats N]``
+
+Models: an MLP 784-512-512-10 at batch 256 and the thesis CNN (20,522
+parameters) at batch 1000, random inputs (cost does not depend on the
+values). For each model the reference is one plain forward+backward pass
+(``loss.backward()`` filling every parameter's ``.grad``), timed in the same
+run; every scorer's median wall time is divided by it. Targets (issue 4):
+
+* ``mrs`` (with ``taylor`` and ``dormancy`` from the same pass): <= 1.3
+* exact ``mrp`` for all units: <= 50 (a one-forward-per-unit loop costs ~200)
+* one Hessian-vector product (what ``taylor2``/``hessian`` add): <= 3
+* exact ``loss_change`` over the 200 weights of the thesis CNN's ``conv1``:
+  >= 20x faster than one forward pass per weight
+
+Prints a table, then one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from experiments.models import build_model
+from saliency import SCORERS, trace
+from saliency.base import preserved
+from saliency.hvp import hvp
+from saliency.unit_stats import unit_statistics
+
+TARGETS = {"mrs_pass": ("<=", 1.3), "mrp_all_units": ("<=", 50.0), "hvp": ("<=", 3.0),
+           "loss_change_conv1_speedup": (">=", 20.0)}
+
+
+def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _setup(name: str, quick: bool):
+    torch.manual_seed(0)
+    if name == "mlp":
+        model = build_model("mlp", widths=[784, 512, 512, 10])
+        batch = 64 if quick else 256
+    else:
+        model = build_model("thesis_cnn")
+        batch = 200 if quick else 1000
+    x = torch.randn(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    return model, [(x, y)]
+
+
+def measure(name: str, repeats: int, quick: bool) -> list[dict]:
+    model, data = _setup(name, quick)
+    x, y = data[0]
+    model.eval()
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y, reduction="sum").backward()
+
+    def fwd():
+        with torch.no_grad():
+            model(x)
+
+    t_fb = _median_time(fwd_bwd, repeats)
+    t_f = _median_time(fwd, repeats)
+    model.zero_grad(set_to_none=True)
+    rows = [{"model": name, "case": "forward+backward", "seconds": t_fb, "ratio": 1.0}]
+
+    graph = trace(model, x[:1])
+    layers = graph.prunable
+
+    def stats_pass():
+        with preserved(model):
+            unit_statistics(model, graph, layers, data, F.cross_entropy)
+
+    t = _median_time(stats_pass, repeats)
+    rows.append({"model": name, "case": "mrs_pass", "seconds": t, "ratio": t / t_fb,
+                 "note": "mrs, taylor, dormancy, apoz, moments in one pass"})
+    for sname in sorted(SCORERS):
+        cls = SCORERS[sname]
+        kwargs = {}
+        if sname == "loss_change":
+            kwargs["params"] = ["fc3.weight"] if name == "mlp" else ["conv1.weight"]
+        scorer = cls(**kwargs)
+        reps = 1 if sname in ("mrp", "loss_change") else repeats
+        t = _median_time(lambda: scorer.score(model, data), reps)
+        rows.append({"model": name, "case": f"scorer:{sname}", "seconds": t, "ratio": t / t_fb})
+        if sname == "mrp":
+            rows.append({"model": name, "case": "mrp_all_units", "seconds": t, "ratio": t / t_fb,
+                         "note": f"{sum(graph.producers[n].num_units for n in layers)} units"})
+    params = {n: p for n, p in model.named_parameters()}
+    vec = {n: torch.randn_like(p) for n, p in params.items()}
+    t = _median_time(lambda: hvp(model, params, vec, data, F.cross_entropy), repeats)
+    rows.append({"model": name, "case": "hvp", "seconds": t, "ratio": t / t_fb})
+    if name == "thesis_cnn":
+        n_w = model.conv1.weight.numel()
+        lc = SCORERS["loss_change"](params=["conv1.weight"])
+        t = _median_time(lambda: lc.score(model, data), max(1, repeats // 3))
+        naive = n_w * t_f
+        rows.append({"model": name, "case": "loss_change_conv1_speedup", "seconds": t,
+                     "ratio": naive / t,
+                     "note": f"{n_w} weights; one forward {t_f * 1e3:.2f} ms each"})
+    return rows
+
+
+def main(argv: list[str] | None = None, file=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench.scorers")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    out = file or sys.stdout
+    repeats = 2 if args.quick else args.repeats
+    rows = []
+    for name in ("mlp", "thesis_cnn"):
+        rows += measure(name, repeats, args.quick)
+    print(f"scorer costs (torch {torch.__version__}, {torch.get_num_threads()} threads)", file=out)
+    print(f"{'model':<11}{'case':<30}{'ms':>10}{'x fwd+bwd':>11}  note", file=out)
+    for r in rows:
+        print(f"{r['model']:<11}{r['case']:<30}{r['seconds'] * 1e3:>10.2f}{r['ratio']:>11.2f}"
+              f"  {r.get('note', '')}", file=out)
+    met = {}
+    for case, (op, bound) in TARGETS.items():
+        vals = [r["ratio"] for r in rows if r["case"] == case]
+        ok = all(v <= bound if op == "<=" else v >= bound for v in vals) and bool(vals)
+        met[case] = {"values": vals, "target": f"{op} {bound}", "met": ok}
+    result = {"benchmark": "scorers", "rows": rows, "targets": met,
+              "targets_met": all(m["met"] for m in met.values())}
+    print(json.dumps(result), file=out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
