@@ -1,3 +1,4 @@
 """Imports every module that registers experiments (see :mod:`experiments.registry`)."""
 
 from . import baselines  # noqa: F401
+from . import saliency_repro  # noqa: F401

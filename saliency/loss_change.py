@@ -177,7 +177,7 @@ class LossChange(ParameterScorer):
     def _score(self, model, data, loss_fn):
         params = self.selected(model)
         values = parameter_values(model, params)
-        graph, fast, loop = self._plan(model, params, next(iter_inputs(data)))
+        graph, fast, loop = self._plan(model, params, next(iter_inputs(data))[:1])
         totals = {k: torch.zeros(p.numel(), dtype=torch.float64, device=p.device)
                   for k, p in params.items()}
         count = 0
