@@ -61,19 +61,32 @@ class Downstream:
         if not isinstance(self.out, torch.Tensor):
             raise TypeError("scoring needs a model whose output is one tensor")
         self.env: dict[fx.Node, Any] = interp.env
-        self.nodes = {n.target: n for n in self.gm.graph.nodes if n.op == "call_module"}
+        self.nodes: dict[str, fx.Node] = {}
+        self._calls: dict[str, int] = {}
+        for n in self.gm.graph.nodes:
+            if n.op == "call_module":
+                self.nodes[n.target] = n
+                self._calls[n.target] = self._calls.get(n.target, 0) + 1
         self.order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
         self._dependents: dict[tuple, list[fx.Node]] = {}
 
     # -- cached values ----------------------------------------------------
 
+    def _node(self, module: str) -> fx.Node:
+        if module not in self.nodes:
+            raise ValueError(f"module {module!r} is not called in the model's forward")
+        if self._calls[module] > 1:
+            raise ValueError(f"module {module!r} is called {self._calls[module]} times; its "
+                             "output is not one tensor")
+        return self.nodes[module]
+
     def output_of(self, module: str) -> torch.Tensor:
         """The cached output of module ``module`` on this batch."""
-        return self.env[self.nodes[module]]
+        return self.env[self._node(module)]
 
     def input_of(self, module: str) -> torch.Tensor:
         """The cached (first) input of module ``module`` on this batch."""
-        return self.env[self.nodes[module].args[0]]
+        return self.env[self._node(module).args[0]]
 
     def base_losses(self, y: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
         """Per-sample losses of the unchanged model (FloatingPointError if not finite)."""
@@ -158,7 +171,7 @@ class Downstream:
         with torch.no_grad():
             prod = self.graph.producers.get(producer)
             fast = prod is not None and prod.prunable and prod.edges
-            node = self.nodes[producer]
+            node = self._node(producer)
             starts = (tuple(self.nodes[e.consumer] for e in prod.edges) if fast else (node,))
             step = self._chunk(starts)
             pieces = []
