@@ -69,6 +69,8 @@ PARAM_SIGNED: tuple[str, ...] = ("loss_change", "taylor1", "taylor2", "hessian")
 #: every scorer of ``thesis-param-saliency``, in plotting order
 PARAM_SCORER_NAMES: tuple[str, ...] = (*PARAM_SIGNED, *(f"{n}_abs" for n in PARAM_SIGNED),
                                        "magnitude", "random")
+#: the absolute-valued scorers and magnitude (Fig. 2.5)
+PARAM_ABS_SET: tuple[str, ...] = (*(f"{n}_abs" for n in PARAM_SIGNED), "magnitude")
 #: the scorers whose fraction of negative scores is recorded (Fig. 2.1)
 NEGATIVE_SCORERS: tuple[str, ...] = ("loss_change", "taylor1", "taylor2")
 #: every scorer of ``thesis-unit-saliency``
@@ -265,9 +267,35 @@ def _by_scorer(df: pd.DataFrame, fn: str, order: Sequence[str]) -> dict[str, flo
     return {n: float(agg[n]) for n in order if n in agg.index}
 
 
+def _tied(a: float, b: float) -> bool:
+    """Equal up to rounding: scorers that prune the same items give the same deltas."""
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+
+
+def _lowest(d: Mapping[str, float], exclude: Sequence[str] = ()) -> list[str]:
+    """Every scorer tied for the lowest value, in the mapping's order."""
+    items = {k: v for k, v in d.items() if k not in exclude and math.isfinite(v)}
+    if not items:
+        return []
+    low = min(items.values())
+    return [k for k, v in items.items() if _tied(v, low)]
+
+
 def _argmin(d: Mapping[str, float], exclude: Sequence[str] = ()) -> str | None:
-    items = [(v, k) for k, v in d.items() if k not in exclude and math.isfinite(v)]
-    return min(items)[1] if items else None
+    """The scorer with the lowest value (the first in the mapping's order among ties)."""
+    low = _lowest(d, exclude)
+    return low[0] if low else None
+
+
+def _lowest_share(df: pd.DataFrame, names: Sequence[str]) -> dict[str, float]:
+    """Per scorer, the fraction of probes at which its delta is the lowest of ``names``
+    (ties count for every tied scorer, so the shares may sum to more than 1)."""
+    wide = df[df["scorer"].isin(names)].pivot(index="step", columns="scorer", values="delta")
+    wins = {n: 0 for n in names if n in wide.columns}
+    for _, row in wide.iterrows():
+        for n in _lowest(row.to_dict()):
+            wins[n] += 1
+    return {n: w / max(len(wide), 1) for n, w in wins.items()}
 
 
 def _fkey(f: float) -> str:
@@ -298,8 +326,11 @@ def summarize_param(probes: pd.DataFrame, penalty: pd.DataFrame,
             "n_pruned": int(sub["n_pruned"].iloc[0]),
             "mean_delta": mean, "mean_delta_second_half": mean_late,
             "std_delta_second_half": std_late,
-            "lowest_mean": _argmin(mean), "lowest_mean_second_half": _argmin(mean_late),
+            "lowest_mean": _argmin(mean), "tied_lowest_mean": _lowest(mean),
+            "lowest_mean_second_half": _argmin(mean_late),
             "lowest_mean_excluding_oracle": _argmin(mean, exclude=("loss_change",)),
+            "lowest_share": _lowest_share(sub, PARAM_SCORER_NAMES),
+            "lowest_share_abs_and_magnitude": _lowest_share(sub, PARAM_ABS_SET),
             "abs_beats_signed": beats,
             "most_stable": most_stable,
         }
@@ -313,8 +344,17 @@ def summarize_param(probes: pd.DataFrame, penalty: pd.DataFrame,
 
 
 def _ranks(mean: Mapping[str, float], names: Sequence[str]) -> dict[str, int]:
-    order = sorted((v, k) for k, v in mean.items() if k in names)
-    return {k: i + 1 for i, (_, k) in enumerate(order)}
+    """Competition ranks (1 = lowest mean): tied scorers share the better rank."""
+    vals = {k: v for k, v in mean.items() if k in names}
+    ranks = {k: 1 + sum(1 for o in vals.values() if o < v and not _tied(o, v))
+             for k, v in vals.items()}
+    return dict(sorted(ranks.items(), key=lambda kv: (kv[1], list(vals).index(kv[0]))))
+
+
+def _then(rank: Mapping[str, int]) -> bool:
+    """MRP strictly first and MRS strictly second (no ties)."""
+    return (rank.get("mrp") == 1 and rank.get("mrs") == 2
+            and sum(1 for r in rank.values() if r <= 2) == 2)
 
 
 def summarize_unit(penalty: pd.DataFrame, fractions: Mapping[str, Sequence[float]]
@@ -336,12 +376,14 @@ def summarize_unit(penalty: pd.DataFrame, fractions: Mapping[str, Sequence[float
                 "n_pruned": int(sub["n_pruned"].iloc[0]), "n_units": int(sub["n_units"].iloc[0]),
                 "mean_delta": mean, "mean_delta_second_half": mean_late,
                 "std_delta_second_half": _by_scorer(late, "std", UNIT_SCORER_NAMES),
-                "lowest_mean": _argmin(mean), "lowest_mean_second_half": _argmin(mean_late),
+                "lowest_mean": _argmin(mean), "tied_lowest_mean": _lowest(mean),
+                "lowest_mean_second_half": _argmin(mean_late),
+                "tied_lowest_mean_second_half": _lowest(mean_late),
                 "rank": rank_all, "rank_second_half": rank_late,
                 "rank_thesis_set": rank_thesis, "rank_thesis_set_second_half": rank_thesis_late,
-                "mrp_then_mrs": rank_thesis.get("mrp") == 1 and rank_thesis.get("mrs") == 2,
-                "mrp_then_mrs_second_half": (rank_thesis_late.get("mrp") == 1
-                                             and rank_thesis_late.get("mrs") == 2),
+                "lowest_share_thesis_set": _lowest_share(sub, THESIS_UNIT_SET),
+                "mrp_then_mrs": _then(rank_thesis),
+                "mrp_then_mrs_second_half": _then(rank_thesis_late),
                 "random_worst": rank_all.get("random_unit") == len(rank_all),
             }
         out[layer] = per_f
@@ -499,7 +541,7 @@ def thesis_param_saliency(cfg: dict, ctx: RunContext) -> dict:
     validation subset of ``probe_size`` (1000) samples, and the loss change
     on the same samples when the fraction ``f`` of lowest-scored weights is
     zeroed together. The thesis probed every 50 steps; the default here is
-    100, so that the full run (about 86 probes of about 2.5 s, dominated by
+    100, so that the full run (86 probes of 2-4 s each, dominated by
     the exact ``loss_change`` oracle) stays under 10 minutes on 2 CPU cores.
 
     What the thesis found (on MNIST):
@@ -756,7 +798,9 @@ def _plot_runtimes(rows: list[dict], fb: float, ctx: RunContext) -> None:
             ax.text(r["seconds"], i, f"  {r['x_fwd_bwd']:.2g}x", va="center", fontsize=8)
     ax.axvline(fb, color="0.3", linestyle="--", linewidth=1, label="one forward+backward")
     ax.set_xscale("log")
+    if ok:
+        ax.set_xlim(right=max(r["seconds"] for r in ok) * 8)
     ax.set(xlabel="seconds (median)", ylabel="",
            title="scorer runtime on the thesis CNN (all parameters / units)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     ctx.save_figure(fig, "runtimes.png")

@@ -300,7 +300,7 @@ class Trainer:
         for x, y in bar:
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model(x), y)
-            data_loss = float(loss)
+            data_loss = loss.item()
             for cb in self.callbacks:
                 loss = cb.loss(self, loss)
             if not torch.isfinite(loss):

@@ -90,6 +90,10 @@ def test_param_saliency_writes_consistent_results(runs):
         for n, v in deltas.items():
             assert per["mean_delta"][n] == pytest.approx(np.mean(v))
         assert per["lowest_mean"] == min(per["mean_delta"], key=per["mean_delta"].get)
+        assert per["lowest_mean"] in per["tied_lowest_mean"]
+        for key in ("lowest_share", "lowest_share_abs_and_magnitude"):
+            assert all(0.0 <= v <= 1.0 for v in per[key].values())
+            assert 1.0 <= sum(per[key].values()) <= len(per[key])
         for n in PARAM_SIGNED:
             assert per["abs_beats_signed"][n] == (per["mean_delta"][f"{n}_abs"]
                                                  < per["mean_delta"][n])
@@ -120,16 +124,27 @@ def test_unit_saliency_writes_consistent_results(runs):
     assert [s["fc1"][f"{f:g}"]["n_pruned"] for f in FC1_FRACTIONS] == [6, 12, 19, 25, 32]
     for layer, per_f in s.items():
         for f, per in per_f.items():
-            assert sorted(per["rank"].values()) == list(range(1, len(UNIT_SCORER_NAMES) + 1))
-            assert sorted(per["rank_thesis_set"].values()) == [1, 2, 3, 4]
             means = per["mean_delta"]
+            # competition ranks: 1 + the number of scorers with a (strictly) lower mean
+            assert set(per["rank"]) == set(UNIT_SCORER_NAMES)
+            assert set(per["rank_thesis_set"]) == {"mrp", "mrs", "norm_l1", "norm_l2"}
+            for key, names in (("rank", UNIT_SCORER_NAMES), ("rank_thesis_set",
+                                                            per["rank_thesis_set"])):
+                for n in names:
+                    lower = sum(1 for o in names if means[o] < means[n]
+                                and not math.isclose(means[o], means[n], rel_tol=1e-9,
+                                                     abs_tol=1e-15))
+                    assert per[key][n] == 1 + lower, (layer, f, key, n)
+            shares = per["lowest_share_thesis_set"]
+            assert all(0.0 <= v <= 1.0 for v in shares.values()) and sum(shares.values()) >= 1.0
             for n in UNIT_SCORER_NAMES:
                 v = [float(r["delta"]) for r in penalty if r["layer"] == layer
                      and r["scorer"] == n and f"{float(r['fraction']):g}" == f]
                 assert len(v) == len(probes) and means[n] == pytest.approx(np.mean(v))
             assert per["rank"][per["lowest_mean"]] == 1
-            assert per["mrp_then_mrs"] == (per["rank_thesis_set"]["mrp"] == 1
-                                           and per["rank_thesis_set"]["mrs"] == 2)
+            r = per["rank_thesis_set"]
+            assert per["mrp_then_mrs"] == (r["mrp"] == 1 and r["mrs"] == 2
+                                           and r["norm_l1"] > 2 and r["norm_l2"] > 2)
 
 
 def test_runtimes_cover_every_registered_scorer(runs):
