@@ -26,7 +26,7 @@ class _StatScorer(UnitScorer):
 
     def _score(self, model, data, loss_fn):
         graph, layers = self.graph(model, data)
-        stats = unit_statistics(model, graph, layers, data, loss_fn)
+        stats = unit_statistics(model, graph, layers, data, loss_fn, stats=[self.statistic])
         return self._finish(stats)
 
     def _finish(self, stats):
@@ -86,7 +86,8 @@ class Dormancy(UnitScorer):
 
     def _score(self, model, data, loss_fn):
         graph, layers = self.graph(model, data)
-        stats = unit_statistics(model, graph, layers, data, loss_fn)
+        key = "dormancy" if self.statistic == "redo" else "apoz"
+        stats = unit_statistics(model, graph, layers, data, loss_fn, stats=[key])
         if self.statistic == "redo":
             return stats["dormancy"]
         return {n: 1.0 - v for n, v in stats["apoz"].items()}

@@ -60,13 +60,27 @@ def activation(model: nn.Module, path: Iterable[ChannelOp], h: torch.Tensor) -> 
     return h
 
 
-def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
-                    loss_fn: Callable) -> dict[str, dict[str, torch.Tensor]]:
-    """All statistics of :data:`STATISTICS` for ``layers``, from one pass over data.
+_NEEDS = {  # per statistic, the per-sample sums over positions it is built from
+    "mean": {"h"}, "mrs": {"h", "g", "hg"}, "taylor": {"hg"}, "dormancy": {"absa"},
+    "apoz": {"zero"}, "act_mean": {"a"}, "act_var": {"a", "a2"}, "out_var": {"h", "h2"},
+    "grad_norm": {"g2"},
+}
 
-    The model must be in eval mode (the scorers ensure it). Returns
+
+def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
+                    loss_fn: Callable, stats: Iterable[str] | None = None
+                    ) -> dict[str, dict[str, torch.Tensor]]:
+    """Statistics of :data:`STATISTICS` (all, or ``stats``) for ``layers``, in one pass.
+
+    Reductions over positions run in the model's dtype and are accumulated in
+    float64. The model must be in eval mode (the scorers ensure it). Returns
     ``{statistic: {layer: 1-D float64 tensor}}``.
     """
+    wanted = list(STATISTICS if stats is None else stats)
+    unknown = set(wanted) - set(STATISTICS)
+    if unknown:
+        raise ValueError(f"unknown statistics {sorted(unknown)}; known: {STATISTICS}")
+    need = set().union(*(_NEEDS[k] for k in wanted))
     mods = {n: model.get_submodule(n) for n in layers}
     outs: dict[str, torch.Tensor] = {}
     hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o))
@@ -94,41 +108,67 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
                     h2 = h.reshape(b, c, -1)
                     g2 = g.reshape(b, c, -1)
                     positions[name] = h2.shape[2]
-                    edges = graph.producers[name].edges
-                    a = activation(model, edges[0].path, h) if edges else h
-                    a2 = a.reshape(b, c, -1)
-                    hg = torch.einsum("bcp,bcp->bc", h2, g2).to(f64)
-                    s_hg[name].append(hg)
-                    s_g[name].append(g2.sum(2, dtype=f64))
+                    sums = {}
+                    if need & {"h"}:
+                        sums["h"] = h2.sum(2)
+                    if need & {"g"}:
+                        sums["g"] = g2.sum(2)
+                    if need & {"hg"}:
+                        sums["hg"] = torch.einsum("bcp,bcp->bc", h2, g2)
+                    if need & {"h2"}:
+                        sums["h2"] = torch.einsum("bcp,bcp->bc", h2, h2)
+                    if need & {"g2"}:
+                        sums["g2"] = torch.einsum("bcp,bcp->bc", g2, g2)
+                    if need & {"a", "a2", "absa", "zero"}:
+                        edges = graph.producers[name].edges
+                        a = activation(model, edges[0].path, h) if edges else h
+                        a2 = a.reshape(b, c, -1)
+                        if "a" in need:
+                            sums["a"] = a2.sum(2)
+                        if "a2" in need:
+                            sums["a2"] = torch.einsum("bcp,bcp->bc", a2, a2)
+                        if "absa" in need:
+                            sums["absa"] = a2.abs().sum(2)
+                        if "zero" in need:
+                            sums["zero"] = (a2 == 0).sum(2)
+                    if "hg" in sums:
+                        s_hg[name].append(sums["hg"].to(f64))
+                    if "g" in sums:
+                        s_g[name].append(sums["g"].to(f64))
                     d = acc.setdefault(name, {})
-                    for key, val in (("h", h2.sum((0, 2), dtype=f64)),
-                                     ("h2", torch.einsum("bcp,bcp->c", h2, h2).to(f64)),
-                                     ("hg", hg.sum(0)),
-                                     ("absa", a2.abs().sum((0, 2), dtype=f64)),
-                                     ("a", a2.sum((0, 2), dtype=f64)),
-                                     ("a2", torch.einsum("bcp,bcp->c", a2, a2).to(f64)),
-                                     ("zero", (a2 == 0).sum((0, 2)).to(f64)),
-                                     ("g2", torch.einsum("bcp,bcp->c", g2, g2).to(f64))):
+                    for key, val in sums.items():
+                        val = val.to(f64).sum(0)
                         d[key] = d[key] + val if key in d else val
     finally:
         for hk in hooks:
             hk.remove()
-    stats: dict[str, dict[str, torch.Tensor]] = {k: {} for k in STATISTICS}
+    out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in wanted}
     for name in layers:
         d, npos = acc[name], positions[name]
         count = n_samples * npos
-        mu = d["h"] / count
-        stats["mean"][name] = mu
-        stats["mrs"][name] = (mu * torch.cat(s_g[name]) - torch.cat(s_hg[name])).abs().sum(0)
-        stats["taylor"][name] = (d["hg"] / count).abs()
-        mean_abs = d["absa"] / count
-        layer_mean = mean_abs.mean()
-        stats["dormancy"][name] = (mean_abs / layer_mean if layer_mean > 0
-                                   else torch.zeros_like(mean_abs))
-        stats["apoz"][name] = d["zero"] / count
-        act_mean = d["a"] / count
-        stats["act_mean"][name] = act_mean
-        stats["act_var"][name] = (d["a2"] / count - act_mean ** 2).clamp_min(0)
-        stats["out_var"][name] = (d["h2"] / count - mu ** 2).clamp_min(0)
-        stats["grad_norm"][name] = (d["g2"] / n_samples).sqrt()
-    return stats
+        mu = d["h"] / count if "h" in d else None
+        if "mean" in out:
+            out["mean"][name] = mu
+        if "mrs" in out:
+            out["mrs"][name] = (mu * torch.cat(s_g[name]) - torch.cat(s_hg[name])).abs().sum(0)
+        if "taylor" in out:
+            out["taylor"][name] = (d["hg"] / count).abs()
+        if "dormancy" in out:
+            mean_abs = d["absa"] / count
+            layer_mean = mean_abs.mean()
+            out["dormancy"][name] = (mean_abs / layer_mean if layer_mean > 0
+                                     else torch.zeros_like(mean_abs))
+        if "apoz" in out:
+            out["apoz"][name] = d["zero"] / count
+        if "act_mean" in out or "act_var" in out:
+            act_mean = d["a"] / count
+            if "act_mean" in out:
+                out["act_mean"][name] = act_mean
+            if "act_var" in out:
+                out["act_var"][name] = (d["a2"] / count - act_mean ** 2).clamp_min(0)
+        if "out_var" in out:
+            out["out_var"][name] = (d["h2"] / count - mu ** 2).clamp_min(0)
+        if "grad_norm" in out:
+            out["grad_norm"][name] = (d["g2"] / n_samples).sqrt()
+    return out
+

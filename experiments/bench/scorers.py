@@ -85,7 +85,8 @@ def measure(name: str, repeats: int, quick: bool) -> list[dict]:
 
     def stats_pass():
         with preserved(model):
-            unit_statistics(model, graph, layers, data, F.cross_entropy)
+            unit_statistics(model, graph, layers, data, F.cross_entropy,
+                            stats=["mrs", "taylor", "dormancy", "apoz"])
 
     t = _median_time(stats_pass, repeats)
     rows.append({"model": name, "case": "mrs_pass", "seconds": t, "ratio": t / t_fb,
