@@ -29,29 +29,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .graph import UnitGraph, trace
-from .replacement import iter_inputs
+from .replacement import iter_batches, iter_inputs
 
 __all__ = ["Scorer", "ParameterScorer", "UnitScorer", "iter_batches", "loss_sum",
            "per_sample_loss", "preserved", "default_parameters"]
 
 LossFn = Callable[..., torch.Tensor]
-
-
-def iter_batches(data: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(inputs, targets)`` from ``data``; clear errors for bad data."""
-    if data is None:
-        raise ValueError("this scorer needs data: an iterable of (inputs, targets) batches")
-    if isinstance(data, torch.Tensor):
-        raise TypeError("data must be an iterable of (inputs, targets) batches, got a Tensor; "
-                        "wrap it as [(x, y)]")
-    n = 0
-    for batch in data:
-        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-            raise TypeError(f"batch {n} of data is not an (inputs, targets) pair")
-        n += 1
-        yield batch[0], batch[1]
-    if n == 0:
-        raise ValueError("data is empty: it yielded no batch")
 
 
 def per_sample_loss(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ The functions here only compute; they never change the model.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
@@ -32,12 +32,16 @@ from .layers import CHANNEL_MODULES, DROPOUT_FUNCTIONS, PRODUCERS, eval_mode
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _CHANNEL_DROPOUT = {F.dropout1d, F.dropout2d}
 
-__all__ = ["iter_inputs", "unit_means", "push_constants", "run_path", "fold_deltas",
+__all__ = ["iter_batches", "iter_inputs", "unit_means", "push_constants", "run_path", "fold_deltas",
            "replacement_hooks"]
 
 
-def iter_inputs(data: Iterable) -> Iterator[torch.Tensor]:
-    """Yield the inputs of an iterable of ``(inputs, targets)`` batches."""
+def iter_batches(data: Iterable) -> Iterator[tuple[torch.Tensor, Any]]:
+    """Yield ``(inputs, targets)`` from ``data``; clear errors for bad data.
+
+    ``data`` is an iterable of ``(inputs, targets)`` batches (a list, a
+    DataLoader); inputs must be tensors. Empty data is an error.
+    """
     if data is None:
         raise ValueError("this operation needs data: an iterable of (inputs, targets) batches")
     if isinstance(data, torch.Tensor):
@@ -45,17 +49,22 @@ def iter_inputs(data: Iterable) -> Iterator[torch.Tensor]:
                         "wrap it as [(x, y)]")
     n = 0
     for batch in data:
-        if isinstance(batch, (tuple, list)) and len(batch) >= 1:
-            x = batch[0]
-        else:
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
             raise TypeError(f"batch {n} of data is a {type(batch).__name__}, expected an "
                             "(inputs, targets) pair")
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"batch {n}: inputs are a {type(x).__name__}, expected a Tensor")
+        if not isinstance(batch[0], torch.Tensor):
+            raise TypeError(f"batch {n}: inputs are a {type(batch[0]).__name__}, expected a "
+                            "Tensor")
         n += 1
-        yield x
+        yield batch[0], batch[1]
     if n == 0:
         raise ValueError("data is empty: it yielded no batch")
+
+
+def iter_inputs(data: Iterable) -> Iterator[torch.Tensor]:
+    """Yield the inputs of an iterable of ``(inputs, targets)`` batches."""
+    for x, _ in iter_batches(data):
+        yield x
 
 
 def unit_means(model: nn.Module, data: Iterable, layers: Iterable[str]) -> dict[str, torch.Tensor]:
