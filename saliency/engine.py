@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .base import per_sample_loss
 from .graph import UnitGraph
+from .kernels import call_function, call_module
 from .layers import effective_tensor
 from .replacement import run_path
 
@@ -129,9 +130,9 @@ class Downstream:
             args = fx.node.map_arg(node.args, value)
             kwargs = fx.node.map_arg(node.kwargs, value)
             if node.op == "call_module":
-                res = self.gm.get_submodule(node.target)(*args, **kwargs)
+                res = call_module(self.gm.get_submodule(node.target), args, kwargs)
             elif node.op == "call_function":
-                res = node.target(*args, **kwargs)
+                res = call_function(node.target, args, kwargs)
             elif node.op == "call_method":
                 res = getattr(args[0], node.target)(*args[1:], **kwargs)
             elif node.op == "output":
@@ -202,18 +203,49 @@ class Downstream:
         spatial = tuple(h.shape[2:])
         val = val.to(h).expand((k, val.shape[1]) + spatial)
         new_in = val.transpose(0, 1)  # (B or 1, K, *spatial): channels ch along dim 1
-        old_in = h[:, ch]  # (B, K, *spatial)
+        old_in = None
         overrides = {}
         for edge in prod.edges:
             a_new = run_path(self.model, edge.path, new_in, ch)
-            a_old = run_path(self.model, edge.path, old_in, ch)
-            delta = a_new - a_old  # (B, K, *spatial')
             cnode = self.nodes[edge.consumer]
+            a_old = self._cached_path_output(edge, cnode, h.shape[1], ch, a_new)
+            if a_old is None:
+                if old_in is None:
+                    old_in = h[:, ch]  # (B, K, *spatial)
+                a_old = run_path(self.model, edge.path, old_in, ch)
+            delta = a_new - a_old  # (B, K, *spatial')
             cmod = self.gm.get_submodule(edge.consumer)
             z = self.env[cnode]
             z_new = _consumer_update(cmod, z, delta, ch, edge.block)  # (K, B, ...)
             overrides[cnode] = z_new.reshape((k * b,) + tuple(z.shape[1:]))
         return overrides
+
+
+    def _cached_path_output(self, edge, cnode: fx.Node, channels: int, ch: torch.Tensor,
+                            a_new: torch.Tensor) -> torch.Tensor | None:
+        """The unchanged channels ``ch`` after ``edge.path``, read from the cached forward.
+
+        The consumer's cached input is the path's output for every channel.
+        It is used when every op on the path is parameter-free (activations,
+        pooling, dropout, shape functions): the same functions on the same
+        values, so only the changed channels need the path. Paths with
+        per-channel tensors (BatchNorm) are recomputed, so that an unchanged
+        channel gives a difference of exactly zero.
+        """
+        for op in edge.path:
+            if op.kind == "module":
+                mod = self.model.get_submodule(op.target)
+                if any(True for _ in mod.parameters()) or any(True for _ in mod.buffers()):
+                    return None
+        if not cnode.args or not isinstance(cnode.args[0], fx.Node):
+            return None
+        a = self.env.get(cnode.args[0])
+        per_channel = a_new[0, 0].numel()
+        if not isinstance(a, torch.Tensor) or a.shape[0] != self.batch or \
+                a.numel() != self.batch * channels * per_channel:
+            return None
+        a = a.reshape(self.batch, channels, per_channel).index_select(1, ch)
+        return a.reshape((self.batch,) + tuple(a_new.shape[1:]))
 
 
 def _consumer_update(cmod: nn.Module, z: torch.Tensor, delta: torch.Tensor, ch: torch.Tensor,
@@ -243,4 +275,6 @@ def _consumer_update(cmod: nn.Module, z: torch.Tensor, delta: torch.Tensor, ch: 
         padding = 0
     res = conv(x, weight, None, cmod.stride, padding, cmod.dilation, groups=k)
     res = res.reshape((res.shape[0], k, out_ch) + tuple(res.shape[2:])).transpose(0, 1)
+    if res.shape[1] == bsz and res.dtype == z.dtype:
+        return res.add_(z.unsqueeze(0))  # in place: no second K x B x ... temporary
     return z.unsqueeze(0) + res

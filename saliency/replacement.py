@@ -23,10 +23,10 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
-
-from .graph import ChannelOp, Edge, UnitGraph
 import torch.nn.functional as F
 
+from .graph import ChannelOp, Edge, UnitGraph
+from .kernels import call_function, call_module
 from .layers import CHANNEL_MODULES, DROPOUT_FUNCTIONS, PRODUCERS, eval_mode
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
@@ -115,11 +115,11 @@ def _apply_op(model: nn.Module, op: ChannelOp, x: torch.Tensor,
         mod = model.get_submodule(op.target)
         spec = CHANNEL_MODULES[type(mod)]
         if maps and not spec.tensors(mod) and not isinstance(mod, _DROPOUTS):
-            return mod(x)
+            return call_module(mod, (x,))
         return spec.push(mod, x, channels)
     if op.shape_only:
         if maps and op.target not in DROPOUT_FUNCTIONS and op.target not in _CHANNEL_DROPOUT:
-            return op.target(x, *op.args, **dict(op.kwargs))
+            return call_function(op.target, (x, *op.args), dict(op.kwargs))
         return x * op.scale if (op.scale != 1.0 and not maps) else x
     if op.kind == "function":
         return op.target(x, *op.args, **dict(op.kwargs))
