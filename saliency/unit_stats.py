@@ -67,6 +67,56 @@ _NEEDS = {  # per statistic, the per-sample sums over positions it is built from
 }
 
 
+def _position_sums(model: nn.Module, graph: UnitGraph, name: str, h: torch.Tensor,
+                   g: torch.Tensor, need: set[str], g_owned: bool) -> dict[str, torch.Tensor]:
+    """Per-sample sums over positions (``B x C``, model dtype) of what ``need`` lists.
+
+    Full-size temporaries cost more than the reductions (fresh allocations of
+    a convolution's maps), so the few needed are reused in place: ``g``
+    (when ``g_owned``: nothing else holds it) becomes ``h * g``, and the
+    activation becomes ``|a|`` and then ``sign(|a|)`` (the non-zero count).
+    """
+    b, c = h.shape[0], h.shape[1]
+    flat = h.dim() == 2  # one position per unit: sums are the tensors themselves
+
+    def psum(t):
+        return t if flat else t.reshape(b, c, -1).sum(2)
+
+    sums = {}
+    if "h" in need:
+        sums["h"] = psum(h)
+    if "h2" in need:
+        sums["h2"] = psum(h * h)
+    if "g" in need:
+        sums["g"] = psum(g)
+    if "g2" in need:
+        sums["g2"] = psum(g * g)
+    if "hg" in need:
+        sums["hg"] = psum(g.mul_(h) if g_owned and not flat else g * h)  # g is done with
+    if need & {"a", "a2", "absa", "zero"}:
+        edges = graph.producers[name].edges
+        a = activation(model, edges[0].path, h) if edges else h
+        a_owned = not flat and a.untyped_storage().data_ptr() != h.untyped_storage().data_ptr()
+        if "a" in need:
+            sums["a"] = psum(a)
+        if "a2" in need:
+            sums["a2"] = psum(a * a)
+        if "absa" in need or "zero" in need:
+            if flat:
+                if "absa" in need:
+                    sums["absa"] = a.abs()
+                if "zero" in need:
+                    sums["zero"] = a == 0
+            else:
+                t = a.abs_() if a_owned else a.abs()
+                if "absa" in need:
+                    sums["absa"] = psum(t)
+                if "zero" in need:
+                    positions = t[0, 0].numel()
+                    sums["zero"] = positions - psum(t.sign_())
+    return sums
+
+
 def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
                     loss_fn: Callable, stats: Iterable[str] | None = None
                     ) -> dict[str, dict[str, torch.Tensor]]:
@@ -101,43 +151,21 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
             grads = torch.autograd.grad(loss, hs, allow_unused=True)
             n_samples += x.shape[0]
             with torch.no_grad():
+                storages = [t.untyped_storage().data_ptr() for t in (*hs, *grads)
+                            if t is not None]
                 for name, h, g in zip(layers, hs, grads):
                     if g is None:
                         g = torch.zeros_like(h)
-                    b, c = h.shape[0], h.shape[1]
-                    h2 = h.reshape(b, c, -1)
-                    g2 = g.reshape(b, c, -1)
-                    positions[name] = h2.shape[2]
-                    sums = {}
-                    if need & {"h"}:
-                        sums["h"] = h2.sum(2)
-                    if need & {"g"}:
-                        sums["g"] = g2.sum(2)
-                    if need & {"hg"}:
-                        sums["hg"] = torch.einsum("bcp,bcp->bc", h2, g2)
-                    if need & {"h2"}:
-                        sums["h2"] = torch.einsum("bcp,bcp->bc", h2, h2)
-                    if need & {"g2"}:
-                        sums["g2"] = torch.einsum("bcp,bcp->bc", g2, g2)
-                    if need & {"a", "a2", "absa", "zero"}:
-                        edges = graph.producers[name].edges
-                        a = activation(model, edges[0].path, h) if edges else h
-                        a2 = a.reshape(b, c, -1)
-                        if "a" in need:
-                            sums["a"] = a2.sum(2)
-                        if "a2" in need:
-                            sums["a2"] = torch.einsum("bcp,bcp->bc", a2, a2)
-                        if "absa" in need:
-                            sums["absa"] = a2.abs().sum(2)
-                        if "zero" in need:
-                            sums["zero"] = (a2 == 0).sum(2)
+                    owned = storages.count(g.untyped_storage().data_ptr()) == 1
+                    sums = _position_sums(model, graph, name, h, g, need, owned)
+                    positions[name] = h[0, 0].numel()
                     if "hg" in sums:
-                        s_hg[name].append(sums["hg"].to(f64))
+                        s_hg[name].append(sums["hg"])
                     if "g" in sums:
-                        s_g[name].append(sums["g"].to(f64))
+                        s_g[name].append(sums["g"])
                     d = acc.setdefault(name, {})
                     for key, val in sums.items():
-                        val = val.to(f64).sum(0)
+                        val = val.sum(0).to(f64)
                         d[key] = d[key] + val if key in d else val
     finally:
         for hk in hooks:
@@ -150,7 +178,10 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
         if "mean" in out:
             out["mean"][name] = mu
         if "mrs" in out:
-            out["mrs"][name] = (mu * torch.cat(s_g[name]) - torch.cat(s_hg[name])).abs().sum(0)
+            # in place, in the model's dtype: no fresh B x C float64 temporaries
+            r = torch.cat(s_g[name]) if len(s_g[name]) > 1 else s_g[name][0].clone()
+            r.mul_(mu.to(r.dtype)).sub_(torch.cat(s_hg[name])).abs_()
+            out["mrs"][name] = r.sum(0, dtype=f64)
         if "taylor" in out:
             out["taylor"][name] = (d["hg"] / count).abs()
         if "dormancy" in out:
