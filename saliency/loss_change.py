@@ -90,7 +90,7 @@ class LossChange(ParameterScorer):
         params: parameter names to score (None = all trainable).
         budget: elements of stacked activations per chunk of entries (a
             memory bound; passed to :class:`~saliency.engine.Downstream`).
-            The default, 2**22, was fastest on CPU for the thesis CNN: larger
+            The default, 2**21, was fastest on CPU for the thesis CNN: larger
             chunks fall out of cache.
 
     Example:
@@ -113,7 +113,7 @@ class LossChange(ParameterScorer):
 
     approximates = None
 
-    def __init__(self, absolute: bool = False, *, params=None, budget: int = 2 ** 22):
+    def __init__(self, absolute: bool = False, *, params=None, budget: int = 2 ** 21):
         super().__init__(params)
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be a positive int, got {budget!r}")

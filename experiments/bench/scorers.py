@@ -6,7 +6,9 @@ Models: an MLP 784-512-512-10 at batch 256 and the thesis CNN (20,522
 parameters) at batch 1000, random inputs (cost does not depend on the
 values). For each model the reference is one plain forward+backward pass
 (``loss.backward()`` filling every parameter's ``.grad``), timed in the same
-run; every scorer's median wall time is divided by it. Targets (issue 4):
+run; each scorer's time is divided by it. Each case is timed alternately with its
+reference, and the fastest of the repeats of each is kept (the machine's
+speed drifts; alternating compares both under the same load). Targets (issue 4):
 
 * ``mrs`` (with ``taylor`` and ``dormancy`` from the same pass): <= 1.3
 * exact ``mrp`` for all units: <= 50 (a one-forward-per-unit loop costs ~200)
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
@@ -38,15 +39,24 @@ TARGETS = {"mrs_pass": ("<=", 1.3), "mrp_all_units": ("<=", 50.0), "hvp": ("<=",
            "loss_change_conv1_speedup": (">=", 20.0)}
 
 
-def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+def _paired(ref, case, repeats: int, warmup: int = 1) -> tuple[float, float]:
+    """Best-of-``repeats`` times of ``ref`` and ``case``, measured alternately.
+
+    On a shared machine the speed drifts over seconds; alternating the two
+    and keeping each one's fastest run compares them under the same load.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
+        ref()
+        case()
+    t_ref, t_case = [], []
     for _ in range(repeats):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        ref()
+        t_ref.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        case()
+        t_case.append(time.perf_counter() - t)
+    return min(t_ref), min(t_case)
 
 
 def _setup(name: str, quick: bool):
@@ -75,10 +85,16 @@ def measure(name: str, repeats: int, quick: bool) -> list[dict]:
         with torch.no_grad():
             model(x)
 
-    t_fb = _median_time(fwd_bwd, repeats)
-    t_f = _median_time(fwd, repeats)
+    t_fb, _ = _paired(fwd_bwd, fwd_bwd, repeats)
     model.zero_grad(set_to_none=True)
     rows = [{"model": name, "case": "forward+backward", "seconds": t_fb, "ratio": 1.0}]
+
+    def row(case, fn, reps, note="", ref=fwd_bwd):
+        t_ref, t = _paired(ref, fn, reps)
+        model.zero_grad(set_to_none=True)
+        rows.append({"model": name, "case": case, "seconds": t, "ratio": t / t_ref,
+                     "note": note})
+        return t_ref, t
 
     graph = trace(model, x[:1])
     layers = graph.prunable
@@ -88,32 +104,27 @@ def measure(name: str, repeats: int, quick: bool) -> list[dict]:
             unit_statistics(model, graph, layers, data, F.cross_entropy,
                             stats=["mrs", "taylor", "dormancy", "apoz"])
 
-    t = _median_time(stats_pass, repeats)
-    rows.append({"model": name, "case": "mrs_pass", "seconds": t, "ratio": t / t_fb,
-                 "note": "mrs, taylor, dormancy, apoz, moments in one pass"})
+    row("mrs_pass", stats_pass, repeats, "mrs, taylor, dormancy, apoz, moments in one pass")
     for sname in sorted(SCORERS):
         cls = SCORERS[sname]
         kwargs = {}
         if sname == "loss_change":
             kwargs["params"] = ["fc3.weight"] if name == "mlp" else ["conv1.weight"]
         scorer = cls(**kwargs)
-        reps = 1 if sname in ("mrp", "loss_change") else repeats
-        t = _median_time(lambda: scorer.score(model, data), reps)
-        rows.append({"model": name, "case": f"scorer:{sname}", "seconds": t, "ratio": t / t_fb})
+        reps = max(1, repeats // 2) if sname in ("mrp", "loss_change") else repeats
+        row(f"scorer:{sname}", lambda: scorer.score(model, data), reps)
         if sname == "mrp":
-            rows.append({"model": name, "case": "mrp_all_units", "seconds": t, "ratio": t / t_fb,
-                         "note": f"{sum(graph.producers[n].num_units for n in layers)} units"})
+            units = sum(graph.producers[n].num_units for n in layers)
+            rows.append(dict(rows[-1], case="mrp_all_units", note=f"{units} units"))
     params = {n: p for n, p in model.named_parameters()}
     vec = {n: torch.randn_like(p) for n, p in params.items()}
-    t = _median_time(lambda: hvp(model, params, vec, data, F.cross_entropy), repeats)
-    rows.append({"model": name, "case": "hvp", "seconds": t, "ratio": t / t_fb})
+    row("hvp", lambda: hvp(model, params, vec, data, F.cross_entropy), repeats)
     if name == "thesis_cnn":
         n_w = model.conv1.weight.numel()
         lc = SCORERS["loss_change"](params=["conv1.weight"])
-        t = _median_time(lambda: lc.score(model, data), max(1, repeats // 3))
-        naive = n_w * t_f
+        t_f, t = _paired(fwd, lambda: lc.score(model, data), max(2, repeats // 2))
         rows.append({"model": name, "case": "loss_change_conv1_speedup", "seconds": t,
-                     "ratio": naive / t,
+                     "ratio": n_w * t_f / t,
                      "note": f"{n_w} weights; one forward {t_f * 1e3:.2f} ms each"})
     return rows
 
