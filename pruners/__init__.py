@@ -7,11 +7,19 @@ Public names:
 * :func:`remove_units` / :func:`mask_units` -- exact unit removal or masking
   with bias propagation and optimizer-state surgery.
 * :func:`count_params`, :func:`count_macs` -- model size.
+* :mod:`schedules` -- pruning schedules (step -> cumulative amount).
+* :class:`ParameterPruner`, :class:`UnitPruner` -- scheduled pruning inside
+  any training loop; :class:`RoundReport` -- what a round did.
+* :func:`remove_sparse_units`, :func:`sparse_units`, :func:`nonzero_fractions`
+  -- unit cleanup after parameter pruning (the thesis's f_nz).
 """
 
 from saliency.graph import UnitGraph, UnsupportedArchitecture, trace
 
+from . import schedules
+from .cleanup import nonzero_fractions, remove_sparse_units, sparse_units
 from .metrics import count_macs, count_params
+from .pruning import ParameterPruner, RoundReport, UnitPruner, mean_loss
 from .optim_state import slice_param
 from .surgery import InexactReplacementWarning, RemovalReport, mask_units, remove_units
 
@@ -26,4 +34,12 @@ __all__ = [
     "count_params",
     "count_macs",
     "slice_param",
+    "schedules",
+    "ParameterPruner",
+    "UnitPruner",
+    "RoundReport",
+    "mean_loss",
+    "nonzero_fractions",
+    "sparse_units",
+    "remove_sparse_units",
 ]
