@@ -1,0 +1,165 @@
+"""Scheduled pruning inside the harness's :class:`~experiments.training.Trainer`.
+
+:class:`PrunerCallback` calls ``pruner.step(t, model, optimizer, data)`` after
+every epoch (``t`` = epochs completed, as the thesis's schedules count: "after
+each scheduled epoch is done", Evci 2018, Sec. 2.2) or after every optimizer
+step, with scoring data drawn at random from the training set ("a randomly
+sampled subset of the training data", Sec. 4.2). It logs the training loss
+and the fraction of parameters pruned at every step (Fig. 2.8 and 4.6) and
+every round's report, and keeps all of it in its state so a killed run
+resumes where it stopped.
+
+:func:`plot_pruning` draws the loss and the fraction pruned over steps
+against an unpruned run, and the layer widths over rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from pruners import count_params
+from pruners.pruning import RoundReport
+
+from .training import Callback
+
+__all__ = ["PrunerCallback", "scoring_batches", "plot_pruning"]
+
+
+def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
+    """``samples`` training samples drawn without replacement (seeded), in batches."""
+    x, y = dataset.tensors[:2]
+    n = min(int(samples), x.shape[0])
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:n]
+    return [(x[idx[i:i + batch_size]], y[idx[i:i + batch_size]])
+            for i in range(0, n, batch_size)]
+
+
+class PrunerCallback(Callback):
+    """Run a pruner from :class:`~experiments.training.Trainer`.
+
+    Args:
+        pruner: a :class:`~pruners.ParameterPruner` or :class:`~pruners.UnitPruner`.
+        every: ``"epoch"`` (``t`` = epochs completed) or ``"step"`` (``t`` =
+            optimizer steps taken).
+        score_samples: training samples drawn (fresh each round) to score on.
+        score_batch: batch size of the scoring data.
+        seed: seed of the draws (round ``t`` uses ``seed * 7919 + t``).
+        log_every: record the training loss every this many steps.
+
+    Attributes:
+        rounds: one dict per round (:meth:`RoundReport.as_row` plus the epoch).
+        steps: ``[step, loss, fraction of parameters pruned]`` rows.
+    """
+
+    def __init__(self, pruner, *, every: str = "epoch", score_samples: int = 1000,
+                 score_batch: int = 500, seed: int = 0, log_every: int = 1):
+        if every not in ("epoch", "step"):
+            raise ValueError(f"every must be 'epoch' or 'step', got {every!r}")
+        self.pruner, self.every = pruner, every
+        self.score_samples, self.score_batch, self.seed = score_samples, score_batch, seed
+        self.log_every = max(1, int(log_every))
+        self.rounds: list[dict[str, Any]] = []
+        self.steps: list[list[float]] = []
+        self.initial_params: int | None = None
+        self._params: int | None = None
+
+    def on_train_begin(self, trainer) -> None:
+        if self.initial_params is None:
+            self.initial_params = count_params(trainer.model)
+        self._params = count_params(trainer.model)
+
+    def _round(self, trainer, t: int) -> RoundReport | None:
+        data = scoring_batches(trainer.train_set, self.score_samples, self.score_batch,
+                               self.seed * 7919 + t)
+        report = self.pruner.step(t, trainer.model, trainer.optimizer, data)
+        if report is not None:
+            self._params = report.params_after
+            self.rounds.append({"epoch": trainer.epoch, "train_step": trainer.step,
+                                **report.as_row()})
+        return report
+
+    def on_step_end(self, trainer, loss: float) -> None:
+        if self.every == "step":
+            self._round(trainer, trainer.step)
+        if trainer.step % self.log_every == 0:
+            self.steps.append([trainer.step, float(loss), self.fraction_pruned])
+
+    def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
+        if self.every == "epoch":
+            report = self._round(trainer, trainer.epoch)
+            if report is not None:
+                metrics["params"] = report.params_after
+                if report.macs_after is not None:
+                    metrics["macs"] = report.macs_after
+                metrics["pruning_penalty"] = report.penalty
+        metrics["fraction_pruned"] = self.fraction_pruned
+
+    @property
+    def fraction_pruned(self) -> float:
+        """Fraction of the initial parameters pruned so far."""
+        if not self.initial_params or self._params is None:
+            return 0.0
+        return 1.0 - self._params / self.initial_params
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruner": self.pruner.state_dict(), "rounds": list(self.rounds),
+                "steps": [list(r) for r in self.steps], "initial_params": self.initial_params,
+                "params": self._params}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.pruner.load_state_dict(state["pruner"])
+        self.rounds = list(state["rounds"])
+        self.steps = [list(r) for r in state["steps"]]
+        self.initial_params = state["initial_params"]
+        self._params = state["params"]
+
+
+def plot_pruning(ctx, pruned_steps: Sequence[Sequence[float]],
+                 dense_steps: Sequence[Sequence[float]] | None = None,
+                 rounds: Sequence[Mapping[str, Any]] = (), name: str = "pruning.png",
+                 title: str = "", smooth: int = 50) -> None:
+    """Loss and fraction pruned over steps (Fig. 2.8 / 4.6), and widths per round.
+
+    ``pruned_steps`` / ``dense_steps``: ``[step, loss, fraction]`` rows of
+    :attr:`PrunerCallback.steps`; the loss is averaged over windows of
+    ``smooth`` steps, as the thesis plots it every 50 mini-batches.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    widths = [k for k in (rounds[0] if rounds else {}) if k.startswith("remaining/")]
+    ncols = 3 if widths else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.6))
+
+    def windows(rows):
+        out_s, out_l = [], []
+        for i in range(0, len(rows), smooth):
+            chunk = rows[i:i + smooth]
+            out_s.append(chunk[-1][0])
+            out_l.append(sum(r[1] for r in chunk) / len(chunk))
+        return out_s, out_l
+
+    for rows, label in ((pruned_steps, "pruned"), (dense_steps, "unpruned")):
+        if rows:
+            s, loss = windows(list(rows))
+            sns.lineplot(x=s, y=loss, ax=axes[0], label=label)
+    axes[0].set(xlabel="step", ylabel=f"training loss (mean of {smooth} steps)")
+    if pruned_steps:
+        sns.lineplot(x=[r[0] for r in pruned_steps], y=[r[2] for r in pruned_steps],
+                     ax=axes[1], label="pruned", drawstyle="steps-post")
+    axes[1].set(xlabel="step", ylabel="fraction of parameters pruned", ylim=(0, 1))
+    if widths:
+        for key in widths:
+            sns.lineplot(x=[r["epoch"] for r in rounds], y=[r[key] for r in rounds],
+                         ax=axes[2], marker="o", label=key.split("/", 1)[1])
+        axes[2].set(xlabel="epoch of the round", ylabel="units left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    ctx.save_figure(fig, name)
