@@ -184,6 +184,9 @@ class ChannelSpec:
         count_attr: attribute holding the number of channels, if any.
         ndims: the input dimensions (batch and channel first) for which the
             module acts per channel; None for elementwise modules (any).
+        pools: whether the module combines positions within a channel
+            (pooling): unit activation statistics (ReDo, APoZ) are taken
+            before it.
     """
 
     tensors: Callable[[nn.Module], tuple[str, ...]]
@@ -192,6 +195,7 @@ class ChannelSpec:
     masks: Callable[[nn.Module], tuple[str, ...]] = lambda m: ()
     count_attr: str | None = None
     ndims: tuple[int, ...] | None = None
+    pools: bool = False
 
 
 def _bn_tensors(m: nn.Module) -> tuple[str, ...]:
@@ -273,8 +277,8 @@ _BN_MASKS = lambda m: tuple(n for n in ("weight", "bias")  # noqa: E731
 _ELEMENTWISE = ChannelSpec(_no_tensors, _call)
 
 
-def _shape_only(ndims: tuple[int, ...] | None) -> ChannelSpec:
-    return ChannelSpec(_no_tensors, _identity, ndims=ndims)
+def _shape_only(ndims: tuple[int, ...] | None, pools: bool = False) -> ChannelSpec:
+    return ChannelSpec(_no_tensors, _identity, ndims=ndims, pools=pools)
 
 
 #: Per-channel module types that may sit between a producer and its consumers.
@@ -290,14 +294,16 @@ CHANNEL_MODULES: dict[type, ChannelSpec] = {
         nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink,
         nn.Hardshrink, nn.Threshold)},
     **{cls: _shape_only(None) for cls in (nn.Identity, nn.Dropout, nn.AlphaDropout)},
-    **{cls: _shape_only((3,)) for cls in (
-        nn.Dropout1d, nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool1d)},
-    **{cls: _shape_only((4,)) for cls in (
-        nn.Dropout2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)},
+    nn.Dropout1d: _shape_only((3,)),
+    nn.Dropout2d: _shape_only((4,)),
+    **{cls: _shape_only((3,), pools=True) for cls in (
+        nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool1d)},
+    **{cls: _shape_only((4,), pools=True) for cls in (
+        nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)},
     nn.AvgPool1d: ChannelSpec(_no_tensors, _avgpool_push, keeps_constant=_avgpool_keeps,
-                              ndims=(3,)),
+                              ndims=(3,), pools=True),
     nn.AvgPool2d: ChannelSpec(_no_tensors, _avgpool_push, keeps_constant=_avgpool_keeps,
-                              ndims=(4,)),
+                              ndims=(4,), pools=True),
 }
 
 

@@ -46,9 +46,7 @@ STATISTICS = ("mean", "mrs", "taylor", "dormancy", "apoz", "act_mean", "act_var"
 
 def _is_pool(model: nn.Module, op: ChannelOp) -> bool:
     if op.kind == "module":
-        mod = model.get_submodule(op.target)
-        spec = CHANNEL_MODULES[type(mod)]
-        return not spec.tensors(mod) and spec.push.__name__ in ("_identity", "_avgpool_push")
+        return CHANNEL_MODULES[type(model.get_submodule(op.target))].pools
     return op.shape_only
 
 
