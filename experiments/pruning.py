@@ -71,6 +71,8 @@ class PrunerCallback(Callback):
         self._params = count_params(trainer.model)
 
     def _round(self, trainer, t: int) -> RoundReport | None:
+        if not self.pruner.due(t):  # skip drawing scoring data when no round can come
+            return None
         data = scoring_batches(trainer.train_set, self.score_samples, self.score_batch,
                                self.seed * 7919 + t)
         report = self.pruner.step(t, trainer.model, trainer.optimizer, data)

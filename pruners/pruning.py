@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
 from saliency import SCORERS
-from saliency.base import Scorer, iter_batches, per_sample_loss
+from saliency.base import Scorer, iter_batches, per_sample_loss, select_layers
 from saliency.graph import trace
 from saliency.layers import eval_mode
 from saliency.replacement import iter_inputs
@@ -61,8 +61,8 @@ class RoundReport:
         kind: ``"parameter"`` or ``"unit"``.
         pruned: per tensor (parameter pruner) or layer (unit pruner), how
             many entries or units this round pruned.
-        fraction: per tensor or layer, the fraction pruned so far, of its
-            size when the pruner first acted.
+        fraction: per tensor (of its size) or per layer (of its width when
+            the pruner first acted), the fraction pruned so far.
         remaining: per layer, the units alive after the round (unit pruner).
         params_before, params_after: parameters (masked entries not counted).
         macs_before, macs_after: multiply-accumulates per sample (dense
@@ -197,6 +197,8 @@ class _Pruner:
         self.loss_fn = loss_fn
         self.example_input = example_input
         self.history: list[RoundReport] = []
+        #: the highest schedule target already acted on (None before the first call)
+        self.reached: float | int | None = None
 
     def _check_data(self, data):
         data = _data_list(data)
@@ -207,19 +209,28 @@ class _Pruner:
     def _sizes(self, model, example):
         return count_params(model), (count_macs(model, example) if example is not None else None)
 
+    def due(self, t: int) -> bool:
+        """Whether ``step(t, ...)`` may prune: the schedule has risen since the last round.
+
+        Cheap (no scoring, no tracing): callers can skip preparing scoring
+        data when it is False. ``step`` itself checks the model as well.
+        """
+        target = _target(self.schedule, t)
+        return self.reached is None or target > self.reached
+
     def state_dict(self) -> dict[str, Any]:
         """The pruner's progress (for resuming a training run)."""
-        return {"history": [r.as_row() for r in self.history]}
+        return {"history": [_report_state(r) for r in self.history], "reached": self.reached}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.history = [RoundReport(step=r["step"], target=r["target"], kind=r["kind"],
-                                    pruned={}, fraction={k[9:]: v for k, v in r.items()
-                                                         if k.startswith("fraction/")},
-                                    params_before=r["params_before"],
-                                    params_after=r["params_after"],
-                                    macs_before=r["macs_before"], macs_after=r["macs_after"],
-                                    loss_before=r["loss_before"], loss_after=r["loss_after"])
-                        for r in state.get("history", [])]
+        self.history = [RoundReport(**r) for r in state.get("history", [])]
+        self.reached = state.get("reached")
+
+
+def _report_state(r: RoundReport) -> dict[str, Any]:
+    """A report's fields as plain values (the removal report is not kept)."""
+    return {f: (dict(v) if isinstance(v, dict) else v) for f, v in
+            ((f, getattr(r, f)) for f in RoundReport.__dataclass_fields__) if f != "removal"}
 
 
 # ---------------------------------------------------------------------------
@@ -306,6 +317,8 @@ class ParameterPruner(_Pruner):
         masking keeps every parameter object, so its state needs no change.
         """
         target = _target(self.schedule, t)
+        if self.reached is not None and target <= self.reached:
+            return None
         targets = self.targets(model)
         masks = {k: _mask(mod, p) for k, (mod, p) in targets.items()}
         sizes = {k: m.numel() for k, m in masks.items()}
@@ -318,6 +331,7 @@ class ParameterPruner(_Pruner):
             want = {k: amount_to_count(target, n) for k, n in sizes.items()}
             have = dict(dead)
         if all(want[k] <= have[k] for k in want):
+            self.reached = target
             return None
         data = self._check_data(data)
         example = _example(self.example_input, data)
@@ -370,6 +384,7 @@ class ParameterPruner(_Pruner):
                              params_after=params_after, macs_before=macs_before,
                              macs_after=macs_after, loss_before=loss_before,
                              loss_after=loss_after)
+        self.reached = target
         self.history.append(report)
         return report
 
@@ -469,17 +484,7 @@ class UnitPruner(_Pruner):
 
     def _layers(self, model, example) -> tuple[Any, list[str]]:
         graph = trace(model, example, exclude=self.exclude)
-        prunable = graph.prunable
-        if not prunable:
-            raise ValueError(f"{type(model).__name__} has no prunable units (no Linear/Conv "
-                             "layer whose output feeds another layer)")
-        if self.layers is None:
-            return graph, prunable
-        bad = [n for n in self.layers if n not in prunable]
-        if bad:
-            raise ValueError(f"unknown or non-prunable layers {bad}; prunable layers are "
-                             f"{prunable}")
-        return graph, list(self.layers)
+        return graph, select_layers(model, graph, self.layers)
 
     def step(self, t: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
              data: Iterable | None = None) -> RoundReport | None:
@@ -491,6 +496,8 @@ class UnitPruner(_Pruner):
         the report's losses.
         """
         target = _target(self.schedule, t)
+        if self.reached is not None and target <= self.reached:
+            return None
         data = _data_list(data)
         example = _example(self.example_input, data)
         if example is None:
@@ -509,6 +516,7 @@ class UnitPruner(_Pruner):
             total = amount_to_count(target, sum(self.initial[n] for n in layers), "floor")
             need = {None: min(sum(cap.values()), total - sum(gone.values()))}
         if all(v <= 0 for v in need.values()):
+            self.reached = target
             return None
         if self.scorer.needs_data and data is None:
             raise ValueError(f"{type(self.scorer).__name__} needs data: pass data= to step()")
@@ -552,6 +560,7 @@ class UnitPruner(_Pruner):
                              params_before=params_before, params_after=params_after,
                              macs_before=macs_before, macs_after=macs_after,
                              loss_before=loss_before, loss_after=loss_after, removal=removal)
+        self.reached = target
         self.history.append(report)
         return report
 

@@ -161,6 +161,21 @@ class ParameterScorer(Scorer):
         return {n: allp[n] for n in self.params}
 
 
+def select_layers(model: nn.Module, graph: UnitGraph, layers: Iterable[str] | None) -> list[str]:
+    """``layers`` checked against the graph's prunable producers (None = all of them)."""
+    prunable = graph.prunable
+    if not prunable:
+        raise ValueError(f"{type(model).__name__} has no prunable units (no Linear/Conv "
+                         "layer whose output feeds another layer)")
+    if layers is None:
+        return prunable
+    bad = [n for n in layers if n not in prunable]
+    if bad:
+        raise ValueError(f"unknown or non-prunable layers {bad}; prunable layers are "
+                         f"{prunable}")
+    return list(layers)
+
+
 class UnitScorer(Scorer):
     """A unit-wise scorer; ``layers`` selects producers (None = all prunable).
 
@@ -181,14 +196,4 @@ class UnitScorer(Scorer):
         if example is None and data is not None:
             example = next(iter_inputs(data))
         graph = trace(model, example, exclude=self.exclude)
-        prunable = graph.prunable
-        if not prunable:
-            raise ValueError(f"{type(model).__name__} has no prunable units (no Linear/Conv "
-                             "layer whose output feeds another layer)")
-        if self.layers is None:
-            return graph, prunable
-        bad = [n for n in self.layers if n not in prunable]
-        if bad:
-            raise ValueError(f"unknown or non-prunable layers {bad}; prunable layers are "
-                             f"{prunable}")
-        return graph, list(self.layers)
+        return graph, select_layers(model, graph, self.layers)
