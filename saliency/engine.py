@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import per_sample_loss
-from .graph import UnitGraph
+from .graph import UnitGraph, symbolic_trace
 from .kernels import call_function, call_module
 from .layers import effective_tensor
 from .replacement import run_path
@@ -54,7 +54,7 @@ class Downstream:
     def __init__(self, model: nn.Module, graph: UnitGraph, x: torch.Tensor,
                  budget: int = DEFAULT_BUDGET):
         self.model, self.graph, self.budget = model, graph, budget
-        self.gm = graph.gm if graph.gm is not None else fx.symbolic_trace(model)
+        self.gm = graph.gm if graph.gm is not None else symbolic_trace(model)
         self.batch = x.shape[0]
         interp = fx.Interpreter(self.gm, garbage_collect_values=False)
         with torch.no_grad():

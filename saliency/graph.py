@@ -336,6 +336,25 @@ def default_example_input(model: nn.Module) -> torch.Tensor:
         "(a batch of one input) or data=")
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with every registered layer type kept as one call.
+
+    Layer types registered outside ``torch.nn`` (switch layers, say) would
+    otherwise be traced through, and their parameters read directly.
+    """
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m) in CHANNEL_MODULES or type(m) in PRODUCERS or \
+            super().is_leaf_module(m, qualname)
+
+
+def symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` keeping registered layer types as leaf calls."""
+    graph = _Tracer().trace(model)
+    name = model.__class__.__name__ if isinstance(model, nn.Module) else model.__name__
+    return fx.GraphModule(model, graph, name)
+
+
 def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
           exclude: Iterable[str] = ()) -> UnitGraph:
     """Build the graph of units of ``model``.
@@ -383,7 +402,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
         raise ValueError(f"exclude names unknown modules: {sorted(unknown)}")
     try:
         with eval_mode(model):  # flags such as F.dropout(training=self.training) bake as eval
-            gm = fx.symbolic_trace(model)
+            gm = symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001
         raise UnsupportedArchitecture(
             f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc

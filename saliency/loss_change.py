@@ -36,7 +36,7 @@ from torch.func import functional_call
 
 from .base import ParameterScorer, iter_batches, per_sample_loss
 from .engine import Downstream
-from .graph import UnitGraph, UnsupportedArchitecture, trace
+from .graph import UnitGraph, UnsupportedArchitecture, symbolic_trace, trace
 from .replacement import iter_inputs
 from .taylor import parameter_values
 
@@ -155,11 +155,11 @@ class LossChange(ParameterScorer):
                 # Downstream only needs torch.fx: without a graph of units every
                 # channel takes the batched path that recomputes from the layer on.
                 try:
-                    graph = UnitGraph({}, None, fx.symbolic_trace(model))
+                    graph = UnitGraph({}, None, symbolic_trace(model))
                 except Exception:  # noqa: BLE001 - untraceable model: loop over entries
                     graph = None
         if graph is not None:
-            gm = graph.gm if graph.gm is not None else fx.symbolic_trace(model)
+            gm = graph.gm if graph.gm is not None else symbolic_trace(model)
             calls: dict[str, int] = {}
             for node in gm.graph.nodes:
                 if node.op == "call_module":
