@@ -376,7 +376,8 @@ class ParameterPruner(_Pruner):
             pruned[k] = int((keep == 0).sum()) - dead[k]
             fraction[k] = float((keep == 0).sum()) / sizes[k]
             if pruned[k] > 0:
-                prune.custom_from_mask(mod, pname, keep)
+                with torch.no_grad():  # no autograd history on `weight`: the model stays copyable
+                    prune.custom_from_mask(mod, pname, keep)
         params_after, macs_after = self._sizes(model, example)
         loss_after = mean_loss(model, data, self.loss_fn) if data is not None else None
         report = RoundReport(step=int(t), target=target, kind="parameter", pruned=pruned,
@@ -504,18 +505,18 @@ class UnitPruner(_Pruner):
             raise ValueError("UnitPruner.step needs data= (or example_input=) to trace the model")
         graph, layers = self._layers(model, example)
         width = {n: graph.producers[n].num_units for n in layers}
-        for n in layers:
-            self.initial.setdefault(n, width[n])
-        gone = {n: self.initial[n] - width[n] + len(self.masked.get(n, ())) for n in layers}
+        initial = {n: self.initial.get(n, width[n]) for n in layers}  # kept once a step succeeds
+        gone = {n: initial[n] - width[n] + len(self.masked.get(n, ())) for n in layers}
         live = {n: width[n] - len(self.masked.get(n, ())) for n in layers}
         cap = {n: max(0, live[n] - self.min_units) for n in layers}  # most we may take now
         if self.scope == "layer":
-            need = {n: min(cap[n], amount_to_count(target, self.initial[n], "floor") - gone[n])
+            need = {n: min(cap[n], amount_to_count(target, initial[n], "floor") - gone[n])
                     for n in layers}
         else:
-            total = amount_to_count(target, sum(self.initial[n] for n in layers), "floor")
+            total = amount_to_count(target, sum(initial[n] for n in layers), "floor")
             need = {None: min(sum(cap.values()), total - sum(gone.values()))}
         if all(v <= 0 for v in need.values()):
+            self.initial.update(initial)
             self.reached = target
             return None
         if self.scorer.needs_data and data is None:
@@ -547,6 +548,7 @@ class UnitPruner(_Pruner):
         act = remove_units if self.remove else mask_units
         removal = act(model, units, replacement=self.replacement, data=data, optimizer=optimizer,
                       example_input=example, exclude=self.exclude, min_units=self.min_units)
+        self.initial.update(initial)
         if not self.remove:
             for n, idx in units.items():
                 self.masked[n] = sorted(set(self.masked.get(n, [])) | set(idx))

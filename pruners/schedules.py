@@ -216,6 +216,8 @@ class cubic(Schedule):
         if t >= self.end:
             return self.final
         t = self.begin + (t - self.begin) // self.frequency * self.frequency
+        if t == self.begin:  # exactly s_i: s_f + (s_i - s_f) * 1 can round below s_i
+            return self.initial
         frac = 1.0 - (t - self.begin) / (self.end - self.begin)
         return self.final + (self.initial - self.final) * frac ** 3
 
