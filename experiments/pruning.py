@@ -24,7 +24,7 @@ from pruners.pruning import RoundReport
 
 from .training import Callback
 
-__all__ = ["PrunerCallback", "scoring_batches", "plot_pruning"]
+__all__ = ["PrunerCallback", "ShrinkNetsCallback", "scoring_batches", "plot_pruning"]
 
 
 def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
@@ -165,3 +165,69 @@ def plot_pruning(ctx, pruned_steps: Sequence[Sequence[float]],
         fig.suptitle(title)
     fig.tight_layout()
     ctx.save_figure(fig, name)
+
+
+class ShrinkNetsCallback(Callback):
+    """ShrinkNets training in the harness (``shared/seeds/001_...``, eq. 2 and Sec. 4.2).
+
+    Adds ``shrinknets_penalty(model, lam, lam2, p)`` to the training loss and
+    runs a :class:`pruners.shrinknets.GarbageCollector` after every
+    ``gc_every`` optimizer steps (removing dead units and slicing the
+    optimizer state). Each epoch's row gets the live parameters, the MACs per
+    sample, the units per switched layer, and the running cost of the epoch:
+    the draft's sum of input neurons over the epoch's steps and the sum of
+    MACs per sample over them.
+
+    Args:
+        collector: the garbage collector (its strategy decides what is dead).
+        lam, lam2, p: the penalty's weights and norm.
+        gc_every: steps between collections (0: only at epoch ends).
+    """
+
+    def __init__(self, collector, *, lam: float, lam2: float = 0.0, p: int = 2,
+                 gc_every: int = 1):
+        self.collector, self.lam, self.lam2, self.p = collector, lam, lam2, p
+        self.gc_every = int(gc_every)
+        self._epoch_cost = [0.0, 0.0]
+
+    def loss(self, trainer, loss):
+        from pruners.shrinknets import shrinknets_penalty
+
+        return loss + shrinknets_penalty(trainer.model, self.lam, self.lam2, self.p)
+
+    def _collect(self, trainer) -> None:
+        example = trainer.example_input
+        self.collector.example_input = example
+        self.collector.step(trainer.step, trainer.model, trainer.optimizer)
+
+    def on_step_end(self, trainer, loss: float) -> None:
+        if self.gc_every and trainer.step % self.gc_every == 0:
+            self._collect(trainer)
+        cost = self.collector.cost[-1] if self.collector.cost else None
+        if cost is not None:
+            self._epoch_cost[0] += cost[1]
+            self._epoch_cost[1] += cost[2]
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        from pruners.shrinknets import switches
+
+        if not self.gc_every:
+            self._collect(trainer)
+        metrics["params"] = count_params(trainer.model)
+        metrics["input_neurons_epoch"] = self._epoch_cost[0]
+        metrics["macs_epoch"] = self._epoch_cost[1]
+        self._epoch_cost = [0.0, 0.0]
+        for name, sw in switches(trainer.model).items():  # live units (masks not counted)
+            mask = getattr(sw, "weight_mask", None)
+            metrics[f"units/{name}"] = sw.num_channels if mask is None else int(mask.sum())
+
+    def state_dict(self):
+        return {"strategy": self.collector.strategy.state_dict(),
+                "masked": {k: list(v) for k, v in self.collector.masked.items()},
+                "cost": [list(r) for r in self.collector.cost], "epoch_cost": self._epoch_cost}
+
+    def load_state_dict(self, state):
+        self.collector.strategy.load_state_dict(state["strategy"])
+        self.collector.masked = {k: list(v) for k, v in state["masked"].items()}
+        self.collector.cost = [list(r) for r in state["cost"]]
+        self._epoch_cost = list(state["epoch_cost"])

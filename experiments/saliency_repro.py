@@ -763,9 +763,13 @@ def scorer_runtimes(cfg: dict, ctx: RunContext) -> dict:
                                "registered": name not in missing}
         try:
             scorer = cls()
-            out = scorer.score(model, batch)
+            scored = model
+            if getattr(cls, "needs_switches", False):  # score a switched copy (gates from N(0,1))
+                from pruners.shrinknets import insert_switches
+                scored = insert_switches(model, x[:1])
+            out = scorer.score(scored, batch)
             row["items"] = int(sum(v.numel() for v in out.values()))
-            seconds, n, warm = _median_time(lambda: scorer.score(model, batch), repeats, budget)
+            seconds, n, warm = _median_time(lambda: scorer.score(scored, batch), repeats, budget)
             row.update({"seconds": seconds, "x_fwd_bwd": seconds / fb, "calls_timed": n,
                         "warmup_only": warm, "error": ""})
         except Exception as exc:  # noqa: BLE001 - one scorer failing must not hide the others

@@ -22,6 +22,7 @@ from .mrp import MRP
 from .random_scores import RandomParameter, RandomUnit
 from .taylor import Hessian, Taylor1, Taylor2
 from .replacement import unit_means
+from .switch import Switch, SwitchScorer
 from .unit_scorers import MRS, Dormancy, Norm, UnitTaylor
 from .unit_stats import unit_statistics
 
@@ -42,10 +43,14 @@ SCORERS: dict[str, type[Scorer]] = {
     "dormancy": Dormancy,
     "norm": Norm,
     "random_unit": RandomUnit,
+    # ShrinkNets (shared/seeds/001_..., eq. 1): |beta| of each unit's switch
+    "switch": SwitchScorer,
 }
 
 __all__ = [
     "SCORERS",
+    "Switch",
+    "SwitchScorer",
     "Scorer",
     "Magnitude",
     "Taylor1",

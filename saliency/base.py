@@ -115,6 +115,8 @@ class Scorer:
 
     granularity: str = "parameter"
     needs_data: bool = True
+    #: scores only models with switch layers (:func:`pruners.insert_switches`)
+    needs_switches: bool = False
     #: registry name of the exact quantity this scorer approximates, if any
     approximates: str | None = None
 

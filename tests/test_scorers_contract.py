@@ -48,6 +48,9 @@ def scorer_for(name, shape):
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_contract(name, arch):
     model, shape = build(arch)
+    if SCORERS[name].needs_switches:
+        from pruners.shrinknets import insert_switches
+        model = insert_switches(model, torch.zeros((1,) + shape, dtype=torch.float64))
     model.train()  # scoring must not change it, nor leave it in eval mode
     x, y = make_data(shape, classes=model.eval()(torch.zeros((1,) + shape,
                                                             dtype=torch.float64)).shape[1])

@@ -111,8 +111,12 @@ def measure(name: str, repeats: int, quick: bool) -> list[dict]:
         if sname == "loss_change":
             kwargs["params"] = ["fc3.weight"] if name == "mlp" else ["conv1.weight"]
         scorer = cls(**kwargs)
+        scored = model
+        if cls.needs_switches:
+            from pruners.shrinknets import insert_switches
+            scored = insert_switches(model, x[:1])
         reps = max(1, repeats // 2) if sname in ("mrp", "loss_change") else repeats
-        row(f"scorer:{sname}", lambda: scorer.score(model, data), reps)
+        row(f"scorer:{sname}", lambda: scorer.score(scored, data), reps)
         if sname == "mrp":
             units = sum(graph.producers[n].num_units for n in layers)
             rows.append(dict(rows[-1], case="mrp_all_units", note=f"{units} units"))

@@ -1,0 +1,539 @@
+"""ShrinkNets: learn the network's size while it trains.
+
+*ShrinkNets: Learning Network Size while Training* (``shared/seeds/001_...``)
+and its earlier draft (``shared/seeds/000_...``): every unit of an over-sized
+network gets a learnable switch (:class:`saliency.switch.Switch`, eq. 1), the
+loss gets a sparsity term on the switches (eq. 2 / 9),
+
+    L_SN = L + lambda ||beta||_1 + lambda_2 ||theta||_p^p,
+
+units whose switch dies are removed while training goes on ("neural garbage
+collection", Sec. 4.2) with the optimizer state kept, and before inference
+the switches are folded into the layers (Sec. 4.2, "Preparing for
+Inference").
+
+* :func:`insert_switches` -- a switch after each BatchNorm, or after each
+  Linear/Conv without one, except the output layer (Sec. 5.1.1);
+* :func:`shrinknets_penalty` -- ``lambda ||g||_1 + lambda_2 ||theta||_p^p``;
+* removal strategies (Sec. 4.1; draft Sec. 5.2): :class:`Threshold`,
+  :class:`SignChange`, :class:`SignVariance`, :class:`Aggressiveness`;
+* :class:`GarbageCollector` -- a pruner that removes (or masks) dead units on
+  the fly and accounts for the running cost (input neurons and MACs);
+* :func:`fold_switches` -- a plain network with identical outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from saliency.graph import symbolic_trace, trace
+from saliency.layers import PRODUCERS, effective_tensor
+from saliency.switch import Switch, _switch_gate, switch_of
+
+from .metrics import count_macs, count_params
+from .pruning import RoundReport, _data_list, _example, mean_loss
+from .surgery import mask_units, remove_units
+
+__all__ = ["Switch", "insert_switches", "fold_switches", "shrinknets_penalty", "switches",
+           "RemovalStrategy", "Threshold", "SignChange", "SignVariance", "Aggressiveness",
+           "GarbageCollector", "input_neurons"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def switches(model: nn.Module) -> dict[str, Switch]:
+    """Every switch layer of ``model`` by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, Switch)}
+
+
+# ---------------------------------------------------------------------------
+# placing and folding switches
+
+
+def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None, *,
+                    parametrization: str = "signed", init: str = "normal", value: float = 1.0,
+                    layers: Iterable[str] | None = None, exclude: Iterable[str] = ()
+                    ) -> fx.GraphModule:
+    """A copy of ``model`` with a switch on every prunable layer's units.
+
+    The switch goes after the layer's BatchNorm when one follows it directly,
+    else right after the layer; the layers producing the model's output get
+    none (ShrinkNets Sec. 5.1.1: "after each BatchNorm layer and each fully
+    connected layer (except the last)"). Switches live in the ModuleDict
+    ``switches`` of the returned :class:`torch.fx.GraphModule`, keyed by the
+    layer name with dots as underscores; the original model is not changed
+    and shares nothing with the copy.
+
+    Args:
+        model: a model :func:`pruners.trace` accepts.
+        example_input: an input batch (needed for convolutional models).
+        parametrization, init, value: of each :class:`~saliency.switch.Switch`.
+        layers: the layers to switch (default: every prunable layer).
+        exclude: layers left out (see :func:`pruners.trace`).
+    """
+    model = copy.deepcopy(model)
+    graph = trace(model, example_input, exclude=exclude)
+    targets = graph.prunable if layers is None else list(layers)
+    bad = [n for n in targets if n not in graph.prunable]
+    if bad:
+        raise ValueError(f"unknown or non-prunable layers {bad}; prunable: {graph.prunable}")
+    for name in targets:
+        if switch_of(model, graph, name) is not None:
+            raise ValueError(f"layer {name!r} already has a switch")
+    gm = symbolic_trace(model) if not isinstance(model, fx.GraphModule) else model
+    if hasattr(gm, "switches") and not isinstance(getattr(gm, "switches"), nn.ModuleDict):
+        raise ValueError("the model has an attribute 'switches' already")
+    if not hasattr(gm, "switches"):
+        gm.add_submodule("switches", nn.ModuleDict())
+    nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+    for name in targets:
+        node = nodes[name]
+        users = list(node.users)
+        anchor = node
+        if len(users) == 1 and users[0].op == "call_module" and \
+                isinstance(gm.get_submodule(users[0].target), _BN):
+            anchor = users[0]
+        key = name.replace(".", "_")
+        w = effective_tensor(gm.get_submodule(name), "weight")
+        gm.switches[key] = Switch(graph.producers[name].num_units, parametrization, init,
+                                  value).to(device=w.device, dtype=w.dtype)
+        with gm.graph.inserting_after(anchor):
+            new = gm.graph.call_module(f"switches.{key}", (anchor,))
+        anchor.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+_LINEAR_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
+                   nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_POSITIVE_MODULES = _LINEAR_MODULES + (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d,
+                                       nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_LINEAR_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout,
+                     F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}
+_POSITIVE_FUNCTIONS = _LINEAR_FUNCTIONS | {
+    F.relu, torch.relu, F.leaky_relu, F.max_pool1d, F.max_pool2d, torch.max_pool1d,
+    torch.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d}
+
+
+def _commutes(model, ops, positive: bool) -> bool:
+    """Whether every op satisfies ``f(g x) = g f(x)`` per channel (g >= 0 if ``positive``)."""
+    mods = _POSITIVE_MODULES if positive else _LINEAR_MODULES
+    funcs = _POSITIVE_FUNCTIONS if positive else _LINEAR_FUNCTIONS
+    for op in ops:
+        if op.kind == "module":
+            if not isinstance(model.get_submodule(op.target), mods):
+                return False
+        elif op.kind == "function":
+            if op.target not in funcs:
+                return False
+        elif op.target not in ("relu", "contiguous") or (op.target == "relu" and not positive):
+            return False
+    return True
+
+
+def _scale_rows(mod: nn.Module, attr: str, g: torch.Tensor) -> None:
+    t = mod._parameters.get(attr + "_orig")
+    t = getattr(mod, attr) if t is None else t
+    if t is not None:
+        t.mul_(g.view((-1,) + (1,) * (t.dim() - 1)).to(t))
+
+
+def fold_switches(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` without switch layers and with the same outputs (eval mode).
+
+    Each switch's gate ``g`` is multiplied into a neighbouring layer, on the
+    side where the ops between commute with a per-channel scale:
+
+    1. backwards, when only linear per-channel ops (dropout, average pooling,
+       identity) separate it from the producer or from an eval-mode
+       BatchNorm: into that BatchNorm's weight and bias, else into the
+       producer's weight rows and bias;
+    2. forwards, into every consumer's input columns (input channels, or
+       H*W column blocks after a flatten), when only such ops follow it --
+       e.g. a switch placed after an activation;
+    3. with ``g >= 0`` also through positively homogeneous ops (ReLU, leaky
+       ReLU, max pooling).
+
+    Anything else (a negative gate before a ReLU and a BatchNorm after it)
+    cannot be folded exactly and raises ValueError naming the switch.
+    """
+    model = copy.deepcopy(model)
+    found = switches(model)
+    if not found:
+        return model
+    graph = trace(model, example_input)
+    done: set[str] = set()
+    with torch.no_grad():
+        for pname, prod in graph.producers.items():
+            hit = switch_of(model, graph, pname)
+            if hit is None:
+                continue
+            sname, sw = hit
+            g = _switch_gate(sw, None).detach()
+            _fold_one(model, prod, sname, g)
+            done.add(sname)
+    left = [n for n in found if n not in done]
+    if left:
+        raise ValueError(f"switches {left} are not on the path of any layer's units")
+    return _drop_switches(model, done)
+
+
+def _fold_one(model, prod, sname, g) -> None:
+    path = prod.edges[0].path
+    k = next(i for i, op in enumerate(path) if op.kind == "module" and op.target == sname)
+    pre = path[:k]
+    posts = [e.path[next(i for i, op in enumerate(e.path) if op.target == sname) + 1:]
+             for e in prod.edges]
+    nonneg = bool((g >= 0).all())
+    for positive in ((False, True) if nonneg else (False,)):
+        # backwards: into the last BatchNorm before the switch, or the producer
+        bn_at = max((i for i, op in enumerate(pre) if op.kind == "module"
+                     and isinstance(model.get_submodule(op.target), _BN)), default=None)
+        tail = pre if bn_at is None else pre[bn_at + 1:]
+        head = [] if bn_at is None else pre[:bn_at]
+        if _commutes(model, tail, positive):
+            if bn_at is None:
+                mod = model.get_submodule(prod.name)
+                _scale_rows(mod, "weight", g)
+                _scale_rows(mod, "bias", g)
+                return
+            bn = model.get_submodule(pre[bn_at].target)
+            if bn.affine and bn.track_running_stats and not head:
+                _scale_rows(bn, "weight", g)
+                _scale_rows(bn, "bias", g)
+                return
+        # forwards: into every consumer's input columns
+        if all(_commutes(model, post, positive) for post in posts):
+            for edge in prod.edges:
+                cmod = model.get_submodule(edge.consumer)
+                w = cmod._parameters.get("weight_orig")
+                w = cmod.weight if w is None else w
+                scale = g.repeat_interleave(edge.block).to(w)
+                w.mul_(scale.view((1, -1) + (1,) * (w.dim() - 2)))
+            return
+    raise ValueError(f"switch {sname!r} of layer {prod.name!r} cannot be folded exactly: the "
+                     "ops on either side of it do not commute with a per-channel scale"
+                     + ("" if nonneg else " (some gates are negative)"))
+
+
+def _drop_switches(model: nn.Module, names: set[str]) -> nn.Module:
+    if isinstance(model, fx.GraphModule):
+        for node in list(model.graph.nodes):
+            if node.op == "call_module" and node.target in names:
+                node.replace_all_uses_with(node.args[0])
+                model.graph.erase_node(node)
+        model.graph.lint()
+        model.recompile()
+    for name in sorted(names, key=len, reverse=True):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(model, fx.GraphModule):
+            delattr(parent, child)
+        else:
+            setattr(parent, child, nn.Identity())
+    if isinstance(model, fx.GraphModule) and hasattr(model, "switches") \
+            and len(model.switches) == 0:
+        delattr(model, "switches")
+    return model
+
+
+# ---------------------------------------------------------------------------
+# the penalty
+
+
+def shrinknets_penalty(model: nn.Module, lam: float, lam2: float = 0.0, p: int = 2
+                       ) -> torch.Tensor:
+    """``lambda ||g||_1 + lambda_2 ||theta||_p^p`` (ShrinkNets eq. 2 and 9).
+
+    ``g`` are the gates of every switch (``beta``, or ``max(0, theta)`` for
+    the draft's parametrization, whose penalty ``lambda |max(0, theta)|`` is
+    draft eq. 2); ``theta`` are all other parameters (effective values of
+    pruned tensors), ``p`` is 1 or 2. Add it to the training loss.
+    """
+    if p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    for name, v in (("lam", lam), ("lam2", lam2)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    sw = switches(model)
+    if lam and not sw:
+        raise ValueError("the model has no switch layers (pruners.insert_switches)")
+    total = None
+    for m in sw.values():
+        term = _switch_gate(m, None).abs().sum()
+        total = term if total is None else total + term
+    pen = lam * total if total is not None else None
+    if lam2:
+        owned = {id(q) for m in sw.values() for q in m.parameters()}
+        reg = None
+        for q in model.parameters():
+            if id(q) in owned:
+                continue
+            term = q.abs().sum() if p == 1 else (q * q).sum()
+            reg = term if reg is None else reg + term
+        if reg is not None:
+            pen = lam2 * reg if pen is None else pen + lam2 * reg
+    if pen is None:
+        q = next(model.parameters())
+        return q.new_zeros(())
+    return pen
+
+
+# ---------------------------------------------------------------------------
+# removal strategies
+
+
+class RemovalStrategy:
+    """Decides, step by step, which units' switches are dead.
+
+    ``strategy(layer, gate) -> BoolTensor``: called with the current gates of
+    a layer's switch, returns which units to remove. Strategies with memory
+    keep it per layer; :meth:`keep` is told which units survived a removal,
+    to slice that memory the same way.
+    """
+
+    def __call__(self, layer: str, gate: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def keep(self, layer: str, kept: torch.Tensor) -> None:
+        """Units ``kept`` (indices into the old width) survived a removal."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class Threshold(RemovalStrategy):
+    """Dead when ``|g_i| <= threshold`` (Sec. 4.1 "threshold strategy", as deep compression)."""
+
+    def __init__(self, threshold: float = 1e-3):
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) \
+                or threshold < 0:
+            raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+        self.threshold = float(threshold)
+
+    def __call__(self, layer, gate):
+        return gate.detach().abs() <= self.threshold
+
+
+class _PerLayer(RemovalStrategy):
+    """A strategy with a tensor of memory per layer and unit."""
+
+    _fields: tuple[str, ...] = ()
+
+    def __init__(self):
+        self._state: dict[str, dict[str, torch.Tensor]] = {}
+
+    def keep(self, layer, kept):
+        st = self._state.get(layer)
+        if st is not None:
+            self._state[layer] = {k: v[kept] for k, v in st.items()}
+
+    def state_dict(self):
+        return {"state": {k: {f: t.clone() for f, t in v.items()} for k, v in self._state.items()}}
+
+    def load_state_dict(self, state):
+        self._state = {k: {f: t.clone() for f, t in v.items()}
+                       for k, v in state.get("state", {}).items()}
+
+
+class SignChange(_PerLayer):
+    """Dead at the first change of sign of ``g_i`` (Sec. 4.1 "sign change strategy").
+
+    A gate of exactly 0 (the draft's permanent off state) is dead too.
+    """
+
+    def __call__(self, layer, gate):
+        s = torch.sign(gate.detach())
+        st = self._state.get(layer)
+        if st is None or st["sign"].shape != s.shape:
+            self._state[layer] = {"sign": s}
+            return s == 0
+        prev = st["sign"]
+        dead = (s == 0) | ((prev != 0) & (s != prev))
+        st["sign"] = torch.where(s == 0, prev, s)
+        return dead
+
+
+class SignVariance(_PerLayer):
+    """Dead when an exponential moving variance of ``sign(g_i)`` exceeds ``threshold``.
+
+    Sec. 4.1 "sign variance strategy", the one the paper uses throughout. A
+    switch that the L1 penalty has pushed to 0 jitters around it, so its sign
+    keeps flipping; a switch that crossed 0 once and stayed is alive (a
+    signed ``beta`` works either way). The paper gives no formula; we use the
+    successive-difference (von Neumann) estimate of the variance, averaged
+    exponentially with ``a = inertia``::
+
+        s_t = sign(g_i) in {-1, 1} (0 counts as -1);  v <- a v + (1 - a) (s_t - s_{t-1})^2 / 2
+
+    It is insensitive to a level shift: one crossing adds a single term,
+    ``v`` peaks at ``2 (1 - a)`` (0.2 for ``a = 0.9``) and decays; a sign
+    flipping at every step drives ``v`` to 2. The default threshold, 1.0,
+    needs about 7 flips in a row at ``a = 0.9``. (A plain exponential moving
+    variance cannot tell the two apart: after one crossing it peaks at
+    0.998, above the 0.997 it reaches when flipping, for ``a = 0.9``.)
+    """
+
+    def __init__(self, inertia: float = 0.9, threshold: float = 1.0):
+        super().__init__()
+        if isinstance(inertia, bool) or not isinstance(inertia, (int, float)) \
+                or not 0.0 < inertia < 1.0:
+            raise ValueError(f"inertia must be in (0, 1), got {inertia!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or threshold <= 0:
+            raise ValueError(f"threshold must be > 0, got {threshold!r}")
+        self.inertia, self.threshold = float(inertia), float(threshold)
+
+    def __call__(self, layer, gate):
+        s = torch.where(gate.detach() > 0, 1.0, -1.0).to(torch.float64)
+        st = self._state.get(layer)
+        if st is None or st["sign"].shape != s.shape:
+            self._state[layer] = {"sign": s, "var": torch.zeros_like(s)}
+            return torch.zeros_like(s, dtype=torch.bool)
+        a = self.inertia
+        d = s - st["sign"]
+        st["var"] = a * st["var"] + (1 - a) * d * d / 2
+        st["sign"] = s
+        return st["var"] > self.threshold
+
+
+class Aggressiveness(RemovalStrategy):
+    """The draft's removal aggressiveness ``gamma`` (``shared/seeds/000_...``, Sec. 5.2).
+
+    The draft names ``gamma`` but does not define it; we read it as the
+    fraction of the layer's mean live gate under which a unit is removed:
+    dead when ``|g_i| <= gamma * mean_j |g_j|``. ``gamma = 0`` removes only
+    units already off (``g_i = 0``, exact); larger ``gamma`` removes sooner,
+    trading some final loss for a cheaper run (draft Fig. 2).
+    """
+
+    def __init__(self, gamma: float = 0.0):
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
+            raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def __call__(self, layer, gate):
+        a = gate.detach().abs()
+        return a <= self.gamma * a.mean()
+
+
+# ---------------------------------------------------------------------------
+# garbage collection
+
+
+def input_neurons(model: nn.Module) -> int:
+    """Sum over Linear/Conv layers of their input features or channels (the draft's cost)."""
+    total = 0
+    for m in model.modules():
+        spec = PRODUCERS.get(type(m))
+        if spec is not None:
+            total += int(getattr(m, spec.in_attr))
+    return total
+
+
+class GarbageCollector:
+    """Neural garbage collection (ShrinkNets Sec. 4.2): remove dead units on the fly.
+
+    ``step(t, model, optimizer=None, data=None)`` asks ``strategy`` which
+    switched units are dead and removes them with :func:`pruners.remove_units`
+    (the optimizer's state is sliced, so training goes on with it), or masks
+    them (``remove=False``, the masked twin). The removed units' outputs are
+    replaced by a constant pushed through their path, switch included, and
+    folded into the next layer's bias (``replacement="zero"``: the producer
+    held at 0, exact when the gate is 0; ``"mean"`` needs ``data``). No
+    layer is left with fewer than ``min_units`` units: the live units with
+    the largest ``|g|`` are kept.
+
+    It records the running cost after every call in :attr:`cost`: ``[t,
+    input neurons, MACs per sample, parameters]`` (the draft's "sum of input
+    neurons per epoch" is the sum of the column over an epoch's steps).
+    """
+
+    def __init__(self, strategy: RemovalStrategy, *, remove: bool = True,
+                 replacement: str | None = "zero", min_units: int = 1,
+                 example_input: torch.Tensor | None = None, loss_fn=F.cross_entropy):
+        if not isinstance(strategy, RemovalStrategy):
+            raise TypeError(f"strategy must be a RemovalStrategy, got {strategy!r}")
+        if replacement not in ("zero", "mean", None):
+            raise ValueError(f"replacement must be 'zero', 'mean' or None, got {replacement!r}")
+        if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
+            raise ValueError(f"min_units must be an int >= 1, got {min_units!r}")
+        self.strategy, self.remove, self.replacement = strategy, bool(remove), replacement
+        self.min_units, self.example_input, self.loss_fn = min_units, example_input, loss_fn
+        self.masked: dict[str, list[int]] = {}
+        self.history: list[RoundReport] = []
+        self.cost: list[list[float]] = []
+        self._cost_key: tuple | None = None
+        self._sizes: list[int] = []
+
+    def step(self, t: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             data: Iterable | None = None) -> RoundReport | None:
+        data = _data_list(data)
+        example = _example(self.example_input, data)
+        if self.replacement == "mean" and data is None:
+            raise ValueError("replacement='mean' needs data=")
+        graph = trace(model, example)
+        units: dict[str, list[int]] = {}
+        for name in graph.prunable:
+            hit = switch_of(model, graph, name)
+            if hit is None:
+                continue
+            gate = _switch_gate(hit[1], None).detach()
+            dead = self.strategy(name, gate).clone()
+            masked = self.masked.get(name, [])
+            alive = torch.ones_like(dead)
+            alive[masked] = False
+            dead &= alive
+            room = int(alive.sum()) - self.min_units
+            idx = torch.nonzero(dead).flatten()
+            if idx.numel() > room:  # keep the strongest switches
+                idx = idx[torch.argsort(gate.abs()[idx], stable=True)[:max(room, 0)]]
+            if idx.numel():
+                units[name] = sorted(idx.tolist())
+        report = None
+        if units:
+            loss_before = mean_loss(model, data, self.loss_fn) if data is not None else None
+            params_before = count_params(model)
+            macs_before = count_macs(model, example) if example is not None else None
+            widths = {n: graph.producers[n].num_units for n in units}
+            act = remove_units if self.remove else mask_units
+            removal = act(model, units, replacement=self.replacement, data=data,
+                          optimizer=optimizer, example_input=example, min_units=self.min_units)
+            for n, idx in units.items():
+                if self.remove:
+                    keep = torch.ones(widths[n], dtype=torch.bool)
+                    keep[idx] = False
+                    self.strategy.keep(n, torch.nonzero(keep).flatten())
+                else:
+                    self.masked[n] = sorted(set(self.masked.get(n, [])) | set(idx))
+            report = RoundReport(
+                step=int(t), target=0.0, kind="unit", pruned={n: len(v) for n, v in units.items()},
+                fraction={}, remaining=dict(removal.remaining), params_before=params_before,
+                params_after=count_params(model), macs_before=macs_before,
+                macs_after=count_macs(model, example) if example is not None else None,
+                loss_before=loss_before,
+                loss_after=mean_loss(model, data, self.loss_fn) if data is not None else None,
+                removal=removal)
+            self.history.append(report)
+        key = (id(model), tuple(tuple(p.shape) for p in model.parameters()))
+        if report is not None or self._cost_key != key:  # sizes change only with the shapes
+            self._cost_key = key
+            self._sizes = [input_neurons(model),
+                           count_macs(model, example) if example is not None else 0,
+                           count_params(model)]
+        self.cost.append([int(t), *self._sizes])
+        return report

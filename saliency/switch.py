@@ -1,0 +1,164 @@
+"""The ShrinkNets switch layer and its saliency.
+
+*ShrinkNets: Learning Network Size while Training* (``shared/seeds/001_...``,
+Sec. 3.2, eq. 1) multiplies each output channel ``i`` of a layer by a
+learnable switch ``beta_i``::
+
+    S_beta(L(x))_{i, ...} = beta_i * L(x)_{i, ...}
+
+for inputs of shape ``B x C x D_1 ... D_n``. A channel whose switch is 0 no
+longer reaches the rest of the network: its unit can be removed. Two
+parametrizations of the gate ``g`` are offered:
+
+* ``"signed"`` (the paper): ``g = beta``, a real number initialized from
+  ``N(0, 1)`` (Sec. 4.1);
+* ``"relu"`` (the earlier draft's *Filter layer*, ``shared/seeds/000_...``
+  eq. 1-2): ``g = max(0, theta)``, initialized from ``U[0, 1]``. A unit whose
+  ``theta`` reaches 0 or below gets no gradient through ``g`` and stays off
+  for good under gradient descent (the penalty ``lambda max(0, theta)``
+  pushes it there).
+
+The layer is a per-channel module of the graph of units
+(:func:`saliency.trace` passes units through it; :func:`pruners.remove_units`
+slices it with its producer) and :class:`SwitchScorer` (``"switch"`` in
+:data:`saliency.SCORERS`) scores each unit by ``|g_i|``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import UnitScorer
+from .layers import ChannelSpec, register_channel_module
+
+__all__ = ["Switch", "SwitchScorer", "switch_of", "PARAMETRIZATIONS", "INITS"]
+
+PARAMETRIZATIONS = ("signed", "relu")
+INITS = ("normal", "uniform", "constant")
+
+
+class Switch(nn.Module):
+    """Multiply channel ``i`` (dimension 1) of the input by its gate ``g_i``.
+
+    Args:
+        num_channels: ``C``.
+        parametrization: ``"signed"`` (``g = weight``) or ``"relu"``
+            (``g = max(0, weight)``, with a permanent off state).
+        init: ``"normal"`` (N(0, 1), the paper), ``"uniform"`` (U[0, 1], the
+            draft) or ``"constant"`` (every gate ``value``; 1 is the identity).
+        value: the constant of ``init="constant"``.
+
+    The parameter is ``weight`` (``beta`` or ``theta`` of the papers), so the
+    switch is sliced, masked and counted like any per-channel tensor.
+
+    Example:
+        >>> s = Switch(3, init="constant")
+        >>> x = torch.randn(2, 3, 4, 4)
+        >>> torch.equal(s(x), x)
+        True
+    """
+
+    def __init__(self, num_channels: int, parametrization: str = "signed",
+                 init: str = "normal", value: float = 1.0):
+        super().__init__()
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) \
+                or num_channels < 1:
+            raise ValueError(f"num_channels must be an int >= 1, got {num_channels!r}")
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, "
+                             f"got {parametrization!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.num_channels = num_channels
+        self.parametrization = parametrization
+        self.init = init
+        self.value = float(value)
+        self.weight = nn.Parameter(torch.empty(num_channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            if self.init == "normal":
+                self.weight.normal_(0.0, 1.0)
+            elif self.init == "uniform":
+                self.weight.uniform_(0.0, 1.0)
+            else:
+                self.weight.fill_(self.value)
+
+    def gate(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The multipliers ``g`` (``beta``, or ``max(0, theta)``)."""
+        w = self.weight if weight is None else weight
+        return w if self.parametrization == "signed" else torch.relu(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"Switch({self.num_channels}) got an input of shape "
+                             f"{tuple(x.shape)}; expected B x {self.num_channels} x ...")
+        return x * self.gate().view((1, -1) + (1,) * (x.dim() - 2))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, parametrization={self.parametrization!r}"
+
+
+def _switch_gate(m: Switch, channels: torch.Tensor | None) -> torch.Tensor:
+    w = m.weight
+    orig = m._parameters.get("weight_orig")
+    if orig is not None:  # masked with torch.nn.utils.prune
+        w = orig * m.weight_mask
+    w = w if channels is None else w[channels.to(w.device)]
+    return m.gate(w)
+
+
+def _switch_push(m: Switch, x: torch.Tensor, channels: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    g = _switch_gate(m, channels)
+    return x * g.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+register_channel_module(Switch, ChannelSpec(
+    tensors=lambda m: ("weight",), push=_switch_push, masks=lambda m: ("weight",),
+    count_attr="num_channels", ndims=None))
+
+
+def switch_of(model: nn.Module, graph, producer: str) -> tuple[str, Switch] | None:
+    """The switch on ``producer``'s per-channel path (name, module), or None.
+
+    Raises ValueError if its consumers' paths pass through different switches.
+    """
+    found = set()
+    for edge in graph.producers[producer].edges:
+        for op in edge.path:
+            if op.kind == "module" and isinstance(model.get_submodule(op.target), Switch):
+                found.add(op.target)
+    if len(found) > 1:
+        raise ValueError(f"layer {producer!r} passes through several switches {sorted(found)}")
+    if not found:
+        return None
+    name = found.pop()
+    return name, model.get_submodule(name)
+
+
+class SwitchScorer(UnitScorer):
+    """ShrinkNets' saliency of a unit: the magnitude ``|g_i|`` of its switch.
+
+    A unit with ``g_i = 0`` is off (ShrinkNets, ``shared/seeds/001_...``, eq.
+    1); the penalty ``lambda ||beta||_1`` (eq. 2) drives unimportant
+    switches to 0. Needs no data. Every scored layer must have a switch on
+    its path (:func:`pruners.insert_switches` puts one after each prunable
+    layer).
+    """
+
+    needs_data = False
+    needs_switches = True
+
+    def _score(self, model, data, loss_fn):
+        graph, layers = self.graph(model, data)
+        out = {}
+        for name in layers:
+            found = switch_of(model, graph, name)
+            if found is None:
+                raise ValueError(f"layer {name!r} has no switch on its path; insert switches "
+                                 "first (pruners.insert_switches)")
+            out[name] = _switch_gate(found[1], None).detach().abs().to(torch.float64)
+        return out
