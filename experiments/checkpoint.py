@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
+from saliency.layers import CHANNEL_MODULES
+
 from . import io as eio
 from .models import build_model
 
@@ -130,6 +132,14 @@ def fit_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
                 tname, mod._buffers.get(tname)))
             if t is not None:
                 setattr(mod, attr, int(t.shape[dim]))
+        spec = CHANNEL_MODULES.get(type(mod))  # registered per-channel layers (switches, ...)
+        if type(mod) not in _SIZE_ATTRS and spec is not None and spec.count_attr:
+            for tname in spec.tensors(mod):
+                t = mod._parameters.get(tname + "_orig", mod._parameters.get(
+                    tname, mod._buffers.get(tname)))
+                if t is not None:
+                    setattr(mod, spec.count_attr, int(t.shape[0]))
+                    break
     return model
 
 
