@@ -181,7 +181,8 @@ class ShrinkNetsCallback(Callback):
     Args:
         collector: the garbage collector (its strategy decides what is dead).
         lam, lam2, p: the penalty's weights and norm.
-        gc_every: steps between collections (0: only at epoch ends).
+        gc_every: steps between collections (0: only at epoch ends); every
+            epoch also ends with one.
     """
 
     def __init__(self, collector, *, lam: float, lam2: float = 0.0, p: int = 2,
@@ -211,7 +212,7 @@ class ShrinkNetsCallback(Callback):
     def on_epoch_end(self, trainer, metrics) -> None:
         from pruners.shrinknets import switches
 
-        if not self.gc_every:
+        if not self.gc_every or trainer.step % self.gc_every:  # end every epoch collected
             self._collect(trainer)
         metrics["params"] = count_params(trainer.model)
         metrics["input_neurons_epoch"] = self._epoch_cost[0]

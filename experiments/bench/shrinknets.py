@@ -1,0 +1,136 @@
+"""Training cost of ShrinkNets with neural garbage collection against masking only.
+
+``python -m experiments.bench.shrinknets [--quick] [--epochs N] [--lam L] [--lr R]``
+
+An over-sized MLP 784-2048-2048-10 with ``max(0, theta)`` switches (the
+draft's filter layer, ``shared/seeds/000_...``; a unit is off for good once
+its ``theta <= 0``) is trained on Fashion-MNIST with Adam and the ShrinkNets
+penalty ``lambda ||g||_1`` twice from the same initialization and data order:
+
+* **collected**: a :class:`pruners.shrinknets.GarbageCollector` removes the
+  dead units every ``--gc-every`` (25) steps (physically, slicing the Adam
+  state), so the
+  network -- and each step's work -- shrinks while it trains (ShrinkNets
+  Sec. 4.2);
+* **masked**: the same collector masks them instead; the function, the
+  selections and the losses are those of the collected run, but every step
+  still pays for the full dense network.
+
+The two runs are trained epoch by epoch in alternation, so both see the same
+machine load. For each epoch the live MACs per sample and the training wall
+time (evaluation excluded) are printed. Targets (issue 6):
+
+* the collected run's epoch time falls with its live MACs: the last epoch's
+  time ratio (to the first epoch) is at most 1.5x its MAC ratio;
+* the whole collected run costs at most 0.6x the masked run when its final
+  network has at most 1/5 of the initial MACs.
+
+Prints a table, then one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+
+import torch
+
+from experiments.datasets import get_dataset
+from experiments.models import build_model
+from experiments.pruning import ShrinkNetsCallback
+from experiments.training import TrainConfig, Trainer
+from pruners.shrinknets import GarbageCollector, Threshold, insert_switches
+
+TARGETS = {"last_epoch_time_over_mac_ratio": ("<=", 1.5), "run_time_ratio": ("<=", 0.6)}
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.shrinknets")
+    p.add_argument("--quick", action="store_true", help="small data and widths: seconds")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lam", type=float, default=None, help="penalty weight lambda")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--gc-every", type=int, default=None,
+                   help="steps between collections (default 25; 2 with --quick)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None, file=None) -> dict:
+    args = _parse(argv)
+    out = file if file is not None else sys.stdout
+    quick = args.quick
+    widths = [784, 256, 256, 10] if quick else [784, 2048, 2048, 10]
+    epochs = args.epochs or (2 if quick else 5)
+    lam = args.lam if args.lam is not None else 5e-3
+    lr = args.lr if args.lr is not None else 3e-3
+    gc_every = args.gc_every if args.gc_every is not None else (2 if quick else 25)
+    data = get_dataset("fashion-mnist", data_dir=args.data_dir, limit=2048 if quick else None,
+                       val_size=0, seed=args.seed)
+    torch.manual_seed(args.seed)
+    base = insert_switches(build_model("mlp", widths=widths), data.train.tensors[0][:1],
+                           parametrization="relu", init="uniform")
+    cfg = TrainConfig(epochs=1, batch_size=256, lr=lr, optimizer="adam", seed=args.seed,
+                      lr_rule="constant")
+    runs = {}
+    for name, remove in (("collected", True), ("masked", False)):
+        model = copy.deepcopy(base)
+        cb = ShrinkNetsCallback(GarbageCollector(Threshold(0.0), remove=remove), lam=lam,
+                                gc_every=gc_every)
+        runs[name] = Trainer(model, data.train, config=copy.deepcopy(cfg), callbacks=[cb],
+                             progress=False)
+    rows = []
+    for epoch in range(1, epochs + 1):
+        for name, tr in runs.items():  # alternate: both runs under the same load
+            tr.config.epochs, tr.stopped_reason = epoch, ""
+            tr.fit()
+            r = tr.history[-1]
+            live_macs = tr.callbacks[0].collector.cost[-1][2]
+            rows.append({"run": name, "epoch": epoch, "seconds": r["epoch_time_s"],
+                         "live_macs": live_macs, "train_loss": r["train_loss"],
+                         "params": r["params"]})
+    col = [r for r in rows if r["run"] == "collected"]
+    msk = [r for r in rows if r["run"] == "masked"]
+    macs0 = _initial_macs(base, data)
+    print(f"ShrinkNets garbage collection vs masking (torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads), MLP {widths}, lambda {lam}, Adam lr {lr}",
+          file=out)
+    print(f"{'epoch':>5}{'live MACs':>12}{'collected s':>13}{'masked s':>10}{'loss c/m':>18}",
+          file=out)
+    for c, m in zip(col, msk):
+        print(f"{c['epoch']:>5}{c['live_macs']:>12,}{c['seconds']:>13.2f}{m['seconds']:>10.2f}"
+              f"{c['train_loss']:>9.4f}/{m['train_loss']:.4f}", file=out)
+    time_ratio = col[-1]["seconds"] / col[0]["seconds"]
+    mac_ratio = col[-1]["live_macs"] / macs0
+    run_ratio = sum(r["seconds"] for r in col) / sum(r["seconds"] for r in msk)
+    final_fraction = col[-1]["live_macs"] / macs0
+    values = {"last_epoch_time_over_mac_ratio": time_ratio / mac_ratio,
+              "run_time_ratio": run_ratio}
+    targets = {}
+    for k, (op, bound) in TARGETS.items():
+        applies = k != "run_time_ratio" or final_fraction <= 0.2
+        ok = values[k] <= bound
+        targets[k] = {"value": values[k], "target": f"{op} {bound}", "met": ok,
+                      "applies": applies}
+    print(f"last epoch: time ratio {time_ratio:.3f}, MAC ratio {mac_ratio:.3f} "
+          f"(x{time_ratio / mac_ratio:.2f}); whole run {run_ratio:.3f}x the masked run; "
+          f"final MACs {final_fraction:.3f} of the initial {macs0:,}", file=out)
+    result = {"benchmark": "shrinknets", "widths": widths, "epochs": epochs, "lam": lam,
+              "lr": lr, "gc_every": gc_every, "initial_macs": macs0, "final_mac_fraction": final_fraction,
+              "rows": rows, "targets": targets,
+              "targets_met": all(t["met"] for t in targets.values() if t["applies"])}
+    print(json.dumps(result), file=out)
+    return result
+
+
+def _initial_macs(model, data) -> int:
+    from pruners import count_macs
+
+    return count_macs(model, data.train.tensors[0][:1])
+
+
+if __name__ == "__main__":
+    main()
