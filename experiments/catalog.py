@@ -2,3 +2,4 @@
 
 from . import baselines  # noqa: F401
 from . import saliency_repro  # noqa: F401
+from . import pruning_repro  # noqa: F401
