@@ -87,6 +87,8 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
         if switch_of(model, graph, name) is not None:
             raise ValueError(f"layer {name!r} already has a switch")
     gm = symbolic_trace(model) if not isinstance(model, fx.GraphModule) else model
+    if gm is not model:
+        _check_mode_free(model, gm)
     if hasattr(gm, "switches") and not isinstance(getattr(gm, "switches"), nn.ModuleDict):
         raise ValueError("the model has an attribute 'switches' already")
     if not hasattr(gm, "switches"):
@@ -109,6 +111,27 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _check_mode_free(model: nn.Module, gm: fx.GraphModule) -> None:
+    """Refuse a forward that reads ``self.training`` outside leaf modules.
+
+    Tracing freezes such reads (``F.dropout(x, training=self.training)``
+    becomes ``training=True``): the traced copy would drop out in eval mode
+    too. Traced in the other mode, such a model gives different code.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.train(not model.training)
+        other = symbolic_trace(model)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    if other.code != gm.code:
+        raise ValueError("the model's forward reads self.training outside its submodules "
+                         "(e.g. F.dropout(x, training=self.training)); a traced copy with "
+                         "switches would freeze the current mode. Use module layers "
+                         "(nn.Dropout) for mode-dependent steps")
 
 
 _LINEAR_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
@@ -273,11 +296,16 @@ def shrinknets_penalty(model: nn.Module, lam: float, lam2: float = 0.0, p: int =
     if lam2:
         owned = {id(q) for m in sw.values() for q in m.parameters()}
         reg = None
-        for q in model.parameters():
-            if id(q) in owned:
-                continue
-            term = q.abs().sum() if p == 1 else (q * q).sum()
-            reg = term if reg is None else reg + term
+        for mod in model.modules():
+            for pname, q in mod._parameters.items():
+                if q is None or id(q) in owned:
+                    continue
+                owned.add(id(q))  # a shared parameter counts once
+                mask = (mod._buffers.get(pname[:-5] + "_mask") if pname.endswith("_orig")
+                        else None)
+                t = q if mask is None else q * mask  # pruned: the effective tensor
+                term = t.abs().sum() if p == 1 else (t * t).sum()
+                reg = term if reg is None else reg + term
         if reg is not None:
             pen = lam2 * reg if pen is None else pen + lam2 * reg
     if pen is None:
@@ -456,7 +484,9 @@ class GarbageCollector:
     folded into the next layer's bias (``replacement="zero"``: the producer
     held at 0, exact when the gate is 0; ``"mean"`` needs ``data``). No
     layer is left with fewer than ``min_units`` units: the live units with
-    the largest ``|g|`` are kept.
+    the largest ``|g|`` are kept. The strategy sees the live units only
+    (masked ones left out, its memory kept by position), so the masked twin
+    decides exactly as the physically shrunk network.
 
     It records the running cost after every call in :attr:`cost`: ``[t,
     input neurons, MACs per sample, parameters]`` (the draft's "sum of input
@@ -488,41 +518,47 @@ class GarbageCollector:
             raise ValueError("replacement='mean' needs data=")
         graph = trace(model, example)
         units: dict[str, list[int]] = {}
+        lives: dict[str, torch.Tensor] = {}
         for name in graph.prunable:
             hit = switch_of(model, graph, name)
             if hit is None:
                 continue
             gate = _switch_gate(hit[1], None).detach()
-            dead = self.strategy(name, gate).clone()
-            masked = self.masked.get(name, [])
-            alive = torch.ones_like(dead)
-            alive[masked] = False
-            dead &= alive
-            room = int(alive.sum()) - self.min_units
+            alive = torch.ones(gate.numel(), dtype=torch.bool)
+            alive[self.masked.get(name, [])] = False
+            live = torch.nonzero(alive).flatten()
+            # the strategy sees the live units only, as after a physical removal, so
+            # a masked twin decides exactly as its shrunk counterpart (a mean over
+            # the layer, memory by position)
+            dead = torch.zeros_like(alive)
+            dead[live] = self.strategy(name, gate[live.to(gate.device)]).cpu().to(torch.bool)
+            room = live.numel() - self.min_units
             idx = torch.nonzero(dead).flatten()
             if idx.numel() > room:  # keep the strongest switches
-                idx = idx[torch.argsort(gate.abs()[idx], stable=True)[:max(room, 0)]]
+                strength = gate.abs().cpu()[idx]
+                idx = idx[torch.argsort(strength, stable=True)[:max(room, 0)]]
             if idx.numel():
                 units[name] = sorted(idx.tolist())
+                lives[name] = live
         report = None
         if units:
             loss_before = mean_loss(model, data, self.loss_fn) if data is not None else None
             params_before = count_params(model)
             macs_before = count_macs(model, example) if example is not None else None
-            widths = {n: graph.producers[n].num_units for n in units}
             act = remove_units if self.remove else mask_units
             removal = act(model, units, replacement=self.replacement, data=data,
                           optimizer=optimizer, example_input=example, min_units=self.min_units)
             for n, idx in units.items():
-                if self.remove:
-                    keep = torch.ones(widths[n], dtype=torch.bool)
-                    keep[idx] = False
-                    self.strategy.keep(n, torch.nonzero(keep).flatten())
-                else:
+                live = lives[n]
+                self.strategy.keep(n, torch.nonzero(~torch.isin(live, torch.tensor(idx)))
+                                   .flatten())  # positions among the live units
+                if not self.remove:
                     self.masked[n] = sorted(set(self.masked.get(n, [])) | set(idx))
             report = RoundReport(
                 step=int(t), target=0.0, kind="unit", pruned={n: len(v) for n, v in units.items()},
-                fraction={}, remaining=dict(removal.remaining), params_before=params_before,
+                fraction={},
+                remaining={n: lives[n].numel() - len(v) for n, v in units.items()},
+                params_before=params_before,
                 params_after=count_params(model), macs_before=macs_before,
                 macs_after=count_macs(model, example) if example is not None else None,
                 loss_before=loss_before,
