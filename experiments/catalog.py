@@ -4,3 +4,4 @@ from . import baselines  # noqa: F401
 from . import saliency_repro  # noqa: F401
 from . import pruning_repro  # noqa: F401
 from . import shrinknets_repro  # noqa: F401
+from . import shrinknets_gamma  # noqa: F401
