@@ -1,0 +1,382 @@
+"""Learning widths and depths with tri-state ReLUs (Srinivas & Babu 2016).
+
+*Learning Neural Network Architectures using Backpropagation*
+(``shared/seeds/003_...``) replaces every hidden ReLU by a tri-state ReLU
+(:class:`saliency.tristate.TriStateReLU`): per channel ``w_i x`` for ``x >= 0``
+and ``w_i d x`` for ``x < 0``, with a width gate ``w_i`` per unit and one
+depth gate ``d`` per layer. Training minimizes
+
+    L + lam_b R_b + lam_m R_m
+
+with the gates clipped to ``[0, 1]`` after each step, and:
+
+* the *binarizing regularizer* ``R_b = sum_i w_i (1 - w_i) + sum_l d_l (1 - d_l)``,
+  a downward parabola whose minima are 0 and 1 (:func:`binarizing_regularizer`);
+* the *model-complexity term* ``R_m`` (:func:`complexity_term`): the first part
+  limits the widths -- for each layer ``l`` that keeps its non-linearity, the
+  product of its width and the next layer's width, ``sum_i w_i`` standing
+  for the number of live units, so that it counts the parameters between the
+  two; the indicator "the layer is non-linear" is taken on the binarized depth
+  gate and treated as a constant -- and the second part limits the depth by
+  encouraging linearity, ``sum_l (1 - d_l)``.
+
+After training the gates are binarized (:func:`binarize_gates`) and
+:func:`finalize_tristate` returns a plain network: units with ``w_i = 0``
+are removed exactly (they always output 0) with the foundation's
+:func:`pruners.remove_units`, layers with ``d = 1`` become the identity, and a
+Linear layer whose identity activation feeds a Linear layer is merged with it
+into one Linear layer (``W = W_2 W_1``, ``b = W_2 b_1 + b_2``): the outputs are
+unchanged.
+
+The source text we have is stop-word stripped and has lost its equations; the
+formulas above follow its words ("first term limits complexity of the layer's
+width, second term limits the network's depth encouraging linearity; the
+first term becomes zero when the non-linearity is absent; the indicator
+function in the first term is non-differentiable, so it is treated as a
+constant") and the issue's definition of the gate function. The widths in
+``R_m`` are divided by each layer's width at insertion (``normalize=True``),
+so one ``lam_m`` suits networks of any size (the paper's appendix sets its
+strength from the initial widths).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from saliency.graph import trace
+from saliency.layers import effective_tensor
+from saliency.tristate import TriStateReLU, tristate_of
+
+from .metrics import count_params
+from .surgery import remove_units
+
+__all__ = ["TriStateReLU", "tristates", "insert_tristate", "clip_gates",
+           "binarizing_regularizer", "complexity_term", "tristate_penalty", "binarize_gates",
+           "finalize_tristate", "FinalizeReport"]
+
+#: per-channel modules that are the identity at inference (may sit around an
+#: identity-gated activation without blocking a merge)
+_PASS = (nn.Identity, nn.Dropout, nn.AlphaDropout)
+
+
+def tristates(model: nn.Module) -> dict[str, TriStateReLU]:
+    """Every tri-state ReLU of ``model`` by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, TriStateReLU)}
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None, *,
+                    width_init: float = 1.0, depth_init: float = 0.0,
+                    layers: Iterable[str] | None = None) -> nn.Module:
+    """A copy of ``model`` with each hidden ``nn.ReLU`` replaced by a :class:`TriStateReLU`.
+
+    For every prunable producer (Linear/Conv whose units are not the model's
+    output) the ``nn.ReLU`` module on its path to its consumers is replaced by
+    a tri-state ReLU with one width gate per unit. With the defaults
+    (``w = 1, d = 0``) the copy computes exactly what ``model`` computes.
+
+    Args:
+        model: the network (left unchanged).
+        example_input: a batch to trace convolutional models.
+        width_init, depth_init: initial gates (see :class:`TriStateReLU`).
+        layers: producer names to gate (default: every prunable producer with
+            an ``nn.ReLU`` module on its path).
+
+    Raises:
+        ValueError: a selected layer has no ``nn.ReLU`` module on its path
+            (e.g. ``F.relu`` in ``forward``), several, or one shared with
+            another layer; unknown layer names.
+    """
+    graph = trace(model, example_input)
+    wanted = None if layers is None else list(layers)
+    if wanted is not None:
+        unknown = [n for n in wanted if n not in graph.producers]
+        if unknown:
+            raise ValueError(f"unknown layers {unknown}; producers are {list(graph.producers)}")
+        closed = [n for n in wanted if not graph.producers[n].prunable]
+        if closed:
+            raise ValueError(f"layers {closed} are not prunable (they produce the output or "
+                             "were excluded)")
+    plan: dict[str, tuple[str, int]] = {}
+    owner: dict[str, str] = {}
+    for name, prod in graph.producers.items():
+        if not prod.prunable or (wanted is not None and name not in wanted):
+            continue
+        found = {op.target for e in prod.edges for op in e.path if op.kind == "module"
+                 and type(model.get_submodule(op.target)) is nn.ReLU}
+        if not found:
+            if wanted is not None:
+                raise ValueError(f"layer {name!r} has no nn.ReLU module on its path (a "
+                                 "functional relu cannot be replaced; use nn.ReLU modules)")
+            continue
+        if len(found) > 1:
+            raise ValueError(f"layer {name!r} passes through several ReLU modules "
+                             f"{sorted(found)}")
+        relu = found.pop()
+        if relu in owner:
+            raise ValueError(f"ReLU module {relu!r} is shared by layers {owner[relu]!r} and "
+                             f"{name!r}; give each layer its own nn.ReLU")
+        owner[relu] = name
+        plan[name] = (relu, prod.num_units)
+    if not plan:
+        raise ValueError("no hidden nn.ReLU module to replace")
+    out = copy.deepcopy(model)
+    for name, (relu, units) in plan.items():
+        p = next(out.get_submodule(name).parameters())
+        act = TriStateReLU(units, width_init, depth_init).to(device=p.device, dtype=p.dtype)
+        _set_module(out, relu, act)
+    return out
+
+
+def clip_gates(model: nn.Module) -> None:
+    """Clip every gate of every tri-state ReLU to ``[0, 1]`` in place (after ``optimizer.step()``)."""
+    with torch.no_grad():
+        for m in tristates(model).values():
+            for t in (m._parameters.get("width_orig", m.width), m.depth):
+                t.clamp_(0.0, 1.0)
+
+
+def _require(model: nn.Module) -> dict[str, TriStateReLU]:
+    found = tristates(model)
+    if not found:
+        raise ValueError("the model has no tri-state ReLU (pruners.tristate.insert_tristate)")
+    return found
+
+
+def binarizing_regularizer(model: nn.Module) -> torch.Tensor:
+    """``R_b = sum_i w_i (1 - w_i) + sum_l d_l (1 - d_l)`` over every tri-state ReLU.
+
+    Zero exactly when every gate is 0 or 1; largest at 1/2 (Srinivas & Babu
+    2016, the binarizing regularizer).
+    """
+    total = None
+    for m in _require(model).values():
+        w, d = effective_tensor(m, "width"), m.depth
+        term = (w * (1 - w)).sum() + (d * (1 - d)).sum()
+        total = term if total is None else total + term
+    return total
+
+
+def _chain(model: nn.Module, example_input: torch.Tensor | None):
+    """``(gate name, module, producer, next width tensor or int, next reference)`` per gate."""
+    graph = trace(model, example_input)
+    by_producer = {}
+    for name, prod in graph.producers.items():
+        if prod.prunable:
+            hit = tristate_of(model, graph, name)
+            if hit is not None:
+                by_producer[name] = hit
+    rows = []
+    for name, (gname, gate) in by_producer.items():
+        consumers = {e.consumer for e in graph.producers[name].edges}
+        nxt: list[tuple[Any, int]] = []
+        for c in sorted(consumers):
+            if c in by_producer:
+                g = by_producer[c][1]
+                nxt.append((effective_tensor(g, "width").sum(), g.reference_width))
+            else:
+                n = graph.producers[c].num_units if c in graph.producers else 1
+                nxt.append((n, n))
+        rows.append((gname, gate, name, nxt))
+    return rows
+
+
+def complexity_term(model: nn.Module, example_input: torch.Tensor | None = None, *,
+                    normalize: bool = True) -> torch.Tensor:
+    """The model-complexity term ``R_m`` (Srinivas & Babu 2016).
+
+    ``R_m = sum_l 1[d_l < 1/2] s_l s_{l+1} + sum_l (1 - d_l)``, with ``s_l =
+    sum_i w_i`` the (soft) number of live units of gated layer ``l`` and
+    ``s_{l+1}`` that of the layer it feeds (its number of outputs if that
+    layer has no gates; summed over consumers). The indicator reads the
+    binarized depth gate and carries no gradient: a layer that has become
+    linear no longer pays for its width. With ``normalize`` each width is
+    divided by its width at insertion (``reference_width``), so the first
+    part counts the fraction of the full network's parameters that remain.
+    """
+    _require(model)
+    total = None
+    for _, gate, _, nxt in _chain(model, example_input):
+        w, d = effective_tensor(gate, "width"), gate.depth
+        s = w.sum() / (gate.reference_width if normalize else 1)
+        nonlinear = float(d.detach().reshape(()) < 0.5)
+        width_part = 0.0
+        for width, ref in nxt:
+            width_part = width_part + s * (width / (ref if normalize else 1))
+        term = nonlinear * width_part + (1 - d).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("the model has no tri-state ReLU on a prunable layer "
+                         "(pruners.tristate.insert_tristate)")
+    return total
+
+
+def tristate_penalty(model: nn.Module, lam_b: float, lam_m: float,
+                     example_input: torch.Tensor | None = None, *,
+                     normalize: bool = True) -> torch.Tensor:
+    """``lam_b R_b + lam_m R_m``: add it to the training loss."""
+    for name, v in (("lam_b", lam_b), ("lam_m", lam_m)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    pen = lam_b * binarizing_regularizer(model)
+    if lam_m:
+        pen = pen + lam_m * complexity_term(model, example_input, normalize=normalize)
+    return pen
+
+
+def binarize_gates(model: nn.Module, threshold: float = 0.5) -> None:
+    """Set every gate to 1 where it is ``>= threshold``, else 0 (in place)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    _require(model)
+    with torch.no_grad():
+        for m in tristates(model).values():
+            for t in (m._parameters.get("width_orig", m.width), m.depth):
+                t.copy_((t >= threshold).to(t.dtype))
+
+
+@dataclass
+class FinalizeReport:
+    """What :func:`finalize_tristate` did.
+
+    Attributes:
+        removed: units removed per layer (width gate 0).
+        widths: units left per gated layer.
+        depth: the binarized depth gate of each gated layer (1 = identity).
+        merged: ``(first, second)`` Linear pairs merged into one layer (the
+            merged layer takes the first one's name).
+        params_before, params_after: parameter counts (gates included before).
+    """
+
+    removed: dict[str, int] = field(default_factory=dict)
+    widths: dict[str, int] = field(default_factory=dict)
+    depth: dict[str, int] = field(default_factory=dict)
+    merged: list[tuple[str, str]] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"removed": dict(self.removed), "widths": dict(self.widths),
+                "depth": dict(self.depth), "merged": [list(p) for p in self.merged],
+                "params_before": self.params_before, "params_after": self.params_after}
+
+
+def finalize_tristate(model: nn.Module, example_input: torch.Tensor | None = None, *,
+                      threshold: float = 0.5, merge: bool = True
+                      ) -> tuple[nn.Module, FinalizeReport]:
+    """A plain network from a trained one with tri-state ReLUs.
+
+    On a copy: the gates are binarized at ``threshold``; units with ``w_i =
+    0`` are removed (exact: they output 0, so ``replacement="zero"`` folds
+    nothing but the path's value at 0); each tri-state ReLU becomes
+    ``nn.ReLU`` (``d = 0``) or ``nn.Identity`` (``d = 1``); and, with
+    ``merge``, a Linear layer whose identity activation (and nothing else
+    but identities/dropout) feeds exactly one Linear layer is merged with it
+    into one Linear layer. The result computes exactly what the binarized
+    network computes (up to float rounding of the matrix product).
+
+    Returns:
+        ``(plain model, FinalizeReport)``. The input model is not changed.
+    """
+    _require(model)
+    report = FinalizeReport(params_before=count_params(model))
+    out = copy.deepcopy(model)
+    binarize_gates(out, threshold)
+    graph = trace(out, example_input)
+    units: dict[str, list[int]] = {}
+    gate_of: dict[str, str] = {}
+    for name, prod in graph.producers.items():
+        if not prod.prunable:
+            continue
+        hit = tristate_of(out, graph, name)
+        if hit is None:
+            continue
+        gate_of[name] = hit[0]
+        off = torch.nonzero(effective_tensor(hit[1], "width") == 0).flatten().tolist()
+        if len(off) == prod.num_units:  # every unit off: keep one, zeroed below
+            off = off[1:]
+        if off:
+            units[name] = off
+    if units:
+        report.removed = {n: len(v) for n, v in units.items()}
+        remove_units(out, units, replacement="zero", example_input=example_input, min_units=1)
+    graph = trace(out, example_input)
+    with torch.no_grad():
+        for name, gname in gate_of.items():
+            gate = out.get_submodule(gname)
+            w = effective_tensor(gate, "width")
+            if bool((w == 0).any()):  # the one unit kept of an all-off layer: output 0
+                prod = out.get_submodule(name)
+                rows = w == 0
+                prod.weight[rows] = 0
+                if prod.bias is not None:
+                    prod.bias[rows] = 0
+            report.widths[name] = int((w != 0).sum())
+            report.depth[name] = int(gate.depth.reshape(()).item())
+    for gname, gate in tristates(out).items():
+        _set_module(out, gname, nn.Identity() if gate.depth.reshape(()).item() == 1
+                    else nn.ReLU())
+    if merge:
+        identity = {g for p, g in gate_of.items() if report.depth.get(p) == 1}
+        while True:  # merge pairs until none is left (a chain merges step by step)
+            pair = next(((a, c) for a in graph.producers
+                         if (c := _mergeable(out, graph, a, identity)) is not None), None)
+            if pair is None:
+                break
+            _merge(out, *pair)
+            report.merged.append(pair)
+            graph = trace(out, example_input)
+    report.params_after = count_params(out)
+    return out, report
+
+
+def _mergeable(model: nn.Module, graph, first: str, identity: set[str]) -> str | None:
+    """The Linear consumer that ``first`` (a Linear) can be merged with, or None.
+
+    The path between them must hold only identities (or dropout) and pass
+    through one of the ``identity`` activations (former tri-state ReLUs with
+    ``d = 1``): pairs the model had without such a gate are left as they are.
+    """
+    if not isinstance(model.get_submodule(first), nn.Linear):
+        return None
+    edges = graph.producers[first].edges
+    if len(edges) != 1 or edges[0].block != 1:
+        return None
+    edge = edges[0]
+    if not all(op.kind == "module" and isinstance(model.get_submodule(op.target), _PASS)
+               for op in edge.path):
+        return None
+    if not any(op.target in identity for op in edge.path):
+        return None
+    second = model.get_submodule(edge.consumer)
+    if not isinstance(second, nn.Linear):
+        return None
+    return edge.consumer
+
+
+def _merge(model: nn.Module, first: str, second: str) -> None:
+    """Replace ``first`` by ``second . first`` (one Linear) and ``second`` by the identity."""
+    a, b = model.get_submodule(first), model.get_submodule(second)
+    wa, wb = effective_tensor(a, "weight"), effective_tensor(b, "weight")
+    merged = nn.Linear(a.in_features, b.out_features,
+                       bias=a.bias is not None or b.bias is not None)
+    merged = merged.to(device=wa.device, dtype=wa.dtype)
+    with torch.no_grad():
+        merged.weight.copy_(wb @ wa)
+        bias = torch.zeros(b.out_features, dtype=wa.dtype, device=wa.device)
+        if a.bias is not None:
+            bias = bias + wb @ effective_tensor(a, "bias")
+        if b.bias is not None:
+            bias = bias + effective_tensor(b, "bias")
+        merged.bias.copy_(bias)
+    _set_module(model, first, merged)
+    _set_module(model, second, nn.Identity())

@@ -1,0 +1,152 @@
+"""Tri-state ReLU: trainable width and depth gates, and the ``gate`` saliency.
+
+Srinivas & Babu, *Learning Neural Network Architectures using
+Backpropagation* (2016, ``shared/seeds/003_...``) replace each ReLU by a
+*tri-state ReLU* with two kinds of trainable gates: a width gate ``w_i`` per
+channel (neuron or feature map) and one depth gate ``d`` per layer, tied
+across its channels::
+
+    tsReLU(x)_i = w_i * x_i        if x_i >= 0
+                  w_i * d * x_i    if x_i <  0
+
+With binary gates the function has three states per channel:
+
+* ``w_i = 0`` -- always zero: the neuron is off and can be removed;
+* ``w_i = 1, d = 0`` -- ReLU;
+* ``w_i = 1, d = 1`` -- the identity: the layer is linear, and it can be
+  merged with the next one (the product of two weight matrices), so the
+  network's depth is learned as well as its widths.
+
+The gates are trained as real numbers kept in ``[0, 1]`` (clipped after each
+step) and pushed towards ``{0, 1}`` by the binarizing regularizer
+``w (1 - w)`` (see :mod:`pruners.tristate`).
+
+The layer is a per-channel module of the graph of units: :func:`saliency.trace`
+passes units through it, :func:`pruners.remove_units` slices its width gates
+with the producer's units (the depth gate is shared and kept), and constants
+pass through it for bias propagation. :class:`GateScorer` (``"gate"`` in
+:data:`saliency.SCORERS`) scores each unit by its width gate ``w_i``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import UnitScorer
+from .layers import ChannelSpec, effective_tensor, register_channel_module
+
+__all__ = ["TriStateReLU", "GateScorer", "tristate_of"]
+
+
+class TriStateReLU(nn.Module):
+    """``w_i x_i`` for ``x_i >= 0`` and ``w_i d x_i`` for ``x_i < 0`` (channels on dim 1).
+
+    Srinivas & Babu 2016 (``shared/seeds/003_...``), the tri-state ReLU.
+
+    Args:
+        num_channels: ``C``, the number of width gates.
+        width_init: initial value of every width gate ``w_i`` (1: every unit on).
+        depth_init: initial value of the depth gate ``d`` (0: a ReLU; 1: the
+            identity).
+
+    Parameters: ``width`` (shape ``(C,)``, the ``w_i``) and ``depth`` (shape
+    ``(1,)``, ``d``). ``reference_width`` records ``C`` at construction; it is
+    not changed by unit removal and normalizes the model-complexity term.
+
+    Example:
+        >>> act = TriStateReLU(3)
+        >>> x = torch.tensor([[-1.0, 0.5, 2.0]])
+        >>> act(x)                                  # w = 1, d = 0: a ReLU
+        tensor([[0.0000, 0.5000, 2.0000]], grad_fn=<MulBackward0>)
+        >>> with torch.no_grad():
+        ...     _ = act.depth.fill_(1.0)            # d = 1: the identity
+        >>> act(x)
+        tensor([[-1.0000,  0.5000,  2.0000]], grad_fn=<MulBackward0>)
+    """
+
+    def __init__(self, num_channels: int, width_init: float = 1.0, depth_init: float = 0.0):
+        super().__init__()
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) \
+                or num_channels < 1:
+            raise ValueError(f"num_channels must be an int >= 1, got {num_channels!r}")
+        for name, v in (("width_init", width_init), ("depth_init", depth_init)):
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
+        self.num_channels = num_channels
+        self.reference_width = num_channels
+        self.width = nn.Parameter(torch.full((num_channels,), float(width_init)))
+        self.depth = nn.Parameter(torch.full((1,), float(depth_init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"TriStateReLU({self.num_channels}) got an input of shape "
+                             f"{tuple(x.shape)}; expected B x {self.num_channels} x ...")
+        return _apply(x, self.width, self.depth)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}"
+
+
+def _apply(x: torch.Tensor, w: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    # slope 1 on the positive side, d on the negative side, times the width gate
+    slope = torch.where(x >= 0, torch.ones_like(x), d.to(x.dtype).reshape(()).expand_as(x))
+    return x * slope * w.to(x.dtype).view(shape)
+
+
+def _push(m: TriStateReLU, x: torch.Tensor, channels: torch.Tensor | None = None
+          ) -> torch.Tensor:
+    w = effective_tensor(m, "width")
+    if channels is not None:
+        w = w[channels.to(w.device)]
+    return _apply(x, w, effective_tensor(m, "depth"))
+
+
+register_channel_module(TriStateReLU, ChannelSpec(
+    tensors=lambda m: ("width",), push=_push, masks=lambda m: ("width",),
+    count_attr="num_channels", ndims=None))
+
+
+def tristate_of(model: nn.Module, graph, producer: str) -> tuple[str, TriStateReLU] | None:
+    """The tri-state ReLU on ``producer``'s per-channel path (name, module), or None.
+
+    Raises ValueError if its consumers' paths pass through different ones.
+    """
+    found = set()
+    for edge in graph.producers[producer].edges:
+        for op in edge.path:
+            if op.kind == "module" and isinstance(model.get_submodule(op.target), TriStateReLU):
+                found.add(op.target)
+    if len(found) > 1:
+        raise ValueError(f"layer {producer!r} passes through several tri-state ReLUs "
+                         f"{sorted(found)}")
+    if not found:
+        return None
+    name = found.pop()
+    return name, model.get_submodule(name)
+
+
+class GateScorer(UnitScorer):
+    """The tri-state ReLU's saliency of a unit: its width gate ``w_i``.
+
+    A unit with ``w_i = 0`` always outputs zero (Srinivas & Babu 2016,
+    ``shared/seeds/003_...``): it is removed after training. Needs no data.
+    Every scored layer must have a :class:`TriStateReLU` on its path
+    (:func:`pruners.tristate.insert_tristate` puts one in place of each
+    hidden ReLU).
+    """
+
+    needs_data = False
+    needs_tristate = True
+
+    def _score(self, model, data, loss_fn):
+        graph, layers = self.graph(model, data)
+        out = {}
+        for name in layers:
+            found = tristate_of(model, graph, name)
+            if found is None:
+                raise ValueError(f"layer {name!r} has no tri-state ReLU on its path; insert "
+                                 "them first (pruners.tristate.insert_tristate)")
+            out[name] = effective_tensor(found[1], "width").detach().to(torch.float64).clone()
+        return out
