@@ -16,6 +16,7 @@ and the CLI iterate over it. Lower score = less important.
 
 from .base import ParameterScorer, Scorer, UnitScorer
 from .graph import UnitGraph, UnsupportedArchitecture, trace
+from .group_norm import GroupNormScorer
 from .loss_change import LossChange
 from .magnitude import Magnitude
 from .mrp import MRP
@@ -45,12 +46,15 @@ SCORERS: dict[str, type[Scorer]] = {
     "random_unit": RandomUnit,
     # ShrinkNets (shared/seeds/001_..., eq. 1): |beta| of each unit's switch
     "switch": SwitchScorer,
+    # group sparsity (Alvarez & Salzmann 2016, shared/seeds/002_...): ||[w_n, b_n]||_2
+    "group_norm": GroupNormScorer,
 }
 
 __all__ = [
     "SCORERS",
     "Switch",
     "SwitchScorer",
+    "GroupNormScorer",
     "Scorer",
     "Magnitude",
     "Taylor1",
