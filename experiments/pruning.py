@@ -9,6 +9,10 @@ and the fraction of parameters pruned at every step (Fig. 2.8 and 4.6) and
 every round's report, and keeps all of it in its state so a killed run
 resumes where it stopped.
 
+:class:`ShrinkNetsCallback` trains with ShrinkNets' penalty and garbage
+collection; :class:`GroupSparsityCallback` applies the proximal step of the
+(sparse) group lasso after every optimizer step (Alvarez & Salzmann 2016).
+
 :func:`plot_pruning` draws the loss and the fraction pruned over steps
 against an unpruned run, and the layer widths over rounds.
 """
@@ -24,7 +28,8 @@ from pruners.pruning import RoundReport
 
 from .training import Callback
 
-__all__ = ["PrunerCallback", "ShrinkNetsCallback", "scoring_batches", "plot_pruning"]
+__all__ = ["PrunerCallback", "ShrinkNetsCallback", "GroupSparsityCallback", "scoring_batches",
+           "plot_pruning"]
 
 
 def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
@@ -232,3 +237,98 @@ class ShrinkNetsCallback(Callback):
         self.collector.masked = {k: list(v) for k, v in state["masked"].items()}
         self.collector.cost = [list(r) for r in state["cost"]]
         self._epoch_cost = list(state["epoch_cost"])
+
+
+class GroupSparsityCallback(Callback):
+    """Proximal group sparsity in the harness (Alvarez & Salzmann 2016, ``shared/seeds/002_...``).
+
+    After every optimizer step it applies ``prox.step(trainer.optimizer)``,
+    the closed-form proximal operator of
+
+        gamma(Theta) = sum_l [ (1 - alpha) beta_l sqrt(P_l) sum_n ||theta_l^n||_2
+                               + alpha beta_l ||theta_l||_1 ]
+
+    with the step size ``t`` of each layer read from the optimizer's current
+    learning rate (the trainer's plateau rule and any scheduler included), so
+    the trainer performs proximal (stochastic) gradient descent on
+    ``loss + gamma``. Optionally it removes the neurons whose group is exactly
+    zero every ``remove_every`` steps (and always at the end of training when
+    ``remove_at_end``), slicing the trainer's optimizer state.
+
+    Args:
+        prox: a :class:`pruners.ProximalGroupSparsity` built on the trainer's
+            model.
+        remove_every: steps between removals of zero groups (0: never during
+            training).
+        remove_at_end: remove zero groups at the end of the last epoch
+            (``config.epochs`` reached). The removal is exact in eval mode, so
+            that epoch's evaluation holds for the shrunk model; its row's
+            ``params`` counts the shrunk model.
+        log_every: record ``[step, data loss, penalty, zero groups]`` every
+            this many steps (the penalty after that step's proximal step).
+
+    Each epoch's history row gets ``group_penalty`` (gamma after the epoch),
+    ``objective`` (the epoch's mean training loss + ``group_penalty``),
+    ``zero_groups/<layer>`` and ``groups/<layer>``.
+
+    Attributes:
+        steps: the per-step log.
+        removals: ``[step, layer, units removed]`` of every removal.
+    """
+
+    def __init__(self, prox, *, remove_every: int = 0, remove_at_end: bool = False,
+                 log_every: int = 1):
+        from pruners.group_sparsity import ProximalGroupSparsity
+
+        if not isinstance(prox, ProximalGroupSparsity):
+            raise TypeError(f"prox must be a pruners.ProximalGroupSparsity, got "
+                            f"{type(prox).__name__}")
+        if isinstance(remove_every, bool) or not isinstance(remove_every, int) \
+                or remove_every < 0:
+            raise ValueError(f"remove_every must be an int >= 0, got {remove_every!r}")
+        self.prox = prox
+        self.remove_every = remove_every
+        self.remove_at_end = bool(remove_at_end)
+        self.log_every = max(1, int(log_every))
+        self.steps: list[list[float]] = []
+        self.removals: list[list] = []
+
+    def on_train_begin(self, trainer) -> None:
+        if trainer.model is not self.prox.model:
+            raise ValueError("GroupSparsityCallback: prox was built on another model than the "
+                             "trainer's")
+
+    def _remove(self, trainer) -> None:
+        report = self.prox.remove_zero_groups(trainer.optimizer)
+        if report is not None:
+            for layer, n in report.removed.items():
+                self.removals.append([trainer.step, layer, int(n)])
+
+    def on_step_end(self, trainer, loss: float) -> None:
+        zeros = self.prox.step(trainer.optimizer)
+        if trainer.step % self.log_every == 0:
+            with torch.no_grad():
+                pen = float(self.prox.penalty())
+            self.steps.append([trainer.step, float(loss), pen, int(sum(zeros.values()))])
+        if self.remove_every and trainer.step % self.remove_every == 0:
+            self._remove(trainer)
+
+    def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
+        if self.remove_at_end and trainer.epoch >= trainer.config.epochs:
+            self._remove(trainer)
+            metrics["params"] = count_params(trainer.model)
+        with torch.no_grad():
+            pen = float(self.prox.penalty())
+        metrics["group_penalty"] = pen
+        metrics["objective"] = metrics["train_loss"] + pen
+        for layer, idx in self.prox.zero_groups().items():
+            metrics[f"zero_groups/{layer}"] = int(idx.numel())
+            metrics[f"groups/{layer}"] = self.prox.layout[layer].num_groups(trainer.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": [list(r) for r in self.steps],
+                "removals": [list(r) for r in self.removals]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps = [list(r) for r in state["steps"]]
+        self.removals = [list(r) for r in state["removals"]]

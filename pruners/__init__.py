@@ -12,12 +12,21 @@ Public names:
   any training loop; :class:`RoundReport` -- what a round did.
 * :func:`remove_sparse_units`, :func:`sparse_units`, :func:`nonzero_fractions`
   -- unit cleanup after parameter pruning (the thesis's f_nz).
+* :class:`ProximalGroupSparsity`, :func:`prox_sparse_group_lasso`,
+  :func:`group_sparsity_penalty`, :func:`zero_groups`,
+  :func:`remove_zero_groups` -- (sparse) group lasso by proximal gradient
+  descent and removal of the neurons whose group is zero (Alvarez & Salzmann
+  2016; :mod:`pruners.group_sparsity`).
 """
 
 from saliency.graph import UnitGraph, UnsupportedArchitecture, trace
 
 from . import schedules
 from .cleanup import nonzero_fractions, remove_sparse_units, sparse_units
+from .group_sparsity import (GROUPINGS, Grouping, LayerGroups, ProximalGroupSparsity,
+                             group_layout, group_norms, group_sparsity_penalty,
+                             prox_sparse_group_lasso, register_grouping, remove_zero_groups,
+                             soft_threshold, zero_groups)
 from .metrics import count_macs, count_params
 from .pruning import ParameterPruner, RoundReport, UnitPruner, mean_loss
 from .optim_state import slice_param
@@ -42,4 +51,16 @@ __all__ = [
     "nonzero_fractions",
     "sparse_units",
     "remove_sparse_units",
+    "ProximalGroupSparsity",
+    "prox_sparse_group_lasso",
+    "soft_threshold",
+    "group_sparsity_penalty",
+    "group_norms",
+    "zero_groups",
+    "remove_zero_groups",
+    "group_layout",
+    "LayerGroups",
+    "Grouping",
+    "GROUPINGS",
+    "register_grouping",
 ]
