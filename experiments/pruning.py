@@ -28,8 +28,8 @@ from pruners.pruning import RoundReport
 
 from .training import Callback
 
-__all__ = ["PrunerCallback", "ShrinkNetsCallback", "GroupSparsityCallback", "scoring_batches",
-           "plot_pruning"]
+__all__ = ["PrunerCallback", "ShrinkNetsCallback", "GroupSparsityCallback", "TriStateCallback",
+           "scoring_batches", "plot_pruning"]
 
 
 def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
@@ -332,3 +332,43 @@ class GroupSparsityCallback(Callback):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.steps = [list(r) for r in state["steps"]]
         self.removals = [list(r) for r in state["removals"]]
+
+
+class TriStateCallback(Callback):
+    """Tri-state ReLU training in the harness (Srinivas & Babu 2016, ``shared/seeds/003_...``).
+
+    Adds ``lam_b R_b + lam_m R_m`` (:func:`pruners.tristate.tristate_penalty`:
+    the binarizing regularizer and the model-complexity term) to the training
+    loss and clips every gate to ``[0, 1]`` after each optimizer step. Each
+    epoch's history row gets ``binarizing`` and ``complexity`` (the two
+    terms after the epoch).
+
+    Args:
+        lam_b, lam_m: the strengths of the two terms.
+        normalize: divide widths by their initial values in ``R_m``.
+    """
+
+    def __init__(self, *, lam_b: float, lam_m: float, normalize: bool = True):
+        for name, v in (("lam_b", lam_b), ("lam_m", lam_m)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        self.lam_b, self.lam_m, self.normalize = float(lam_b), float(lam_m), bool(normalize)
+
+    def loss(self, trainer, loss):
+        from pruners.tristate import tristate_penalty
+
+        return loss + tristate_penalty(trainer.model, self.lam_b, self.lam_m,
+                                       trainer.example_input, normalize=self.normalize)
+
+    def on_step_end(self, trainer, loss: float) -> None:
+        from pruners.tristate import clip_gates
+
+        clip_gates(trainer.model)
+
+    def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
+        from pruners.tristate import binarizing_regularizer, complexity_term
+
+        with torch.no_grad():
+            metrics["binarizing"] = float(binarizing_regularizer(trainer.model))
+            metrics["complexity"] = float(complexity_term(trainer.model, trainer.example_input,
+                                                          normalize=self.normalize))

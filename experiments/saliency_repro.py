@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from pruners import prepare_for
 from saliency import compare
 from saliency.loss_change import LossChange
 from saliency.magnitude import Magnitude
@@ -763,10 +764,8 @@ def scorer_runtimes(cfg: dict, ctx: RunContext) -> dict:
                                "registered": name not in missing}
         try:
             scorer = cls()
-            scored = model
-            if getattr(cls, "needs_switches", False):  # score a switched copy (gates from N(0,1))
-                from pruners.shrinknets import insert_switches
-                scored = insert_switches(model, x[:1])
+            # a copy with the layers it reads (switch gates from N(0,1), tri-state gates 1)
+            scored = prepare_for(cls, model, x[:1])
             out = scorer.score(scored, batch)
             row["items"] = int(sum(v.numel() for v in out.values()))
             seconds, n, warm = _median_time(lambda: scorer.score(scored, batch), repeats, budget)

@@ -17,6 +17,14 @@ Public names:
   :func:`remove_zero_groups` -- (sparse) group lasso by proximal gradient
   descent and removal of the neurons whose group is zero (Alvarez & Salzmann
   2016; :mod:`pruners.group_sparsity`).
+* :mod:`pruners.tristate` -- tri-state ReLUs (Srinivas & Babu 2016):
+  :func:`insert_tristate`, :func:`tristate_penalty`, :func:`clip_gates`,
+  :func:`finalize_tristate` (exact removal of off units, merging of
+  identity-gated Linear pairs).
+* :mod:`pruners.shrinknets` -- ShrinkNets switch layers, penalty, removal
+  strategies, garbage collection, :func:`fold_switches`.
+* :func:`prepare_for` -- insert the layers a scorer reads (switches,
+  tri-state ReLUs).
 """
 
 from saliency.graph import UnitGraph, UnsupportedArchitecture, trace
@@ -27,7 +35,10 @@ from .group_sparsity import (GROUPINGS, Grouping, LayerGroups, ProximalGroupSpar
                              group_layout, group_norms, group_sparsity_penalty,
                              prox_sparse_group_lasso, register_grouping, remove_zero_groups,
                              soft_threshold, zero_groups)
+from .inserters import INSERTERS, prepare_for
 from .metrics import count_macs, count_params
+from .tristate import (binarize_gates, binarizing_regularizer, clip_gates, complexity_term,
+                       finalize_tristate, insert_tristate, tristate_penalty)
 from .pruning import ParameterPruner, RoundReport, UnitPruner, mean_loss
 from .optim_state import slice_param
 from .surgery import InexactReplacementWarning, RemovalReport, mask_units, remove_units
@@ -63,4 +74,13 @@ __all__ = [
     "Grouping",
     "GROUPINGS",
     "register_grouping",
+    "prepare_for",
+    "INSERTERS",
+    "insert_tristate",
+    "tristate_penalty",
+    "binarizing_regularizer",
+    "complexity_term",
+    "clip_gates",
+    "binarize_gates",
+    "finalize_tristate",
 ]

@@ -46,9 +46,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
-from saliency.graph import trace
+from saliency.graph import symbolic_trace, trace
 from saliency.layers import effective_tensor
 from saliency.tristate import TriStateReLU, tristate_of
 
@@ -74,27 +76,37 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+_RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_}
+_RELU_METHODS = {"relu", "relu_"}
+
+
 def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None, *,
                     width_init: float = 1.0, depth_init: float = 0.0,
                     layers: Iterable[str] | None = None) -> nn.Module:
-    """A copy of ``model`` with each hidden ``nn.ReLU`` replaced by a :class:`TriStateReLU`.
+    """A copy of ``model`` with each hidden ReLU replaced by a :class:`TriStateReLU`.
 
     For every prunable producer (Linear/Conv whose units are not the model's
-    output) the ``nn.ReLU`` module on its path to its consumers is replaced by
-    a tri-state ReLU with one width gate per unit. With the defaults
-    (``w = 1, d = 0``) the copy computes exactly what ``model`` computes.
+    output) the ReLU on its path to its consumers is replaced by a tri-state
+    ReLU with one width gate per unit. With the defaults (``w = 1, d = 0``) the
+    copy computes exactly what ``model`` computes.
+
+    When every such ReLU is an ``nn.ReLU`` module, the copy is the same class
+    with those modules swapped (state-dict names ``<relu name>.width``).
+    When some are functions or tensor methods (``F.relu``, ``x.relu()``), the
+    copy is a :class:`torch.fx.GraphModule` whose tri-state ReLUs live in the
+    ModuleDict ``tristate``, keyed by the producer's name with dots as
+    underscores.
 
     Args:
         model: the network (left unchanged).
         example_input: a batch to trace convolutional models.
         width_init, depth_init: initial gates (see :class:`TriStateReLU`).
         layers: producer names to gate (default: every prunable producer with
-            an ``nn.ReLU`` module on its path).
+            a ReLU on its path).
 
     Raises:
-        ValueError: a selected layer has no ``nn.ReLU`` module on its path
-            (e.g. ``F.relu`` in ``forward``), several, or one shared with
-            another layer; unknown layer names.
+        ValueError: a selected layer has no ReLU on its path, several, or one
+            shared with another layer; unknown layer names; no ReLU at all.
     """
     graph = trace(model, example_input)
     wanted = None if layers is None else list(layers)
@@ -106,35 +118,78 @@ def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None,
         if closed:
             raise ValueError(f"layers {closed} are not prunable (they produce the output or "
                              "were excluded)")
-    plan: dict[str, tuple[str, int]] = {}
+    plan: dict[str, tuple[Any, int]] = {}  # producer -> (ReLU module name | "function", units)
     owner: dict[str, str] = {}
     for name, prod in graph.producers.items():
         if not prod.prunable or (wanted is not None and name not in wanted):
             continue
-        found = {op.target for e in prod.edges for op in e.path if op.kind == "module"
-                 and type(model.get_submodule(op.target)) is nn.ReLU}
+        found = set()
+        for e in prod.edges:
+            for op in e.path:
+                if op.kind == "module" and type(model.get_submodule(op.target)) is nn.ReLU:
+                    found.add(op.target)
+                elif (op.kind == "function" and op.target in _RELU_FUNCTIONS) or \
+                        (op.kind == "method" and op.target in _RELU_METHODS):
+                    found.add("function")
         if not found:
             if wanted is not None:
-                raise ValueError(f"layer {name!r} has no nn.ReLU module on its path (a "
-                                 "functional relu cannot be replaced; use nn.ReLU modules)")
+                raise ValueError(f"layer {name!r} has no ReLU on its path")
             continue
         if len(found) > 1:
-            raise ValueError(f"layer {name!r} passes through several ReLU modules "
-                             f"{sorted(found)}")
+            raise ValueError(f"layer {name!r} passes through several ReLUs on its paths")
         relu = found.pop()
-        if relu in owner:
-            raise ValueError(f"ReLU module {relu!r} is shared by layers {owner[relu]!r} and "
-                             f"{name!r}; give each layer its own nn.ReLU")
-        owner[relu] = name
+        if relu != "function":
+            if relu in owner:
+                raise ValueError(f"ReLU module {relu!r} is shared by layers {owner[relu]!r} "
+                                 f"and {name!r}; give each layer its own nn.ReLU")
+            owner[relu] = name
         plan[name] = (relu, prod.num_units)
     if not plan:
-        raise ValueError("no hidden nn.ReLU module to replace")
-    out = copy.deepcopy(model)
-    for name, (relu, units) in plan.items():
-        p = next(out.get_submodule(name).parameters())
-        act = TriStateReLU(units, width_init, depth_init).to(device=p.device, dtype=p.dtype)
-        _set_module(out, relu, act)
-    return out
+        raise ValueError("no hidden ReLU to replace")
+
+    def make(name: str, units: int) -> TriStateReLU:
+        p = next(model.get_submodule(name).parameters())
+        return TriStateReLU(units, width_init, depth_init).to(device=p.device, dtype=p.dtype)
+
+    if all(relu != "function" for relu, _ in plan.values()):
+        out = copy.deepcopy(model)
+        for name, (relu, units) in plan.items():
+            _set_module(out, relu, make(name, units))
+        return out
+    return _insert_traced(copy.deepcopy(model), plan, make)
+
+
+def _insert_traced(model: nn.Module, plan, make) -> fx.GraphModule:
+    """Replace the ReLU node after each planned producer in a traced copy."""
+    gm = model if isinstance(model, fx.GraphModule) else symbolic_trace(model)
+    if hasattr(gm, "tristate"):
+        raise ValueError("the model has an attribute 'tristate' already")
+    gm.add_submodule("tristate", nn.ModuleDict())
+    nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+
+    def is_relu(n: fx.Node) -> bool:
+        return ((n.op == "call_module" and type(gm.get_submodule(n.target)) is nn.ReLU)
+                or (n.op == "call_function" and n.target in _RELU_FUNCTIONS)
+                or (n.op == "call_method" and n.target in _RELU_METHODS))
+
+    for name, (_, units) in plan.items():
+        node, hit = nodes[name], None
+        while hit is None:  # the per-channel chain: one user at a time (the graph checked it)
+            users = list(node.users)
+            if len(users) != 1:
+                raise ValueError(f"layer {name!r}: its ReLU is not on a single path")
+            node = users[0]
+            if is_relu(node):
+                hit = node
+        key = name.replace(".", "_")
+        gm.tristate[key] = make(name, units)
+        with gm.graph.inserting_after(hit):
+            new = gm.graph.call_module(f"tristate.{key}", (hit.args[0],))
+        hit.replace_all_uses_with(new)
+        gm.graph.erase_node(hit)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
 
 
 def clip_gates(model: nn.Module) -> None:

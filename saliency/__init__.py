@@ -24,6 +24,7 @@ from .random_scores import RandomParameter, RandomUnit
 from .taylor import Hessian, Taylor1, Taylor2
 from .replacement import unit_means
 from .switch import Switch, SwitchScorer
+from .tristate import GateScorer, TriStateReLU
 from .unit_scorers import MRS, Dormancy, Norm, UnitTaylor
 from .unit_stats import unit_statistics
 
@@ -48,12 +49,16 @@ SCORERS: dict[str, type[Scorer]] = {
     "switch": SwitchScorer,
     # group sparsity (Alvarez & Salzmann 2016, shared/seeds/002_...): ||[w_n, b_n]||_2
     "group_norm": GroupNormScorer,
+    # tri-state ReLU (Srinivas & Babu 2016, shared/seeds/003_...): the width gate w_i
+    "gate": GateScorer,
 }
 
 __all__ = [
     "SCORERS",
     "Switch",
     "SwitchScorer",
+    "TriStateReLU",
+    "GateScorer",
     "GroupNormScorer",
     "Scorer",
     "Magnitude",

@@ -117,6 +117,9 @@ class Scorer:
     needs_data: bool = True
     #: scores only models with switch layers (:func:`pruners.insert_switches`)
     needs_switches: bool = False
+    #: the kind of layer the model must contain to be scored (``"switch"``,
+    #: ``"tristate"``), or None; :func:`pruners.prepare_for` inserts it
+    requires_layer: str | None = None
     #: registry name of the exact quantity this scorer approximates, if any
     approximates: str | None = None
 

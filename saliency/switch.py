@@ -151,6 +151,7 @@ class SwitchScorer(UnitScorer):
 
     needs_data = False
     needs_switches = True
+    requires_layer = "switch"
 
     def _score(self, model, data, loss_fn):
         graph, layers = self.graph(model, data)

@@ -138,7 +138,7 @@ class GateScorer(UnitScorer):
     """
 
     needs_data = False
-    needs_tristate = True
+    requires_layer = "tristate"
 
     def _score(self, model, data, loss_fn):
         graph, layers = self.graph(model, data)

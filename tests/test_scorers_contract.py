@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from helpers_snapshot import assert_unchanged, take
-from pruners import remove_units
+from pruners import prepare_for, remove_units
 from saliency import SCORERS
 from saliency.mrp import MRP
 from saliency.replacement import unit_means
@@ -48,9 +48,11 @@ def scorer_for(name, shape):
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_contract(name, arch):
     model, shape = build(arch)
-    if SCORERS[name].needs_switches:
-        from pruners.shrinknets import insert_switches
-        model = insert_switches(model, torch.zeros((1,) + shape, dtype=torch.float64))
+    try:  # switches / tri-state ReLUs for the scorers that read them
+        model = prepare_for(SCORERS[name], model, torch.zeros((1,) + shape, dtype=torch.float64))
+    except ValueError as exc:  # tri-state ReLUs replace ReLUs: mlp_bn has PReLUs only
+        assert SCORERS[name].requires_layer == "tristate" and "no hidden ReLU" in str(exc)
+        pytest.skip(f"{name} does not apply to {arch}: {exc}")
     model.train()  # scoring must not change it, nor leave it in eval mode
     x, y = make_data(shape, classes=model.eval()(torch.zeros((1,) + shape,
                                                             dtype=torch.float64)).shape[1])

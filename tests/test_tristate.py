@@ -165,19 +165,48 @@ def test_insert_replaces_hidden_relus_and_keeps_the_function():
     assert torch.equal(mc(z), cnn(z))
 
 
+class Functional(nn.Module):
+    """ReLUs as a function and as a tensor method, a BatchNorm in between."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn = nn.Linear(4, 5), nn.BatchNorm1d(5)
+        self.b, self.c = nn.Linear(5, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.a(x)))
+        return self.c(self.b(x).relu())
+
+
+def test_insert_replaces_functional_relus_in_a_traced_copy():
+    net = Functional().double().eval()
+    with torch.no_grad():
+        net.bn.running_mean.copy_(randn(5, seed=4))
+        net.bn.running_var.copy_(randn(5, seed=5).abs() + 0.5)
+    m = insert_tristate(net).eval()
+    assert sorted(tristates(m)) == ["tristate.a", "tristate.b"]
+    x = randn(7, 4)
+    assert torch.equal(m(x), net(x))
+    set_gates(m, {"tristate.a": [1, 0, 1, 1, 0], "tristate.b": [1, 1, 0, 1, 1, 1]},
+              {"tristate.a": 0.0, "tristate.b": 1.0})
+    plain, rep = finalize_tristate(m)
+    assert rep.widths == {"a": 3, "b": 5} and rep.merged == [("b", "c")]
+    assert maxdiff(plain(x), _binarized(m)(x)) <= TOL
+
+
 def test_insert_errors():
-    class Functional(nn.Module):
+    class Smooth(nn.Module):
         def __init__(self):
             super().__init__()
             self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 2)
 
         def forward(self, x):
-            return self.b(F.relu(self.a(x)))
+            return self.b(torch.tanh(self.a(x)))
 
-    with pytest.raises(ValueError, match="no hidden nn.ReLU"):
-        insert_tristate(Functional())
-    with pytest.raises(ValueError, match="functional relu"):
-        insert_tristate(Functional(), layers=["a"])
+    with pytest.raises(ValueError, match="no hidden ReLU"):
+        insert_tristate(Smooth())
+    with pytest.raises(ValueError, match="no ReLU on its path"):
+        insert_tristate(Smooth(), layers=["a"])
     shared = nn.ReLU()
     net = nn.Sequential(nn.Linear(4, 5), shared, nn.Linear(5, 5), shared, nn.Linear(5, 2))
     with pytest.raises(ValueError, match="shared by layers '0' and '2'"):

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.models import build_model
+from pruners import prepare_for
 from saliency import SCORERS, trace
 from saliency.base import preserved
 from saliency.hvp import hvp
@@ -111,10 +112,7 @@ def measure(name: str, repeats: int, quick: bool) -> list[dict]:
         if sname == "loss_change":
             kwargs["params"] = ["fc3.weight"] if name == "mlp" else ["conv1.weight"]
         scorer = cls(**kwargs)
-        scored = model
-        if cls.needs_switches:
-            from pruners.shrinknets import insert_switches
-            scored = insert_switches(model, x[:1])
+        scored = prepare_for(cls, model, x[:1])  # switches / tri-state ReLUs if it reads them
         reps = max(1, repeats // 2) if sname in ("mrp", "loss_change") else repeats
         row(f"scorer:{sname}", lambda: scorer.score(scored, data), reps)
         if sname == "mrp":
