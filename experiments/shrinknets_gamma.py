@@ -167,27 +167,51 @@ def mse_per_target(out: torch.Tensor, target: torch.Tensor, reduction: str = "me
 
 
 def build_model(n_in: int, n_out: int, hidden: Sequence[int] = (), *,
-                dtype: torch.dtype = torch.float32) -> nn.Module:
+                dtype: torch.dtype = torch.float32, parametrization: str = "relu",
+                init: str = "uniform", selector: bool = True, switched: bool = True
+                ) -> nn.Module:
     """Selector (identity, frozen), optional ReLU hidden layers, output layer; switched.
 
     Switches: the draft's filter ``max(0, theta)``, ``theta ~ U[0, 1]``, after
     the selector (the input features) and after every hidden layer; none on
     the output layer (:func:`pruners.shrinknets.insert_switches`). Draws from
     torch's global generator: seed it first.
+
+    ``parametrization`` / ``init`` choose the switches (``"signed"`` /
+    ``"normal"``: the paper's ``beta ~ N(0, 1)``). ``selector=False`` leaves
+    the identity selector out: the input switch is then the model's first
+    module (``"0"``), which trains and is penalized alike but is on no
+    unit's path, so a garbage collector cannot remove inputs (the forward
+    pass saves the ``n_in x n_in`` product); without hidden layers the model
+    is ``Sequential(switch, linear)``. ``switched=False`` builds the same
+    network without any switch; seeded alike, its layers get the same weights
+    as the switched one (switches are drawn after the layers).
     """
-    sel = nn.Linear(n_in, n_in, bias=False)
-    with torch.no_grad():
-        sel.weight.copy_(torch.eye(n_in))
-    sel.weight.requires_grad_(False)
-    layers: list[nn.Module] = [sel]
+    from saliency.switch import Switch
+
+    layers: list[nn.Module] = []
+    if selector:
+        sel = nn.Linear(n_in, n_in, bias=False)
+        with torch.no_grad():
+            sel.weight.copy_(torch.eye(n_in))
+        sel.weight.requires_grad_(False)
+        layers.append(sel)
     width = n_in
     for h in hidden:
         layers += [nn.Linear(width, int(h)), nn.ReLU()]
         width = int(h)
     layers.append(nn.Linear(width, n_out))
     net = nn.Sequential(*layers).to(dtype)
-    return insert_switches(net, torch.zeros(1, n_in, dtype=dtype), parametrization="relu",
-                           init="uniform")
+    if not switched:
+        return net
+    if selector:
+        return insert_switches(net, torch.zeros(1, n_in, dtype=dtype),
+                               parametrization=parametrization, init=init)
+    if not hidden:
+        return nn.Sequential(Switch(n_in, parametrization, init).to(dtype), *net)
+    net = insert_switches(net, torch.zeros(1, n_in, dtype=dtype),
+                          parametrization=parametrization, init=init)
+    return nn.Sequential(Switch(n_in, parametrization, init).to(dtype), net)
 
 
 def live_cost(model: nn.Module, skip: Sequence[str] = (SELECTOR,)) -> tuple[int, int]:
