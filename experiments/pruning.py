@@ -346,19 +346,24 @@ class TriStateCallback(Callback):
     Args:
         lam_b, lam_m: the strengths of the two terms.
         normalize: divide widths by their initial values in ``R_m``.
+        depth_weight: weight of ``R_m``'s depth part (see
+            :func:`pruners.tristate.complexity_term`).
     """
 
-    def __init__(self, *, lam_b: float, lam_m: float, normalize: bool = True):
+    def __init__(self, *, lam_b: float, lam_m: float, normalize: bool = True,
+                 depth_weight: float = 1.0):
         for name, v in (("lam_b", lam_b), ("lam_m", lam_m)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {v!r}")
         self.lam_b, self.lam_m, self.normalize = float(lam_b), float(lam_m), bool(normalize)
+        self.depth_weight = float(depth_weight)
 
     def loss(self, trainer, loss):
         from pruners.tristate import tristate_penalty
 
         return loss + tristate_penalty(trainer.model, self.lam_b, self.lam_m,
-                                       trainer.example_input, normalize=self.normalize)
+                                       trainer.example_input, normalize=self.normalize,
+                                       depth_weight=self.depth_weight)
 
     def on_step_end(self, trainer, loss: float) -> None:
         from pruners.tristate import clip_gates
@@ -370,5 +375,6 @@ class TriStateCallback(Callback):
 
         with torch.no_grad():
             metrics["binarizing"] = float(binarizing_regularizer(trainer.model))
-            metrics["complexity"] = float(complexity_term(trainer.model, trainer.example_input,
-                                                          normalize=self.normalize))
+            metrics["complexity"] = float(complexity_term(
+                trainer.model, trainer.example_input, normalize=self.normalize,
+                depth_weight=self.depth_weight))

@@ -13,12 +13,13 @@ with the gates clipped to ``[0, 1]`` after each step, and:
 * the *binarizing regularizer* ``R_b = sum_i w_i (1 - w_i) + sum_l d_l (1 - d_l)``,
   a downward parabola whose minima are 0 and 1 (:func:`binarizing_regularizer`);
 * the *model-complexity term* ``R_m`` (:func:`complexity_term`): the first part
-  limits the widths -- for each layer ``l`` that keeps its non-linearity, the
-  product of its width and the next layer's width, ``sum_i w_i`` standing
-  for the number of live units, so that it counts the parameters between the
-  two; the indicator "the layer is non-linear" is taken on the binarized depth
-  gate and treated as a constant -- and the second part limits the depth by
-  encouraging linearity, ``sum_l (1 - d_l)``.
+  limits the widths -- the fraction of the network's weights that remain,
+  counted as the network will be after finalization, ``sum_i w_i`` standing
+  for the number of live units of a gated layer and a layer whose depth gate
+  selects the identity merged into the next one; the indicator "the layer is
+  linear" is taken on the binarized depth gate and treated as a constant --
+  and the second part limits the depth by encouraging linearity,
+  ``sum_l (1 - d_l)``.
 
 After training the gates are binarized (:func:`binarize_gates`) and
 :func:`finalize_tristate` returns a plain network: units with ``w_i = 0``
@@ -33,10 +34,10 @@ formulas above follow its words ("first term limits complexity of the layer's
 width, second term limits the network's depth encouraging linearity; the
 first term becomes zero when the non-linearity is absent; the indicator
 function in the first term is non-differentiable, so it is treated as a
-constant") and the issue's definition of the gate function. The widths in
-``R_m`` are divided by each layer's width at insertion (``normalize=True``),
-so one ``lam_m`` suits networks of any size (the paper's appendix sets its
-strength from the initial widths).
+constant") and the issue's definition of the gate function. The weight count
+in ``R_m`` is divided by the full network's (``normalize=True``), so one
+``lam_m`` suits networks of any size (the paper's appendix sets its strength
+from the initial widths).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ _RELU_METHODS = {"relu", "relu_"}
 
 def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None, *,
                     width_init: float = 1.0, depth_init: float = 0.0,
+                    straight_through: bool = False,
                     layers: Iterable[str] | None = None) -> nn.Module:
     """A copy of ``model`` with each hidden ReLU replaced by a :class:`TriStateReLU`.
 
@@ -100,7 +102,7 @@ def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None,
     Args:
         model: the network (left unchanged).
         example_input: a batch to trace convolutional models.
-        width_init, depth_init: initial gates (see :class:`TriStateReLU`).
+        width_init, depth_init, straight_through: of each :class:`TriStateReLU`.
         layers: producer names to gate (default: every prunable producer with
             a ReLU on its path).
 
@@ -149,7 +151,8 @@ def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None,
 
     def make(name: str, units: int) -> TriStateReLU:
         p = next(model.get_submodule(name).parameters())
-        return TriStateReLU(units, width_init, depth_init).to(device=p.device, dtype=p.dtype)
+        return TriStateReLU(units, width_init, depth_init, straight_through).to(
+            device=p.device, dtype=p.dtype)
 
     if all(relu != "function" for relu, _ in plan.values()):
         out = copy.deepcopy(model)
@@ -221,70 +224,111 @@ def binarizing_regularizer(model: nn.Module) -> torch.Tensor:
     return total
 
 
-def _chain(model: nn.Module, example_input: torch.Tensor | None):
-    """``(gate name, module, producer, next width tensor or int, next reference)`` per gate."""
+def _is_linear(gate: TriStateReLU) -> bool:
+    """The binarized depth gate selects the identity (the indicator of ``R_m``)."""
+    return bool(gate.depth.detach().reshape(()) >= 0.5)
+
+
+def _weights(model: nn.Module, example_input: torch.Tensor | None):
+    """The weights of the network once its linear layers are merged, as soft counts.
+
+    Returns ``(terms, full, gates)``: one term ``in x out x kernel`` per
+    producer that survives merging (a producer whose depth gate selects the
+    identity is merged into its consumers, which take its inputs), with the
+    widths of gated non-linear layers replaced by ``sum_i w_i``; ``full`` is
+    the same count with every gate 1 and every layer non-linear.
+    """
     graph = trace(model, example_input)
-    by_producer = {}
+    gated: dict[str, TriStateReLU] = {}
     for name, prod in graph.producers.items():
         if prod.prunable:
             hit = tristate_of(model, graph, name)
             if hit is not None:
-                by_producer[name] = hit
-    rows = []
-    for name, (gname, gate) in by_producer.items():
-        consumers = {e.consumer for e in graph.producers[name].edges}
-        nxt: list[tuple[Any, int]] = []
-        for c in sorted(consumers):
-            if c in by_producer:
-                g = by_producer[c][1]
-                nxt.append((effective_tensor(g, "width").sum(), g.reference_width))
+                gated[name] = hit[1]
+    feeders: dict[str, list[tuple[str, int]]] = {}
+    for name, prod in graph.producers.items():
+        for e in prod.edges:
+            feeders.setdefault(e.consumer, []).append((name, e.block))
+
+    def soft(name: str):
+        if name in gated:
+            return effective_tensor(gated[name], "width").sum()
+        return graph.producers[name].num_units
+
+    def width_in(name: str, full: bool, seen: frozenset):
+        mod = model.get_submodule(name)
+        if name not in feeders:  # fed by the model's input
+            return mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
+        total = 0
+        for f, block in feeders[name]:
+            if not full and f in gated and _is_linear(gated[f]) and f not in seen:
+                total = total + width_in(f, full, seen | {f})  # merged: its inputs
             else:
-                n = graph.producers[c].num_units if c in graph.producers else 1
-                nxt.append((n, n))
-        rows.append((gname, gate, name, nxt))
-    return rows
+                n = graph.producers[f].num_units if full else soft(f)
+                total = total + n * block
+        return total
+
+    terms, fulls = [], []
+    for name, prod in graph.producers.items():
+        mod = model.get_submodule(name)
+        kernel = 1
+        for k in getattr(mod, "kernel_size", ()):
+            kernel *= k
+        fulls.append(width_in(name, True, frozenset()) * prod.num_units * kernel)
+        if name in gated and _is_linear(gated[name]):
+            continue
+        out = soft(name) if name in gated else prod.num_units
+        terms.append(width_in(name, False, frozenset({name})) * out * kernel)
+    return terms, sum(fulls), gated
 
 
 def complexity_term(model: nn.Module, example_input: torch.Tensor | None = None, *,
-                    normalize: bool = True) -> torch.Tensor:
+                    normalize: bool = True, depth_weight: float = 1.0) -> torch.Tensor:
     """The model-complexity term ``R_m`` (Srinivas & Babu 2016).
 
-    ``R_m = sum_l 1[d_l < 1/2] s_l s_{l+1} + sum_l (1 - d_l)``, with ``s_l =
-    sum_i w_i`` the (soft) number of live units of gated layer ``l`` and
-    ``s_{l+1}`` that of the layer it feeds (its number of outputs if that
-    layer has no gates; summed over consumers). The indicator reads the
-    binarized depth gate and carries no gradient: a layer that has become
-    linear no longer pays for its width. With ``normalize`` each width is
-    divided by its width at insertion (``reference_width``), so the first
-    part counts the fraction of the full network's parameters that remain.
+    ``R_m = W / W_full + depth_weight sum_l (1 - d_l)`` (``W`` alone without
+    ``normalize``): ``W`` counts the weights of the network as it would be
+    after finalization -- each layer's inputs times outputs (times the kernel
+    area of a convolution), a gated layer's width being ``sum_i w_i``, and a
+    layer whose binarized depth gate selects the identity merged into the
+    layers it feeds (they take its inputs, and its width costs nothing);
+    ``W_full`` is that count for the network with every gate 1 and every
+    layer non-linear, so ``W / W_full`` is the fraction of the weights that
+    remain. The first part limits the widths, the second the depth (it
+    encourages linearity). The indicator "layer ``l`` is linear" reads the
+    binarized depth gate and carries no gradient. ``depth_weight`` scales
+    the second part (1: the paper's one strength for both; smaller lets the
+    widths shrink before the layers turn linear).
     """
+    if isinstance(depth_weight, bool) or not isinstance(depth_weight, (int, float)) \
+            or depth_weight < 0:
+        raise ValueError(f"depth_weight must be a number >= 0, got {depth_weight!r}")
     _require(model)
-    total = None
-    for _, gate, _, nxt in _chain(model, example_input):
-        w, d = effective_tensor(gate, "width"), gate.depth
-        s = w.sum() / (gate.reference_width if normalize else 1)
-        nonlinear = float(d.detach().reshape(()) < 0.5)
-        width_part = 0.0
-        for width, ref in nxt:
-            width_part = width_part + s * (width / (ref if normalize else 1))
-        term = nonlinear * width_part + (1 - d).sum()
-        total = term if total is None else total + term
-    if total is None:
+    terms, full, gated = _weights(model, example_input)
+    if not gated:
         raise ValueError("the model has no tri-state ReLU on a prunable layer "
                          "(pruners.tristate.insert_tristate)")
-    return total
+    width = sum(terms[1:], terms[0]) if terms else 0.0
+    if normalize:
+        width = width / full
+    depth = sum((1 - g.depth).sum() for g in gated.values())
+    return width + depth_weight * depth
 
 
 def tristate_penalty(model: nn.Module, lam_b: float, lam_m: float,
                      example_input: torch.Tensor | None = None, *,
-                     normalize: bool = True) -> torch.Tensor:
-    """``lam_b R_b + lam_m R_m``: add it to the training loss."""
+                     normalize: bool = True, depth_weight: float = 1.0) -> torch.Tensor:
+    """``lam_b R_b + lam_m R_m``: add it to the training loss.
+
+    ``normalize`` and ``depth_weight`` are passed to :func:`complexity_term`.
+    """
     for name, v in (("lam_b", lam_b), ("lam_m", lam_m)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"{name} must be a number >= 0, got {v!r}")
     pen = lam_b * binarizing_regularizer(model)
     if lam_m:
-        pen = pen + lam_m * complexity_term(model, example_input, normalize=normalize)
+        pen = pen + lam_m * complexity_term(model, example_input, normalize=normalize,
+                                            depth_weight=depth_weight)
     return pen
 
 

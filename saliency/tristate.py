@@ -49,10 +49,16 @@ class TriStateReLU(nn.Module):
         width_init: initial value of every width gate ``w_i`` (1: every unit on).
         depth_init: initial value of the depth gate ``d`` (0: a ReLU; 1: the
             identity).
+        straight_through: compute the forward pass with the binarized gates
+            (``w_i >= 1/2`` -> 1, else 0; the same for ``d``) and pass the
+            gradient to the real-valued gates unchanged (a straight-through
+            estimator). The network then computes during training exactly what
+            it will compute after binarization, so a gate cannot shrink while
+            the next layer's weights grow to make up for it. Off by default
+            (the real-valued gates of the paper).
 
     Parameters: ``width`` (shape ``(C,)``, the ``w_i``) and ``depth`` (shape
-    ``(1,)``, ``d``). ``reference_width`` records ``C`` at construction; it is
-    not changed by unit removal and normalizes the model-complexity term.
+    ``(1,)``, ``d``).
 
     Example:
         >>> act = TriStateReLU(3)
@@ -65,7 +71,8 @@ class TriStateReLU(nn.Module):
         tensor([[-1.0000,  0.5000,  2.0000]], grad_fn=<MulBackward0>)
     """
 
-    def __init__(self, num_channels: int, width_init: float = 1.0, depth_init: float = 0.0):
+    def __init__(self, num_channels: int, width_init: float = 1.0, depth_init: float = 0.0,
+                 straight_through: bool = False):
         super().__init__()
         if isinstance(num_channels, bool) or not isinstance(num_channels, int) \
                 or num_channels < 1:
@@ -74,7 +81,7 @@ class TriStateReLU(nn.Module):
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0):
                 raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
         self.num_channels = num_channels
-        self.reference_width = num_channels
+        self.straight_through = bool(straight_through)
         self.width = nn.Parameter(torch.full((num_channels,), float(width_init)))
         self.depth = nn.Parameter(torch.full((1,), float(depth_init)))
 
@@ -82,10 +89,19 @@ class TriStateReLU(nn.Module):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"TriStateReLU({self.num_channels}) got an input of shape "
                              f"{tuple(x.shape)}; expected B x {self.num_channels} x ...")
-        return _apply(x, self.width, self.depth)
+        w, d = self.width, self.depth
+        if self.straight_through:
+            w, d = _binarized(w), _binarized(d)
+        return _apply(x, w, d)
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}"
+        return f"{self.num_channels}" + (", straight_through=True" if self.straight_through
+                                         else "")
+
+
+def _binarized(g: torch.Tensor) -> torch.Tensor:
+    """``1[g >= 1/2]`` in the forward pass, the identity in the backward pass."""
+    return g + ((g >= 0.5).to(g.dtype) - g).detach()
 
 
 def _apply(x: torch.Tensor, w: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -97,10 +113,12 @@ def _apply(x: torch.Tensor, w: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 def _push(m: TriStateReLU, x: torch.Tensor, channels: torch.Tensor | None = None
           ) -> torch.Tensor:
-    w = effective_tensor(m, "width")
+    w, d = effective_tensor(m, "width"), effective_tensor(m, "depth")
+    if m.straight_through:
+        w, d = _binarized(w), _binarized(d)
     if channels is not None:
         w = w[channels.to(w.device)]
-    return _apply(x, w, effective_tensor(m, "depth"))
+    return _apply(x, w, d)
 
 
 register_channel_module(TriStateReLU, ChannelSpec(

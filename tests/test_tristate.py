@@ -233,30 +233,62 @@ def test_binarizing_regularizer_by_hand():
 
 
 def test_complexity_term_by_hand_and_its_gradient():
-    # 4 -> [3] -> [4] -> 2: gated layers "1" (3 units) and "3" (4 units)
+    # 4 -> [3] -> [4] -> 2: gated layers "0" (gate "1", 3 units) and "2" (gate "3", 4 units)
     m = insert_tristate(mlp([4, 3, 4, 2]))
     set_gates(m, {"1": [0.2, 0.6, 1.0], "3": [1.0, 0.5, 0.5, 0.0]}, {"1": 0.2, "3": 0.7})
     s1, s3 = 1.8, 2.0
-    # layer 1 is non-linear (d < 1/2): s1/3 * s3/4; layer 3 is linear (d >= 1/2): no width part
-    want = (s1 / 3) * (s3 / 4) + (1 - 0.2) + (1 - 0.7)
+    full = 4 * 3 + 3 * 4 + 4 * 2
+    # layer "2" is linear (d >= 1/2): merged into "4", which takes its inputs (s1);
+    # the weights left are 4 x s1 (layer 0) and s1 x 2 (merged layer)
+    want = (4 * s1 + s1 * 2) / full + (1 - 0.2) + (1 - 0.7)
     assert abs(float(complexity_term(m).detach()) - want) <= 1e-14
-    raw = s1 * s3 + 0.8 + 0.3
+    raw = 4 * s1 + s1 * 2 + 0.8 + 0.3
     assert abs(float(complexity_term(m, normalize=False).detach()) - raw) <= 1e-14
     complexity_term(m).backward()
     g1, g3 = tristates(m)["1"], tristates(m)["3"]
-    assert torch.allclose(g1.width.grad, torch.full((3,), (s3 / 4) / 3, dtype=torch.float64),
+    assert torch.allclose(g1.width.grad, torch.full((3,), 6 / full, dtype=torch.float64),
                           atol=1e-15, rtol=0)
-    assert torch.allclose(g3.width.grad, torch.full((4,), (s1 / 3) / 4, dtype=torch.float64),
-                          atol=1e-15, rtol=0)
+    assert g3.width.grad is None or torch.equal(g3.width.grad, torch.zeros(4, dtype=torch.float64))
     assert float(g1.depth.grad) == -1.0 and float(g3.depth.grad) == -1.0
-    # now make layer 3 non-linear: it pays s3/4 * 2/2 for the output layer
+    # layer "2" non-linear: 4 x s1 + s1 x s3 + s3 x 2
     set_gates(m, {}, {"3": 0.1})
-    want = (s1 / 3) * (s3 / 4) + 0.8 + (s3 / 4) * 1.0 + 0.9
+    m.zero_grad()
+    want = (4 * s1 + s1 * s3 + s3 * 2) / full + 0.8 + 0.9
     assert abs(float(complexity_term(m).detach()) - want) <= 1e-14
+    complexity_term(m).backward()
+    assert torch.allclose(g1.width.grad, torch.full((3,), (4 + s3) / full, dtype=torch.float64),
+                          atol=1e-15, rtol=0)
+    assert torch.allclose(g3.width.grad, torch.full((4,), (s1 + 2) / full, dtype=torch.float64),
+                          atol=1e-15, rtol=0)
+    half = (4 * s1 + s1 * s3 + s3 * 2) / full + 0.5 * (0.8 + 0.9)
+    assert abs(float(complexity_term(m, depth_weight=0.5).detach()) - half) <= 1e-14
     pen = tristate_penalty(m, 0.5, 2.0)
-    assert abs(float(pen.detach()) - (0.5 * float(binarizing_regularizer(m).detach()) + 2.0 * want)) <= 1e-14
+    assert abs(float(pen.detach()) - (0.5 * float(binarizing_regularizer(m).detach())
+                                      + 2.0 * want)) <= 1e-14
     with pytest.raises(ValueError, match="lam_b"):
         tristate_penalty(m, -1.0, 0.0)
+    with pytest.raises(ValueError, match="depth_weight"):
+        complexity_term(m, depth_weight=-1)
+
+
+def test_complexity_term_counts_what_finalization_keeps():
+    # with binary gates, the width part is exactly the finalized network's weight count
+    m = insert_tristate(mlp([5, 6, 4, 3, 2], seed=3))
+    set_gates(m, {"1": [1, 1, 1, 0, 0, 1], "3": [1, 0, 1, 1], "5": [1, 0, 1]},
+              {"1": 0.0, "3": 1.0, "5": 0.0})
+    plain, _ = finalize_tristate(m)
+    weights = sum(mod.weight.numel() for mod in plain.modules() if isinstance(mod, nn.Linear))
+    got = float(complexity_term(m, normalize=False, depth_weight=0.0).detach())
+    assert got == weights == 5 * 4 + 4 * 2 + 2 * 2
+    cnn = insert_tristate(ConvNet().double(), randn(1, 1, 10, 10))
+    set_gates(cnn, {"act1": [1, 0, 1, 1], "act2": [0, 1, 1, 0, 1, 1], "act3": [1, 1, 0, 1, 1]},
+              {})
+    plain, _ = finalize_tristate(cnn, randn(1, 1, 10, 10))
+    weights = sum(mod.weight.numel() for mod in plain.modules()
+                  if isinstance(mod, (nn.Linear, nn.Conv2d)))
+    got = float(complexity_term(cnn, randn(1, 1, 10, 10), normalize=False,
+                                depth_weight=0.0).detach())
+    assert got == weights == 1 * 3 * 9 + 3 * 4 * 9 + 4 * 4 * 4 + 4 * 3
 
 
 def test_clipping_keeps_the_gates_in_the_unit_interval():
@@ -299,7 +331,7 @@ def test_removal_slices_width_keeps_depth_and_equals_the_masked_twin():
     units = {"0": [1, 4], "2": [3]}
     remove_units(m, units, replacement="mean", data=[(x, None)])
     mask_units(twin, units, replacement="mean", data=[(x, None)])
-    assert tristates(m)["1"].num_channels == 4 and tristates(m)["1"].reference_width == 6
+    assert tristates(m)["1"].num_channels == 4
     assert tristates(m)["1"].width.tolist() == pytest.approx([0.3, 0.1, 0.6, 0.2], abs=0)
     assert float(tristates(m)["1"].depth.detach()) == 0.4
     z = randn(7, 5, seed=3)
@@ -394,3 +426,28 @@ def test_finalize_merges_a_chain_of_identity_layers_into_one():
     assert [type(mod) for mod in plain] == [nn.Linear, nn.Linear, nn.Identity, nn.Identity]
     z = randn(5, 4, seed=9)
     assert maxdiff(plain(z), _binarized(g)(z)) <= TOL
+
+
+def test_straight_through_forward_is_the_binarized_network_and_passes_gradients():
+    net = mlp([5, 6, 4, 3], seed=6)
+    soft = insert_tristate(net)
+    hard = insert_tristate(net, straight_through=True)
+    gates = {"1": [0.9, 0.2, 0.5, 0.49, 1.0, 0.7], "3": [0.3, 0.8, 0.6, 0.1]}
+    set_gates(soft, gates, {"1": 0.6, "3": 0.4})
+    set_gates(hard, gates, {"1": 0.6, "3": 0.4})
+    x = randn(8, 5, seed=7)
+    assert torch.equal(hard(x), _binarized(soft)(x))
+    # d/dw of the straight-through network = d/dw of the binarized one, at the real w
+    bin_net = _binarized(soft)
+    g = randn(8, 3, seed=8)
+    (hard(x) * g).sum().backward()
+    (bin_net(x) * g).sum().backward()
+    for name in ("1", "3"):
+        assert torch.allclose(tristates(hard)[name].width.grad,
+                              tristates(bin_net)[name].width.grad, atol=1e-14, rtol=0)
+        assert torch.allclose(tristates(hard)[name].depth.grad,
+                              tristates(bin_net)[name].depth.grad, atol=1e-14, rtol=0)
+    # and finalization changes nothing it computes
+    plain, _ = finalize_tristate(hard)
+    assert maxdiff(plain(x), hard(x)) <= TOL
+    assert "straight_through=True" in repr(tristates(hard)["1"])
