@@ -5,4 +5,5 @@ from . import saliency_repro  # noqa: F401
 from . import pruning_repro  # noqa: F401
 from . import shrinknets_repro  # noqa: F401
 from . import shrinknets_gamma  # noqa: F401
+from . import tristate_repro  # noqa: F401
 from . import shrinknets_regression  # noqa: F401
