@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from pruners import count_params
+from pruners import ProximalGroupSparsity, count_params
 from pruners.pruning import RoundReport
 
 from .training import Callback
@@ -276,10 +276,8 @@ class GroupSparsityCallback(Callback):
         removals: ``[step, layer, units removed]`` of every removal.
     """
 
-    def __init__(self, prox, *, remove_every: int = 0, remove_at_end: bool = False,
-                 log_every: int = 1):
-        from pruners.group_sparsity import ProximalGroupSparsity
-
+    def __init__(self, prox: ProximalGroupSparsity, *, remove_every: int = 0,
+                 remove_at_end: bool = False, log_every: int = 1):
         if not isinstance(prox, ProximalGroupSparsity):
             raise TypeError(f"prox must be a pruners.ProximalGroupSparsity, got "
                             f"{type(prox).__name__}")

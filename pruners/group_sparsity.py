@@ -91,7 +91,13 @@ GroupSpec = Union[None, Mapping[str, str], Mapping[str, "LayerGroups"]]
 
 @dataclass(frozen=True)
 class Grouping:
-    """A way of cutting a layer's parameters into non-overlapping groups.
+    """A way of cutting a layer's parameters into non-overlapping groups ``theta_l^n``.
+
+    The groups of the penalty ``sum_l (1 - alpha) beta_l sqrt(P_l) sum_n
+    ||theta_l^n||_2 + alpha beta_l ||theta_l||_1``: Alvarez & Salzmann 2016
+    (``shared/seeds/002_...``) use ``theta_l^n = [w_l^n, b_l^n]`` (``"units"``),
+    the ShrinkNets draft (``shared/seeds/000_...``, eq. 6) the columns
+    ``(A^T)_j`` of a layer (``"columns"``).
 
     Attributes:
         name: registry name (``"units"``, ``"columns"``, ...).
@@ -185,7 +191,15 @@ GROUPINGS: dict[str, Grouping] = {}
 
 
 def register_grouping(grouping: Grouping) -> None:
-    """Add a grouping to :data:`GROUPINGS` (its name must be new)."""
+    """Add a grouping to :data:`GROUPINGS` (its name must be new).
+
+    A new way of grouping parameters for the sparse group lasso (Alvarez &
+    Salzmann 2016, ``shared/seeds/002_...``) is one call, e.g. for the rows of
+    a weight without the bias::
+
+        register_grouping(Grouping("rows", lambda m: None, lambda m: (("weight", 0),),
+                                   None, "weight rows only"))
+    """
     if not isinstance(grouping, Grouping):
         raise TypeError(f"expected a Grouping, got {type(grouping).__name__}")
     if grouping.name in GROUPINGS:
@@ -217,10 +231,13 @@ register_grouping(Grouping(
 
 @dataclass(frozen=True)
 class LayerGroups:
-    """The groups of one layer: ``grouping`` applied to module ``layer``.
+    """The groups ``theta_l^1 .. theta_l^N`` of one layer: ``grouping`` applied to ``layer``.
 
-    Shapes are read from the module at every call, so a layout stays valid
-    when units are removed (the number of groups and ``P_l`` follow).
+    :meth:`matrix` stacks them as the rows of an ``N x P_l`` tensor, the
+    layout on which the penalty and the proximal step of Alvarez & Salzmann
+    2016 (``shared/seeds/002_...``) act. Shapes are read from the module at
+    every call, so a layout stays valid when units are removed (the number of
+    groups and ``P_l`` follow).
     """
 
     layer: str
@@ -383,7 +400,11 @@ def _strengths(strength: Strength, layers: Iterable[str]) -> dict[str, float]:
 
 
 def soft_threshold(a: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
-    """``S(a, b) = sign(a) (|a| - b)_+``, elementwise (Alvarez & Salzmann 2016).
+    """``S(a, b) = sign(a) (|a| - b)_+``, elementwise: the soft threshold.
+
+    The proximal operator of ``b ||.||_1`` and the inner step of the sparse
+    group lasso's proximal operator (Alvarez & Salzmann 2016,
+    ``shared/seeds/002_...``; Simon et al. 2013).
 
     Example:
         >>> soft_threshold(torch.tensor([-3.0, 0.5, 2.0]), 1.0)
@@ -457,7 +478,12 @@ def _prox(rows: torch.Tensor, t: float, beta: float, alpha: float, p: int) -> to
 
 def group_norms(model: nn.Module, groups: GroupSpec = None, *,
                 example_input: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """``||theta_l^n||_2`` of every group, ``{layer: 1-D tensor}`` (detached)."""
+    """``||theta_l^n||_2`` of every group, ``{layer: 1-D tensor}`` (detached).
+
+    The norms the group-sparsity penalty sums (Alvarez & Salzmann 2016,
+    ``shared/seeds/002_...``): ``sum_l beta_l sqrt(P_l) sum_n ||theta_l^n||_2``.
+    ``groups`` as in :func:`group_layout`.
+    """
     layout = _layout(model, groups, example_input)
     with torch.no_grad():
         return {n: torch.linalg.vector_norm(lg.matrix(model), dim=1)
@@ -504,7 +530,13 @@ def group_sparsity_penalty(model: nn.Module, strength: Strength, alpha: float = 
 
 def zero_groups(model: nn.Module, groups: GroupSpec = None, *,
                 example_input: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Indices of the groups whose every entry is exactly 0, per layer (sorted int64)."""
+    """Indices of the groups whose every entry is exactly 0, per layer (sorted int64).
+
+    ``{layer: n with theta_l^n = 0}``: the neurons (or inputs) the proximal
+    step of the sparse group lasso has switched off, the ones Alvarez &
+    Salzmann 2016 (``shared/seeds/002_...``) remove when training ends
+    (:func:`remove_zero_groups`). ``groups`` as in :func:`group_layout`.
+    """
     layout = _layout(model, groups, example_input)
     with torch.no_grad():
         return {n: (lg.matrix(model) == 0).all(dim=1).nonzero().reshape(-1).cpu()

@@ -26,6 +26,7 @@ operator and the removal of zero groups are in
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 import torch.nn as nn
@@ -38,6 +39,8 @@ __all__ = ["GroupNormScorer", "unit_groups"]
 
 def unit_groups(module: nn.Module, *, bias: bool = True) -> torch.Tensor:
     """The parameter groups ``theta^n = [w^n, b^n]`` of a layer's units, one row each.
+
+    The groups of Alvarez & Salzmann 2016 (``shared/seeds/002_...``).
 
     Row ``n`` holds unit ``n``'s incoming weights (its weight row, or its
     filter for a convolution, flattened) followed by its bias when the layer
@@ -84,7 +87,8 @@ class GroupNormScorer(UnitScorer):
 
     needs_data = False
 
-    def __init__(self, layers=None, *, bias: bool = True, normalize: bool = False, **kwargs):
+    def __init__(self, layers: Iterable[str] | None = None, *, bias: bool = True,
+                 normalize: bool = False, **kwargs):
         super().__init__(layers, **kwargs)
         if not isinstance(bias, bool) or not isinstance(normalize, bool):
             raise TypeError("bias and normalize must be True or False")
