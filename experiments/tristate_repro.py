@@ -53,7 +53,7 @@ _DEFAULTS = {"dataset": "fashion-mnist", "data_dir": "", "val_size": 5000, "limi
              "optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epochs": 15,
              "weight_decay": 0.0, "momentum": 0.0, "lr_rule": "constant",
              "eval_batch_size": 2000, "max_batches": None,
-             "lam_b": 3e-3, "lam_m": [0.1, 0.3, 1.0], "depth_weight": 0.01,
+             "lam_b": 3e-3, "lam_m": [0.3, 1.0, 3.0], "depth_weight": 0.01,
              "straight_through": [True, False],
              "threshold": 0.5,
              "select_within": 0.005}
@@ -100,8 +100,13 @@ def _check_folder(ctx: RunContext, sub: str, cfg: Mapping[str, Any]) -> None:
     eio.write_json(path, mine)
 
 
+#: settings of the tri-state runs only (a baseline does not depend on them)
+_GATE_KEYS = ("lam_b", "lam_m", "depth_weight", "straight_through", "threshold")
+
+
 def _train(cfg, ctx, data, widths, sub: str, gated: bool) -> tuple[Trainer, GateLog | None]:
-    _check_folder(ctx, sub, {**cfg, "widths": widths, "gated": gated})
+    mine = {k: v for k, v in cfg.items() if gated or k not in _GATE_KEYS}
+    _check_folder(ctx, sub, {**mine, "widths": widths, "gated": gated})
     torch.manual_seed(int(cfg["seed"]))
     model = build_model("mlp", widths=list(widths))
     callbacks: list[Callback] = []
