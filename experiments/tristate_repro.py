@@ -42,6 +42,7 @@ from .common import final_metrics, load_data
 from .models import build_model
 from .pruning import TriStateCallback
 from .registry import RunContext, register
+from .subruns import select_matched
 from .training import Callback, Trainer, TrainConfig, evaluate
 
 __all__ = ["GateLog"]
@@ -165,11 +166,9 @@ def _plot(ctx: RunContext, logs: Mapping[str, list[dict]]) -> None:
 
 def _select(points: list[dict], base_val: float, tolerance: float) -> dict:
     """The smallest finalized network whose validation accuracy is within ``tolerance`` of
-    the baseline's (else the most accurate one): chosen on validation, never on test."""
-    ok = [p for p in points if p["val_acc"] >= base_val - tolerance]
-    if ok:
-        return min(ok, key=lambda p: (p["params"], -p["val_acc"]))
-    return max(points, key=lambda p: p["val_acc"])
+    the baseline's (else the most accurate one): chosen on validation, never on test
+    (:func:`experiments.subruns.select_matched`, shared with the other grids)."""
+    return select_matched(points, base_val, tolerance)
 
 
 @register("tristate-relu",
