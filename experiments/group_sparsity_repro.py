@@ -1,0 +1,356 @@
+"""Group sparsity reproduction: learning the number of neurons (``shared/seeds/002_...``).
+
+Alvarez & Salzmann, *Learning the Number of Neurons in Deep Networks* (NeurIPS
+2016), put the parameters of each neuron in a group, ``theta_l^n = [w_l^n,
+b_l^n]``, and train with the sparse group lasso
+
+    gamma(Theta) = sum_l [ (1 - alpha) beta_l sqrt(P_l) sum_n ||theta_l^n||_2
+                           + alpha beta_l ||theta_l||_1 ]
+
+by proximal stochastic gradient descent: after each mini-batch gradient step
+of size ``t`` every group becomes
+
+    theta~ = (1 - t (1 - alpha) beta_l sqrt(P_l) / ||S(theta^, t alpha beta_l)||_2)_+
+             * S(theta^, t alpha beta_l),        S(a, b) = sign(a) (|a| - b)_+
+
+(:class:`pruners.ProximalGroupSparsity`, driven by
+:class:`experiments.pruning.GroupSparsityCallback`). "When the learning steps
+terminate, we remove the neurons whose parameters have gone to zero"
+(:func:`pruners.remove_zero_groups`, exact: the model in eval mode computes
+what it computed). They use ``alpha = 0`` (group lasso) and ``alpha = 0.5``
+(sparse group lasso), and "a relatively small [beta] for the first few
+layers, and a larger weight for the remaining layers", e.g. ``beta_l =
+0.102`` for the first three layers and ``0.255`` for the rest; they report
+up to 80% fewer parameters without accuracy loss.
+
+``group-sparsity`` runs, on Fashion-MNIST, for each network of ``networks``
+(the thesis CNN in its own setting, SGD 0.01, batch 32, 10 epochs; LeNet-5
+with plain SGD 0.05, batch 64, 10 epochs):
+
+* ``<net>/baseline/``: the unregularized run;
+* ``<net>/alpha=<a>-beta=<b>/``: the same initialization and data order
+  with the proximal step, for every ``alpha`` of ``alphas`` and every
+  ``beta`` of the network's ``strengths``. ``beta`` is the strength of the
+  later layers; the first ``first_layers`` grouped layers get ``first_ratio
+  * beta`` (0.4 = 0.102 / 0.255, the paper's ratio).
+
+Plain SGD (no momentum) makes the step exactly proximal SGD, and ``beta``
+keeps one meaning for every network: a group that is zero stays zero while
+its mini-batch gradient satisfies ``||S(g, alpha beta)||_2 <= (1 - alpha)
+beta sqrt(P)``, so ``beta`` is compared with the gradient norm per
+``sqrt(P)`` of a group. At the end of training the zero groups are removed
+(``shrunk.pt``, a checkpoint of the architecture at the learned widths),
+and the shrunk network is evaluated again on validation and test. For each
+``(network, alpha)`` the smallest shrunk network whose validation accuracy is
+within ``select_within`` (0.5 points) of the baseline's is selected
+(:func:`experiments.subruns.select_matched`); test accuracy is only
+reported. Outputs: ``summary.csv`` (every grid point and the baseline),
+``results.json`` (all numbers, the selections, the issue's LeNet-5 target),
+``accuracy_vs_params.png``; each sub-run has ``settings.json``,
+``checkpoint.pt`` (every epoch: a killed run resumes), ``history.csv``,
+``shrunk.pt`` and ``point.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+
+from pruners import (ProximalGroupSparsity, count_macs, count_params, group_layout,
+                     remove_zero_groups, zero_groups)
+
+from . import io as eio
+from .checkpoint import save_checkpoint
+from .common import final_metrics
+from .models import build_model
+from .pruning import GroupSparsityCallback
+from .registry import RunContext, register
+from .subruns import check_folder, load_data_cached, run_jobs, select_matched
+from .training import Trainer, TrainConfig, evaluate
+
+__all__ = ["PAPER", "layer_strengths", "shrunk_arch", "train_point", "max_logit_change"]
+
+#: what the source reports, for results.json and the docs
+PAPER = {"claim": "up to 80% fewer parameters without accuracy loss (ICDAR Dec3, group "
+                  "sparsity: 82.35% fewer parameters); BNet^C on ImageNet: 12% fewer "
+                  "neurons, 14% fewer parameters, +1.6% accuracy",
+         "strengths": "beta_l = 0.102 for the first three layers, 0.255 for the rest "
+                      "(ImageNet); 5.1 for the first layer, 10.2 for the rest (ICDAR)",
+         "alphas": [0.0, 0.5]}
+
+#: the issue's target for LeNet-5 (issue 7, item 3)
+TARGET = {"network": "lenet5", "min_reduction": 0.5, "max_loss_points": 0.5}
+
+_NETWORKS = {
+    # the thesis's setting (Evci 2018, Sec. 2.1): SGD 0.01, batch 32, 10 epochs
+    "thesis-cnn": {"model": "thesis_cnn", "kwargs": {}, "optimizer": "sgd", "lr": 0.01,
+                   "batch_size": 32, "epochs": 10, "strengths": [1e-3, 3e-3, 1e-2]},
+    # plain SGD, so the proximal step is exact proximal SGD (see the module docstring)
+    "lenet5": {"model": "lenet5", "kwargs": {}, "optimizer": "sgd", "lr": 0.05,
+               "batch_size": 64, "epochs": 10, "strengths": [3e-4, 1e-3, 3e-3]},
+}
+_DEFAULTS = {"dataset": "fashion-mnist", "data_dir": "", "val_size": 5000, "limit": None,
+             "data_seed": 0, "seed": 0, "networks": _NETWORKS, "alphas": [0.0, 0.5],
+             "first_ratio": 0.4, "first_layers": 1, "momentum": 0.0, "weight_decay": 0.0,
+             "lr_rule": "constant", "eval_batch_size": 2000, "max_batches": None,
+             "select_within": 0.005, "workers": 2}
+_QUICK = {"limit": 384, "eval_batch_size": 384, "workers": 1,
+          "networks": {
+              "thesis-cnn": {"model": "thesis_cnn", "kwargs": {}, "optimizer": "sgd",
+                             "lr": 0.1, "batch_size": 32, "epochs": 3,
+                             "strengths": [1e-3, 0.03, 0.3]},
+              "lenet5": {"model": "lenet5", "kwargs": {}, "optimizer": "sgd", "lr": 0.05,
+                         "batch_size": 32, "epochs": 3, "strengths": [1e-3, 0.03, 0.3]}}}
+#: settings that do not change what a sub-run trains
+_FREE = ("data_dir", "eval_batch_size", "quick", "workers", "select_within")
+_TRAIN_KEYS = ("dataset", "data_dir", "val_size", "limit", "data_seed", "seed", "momentum",
+               "weight_decay", "lr_rule", "eval_batch_size", "max_batches")
+
+
+def layer_strengths(layers: list[str], beta: float, first_ratio: float, first_layers: int
+                    ) -> dict[str, float]:
+    """``{layer: beta_l}``: ``first_ratio * beta`` for the first ``first_layers`` layers, else
+    ``beta`` (Alvarez & Salzmann 2016: "a relatively small one for the first few layers").
+
+    Example:
+        >>> layer_strengths(["conv1", "conv2", "fc1"], 1e-3, 0.4, 1)
+        {'conv1': 0.0004, 'conv2': 0.001, 'fc1': 0.001}
+    """
+    if not beta >= 0 or not first_ratio >= 0:
+        raise ValueError(f"beta and first_ratio must be >= 0, got {beta!r}, {first_ratio!r}")
+    return {n: (first_ratio * beta if i < int(first_layers) else beta) * 1.0
+            for i, n in enumerate(layers)}
+
+
+def shrunk_arch(model_name: str, kwargs: Mapping[str, Any], widths: Mapping[str, int]
+                ) -> dict[str, Any]:
+    """The :data:`experiments.models.MODELS` entry of a shrunk thesis CNN / LeNet-5.
+
+    Both factories take ``widths=(conv1, conv2)`` and ``hidden=fc1``; the
+    shrunk network is that architecture at the learned widths, so
+    ``build_model(**arch)`` followed by ``load_state_dict`` rebuilds it.
+    """
+    if model_name not in ("thesis_cnn", "lenet5"):
+        raise ValueError(f"no width map for model {model_name!r}")
+    return {"model": model_name, "kwargs": {**dict(kwargs),
+                                            "widths": [int(widths["conv1"]),
+                                                       int(widths["conv2"])],
+                                            "hidden": int(widths["fc1"])}}
+
+
+def max_logit_change(a: torch.nn.Module, b: torch.nn.Module, dataset, batch: int) -> float:
+    """``max |a(x) - b(x)|`` over ``dataset`` in eval mode (the exactness of a removal)."""
+    x = dataset.tensors[0]
+    flags = [(m, m.training) for m in (*a.modules(), *b.modules())]
+    a.eval()
+    b.eval()
+    out = 0.0
+    try:
+        with torch.no_grad():
+            for i in range(0, x.shape[0], batch):
+                out = max(out, float((a(x[i:i + batch]) - b(x[i:i + batch])).abs().max()))
+    finally:
+        for m, f in flags:
+            m.training = f
+    return out
+
+
+def _sub(alpha: float | None, beta: float | None) -> str:
+    return "baseline" if beta is None else f"alpha={alpha:g}-beta={beta:g}"
+
+
+def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | None = None,
+                beta: float | None = None) -> dict[str, Any]:
+    """Train one sub-run (``beta=None``: the baseline), remove its zero groups, evaluate.
+
+    Resumes from ``<net>/<sub>/checkpoint.pt``; writes ``history.csv``,
+    ``shrunk.pt`` (:func:`experiments.checkpoint.save_checkpoint` with
+    :func:`shrunk_arch`) and ``point.json``, and returns the point.
+    """
+    spec = cfg["networks"][net]
+    sub = f"{net}/{_sub(alpha, beta)}"
+    run = {**{k: cfg[k] for k in _TRAIN_KEYS},
+           **{k: spec[k] for k in ("model", "kwargs", "optimizer", "lr", "batch_size",
+                                   "epochs")},
+           "alpha": alpha, "beta": beta, "first_ratio": cfg["first_ratio"],
+           "first_layers": cfg["first_layers"]}
+    ctx = RunContext(out_dir, progress=False)
+    check_folder(ctx, sub, run, _FREE)
+    data = load_data_cached(cfg)
+    example = data.train.tensors[0][:1]
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_model(spec["model"], **spec["kwargs"])
+    layers = list(group_layout(model, None, example_input=example))
+    strengths = None
+    callbacks = []
+    if beta is not None:
+        strengths = layer_strengths(layers, float(beta), float(cfg["first_ratio"]),
+                                    int(cfg["first_layers"]))
+        prox = ProximalGroupSparsity(model, strengths, float(alpha), example_input=example)
+        callbacks = [GroupSparsityCallback(prox, log_every=100)]
+    trainer = Trainer(model, data.train, val_set=data.val, test_set=data.test,
+                      config=TrainConfig.from_mapping(run),
+                      arch={"model": spec["model"], "kwargs": dict(spec["kwargs"])},
+                      callbacks=callbacks, checkpoint=ctx.path(f"{sub}/checkpoint.pt"),
+                      progress=False, example_input=example)
+    resumed = trainer.epoch
+    history = trainer.fit()
+    ctx.write_csv(f"{sub}/history.csv", history)
+    if resumed < len(history):
+        ctx.log(f"{sub}: trained epochs {resumed + 1}-{len(history)}; last epoch val "
+                f"{history[-1]['val_acc']:.4f} test {history[-1]['test_acc']:.4f}, "
+                f"{sum(r['epoch_time_s'] for r in history):.0f} s training")
+
+    # "when the learning steps terminate, we remove the neurons whose parameters have gone
+    # to zero": exactly, with bias propagation of the (zero) constant they output
+    trained = trainer.model
+    zeros = {n: int(v.numel()) for n, v in
+             zero_groups(trained, None, example_input=example).items()}
+    shrunk = copy.deepcopy(trained)
+    remove_zero_groups(shrunk, example_input=example)
+    widths = {n: int(getattr(shrunk, n).weight.shape[0]) for n in layers}
+    arch = shrunk_arch(spec["model"], spec["kwargs"], widths)
+    save_checkpoint(ctx.path(f"{sub}/shrunk.pt"), shrunk, arch, epoch=trainer.epoch)
+    bs = int(cfg["eval_batch_size"])
+    val, test = evaluate(shrunk, data.val, batch_size=bs), evaluate(shrunk, data.test,
+                                                                     batch_size=bs)
+    last = final_metrics(history)
+    point = {"network": net, "alpha": alpha, "beta": beta, "strengths": strengths,
+             "sub": sub, "val_acc": val["acc"], "test_acc": test["acc"],
+             "val_loss": val["loss"], "test_loss": test["loss"],
+             "params": count_params(shrunk), "macs": count_macs(shrunk, example),
+             "widths": widths, "zero_groups": zeros, "arch": arch,
+             "trained_params": count_params(trained),
+             "trained_val_acc": last["val_acc"], "trained_test_acc": last["test_acc"],
+             "max_logit_change": max_logit_change(trained, shrunk, data.val, bs),
+             "group_penalty": history[-1].get("group_penalty"),
+             "epochs": len(history), "train_time_s": sum(r["epoch_time_s"] for r in history)}
+    eio.write_json(ctx.path(f"{sub}/point.json"), point)
+    return point
+
+
+def _plot(ctx: RunContext, out: Mapping[str, Any], tol: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    nets = list(out)
+    fig, axes = plt.subplots(2, len(nets), figsize=(5.6 * len(nets), 7.2), squeeze=False)
+    colors = {0: "C0", 1: "C1", 2: "C2", 3: "C3"}
+    for j, net in enumerate(nets):
+        entry = out[net]
+        base = entry["baseline"]
+        for row, key in ((0, "val_acc"), (1, "test_acc")):
+            ax = axes[row, j]
+            for k, (a, sel) in enumerate(entry["by_alpha"].items()):
+                pts = sel["points"]
+                ax.plot([p["params"] for p in pts], [100 * p[key] for p in pts], marker="o",
+                        ls="-", lw=1, color=colors.get(k, f"C{k}"),
+                        label=f"alpha = {a} ({'group lasso' if float(a) == 0 else 'sparse group lasso'})")
+                for p in pts:
+                    ax.annotate(f"{p['beta']:g}", (p["params"], 100 * p[key]), fontsize=7,
+                                textcoords="offset points", xytext=(4, 4))
+                s = sel["selected"]
+                ax.scatter([s["params"]], [100 * s[key]], s=160, facecolors="none",
+                           edgecolors=colors.get(k, f"C{k}"), lw=2,
+                           label=f"selected, alpha = {a}")
+            ax.scatter([base["params"]], [100 * base[key]], marker="*", s=220, color="k",
+                       zorder=5, label="unregularized")
+            if key == "val_acc":
+                ax.axhline(100 * (base["val_acc"] - tol), color="0.4", ls="--", lw=1,
+                           label=f"baseline - {100 * tol:g} points")
+            ax.set_xscale("log")
+            ax.set(xlabel="parameters after removing zero groups",
+                   ylabel=("validation" if key == "val_acc" else "test") + " accuracy (%)",
+                   title=f"{net}" + (" (selection on validation)" if row == 0 else ""))
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    ctx.save_figure(fig, "accuracy_vs_params.png")
+
+
+def _fmt_widths(w: Mapping[str, int]) -> str:
+    return "-".join(str(v) for v in w.values())
+
+
+@register("group-sparsity",
+          "Alvarez & Salzmann 2016: group lasso / sparse group lasso (alpha 0, 0.5) per neuron "
+          "by proximal SGD on the thesis CNN and LeNet-5 (Fashion-MNIST), zero neurons "
+          "removed, vs the unregularized run from the same seed",
+          defaults=_DEFAULTS, quick=_QUICK, source="002 (Alvarez & Salzmann 2016)")
+def group_sparsity(cfg: dict, ctx: RunContext) -> dict:
+    """Train every (network, alpha, beta) and the baselines; remove zero groups; select."""
+    nets = dict(cfg["networks"])
+    alphas = [float(a) for a in cfg["alphas"]]
+    for a in alphas:
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"alphas must be in [0, 1], got {a!r}")
+    tol = float(cfg["select_within"])
+    jobs = []
+    for net, spec in nets.items():
+        jobs.append({"net": net})
+        jobs += [{"net": net, "alpha": a, "beta": float(b)} for a in alphas
+                 for b in spec["strengths"]]
+    ctx.log(f"group-sparsity: {len(jobs)} sub-runs, {cfg['workers']} worker(s)")
+    points = run_jobs(train_point, [{"cfg": cfg, "out_dir": str(ctx.out_dir), **j}
+                                    for j in jobs], int(cfg["workers"]))
+    out: dict[str, Any] = {}
+    rows = []
+    for net in nets:
+        base = next(p for p in points if p["network"] == net and p["beta"] is None)
+        entry = {"baseline": base, "by_alpha": {}}
+        for a in alphas:
+            pts = [p for p in points if p["network"] == net and p["beta"] is not None
+                   and p["alpha"] == a]
+            for p in pts:
+                p["reduction"] = 1.0 - p["params"] / base["params"]
+                p["macs_reduction"] = 1.0 - p["macs"] / base["macs"]
+                p["val_change_points"] = 100 * (p["val_acc"] - base["val_acc"])
+                p["test_change_points"] = 100 * (p["test_acc"] - base["test_acc"])
+            sel = select_matched(pts, base["val_acc"], tol)
+            entry["by_alpha"][f"{a:g}"] = {"points": pts, "selected": sel}
+            ctx.log(f"{net} alpha={a:g}: selected beta={sel['beta']:g} "
+                    f"({sel['params']:,} params, {100 * sel['reduction']:.1f}% fewer, widths "
+                    f"{_fmt_widths(sel['widths'])}); val {100 * sel['val_acc']:.2f}% "
+                    f"({sel['val_change_points']:+.2f}), test {100 * sel['test_acc']:.2f}% "
+                    f"({sel['test_change_points']:+.2f}) against the baseline's "
+                    f"{100 * base['test_acc']:.2f}% with {base['params']:,} params")
+        out[net] = entry
+        rows.append(_row(net, None, base, base, False))
+        for a, e in entry["by_alpha"].items():
+            for p in e["points"]:
+                rows.append(_row(net, a, p, base, p is e["selected"]))
+    ctx.write_csv("summary.csv", rows)
+    _plot(ctx, out, tol)
+    target = None
+    if TARGET["network"] in out:
+        e = out[TARGET["network"]]
+        sels = {a: s["selected"] for a, s in e["by_alpha"].items()}
+        target = {**TARGET, "by_alpha": {
+            a: {"reduction": s["reduction"], "test_change_points": s["test_change_points"],
+                "met": bool(s["reduction"] >= TARGET["min_reduction"]
+                            and s["test_change_points"] >= -TARGET["max_loss_points"])}
+            for a, s in sels.items()}}
+        target["met"] = any(v["met"] for v in target["by_alpha"].values())
+    return {"networks": out, "alphas": alphas, "select_within": tol,
+            "first_ratio": cfg["first_ratio"], "first_layers": cfg["first_layers"],
+            "paper": PAPER, "target": target, "figures": ["accuracy_vs_params.png"]}
+
+
+def _row(net: str, alpha: str | None, p: Mapping[str, Any], base: Mapping[str, Any],
+         selected: bool) -> dict[str, Any]:
+    s = p.get("strengths") or {}
+    return {"network": net, "alpha": "" if alpha is None else alpha,
+            "beta": "" if p["beta"] is None else p["beta"],
+            "beta_first": "" if not s else next(iter(s.values())),
+            "params": p["params"], "macs": p["macs"],
+            "params_removed_pct": 100 * (1.0 - p["params"] / base["params"]),
+            "widths": _fmt_widths(p["widths"]), "val_acc": p["val_acc"],
+            "test_acc": p["test_acc"],
+            "val_change_points": 100 * (p["val_acc"] - base["val_acc"]),
+            "test_change_points": 100 * (p["test_acc"] - base["test_acc"]),
+            "max_logit_change": p["max_logit_change"], "selected": selected}

@@ -1,0 +1,192 @@
+"""The group sparsity reproduction (experiments.group_sparsity_repro), run --quick.
+
+On the installed Fashion-MNIST when it is there, else on generated IDX files.
+Every number in results.json is checked against the files the run leaves:
+each shrunk network is rebuilt from its state dict in the architecture at the
+recorded widths (a fresh ``thesis_cnn`` / ``lenet5``, strict loading), its
+parameters counted from the tensors, its MACs from the layer shapes by hand,
+its accuracies evaluated again; the full trained network (``checkpoint.pt``)
+is reloaded to check that the removed units had exactly zero groups and that
+the removal left the logits unchanged; the selection rule is applied by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_files import write_idx_dir
+from experiments.cli import main
+from experiments.common import load_data
+from experiments.models import build_model
+from experiments.training import evaluate
+import experiments.group_sparsity_repro as gs
+
+SYSTEM = Path("/usr/share/datasets/fashion-mnist")
+LAYERS = ("conv1", "conv2", "fc1")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("group_sparsity")
+    if all(any(SYSTEM.glob(f"{b}*")) for b in ("train-images-idx3-ubyte",
+                                                 "t10k-images-idx3-ubyte")):
+        data = ["--set", f"data_dir={SYSTEM}"]
+    else:
+        d = tmp_path_factory.mktemp("fmnist")
+        write_idx_dir(d, n_train=600, n_test=100, seed=1, gz=True)
+        data = ["--set", f"data_dir={d}", "--set", "val_size=100"]
+    assert main(["run", "group-sparsity", "--quick", "--out", str(out), *data]) == 0
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    return out, cfg, json.loads((out / "results.json").read_text())
+
+
+def _macs(w1: int, w2: int, hidden: int) -> int:
+    """Multiply-accumulates of the thesis CNN / LeNet-5 on 1x28x28 inputs, by hand:
+    conv 5x5 on 28x28 (24x24 outputs), pool, conv 5x5 on 12x12 (8x8), pool, 16 pixels
+    per channel into fc1, then fc2 to 10 classes."""
+    return (w1 * 1 * 25 * 24 * 24 + w2 * w1 * 25 * 8 * 8 + hidden * w2 * 16 + 10 * hidden)
+
+
+def _rebuild(model: str, widths: dict, state: dict) -> torch.nn.Module:
+    net = build_model(model, widths=[widths["conv1"], widths["conv2"]], hidden=widths["fc1"])
+    net.load_state_dict(state)  # strict: the recorded widths are the tensors' shapes
+    return net
+
+
+def _logits(net, dataset):
+    net.eval()
+    with torch.no_grad():
+        return net(dataset.tensors[0])
+
+
+def _points(res):
+    for net, entry in res["networks"].items():
+        yield net, entry["baseline"]
+        for e in entry["by_alpha"].values():
+            for p in e["points"]:
+                yield net, p
+
+
+def test_every_point_is_what_its_saved_network_gives(run):
+    out, cfg, res = run
+    data = load_data(cfg)
+    nets = res["networks"]
+    assert sorted(nets) == sorted(gs._QUICK["networks"])
+    for net, p in _points(res):
+        spec = cfg["networks"][net]
+        sub = out / net / ("baseline" if p["beta"] is None
+                           else f"alpha={p['alpha']:g}-beta={p['beta']:g}")
+        ckpt = torch.load(sub / "shrunk.pt", weights_only=True)
+        state = ckpt["state_dict"]
+        shrunk = _rebuild(spec["model"], p["widths"], state)
+        assert sum(t.numel() for t in state.values()) == p["params"]
+        assert sum(q.numel() for q in shrunk.parameters()) == p["params"]
+        w = p["widths"]
+        assert p["macs"] == _macs(w["conv1"], w["conv2"], w["fc1"])
+        assert abs(evaluate(shrunk, data.val, batch_size=256)["acc"] - p["val_acc"]) < 1e-12
+        assert abs(evaluate(shrunk, data.test, batch_size=256)["acc"] - p["test_acc"]) < 1e-12
+
+        # the full trained network: its zero groups are the removed units, and removing
+        # them changed no logit beyond float32 rounding
+        full = build_model(spec["model"], **spec["kwargs"])
+        full.load_state_dict(torch.load(sub / "checkpoint.pt", weights_only=True)["state_dict"])
+        n0 = {"conv1": full.conv1.out_channels, "conv2": full.conv2.out_channels,
+              "fc1": full.fc1.out_features}
+        for layer in LAYERS:
+            mod = getattr(full, layer)
+            rows = torch.cat([mod.weight.reshape(mod.weight.shape[0], -1),
+                              mod.bias.reshape(-1, 1)], 1)
+            zero = int((rows == 0).all(1).sum())
+            assert zero == p["zero_groups"][layer]
+            assert w[layer] == max(1, n0[layer] - zero)
+        gap = float((_logits(full, data.val) - _logits(shrunk, data.val)).abs().max())
+        assert gap < 1e-4 and p["max_logit_change"] == pytest.approx(gap, abs=1e-6)
+        assert p["trained_params"] == sum(q.numel() for q in full.parameters())
+        history = list(csv.DictReader(open(sub / "history.csv", newline="")))
+        assert len(history) == spec["epochs"]
+        assert float(history[-1]["val_acc"]) == pytest.approx(p["trained_val_acc"], abs=1e-12)
+        if p["beta"] is not None:  # the paper's advice: a smaller strength on the first layer
+            assert list(p["strengths"]) == list(LAYERS)
+            assert p["strengths"]["conv1"] == pytest.approx(cfg["first_ratio"] * p["beta"])
+            assert p["strengths"]["conv2"] == p["strengths"]["fc1"] == p["beta"]
+    # the largest strength removed units in every network; the baselines removed none
+    for net, entry in nets.items():
+        base = entry["baseline"]
+        assert base["params"] == sum(q.numel() for q in build_model(
+            cfg["networks"][net]["model"]).parameters())
+        strongest = [max(e["points"], key=lambda p: p["beta"])
+                     for e in entry["by_alpha"].values()]
+        assert all(p["params"] < base["params"] for p in strongest)
+
+
+def test_selection_rule_and_tables(run):
+    out, cfg, res = run
+    tol = res["select_within"]
+    assert tol == 0.005
+    rows = list(csv.DictReader(open(out / "summary.csv", newline="")))
+    want_rows = sum(1 + len(cfg["alphas"]) * len(s["strengths"])
+                    for s in cfg["networks"].values())
+    assert len(rows) == want_rows
+    for net, entry in res["networks"].items():
+        base = entry["baseline"]
+        assert sorted(entry["by_alpha"]) == sorted(f"{a:g}" for a in cfg["alphas"])
+        for a, e in entry["by_alpha"].items():
+            pts = e["points"]
+            assert sorted(p["beta"] for p in pts) == sorted(cfg["networks"][net]["strengths"])
+            ok = [p for p in pts if p["val_acc"] >= base["val_acc"] - tol]
+            want = (min(ok, key=lambda p: (p["params"], -p["val_acc"])) if ok
+                    else max(pts, key=lambda p: p["val_acc"]))
+            assert e["selected"] == want
+            for p in pts:
+                assert p["reduction"] == pytest.approx(1 - p["params"] / base["params"])
+                assert p["test_change_points"] == pytest.approx(
+                    100 * (p["test_acc"] - base["test_acc"]))
+            mine = [r for r in rows if r["network"] == net and r["alpha"] == a]
+            assert len(mine) == len(pts)
+            sel = [r for r in mine if r["selected"] == "True"]
+            assert len(sel) == 1 and float(sel[0]["beta"]) == want["beta"]
+            assert int(sel[0]["params"]) == want["params"]
+    t = res["target"]
+    lenet = res["networks"]["lenet5"]["by_alpha"]
+    for a, v in t["by_alpha"].items():
+        s = lenet[a]["selected"]
+        assert v["met"] == (s["reduction"] >= 0.5 and s["test_change_points"] >= -0.5)
+    assert t["met"] == any(v["met"] for v in t["by_alpha"].values())
+    assert (out / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_layer_strengths_follow_the_paper():
+    # 0.102 / 0.255 = 0.4: the paper's ImageNet setting, first three layers smaller
+    s = gs.layer_strengths([f"l{i}" for i in range(5)], 0.255, 0.4, 3)
+    assert [round(v, 6) for v in s.values()] == [0.102, 0.102, 0.102, 0.255, 0.255]
+    with pytest.raises(ValueError):
+        gs.layer_strengths(["a"], -1.0, 0.4, 1)
+    assert math.isclose(gs.layer_strengths(["a", "b"], 1.0, 0.5, 1)["a"], 0.5)
+
+
+def test_a_rerun_resumes_instead_of_retraining(run):
+    out, cfg, res = run
+    ckpts = sorted(out.glob("*/*/checkpoint.pt"))
+    assert len(ckpts) == sum(1 + len(cfg["alphas"]) * len(s["strengths"])
+                             for s in cfg["networks"].values())
+    stamps = {p: p.stat().st_mtime_ns for p in ckpts}
+    extra = ["--set", f"val_size={cfg['val_size']}"] if cfg["val_size"] != 5000 else []
+    assert main(["run", "group-sparsity", "--quick", "--out", str(out),
+                 "--set", f"data_dir={cfg['data_dir']}", *extra]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["networks"] == res["networks"]
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == stamps  # nothing was trained again
+
+def test_a_folder_with_other_settings_is_refused(run, capsys):
+    out, cfg, _ = run
+    extra = ["--set", f"val_size={cfg['val_size']}"] if cfg["val_size"] != 5000 else []
+    assert main(["run", "group-sparsity", "--quick", "--out", str(out),
+                 "--set", f"data_dir={cfg['data_dir']}", "--set", "first_ratio=0.5",
+                 *extra]) == 2
+    assert "other settings (first_ratio: 0.4 -> 0.5)" in capsys.readouterr().err
