@@ -12,6 +12,18 @@ Every scorer follows one contract (:mod:`saliency.base`)::
 
 and :data:`SCORERS` maps registry names to scorer classes; the shared tests
 and the CLI iterate over it. Lower score = less important.
+
+Dead units (Evci 2018, Sec. 3.2, Def. 3.2.1-3.2.2; docs/dead_units.md):
+
+* :func:`find_dead_units` -- flags units by each criterion (low MRP / MRS,
+  constant output ``Var(h_i) ~ 0``, constant activation, never active
+  ``APoZ_i = 1``, ReDo-dormant ``E|a_i| / mean_j E|a_j| <= tau``, zero
+  outgoing weights, frozen ``||dL/dh_i|| ~ 0``) from one forward and backward
+  pass; returns a :class:`DeadUnitReport` (per layer, per unit), thresholds
+  in :class:`DeadUnitThresholds`.
+* :class:`UnitTracker` -- MRP, MRS, output-gradient norm, ``||W_i||_1``,
+  activation moments and histograms of chosen units, every N steps on a
+  fixed probe batch, without changing training (Fig. 3.1-3.10).
 """
 
 from .base import ParameterScorer, Scorer, UnitScorer
@@ -27,6 +39,8 @@ from .switch import Switch, SwitchScorer
 from .tristate import GateScorer, TriStateReLU
 from .unit_scorers import MRS, Dormancy, Norm, UnitTaylor
 from .unit_stats import unit_statistics
+from .dead_units import EXACT_CRITERIA, DeadUnitReport, DeadUnitThresholds, find_dead_units
+from .tracking import UnitTracker
 
 #: name -> scorer class. Parameter-wise and unit-wise scorers of the thesis
 #: (Table 2.1, Table 4.1, Def. 3.1.1-3.1.2) and of the literature.
@@ -80,4 +94,9 @@ __all__ = [
     "UnsupportedArchitecture",
     "unit_means",
     "unit_statistics",
+    "find_dead_units",
+    "DeadUnitReport",
+    "DeadUnitThresholds",
+    "EXACT_CRITERIA",
+    "UnitTracker",
 ]

@@ -1,0 +1,457 @@
+"""Dead-unit detection: which units of a model are dead, by which criterion.
+
+Evci 2018 (``shared/seeds/004_...``), Sec. 3.2:
+
+* **Dead unit** (Def. 3.2.2): a unit replaceable with a constant,
+  ``MRP_i ~ 0`` (MRP is the mean replacement penalty, Def. 3.1.1). The thesis
+  names three situations that give a low MRP: (1) the unit generates a
+  constant value; (2) every value it generates is mapped to one constant by
+  the activation; (3) all its outgoing weights are zero.
+* **Frozen unit** (Def. 3.2.1): a unit that receives a negligible output
+  gradient ``dL/dh_i ~ 0`` for every sample. A unit in situation (2) on a
+  flat region of its activation is also frozen; a frozen unit need not be
+  dead (Sec. 3.4: BatchNorm can shrink the gradient of a useful unit).
+
+The thesis sets no thresholds ("thresholds depend on the number of units in
+a layer or the loss function used", Sec. 3.2), so every criterion below takes
+one as a parameter (:class:`DeadUnitThresholds`), relative to the unit's layer
+where the quantity has no natural scale. For unit ``i`` of a layer with
+output ``h`` (before the non-linearity), activation ``a`` (after its
+per-channel path: BatchNorm, activation, before pooling) over the samples
+``k`` (and positions ``p`` of a convolution's map) of the data:
+
+========================  ==========================================================  ==========
+criterion                 flags unit ``i`` when                                       default
+========================  ==========================================================  ==========
+``low_mrp``               ``MRP_i <= mrp_rel * mean_j MRP_j`` (exact MRP, optional)   0.01
+``low_mrs``               ``MRS_i <= mrs_rel * mean_j MRS_j`` (first-order MRP)       0.01
+``constant``              ``Var_{k,p}(h_i) <= var_rel * mean_j Var(h_j)`` (situation   1e-6
+                          1)
+``constant_activation``   ``Var_{k,p}(a_i) <= var_rel * mean_j Var(a_j)`` (situation   1e-6
+                          2)
+``never_active``          ``APoZ_i >= apoz``: the activation is exactly 0 on every     1.0
+                          sample and position (a ReLU that never fires; Hu et al.
+                          2016)
+``dormant@tau``           ReDo's score ``E|a_i| / mean_j E|a_j| <= tau`` (Sokar et     0, 0.025,
+                          al. 2023), one criterion per ``tau``                        0.1
+``zero_outgoing``         ``max |W_out[:, cols(i)]| <= outgoing_atol`` over every     0.0
+                          consumer (situation 3)
+``frozen``                ``G_i <= grad_rel * mean_j G_j``, ``G_i = sqrt((1/N)        1e-3
+                          sum_k ||dL_k/dh_{k,i}||^2)`` (Def. 3.2.1)
+========================  ==========================================================  ==========
+
+``never_active`` and ``dormant@0`` coincide (``E|a_i| = 0`` exactly when
+``a_i = 0`` everywhere); ReDo's larger ``tau`` also flag units that are
+almost never active.
+
+Every criterion that needs data comes from **one** forward and backward pass
+over the data: :func:`saliency.unit_statistics` gives MRS, ReDo's score,
+APoZ and the output-gradient norms, and forward hooks in the same pass
+accumulate the variances of ``h`` and ``a`` around a shift taken from the
+first sample (``Var = E[(x - c)^2] - E[x - c]^2``, so an exactly constant unit
+has a variance of exactly 0 in any dtype). Weight criteria read the weights.
+Exact MRP (:class:`saliency.MRP`, Def. 3.1.1) costs an extra pass and runs
+only with ``exact_mrp=True``.
+
+The units flagged by :data:`EXACT_CRITERIA` (constant output, never active,
+zero outgoing weights) are exactly replaceable on the data: mean replacement
+with bias propagation (:func:`pruners.remove_units` with
+``replacement="mean"``) removes them without changing the outputs, which is
+what ``python -m experiments diagnose --remove-dead`` does.
+
+Detection only measures, so it lives in :mod:`saliency` (which imports
+nothing from :mod:`pruners`); the model is never changed (parameters,
+gradients, training flags and hooks are restored, also on errors).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import iter_batches, preserved, select_layers
+from .graph import UnitGraph, trace
+from .layers import effective_tensor
+from .mrp import MRP
+from .replacement import iter_inputs
+from .unit_stats import activation, unit_statistics
+
+__all__ = ["DeadUnitThresholds", "DeadUnitReport", "find_dead_units", "criterion_names",
+           "EXACT_CRITERIA", "UNIT_STATISTICS"]
+
+#: criteria whose flagged units are exactly replaceable by a constant on the data
+EXACT_CRITERIA: tuple[str, ...] = ("constant", "never_active", "zero_outgoing")
+
+#: the per-unit statistics of a report, in table order
+UNIT_STATISTICS: tuple[str, ...] = (
+    "mean", "out_var", "out_var_rel", "act_mean", "act_var", "act_var_rel", "mrs", "mrs_rel",
+    "mrp", "mrp_rel", "redo", "apoz", "grad_norm", "grad_rel", "w_in_l1", "w_out_l1",
+    "w_out_max")
+
+
+@dataclass(frozen=True)
+class DeadUnitThresholds:
+    """Thresholds of the dead-unit criteria (see the module docstring's table).
+
+    Attributes:
+        mrp_rel: ``low_mrp`` when MRP is at most this fraction of the layer's
+            mean MRP.
+        mrs_rel: ``low_mrs``, the same for MRS.
+        var_rel: ``constant`` / ``constant_activation`` when the variance of
+            the output / activation is at most this fraction of the layer's
+            mean variance.
+        apoz: ``never_active`` when the fraction of zero activations is at
+            least this (1.0: always zero).
+        taus: ReDo's thresholds, one ``dormant@tau`` criterion each.
+        outgoing_atol: ``zero_outgoing`` when every outgoing weight is at
+            most this in absolute value.
+        grad_rel: ``frozen`` when the output-gradient norm is at most this
+            fraction of the layer's mean.
+    """
+
+    mrp_rel: float = 0.01
+    mrs_rel: float = 0.01
+    var_rel: float = 1e-6
+    apoz: float = 1.0
+    taus: tuple[float, ...] = (0.0, 0.025, 0.1)
+    outgoing_atol: float = 0.0
+    grad_rel: float = 1e-3
+
+    def __post_init__(self) -> None:
+        taus = self.taus
+        if isinstance(taus, (int, float)):
+            taus = (taus,)
+        object.__setattr__(self, "taus", tuple(float(t) for t in taus))
+        for name in ("mrp_rel", "mrs_rel", "var_rel", "outgoing_atol", "grad_rel", "apoz"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v < 0:
+                raise ValueError(f"threshold {name} must be a finite number >= 0, got {v!r}")
+        if self.apoz > 1:
+            raise ValueError(f"threshold apoz is a fraction in [0, 1], got {self.apoz!r}")
+        if not self.taus:
+            raise ValueError("taus needs at least one ReDo threshold")
+        for t in self.taus:
+            if not math.isfinite(t) or t < 0:
+                raise ValueError(f"ReDo thresholds taus must be finite and >= 0, got {t!r}")
+        if len(set(self.taus)) != len(self.taus):
+            raise ValueError(f"taus are repeated: {list(self.taus)}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "DeadUnitThresholds":
+        """Thresholds from a ``{name: value}`` dict; unknown names are an error."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown thresholds {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+
+def criterion_names(thresholds: DeadUnitThresholds | None = None,
+                    exact_mrp: bool = False) -> list[str]:
+    """The criteria a report has, in order (``low_mrp`` only with exact MRP)."""
+    th = thresholds or DeadUnitThresholds()
+    names = ["low_mrp"] if exact_mrp else []
+    names += ["low_mrs", "constant", "constant_activation", "never_active"]
+    names += [f"dormant@{t:g}" for t in th.taus]
+    names += ["zero_outgoing", "frozen"]
+    return names
+
+
+@dataclass
+class DeadUnitReport:
+    """The result of :func:`find_dead_units`: per layer, per unit.
+
+    Attributes:
+        layers: the examined producers, in forward order.
+        num_units: units per layer.
+        stats: ``{statistic: {layer: 1-D float64 tensor}}`` (see
+            :data:`UNIT_STATISTICS`; ``mrp`` / ``mrp_rel`` only with exact
+            MRP).
+        flags: ``{criterion: {layer: 1-D bool tensor}}``.
+        thresholds: the thresholds used.
+        samples: number of samples in the data.
+        loss: mean loss on the data (eval mode).
+        exact_mrp: whether exact MRP was computed.
+    """
+
+    layers: list[str]
+    num_units: dict[str, int]
+    stats: dict[str, dict[str, torch.Tensor]]
+    flags: dict[str, dict[str, torch.Tensor]]
+    thresholds: DeadUnitThresholds
+    samples: int
+    loss: float
+    exact_mrp: bool = False
+    criteria: list[str] = field(default_factory=list)
+
+    def dead(self, criteria: Iterable[str] = EXACT_CRITERIA, *, how: str = "any"
+             ) -> dict[str, torch.Tensor]:
+        """``{layer: sorted indices}`` of units flagged by ``criteria``.
+
+        ``how="any"`` (default) takes the union, ``"all"`` the intersection.
+        Layers with no such unit are left out; the result can be passed to
+        :func:`pruners.remove_units`.
+        """
+        criteria = list(criteria)
+        unknown = [c for c in criteria if c not in self.flags]
+        if unknown:
+            raise ValueError(f"unknown criteria {unknown}; this report has {self.criteria}")
+        if not criteria:
+            raise ValueError("no criterion given")
+        if how not in ("any", "all"):
+            raise ValueError(f"how must be 'any' or 'all', got {how!r}")
+        out = {}
+        for layer in self.layers:
+            masks = torch.stack([self.flags[c][layer] for c in criteria])
+            sel = masks.any(0) if how == "any" else masks.all(0)
+            if sel.any():
+                out[layer] = sel.nonzero().reshape(-1)
+        return out
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{layer: {criterion: number of flagged units}}``."""
+        return {layer: {c: int(self.flags[c][layer].sum()) for c in self.criteria}
+                for layer in self.layers}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The per-unit table: one dict per unit (layer, unit, statistics, flags)."""
+        out = []
+        for layer in self.layers:
+            for i in range(self.num_units[layer]):
+                row: dict[str, Any] = {"layer": layer, "unit": i}
+                for s in UNIT_STATISTICS:
+                    if s in self.stats:
+                        row[s] = float(self.stats[s][layer][i])
+                for c in self.criteria:
+                    row[c] = bool(self.flags[c][layer][i])
+                row["dead_by"] = [c for c in self.criteria if row[c]]
+                out.append(row)
+        return out
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One dict per layer: units, flagged units per criterion, exactly removable."""
+        exact = self.dead(EXACT_CRITERIA)
+        counts = self.counts()
+        return [{"layer": layer, "units": self.num_units[layer], **counts[layer],
+                 "exactly_removable": int(exact[layer].numel()) if layer in exact else 0}
+                for layer in self.layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON values."""
+        th = asdict(self.thresholds)
+        th["taus"] = list(th["taus"])
+        return {"thresholds": th, "samples": self.samples,
+                "loss": self.loss, "exact_mrp": self.exact_mrp, "criteria": list(self.criteria),
+                "exact_criteria": list(EXACT_CRITERIA), "layers": self.summary(),
+                "units": self.rows()}
+
+    def __str__(self) -> str:
+        cols = ["units", *self.criteria]
+        width = max(len(n) for n in self.layers + ["layer"]) + 2
+        head = f"{'layer':<{width}}" + "".join(f"{c:>{max(len(c), 5) + 2}}" for c in cols)
+        lines = [head]
+        for row in self.summary():
+            lines.append(f"{row['layer']:<{width}}" + "".join(
+                f"{row[c]:>{max(len(c), 5) + 2}}" for c in cols))
+        return "\n".join(lines)
+
+
+def _relative(x: torch.Tensor) -> torch.Tensor:
+    """``x / mean(x)`` over the layer (0 where the whole layer is 0)."""
+    mean = x.mean()
+    return x / mean if mean > 0 else torch.zeros_like(x)
+
+
+class _ShiftedMoments:
+    """Forward hooks accumulating ``sum (x - c)`` and ``sum (x - c)^2`` per unit.
+
+    ``x`` is a producer's output ``h`` and its activation ``a``; ``c`` is the
+    first sample's value at the first position (so an exactly constant unit
+    gives exactly 0). Sums over positions run in the model's dtype, across
+    batches in float64.
+    """
+
+    def __init__(self, model: nn.Module, graph: UnitGraph, layers: Sequence[str]):
+        self.model, self.graph = model, graph
+        self.sums: dict[tuple[str, str], list] = {}
+        self.count: dict[str, int] = {}
+        self.handles = [model.get_submodule(n).register_forward_hook(self._hook(n))
+                        for n in layers]
+
+    def _hook(self, name: str) -> Callable:
+        edges = self.graph.producers[name].edges
+
+        def hook(_m, _inp, out):
+            with torch.no_grad():
+                h = out.detach()
+                a = activation(self.model, edges[0].path, h) if edges else h
+                for kind, x in (("h", h), ("a", a)):
+                    self._add(name, kind, x)
+                self.count[name] = self.count.get(name, 0) + h.numel() // h.shape[1]
+        return hook
+
+    def _add(self, name: str, kind: str, x: torch.Tensor) -> None:
+        b, c = x.shape[0], x.shape[1]
+        flat = x.reshape(b, c, -1)
+        key = (name, kind)
+        if key not in self.sums:
+            self.sums[key] = [flat[0, :, 0].clone(), None, None]
+        entry = self.sums[key]
+        d = flat - entry[0][None, :, None]
+        s1 = d.sum((0, 2), dtype=torch.float64)
+        s2 = d.square_().sum((0, 2), dtype=torch.float64)
+        entry[1] = s1 if entry[1] is None else entry[1] + s1
+        entry[2] = s2 if entry[2] is None else entry[2] + s2
+
+    def remove(self) -> None:
+        for hd in self.handles:
+            hd.remove()
+
+    def moments(self, name: str, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance (float64) of ``h`` (kind "h") or ``a`` (kind "a")."""
+        shift, s1, s2 = self.sums[(name, kind)]
+        n = self.count[name]
+        m1 = s1 / n
+        var = (s2 / n - m1 * m1).clamp_min(0)
+        return shift.to(torch.float64) + m1, var
+
+
+def _weight_stats(model: nn.Module, graph: UnitGraph, name: str) -> dict[str, torch.Tensor]:
+    w = effective_tensor(model.get_submodule(name), "weight").detach()
+    n = w.shape[0]
+    w_in = w.reshape(n, -1).abs().sum(1, dtype=torch.float64)
+    w_out = torch.zeros(n, dtype=torch.float64)
+    w_max = torch.zeros(n, dtype=torch.float64)
+    idx = torch.arange(n)
+    for edge in graph.producers[name].edges:
+        cw = effective_tensor(model.get_submodule(edge.consumer), "weight").detach()
+        cols = edge.columns(idx)
+        block = cw.index_select(1, cols.to(cw.device)).abs().to(torch.float64)
+        # (out, n * block, ...) -> per producer unit
+        block = block.transpose(0, 1).reshape(n, edge.block, cw.shape[0], -1)
+        w_out += block.sum((1, 2, 3))
+        w_max = torch.maximum(w_max, block.amax((1, 2, 3)))
+    return {"w_in_l1": w_in, "w_out_l1": w_out, "w_out_max": w_max}
+
+
+def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] | None = None,
+                    loss_fn: Callable = F.cross_entropy,
+                    thresholds: DeadUnitThresholds | Mapping[str, Any] | None = None,
+                    exact_mrp: bool = False, example_input: torch.Tensor | None = None,
+                    exclude: Iterable[str] = ()) -> DeadUnitReport:
+    """Flag the dead, dormant and frozen units of ``model`` on ``data``.
+
+    See the module docstring for the criteria (thesis Def. 3.2.1-3.2.2, ReDo,
+    APoZ) and their defaults. One forward and backward pass over ``data``
+    gives every criterion but ``low_mrp``; ``exact_mrp=True`` adds the exact
+    MRP (Def. 3.1.1) in a second pass.
+
+    Args:
+        model: the model (evaluated in eval mode, never changed).
+        data: an iterable of ``(inputs, targets)`` batches.
+        layers: producers to examine (default: every prunable one of
+            :func:`saliency.trace`).
+        loss_fn: ``loss_fn(output, target, reduction="none")``.
+        thresholds: a :class:`DeadUnitThresholds` or a dict of its fields.
+        exact_mrp: also compute the exact MRP and the ``low_mrp`` criterion.
+        example_input: an input batch to trace with (default: the first batch).
+        exclude: producers left out of the graph (see :func:`saliency.trace`).
+
+    Returns:
+        A :class:`DeadUnitReport`.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+        >>> with torch.no_grad():
+        ...     net[2].weight[:, 1] = 0           # unit 1 has no outgoing weight
+        >>> data = [(torch.randn(64, 4), torch.randint(0, 3, (64,)))]
+        >>> report = find_dead_units(net, data)
+        >>> report.dead(["zero_outgoing"])["0"].tolist()
+        [1]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if thresholds is None:
+        th = DeadUnitThresholds()
+    elif isinstance(thresholds, DeadUnitThresholds):
+        th = thresholds
+    elif isinstance(thresholds, Mapping):
+        th = DeadUnitThresholds.from_mapping(thresholds)
+    else:
+        raise TypeError(f"thresholds must be DeadUnitThresholds or a dict, got "
+                        f"{type(thresholds).__name__}")
+    if data is None:
+        raise ValueError("find_dead_units needs data: an iterable of (inputs, targets) batches")
+    if iter(data) is data:
+        data = list(data)
+    next(iter_batches(data))  # fail early on empty or malformed data
+    example = example_input if example_input is not None else next(iter_inputs(data))
+    graph = trace(model, example, exclude=exclude)
+    names = select_layers(model, graph, None if layers is None else list(layers))
+
+    total = {"loss": 0.0}
+
+    def counting_loss(out, y, reduction="mean"):
+        loss = loss_fn(out, y, reduction=reduction)
+        if reduction == "none":
+            total["loss"] += float(loss.detach().sum())
+        return loss
+
+    with preserved(model):
+        moments = _ShiftedMoments(model, graph, names)
+        try:
+            st = unit_statistics(model, graph, names, data, counting_loss,
+                                 stats=["mean", "mrs", "dormancy", "apoz", "grad_norm"])
+        finally:
+            moments.remove()
+    samples = sum(int(x.shape[0]) for x in iter_inputs(data))
+    stats: dict[str, dict[str, torch.Tensor]] = {s: {} for s in UNIT_STATISTICS}
+    for name in names:
+        _, out_var = moments.moments(name, "h")
+        act_mean, act_var = moments.moments(name, "a")
+        stats["mean"][name] = st["mean"][name]
+        stats["out_var"][name] = out_var
+        stats["out_var_rel"][name] = _relative(out_var)
+        stats["act_mean"][name] = act_mean
+        stats["act_var"][name] = act_var
+        stats["act_var_rel"][name] = _relative(act_var)
+        stats["mrs"][name] = st["mrs"][name]
+        stats["mrs_rel"][name] = _relative(st["mrs"][name])
+        stats["redo"][name] = st["dormancy"][name]
+        stats["apoz"][name] = st["apoz"][name]
+        stats["grad_norm"][name] = st["grad_norm"][name]
+        stats["grad_rel"][name] = _relative(st["grad_norm"][name])
+        for key, val in _weight_stats(model, graph, name).items():
+            stats[key][name] = val
+    if exact_mrp:
+        mrp = MRP(layers=names, exclude=exclude, example_input=example).score(model, data, loss_fn)
+        for name in names:
+            stats["mrp"][name] = mrp[name].to(torch.float64)
+            stats["mrp_rel"][name] = _relative(stats["mrp"][name])
+    else:
+        del stats["mrp"], stats["mrp_rel"]
+
+    criteria = criterion_names(th, exact_mrp)
+    flags: dict[str, dict[str, torch.Tensor]] = {c: {} for c in criteria}
+    for name in names:
+        if exact_mrp:
+            flags["low_mrp"][name] = stats["mrp_rel"][name] <= th.mrp_rel
+        flags["low_mrs"][name] = stats["mrs_rel"][name] <= th.mrs_rel
+        flags["constant"][name] = stats["out_var_rel"][name] <= th.var_rel
+        flags["constant_activation"][name] = stats["act_var_rel"][name] <= th.var_rel
+        flags["never_active"][name] = stats["apoz"][name] >= th.apoz
+        for t in th.taus:
+            flags[f"dormant@{t:g}"][name] = stats["redo"][name] <= t
+        flags["zero_outgoing"][name] = stats["w_out_max"][name] <= th.outgoing_atol
+        flags["frozen"][name] = stats["grad_rel"][name] <= th.grad_rel
+    return DeadUnitReport(
+        layers=list(names), num_units={n: graph.producers[n].num_units for n in names},
+        stats=stats, flags=flags, thresholds=th, samples=samples,
+        loss=total["loss"] / max(samples, 1), exact_mrp=bool(exact_mrp), criteria=criteria)
