@@ -25,11 +25,15 @@ Public names:
   strategies, garbage collection, :func:`fold_switches`.
 * :func:`prepare_for` -- insert the layers a scorer reads (switches,
   tri-state ReLUs).
+* :class:`LRAttack`, :func:`attack_steps` -- learning-rate attacks (Evci
+  2018, Sec. 3.3): on steps ``start + r * interval + j`` the update of chosen
+  units is scaled, ``p <- p_old + m (p_new - p_old)``, for any optimizer.
 """
 
 from saliency.graph import UnitGraph, UnsupportedArchitecture, trace
 
 from . import schedules
+from .attacks import LRAttack, attack_steps
 from .cleanup import nonzero_fractions, remove_sparse_units, sparse_units
 from .group_sparsity import (GROUPINGS, Grouping, LayerGroups, ProximalGroupSparsity,
                              group_layout, group_norms, group_sparsity_penalty,
@@ -83,4 +87,6 @@ __all__ = [
     "clip_gates",
     "binarize_gates",
     "finalize_tristate",
+    "LRAttack",
+    "attack_steps",
 ]
