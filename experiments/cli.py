@@ -1,4 +1,4 @@
-"""Command line: ``python -m experiments list | run NAME | sweep NAME | demo``."""
+"""Command line: ``python -m experiments list | run NAME | sweep NAME | demo | diagnose CKPT``."""
 
 from __future__ import annotations
 
@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars (default: when stderr is a terminal)")
     p_demo.set_defaults(func=_cmd_demo)
+    from . import diagnose
+    p_diag = sub.add_parser(
+        "diagnose", help="dead, dormant and frozen units of a checkpoint on a data set; "
+                         "optionally remove them exactly (--remove-dead OUT.pt)")
+    diagnose.add_arguments(p_diag)
+    p_diag.set_defaults(func=diagnose.run_from_args)
     try:
         from . import sweep
     except ImportError:  # pragma: no cover - sweep is part of the package

@@ -1,0 +1,221 @@
+"""``python -m experiments diagnose``: end to end on a checkpoint the test trains, JSON equal
+to the library's report, exact removal of planted constant units, and one clear error with
+its exit code for every bad checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from data_files import write_idx_dir
+from experiments.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from experiments.cli import main
+from experiments.diagnose import EXIT_CODES, load_data
+from experiments.models import build_model
+from experiments.training import Trainer, TrainConfig
+from saliency import find_dead_units
+
+PNG = b"\x89PNG\r\n\x1a\n"
+DATA = ["--data", "fashion-mnist", "--val-size", "100", "--samples", "80", "--batch-size", "40"]
+
+
+class Evil:
+    """Unpickling this runs a shell command (what weights_only loading must refuse)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A thesis CNN trained a few steps on generated Fashion-MNIST, with planted dead units."""
+    root = tmp_path_factory.mktemp("diagnose")
+    write_idx_dir(root / "fmnist", n_train=300, n_test=40, seed=2, gz=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASHION_MNIST_DIR", str(root / "fmnist"))
+        from experiments.datasets import get_dataset
+        splits = get_dataset("fashion-mnist", val_size=100)
+    torch.manual_seed(0)
+    model = build_model("thesis_cnn")
+    Trainer(model, splits.train, config=TrainConfig(epochs=1, batch_size=32, lr=0.05)).fit()
+    with torch.no_grad():
+        model.conv1.weight[2] = 0.0          # constant filter: outputs 0.3 everywhere
+        model.conv1.bias[2] = 0.3
+        model.fc1.weight[:, 5 * 16:6 * 16] = 0.0   # conv2 unit 5: no outgoing weight
+        model.fc1.bias[9] = -1e3             # fc1 unit 9: never active
+    ckpt = root / "model.pt"
+    save_checkpoint(ckpt, model, {"model": "thesis_cnn", "kwargs": {}}, epoch=1)
+    plain = root / "plain.pt"
+    torch.save(model.state_dict(), plain)
+    return root, ckpt, plain
+
+
+@pytest.fixture
+def env(trained, monkeypatch):
+    root = trained[0]
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(root / "fmnist"))
+    return trained
+
+
+def _run(args, capsys):
+    code = main(["diagnose", *args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_end_to_end_json_matches_the_library_and_removal_is_exact(env, tmp_path, capsys):
+    root, ckpt, _ = env
+    out, smaller = tmp_path / "diag", tmp_path / "smaller.pt"
+    code, stdout, err = _run([str(ckpt), *DATA, "--out", str(out), "--remove-dead",
+                              str(smaller)], capsys)
+    assert code == 0, err
+    for name in ("report.json", "units.csv", "layers.csv", "statistics.png", "criteria.png"):
+        assert (out / name).exists(), name
+    assert (out / "statistics.png").read_bytes()[:8] == PNG
+    assert (out / "criteria.png").read_bytes()[:8] == PNG
+    rep = json.loads((out / "report.json").read_text())
+    # the library function on the same model and data gives the same report
+    model = model_from_checkpoint(load_checkpoint(ckpt))
+    data, _ = load_data("fashion-mnist", val_size=100, samples=80, batch_size=40)
+    lib = find_dead_units(model, data).to_dict()
+    assert rep["criteria"] == lib["criteria"] and rep["thresholds"] == lib["thresholds"]
+    assert len(rep["units"]) == len(lib["units"]) == 8 + 16 + 64
+    for a, b in zip(rep["units"], lib["units"]):
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(b[k], float):
+                assert a[k] == pytest.approx(b[k], rel=1e-12, abs=1e-15), (a["layer"], a["unit"], k)
+            else:
+                assert a[k] == b[k], (a["layer"], a["unit"], k)
+    for a, b in zip(rep["layers"], lib["layers"]):
+        assert {k: a[k] for k in b} == b
+    assert rep["samples"] == 80 and rep["loss"] == pytest.approx(lib["loss"], rel=1e-12)
+    # the planted units are found and removed, exactly
+    flagged = {(r["layer"], r["unit"]) for r in rep["units"]
+               if {"constant", "never_active", "zero_outgoing"} & set(r["dead_by"])}
+    assert {("conv1", 2), ("conv2", 5), ("fc1", 9)} <= flagged
+    removal = rep["removal"]
+    assert removal["removed"] == len(flagged)
+    assert removal["max_output_deviation"] <= 1e-6
+    assert abs(removal["loss_change"]) <= 1e-6
+    small = model_from_checkpoint(load_checkpoint(smaller))
+    assert sum(p.numel() for p in small.parameters()) == removal["params_after"]
+    assert small.conv1.out_channels == 8 - sum(1 for l, _ in flagged if l == "conv1")
+    model.eval(), small.eval()
+    with torch.no_grad():
+        for x, _ in data:
+            assert float((small(x) - model(x)).abs().max()) <= 1e-6
+    # savings per layer: removing a layer's units alone (the producer's rows, its consumer's columns)
+    conv1 = next(r for r in rep["layers"] if r["layer"] == "conv1")
+    n1 = conv1["removed"]
+    assert conv1["params_saved"] == n1 * (25 + 1) + n1 * 16 * 25
+    assert "max output deviation" in stdout and "total" in stdout
+    with open(out / "units.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 88 and rows[2]["dead_by"].split(";")[:1] == ["low_mrs"]
+
+
+def test_plain_state_dict_with_a_factory(env, tmp_path, capsys):
+    root, ckpt, plain = env
+    out, smaller = tmp_path / "d", tmp_path / "s.pt"
+    code, _, err = _run([str(plain), *DATA, "--out", str(out), "--model",
+                         "experiments.models:thesis_cnn", "--remove-dead", str(smaller),
+                         "--no-plots"], capsys)
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["checkpoint_kind"] == "state_dict"
+    assert not (out / "statistics.png").exists() and "statistics.png" not in rep["files"]
+    harness = json.loads  # the same numbers as for the harness checkpoint of the same model
+    code, _, _ = _run([str(ckpt), *DATA, "--out", str(tmp_path / "h"), "--no-plots"], capsys)
+    assert code == 0
+    other = harness((tmp_path / "h" / "report.json").read_text())
+    assert rep["units"] == other["units"]
+    # the smaller file is a plain state dict again, reloadable with --resize
+    state = torch.load(smaller, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    code, _, err = _run([str(smaller), *DATA, "--out", str(tmp_path / "again"), "--model",
+                         "thesis_cnn", "--resize", "--no-plots"], capsys)
+    assert code == 0, err
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["removal"]["removed"] == 0  # nothing exactly removable is left
+
+
+def _bad(env, tmp_path, capsys, args, kind, needle):
+    code, _, err = _run(args + DATA + ["--out", str(tmp_path / "x")], capsys)
+    assert code == EXIT_CODES[kind], err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert needle in err, err
+    assert not (tmp_path / "x" / "report.json").exists()
+    return err
+
+
+def test_every_bad_checkpoint_is_one_clear_error(env, tmp_path, capsys):
+    root, ckpt, plain = env
+    _bad(env, tmp_path, capsys, [str(tmp_path / "nope.pt")], "missing", "does not exist")
+    data = ckpt.read_bytes()
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(data[: len(data) // 2])
+    _bad(env, tmp_path, capsys, [str(trunc)], "unreadable", "truncated, corrupt")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    _bad(env, tmp_path, capsys, [str(empty)], "unreadable", "cannot read checkpoint")
+    notckpt = tmp_path / "list.pt"
+    torch.save([1, 2, 3], notckpt)
+    _bad(env, tmp_path, capsys, [str(notckpt)], "unreadable", "not a checkpoint")
+    # a plain state dict needs a factory, and the factory must match it
+    _bad(env, tmp_path, capsys, [str(plain)], "usage", "pass --model module:factory")
+    _bad(env, tmp_path, capsys, [str(plain), "--model", "thesis_cnn", "--model-kwargs",
+                                 '{"hidden": 32}'], "mismatch",
+         "fc1.weight is (64, 256) in the checkpoint but (32, 256)")
+    _bad(env, tmp_path, capsys, [str(plain), "--model", "experiments.models:mlp",
+                                 "--model-kwargs", '{"widths": [784, 10]}'], "mismatch",
+         "unexpected ['conv1.bias', 'conv1.weight'")
+    _bad(env, tmp_path, capsys, [str(plain), "--model", "no_such_module:f"], "usage",
+         "cannot import module 'no_such_module'")
+    _bad(env, tmp_path, capsys, [str(plain), "--model", "thesis_cnn", "--model-kwargs",
+                                 '{"nope": 1}'], "mismatch", "failed")
+    # a harness checkpoint whose architecture does not match its weights
+    ck = load_checkpoint(ckpt)
+    wrong = tmp_path / "wrong.pt"
+    save_checkpoint(wrong, model_from_checkpoint(ck), {"model": "mlp",
+                                                       "kwargs": {"widths": [784, 10]}})
+    _bad(env, tmp_path, capsys, [str(wrong)], "mismatch", "the model has no module")
+    # a model that does not take the data set's inputs
+    cifar = tmp_path / "cifar.pt"
+    save_checkpoint(cifar, build_model("thesis_cifar_cnn"), {"model": "thesis_cifar_cnn",
+                                                              "kwargs": {}})
+    _bad(env, tmp_path, capsys, [str(cifar)], "mismatch", "does not run on fashion-mnist")
+    # bad options
+    _bad(env, tmp_path, capsys, [str(ckpt), "--remove-by", "nope"], "usage",
+         "unknown criteria ['nope']")
+    _bad(env, tmp_path, capsys, [str(ckpt), "--threshold", "nope=1"], "usage",
+         "unknown thresholds")
+    _bad(env, tmp_path, capsys, [str(ckpt), "--remove-dead", str(ckpt)], "usage",
+         "must not overwrite")
+    assert load_checkpoint(ckpt)["format"]  # untouched
+
+
+def test_a_pickle_that_would_run_code_is_refused(env, tmp_path, capsys):
+    marker = tmp_path / "hacked"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": Evil(marker)}, evil)
+    err = _bad(env, tmp_path, capsys, [str(evil)], "refused", "posix.system")
+    assert "could run code" in err
+    assert not marker.exists()
+    # the same in a fresh process: exit code 5, one line, nothing ran
+    proc = subprocess.run([sys.executable, "-m", "experiments", "diagnose", str(evil), *DATA],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "FASHION_MNIST_DIR": str(env[0] / "fmnist")})
+    assert proc.returncode == EXIT_CODES["refused"]
+    assert proc.stderr.startswith("error: refused") and "Traceback" not in proc.stderr
+    assert not marker.exists()
