@@ -9,3 +9,4 @@ from . import tristate_repro  # noqa: F401
 from . import shrinknets_regression  # noqa: F401
 from . import group_sparsity_repro  # noqa: F401
 from . import width_methods  # noqa: F401
+from . import attack_repro  # noqa: F401
