@@ -25,7 +25,8 @@ up to 80% fewer parameters without accuracy loss.
 
 ``group-sparsity`` runs, on Fashion-MNIST, for each network of ``networks``
 (the thesis CNN in its own setting, SGD 0.01, batch 32, 10 epochs; LeNet-5
-with plain SGD 0.1, batch 128, 6 epochs):
+with plain SGD 0.1, batch 128, 6 epochs, the rate multiplied by 0.1 after
+epoch 4 (:class:`StepDecay`)):
 
 * ``<net>/baseline/``: the unregularized run;
 * ``<net>/alpha=<a>-beta=<b>/``: the same initialization and data order
@@ -68,9 +69,9 @@ from .models import build_model
 from .pruning import GroupSparsityCallback
 from .registry import RunContext, register
 from .subruns import check_folder, load_data_cached, run_jobs, select_matched
-from .training import Trainer, TrainConfig, evaluate
+from .training import Callback, Trainer, TrainConfig, evaluate
 
-__all__ = ["PAPER", "layer_strengths", "shrunk_arch", "train_point", "max_logit_change"]
+__all__ = ["PAPER", "TARGET", "StepDecay", "layer_strengths", "shrunk_arch", "train_point", "max_logit_change"]
 
 #: what the source reports, for results.json and the docs
 PAPER = {"claim": "up to 80% fewer parameters without accuracy loss (ICDAR Dec3, group "
@@ -87,9 +88,11 @@ _NETWORKS = {
     # the thesis's setting (Evci 2018, Sec. 2.1): SGD 0.01, batch 32, 10 epochs
     "thesis-cnn": {"model": "thesis_cnn", "kwargs": {}, "optimizer": "sgd", "lr": 0.01,
                    "batch_size": 32, "epochs": 10, "strengths": [1.5e-4, 2.5e-4, 4e-4]},
-    # plain SGD, so the proximal step is exact proximal SGD (see the module docstring)
+    # plain SGD, so the proximal step is exact proximal SGD (see the module docstring);
+    # the learning rate multiplied by 0.1 after epoch 4, as the paper's schedules do
     "lenet5": {"model": "lenet5", "kwargs": {}, "optimizer": "sgd", "lr": 0.1,
-               "batch_size": 128, "epochs": 6, "strengths": [1e-4, 3e-4, 1e-3]},
+               "batch_size": 128, "epochs": 6, "lr_steps": {"4": 0.1},
+               "strengths": [1e-4, 3e-4, 1e-3]},
 }
 _DEFAULTS = {"dataset": "fashion-mnist", "data_dir": "", "val_size": 5000, "limit": None,
              "data_seed": 0, "seed": 0, "networks": _NETWORKS, "alphas": [0.0, 0.5],
@@ -102,11 +105,47 @@ _QUICK = {"limit": 384, "eval_batch_size": 384, "workers": 1,
                              "lr": 0.1, "batch_size": 32, "epochs": 3,
                              "strengths": [1e-3, 0.03, 0.3]},
               "lenet5": {"model": "lenet5", "kwargs": {}, "optimizer": "sgd", "lr": 0.05,
-                         "batch_size": 32, "epochs": 3, "strengths": [1e-3, 0.03, 0.3]}}}
+                         "batch_size": 32, "epochs": 3, "lr_steps": {"2": 0.1},
+                         "strengths": [1e-3, 0.03, 0.3]}}}
 #: settings that do not change what a sub-run trains
 _FREE = ("data_dir", "eval_batch_size", "quick", "workers", "select_within")
 _TRAIN_KEYS = ("dataset", "data_dir", "val_size", "limit", "data_seed", "seed", "momentum",
                "weight_decay", "lr_rule", "eval_batch_size", "max_batches")
+
+
+class StepDecay(Callback):
+    """Multiply the learning rate by ``factor`` after the epochs of ``steps`` (``{epoch: factor}``).
+
+    The schedule of Alvarez & Salzmann 2016 (``shared/seeds/002_...``): "the
+    learning rate was initialized by 0.01 and then multiplied by 0.1". The
+    rate after epoch ``e`` is ``lr_0 * prod_{e' <= e} factor_{e'}``; the
+    proximal step reads it from the optimizer, so its threshold ``t (1 -
+    alpha) beta_l sqrt(P_l)`` falls with it and the surviving groups re-fit
+    with little shrinkage while the zeroed ReLU units stay zero. The rate is
+    part of the trainer's checkpoint, so a resumed run continues on it.
+
+    Example:
+        >>> [StepDecay({"4": 0.1}).rate(0.1, e) for e in (0, 3, 4, 6)]
+        [0.1, 0.1, 0.010000000000000002, 0.010000000000000002]
+    """
+
+    def __init__(self, steps: Mapping[Any, float]):
+        self.steps = {int(k): float(v) for k, v in dict(steps or {}).items()}
+        for e, f in self.steps.items():
+            if e < 1 or not f > 0:
+                raise ValueError(f"lr_steps needs epochs >= 1 and factors > 0, got {steps!r}")
+
+    def rate(self, lr0: float, epoch: int) -> float:
+        """The learning rate after ``epoch`` epochs."""
+        out = float(lr0)
+        for e in sorted(self.steps):
+            if e <= epoch:
+                out *= self.steps[e]
+        return out
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        if trainer.epoch in self.steps:
+            trainer.set_lr(self.rate(trainer.config.lr, trainer.epoch))
 
 
 def layer_strengths(layers: list[str], beta: float, first_ratio: float, first_layers: int
@@ -173,7 +212,7 @@ def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | N
     sub = f"{net}/{_sub(alpha, beta)}"
     run = {**{k: cfg[k] for k in _TRAIN_KEYS},
            **{k: spec[k] for k in ("model", "kwargs", "optimizer", "lr", "batch_size",
-                                   "epochs")},
+                                   "epochs")}, "lr_steps": dict(spec.get("lr_steps") or {}),
            "alpha": alpha, "beta": beta, "first_ratio": cfg["first_ratio"],
            "first_layers": cfg["first_layers"]}
     ctx = RunContext(out_dir, progress=False)
@@ -184,12 +223,12 @@ def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | N
     model = build_model(spec["model"], **spec["kwargs"])
     layers = list(group_layout(model, None, example_input=example))
     strengths = None
-    callbacks = []
+    callbacks: list[Callback] = [StepDecay(run["lr_steps"])]
     if beta is not None:
         strengths = layer_strengths(layers, float(beta), float(cfg["first_ratio"]),
                                     int(cfg["first_layers"]))
         prox = ProximalGroupSparsity(model, strengths, float(alpha), example_input=example)
-        callbacks = [GroupSparsityCallback(prox, log_every=100)]
+        callbacks.append(GroupSparsityCallback(prox, log_every=100))
     trainer = Trainer(model, data.train, val_set=data.val, test_set=data.test,
                       config=TrainConfig.from_mapping(run),
                       arch={"model": spec["model"], "kwargs": dict(spec["kwargs"])},

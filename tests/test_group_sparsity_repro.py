@@ -110,6 +110,10 @@ def test_every_point_is_what_its_saved_network_gives(run):
         assert p["trained_params"] == sum(q.numel() for q in full.parameters())
         history = list(csv.DictReader(open(sub / "history.csv", newline="")))
         assert len(history) == spec["epochs"]
+        steps = {int(k): v for k, v in (spec.get("lr_steps") or {}).items()}
+        for row in history:  # the rate used in epoch e: lr_0 times the factors of epochs < e
+            want = spec["lr"] * math.prod(f for k, f in steps.items() if k < int(row["epoch"]))
+            assert float(row["lr"]) == pytest.approx(want, rel=1e-12)
         assert float(history[-1]["val_acc"]) == pytest.approx(p["trained_val_acc"], abs=1e-12)
         if p["beta"] is not None:  # the paper's advice: a smaller strength on the first layer
             assert list(p["strengths"]) == list(LAYERS)
