@@ -42,6 +42,7 @@ from .common import final_metrics, load_data
 from .models import build_model
 from .pruning import TriStateCallback
 from .registry import RunContext, register
+from .subruns import check_folder, select_matched
 from .subruns import select_matched
 from .training import Callback, Trainer, TrainConfig, evaluate
 
@@ -87,27 +88,13 @@ class GateLog(Callback):
         self.rows = [dict(r) for r in state.get("rows", [])]
 
 
-def _check_folder(ctx: RunContext, sub: str, cfg: Mapping[str, Any]) -> None:
-    path = ctx.path(f"{sub}/settings.json")
-    mine = eio.to_jsonable({k: v for k, v in cfg.items() if k not in _FREE})
-    if ctx.path(f"{sub}/checkpoint.pt").exists() and path.exists():
-        theirs = eio.read_json(path)
-        differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-        if differ:
-            what = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ)
-            raise ValueError(f"{ctx.path(sub)} holds a run with other settings ({what}); rerun "
-                             "it as it was, pass another --out, or delete the folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    eio.write_json(path, mine)
-
-
 #: settings of the tri-state runs only (a baseline does not depend on them)
 _GATE_KEYS = ("lam_b", "lam_m", "depth_weight", "straight_through", "threshold")
 
 
 def _train(cfg, ctx, data, widths, sub: str, gated: bool) -> tuple[Trainer, GateLog | None]:
     mine = {k: v for k, v in cfg.items() if gated or k not in _GATE_KEYS}
-    _check_folder(ctx, sub, {**mine, "widths": widths, "gated": gated})
+    check_folder(ctx, sub, {**mine, "widths": widths, "gated": gated}, free=_FREE)
     torch.manual_seed(int(cfg["seed"]))
     model = build_model("mlp", widths=list(widths))
     callbacks: list[Callback] = []
@@ -162,13 +149,6 @@ def _plot(ctx: RunContext, logs: Mapping[str, list[dict]]) -> None:
         axes[1, j].legend(fontsize=8)
     fig.tight_layout()
     ctx.save_figure(fig, "widths.png")
-
-
-def _select(points: list[dict], base_val: float, tolerance: float) -> dict:
-    """The smallest finalized network whose validation accuracy is within ``tolerance`` of
-    the baseline's (else the most accurate one): chosen on validation, never on test
-    (:func:`experiments.subruns.select_matched`, shared with the other grids)."""
-    return select_matched(points, base_val, tolerance)
 
 
 @register("tristate-relu",
@@ -233,7 +213,7 @@ def tristate_relu(cfg: dict, ctx: RunContext) -> dict:
                     f"({point['reduction']:.2f}x fewer), widths {report.widths}, identity "
                     f"layers {[k for k, d in report.depth.items() if d == 1]}, merged "
                     f"{report.merged}")
-        pick = _select(points, b["val_acc"], tol)
+        pick = dict(select_matched(points, b["val_acc"], tol))
         out[net] = {"widths": list(widths), "baseline": base_entry, "points": points,
                     "selected": pick}
         ctx.log(f"{net}: selected lam_m={pick['lam_m']:g}"

@@ -33,7 +33,8 @@ from .layers import (
     eval_mode,
 )
 
-__all__ = ["UnsupportedArchitecture", "ChannelOp", "Edge", "Producer", "UnitGraph", "trace"]
+__all__ = ["UnsupportedArchitecture", "ChannelOp", "Edge", "Producer", "UnitGraph", "trace",
+           "module_on_path"]
 
 
 class UnsupportedArchitecture(ValueError):
@@ -699,3 +700,22 @@ def _avg_func_keeps(tgt, node: fx.Node) -> tuple[bool, float]:
     keeps = not (args.get("count_include_pad", True) and any(p > 0 for p in pads))
     dims = 2 if tgt is F.avg_pool2d else 1
     return keeps, avg_pool_scale(args.get("kernel_size", 1), args.get("divisor_override"), dims)
+
+
+def module_on_path(model: nn.Module, graph: "UnitGraph", producer: str, cls: type,
+                   what: str = "modules") -> tuple[str, nn.Module] | None:
+    """The one ``cls`` module on ``producer``'s per-channel paths, as ``(name, module)``.
+
+    None if no path passes through one. Raises ValueError, naming them, if
+    the paths to its consumers pass through different ``cls`` modules
+    (``what`` names them in the message: "switches", "tri-state ReLUs").
+    """
+    found = {op.target for edge in graph.producers[producer].edges for op in edge.path
+             if op.kind == "module" and isinstance(model.get_submodule(op.target), cls)}
+    if len(found) > 1:
+        raise ValueError(f"layer {producer!r} passes through several {what} {sorted(found)}")
+    if not found:
+        return None
+    name = found.pop()
+    return name, model.get_submodule(name)
+

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from .base import UnitScorer
+from .graph import module_on_path
 from .layers import ChannelSpec, register_channel_module
 
 __all__ = ["Switch", "SwitchScorer", "switch_of", "PARAMETRIZATIONS", "INITS"]
@@ -126,17 +127,7 @@ def switch_of(model: nn.Module, graph, producer: str) -> tuple[str, Switch] | No
 
     Raises ValueError if its consumers' paths pass through different switches.
     """
-    found = set()
-    for edge in graph.producers[producer].edges:
-        for op in edge.path:
-            if op.kind == "module" and isinstance(model.get_submodule(op.target), Switch):
-                found.add(op.target)
-    if len(found) > 1:
-        raise ValueError(f"layer {producer!r} passes through several switches {sorted(found)}")
-    if not found:
-        return None
-    name = found.pop()
-    return name, model.get_submodule(name)
+    return module_on_path(model, graph, producer, Switch, "switches")
 
 
 class SwitchScorer(UnitScorer):

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from .base import UnitScorer
+from .graph import module_on_path
 from .layers import ChannelSpec, effective_tensor, register_channel_module
 
 __all__ = ["TriStateReLU", "GateScorer", "tristate_of"]
@@ -131,18 +132,7 @@ def tristate_of(model: nn.Module, graph, producer: str) -> tuple[str, TriStateRe
 
     Raises ValueError if its consumers' paths pass through different ones.
     """
-    found = set()
-    for edge in graph.producers[producer].edges:
-        for op in edge.path:
-            if op.kind == "module" and isinstance(model.get_submodule(op.target), TriStateReLU):
-                found.add(op.target)
-    if len(found) > 1:
-        raise ValueError(f"layer {producer!r} passes through several tri-state ReLUs "
-                         f"{sorted(found)}")
-    if not found:
-        return None
-    name = found.pop()
-    return name, model.get_submodule(name)
+    return module_on_path(model, graph, producer, TriStateReLU, "tri-state ReLUs")
 
 
 class GateScorer(UnitScorer):
