@@ -39,10 +39,13 @@ Reported per attacked unit (``summary.csv``, ``results.json``), with
 ``r_t = MRP_attacked(t) / MRP_original(t)`` at the probes ``t`` after the
 last attacked step:
 
-* ``killed``: the unit lost most of its MRP and stayed low: ``r_t <
-  killed_ratio`` (0.5) at every probe of the second half of the post-attack
-  period; also ``ratio_first`` (right after the attacks), ``ratio_end``
-  (means over the last 5 probes) and ``ratio_min``;
+* ``killed``: the unit lost most of its MRP and stayed low: over the second
+  half of the post-attack period, the ratio of the mean MRPs is below
+  ``killed_ratio`` (0.5) and at least :data:`KILLED_SHARE` (90%) of the
+  probes have ``r_t < killed_ratio``. ``killed_strict`` asks it of every
+  probe (the first definition, which one noisy probe out of 33 defeats; both
+  are reported). Also ``ratio_first`` (right after the attacks),
+  ``ratio_end`` (means over the last 5 probes) and ``ratio_min``;
 * ``mrs_picks_min_mrp``: the fraction of post-attack probes at which the
   unit with the smallest MRS in the layer is the unit with the smallest MRP
   (the thesis, Sec. 3.7: MRS "never failed at choosing the smallest MRP
@@ -76,7 +79,10 @@ from .models import build_model
 from .registry import RunContext, register
 from .training import Trainer, TrainConfig
 
-__all__ = ["VARIANTS", "THESIS", "attack_summary", "rebin", "run_variant"]
+__all__ = ["VARIANTS", "THESIS", "KILLED_SHARE", "attack_summary", "rebin", "run_variant"]
+
+#: "stayed low": the share of the second half's probes below ``killed_ratio``
+KILLED_SHARE = 0.9
 
 #: the three variants: model options, attacked layer and multiplier, epochs (shortened)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -289,8 +295,12 @@ def attack_summary(records: Mapping[str, list], layer: str, units: Sequence[int]
             "mrp_attacked_end": sum(mrp[t][j] for t in tail) / len(tail),
             "ratio_first": ratio[post[0]], "ratio_end": end, "ratio_min": min(ratio.values()),
             "ratio_max_second_half": max(ratio[t] for t in late),
+            "ratio_second_half": (sum(mrp[t][j] for t in late)
+                                  / max(sum(orig_mrp[t][j] for t in late), 1e-300)),
             "below_ratio_share": sum(ratio[t] < killed_ratio for t in post) / len(post),
-            "killed": all(ratio[t] < killed_ratio for t in late),
+            "below_ratio_share_second_half": sum(ratio[t] < killed_ratio for t in late)
+            / len(late),
+            "killed_strict": all(ratio[t] < killed_ratio for t in late),
             "mrs_picks_min_mrp": sum(picks) / len(picks),
             "mrs_picks_min_mrp_first": bool(picks[0]),
             "mrs_picks_min_mrp_original": sum(orig_picks) / len(orig_picks),
@@ -298,6 +308,8 @@ def attack_summary(records: Mapping[str, list], layer: str, units: Sequence[int]
             "w_in_l1_ratio": (w_in[post[0]][j] / w_in[before[-1]][j]) if before else None,
             "post_probes": len(post),
         }
+        row["killed"] = bool(row["ratio_second_half"] < killed_ratio
+                             and row["below_ratio_share_second_half"] >= KILLED_SHARE)
         if histories is not None:
             row["test_acc_attacked"] = histories[f"unit{u}"][-1].get("test_acc")
             row["test_acc_original"] = histories["original"][-1].get("test_acc")
@@ -306,6 +318,7 @@ def attack_summary(records: Mapping[str, list], layer: str, units: Sequence[int]
     return {
         "layer": layer, "units": rows, "killed": killed, "attacked": len(rows),
         "killed_fraction": killed / len(rows),
+        "killed_strict": sum(r["killed_strict"] for r in rows),
         "mrs_picks_min_mrp": sum(r["mrs_picks_min_mrp"] for r in rows) / len(rows),
         "mrs_picks_min_mrp_first": sum(r["mrs_picks_min_mrp_first"] for r in rows) / len(rows),
         "median_ratio_end": float(np.median([r["ratio_end"] for r in rows])),
@@ -518,7 +531,7 @@ def thesis_attacks(cfg: dict, ctx: RunContext) -> dict:
                                       and ratio_end["relu"] > max(ratio_end["relu-bn"],
                                                                   ratio_end["tanh"])))
     rows = [{"variant": n, **{k: r["summary"][k] for k in (
-        "layer", "attacked", "killed", "killed_fraction", "median_ratio_end",
+        "layer", "attacked", "killed", "killed_strict", "killed_fraction", "median_ratio_end",
         "mrs_picks_min_mrp", "mrs_picks_min_mrp_first")}} for n, r in out["variants"].items()]
     ctx.write_csv("comparison.csv", rows)
     for r in rows:

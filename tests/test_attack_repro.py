@@ -77,7 +77,12 @@ def test_summaries_recomputed_from_the_tracking_table(run):
         assert s["ratio_first"] == pytest.approx(ratio[post[0]], rel=1e-9)
         assert s["ratio_min"] == pytest.approx(min(ratio.values()), rel=1e-9)
         late = [t for t in post if t >= (post[0] + post[-1]) / 2]
-        assert s["killed"] == all(ratio[t] < 0.5 for t in late)
+        assert s["killed_strict"] == all(ratio[t] < 0.5 for t in late)
+        mean_ratio = (sum(mrp[("unit1", t, 1)] for t in late)
+                      / sum(mrp[("original", t, 1)] for t in late))
+        share = sum(ratio[t] < 0.5 for t in late) / len(late)
+        assert s["ratio_second_half"] == pytest.approx(mean_ratio, rel=1e-9)
+        assert s["killed"] == (mean_ratio < 0.5 and share >= 0.9)
 
         def argmin(table, t):
             return min(range(n_units), key=lambda u: table[("unit1", t, u)])
@@ -140,18 +145,32 @@ def test_attack_summary_arithmetic():
     assert row["ratio_first"] == pytest.approx(0.4) and row["ratio_min"] == pytest.approx(0.3)
     assert row["ratio_end"] == pytest.approx((0.8 + 0.6 * 3) / 4 / 2.0)
     assert row["killed"] and s["killed"] == 1 and s["killed_fraction"] == 1.0
+    assert row["killed_strict"] and row["ratio_second_half"] == pytest.approx(0.3)
     # post probes 20..50: unit 1 has the lowest MRP (0.8, 0.6) and the lowest MRS
     assert row["mrs_picks_min_mrp"] == 1.0 and row["attacked_is_min_mrp"] == 1.0
     assert row["mrs_picks_min_mrp_original"] == 1.0
-    # a unit whose MRP recovers is not killed
+    # one probe of the second half (40, 50) above 0.5: not strictly killed, and 1 of 2 probes
+    # is under the 90% share: not killed either
     att[50] = [1.0, 1.5, 3.0]
     s = attack_repro.attack_summary({"original": _records(orig, mrs_orig),
                                      "unit1": _records(att, mrs)}, "conv1", [1], [10])
-    assert not s["units"][0]["killed"]
+    assert not s["units"][0]["killed"] and not s["units"][0]["killed_strict"]
     assert s["units"][0]["below_ratio_share"] == pytest.approx(0.75)
+    assert s["units"][0]["below_ratio_share_second_half"] == pytest.approx(0.5)
+    # with many probes, one noisy probe above 0.5 leaves the unit killed, not strictly killed
+    steps = list(range(0, 210, 10))
+    orig = {t: [1.0, 2.0, 3.0] for t in steps}
+    att = {t: ([1.0, 2.0, 3.0] if t <= 10 else [1.0, 0.6, 3.0]) for t in steps}
+    att[200] = [1.0, 1.2, 3.0]
+    mrs = {t: [0.5, 0.1, 2.0] for t in steps}
+    s = attack_repro.attack_summary({"original": _records(orig, mrs), "unit1": _records(att, mrs)},
+                                    "conv1", [1], [10])
+    row = s["units"][0]
+    assert row["killed"] and not row["killed_strict"]
+    assert row["below_ratio_share_second_half"] == pytest.approx(9 / 10)  # probes 110..200
     with pytest.raises(ValueError, match="no probe after"):
-        attack_repro.attack_summary({"original": _records(orig, mrs_orig),
-                                     "unit1": _records(att, mrs)}, "conv1", [1], [60])
+        attack_repro.attack_summary({"original": _records(orig, mrs), "unit1": _records(att, mrs)},
+                                    "conv1", [1], [200])
 
 
 def test_rebin_keeps_counts():
