@@ -364,18 +364,22 @@ def diagnose(model: nn.Module, data, *, thresholds: Mapping[str, Any] | None = N
         smaller, rep, warned = _remove(model, plan, data, example)
         after = _outputs(smaller, data)
         dev = max(float((a - b).abs().max()) for a, b in zip(after, before))
+        scale = max(float(b.abs().max()) for b in before)
         loss_after = _mean_loss(after, data, loss_fn)
         extra["removal"] = {
             "units": {k: v.tolist() for k, v in plan.items()},
             "removed": int(sum(v.numel() for v in plan.values())),
             "params_before": rep.params_before, "params_after": rep.params_after,
             "macs_before": rep.macs_before, "macs_after": rep.macs_after,
-            "max_output_deviation": dev, "loss_before": loss_before, "loss_after": loss_after,
+            "max_output_deviation": dev, "max_abs_output": scale,
+            "max_output_deviation_relative": dev / scale if scale > 0 else 0.0,
+            "loss_before": loss_before, "loss_after": loss_after,
             "loss_change": loss_after - loss_before, "warnings": warned}
     else:
         extra["removal"] = {"units": {}, "removed": 0, "params_before": params,
                             "params_after": params, "macs_before": macs, "macs_after": macs,
-                            "max_output_deviation": 0.0, "loss_before": loss_before,
+                            "max_output_deviation": 0.0, "max_abs_output": None,
+                            "max_output_deviation_relative": 0.0, "loss_before": loss_before,
                             "loss_after": loss_before, "loss_change": 0.0, "warnings": []}
     return report, extra, smaller
 
@@ -595,10 +599,12 @@ def _run(args) -> int:
     print(_table(report, extra))
     rem = extra["removal"]
     if rem["removed"]:
-        print(f"removing the {rem['removed']} units flagged by {', '.join(criteria)} (mean "
-              f"replacement, bias propagation): parameters {rem['params_before']:,} -> "
+        n = rem["removed"]
+        print(f"removing the {n} unit{'s' if n > 1 else ''} flagged by {', '.join(criteria)} "
+              f"(mean replacement, bias propagation): parameters {rem['params_before']:,} -> "
               f"{rem['params_after']:,}, MACs/sample {rem['macs_before']:,} -> "
-              f"{rem['macs_after']:,}; max output deviation {rem['max_output_deviation']:.3g}, "
+              f"{rem['macs_after']:,}; max output deviation {rem['max_output_deviation']:.3g} "
+              f"({rem['max_output_deviation_relative']:.2g} of the largest output), "
               f"loss {rem['loss_before']:.6f} -> {rem['loss_after']:.6f} "
               f"({rem['loss_change']:+.3g})")
         for w in rem["warnings"]:
