@@ -62,9 +62,16 @@ def select_matched(points: Sequence[Mapping[str, Any]], base_val: float, toleran
                    size_key: str = "params", val_key: str = "val_acc") -> Mapping[str, Any]:
     """The smallest network within ``tolerance`` of the baseline's validation accuracy.
 
-    Among the points with ``val_acc >= base_val - tolerance`` (accuracies as
+        selected = argmin_{p : val_acc(p) >= base_val - tolerance} params(p)
+
+    the "matched accuracy" network of issue 7 (as ShrinkNets, ``shared/seeds/
+    001_...`` Sec. 5.2, "select[s] the smallest model that achieves a given
+    accuracy", here on validation). Among the points with ``val_acc >=
+    base_val - tolerance`` (accuracies as
     fractions: 0.5 points is ``tolerance = 0.005``), the one with the fewest
     ``params``; ties go to the higher validation accuracy, then to the first.
+    A point exactly at the tolerance is within (a margin of 1e-9 absorbs the
+    rounding of ``base_val - tolerance``: 25 of 5,000 images are 0.5 points).
     If no point qualifies, the one with the highest validation accuracy.
     Test accuracy plays no part: it is reported for the selected point, never
     used to select it.
@@ -79,7 +86,8 @@ def select_matched(points: Sequence[Mapping[str, Any]], base_val: float, toleran
     """
     if not points:
         raise ValueError("no points to select from")
-    ok = [p for p in points if float(p[val_key]) >= float(base_val) - float(tolerance)]
+    floor = float(base_val) - float(tolerance) - 1e-9  # exactly at the tolerance counts as within
+    ok = [p for p in points if float(p[val_key]) >= floor]
     if ok:
         return min(ok, key=lambda p: (float(p[size_key]), -float(p[val_key])))
     return max(points, key=lambda p: float(p[val_key]))

@@ -76,7 +76,9 @@ from .training import Trainer, TrainConfig, evaluate
 
 __all__ = ["METHODS", "as_mlp", "mrs_schedule", "train_method"]
 
-#: method -> (the grid's setting in the config, the name of the swept value)
+#: method -> (the grid's setting in the config, the name of the swept value): ShrinkNets
+#: (000/001), group sparsity (Alvarez & Salzmann 2016), tri-state ReLU (Srinivas & Babu
+#: 2016), MRS unit pruning (Evci 2018)
 METHODS = {"shrinknets": ("sn_lam", "lam"), "group-sparsity": ("gs_beta", "beta"),
            "tristate": ("ts_lam_m", "lam_m"), "mrs": ("mrs_final", "final")}
 
@@ -125,6 +127,10 @@ _ALLOWED = (nn.Linear, nn.ReLU, nn.Identity, nn.Flatten)
 
 def as_mlp(model: nn.Module, check: torch.Tensor, *, atol: float = 1e-5) -> nn.Sequential:
     """The plain :func:`experiments.models.mlp` at ``model``'s widths, with its weights.
+
+    ``f(x) = W_L relu(... relu(W_1 x + b_1) ...) + b_L`` with the ``W_l, b_l``
+    of ``model``'s Linear layers in order: the common form in which the
+    comparison saves every method's final network.
 
     ``model`` must be a chain of Linear layers with ReLUs between them (plus
     Flatten and Identity modules: a finalized tri-state network, folded
@@ -178,6 +184,14 @@ def _trainer(cfg, ctx, data, sub, model, callbacks, example) -> Trainer:
 def train_method(cfg: Mapping[str, Any], out_dir: str, method: str,
                  value: float | None = None) -> dict[str, Any]:
     """Train one grid point of ``method`` (or the ``"baseline"``), finalize it, evaluate it.
+
+    ``value`` is the method's strength: ShrinkNets' ``lam`` in ``L + lam
+    ||g||_1 + lam2 ||theta||_2^2`` (``shared/seeds/000_...``, eq. 2, 9); group
+    sparsity's ``beta`` in ``sum_l beta_l sqrt(P_l) sum_n ||theta_l^n||_2``
+    (Alvarez & Salzmann 2016); tri-state's ``lam_m`` in ``L + lam_b R_b +
+    lam_m R_m`` (Srinivas & Babu 2016); MRS's final fraction of units removed
+    per layer (Evci 2018, Sec. 4.2). Every run starts from
+    ``torch.manual_seed(seed); mlp(widths)`` and the same data order.
 
     Returns the point (also written to ``<sub>/point.json``): validation and
     test accuracy, parameters, MACs and widths of the final plain MLP, saved
