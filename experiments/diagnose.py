@@ -440,7 +440,7 @@ def _plots(report: DeadUnitReport, out: Path) -> list[str]:
             v = report.stats[key][layer].numpy()
             if log:
                 v = np.log10(np.maximum(v, floor))
-            ax.hist(v, bins=30, color="C2" if log else "C0")  # matplotlib: 10x faster than histplot
+            ax.hist(v, bins=30, color="C2" if log else "C0", edgecolor="none")  # 10x faster than histplot
             if log:
                 ax.axvline(math.log10(floor), color="0.5", lw=0.8, ls=":")
             if r == 0:

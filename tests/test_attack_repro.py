@@ -87,7 +87,11 @@ def test_summaries_recomputed_from_the_tracking_table(run):
         def argmin(table, t):
             return min(range(n_units), key=lambda u: table[("unit1", t, u)])
 
-        picks = [argmin(mrs, t) == argmin(mrp, t) for t in post]
+        strict = [argmin(mrs, t) == argmin(mrp, t) for t in post]
+        assert s["mrs_argmin_is_mrp_argmin"] == pytest.approx(sum(strict) / len(strict))
+        layer_mrp = {t: [mrp[("unit1", t, u)] for u in range(n_units)] for t in post}
+        picks = [layer_mrp[t][argmin(mrs, t)] <= min(layer_mrp[t]) + 1e-3 * sum(layer_mrp[t])
+                 / n_units for t in post]
         assert s["mrs_picks_min_mrp"] == pytest.approx(sum(picks) / len(picks))
         # before the first attack the attacked run is the original, bit for bit
         for t in (t for t in steps if t <= 14):
@@ -148,6 +152,7 @@ def test_attack_summary_arithmetic():
     assert row["killed_strict"] and row["ratio_second_half"] == pytest.approx(0.3)
     # post probes 20..50: unit 1 has the lowest MRP (0.8, 0.6) and the lowest MRS
     assert row["mrs_picks_min_mrp"] == 1.0 and row["attacked_is_min_mrp"] == 1.0
+    assert row["mrs_argmin_is_mrp_argmin"] == 1.0
     assert row["mrs_picks_min_mrp_original"] == 1.0
     # one probe of the second half (40, 50) above 0.5: not strictly killed, and 1 of 2 probes
     # is under the 90% share: not killed either
@@ -171,6 +176,13 @@ def test_attack_summary_arithmetic():
     with pytest.raises(ValueError, match="no probe after"):
         attack_repro.attack_summary({"original": _records(orig, mrs), "unit1": _records(att, mrs)},
                                     "conv1", [1], [200])
+
+
+def test_mrs_picks_tolerates_ties_among_dead_units():
+    # units 1 and 2 are both (all but) dead; MRS ranks unit 2 lowest, MRP unit 1
+    assert attack_repro._picks([5.0, 0.01, 0.0], [100.0, 0.0, 0.02])  # tol 1e-3 * 33.34
+    assert not attack_repro._picks([5.0, 0.01, 0.0], [100.0, 0.0, 1.0])
+    assert attack_repro._picks([0.3, 0.2, 0.1], [3.0, 2.0, 1.0])
 
 
 def test_rebin_keeps_counts():
