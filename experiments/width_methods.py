@@ -89,7 +89,7 @@ _DEFAULTS = {"dataset": "fashion-mnist", "data_dir": "", "val_size": 5000, "limi
              "eval_batch_size": 2000, "max_batches": None,
              "sn_lam": [1e-3, 1.7e-3, 3e-3], "sn_lam2": 1e-6, "sn_gc_every": 50,
              "gs_beta": [0.015, 0.025, 0.035], "gs_first_ratio": 0.4,
-             "ts_lam_m": [0.4, 0.6, 0.8], "ts_lam_b": 3e-3, "ts_depth_weight": 0.01,
+             "ts_lam_m": [0.9, 0.95, 1.0], "ts_lam_b": 3e-3, "ts_depth_weight": 0.01,
              "ts_threshold": 0.5,
              "mrs_final": [0.5, 0.65, 0.8], "mrs_epochs": [2, 3, 4, 5],
              "mrs_score_samples": 1000, "mrs_score_batch": 500,
