@@ -13,8 +13,11 @@ depth stays about constant when the initial depth changes a little.
 (default LeNet-300-100 and an MLP with 4 hidden layers of 256):
 
 * ``<net>/baseline/``: the plain ReLU network (no gates, no penalty);
-* ``<net>/tristate/``: the same initialization with tri-state ReLUs
-  (``w = 1, d = 0``: the same function at the start) and the penalty;
+* ``<net>/tristate-lam_m=<x>[-ste]/``: the same initialization with tri-state
+  ReLUs (``w = 1, d = 0``: the same function at the start) and the penalty,
+  for each ``lam_m`` of the grid, with straight-through gates (``-ste``:
+  the forward pass sees the binarized gates) and, at ``real_valued_lam_m``,
+  with the paper's real-valued gates;
 
 both trained identically (Adam, ``lr``, ``batch_size``, ``epochs``, the same
 data order). At the end the gated network is finalized
@@ -23,9 +26,11 @@ data order). At the end the gated network is finalized
 writes per network the learned widths and depths, parameters, MACs and test
 accuracy of the three networks (baseline, gated before binarization,
 finalized) into ``summary.csv`` and ``results.json``, the gates over
-training into ``<net>/tristate/gates.csv`` and a figure ``widths.png`` (units
-per layer and depth gates over epochs). Each run checkpoints every epoch and
-resumes when killed.
+training into ``<net>/tristate-.../gates.csv`` and a figure ``widths.png``
+(units per layer and depth gates over epochs). Per network the *selected*
+point is the smallest finalized network within ``select_within`` (0.5
+points) of the baseline's validation accuracy, chosen on validation. Each run
+checkpoints every epoch and resumes when killed.
 """
 
 from __future__ import annotations
@@ -55,14 +60,15 @@ _DEFAULTS = {"dataset": "fashion-mnist", "data_dir": "", "val_size": 5000, "limi
              "optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epochs": 15,
              "weight_decay": 0.0, "momentum": 0.0, "lr_rule": "constant",
              "eval_batch_size": 2000, "max_batches": None,
-             "lam_b": 3e-3, "lam_m": [0.3, 1.0, 3.0], "depth_weight": 0.01,
-             "straight_through": [True, False],
+             "lam_b": 3e-3, "lam_m": [0.3, 0.5, 0.7, 1.0, 3.0], "depth_weight": 0.01,
+             "straight_through": [True, False], "real_valued_lam_m": [0.3, 1.0, 3.0],
              "threshold": 0.5,
              "select_within": 0.005}
 _QUICK = {"limit": 384, "epochs": 2, "batch_size": 32, "eval_batch_size": 256, "lr": 0.03,
-          "lam_m": [0.0, 30.0], "straight_through": [True],
+          "lam_m": [0.0, 30.0], "straight_through": [True], "real_valued_lam_m": None,
           "networks": {"mlp-small": [784, 32, 16, 10], "mlp-4x16": [784, 16, 16, 16, 16, 10]}}
-_FREE = ("data_dir", "eval_batch_size", "quick", "networks", "select_within")
+_FREE = ("data_dir", "eval_batch_size", "quick", "networks", "select_within",
+         "real_valued_lam_m")
 
 
 class GateLog(Callback):
@@ -163,7 +169,9 @@ def tristate_relu(cfg: dict, ctx: RunContext) -> dict:
     lams = cfg["lam_m"] if isinstance(cfg["lam_m"], (list, tuple)) else [cfg["lam_m"]]
     sts = cfg["straight_through"]
     sts = [bool(v) for v in (sts if isinstance(sts, (list, tuple)) else [sts])]
-    grid = [(float(lam), st) for st in sts for lam in lams]
+    real = cfg.get("real_valued_lam_m")  # the real-valued gates at these only (None: all)
+    grid = [(float(lam), st) for st in sts for lam in lams
+            if st or real is None or float(lam) in {float(v) for v in real}]
     tol = float(cfg["select_within"])
     rows, out, logs = [], {}, {}
     for net, widths in nets.items():
