@@ -32,7 +32,7 @@ ReLU+BatchNorm and Tanh, Fig. 3.1 and 3.5; conv2 for ReLU, Fig. 3.9).
 Shortened (to fit three full runs into about 45-60 minutes on 2 shared CPU
 cores): 5 epochs instead of 10 for the ReLU variants and 10 instead of 30
 for Tanh (the attack still starts at step 2000, ~1.2 epochs in, leaving
-~6,600 and ~15,200 steps after it), a probe every 100 steps (the thesis's
+~6,500 and ~15,100 steps after it), a probe every 100 steps (the thesis's
 figures look denser), four attacked units per variant (the thesis shows 2-4).
 
 Reported per attacked unit (``summary.csv``, ``results.json``), with
