@@ -11,7 +11,7 @@ from .models import build_model
 from .registry import RunContext
 from .training import Trainer, TrainConfig
 
-__all__ = ["load_data", "train_run", "plot_history", "final_metrics"]
+__all__ = ["load_data", "train_run", "plot_history", "final_metrics", "log_count_axis"]
 
 
 def load_data(cfg: Mapping[str, Any]):
@@ -20,6 +20,21 @@ def load_data(cfg: Mapping[str, Any]):
     kw = {"val_size": cfg["val_size"]} if cfg.get("val_size") is not None else {}
     return get_dataset(cfg["dataset"], data_dir=cfg.get("data_dir") or None,
                        limit=cfg.get("limit"), seed=cfg.get("data_seed", 0), **kw)
+
+
+def log_count_axis(ax, axis: str = "x") -> None:
+    """A log scale for a count (parameters, MACs), labelled in plain numbers with thousands
+    separators at 1, 2 and 5 times each power of ten, so a range within one decade still has
+    labels (matplotlib's default labels only the powers of ten there)."""
+    import matplotlib.ticker as mt
+
+    getattr(ax, f"set_{axis}scale")("log")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    fmt = mt.FuncFormatter(lambda v, _: f"{v:,.0f}")
+    target.set_major_locator(mt.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(fmt)
+    target.set_minor_locator(mt.LogLocator(base=10, subs=tuple(range(1, 10))))
+    target.set_minor_formatter(mt.NullFormatter())
 
 
 def plot_history(history: list[dict], ctx: RunContext, name: str = "curves.png",

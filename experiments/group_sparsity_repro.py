@@ -64,7 +64,7 @@ from pruners import (ProximalGroupSparsity, count_macs, count_params, group_layo
 
 from . import io as eio
 from .checkpoint import save_checkpoint
-from .common import final_metrics
+from .common import final_metrics, log_count_axis
 from .models import build_model
 from .pruning import GroupSparsityCallback
 from .registry import RunContext, register
@@ -299,28 +299,36 @@ def _plot(ctx: RunContext, out: Mapping[str, Any], tol: float) -> None:
         base = entry["baseline"]
         for row, key in ((0, "val_acc"), (1, "test_acc")):
             ax = axes[row, j]
+            # networks that collapsed (more than 8 points lost) are drawn at the lower edge
+            floor = 100 * base[key] - 8.0
+            accs = [100 * p[key] for e in entry["by_alpha"].values() for p in e["points"]]
+            lo = max(floor, min([*accs, 100 * base[key]]) - 0.3)
             for k, (a, sel) in enumerate(entry["by_alpha"].items()):
                 pts = sel["points"]
-                ax.plot([p["params"] for p in pts], [100 * p[key] for p in pts], marker="o",
+                ys = [max(100 * p[key], lo) for p in pts]
+                ax.plot([p["params"] for p in pts], ys, marker="o",
                         ls="-", lw=1, color=colors.get(k, f"C{k}"),
                         label=f"alpha = {a} ({'group lasso' if float(a) == 0 else 'sparse group lasso'})")
-                for p in pts:
-                    ax.annotate(f"{p['beta']:g}", (p["params"], 100 * p[key]), fontsize=7,
+                for p, y in zip(pts, ys):
+                    text = f"{p['beta']:g}" + ("" if 100 * p[key] >= lo
+                                               else f" ({100 * p[key]:.1f}%, off scale)")
+                    ax.annotate(text, (p["params"], y), fontsize=7,
                                 textcoords="offset points", xytext=(4, 4))
                 s = sel["selected"]
-                ax.scatter([s["params"]], [100 * s[key]], s=160, facecolors="none",
+                ax.scatter([s["params"]], [max(100 * s[key], lo)], s=160, facecolors="none",
                            edgecolors=colors.get(k, f"C{k}"), lw=2,
                            label=f"selected, alpha = {a}")
+            ax.set_ylim(lo - 0.2, 100 * base[key] + 0.6)
             ax.scatter([base["params"]], [100 * base[key]], marker="*", s=220, color="k",
                        zorder=5, label="unregularized")
             if key == "val_acc":
                 ax.axhline(100 * (base["val_acc"] - tol), color="0.4", ls="--", lw=1,
                            label=f"baseline - {100 * tol:g} points")
-            ax.set_xscale("log")
+            log_count_axis(ax)
             ax.set(xlabel="parameters after removing zero groups",
                    ylabel=("validation" if key == "val_acc" else "test") + " accuracy (%)",
                    title=f"{net}" + (" (selection on validation)" if row == 0 else ""))
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="center left" if lo == floor else "lower right")
     fig.tight_layout()
     ctx.save_figure(fig, "accuracy_vs_params.png")
 

@@ -68,6 +68,7 @@ from pruners.tristate import finalize_tristate
 from . import io as eio
 from . import tristate_repro
 from .checkpoint import save_checkpoint
+from .common import log_count_axis
 from .models import build_model, mlp
 from .pruning import GroupSparsityCallback, PrunerCallback, ShrinkNetsCallback
 from .registry import RunContext, register
@@ -303,7 +304,7 @@ def _plot(ctx: RunContext, base: Mapping, by_method: Mapping, tol: float) -> Non
         if key == "val_acc":
             ax.axhline(100 * (base["val_acc"] - tol), color="0.4", ls="--", lw=1,
                        label=f"baseline - {100 * tol:g} points")
-        ax.set_xscale("log")
+        log_count_axis(ax)
         ax.set(xlabel="parameters of the final network",
                ylabel=("test" if key == "test_acc" else "validation") + " accuracy (%)",
                title=("LeNet-300-100 on Fashion-MNIST (circled: matched accuracy)"
