@@ -87,7 +87,7 @@ def attack_steps(start: int, steps: int = 1, repeats: int = 1,
     Step ``t`` is the update taken when ``t`` updates have been taken before
     it (``t = 0`` is the first ``optimizer.step()``).
 
-    Example:
+    Examples:
         >>> attack_steps(2000, repeats=10, interval=10)[:3]
         [2000, 2010, 2020]
         >>> attack_steps(5, steps=2, repeats=2, interval=4)
@@ -147,7 +147,11 @@ class LRAttack:
         multiplier: the factor ``m`` on the update (any finite number; 1 is
             the identity and writes nothing, so training is bit-identical to
             training without the attack).
-        start, steps, repeats, interval: the schedule (:func:`attack_steps`).
+        start: the first attacked step (the schedule is :func:`attack_steps`).
+        steps: consecutive updates scaled per attack.
+        repeats: number of attacks.
+        interval: updates from one attack's start to the next (default
+            ``steps``).
         bias: include the unit's bias entry (default True).
         outgoing: include the unit's outgoing weights (default False).
         example_input: an input batch to trace a convolutional model's graph

@@ -97,7 +97,7 @@ def remove_sparse_units(model: nn.Module, f_nz: float = 0.0, *, replacement: str
     function is unchanged (exactly, up to rounding). Other arguments as
     :func:`~pruners.remove_units`; ``"mean"`` needs ``data``.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
         >>> with torch.no_grad():

@@ -406,7 +406,7 @@ def soft_threshold(a: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
     group lasso's proximal operator (Alvarez & Salzmann 2016,
     ``shared/seeds/002_...``; Simon et al. 2013).
 
-    Example:
+    Examples:
         >>> soft_threshold(torch.tensor([-3.0, 0.5, 2.0]), 1.0)
         tensor([-2.,  0.,  1.])
     """
@@ -442,7 +442,7 @@ def prox_sparse_group_lasso(v: torch.Tensor, t: float, strength: float, alpha: f
     Returns:
         A new tensor shaped like ``v``.
 
-    Example:
+    Examples:
         >>> v = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
         >>> prox_sparse_group_lasso(v, t=1.0, strength=0.5 / 2 ** 0.5)
         tensor([[2.7000, 3.6000],
@@ -659,7 +659,7 @@ class ProximalGroupSparsity:
         example_input: an input batch, for convolutional models.
         exclude: producers left out of the default layout and of the graph.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
         >>> prox = ProximalGroupSparsity(net, strength=10.0)   # units of '0' (P = 4 + 1)

@@ -35,7 +35,7 @@ def prepare_for(scorer, model: nn.Module, example_input: torch.Tensor | None = N
     called with its default arguments. A model that already has such
     layers is returned as it is.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn
         >>> from saliency import SCORERS
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import torch
 import torch.nn as nn
@@ -43,12 +43,15 @@ from saliency.layers import eval_mode
 from saliency.replacement import iter_inputs
 
 from .metrics import count_macs, count_params
-from .schedules import Schedule, amount_to_count, check_amount, constant, table
+from .schedules import Amount, Schedule, amount_to_count, check_amount, constant, table
 from .surgery import RemovalReport, mask_units, remove_units
 
 __all__ = ["ParameterPruner", "UnitPruner", "RoundReport", "mean_loss"]
 
 LossFn = Callable[..., torch.Tensor]
+#: what the pruners accept as a schedule: a schedule, a ``{t: amount}`` table, an amount, or
+#: any callable ``t -> amount``
+ScheduleLike = Union[Schedule, Mapping[int, Amount], Amount, Callable[[int], Amount]]
 
 
 @dataclass
@@ -258,7 +261,7 @@ class ParameterPruner(_Pruner):
         loss_fn: the loss for data-driven scorers and the round report.
         example_input: one input batch, for MAC counts (default: from data).
 
-    Example:
+    Examples:
         >>> import torch.nn as nn
         >>> from pruners import ParameterPruner, schedules
         >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -271,7 +274,8 @@ class ParameterPruner(_Pruner):
 
     granularity = "parameter"
 
-    def __init__(self, scorer="magnitude", schedule=None, *, scope: str = "global",
+    def __init__(self, scorer: Scorer | str = "magnitude", schedule: ScheduleLike | None = None,
+                 *, scope: str = "global",
                  params: Iterable[str] | None = None, include_bias: bool = False,
                  loss_fn: LossFn = F.cross_entropy, example_input: torch.Tensor | None = None):
         if schedule is None:
@@ -445,12 +449,14 @@ class UnitPruner(_Pruner):
         normalize: per-layer score normalization for global selection.
         layers: producer names to prune (default: every prunable layer).
         exclude: producers left out of the graph (see :func:`~pruners.trace`).
-        loss_fn, example_input: as :class:`ParameterPruner`.
+        loss_fn: as :class:`ParameterPruner`.
+        example_input: as :class:`ParameterPruner`.
     """
 
     granularity = "unit"
 
-    def __init__(self, scorer="mrs", schedule=None, *, replacement: str | None = "mean",
+    def __init__(self, scorer: Scorer | str = "mrs", schedule: ScheduleLike | None = None, *,
+                 replacement: str | None = "mean",
                  remove: bool = True, min_units: int = 1, scope: str = "layer",
                  normalize: str | None = "l2", layers: Iterable[str] | None = None,
                  exclude: Iterable[str] = (), loss_fn: LossFn = F.cross_entropy,

@@ -112,7 +112,7 @@ class Schedule:
 class table(Schedule):
     """An explicit table ``{t: amount}``; before the first entry the amount is 0.
 
-    Example:
+    Examples:
         >>> s = table({2: 0.2, 3: 0.5, 4: 0.8, 5: 0.9})
         >>> [s(t) for t in range(7)]
         [0.0, 0.0, 0.2, 0.5, 0.8, 0.9, 0.9]
@@ -187,7 +187,7 @@ class cubic(Schedule):
     dt, ..., t_0 + n dt`` (held in between), with ``t_0 = begin``, ``t_0 + n
     dt = end`` and ``dt = frequency``.
 
-    Example:
+    Examples:
         >>> s = cubic(final=0.8, begin=0, end=10)
         >>> round(s(5), 4), s(10)
         (0.7, 0.8)

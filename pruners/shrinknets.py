@@ -73,7 +73,10 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
     Args:
         model: a model :func:`pruners.trace` accepts.
         example_input: an input batch (needed for convolutional models).
-        parametrization, init, value: of each :class:`~saliency.switch.Switch`.
+        parametrization: ``"signed"`` or ``"relu"``, of each
+            :class:`~saliency.switch.Switch`.
+        init: the gates' initialization, of each switch.
+        value: the constant of ``init="constant"``.
         layers: the layers to switch (default: every prunable layer).
         exclude: layers left out (see :func:`pruners.trace`).
     """

@@ -135,7 +135,7 @@ def remove_units(model: nn.Module, units: Mapping[str, Iterable[int]], *,
             sliced. Nothing is changed when an error is raised.
         UnsupportedArchitecture: the model cannot be traced exactly.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
         >>> rep = remove_units(net, {"0": [1]})
         >>> net[0].weight.shape, net[2].weight.shape

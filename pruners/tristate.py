@@ -102,7 +102,9 @@ def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None,
     Args:
         model: the network (left unchanged).
         example_input: a batch to trace convolutional models.
-        width_init, depth_init, straight_through: of each :class:`TriStateReLU`.
+        width_init: initial width gates ``w`` of each :class:`TriStateReLU`.
+        depth_init: initial depth gate ``d`` of each tri-state ReLU.
+        straight_through: straight-through gates (see :class:`TriStateReLU`).
         layers: producer names to gate (default: every prunable producer with
             a ReLU on its path).
 

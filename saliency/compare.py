@@ -43,7 +43,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,10 @@ from scipy import stats
 
 from .base import per_sample_loss, preserved
 from .replacement import replacement_hooks, unit_means
+
+if TYPE_CHECKING:                       # matplotlib is imported when a plot is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["UndefinedComparisonWarning", "compute_scores", "rank_correlations", "topk_overlap",
            "pruning_penalty", "fidelity", "plot_correlations", "plot_topk", "plot_penalty",
@@ -198,7 +202,7 @@ def compute_scores(scorers: Mapping[str, Any], model: nn.Module, data: Iterable 
         ``{name: {parameter or layer name: scores}}``, ready for every function
         of this module.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> from saliency.mrp import MRP
         >>> torch.manual_seed(0) and None
@@ -247,7 +251,7 @@ def rank_correlations(scores: Mapping[str, Scores], method: str = "spearman",
         matrix over the scorers that have that layer (``"global"``: all
         scorers), index and columns named ``"scorer"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> s = {"a": {"fc": torch.tensor([1., 2., 3.])},
         ...      "b": {"fc": torch.tensor([3., 2., 1.])}}
@@ -314,7 +318,7 @@ def topk_overlap(scores: Mapping[str, Scores], k: int | float = 0.1,
     Returns:
         ``{layer or "global": DataFrame}`` of scorer x scorer overlaps in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> s = {"a": {"fc": torch.tensor([1., 2., 3., 4.])},
         ...      "b": {"fc": torch.tensor([2., 1., 4., 3.])}}
@@ -359,7 +363,7 @@ def fidelity(scores: Mapping[str, Scores], pairs: Mapping[str, str],
         kendall, topk_overlap`` (``n``: items compared), one row per pair and
         layer, the ``"global"`` row last for each pair.
 
-    Example:
+    Examples:
         >>> import torch
         >>> s = {"approx": {"fc": torch.tensor([1., 3., 2., 4.])},
         ...      "exact": {"fc": torch.tensor([1., 2., 3., 4.])}}
@@ -473,7 +477,7 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
         DataFrame with columns ``scorer, fraction, n_pruned, loss_before,
         loss_after, delta``, one row per scorer and fraction.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> from saliency.mrp import MRP
         >>> torch.manual_seed(0) and None
@@ -629,8 +633,8 @@ def _heatmaps(mats, ax, *, vmin, vmax, cmap, title):
     return fig
 
 
-def plot_correlations(corr: pd.DataFrame | Mapping[str, pd.DataFrame], ax=None,
-                      title: str = "rank correlation"):
+def plot_correlations(corr: pd.DataFrame | Mapping[str, pd.DataFrame], ax: Axes | None = None,
+                      title: str = "rank correlation") -> Axes | Figure:
     """Annotated heatmap(s) of :func:`rank_correlations` (colour scale -1..1).
 
     Args:
@@ -638,7 +642,7 @@ def plot_correlations(corr: pd.DataFrame | Mapping[str, pd.DataFrame], ax=None,
             heatmaps: returns the Figure; a one-entry dict returns the Axes).
         ax: Axes to draw one matrix on (new figure when None).
 
-    Example:
+    Examples:
         >>> import torch, matplotlib
         >>> matplotlib.use("Agg")
         >>> s = {"a": {"fc": torch.arange(5.)}, "b": {"fc": -torch.arange(5.)}}
@@ -649,14 +653,14 @@ def plot_correlations(corr: pd.DataFrame | Mapping[str, pd.DataFrame], ax=None,
     return _heatmaps(corr, ax, vmin=-1, vmax=1, cmap="vlag", title=title)
 
 
-def plot_topk(overlap: pd.DataFrame | Mapping[str, pd.DataFrame], ax=None,
-              title: str = "top-k overlap"):
+def plot_topk(overlap: pd.DataFrame | Mapping[str, pd.DataFrame], ax: Axes | None = None,
+              title: str = "top-k overlap") -> Axes | Figure:
     """Annotated heatmap(s) of :func:`topk_overlap` (colour scale 0..1).
 
     Takes one matrix (returns its Axes) or ``{layer: matrix}`` (returns the
     Figure of a grid), like :func:`plot_correlations`.
 
-    Example:
+    Examples:
         >>> import torch, matplotlib
         >>> matplotlib.use("Agg")
         >>> s = {"a": {"fc": torch.arange(10.)}, "b": {"fc": torch.rand(10)}}
@@ -676,8 +680,9 @@ def _role(name: str, random: Sequence[str], oracles: Sequence[str]) -> str:
     return "scorer"
 
 
-def plot_penalty(df: pd.DataFrame, ax=None, *, yscale: str = "symlog",
-                 random: Sequence[str] = RANDOM_NAMES, oracles: Sequence[str] = ORACLE_NAMES):
+def plot_penalty(df: pd.DataFrame, ax: Axes | None = None, *, yscale: str = "symlog",
+                 random: Sequence[str] = RANDOM_NAMES,
+                 oracles: Sequence[str] = ORACLE_NAMES) -> Axes:
     """Pruning-penalty curves of :func:`pruning_penalty`: loss change vs. fraction pruned.
 
     One line per scorer (``delta`` against ``fraction``); the random
@@ -691,12 +696,13 @@ def plot_penalty(df: pd.DataFrame, ax=None, *, yscale: str = "symlog",
         ax: Axes to draw on (new figure when None).
         yscale: ``"symlog"`` (default: log-like, yet defined for negative and
             zero deltas), ``"log"`` or ``"linear"``.
-        random, oracles: name prefixes of the baseline and the oracles.
+        random: name prefixes drawn as the random baseline (dashed).
+        oracles: name prefixes drawn as the exact oracles (bold).
 
     Returns:
         The Axes.
 
-    Example:
+    Examples:
         >>> import pandas as pd, matplotlib
         >>> matplotlib.use("Agg")
         >>> df = pd.DataFrame({"scorer": ["mrp", "mrp", "random", "random"],
@@ -742,7 +748,8 @@ def plot_penalty(df: pd.DataFrame, ax=None, *, yscale: str = "symlog",
     return ax
 
 
-def plot_fidelity(df: pd.DataFrame, ax=None, *, layer: str | None = "global"):
+def plot_fidelity(df: pd.DataFrame, ax: Axes | None = None, *,
+                  layer: str | None = "global") -> Axes:
     """Bar chart of :func:`fidelity`: Spearman, Kendall and top-k overlap per pair.
 
     Args:
@@ -754,7 +761,7 @@ def plot_fidelity(df: pd.DataFrame, ax=None, *, layer: str | None = "global"):
     Returns:
         The Axes; one bar per pair (and layer) and metric.
 
-    Example:
+    Examples:
         >>> import torch, matplotlib
         >>> matplotlib.use("Agg")
         >>> s = {"approx": {"fc": torch.tensor([1., 3., 2., 4.])},

@@ -366,7 +366,7 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
     Returns:
         A :class:`DeadUnitReport`.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
         >>> with torch.no_grad():

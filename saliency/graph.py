@@ -384,7 +384,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
             shared (reused) layers, or anything else whose channel map is not
             one-to-one, naming the node and the producer.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
         >>> g = trace(net)
         >>> g.prunable, g.producers["0"].edges[0].consumer

@@ -74,9 +74,10 @@ class GroupNormScorer(UnitScorer):
             False gives the L2 norm of the weight row only.
         normalize: divide by ``sqrt(P_l)`` (the group's root mean square), so
             that layers with different group sizes compare.
-        exclude, example_input: as in :class:`~saliency.base.UnitScorer`.
+        exclude: as in :class:`~saliency.base.UnitScorer`.
+        example_input: as in :class:`~saliency.base.UnitScorer`.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
         >>> with torch.no_grad():
         ...     _ = net[0].weight.copy_(torch.tensor([[3., 0., 0.], [0., 0., 0.]]))
@@ -88,8 +89,9 @@ class GroupNormScorer(UnitScorer):
     needs_data = False
 
     def __init__(self, layers: Iterable[str] | None = None, *, bias: bool = True,
-                 normalize: bool = False, **kwargs):
-        super().__init__(layers, **kwargs)
+                 normalize: bool = False, exclude: Iterable[str] = (),
+                 example_input: torch.Tensor | None = None):
+        super().__init__(layers, exclude=exclude, example_input=example_input)
         if not isinstance(bias, bool) or not isinstance(normalize, bool):
             raise TypeError("bias and normalize must be True or False")
         self.bias = bias

@@ -210,7 +210,7 @@ def hvp(model: nn.Module, params: Mapping[str, torch.Tensor],
     Returns:
         ``{name: (H v)[name]}``, shaped like the parameters.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, torch.nn.functional as F
         >>> net = nn.Linear(3, 2).double()
         >>> x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)

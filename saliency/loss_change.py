@@ -27,6 +27,7 @@ per entry and batch, with the entry zeroed in a private copy of the parameter
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 import torch.fx as fx
@@ -93,7 +94,7 @@ class LossChange(ParameterScorer):
             The default, 2**21, was fastest on CPU for the thesis CNN: larger
             chunks fall out of cache.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, torch.nn.functional as F
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
         >>> x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
@@ -113,7 +114,8 @@ class LossChange(ParameterScorer):
 
     approximates = None
 
-    def __init__(self, absolute: bool = False, *, params=None, budget: int = 2 ** 21):
+    def __init__(self, absolute: bool = False, *, params: Iterable[str] | None = None,
+                 budget: int = 2 ** 21):
         super().__init__(params)
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be a positive int, got {budget!r}")

@@ -23,7 +23,7 @@ class Magnitude(ParameterScorer):
     Args:
         params: parameter names to score (None = all trainable).
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> net = nn.Linear(2, 1)
         >>> with torch.no_grad():

@@ -18,6 +18,8 @@ per unit, only the work that unit changes (:class:`saliency.engine.Downstream`).
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 
 from .base import UnitScorer, iter_batches
@@ -34,9 +36,11 @@ class MRP(UnitScorer):
         absolute: sum ``|L~ - L|`` over samples (Def. 3.1.1); False sums the
             signed changes (the loss change of mean replacement, times N).
         reduction: ``"sum"`` over samples (the definition) or ``"mean"``.
-        layers, exclude, example_input: see :class:`~saliency.base.UnitScorer`.
+        layers: see :class:`~saliency.base.UnitScorer`.
+        exclude: see :class:`~saliency.base.UnitScorer`.
+        example_input: see :class:`~saliency.base.UnitScorer`.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
         >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
@@ -46,8 +50,10 @@ class MRP(UnitScorer):
 
     approximates = None
 
-    def __init__(self, absolute: bool = True, reduction: str = "sum", **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, absolute: bool = True, reduction: str = "sum", *,
+                 layers: Iterable[str] | None = None, exclude: Iterable[str] = (),
+                 example_input: torch.Tensor | None = None):
+        super().__init__(layers, exclude=exclude, example_input=example_input)
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         self.absolute, self.reduction = absolute, reduction

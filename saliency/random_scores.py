@@ -13,6 +13,7 @@ not depend on which other tensors or layers are selected.
 from __future__ import annotations
 
 import zlib
+from typing import Iterable
 
 import torch
 
@@ -44,7 +45,7 @@ class RandomParameter(ParameterScorer):
             from torch's global generator (new scores on every call).
         params: parameter names to score (None = all trainable).
 
-    Example:
+    Examples:
         >>> import torch.nn as nn
         >>> net = nn.Linear(3, 2)
         >>> s = RandomParameter(seed=1).score(net)
@@ -59,7 +60,7 @@ class RandomParameter(ParameterScorer):
     needs_data = False
     approximates = None
 
-    def __init__(self, seed: int | None = 0, params=None):
+    def __init__(self, seed: int | None = 0, params: Iterable[str] | None = None):
         super().__init__(params)
         self.seed = _check_seed(seed)
 
@@ -77,9 +78,11 @@ class RandomUnit(UnitScorer):
     Args:
         seed: int for reproducible scores (the default, 0), or None for
             torch's global generator.
-        layers, exclude, example_input: see :class:`~saliency.base.UnitScorer`.
+        layers: see :class:`~saliency.base.UnitScorer`.
+        exclude: see :class:`~saliency.base.UnitScorer`.
+        example_input: see :class:`~saliency.base.UnitScorer`.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
         >>> RandomUnit(seed=0).score(net)["0"].shape
@@ -91,7 +94,8 @@ class RandomUnit(UnitScorer):
     needs_data = False
     approximates = None
 
-    def __init__(self, seed: int | None = 0, layers=None, *, exclude=(), example_input=None):
+    def __init__(self, seed: int | None = 0, layers: Iterable[str] | None = None, *,
+                 exclude: Iterable[str] = (), example_input: torch.Tensor | None = None):
         super().__init__(layers, exclude=exclude, example_input=example_input)
         self.seed = _check_seed(seed)
 

@@ -53,7 +53,7 @@ class Switch(nn.Module):
     The parameter is ``weight`` (``beta`` or ``theta`` of the papers), so the
     switch is sliced, masked and counted like any per-channel tensor.
 
-    Example:
+    Examples:
         >>> s = Switch(3, init="constant")
         >>> x = torch.randn(2, 3, 4, 4)
         >>> torch.equal(s(x), x)

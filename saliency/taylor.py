@@ -34,6 +34,7 @@ pairwise terms on purpose.
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 import torch.nn as nn
@@ -76,7 +77,7 @@ class _TaylorScorer(ParameterScorer):
     _uses_hessian = True
 
     def __init__(self, *, absolute: bool = False, delta: str = "prune",
-                 epsilon: float | None = None, params=None):
+                 epsilon: float | None = None, params: Iterable[str] | None = None):
         super().__init__(params)
         if delta not in _DELTAS:
             raise ValueError(f"delta must be one of {_DELTAS}, got {delta!r}")
@@ -136,7 +137,7 @@ class Taylor1(_TaylorScorer):
             for ``"sensitivity"``.
         params: parameter names to score (None = all trainable).
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
         >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
@@ -166,9 +167,11 @@ class Taylor2(_TaylorScorer):
             0.5 the exact quadratic term (the scores then sum to
             ``dw^T g + 1/2 dw^T H dw``).
         absolute: return ``|S_i|`` (``taylor2ScorerAbs``).
-        delta, epsilon, params: as in :class:`Taylor1`.
+        delta: as in :class:`Taylor1`.
+        epsilon: as in :class:`Taylor1`.
+        params: as in :class:`Taylor1`.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
         >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
@@ -180,7 +183,7 @@ class Taylor2(_TaylorScorer):
     """
 
     def __init__(self, *, lam: float = 1.0, absolute: bool = False, delta: str = "prune",
-                 epsilon: float | None = None, params=None):
+                 epsilon: float | None = None, params: Iterable[str] | None = None):
         super().__init__(absolute=absolute, delta=delta, epsilon=epsilon, params=params)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
             raise ValueError(f"lam must be a finite number, got {lam!r}")
@@ -198,9 +201,11 @@ class Hessian(_TaylorScorer):
 
     Args:
         absolute: return ``|S_i|`` (``hessianScorerAbs``).
-        delta, epsilon, params: as in :class:`Taylor1`.
+        delta: as in :class:`Taylor1`.
+        epsilon: as in :class:`Taylor1`.
+        params: as in :class:`Taylor1`.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
         >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]

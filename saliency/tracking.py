@@ -115,7 +115,8 @@ class UnitTracker:
         hist_range: fixed ``(lo, hi)`` for every histogram, or None (each
             probe's own range per unit).
         loss_fn: ``loss_fn(output, target, reduction="none")``.
-        example_input, exclude: for :func:`saliency.trace`.
+        example_input: for :func:`saliency.trace`.
+        exclude: for :func:`saliency.trace`.
 
     Attributes:
         records: one dict per probe, ``{"step", "loss", "layers": {layer:

@@ -61,7 +61,7 @@ class TriStateReLU(nn.Module):
     Parameters: ``width`` (shape ``(C,)``, the ``w_i``) and ``depth`` (shape
     ``(1,)``, ``d``).
 
-    Example:
+    Examples:
         >>> act = TriStateReLU(3)
         >>> x = torch.tensor([[-1.0, 0.5, 2.0]])
         >>> act(x)                                  # w = 1, d = 0: a ReLU

@@ -44,7 +44,7 @@ class MRS(_StatScorer):
     ``k`` (and the inner product over a convolution's positions). All units of
     all layers come from one forward and one backward pass.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
         >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
