@@ -51,11 +51,11 @@ from pruners import UnitPruner, count_macs, count_params, schedules
 from . import io as eio
 from .common import load_data
 from .models import build_model
-from .pruning import PrunerCallback, plot_pruning
+from .pruning import EpochLog, PrunerCallback, StepLog, plot_pruning
 from .registry import RunContext, register
 from .training import Callback, Trainer, TrainConfig, evaluate
 
-__all__ = ["StepLog", "EpochLog", "time_inference", "format_table", "demo"]
+__all__ = ["time_inference", "format_table", "demo"]
 
 #: settings whose change does not invalidate the checkpoints of a demo folder
 _FREE = ("data_dir", "eval_batch_size", "timing_batch", "timing_repeats", "timing_warmup",
@@ -81,47 +81,6 @@ _DEFAULTS: dict[str, Any] = {
 _QUICK = {"limit": 384, "epochs": 2, "schedule": {"1": 0.3, "2": 0.6}, "score_samples": 256,
           "score_batch": 256, "eval_batch_size": 384, "timing_repeats": 10,
           "timing_warmup": 2}
-
-
-class StepLog(Callback):
-    """Records ``[step, training loss, 0.0]`` rows like :attr:`PrunerCallback.steps`
-    (the unpruned run's curve of Fig. 4.6); kept in the checkpoint."""
-
-    def __init__(self) -> None:
-        self.steps: list[list[float]] = []
-
-    def on_step_end(self, trainer, loss: float) -> None:
-        self.steps.append([trainer.step, float(loss), 0.0])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps": [list(r) for r in self.steps]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.steps = [list(r) for r in state["steps"]]
-
-
-class EpochLog(Callback):
-    """Logs one line per epoch (and the pruning round, if any) through ``ctx.log``."""
-
-    def __init__(self, ctx: RunContext, label: str, pruner_cb: PrunerCallback | None = None):
-        self.ctx, self.label, self.pruner_cb = ctx, label, pruner_cb
-
-    def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
-        acc = metrics.get("test_acc")
-        self.ctx.log(f"  {self.label} epoch {trainer.epoch:>2}/{trainer.config.epochs}  "
-                     f"train loss {metrics['train_loss']:.4f}  "
-                     + (f"test acc {100 * acc:.2f}%  " if acc is not None else "")
-                     + f"{metrics['epoch_time_s']:.1f}s")
-        cb = self.pruner_cb
-        if cb is not None and cb.rounds and cb.rounds[-1]["epoch"] == trainer.epoch:
-            r = cb.rounds[-1]
-            widths = ", ".join(f"{k.split('/', 1)[1]} {v}" for k, v in r.items()
-                               if k.startswith("remaining/"))
-            self.ctx.log(f"    then pruning round: target {100 * r['target']:.0f}% of each "
-                         f"layer's units gone, {widths} left; parameters "
-                         f"{r['params_before']:,} -> {r['params_after']:,}"
-                         + (f"; loss on the scoring samples {r['loss_before']:.4f} -> "
-                            f"{r['loss_after']:.4f}" if r.get("penalty") is not None else ""))
 
 
 def _schedule(spec):
@@ -329,13 +288,13 @@ def _demo(cfg: dict, ctx: RunContext) -> dict:
 
     # 1. the unpruned network
     dense_log = StepLog()
-    dense = _train(cfg, ctx, data, "unpruned", [dense_log, EpochLog(ctx, "unpruned")],
+    dense = _train(cfg, ctx, data, "unpruned", [dense_log, EpochLog(ctx.log, "unpruned")],
                    "[1/2] unpruned")
 
     # 2. the same network and data order with MRS unit pruning
     pcb = PrunerCallback(pruner, every="epoch", score_samples=cfg["score_samples"],
                          score_batch=cfg["score_batch"], seed=cfg["seed"])
-    pruned = _train(cfg, ctx, data, "pruned", [pcb, EpochLog(ctx, "pruned", pcb)],
+    pruned = _train(cfg, ctx, data, "pruned", [pcb, EpochLog(ctx.log, "pruned", pcb)],
                     "[2/2] pruned (MRS, mean replacement, removal)")
 
     # 3. compare

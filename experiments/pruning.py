@@ -28,7 +28,7 @@ from pruners.pruning import RoundReport
 
 from .training import Callback
 
-__all__ = ["PrunerCallback", "ShrinkNetsCallback", "GroupSparsityCallback", "TriStateCallback",
+__all__ = ["StepLog", "EpochLog", "PrunerCallback", "ShrinkNetsCallback", "GroupSparsityCallback", "TriStateCallback",
            "scoring_batches", "plot_pruning"]
 
 
@@ -376,3 +376,50 @@ class TriStateCallback(Callback):
             metrics["complexity"] = float(complexity_term(
                 trainer.model, trainer.example_input, normalize=self.normalize,
                 depth_weight=self.depth_weight))
+
+
+class StepLog(Callback):
+    """``[step, training loss, 0.0]`` rows, like :attr:`PrunerCallback.steps` (the curve of an
+    unpruned run beside a pruned one, the thesis's Fig. 2.8 / 4.6); kept in the checkpoint."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[float]] = []
+
+    def on_step_end(self, trainer, loss: float) -> None:
+        self.steps.append([trainer.step, float(loss), 0.0])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": [list(r) for r in self.steps]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps = [list(r) for r in state["steps"]]
+
+
+class EpochLog(Callback):
+    """One line per epoch through ``log`` (e.g. ``RunContext.log``) and, when the epoch ended
+    with a round of ``pruner_cb``, one line for that round: the target, the units left per
+    layer, the parameters and the loss on the scoring samples before and after."""
+
+    def __init__(self, log, label: str, pruner_cb: PrunerCallback | None = None):
+        self.log, self.label, self.pruner_cb = log, label, pruner_cb
+
+    def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
+        acc = metrics.get("test_acc")
+        params = metrics.get("params")
+        self.log(f"  {self.label} epoch {trainer.epoch:>2}/{trainer.config.epochs}  "
+                 f"train loss {metrics['train_loss']:.4f}  "
+                 + (f"test acc {100 * acc:.2f}%  " if acc is not None else "")
+                 + (f"params {params:,}  " if params is not None else "")
+                 + f"{metrics['epoch_time_s']:.1f}s")
+        cb = self.pruner_cb
+        if cb is not None and cb.rounds and cb.rounds[-1]["epoch"] == trainer.epoch:
+            r = cb.rounds[-1]
+            widths = ", ".join(f"{k.split('/', 1)[1]} {v}" for k, v in r.items()
+                               if k.startswith("remaining/"))
+            target = r["target"]
+            target = f"{100 * target:g}% pruned" if isinstance(target, float) else f"{target}"
+            self.log(f"    then pruning round: target {target}"
+                     + (f", {widths} left" if widths else "")
+                     + f"; parameters {r['params_before']:,} -> {r['params_after']:,}"
+                     + (f"; loss on the scoring samples {r['loss_before']:.4f} -> "
+                        f"{r['loss_after']:.4f}" if r.get("loss_before") is not None else ""))

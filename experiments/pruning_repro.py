@@ -56,11 +56,11 @@ from saliency.layers import effective_tensor
 from . import io as eio
 from .common import final_metrics, load_data
 from .models import build_model
-from .pruning import PrunerCallback, plot_pruning
+from .pruning import EpochLog, PrunerCallback, StepLog, plot_pruning
 from .registry import RunContext, register
 from .training import Callback, Trainer, TrainConfig, evaluate
 
-__all__ = ["StepLog", "Counterfactual", "activation_means", "fnz_sweep", "unmask",
+__all__ = ["Counterfactual", "activation_means", "fnz_sweep", "unmask",
            "nonzero_params", "plot_fnz", "FNZ_GRID", "THESIS", "THESIS_CNN_ACTIVATIONS"]
 
 #: what the thesis reports (MNIST), for the results files and docs
@@ -99,46 +99,6 @@ def _points(s: schedules.table) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- callbacks
-
-
-class StepLog(Callback):
-    """``[step, training loss, 0.0]`` rows, like :attr:`PrunerCallback.steps` (the
-    unpruned run's curve of Fig. 2.8 / 4.6); kept in the checkpoint."""
-
-    def __init__(self) -> None:
-        self.steps: list[list[float]] = []
-
-    def on_step_end(self, trainer, loss: float) -> None:
-        self.steps.append([trainer.step, float(loss), 0.0])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps": [list(r) for r in self.steps]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.steps = [list(r) for r in state["steps"]]
-
-
-class _EpochLog(Callback):
-    """One log line per epoch (and per pruning round) through ``ctx.log``."""
-
-    def __init__(self, ctx: RunContext, label: str, pruner_cb: PrunerCallback | None = None):
-        self.ctx, self.label, self.pruner_cb = ctx, label, pruner_cb
-
-    def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
-        cb = self.pruner_cb
-        if cb is not None and cb.rounds and cb.rounds[-1]["epoch"] == trainer.epoch:
-            r = cb.rounds[-1]
-            widths = ", ".join(f"{k.split('/', 1)[1]} {v}" for k, v in r.items()
-                               if k.startswith("remaining/"))
-            self.ctx.log(f"  {self.label}: round after epoch {trainer.epoch}, target "
-                         f"{r['target']}" + (f" ({widths} units left)" if widths else "")
-                         + f"; parameters {r['params_before']:,} -> {r['params_after']:,}; "
-                         f"loss {r['loss_before']:.4f} -> {r['loss_after']:.4f}")
-        acc = metrics.get("test_acc")
-        self.ctx.log(f"  {self.label} epoch {trainer.epoch:>2}/{trainer.config.epochs}  "
-                     f"train loss {metrics['train_loss']:.4f}  "
-                     + (f"test acc {100 * acc:.2f}%  " if acc is not None else "")
-                     + f"params {metrics['params']:,}  {metrics['epoch_time_s']:.1f}s")
 
 
 #: where the thesis CNN's units reach their consumers: the output of the module after
@@ -296,7 +256,7 @@ def _train(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str,
 
 def _unpruned(cfg, ctx, data) -> tuple[Trainer, StepLog]:
     log = StepLog()
-    trainer = _train(cfg, ctx, data, "unpruned", [log, _EpochLog(ctx, "unpruned")])
+    trainer = _train(cfg, ctx, data, "unpruned", [log, EpochLog(ctx.log, "unpruned")])
     return trainer, log
 
 
@@ -498,7 +458,7 @@ def thesis_magnitude_pruning(cfg: dict, ctx: RunContext) -> dict:
     dense, dense_log = _unpruned(cfg, ctx, data)
     pruner = ParameterPruner("magnitude", schedule, scope="global")
     cb = _pruner_callback(pruner, cfg)
-    pruned = _train(cfg, ctx, data, "pruned", [cb, _EpochLog(ctx, "pruned", cb)])
+    pruned = _train(cfg, ctx, data, "pruned", [cb, EpochLog(ctx.log, "pruned", cb)])
     model = pruned.model
     ds = cfg["dataset"]
 
@@ -566,7 +526,7 @@ def _unit_run(cfg, ctx, data, sub: str, replacement: str
                         scope="layer")
     shadow = Counterfactual(pruner, [a for a in ALTERNATIVES if a != replacement])
     cb = _pruner_callback(shadow, cfg)
-    trainer = _train(cfg, ctx, data, sub, [cb, _EpochLog(ctx, sub, cb)])
+    trainer = _train(cfg, ctx, data, sub, [cb, EpochLog(ctx.log, sub, cb)])
     return trainer, cb, shadow
 
 

@@ -203,3 +203,32 @@ def covtype_text(table: np.ndarray) -> str:
 def write_covtype(path: Path, table: np.ndarray, *, gz: bool = False) -> Path:
     """Write ``table`` as covtype.data (gzip-compressed if ``gz``)."""
     return write_bytes(path, covtype_text(table).encode("ascii"), gz=gz)
+
+
+# --------------------------------------------------------------------------- quick runs
+
+SYSTEM_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fmnist_args(tmp_path_factory) -> list[str]:
+    """``--set`` arguments pointing an experiment at Fashion-MNIST: Debian's files when
+    installed, else a small IDX folder written here (600 training, 100 test images)."""
+    if all(any(SYSTEM_FMNIST.glob(f"{b}*")) for b in ("train-images-idx3-ubyte",
+                                                        "t10k-images-idx3-ubyte")):
+        return ["--set", f"data_dir={SYSTEM_FMNIST}"]
+    d = tmp_path_factory.mktemp("fmnist")
+    write_idx_dir(d, n_train=600, n_test=100, seed=1, gz=True)
+    return ["--set", f"data_dir={d}", "--set", "val_size=100"]
+
+
+def quick_run(name: str, tmp_path_factory):
+    """Run experiment ``name`` with ``--quick`` on Fashion-MNIST into a fresh folder; return
+    ``(folder, its config, its results.json)``."""
+    import json
+
+    from experiments.cli import main
+
+    out = tmp_path_factory.mktemp(name.replace("-", "_"))
+    assert main(["run", name, "--quick", "--out", str(out), *fmnist_args(tmp_path_factory)]) == 0
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    return out, cfg, json.loads((out / "results.json").read_text())

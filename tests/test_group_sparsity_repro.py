@@ -15,35 +15,23 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from data_files import write_idx_dir
+from data_files import quick_run
 from experiments.cli import main
 from experiments.common import load_data
 from experiments.models import build_model
 from experiments.training import evaluate
 import experiments.group_sparsity_repro as gs
 
-SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 LAYERS = ("conv1", "conv2", "fc1")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("group_sparsity")
-    if all(any(SYSTEM.glob(f"{b}*")) for b in ("train-images-idx3-ubyte",
-                                                 "t10k-images-idx3-ubyte")):
-        data = ["--set", f"data_dir={SYSTEM}"]
-    else:
-        d = tmp_path_factory.mktemp("fmnist")
-        write_idx_dir(d, n_train=600, n_test=100, seed=1, gz=True)
-        data = ["--set", f"data_dir={d}", "--set", "val_size=100"]
-    assert main(["run", "group-sparsity", "--quick", "--out", str(out), *data]) == 0
-    cfg = json.loads((out / "config.json").read_text())["config"]
-    return out, cfg, json.loads((out / "results.json").read_text())
+    return quick_run("group-sparsity", tmp_path_factory)
 
 
 def _macs(w1: int, w2: int, hidden: int) -> int:

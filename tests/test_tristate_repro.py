@@ -11,34 +11,22 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-from data_files import write_idx_dir
+from data_files import quick_run
 from experiments.cli import main
 from experiments.common import load_data
 from experiments.training import evaluate
 import experiments.tristate_repro as tr
 
-SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tristate")
-    if all(any(SYSTEM.glob(f"{b}*")) for b in ("train-images-idx3-ubyte",
-                                                 "t10k-images-idx3-ubyte")):
-        data = ["--set", f"data_dir={SYSTEM}"]
-    else:
-        d = tmp_path_factory.mktemp("fmnist")
-        write_idx_dir(d, n_train=600, n_test=100, seed=1, gz=True)
-        data = ["--set", f"data_dir={d}", "--set", "val_size=100"]
-    assert main(["run", "tristate-relu", "--quick", "--out", str(out), *data]) == 0
-    cfg = json.loads((out / "config.json").read_text())["config"]
-    return out, cfg, json.loads((out / "results.json").read_text())
+    return quick_run("tristate-relu", tmp_path_factory)
 
 
 def _rebuild(state: dict, widths: list[int], depth: dict) -> nn.Sequential:

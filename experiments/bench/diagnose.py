@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -31,23 +30,9 @@ import torch.nn.functional as F
 from experiments.models import build_model
 from saliency import MRP, find_dead_units
 
+from .timing import alternating
+
 TARGET = 3.0
-
-
-def _paired(ref, case, repeats: int, warmup: int = 1) -> tuple[list[float], list[float]]:
-    """Times of ``ref`` and ``case``, measured alternately (``repeats`` each)."""
-    for _ in range(warmup):
-        ref()
-        case()
-    t_ref, t_case = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        ref()
-        t_ref.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        case()
-        t_case.append(time.perf_counter() - t)
-    return t_ref, t_case
 
 
 def main(argv: list[str] | None = None, file=None, widths=(784, 1024, 1024, 10)) -> dict:
@@ -81,7 +66,7 @@ def main(argv: list[str] | None = None, file=None, widths=(784, 1024, 1024, 10))
     def diagnose():
         reports.append(find_dead_units(model, data))
 
-    t_ref, t_case = _paired(fwd_bwd, diagnose, repeats)
+    t_ref, t_case = alternating(fwd_bwd, diagnose, repeats)
     model.zero_grad(set_to_none=True)
     ratio = min(t_case) / min(t_ref)
     rows = [{"case": "forward+backward", "seconds": min(t_ref), "ratio": 1.0,
@@ -89,7 +74,7 @@ def main(argv: list[str] | None = None, file=None, widths=(784, 1024, 1024, 10))
             {"case": "find_dead_units (all criteria but exact MRP)", "seconds": min(t_case),
              "ratio": ratio, "samples": t_case}]
     if args.exact_mrp:
-        r_ref, r_case = _paired(fwd_bwd, lambda: MRP().score(model, data), 1, warmup=0)
+        r_ref, r_case = alternating(fwd_bwd, lambda: MRP().score(model, data), 1, warmup=0)
         rows.append({"case": "exact MRP, every hidden unit (extra pass)", "seconds": r_case[0],
                      "ratio": r_case[0] / r_ref[0], "samples": r_case})
     units = sum(reports[-1].num_units.values())

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -36,27 +35,15 @@ from saliency.base import preserved
 from saliency.hvp import hvp
 from saliency.unit_stats import unit_statistics
 
+from .timing import alternating
+
 TARGETS = {"mrs_pass": ("<=", 1.3), "mrp_all_units": ("<=", 50.0), "hvp": ("<=", 3.0),
            "loss_change_conv1_speedup": (">=", 20.0)}
 
 
 def _paired(ref, case, repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """Best-of-``repeats`` times of ``ref`` and ``case``, measured alternately.
-
-    On a shared machine the speed drifts over seconds; alternating the two
-    and keeping each one's fastest run compares them under the same load.
-    """
-    for _ in range(warmup):
-        ref()
-        case()
-    t_ref, t_case = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        ref()
-        t_ref.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        case()
-        t_case.append(time.perf_counter() - t)
+    """Best-of-``repeats`` times of ``ref`` and ``case``, measured alternately."""
+    t_ref, t_case = alternating(ref, case, repeats, warmup)
     return min(t_ref), min(t_case)
 
 
