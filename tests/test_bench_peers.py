@@ -1,0 +1,344 @@
+"""The head-to-head benchmark against Torch-Pruning and torch.nn.utils.prune (issue 9, item 3).
+
+One ``--quick`` run (tiny networks, generated data, about 20 s on one core)
+is shared by the module; each test checks its figures against references
+computed here independently: closed-form parameter counts, a masked twin,
+a hand-made "drop", the printed tables. Torch-Pruning's parts are skipped
+when ``torch_pruning`` is not installed (it is in the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.metadata
+import importlib.util
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pruners
+from experiments.bench import peers as P
+from saliency import SCORERS
+
+HAS_TP = importlib.util.find_spec("torch_pruning") is not None
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("peers-cache")
+    buf = io.StringIO()
+    result = P.main(["--quick", "--no-install", "--cache", str(cache), "--seed", str(SEED)],
+                    file=buf)
+    return result, buf.getvalue(), cache
+
+
+@pytest.fixture(scope="module")
+def nets(run):
+    """The trained quick networks (loaded from the run's cache), their data and contexts."""
+    _, _, cache = run
+    s = P.QUICK
+    splits, finetune, scoring = P.prepare_data("synthetic", s, SEED)
+    tp = importlib.import_module("torch_pruning") if HAS_TP else None
+    out = {}
+    for spec in s.models:
+        base, info = P.trained_model(spec, splits, s, cache, SEED, lambda _msg: None)
+        assert info["epochs_trained"] == 0  # loaded, so the very networks of the run
+        ctx = P.make_context(base, splits.train.tensors[0][:1].clone(), scoring, tp, s,
+                             spec.name)
+        out[spec.name] = (base, ctx)
+    return out, splits
+
+
+def _mlp_params(widths):
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+def _cnn_params(c1, c2, hidden, classes=10):
+    side = ((28 - 4) // 2 - 4) // 2  # two 5x5 valid convolutions, two 2x2 pools
+    return ((c1 * 25 + c1) + 2 * c1                   # conv1 + bn1
+            + (c2 * c1 * 25 + c2) + 2 * c2            # conv2 + bn2
+            + (hidden * c2 * side * side + hidden)    # fc1
+            + (classes * hidden + classes))           # fc2
+
+
+def _closed_form(model: str, kept: dict) -> int:
+    if model == "mlp":
+        return _mlp_params([784, kept["fc1"], kept["fc2"], 10])
+    return _cnn_params(kept["conv1"], kept["conv2"], kept["fc1"])
+
+
+def test_json_line_is_last_and_is_the_result(run):
+    result, text, _ = run
+    last = text.rstrip("\n").split("\n")[-1]
+    assert json.loads(last) == json.loads(json.dumps(result))
+    assert result["benchmark"] == "peers" and result["config"]["quick"] is True
+    want = importlib.metadata.version("torch-pruning") if HAS_TP else None
+    assert result["config"]["torch_pruning"] == want
+
+
+def test_base_sizes_match_closed_form(run):
+    result, _, _ = run
+    base = {r["model"]: r["params_base"] for r in result["accuracy"]}
+    assert base["mlp"] == _mlp_params([784, 48, 48, 10]) == 40_522
+    assert base["cnn"] == _cnn_params(6, 8, 24) == 4_738
+
+
+def test_every_method_has_the_closed_form_count_of_the_common_widths(run):
+    result, _, _ = run
+    expected = {"ours_mrs", "ours_shrinknets", "ours_group_sparsity", "ln_structured"}
+    if HAS_TP:
+        expected |= {"tp_magnitude", "tp_taylor"}
+    full = {"mlp": (48, 48), "cnn": (6, 8, 24)}
+    groups: dict = {}
+    for r in result["accuracy"]:
+        groups.setdefault((r["model"], r["target"]), []).append(r)
+    assert sorted(groups) == sorted((m, t) for m in ("mlp", "cnn") for t in (2.0, 5.0, 10.0))
+    for (model, target), rows in groups.items():
+        methods = {r["method"] for r in rows}
+        want = expected | ({"tp_bn_scale"} if HAS_TP and model == "cnn" else set())
+        assert methods == want, (model, target)
+        kept = rows[0]["kept"]
+        count = _closed_form(model, kept)
+        for r in rows:
+            assert r["kept"] == kept and r["params"] == count, (model, target, r["method"])
+            assert r["reduction"] == pytest.approx(r["params_base"] / count, rel=1e-12)
+            if r["method"] == "ln_structured":  # masked: dense rows' biases still count
+                assert r["nonzero_params"] > count
+            else:
+                assert r["nonzero_params"] == count
+        # one uniform fraction k: round(k n_l) = kept_l in every layer (n_l = full width)
+        lo = max(((k - 0.5) / n for k, n in zip(kept.values(), full[model]) if k > 1),
+                 default=0.0)
+        hi = min((k + 0.5) / n for k, n in zip(kept.values(), full[model]))
+        assert lo < hi, (model, target, kept)
+        # near the target: within 25% of the asked reduction
+        assert abs(math.log(rows[0]["reduction"] / target)) < math.log(1.25), (model, target)
+
+
+def test_widths_for_reduction_matches_the_physical_count_and_rejects_bad_targets(nets):
+    models, _ = nets
+    base, ctx = models["mlp"]
+    kept, count = P.widths_for_reduction(base, ctx.example, 5.0)
+    assert count == _mlp_params([784, kept["fc1"], kept["fc2"], 10])
+    twin = copy.deepcopy(base)
+    pruners.remove_units(twin, {l: list(range(48 - k)) for l, k in kept.items()},
+                         example_input=ctx.example)
+    assert pruners.count_params(twin) == count
+    for bad in (1.0, 0.5, True, "5", float("nan")):
+        with pytest.raises(ValueError, match="number > 1"):
+            P.widths_for_reduction(base, ctx.example, bad)
+    with pytest.raises(ValueError, match="out of reach"):
+        P.widths_for_reduction(base, ctx.example, 1e6)
+
+
+def test_ours_equals_its_masked_twin_with_mean_replacement(nets):
+    models, splits = nets
+    x = splits.test.tensors[0][:300]
+    for name, (base, ctx) in models.items():
+        kept, count = P.widths_for_reduction(base, ctx.example, 5.0)
+        pruned = copy.deepcopy(base).eval()
+        units = P._mrs(pruned, kept, ctx)
+        # independent selection: the n - k lowest MRS scores of every layer
+        scores = SCORERS["mrs"]().score(base, ctx.scoring)
+        for layer, k in kept.items():
+            n = ctx.prunable[layer]
+            want = torch.argsort(scores[layer].double(), stable=True)[: n - k]
+            assert sorted(units[layer]) == sorted(want.tolist()), (name, layer)
+        masked = copy.deepcopy(base).eval()
+        pruners.mask_units(masked, units, replacement="mean", data=ctx.scoring)
+        with torch.no_grad():
+            a, b = pruned(x), masked(x)
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, float((a - b).abs().max()))
+        assert pruners.count_params(pruned) == count == _closed_form(name, kept)
+        # and removal changed the function: the twin check is not vacuous
+        with torch.no_grad():
+            assert float((base.eval()(x) - a).abs().max()) > 1e-2
+
+
+def test_ln_structured_physical_twin_is_the_same_function(nets):
+    models, splits = nets
+    x = splits.test.tensors[0][:300]
+    for name, (base, ctx) in models.items():
+        kept, count = P.widths_for_reduction(base, ctx.example, 2.0)
+        masked = P._ln_structured(copy.deepcopy(base).eval(), kept, ctx)
+        twin, units = P.physical_twin(masked, list(kept), ctx.example)
+        for layer, k in kept.items():
+            assert len(units[layer]) == ctx.prunable[layer] - k
+            w = masked.get_submodule(layer).weight  # the masked weight, rows of units zero
+            assert float(w[units[layer]].abs().max()) == 0.0
+        with torch.no_grad():
+            a, b = masked(x), twin(x)
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), name
+        assert pruners.count_params(twin) == count == _closed_form(name, kept)
+
+
+def test_constant_units_ours_exact_dropping_is_not(run, nets):
+    result, _, _ = run
+    models, splits = nets
+    rows = {(r["model"], r["dtype"], r["method"]): r for r in result["constant_units"]}
+    x = splits.test.tensors[0][:2000].double()
+    for name, (base, ctx) in models.items():
+        ours64 = rows[(name, "float64", "ours_mean_replacement")]
+        ours32 = rows[(name, "float32", "ours_mean_replacement")]
+        assert ours64["max_abs_change"] <= 1e-12
+        # float32: an exact rewrite changes the logits by rounding only
+        assert 0 < ours32["rounding_floor"] < 1e-5
+        assert ours32["max_abs_change"] <= 4 * ours32["rounding_floor"]
+        # an independent drop: plant the same units, zero their consumer columns
+        planted = copy.deepcopy(base).double().eval()
+        layer, idx = P._plant_constant(planted, ctx, SEED)
+        assert idx == ours64["unit_indices"]
+        with torch.no_grad():
+            ref = planted(x)
+            acts = {}  # act1: after fc1 (MLP), after conv1 and bn1 (CNN)
+            h = planted.act1.register_forward_hook(
+                lambda m, i, o: acts.setdefault("a", o))
+            planted(x)
+            h.remove()
+            a = acts["a"][:, idx]
+            assert float((a - a[:1]).abs().max()) == 0.0  # the planted units are constant
+            assert float(a.min()) > 0.4                    # ... and not zero
+            dropped = copy.deepcopy(planted)
+            consumer = dropped.fc2 if name == "mlp" else dropped.conv2
+            consumer.weight[:, idx] = 0.0
+            change = float((dropped(x) - ref).abs().max())
+        assert change > 0.05 * ours64["max_abs_logit"]
+        assert rows[(name, "float64", "ours_drop")]["max_abs_change"] == pytest.approx(
+            change, rel=1e-9)
+        if HAS_TP:
+            assert rows[(name, "float64", "tp_drop")]["max_abs_change"] == pytest.approx(
+                change, rel=1e-9)
+            assert rows[(name, "float32", "tp_drop")]["max_abs_change"] == pytest.approx(
+                change, rel=1e-4)
+    assert result["targets"]["constant_unit_change"]["met"] is True
+
+
+def _value(result, ratio):
+    """The figures a ratio entry must have come from, looked up in the result's tables."""
+    comp, model = ratio["comparison"], ratio["model"]
+    if comp in ("acc_pruned", "acc_finetuned", "acc_finetuned_best"):
+        metric = "acc_finetuned" if comp == "acc_finetuned_best" else comp
+        acc = {(r["model"], r["target"], r["method"]): r[metric] for r in result["accuracy"]}
+        return (acc[(model, ratio["target"], ratio["ours"])],
+                acc[(model, ratio["target"], ratio["peer"])])
+    if comp.startswith("inference_ms_batch"):
+        batch = int(comp[len("inference_ms_batch"):])
+        row = next(r for r in result["inference"]
+                   if (r["model"], r["target"], r["batch"]) == (model, ratio["target"], batch))
+        return row["ms"][ratio["ours"]], row["ms"][ratio["peer"]]
+    if comp.startswith("constant_unit_change_"):
+        dtype = comp[len("constant_unit_change_"):]
+        c = {(r["model"], r["dtype"], r["method"]): r["max_abs_change"]
+             for r in result["constant_units"]}
+        return c[(model, dtype, ratio["ours"])], c[(model, dtype, ratio["peer"])]
+    t = {(r["model"], r["case"]): r["median_ms"] for r in result["timing"]}
+    return t[(model, ratio["ours"])], t[(model, ratio["peer"])]
+
+
+def test_ratios_are_the_table_figures_divided(run):
+    result, _, _ = run
+    ratios = result["ratios"]
+    comps = {r["comparison"] for r in ratios}
+    assert {"acc_pruned", "acc_finetuned", "acc_finetuned_best"} <= comps
+    if HAS_TP:
+        assert {"scoring_time", "removal_time", "prune_step_time", "constant_unit_change_float32",
+                "constant_unit_change_float64", "inference_ms_batch1",
+                "inference_ms_batch32"} <= comps
+    for r in ratios:
+        ours, peer = _value(result, r)
+        assert (r["ours_value"], r["peer_value"]) == (ours, peer), r
+        assert r["ratio"] == pytest.approx(ours / peer, rel=1e-12), r
+    # the best-of-ours entry really is the best of ours and the best peer
+    acc = result["accuracy"]
+    for r in (r for r in ratios if r["comparison"] == "acc_finetuned_best"):
+        same = [a for a in acc if (a["model"], a["target"]) == (r["model"], r["target"])]
+        assert r["ours_value"] == max(a["acc_finetuned"] for a in same
+                                      if a["method"] in P.OURS)
+        assert r["peer_value"] == max(a["acc_finetuned"] for a in same
+                                      if a["method"] not in P.OURS)
+
+
+def test_printed_accuracy_table_shows_the_json_figures(run):
+    result, text, _ = run
+    printed = {}
+    for line in text.split("\n"):
+        m = re.match(r"^(mlp|cnn)\s+(\d+)x\s+(.+?)\s{2,}[\d-]+\s+[\d,]+\s+[\d.]+x\s+"
+                     r"([\d.]+)\s+([\d.]+)$", line)
+        if m:
+            printed[(m[1], float(m[2]), m[3])] = (float(m[4]), float(m[5]))
+    assert len(printed) == len(result["accuracy"])
+    for r in result["accuracy"]:
+        assert printed[(r["model"], r["target"], r["label"])] == (
+            round(r["acc_pruned"], 4), round(r["acc_finetuned"], 4))
+
+
+def test_target_booleans_follow_the_figures(run):
+    result, text, _ = run
+    acc = {(r["model"], r["target"], r["method"]): r for r in result["accuracy"]}
+    peers = [m for m in P.METHODS if m not in P.OURS]
+    fin, pru = [], []
+    for model, target in {(m, t) for m, t, _ in acc}:
+        mine = acc[(model, target, "ours_mrs")]
+        others = [acc[(model, target, p)] for p in peers if (model, target, p) in acc]
+        fin.append(mine["acc_finetuned"] >= max(o["acc_finetuned"] for o in others))
+        pru.append(mine["acc_pruned"] > max(o["acc_pruned"] for o in others))
+    targets = result["targets"]
+    assert targets["accuracy_after_finetune"]["met"] is all(fin)
+    assert targets["accuracy_after_pruning"]["met"] is all(pru)
+    if HAS_TP:
+        t = {(r["model"], r["case"]): r["median_ms"] for r in result["timing"]}
+        for key, ours, theirs in (
+                ("scoring_time", "ours: score (SCORERS['taylor'])",
+                 "Torch-Pruning: score incl. graph"),
+                ("removal_time", "ours: remove (remove_units, drop)",
+                 "Torch-Pruning: remove incl. graph")):
+            want = all(t[(m, ours)] <= t[(m, theirs)] for m in ("mlp", "cnn"))
+            assert targets[key]["met"] is want
+        assert result["targets_met"] is all(v["met"] for v in targets.values())
+    else:
+        assert targets["scoring_time"]["met"] is None and result["targets_met"] is False
+    for key, v in targets.items():
+        status = {True: "met", False: "NOT MET", None: "not measured"}[v["met"]]
+        assert f"target {key}: {v['target']}: {status}" in text
+
+
+def test_timing_rows(run):
+    result, _, _ = run
+    cases = {(r["model"], r["case"]) for r in result["timing"]}
+    has_tp = any(c.startswith("Torch-Pruning") for _, c in cases)
+    assert has_tp is HAS_TP
+    for r in result["timing"]:
+        assert r["repeats"] == P.QUICK.repeats
+        assert 0 < r["best_ms"] <= r["median_ms"]
+        assert r["threads"] == torch.get_num_threads()
+        # the 5x selection of the quick widths: (48-10)*2 for the MLP, (6-3)+(8-3)+(24-10) CNN
+        assert r["units_removed"] == {"mlp": 76, "cnn": 22}[r["model"]]
+    for r in result["inference"]:
+        assert set(r["ms"]) == {"unpruned", "ours_mrs", "ln_structured"} | (
+            {"tp_magnitude"} if HAS_TP else set())
+        assert all(v > 0 for v in r["ms"].values())
+
+
+def test_bad_command_lines_and_versions():
+    for argv in (["--repeats", "0"], ["--data", "cifar"], ["--bogus"]):
+        with pytest.raises(SystemExit):
+            P._parse(argv)
+    for bad in ("1.5.2", "1.7.0", "2.0", "nonsense"):
+        with pytest.raises(RuntimeError, match="needs 'torch-pruning>=1.6,<1.7'"):
+            P.check_tp_version(bad)
+    P.check_tp_version("1.6.1")
+
+
+def test_peers_extra_names_the_requirement():
+    text = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text()
+    block = re.search(r"^peers =\n((?:[ \t]+.+\n)+)", text, re.M)
+    assert block is not None, "setup.cfg has no peers extra"
+    assert P.TP_REQUIREMENT in [l.strip() for l in block[1].splitlines()]
