@@ -11,7 +11,8 @@ from .models import build_model
 from .registry import RunContext
 from .training import Trainer, TrainConfig
 
-__all__ = ["load_data", "train_run", "plot_history", "final_metrics", "log_count_axis"]
+__all__ = ["load_data", "train_run", "train_in_folder", "plot_history", "final_metrics",
+           "log_count_axis"]
 
 
 def load_data(cfg: Mapping[str, Any]):
@@ -76,6 +77,28 @@ def final_metrics(history: list[dict]) -> dict[str, Any]:
         if "test_acc" in best:
             out["test_acc_at_best_val"] = best["test_acc"]
     return out
+
+
+def train_in_folder(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str, callbacks=(), *,
+                    model: str = "thesis_cnn", label: str | None = None) -> Trainer:
+    """Train a fresh ``model`` (seeded by ``cfg['seed']``) on ``data`` into the folder ``sub``
+    of the run: a checkpoint every epoch, resumed when one is there, ``history.csv`` at the
+    end. Logs whether it trains, resumes or finds the run finished."""
+    label = label or sub
+    torch.manual_seed(int(cfg["seed"]))
+    trainer = Trainer(build_model(model), data.train, val_set=data.val, test_set=data.test,
+                      config=TrainConfig.from_mapping(cfg), arch={"model": model, "kwargs": {}},
+                      callbacks=list(callbacks), checkpoint=ctx.path(f"{sub}/checkpoint.pt"),
+                      progress=ctx.progress)
+    if trainer.epoch >= trainer.config.epochs or trainer.stopped_reason:
+        ctx.log(f"{label}: already trained ({trainer.epoch} epochs, {sub}/checkpoint.pt)")
+    elif trainer.history:
+        ctx.log(f"{label}: resuming after epoch {trainer.epoch} of {trainer.config.epochs}")
+    else:
+        ctx.log(f"{label}: training {trainer.config.epochs} epochs")
+    history = trainer.fit()
+    ctx.write_csv(f"{sub}/history.csv", history)
+    return trainer
 
 
 def train_run(cfg: Mapping[str, Any], ctx: RunContext, model_name: str,

@@ -49,11 +49,10 @@ import torch.nn as nn
 from pruners import UnitPruner, count_macs, count_params, schedules
 
 from . import io as eio
-from .common import load_data
-from .models import build_model
+from .common import load_data, train_in_folder
 from .pruning import EpochLog, PrunerCallback, StepLog, plot_pruning
 from .registry import RunContext, register
-from .training import Callback, Trainer, TrainConfig, evaluate
+from .training import Callback, Trainer, evaluate
 
 __all__ = ["time_inference", "format_table", "demo"]
 
@@ -115,23 +114,8 @@ def _check_folder(ctx: RunContext, cfg: Mapping[str, Any]) -> None:
 
 
 def _train(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str, callbacks: list,
-            label: str) -> Trainer:
-    torch.manual_seed(cfg["seed"])
-    model = build_model("thesis_cnn")
-    trainer = Trainer(model, data.train, val_set=data.val, test_set=data.test,
-                      config=TrainConfig.from_mapping(cfg),
-                      arch={"model": "thesis_cnn", "kwargs": {}},
-                      callbacks=callbacks, checkpoint=ctx.path(f"{sub}/checkpoint.pt"),
-                      progress=ctx.progress)
-    if trainer.epoch >= trainer.config.epochs or trainer.stopped_reason:
-        ctx.log(f"{label}: already trained ({trainer.epoch} epochs, {sub}/checkpoint.pt)")
-    elif trainer.history:
-        ctx.log(f"{label}: resuming after epoch {trainer.epoch} of {trainer.config.epochs}")
-    else:
-        ctx.log(f"{label}: training {trainer.config.epochs} epochs")
-    history = trainer.fit()
-    ctx.write_csv(f"{sub}/history.csv", history)
-    return trainer
+           label: str) -> Trainer:
+    return train_in_folder(cfg, ctx, data, sub, callbacks, label=label)
 
 
 def time_inference(models: Mapping[str, nn.Module], x: torch.Tensor, *, repeats: int,

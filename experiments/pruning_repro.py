@@ -54,11 +54,10 @@ from pruners.schedules import amount_to_count
 from saliency.layers import effective_tensor
 
 from . import io as eio
-from .common import final_metrics, load_data
-from .models import build_model
+from .common import final_metrics, load_data, train_in_folder
 from .pruning import EpochLog, PrunerCallback, StepLog, plot_pruning
 from .registry import RunContext, register
-from .training import Callback, Trainer, TrainConfig, evaluate
+from .training import Callback, Trainer, evaluate
 
 __all__ = ["Counterfactual", "activation_means", "fnz_sweep", "unmask",
            "nonzero_params", "plot_fnz", "FNZ_GRID", "THESIS", "THESIS_CNN_ACTIVATIONS"]
@@ -237,21 +236,7 @@ def _train(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str,
            callbacks: Sequence[Callback]) -> Trainer:
     """Train the thesis CNN into ``sub/`` (checkpoint every epoch, resumed when present)."""
     _check_folder(ctx, sub, cfg)
-    torch.manual_seed(int(cfg["seed"]))
-    model = build_model("thesis_cnn")
-    trainer = Trainer(model, data.train, val_set=data.val, test_set=data.test,
-                      config=TrainConfig.from_mapping(cfg),
-                      arch={"model": "thesis_cnn", "kwargs": {}}, callbacks=list(callbacks),
-                      checkpoint=ctx.path(f"{sub}/checkpoint.pt"), progress=ctx.progress)
-    if trainer.epoch >= trainer.config.epochs or trainer.stopped_reason:
-        ctx.log(f"{sub}: already trained ({trainer.epoch} epochs)")
-    elif trainer.history:
-        ctx.log(f"{sub}: resuming after epoch {trainer.epoch} of {trainer.config.epochs}")
-    else:
-        ctx.log(f"{sub}: training {trainer.config.epochs} epochs")
-    history = trainer.fit()
-    ctx.write_csv(f"{sub}/history.csv", history)
-    return trainer
+    return train_in_folder(cfg, ctx, data, sub, callbacks)
 
 
 def _unpruned(cfg, ctx, data) -> tuple[Trainer, StepLog]:

@@ -116,7 +116,7 @@ from pruners.shrinknets import (GarbageCollector, SignVariance, Threshold, fold_
 
 from . import io as eio
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .common import load_data, plot_history
+from .common import load_data, log_count_axis, plot_history
 from .models import build_model
 from .pruning import ShrinkNetsCallback
 from .registry import RunContext, register
@@ -456,7 +456,7 @@ def _plot_fronts(rows: Mapping[str, list], fronts: Mapping[str, list], ctx: RunC
         fr = fronts[method]
         ax.step([float(r["params"]) for r in fr], [100 * float(r["test_acc"]) for r in fr],
                 where="post", color=_COLORS[method], lw=1.6, label=f"{method} Pareto front")
-    ax.set_xscale("log")
+    log_count_axis(ax)
     ax.set(xlabel="parameters (folded, switches excluded)",
            ylabel="test accuracy (%) at the best second-half epoch", title=title)
     ax.legend(loc="lower right", fontsize=8)

@@ -310,10 +310,9 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
     ax.step(fs, fa, where="post", color="C3", lw=1.5)
     ax.scatter(fs, fa, s=30, color="C3", zorder=3, label=f"Pareto front ({len(front)})")
     if min(sizes) > 0:
-        from matplotlib.ticker import NullFormatter
+        from .common import log_count_axis
 
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded minor labels
+        log_count_axis(ax)
     ax.set(xlabel=size_key, ylabel=acc_key, title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
