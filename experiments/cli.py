@@ -51,8 +51,9 @@ def _cmd_demo(args) -> int:
     took = f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.1f} s"
     print(f"\nDemo done in {took}. Unit pruning kept "
           f"{100 * r['params']:.1f}% of the parameters and {100 * r['macs']:.1f}% of the MACs "
-          f"({r['test_acc_points']:+.2f} accuracy points, {r['speedup']:.2f}x faster at batch "
-          f"{results['timing']['batch']}).")
+          f"({r['test_acc_points']:+.2f} accuracy points, "
+          + (f"{r['speedup']:.2f}x faster" if r["speedup"] >= 1 else f"{1 / r['speedup']:.2f}x slower")
+          + f" at batch {results['timing']['batch']}).")
     print(f"Written to {out}/:")
     for name, what in (("summary.csv", "the table above"),
                        ("pruning.png", "loss and fraction pruned over steps, widths per round "

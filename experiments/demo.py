@@ -52,7 +52,7 @@ from . import io as eio
 from .common import load_data, train_in_folder
 from .pruning import EpochLog, PrunerCallback, StepLog, plot_pruning
 from .registry import RunContext, register
-from .training import Callback, Trainer, evaluate
+from .training import Trainer, evaluate
 
 __all__ = ["time_inference", "format_table", "demo"]
 
@@ -211,7 +211,8 @@ def _summary_rows(before: Mapping[str, Any], after: Mapping[str, Any],
             rt = f"{100 * (a - b):+.2f} points"
         elif key == "infer_ms":
             bt, at = f"{b:.3f}", f"{a:.3f}"
-            rt = f"{ratio:.3f} ({b / a:.2f}x faster)" if a else "-"
+            rt = ((f"{ratio:.3f} ({b / a:.2f}x faster)" if a <= b
+                   else f"{ratio:.3f} ({a / b:.2f}x slower)") if a else "-")
         else:
             bt, at = f"{b:,}", f"{a:,}"
             rt = f"{ratio:.3f} ({b / a:.2f}x fewer)" if a else "-"

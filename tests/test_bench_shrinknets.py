@@ -36,11 +36,42 @@ def test_json_line_is_last_and_equals_the_result(quick):
     assert json.loads(text.strip().splitlines()[-1]) == json.loads(json.dumps(result))
 
 
-def test_ratios_are_the_table_figures_divided(quick):
+def _table(text: str) -> list[list[str]]:
+    """The per-epoch rows of the printed table (lines that start with an epoch number)."""
+    lines = text.strip().splitlines()[:-1]
+    return [ln.split() for ln in lines if ln.split() and ln.split()[0].isdigit()]
+
+
+def test_printed_table_matches_the_measurements(quick):
+    result, text = quick
+    col = [r for r in result["rows"] if r["run"] == "collected"]
+    msk = [r for r in result["rows"] if r["run"] == "masked"]
+    rows = _table(text)
+    assert len(rows) == len(col) == len(msk) == result["epochs"]
+    macs0 = result["initial_macs"]
+    for row, c, m in zip(rows, col, msk):
+        epoch, live, mean, sec_c, sec_m, t_ratio, m_ratio, losses = row
+        assert int(epoch) == c["epoch"] == m["epoch"]
+        assert int(live.replace(",", "")) == c["live_macs"]
+        assert int(mean.replace(",", "")) == round(c["mean_live_macs"])
+        assert float(sec_c) == pytest.approx(c["seconds"], abs=0.006)
+        assert float(sec_m) == pytest.approx(m["seconds"], abs=0.006)
+        # the time ratio is of the two epochs' seconds, the MAC ratio of the mean over the start
+        assert float(t_ratio) == pytest.approx(c["seconds"] / m["seconds"], abs=6e-4)
+        assert float(m_ratio) == pytest.approx(c["mean_live_macs"] / macs0, abs=6e-4)
+        lc, lm = losses.split("/")
+        assert float(lc) == pytest.approx(c["train_loss"], abs=6e-5)
+        assert float(lm) == pytest.approx(m["train_loss"], abs=6e-5)
+    # the last line before the JSON states the same two ratios
+    summary = text.strip().splitlines()[-2]
+    assert f"time ratio {result['last_epoch_time_ratio']:.3f}" in summary
+    assert f"MAC ratio {result['last_epoch_mac_ratio']:.3f}" in summary
+
+
+def test_ratios_and_targets_follow_from_the_rows(quick):
     result, _ = quick
     col = [r for r in result["rows"] if r["run"] == "collected"]
     msk = [r for r in result["rows"] if r["run"] == "masked"]
-    assert len(col) == len(msk) == result["epochs"]
     macs0 = result["initial_macs"]
     assert result["last_epoch_time_ratio"] == col[-1]["seconds"] / msk[-1]["seconds"]
     assert result["last_epoch_mac_ratio"] == col[-1]["mean_live_macs"] / macs0

@@ -7,7 +7,7 @@ Notebooks: Every ``docs/notebooks/NAME.ipynb`` is executed top to bottom with nb
   cell that raises fails the build. The raw notebook is published beside the page for download.
   An executed copy is reused when its source has not changed: in memory (``mkdocs serve``
   rebuilds), and in the folder ``$SALIENCY_DOCS_EXECUTED`` when set, keyed by the SHA-256 of the
-  notebook, which is how the test suite builds the site without running every notebook twice.
+  notebook and of the library's Python sources, which is how the test suite builds the site without running every notebook twice.
 
 API reference: Every public name (``__all__``) of ``saliency`` and ``pruners`` must be rendered by a
   ``::: identifier`` directive of ``docs/api/*.md`` that resolves to the same object (under the
@@ -84,16 +84,27 @@ def execute(path: str | os.PathLike, workdir: str | os.PathLike | None = None):
     return nb
 
 
+def _code_digest() -> bytes:
+    """SHA-256 over the Python sources of the packages a notebook imports, so a change of the
+    library re-executes every notebook instead of showing outputs it no longer produces."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for package in ("saliency", "pruners", "experiments"):
+        for file in sorted((root / package).rglob("*.py")):
+            h.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    return h.digest()
+
+
 def executed(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
     """The executed notebook of ``path``, from a cache when its source is unchanged.
 
     ``cache_dir`` (default ``$SALIENCY_DOCS_EXECUTED``, if set) holds executed copies named by the
-    SHA-256 of the source notebook's bytes.
+    SHA-256 of the source notebook's bytes and of the library's sources (:func:`_code_digest`).
     """
     import nbformat
 
     path = pathlib.Path(path)
-    key = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = hashlib.sha256(path.read_bytes() + _code_digest()).hexdigest()
     if key in _memory:
         return _memory[key]
     cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV)
@@ -114,7 +125,20 @@ def executed(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
 
 # --------------------------------------------------------------------------- API reference
 
-API_PACKAGES = ("saliency", "pruners")
+def _api_modules() -> tuple[str, ...]:
+    import sys
+
+    here = str(pathlib.Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from griffe_roles import API_MODULES
+
+    return API_MODULES
+
+
+#: the modules whose ``__all__`` the reference must cover: the packages and the submodules the
+#: reference has pages for (``griffe_roles.API_MODULES``, where the Sphinx roles are resolved)
+API_PACKAGES = _api_modules()
 _DIRECTIVE = re.compile(r"^::: ([\w.]+)", re.M)
 
 
@@ -124,10 +148,13 @@ def _resolve(identifier: str):
 
     parts = identifier.split(".")
     for k in range(len(parts), 0, -1):
+        name = ".".join(parts[:k])
         try:
-            obj = importlib.import_module(".".join(parts[:k]))
-        except ImportError:
-            continue
+            obj = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is not None and name.startswith(err.name):
+                continue                  # not a module: an attribute of a shorter prefix
+            raise                         # a real module failed to import something it needs
         for attr in parts[k:]:
             obj = getattr(obj, attr)
         return obj
