@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from pruners import ProximalGroupSparsity, count_params
+from pruners import ProximalGroupSparsity, count_macs, count_params
 from pruners.pruning import RoundReport
 
 from .training import Callback
@@ -181,7 +181,8 @@ class ShrinkNetsCallback(Callback):
     optimizer state). Each epoch's row gets the live parameters, the MACs per
     sample, the units per switched layer, and the running cost of the epoch:
     the draft's sum of input neurons over the epoch's steps and the sum of
-    MACs per sample over them.
+    MACs per sample over them, each step counted at the size it ran with
+    (before that step's collection; the initial size before the first).
 
     Args:
         collector: the garbage collector (its strategy decides what is dead).
@@ -195,6 +196,7 @@ class ShrinkNetsCallback(Callback):
         self.collector, self.lam, self.lam2, self.p = collector, lam, lam2, p
         self.gc_every = int(gc_every)
         self._epoch_cost = [0.0, 0.0]
+        self._size: list[float] | None = None   # the model's size now, as the cost records it
 
     def loss(self, trainer, loss):
         from pruners.shrinknets import shrinknets_penalty
@@ -205,14 +207,26 @@ class ShrinkNetsCallback(Callback):
         example = trainer.example_input
         self.collector.example_input = example
         self.collector.step(trainer.step, trainer.model, trainer.optimizer)
+        self._size = list(self.collector.cost[-1][1:3])
+
+    def _current_size(self, trainer) -> list[float]:
+        """``[input neurons, MACs per sample]`` of the model as it is now: the latest
+        collection's record, or (before the first one, or after a resume) measured."""
+        if self._size is None:
+            from pruners.shrinknets import input_neurons
+
+            example = trainer.example_input
+            self._size = [input_neurons(trainer.model),
+                          count_macs(trainer.model, example) if example is not None else 0]
+        return self._size
 
     def on_step_end(self, trainer, loss: float) -> None:
+        # the step just taken ran at the size before this step's collection
+        size = self._current_size(trainer)
+        self._epoch_cost[0] += size[0]
+        self._epoch_cost[1] += size[1]
         if self.gc_every and trainer.step % self.gc_every == 0:
             self._collect(trainer)
-        cost = self.collector.cost[-1] if self.collector.cost else None
-        if cost is not None:
-            self._epoch_cost[0] += cost[1]
-            self._epoch_cost[1] += cost[2]
 
     def on_epoch_end(self, trainer, metrics) -> None:
         from pruners.shrinknets import switches
@@ -237,6 +251,7 @@ class ShrinkNetsCallback(Callback):
         self.collector.masked = {k: list(v) for k, v in state["masked"].items()}
         self.collector.cost = [list(r) for r in state["cost"]]
         self._epoch_cost = list(state["epoch_cost"])
+        self._size = None                         # measured again on the resumed model
 
 
 class GroupSparsityCallback(Callback):

@@ -1042,11 +1042,9 @@ def _recorder():
 
         def loss(self, trainer, loss):
             self.losses.append(float(loss.detach()))
-            return loss
-
-        def on_step_end(self, trainer, loss):
-            m = trainer.model
+            m = trainer.model        # the size this step computes with, before its collection
             self.steps.append((trainer.epoch, hand_input_neurons(m), hand_mlp_macs(m)))
+            return loss
 
         def on_epoch_end(self, trainer, metrics):
             m = trainer.model
