@@ -178,3 +178,24 @@ def test_model_factories():
                 lambda: small_cnn(widths=()), lambda: small_cnn(image_size=3, widths=(4, 4))):
         with pytest.raises(ValueError):
             bad()
+
+
+def test_nearest_reduction_and_keep_fractions_by_hand():
+    from experiments.bench.inference import keep_fractions, nearest_reduction
+
+    # layers of 2 and 4 units: the kept counts step up at k = 1/8, 1/4, 3/8, 5/8, 3/4, 7/8
+    assert keep_fractions({"a": 2, "b": 4}) == [0.0, 3 / 16, 5 / 16, 1 / 2, 11 / 16, 13 / 16, 1.0]
+    sizes = [10, 20, 40, 80, 100]          # increasing with the index; base 100
+    calls = []
+
+    def size(i):
+        calls.append(i)
+        return sizes[i]
+
+    # 100/20 = 5 and 100/40 = 2.5 bracket 3; log-nearest to 3 is 2.5 (|log 1.2| < |log 5/3|)
+    assert nearest_reduction(size, len(sizes), 100, 3.0, "MACs") == 2
+    assert nearest_reduction(size, len(sizes), 100, 4.9, "MACs") == 1
+    assert nearest_reduction(size, len(sizes), 100, 10.0, "MACs") == 0
+    assert len(set(calls)) <= len(sizes)
+    with pytest.raises(ValueError, match=r"11.0x fewer MACs is out of reach.*gives 10x"):
+        nearest_reduction(size, len(sizes), 100, 11.0, "MACs")

@@ -56,7 +56,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -118,6 +118,40 @@ class Pruned:
         return self.macs_base / self.macs
 
 
+
+def keep_fractions(num_units: Mapping[str, int]) -> list[float]:
+    """One uniform keep fraction ``k`` per distinct selection, in increasing order.
+
+    The kept count ``round(k n)`` of a layer of ``n`` units steps up at ``k = (j - 1/2) / n``;
+    one ``k`` inside each interval between the steps of all layers (and 0, 1) represents every
+    selection :func:`uniform_units` can make.
+    """
+    steps = sorted({(j - 0.5) / n for n in num_units.values() for j in range(1, n + 1)})
+    return [0.0] + [(a + b) / 2 for a, b in zip(steps, steps[1:])] + [1.0]
+
+
+def nearest_reduction(size: Callable[[int], float], n: int, base: float, target: float,
+                      what: str) -> int:
+    """The index ``i`` in ``0..n-1`` whose ``base / size(i)`` is nearest to ``target`` (log scale).
+
+    ``size`` must not decrease with ``i`` (``size(n - 1)`` is the unpruned size, ``base``): a
+    bisection finds the two neighbours that bracket ``target``, calling ``size`` about
+    ``log2(n)`` times. ``what`` names the quantity in the error when even ``size(0)`` (one unit
+    per prunable layer) is not ``target`` times smaller.
+    """
+    lo, hi = 0, n - 1                      # reduction(lo) >= target > reduction(hi) = 1
+    if base / size(lo) < target:
+        raise ValueError(f"{target}x fewer {what} is out of reach: keeping one unit per "
+                         f"prunable layer gives {base / size(lo):.3g}x")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if base / size(mid) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return min((lo, hi), key=lambda i: abs(math.log(base / size(i) / target)))
+
+
 def prune_to_reduction(model: nn.Module, example: torch.Tensor, target: float, *,
                        seed: int = 0) -> Pruned:
     """Copy of ``model`` with units removed uniformly to cut MACs by ``target``.
@@ -141,10 +175,7 @@ def prune_to_reduction(model: nn.Module, example: torch.Tensor, target: float, *
     gen = torch.Generator().manual_seed(seed)
     order = {n: torch.randperm(u, generator=gen) for n, u in num_units.items()}
     macs_base = pruners.count_macs(model, example)
-    # the kept count round(k * n) of a layer steps up at k = (j - 1/2) / n;
-    # one k inside each interval between steps represents all selections
-    steps = sorted({(j - 0.5) / n for n in num_units.values() for j in range(1, n + 1)})
-    keeps = [0.0] + [(a + b) / 2 for a, b in zip(steps, steps[1:])] + [1.0]
+    keeps = keep_fractions(num_units)
     measured: dict[int, tuple[dict[str, list[int]], nn.Module, int]] = {}
 
     def prune(i: int) -> tuple[dict[str, list[int]], nn.Module, int]:
@@ -157,17 +188,7 @@ def prune_to_reduction(model: nn.Module, example: torch.Tensor, target: float, *
             measured[i] = (units, twin, macs)
         return measured[i]
 
-    lo, hi = 0, len(keeps) - 1  # reduction(lo) >= target > reduction(hi) = 1
-    if macs_base / prune(lo)[2] < target:
-        raise ValueError(f"a {target}x MAC reduction is out of reach: keeping one unit per "
-                         f"prunable layer gives {macs_base / prune(lo)[2]:.3g}x")
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if macs_base / prune(mid)[2] >= target:
-            lo = mid
-        else:
-            hi = mid
-    best = min((lo, hi), key=lambda i: abs(math.log(macs_base / prune(i)[2] / target)))
+    best = nearest_reduction(lambda i: prune(i)[2], len(keeps), macs_base, target, "MACs")
     units, twin, macs = prune(best)
     kept = {n: num_units[n] - len(units.get(n, ())) for n in num_units}
     return Pruned(twin, units, keeps[best], macs, macs_base, kept)

@@ -121,7 +121,6 @@ import copy
 import hashlib
 import importlib
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -140,7 +139,8 @@ import torch.nn.utils.prune as tprune
 from torch.utils.data import TensorDataset
 
 import pruners
-from experiments.bench.inference import _busy_cpu_seconds, _loadavg, time_models, uniform_units
+from experiments.bench.inference import (_busy_cpu_seconds, _loadavg, keep_fractions,
+                                         nearest_reduction, time_models, uniform_units)
 from experiments.datasets import Splits, get_dataset
 from experiments.models import build_model
 from experiments.training import TrainConfig, Trainer, batches, evaluate
@@ -416,8 +416,7 @@ def widths_for_reduction(model: nn.Module, example: torch.Tensor, target: float
     num = _prunable(model, example)
     base = pruners.count_params(model)
     identity = {n: torch.arange(u) for n, u in num.items()}
-    steps = sorted({(j - 0.5) / n for n in num.values() for j in range(1, n + 1)})
-    keeps = [0.0] + [(a + b) / 2 for a, b in zip(steps, steps[1:])] + [1.0]
+    keeps = keep_fractions(num)
     cache: dict[int, tuple[dict[str, int], int]] = {}
 
     def params(i: int) -> tuple[dict[str, int], int]:
@@ -430,18 +429,8 @@ def widths_for_reduction(model: nn.Module, example: torch.Tensor, target: float
             cache[i] = (kept, pruners.count_params(twin))
         return cache[i]
 
-    lo, hi = 0, len(keeps) - 1
-    if base / params(lo)[1] < target:
-        raise ValueError(f"{target}x fewer parameters is out of reach: one unit per prunable "
-                         f"layer leaves {params(lo)[1]} of {base}")
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if base / params(mid)[1] >= target:
-            lo = mid
-        else:
-            hi = mid
-    best = min((lo, hi), key=lambda i: abs(math.log(base / params(i)[1] / target)))
-    return params(best)
+    return params(nearest_reduction(lambda i: params(i)[1], len(keeps), base, target,
+                                    "parameters"))
 
 
 def _lowest(scores: Mapping[str, torch.Tensor], kept: Mapping[str, int]) -> dict[str, list[int]]:
