@@ -28,8 +28,8 @@ from pruners.pruning import RoundReport
 
 from .training import Callback
 
-__all__ = ["StepLog", "EpochLog", "PrunerCallback", "ShrinkNetsCallback", "GroupSparsityCallback", "TriStateCallback",
-           "scoring_batches", "plot_pruning"]
+__all__ = ["StepLog", "EpochLog", "PrunerCallback", "ShrinkNetsCallback", "GroupSparsityCallback",
+           "TriStateCallback", "scoring_batches", "plot_pruning"]
 
 
 def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
