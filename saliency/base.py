@@ -32,7 +32,7 @@ from .graph import UnitGraph, trace
 from .replacement import iter_batches, iter_inputs
 
 __all__ = ["Scorer", "ParameterScorer", "UnitScorer", "iter_batches", "loss_sum",
-           "per_sample_loss", "preserved", "default_parameters"]
+           "per_sample_loss", "summing_loss", "preserved", "default_parameters"]
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -58,6 +58,17 @@ def loss_sum(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     if not torch.isfinite(loss):
         raise FloatingPointError("the loss on data is not finite")
     return loss
+
+
+def summing_loss(loss_fn: LossFn, total: dict) -> LossFn:
+    """``loss_fn``, also adding every per-sample (``reduction="none"``) loss it computes to
+    ``total["loss"]``: the summed loss of a pass that a statistics pass computes anyway."""
+    def counting(out, y, reduction="mean"):
+        loss = loss_fn(out, y, reduction=reduction)
+        if reduction == "none":
+            total["loss"] += float(loss.detach().sum())
+        return loss
+    return counting
 
 
 @contextlib.contextmanager

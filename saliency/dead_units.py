@@ -74,7 +74,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import iter_batches, preserved, select_layers
+from .base import iter_batches, preserved, select_layers, summing_loss
 from .graph import UnitGraph, trace
 from .layers import effective_tensor
 from .mrp import MRP
@@ -398,11 +398,7 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
 
     total = {"loss": 0.0}
 
-    def counting_loss(out, y, reduction="mean"):
-        loss = loss_fn(out, y, reduction=reduction)
-        if reduction == "none":
-            total["loss"] += float(loss.detach().sum())
-        return loss
+    counting_loss = summing_loss(loss_fn, total)
 
     with preserved(model):
         moments = _ShiftedMoments(model, graph, names)

@@ -62,7 +62,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import iter_batches, preserved, select_layers
+from .base import iter_batches, preserved, select_layers, summing_loss
 from .engine import Downstream
 from .graph import UnitGraph, _as_index_tensor, trace
 from .layers import effective_tensor
@@ -249,11 +249,7 @@ class UnitTracker:
         total = {"loss": 0.0, "n": 0}
         loss_fn = self.loss_fn
 
-        def counting_loss(out, y, reduction="mean"):
-            loss = loss_fn(out, y, reduction=reduction)
-            if reduction == "none":
-                total["loss"] += float(loss.detach().sum())
-            return loss
+        counting_loss = summing_loss(loss_fn, total)
 
         with preserved(model):
             handles = [model.get_submodule(n).register_forward_hook(hook_for(n))
