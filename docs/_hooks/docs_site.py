@@ -152,7 +152,7 @@ def _resolve(identifier: str):
         try:
             obj = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name is not None and name.startswith(err.name):
+            if err.name == name:
                 continue                  # not a module: an attribute of a shorter prefix
             raise                         # a real module failed to import something it needs
         for attr in parts[k:]:
