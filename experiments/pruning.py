@@ -281,9 +281,17 @@ class GroupSparsityCallback(Callback):
             ``params`` counts the shrunk model.
         log_every: record ``[step, data loss, penalty, zero groups]`` every
             this many steps (the penalty after that step's proximal step).
+        release_after: after this many epochs, remove the zero groups (slicing
+            the optimizer state) and stop the proximal step, so the surviving
+            groups re-fit without the penalty's shrinkage for the remaining
+            epochs (the "refit" of a relaxed group lasso). Not in Alvarez &
+            Salzmann 2016, who keep the penalty to the end; ``None`` (default)
+            keeps it to the end too. The removed units stay removed, so the
+            structure is the one the penalty chose at that epoch.
 
     Each epoch's history row gets ``group_penalty`` (gamma after the epoch),
-    ``objective`` (the epoch's mean training loss + ``group_penalty``),
+    ``objective`` (the epoch's mean training loss + ``group_penalty`` while
+    the penalty is applied, the training loss after the release),
     ``zero_groups/<layer>`` and ``groups/<layer>``.
 
     Attributes:
@@ -292,13 +300,19 @@ class GroupSparsityCallback(Callback):
     """
 
     def __init__(self, prox: ProximalGroupSparsity, *, remove_every: int = 0,
-                 remove_at_end: bool = False, log_every: int = 1):
+                 remove_at_end: bool = False, log_every: int = 1,
+                 release_after: int | None = None):
         if not isinstance(prox, ProximalGroupSparsity):
             raise TypeError(f"prox must be a pruners.ProximalGroupSparsity, got "
                             f"{type(prox).__name__}")
         if isinstance(remove_every, bool) or not isinstance(remove_every, int) \
                 or remove_every < 0:
             raise ValueError(f"remove_every must be an int >= 0, got {remove_every!r}")
+        if release_after is not None and (isinstance(release_after, bool) or not isinstance(
+                release_after, int) or release_after < 1):
+            raise ValueError(f"release_after must be None or an int >= 1 (epochs), got "
+                             f"{release_after!r}")
+        self.release_after = release_after
         self.prox = prox
         self.remove_every = remove_every
         self.remove_at_end = bool(remove_at_end)
@@ -317,7 +331,13 @@ class GroupSparsityCallback(Callback):
             for layer, n in report.removed.items():
                 self.removals.append([trainer.step, layer, int(n)])
 
+    def released(self, trainer) -> bool:
+        """Whether the proximal step has stopped (``release_after`` epochs done)."""
+        return self.release_after is not None and trainer.epoch >= self.release_after
+
     def on_step_end(self, trainer, loss: float) -> None:
+        if self.released(trainer):
+            return
         zeros = self.prox.step(trainer.optimizer)
         if trainer.step % self.log_every == 0:
             with torch.no_grad():
@@ -327,13 +347,18 @@ class GroupSparsityCallback(Callback):
             self._remove(trainer)
 
     def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
-        if self.remove_at_end and trainer.epoch >= trainer.config.epochs:
+        # the release's removal is this epoch's last act of the penalty: the rows of later
+        # epochs count the network it left
+        if (self.remove_at_end and trainer.epoch >= trainer.config.epochs) \
+                or trainer.epoch == self.release_after:
             self._remove(trainer)
             metrics["params"] = count_params(trainer.model)
+            metrics["macs"] = count_macs(trainer.model, trainer.example_input)
         with torch.no_grad():
             pen = float(self.prox.penalty())
         metrics["group_penalty"] = pen
-        metrics["objective"] = metrics["train_loss"] + pen
+        metrics["objective"] = metrics["train_loss"] + (
+            pen if self.release_after is None or trainer.epoch <= self.release_after else 0.0)
         for layer, idx in self.prox.zero_groups().items():
             metrics[f"zero_groups/{layer}"] = int(idx.numel())
             metrics[f"groups/{layer}"] = self.prox.layout[layer].num_groups(trainer.model)

@@ -49,6 +49,9 @@ class Experiment:
             distribution is ``("loguniform", lo, hi)``, ``("uniform", lo, hi)``,
             ``("int", lo, hi)``, ``("logint", lo, hi)`` or ``("choice", [...])``.
         source: the source document and section it reproduces.
+        validate: ``validate(cfg)`` raising ValueError for a configuration the
+            experiment cannot run; :func:`run_experiment` calls it before it
+            creates or writes anything in the output folder.
     """
 
     name: str
@@ -58,6 +61,7 @@ class Experiment:
     quick: Mapping[str, Any] = field(default_factory=dict)
     space: Mapping[str, tuple] = field(default_factory=dict)
     source: str = ""
+    validate: Callable[[dict], None] | None = None
 
 
 #: name -> Experiment. Filled by :func:`register` when the experiment modules
@@ -67,8 +71,8 @@ EXPERIMENTS: dict[str, Experiment] = {}
 
 def register(name: str, summary: str, *, defaults: Mapping[str, Any] | None = None,
              quick: Mapping[str, Any] | None = None, space: Mapping[str, tuple] | None = None,
-             source: str = "") -> Callable:
-    """Decorator registering ``fn(cfg, ctx)`` as experiment ``name``."""
+             source: str = "", validate: Callable[[dict], None] | None = None) -> Callable:
+    """Decorator registering ``fn(cfg, ctx)`` as experiment ``name`` (see :class:`Experiment`)."""
 
     def deco(fn: Callable) -> Callable:
         if name in EXPERIMENTS and EXPERIMENTS[name].fn is not fn:
@@ -80,7 +84,7 @@ def register(name: str, summary: str, *, defaults: Mapping[str, Any] | None = No
                 raise ValueError(f"experiment {name!r}: {where} names unknown keys "
                                  f"{sorted(unknown)}")
         EXPERIMENTS[name] = Experiment(name, summary, fn, defaults_, dict(quick or {}),
-                                       dict(space or {}), source)
+                                       dict(space or {}), source, validate)
         return fn
 
     return deco
@@ -181,10 +185,13 @@ def run_experiment(name: str, overrides: Mapping[str, Any] | None = None, *,
 
     Writes ``config.json`` first and ``results.json`` last; returns the
     results. An experiment that checkpoints (through the training loop)
-    resumes where a killed run stopped.
+    resumes where a killed run stopped. A configuration the experiment's
+    ``validate`` refuses raises before the output folder is touched.
     """
     exp = get_experiment(name)
     cfg = resolve_config(exp, overrides, quick)
+    if exp.validate is not None:
+        exp.validate(cfg)
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
     ctx = RunContext(out, progress)
     ctx.write_json("config.json", {"experiment": name, "config": cfg})

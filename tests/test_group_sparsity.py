@@ -28,7 +28,7 @@ from scipy import optimize
 from torch.utils.data import TensorDataset
 
 from helpers_snapshot import assert_unchanged, take
-from pruners import (GROUPINGS, ProximalGroupSparsity, group_layout, group_norms,
+from pruners import (GROUPINGS, ProximalGroupSparsity, count_params, group_layout, group_norms,
                      group_sparsity_penalty, prox_sparse_group_lasso, remove_zero_groups,
                      soft_threshold, zero_groups)
 from saliency import SCORERS
@@ -645,6 +645,74 @@ def test_callback_in_the_trainer_is_prox_sgd_step_for_step():
     assert history[-1]["zero_groups/fc1"] == zeros["fc1"].numel()
     assert history[-1]["groups/fc2"] == 5
     assert cb.steps[-1][3] == sum(z.numel() for z in zeros.values())
+
+
+def _prox_sgd_then_refit(model, x, y, strength, epochs, release, seed):
+    """The reference of ``release_after``: prox-SGD for ``release`` epochs, remove, plain SGD."""
+    from experiments.training import _seeded, batches
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    prox = ProximalGroupSparsity(model, strength)
+    removed = None
+    for epoch in range(epochs):
+        model.train()
+        for xb, yb in batches(TensorDataset(x, y), 16, shuffle=True,
+                              generator=_seeded(seed, epoch)):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            if epoch < release:
+                prox.step(opt)
+        if epoch + 1 == release:
+            report = prox.remove_zero_groups()
+            removed = {} if report is None else dict(report.removed)
+            opt = torch.optim.SGD(model.parameters(), lr=0.2)  # plain SGD keeps no state
+    return removed
+
+
+@pytest.mark.parametrize("kill_after", [None, 1, 2])
+def test_callback_release_removes_then_refits_without_the_penalty(tmp_path, kill_after):
+    from experiments.pruning import GroupSparsityCallback
+    from experiments.training import TrainConfig, Trainer
+
+    model, shape = build("mlp")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((96,) + shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    strength = {"fc1": 0.1, "fc2": 0.1}
+    reference = copy.deepcopy(model)
+    removed = _prox_sgd_then_refit(reference, x, y, strength, epochs=4, release=2, seed=3)
+    # some groups, not all, are zero at the release, or the test cannot bite
+    assert 0 < sum(removed.values()) and reference.fc1.out_features > 1
+
+    arch = {"model": "test", "kwargs": {}}
+    ckpt = tmp_path / "ckpt.pt"
+
+    def trainer_for(epochs, net):
+        cb = GroupSparsityCallback(ProximalGroupSparsity(net, strength), release_after=2)
+        return cb, Trainer(net, TensorDataset(x, y), config=TrainConfig(
+            epochs=epochs, batch_size=16, optimizer="sgd", lr=0.2, seed=3), arch=arch,
+            callbacks=[cb], checkpoint=ckpt, progress=False)
+
+    if kill_after is not None:   # a run killed after that epoch, resumed on a fresh model
+        trainer_for(kill_after, model)[1].fit()
+        model, _ = build("mlp")
+    cb, trainer = trainer_for(4, model)
+    history = trainer.fit()
+
+    for (n, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        assert p.shape == q.shape, n
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-13, msg=n)
+    assert cb.removals == [[2 * 6, n, k] for n, k in removed.items() if k]
+    assert [r["params"] for r in history][1:] == [count_params(reference)] * 3
+    assert history[0]["params"] > history[1]["params"]
+    # after the release the objective is the data loss alone
+    assert history[1]["objective"] == history[1]["train_loss"] + history[1]["group_penalty"]
+    assert [r["objective"] for r in history[2:]] == [r["train_loss"] for r in history[2:]]
+    assert len(cb.steps) == 12       # logged while the prox ran: the first 2 epochs' 12 steps
+    with pytest.raises(ValueError, match="release_after"):
+        GroupSparsityCallback(cb.prox, release_after=0)
 
 
 def test_callback_removes_zero_groups_on_a_schedule():

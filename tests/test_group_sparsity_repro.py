@@ -182,3 +182,49 @@ def test_a_folder_with_other_settings_is_refused(run, capsys):
                  "--set", f"data_dir={cfg['data_dir']}", "--set", "first_ratio=0.5",
                  *extra]) == 2
     assert "other settings (first_ratio: 0.4 -> 0.5)" in capsys.readouterr().err
+
+
+def test_release_after_refits_the_shrunk_network_without_the_penalty(tmp_path_factory, capsys):
+    from data_files import fmnist_args
+
+    net = {"thesis-cnn": {"model": "thesis_cnn", "kwargs": {}, "optimizer": "sgd", "lr": 0.1,
+                          "batch_size": 32, "epochs": 3, "release_after": 1,
+                          "strengths": [0.03]}}
+    out = tmp_path_factory.mktemp("gs_release")
+    args = ["run", "group-sparsity", "--quick", "--out", str(out), "--set", "alphas=[0.0]",
+            *fmnist_args(tmp_path_factory)]
+    assert main([*args, "--set", "networks=" + json.dumps(net)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    entry = res["networks"]["thesis-cnn"]
+    assert entry["release_after"] == 1
+    p = entry["by_alpha"]["0"]["points"][0]
+    sub = out / "thesis-cnn" / "alpha=0-beta=0.03-release=1"
+    history = list(csv.DictReader(open(sub / "history.csv", newline="")))
+    full = entry["baseline"]["params"]
+    # epoch 1 trained with the prox and ended with the removal; 2 and 3 trained the shrunk net
+    assert [int(r["params"]) for r in history] == [p["params"]] * 3 and p["params"] < full
+    assert float(history[0]["objective"]) == pytest.approx(
+        float(history[0]["train_loss"]) + float(history[0]["group_penalty"]), rel=1e-12)
+    assert [r["objective"] for r in history[1:]] == [r["train_loss"] for r in history[1:]]
+    removed = p["released"]["removed"]
+    initial = {"conv1": 8, "conv2": 16, "fc1": 64}
+    assert {n: initial[n] - removed[n] for n in LAYERS} == p["widths"]
+    assert p["released"]["params"] == p["params"] == p["trained_params"]
+    # the checkpoint holds the shrunk network at the recorded widths, and it is what was scored
+    state = torch.load(sub / "checkpoint.pt", weights_only=True)["state_dict"]
+    shrunk = _rebuild("thesis_cnn", p["widths"], state)
+    data = load_data(json.loads((out / "config.json").read_text())["config"])
+    assert evaluate(shrunk, data.test, batch_size=256)["acc"] == pytest.approx(p["test_acc"],
+                                                                               abs=1e-12)
+    # a release outside [1, epochs) is refused before the folder is touched
+    before = {f: f.stat().st_mtime_ns for f in out.rglob("*")}
+    for bad in (3, 0, 1.5):
+        net["thesis-cnn"]["release_after"] = bad
+        assert main([*args, "--set", "networks=" + json.dumps(net)]) == 2
+        assert f"networks.thesis-cnn.release_after must be an epoch in [1, epochs) = [1, 3), " \
+               f"got {bad!r}" in capsys.readouterr().err
+    assert {f: f.stat().st_mtime_ns for f in out.rglob("*")} == before
+    fresh = tmp_path_factory.mktemp("gs_bad_release") / "run"
+    assert main(["run", "group-sparsity", "--quick", "--out", str(fresh),
+                 "--set", "networks=" + json.dumps(net)]) == 2
+    assert not fresh.exists()
