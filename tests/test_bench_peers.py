@@ -342,3 +342,40 @@ def test_peers_extra_names_the_requirement():
     block = re.search(r"^peers =\n((?:[ \t]+.+\n)+)", text, re.M)
     assert block is not None, "setup.cfg has no peers extra"
     assert P.TP_REQUIREMENT in [l.strip() for l in block[1].splitlines()]
+
+
+def test_rounds_rescore_the_shrunk_network_and_end_at_the_common_widths(nets):
+    models, splits = nets
+    assert P.round_widths({"a": 512, "b": 10}, {"a": 77, "b": 10}, 3) == [
+        {"a": 272, "b": 10}, {"a": 145, "b": 10}, {"a": 77, "b": 10}]  # 512 (77/512)^(r/3)
+    assert P.round_widths({"a": 8}, {"a": 2}, 1) == [{"a": 2}]
+    with pytest.raises(ValueError, match="rounds must be an int >= 1"):
+        P.round_widths({"a": 8}, {"a": 2}, 0)
+    for name, (base, ctx) in models.items():
+        kept, count = P.widths_for_reduction(base, ctx.example, 5.0)
+        start = {n: ctx.prunable[n] for n in kept}
+        plan = P.round_widths(start, kept, 3)
+        pruned = copy.deepcopy(base).eval()
+        rounds = P.mrs_rounds(pruned, kept, ctx, 3)
+        assert P._widths(pruned, list(kept)) == kept
+        assert pruners.count_params(pruned) == count == _closed_form(name, kept)
+        # an independent replay: score the network as the previous round left it, drop the
+        # lowest MRS scores to that round's width, fold their mean outputs into the biases
+        replay = copy.deepcopy(base).eval()
+        for r, widths in enumerate(plan):
+            scores = SCORERS["mrs"]().score(replay, ctx.scoring)
+            want = {}
+            for layer, k in widths.items():
+                n = scores[layer].numel()
+                if n > k:
+                    want[layer] = sorted(torch.argsort(scores[layer].double(), stable=True)
+                                         [: n - k].tolist())
+            assert rounds[r] == want, (name, r)
+            pruners.remove_units(replay, want, replacement="mean", data=ctx.scoring)
+        x = splits.test.tensors[0][:300]
+        with torch.no_grad():
+            assert torch.equal(pruned(x), replay(x))
+        # Torch-Pruning in three iterative steps ends at the same widths
+        if ctx.tp is not None:
+            theirs = P._tp_prune(copy.deepcopy(base).eval(), kept, ctx, "taylor", rounds=3)
+            assert P._widths(theirs, list(kept)) == kept

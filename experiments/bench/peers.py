@@ -30,7 +30,7 @@ Setting (the defaults; ``--quick`` shrinks every size for the test suite):
   to the target (log scale). Equal widths give equal parameter counts; the
   benchmark checks every method's count after pruning and after fine-tuning
   and stops if one differs. Each method only chooses *which* units go, in
-  each layer, one shot.
+  each layer, one shot (``--rounds R``: in ``R`` rounds, see below).
 * **Methods.** Ours: MRS with mean replacement (``SCORERS["mrs"]`` on the
   scoring data, :func:`pruners.remove_units` with ``replacement="mean"``);
   ShrinkNets (signed switches initialized at 1, so the trained function is
@@ -47,6 +47,16 @@ Setting (the defaults; ``--quick`` shrinks every size for the test suite):
   local (per-layer) ratios set so its kept counts equal ours, output layer
   ignored. ``torch.nn.utils.prune.ln_structured`` (L2 over output channels,
   masks; shapes stay dense).
+* **Rounds** (``--rounds R``, default 1). The one-shot methods prune in
+  ``R`` rounds without training between them, rescoring the shrunk network
+  each round. Ours: MRS scores recomputed and mean replacement at every
+  round, layer ``l`` keeping ``round(n_l (k_l / n_l)^(r / R))`` units after
+  round ``r`` (:func:`mrs_rounds`). Torch-Pruning: ``MetaPruner`` with
+  ``iterative_steps=R`` (its own linear ratio schedule), Taylor gradients
+  recomputed before every step. ``ln_structured`` runs once: the L2 norm of
+  one weight row does not change when other rows are masked, so ``R``
+  rounds select the same units as one. ShrinkNets and group sparsity cut
+  once, after their penalty epochs.
 * **Budget**, the same for everyone: SGD lr 0.01, momentum 0.9, batch 128,
   3 epochs over a fixed random subset of 10,000 training images, the same
   batches in the same order (one seeded generator per epoch). One-shot
@@ -151,7 +161,7 @@ from saliency.graph import module_on_path
 
 __all__ = ["main", "Setting", "DEFAULT", "QUICK", "TP_REQUIREMENT", "ensure_torch_pruning",
            "check_tp_version", "widths_for_reduction", "physical_twin", "prepare_data",
-           "make_context", "TARGETS", "INFORMATIONAL"]
+           "make_context", "round_widths", "mrs_rounds", "TARGETS", "INFORMATIONAL"]
 
 #: the pip requirement of the ``peers`` extra (setup.cfg): the minor version this benchmark was
 #: written and run against (it uses ``MetaPruner``'s dependency graph directly)
@@ -212,6 +222,7 @@ class Setting:
     inference_warmup_seconds: float = 0.1
     constant_fraction: float = 0.25
     eval_batch: int = 1000
+    rounds: int = 1
 
 
 DEFAULT = Setting(
@@ -486,6 +497,37 @@ def _mrs(model, kept, ctx: Context, opt=None) -> dict[str, list[int]]:
     return units
 
 
+def round_widths(start: Mapping[str, int], kept: Mapping[str, int], rounds: int
+                 ) -> list[dict[str, int]]:
+    """The widths after each of ``rounds`` rounds: ``round(n (k / n)^(r / R))``, the last ``k``.
+
+    Example:
+        >>> round_widths({"fc1": 512}, {"fc1": 77}, 3)
+        [{'fc1': 272}, {'fc1': 145}, {'fc1': 77}]
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    out = []
+    for r in range(1, rounds + 1):
+        out.append({n: kept[n] if r == rounds else
+                    max(kept[n], min(start[n], round(start[n] * (kept[n] / start[n])
+                                                     ** (r / rounds))))
+                    for n in kept})
+    return out
+
+
+def mrs_rounds(model, kept, ctx: Context, rounds: int) -> list[dict[str, list[int]]]:
+    """MRS pruning to ``kept`` in ``rounds`` rounds (:func:`round_widths`), rescoring each one.
+
+    Each round scores the network as the previous rounds left it, with the
+    mean replacement of the units already removed folded into the biases,
+    and removes its lowest-scoring units with mean replacement (:func:`_mrs`).
+    Returns every round's removed units, in the numbering of that round.
+    """
+    start = _widths(model, list(kept))
+    return [_mrs(model, k, ctx) for k in round_widths(start, kept, rounds)]
+
+
 def _ln_structured(model, kept, ctx: Context):
     for layer, k in kept.items():
         n = ctx.prunable[layer]
@@ -595,7 +637,8 @@ def _tp_gradients(model, data) -> None:
         F.cross_entropy(model(x), y).backward()
 
 
-def _tp_prune(model, kept, ctx: Context, importance: str):
+def _tp_prune(model, kept, ctx: Context, importance: str, rounds: int = 1):
+    """Torch-Pruning's ``MetaPruner`` to the kept counts, in ``rounds`` iterative steps."""
     tp = ctx.tp
     if importance == "bn_scale":
         bn_layers = [l for l in kept if _batchnorm_of(model, l, ctx.example) is not None]
@@ -611,12 +654,13 @@ def _tp_prune(model, kept, ctx: Context, importance: str):
         ratios = {model.get_submodule(l): _tp_ratio(ctx.prunable[l], k) for l, k in sub.items()}
         pruner = tp.pruner.MetaPruner(
             model, ctx.example, importance=_tp_importance(tp, imp_name), pruning_ratio=0.0,
-            pruning_ratio_dict=ratios,
+            pruning_ratio_dict=ratios, iterative_steps=rounds,
             ignored_layers=[model.get_submodule(l) for l in ctx.output_layers])
-        if imp_name == "taylor":
-            _tp_gradients(model, ctx.scoring)
-        pruner.step()
-        model.zero_grad(set_to_none=True)
+        for _ in range(rounds):
+            if imp_name == "taylor":
+                _tp_gradients(model, ctx.scoring)
+            pruner.step()
+            model.zero_grad(set_to_none=True)
     return model
 
 
@@ -666,11 +710,11 @@ def _run_one_shot(method: str, base: nn.Module, kept, ctx: Context, train, test,
     s = ctx.setting
     model = copy.deepcopy(base).eval()
     if method == "ours_mrs":
-        _mrs(model, kept, ctx)
+        mrs_rounds(model, kept, ctx, s.rounds)
     elif method == "ln_structured":
         _ln_structured(model, kept, ctx)
     elif method.startswith("tp_"):
-        _tp_prune(model, kept, ctx, method[3:])
+        _tp_prune(model, kept, ctx, method[3:], s.rounds)
     else:  # pragma: no cover - the caller passes known names
         raise ValueError(method)
     after_pruning = _accuracy(model, test, s)
@@ -1170,9 +1214,14 @@ def _parse(argv):
     ap.add_argument("--repeats", type=int, default=None,
                     help="timing repeats of (b) (default 7, 2 with --quick)")
     ap.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="prune in this many rounds, rescoring between them (default 1: one "
+                         "shot); ours and Torch-Pruning alike")
     args = ap.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         ap.error("--repeats must be >= 1")
+    if args.rounds is not None and args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     if args.data is not None and args.data not in ("fashion-mnist", "synthetic"):
         ap.error(f"--data must be fashion-mnist or synthetic, got {args.data!r}")
     return args
@@ -1186,6 +1235,8 @@ def main(argv: Sequence[str] | None = None, *, file=None, setting: Setting | Non
     s = setting or (QUICK if args.quick else DEFAULT)
     if args.repeats is not None:
         s = replace(s, repeats=args.repeats)
+    if args.rounds is not None:
+        s = replace(s, rounds=args.rounds)
     data_name = args.data or ("synthetic" if args.quick else "fashion-mnist")
 
     def log(msg: str) -> None:
@@ -1195,7 +1246,8 @@ def main(argv: Sequence[str] | None = None, *, file=None, setting: Setting | Non
     load_start = _loadavg()
     log(f"peers benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, load average {load_start}"
-        f"{' (quick)' if args.quick else ''}")
+        f"{' (quick)' if args.quick else ''}"
+        f"{'' if s.rounds == 1 else f'; pruning in {s.rounds} rounds'}")
     tp = ensure_torch_pruning(not args.no_install, log)
     splits, finetune, scoring = prepare_data(data_name, s, args.seed)
     xs = splits.train.tensors[0]
