@@ -40,7 +40,12 @@ to the end; added after the LeNet-5 target was missed with it) removes the
 zero groups after epoch ``E`` and trains the remaining epochs without the
 penalty (:class:`experiments.pruning.GroupSparsityCallback`), so the
 surviving groups re-fit without its shrinkage within the same epoch budget;
-those sub-runs are ``<net>/alpha=<a>-beta=<b>-release=<E>/``.
+those sub-runs are ``<net>/alpha=<a>-beta=<b>-release=<E>/``. Their
+point's ``released`` holds the units removed at the release and the
+parameters, penalty and accuracies of that epoch; its ``zero_groups`` and
+``group_penalty`` describe the network at the end (no zero groups left, the
+penalty of the refitted weights), so they do not compare with a run that
+kept the penalty.
 
 Plain SGD (no momentum) makes the step exactly proximal SGD, and ``beta``
 keeps one meaning for every network: a group that is zero stays zero while
@@ -220,6 +225,9 @@ def _release(spec: Mapping[str, Any], net: str = "") -> int | None:
     r = spec.get("release_after")
     if r is None:
         return None
+    e = spec.get("epochs")
+    if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+        raise ValueError(f"networks.{net}.epochs must be an int >= 1, got {e!r}")
     if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r < int(spec["epochs"]):
         raise ValueError(f"networks.{net}.release_after must be an epoch in [1, epochs) = "
                          f"[1, {spec['epochs']}), got {r!r}")
@@ -255,7 +263,7 @@ def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | N
     :func:`shrunk_arch`) and ``point.json``, and returns the point.
     """
     spec = cfg["networks"][net]
-    release = _release(spec) if beta is not None else None
+    release = _release(spec, net) if beta is not None else None
     sub = f"{net}/{_sub(alpha, beta, release)}"
     run = {**{k: cfg[k] for k in _TRAIN_KEYS},
            **{k: spec[k] for k in ("model", "kwargs", "optimizer", "lr", "batch_size",
@@ -316,10 +324,12 @@ def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | N
              "max_logit_change": max_logit_change(trained, shrunk, data.val, bs),
              "group_penalty": history[-1].get("group_penalty"),
              "release_after": release,
-             "released": (None if release is None else
+             # the release's epoch (the penalty's last), if training got there
+             "released": (None if release is None or len(history) < release else
                           {"removed": {n: sum(k for _, m, k in gs_cb.removals if m == n)
                                        for n in layers},
                            "params": history[release - 1]["params"],
+                           "group_penalty": history[release - 1]["group_penalty"],
                            "val_acc": history[release - 1]["val_acc"],
                            "test_acc": history[release - 1]["test_acc"]}),
              "epochs": len(history), "train_time_s": sum(r["epoch_time_s"] for r in history)}

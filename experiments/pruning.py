@@ -289,7 +289,8 @@ class GroupSparsityCallback(Callback):
             keeps it to the end too. The removed units stay removed, so the
             structure is the one the penalty chose at that epoch.
 
-    Each epoch's history row gets ``group_penalty`` (gamma after the epoch),
+    Each epoch's history row gets ``group_penalty`` (gamma of the parameters
+    the epoch trained, before that epoch's removal if any),
     ``objective`` (the epoch's mean training loss + ``group_penalty`` while
     the penalty is applied, the training loss after the release),
     ``zero_groups/<layer>`` and ``groups/<layer>``.
@@ -324,6 +325,10 @@ class GroupSparsityCallback(Callback):
         if trainer.model is not self.prox.model:
             raise ValueError("GroupSparsityCallback: prox was built on another model than the "
                              "trainer's")
+        if self.release_after is not None and self.release_after > trainer.config.epochs:
+            raise ValueError(f"GroupSparsityCallback: release_after={self.release_after} is past "
+                             f"the last epoch ({trainer.config.epochs}); the penalty would never "
+                             "be released")
 
     def _remove(self, trainer) -> None:
         report = self.prox.remove_zero_groups(trainer.optimizer)
@@ -347,6 +352,11 @@ class GroupSparsityCallback(Callback):
             self._remove(trainer)
 
     def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
+        # the penalty of the parameters this epoch trained, before any removal: removing a
+        # unit slices its input column out of the next grouped layer, which changes that
+        # layer's group norms and sizes
+        with torch.no_grad():
+            pen = float(self.prox.penalty())
         # the release's removal is this epoch's last act of the penalty: the rows of later
         # epochs count the network it left
         if (self.remove_at_end and trainer.epoch >= trainer.config.epochs) \
@@ -354,8 +364,6 @@ class GroupSparsityCallback(Callback):
             self._remove(trainer)
             metrics["params"] = count_params(trainer.model)
             metrics["macs"] = count_macs(trainer.model, trainer.example_input)
-        with torch.no_grad():
-            pen = float(self.prox.penalty())
         metrics["group_penalty"] = pen
         metrics["objective"] = metrics["train_loss"] + (
             pen if self.release_after is None or trainer.epoch <= self.release_after else 0.0)

@@ -346,11 +346,16 @@ def test_peers_extra_names_the_requirement():
 
 def test_rounds_rescore_the_shrunk_network_and_end_at_the_common_widths(nets):
     models, splits = nets
+    # int(512 (77.5/512)^(r/3)) = int(272.7), int(145.3); a layer kept whole stays whole
     assert P.round_widths({"a": 512, "b": 10}, {"a": 77, "b": 10}, 3) == [
-        {"a": 272, "b": 10}, {"a": 145, "b": 10}, {"a": 77, "b": 10}]  # 512 (77/512)^(r/3)
+        {"a": 272, "b": 10}, {"a": 145, "b": 10}, {"a": 77, "b": 10}]
     assert P.round_widths({"a": 8}, {"a": 2}, 1) == [{"a": 2}]
     with pytest.raises(ValueError, match="rounds must be an int >= 1"):
         P.round_widths({"a": 8}, {"a": 2}, 0)
+    with pytest.raises(ValueError, match="layer 'a': cannot keep 9 of 8 units"):
+        P.round_widths({"a": 8}, {"a": 9}, 2)
+    with pytest.raises(ValueError, match="different layers"):
+        P.round_widths({"a": 8}, {"b": 2}, 2)
     for name, (base, ctx) in models.items():
         kept, count = P.widths_for_reduction(base, ctx.example, 5.0)
         start = {n: ctx.prunable[n] for n in kept}
@@ -375,7 +380,10 @@ def test_rounds_rescore_the_shrunk_network_and_end_at_the_common_widths(nets):
         x = splits.test.tensors[0][:300]
         with torch.no_grad():
             assert torch.equal(pruned(x), replay(x))
-        # Torch-Pruning in three iterative steps ends at the same widths
+        # Torch-Pruning in three iterative steps passes through the same widths
         if ctx.tp is not None:
-            theirs = P._tp_prune(copy.deepcopy(base).eval(), kept, ctx, "taylor", rounds=3)
-            assert P._widths(theirs, list(kept)) == kept
+            steps: list = []
+            theirs = P._tp_prune(copy.deepcopy(base).eval(), kept, ctx, "taylor", rounds=3,
+                                 trace=steps)
+            assert steps == plan and P._widths(theirs, list(kept)) == kept
+            assert len({tuple(w.values()) for w in plan}) == 3  # three different widths

@@ -647,13 +647,15 @@ def test_callback_in_the_trainer_is_prox_sgd_step_for_step():
     assert cb.steps[-1][3] == sum(z.numel() for z in zeros.values())
 
 
-def _prox_sgd_then_refit(model, x, y, strength, epochs, release, seed):
-    """The reference of ``release_after``: prox-SGD for ``release`` epochs, remove, plain SGD."""
+def _prox_sgd_then_refit(model, x, y, strength, epochs, release, seed, momentum=0.0):
+    """The reference of ``release_after``: prox-SGD for ``release`` epochs, remove, plain SGD.
+
+    Returns the units removed at the release and the penalty just before it."""
     from experiments.training import _seeded, batches
 
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=momentum)
     prox = ProximalGroupSparsity(model, strength)
-    removed = None
+    removed = penalty = None
     for epoch in range(epochs):
         model.train()
         for xb, yb in batches(TensorDataset(x, y), 16, shuffle=True,
@@ -664,16 +666,18 @@ def _prox_sgd_then_refit(model, x, y, strength, epochs, release, seed):
             if epoch < release:
                 prox.step(opt)
         if epoch + 1 == release:
-            report = prox.remove_zero_groups()
+            penalty = float(prox.penalty().detach())
+            report = prox.remove_zero_groups(opt)  # the momentum buffers sliced with the rows
             removed = {} if report is None else dict(report.removed)
-            opt = torch.optim.SGD(model.parameters(), lr=0.2)  # plain SGD keeps no state
-    return removed
+    return removed, penalty
 
 
-@pytest.mark.parametrize("kill_after", [None, 1, 2])
-def test_callback_release_removes_then_refits_without_the_penalty(tmp_path, kill_after):
+@pytest.mark.parametrize("kill_after,momentum", [(None, 0.0), (1, 0.0), (2, 0.0), (3, 0.0),
+                                                (None, 0.9), (3, 0.9)])
+def test_callback_release_removes_then_refits_without_the_penalty(tmp_path, kill_after,
+                                                                   momentum):
     from experiments.pruning import GroupSparsityCallback
-    from experiments.training import TrainConfig, Trainer
+    from experiments.training import Callback, TrainConfig, Trainer
 
     model, shape = build("mlp")
     g = torch.Generator().manual_seed(1)
@@ -682,23 +686,31 @@ def test_callback_release_removes_then_refits_without_the_penalty(tmp_path, kill
         y = model.eval()(x).argmax(1)
     strength = {"fc1": 0.1, "fc2": 0.1}
     reference = copy.deepcopy(model)
-    removed = _prox_sgd_then_refit(reference, x, y, strength, epochs=4, release=2, seed=3)
+    removed, penalty = _prox_sgd_then_refit(reference, x, y, strength, epochs=4, release=2,
+                                            seed=3, momentum=momentum)
     # some groups, not all, are zero at the release, or the test cannot bite
     assert 0 < sum(removed.values()) and reference.fc1.out_features > 1
 
     arch = {"model": "test", "kwargs": {}}
     ckpt = tmp_path / "ckpt.pt"
 
-    def trainer_for(epochs, net):
+    class Kill(Callback):  # dies in the epoch after ``kill_after``, before its checkpoint
+        def on_epoch_end(self, trainer, metrics):
+            if trainer.epoch == kill_after + 1:
+                raise KeyboardInterrupt
+
+    def trainer_for(net, extra=()):
         cb = GroupSparsityCallback(ProximalGroupSparsity(net, strength), release_after=2)
         return cb, Trainer(net, TensorDataset(x, y), config=TrainConfig(
-            epochs=epochs, batch_size=16, optimizer="sgd", lr=0.2, seed=3), arch=arch,
-            callbacks=[cb], checkpoint=ckpt, progress=False)
+            epochs=4, batch_size=16, optimizer="sgd", lr=0.2, momentum=momentum, seed=3),
+            arch=arch, callbacks=[cb, *extra], checkpoint=ckpt, progress=False)
 
     if kill_after is not None:   # a run killed after that epoch, resumed on a fresh model
-        trainer_for(kill_after, model)[1].fit()
+        with pytest.raises(KeyboardInterrupt):
+            trainer_for(model, [Kill()])[1].fit()
         model, _ = build("mlp")
-    cb, trainer = trainer_for(4, model)
+    cb, trainer = trainer_for(model)
+    assert trainer.epoch == (kill_after or 0)
     history = trainer.fit()
 
     for (n, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
@@ -711,8 +723,17 @@ def test_callback_release_removes_then_refits_without_the_penalty(tmp_path, kill
     assert history[1]["objective"] == history[1]["train_loss"] + history[1]["group_penalty"]
     assert [r["objective"] for r in history[2:]] == [r["train_loss"] for r in history[2:]]
     assert len(cb.steps) == 12       # logged while the prox ran: the first 2 epochs' 12 steps
+    # the release row's penalty is that of the weights epoch 2 trained, before the cut
+    assert history[1]["group_penalty"] == pytest.approx(penalty, rel=1e-12)
+    if momentum:
+        buf = trainer.optimizer.state[model.fc1.weight]["momentum_buffer"]
+        assert buf.shape == model.fc1.weight.shape
     with pytest.raises(ValueError, match="release_after"):
         GroupSparsityCallback(cb.prox, release_after=0)
+    late = GroupSparsityCallback(ProximalGroupSparsity(model, strength), release_after=5)
+    with pytest.raises(ValueError, match="release_after=5 is past the last epoch"):
+        Trainer(model, TensorDataset(x, y), config=TrainConfig(epochs=4), callbacks=[late],
+                progress=False).fit()
 
 
 def test_callback_removes_zero_groups_on_a_schedule():

@@ -50,13 +50,15 @@ Setting (the defaults; ``--quick`` shrinks every size for the test suite):
 * **Rounds** (``--rounds R``, default 1). The one-shot methods prune in
   ``R`` rounds without training between them, rescoring the shrunk network
   each round. Ours: MRS scores recomputed and mean replacement at every
-  round, layer ``l`` keeping ``round(n_l (k_l / n_l)^(r / R))`` units after
+  round, layer ``l`` keeping about ``n_l (k_l / n_l)^(r / R)`` units after
   round ``r`` (:func:`mrs_rounds`). Torch-Pruning: ``MetaPruner`` with
-  ``iterative_steps=R`` (its own linear ratio schedule), Taylor gradients
-  recomputed before every step. ``ln_structured`` runs once: the L2 norm of
-  one weight row does not change when other rows are masked, so ``R``
-  rounds select the same units as one. ShrinkNets and group sparsity cut
-  once, after their penalty epochs.
+  ``iterative_steps=R`` on the same schedule (:func:`geometric_ratios`
+  replaces its linear default, so both sides pass through the same widths,
+  :func:`round_widths`), Taylor gradients recomputed before every step.
+  ``ln_structured`` runs once: the L2 norm of one weight row does not
+  change when other rows are masked, so ``R`` rounds select the same units
+  as one. ShrinkNets and group sparsity cut once, after their penalty
+  epochs.
 * **Budget**, the same for everyone: SGD lr 0.01, momentum 0.9, batch 128,
   3 epochs over a fixed random subset of 10,000 training images, the same
   batches in the same order (one seeded generator per epoch). One-shot
@@ -161,7 +163,7 @@ from saliency.graph import module_on_path
 
 __all__ = ["main", "Setting", "DEFAULT", "QUICK", "TP_REQUIREMENT", "ensure_torch_pruning",
            "check_tp_version", "widths_for_reduction", "physical_twin", "prepare_data",
-           "make_context", "round_widths", "mrs_rounds", "TARGETS", "INFORMATIONAL"]
+           "make_context", "geometric_ratios", "round_widths", "mrs_rounds", "TARGETS", "INFORMATIONAL"]
 
 #: the pip requirement of the ``peers`` extra (setup.cfg): the minor version this benchmark was
 #: written and run against (it uses ``MetaPruner``'s dependency graph directly)
@@ -497,9 +499,30 @@ def _mrs(model, kept, ctx: Context, opt=None) -> dict[str, list[int]]:
     return units
 
 
+def geometric_ratios(ratio: float, steps: int) -> list[float]:
+    """Cumulative pruning ratios ``1 - (1 - ratio)^(i / steps)``, ``i = 0 .. steps``.
+
+    Every round removes the same fraction of the units still there. This is
+    the rounds schedule of both sides: Torch-Pruning's ``MetaPruner`` takes it
+    as its ``iterative_pruning_ratio_scheduler`` (in place of its linear
+    default), and :func:`round_widths` turns it into our widths.
+
+    Example:
+        >>> [round(r, 4) for r in geometric_ratios(0.75, 2)]
+        [0.0, 0.5, 0.75]
+    """
+    return [1.0 - (1.0 - ratio) ** (i / steps) for i in range(steps + 1)]
+
+
 def round_widths(start: Mapping[str, int], kept: Mapping[str, int], rounds: int
                  ) -> list[dict[str, int]]:
-    """The widths after each of ``rounds`` rounds: ``round(n (k / n)^(r / R))``, the last ``k``.
+    """The widths after each of ``rounds`` rounds, the last one ``kept``.
+
+    After round ``r`` layer ``l`` keeps ``int(n_l (1 - ratio_r))`` units, with
+    the ratios of :func:`geometric_ratios` for the layer's target ratio
+    ``1 - (k_l + 1/2) / n_l``: the counts Torch-Pruning's ``MetaPruner`` keeps
+    on the same schedule (``int(n (1 - ratio))``, aimed at ``k + 1/2``), so both
+    sides prune through the same widths.
 
     Example:
         >>> round_widths({"fc1": 512}, {"fc1": 77}, 3)
@@ -507,13 +530,16 @@ def round_widths(start: Mapping[str, int], kept: Mapping[str, int], rounds: int
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
-    out = []
-    for r in range(1, rounds + 1):
-        out.append({n: kept[n] if r == rounds else
-                    max(kept[n], min(start[n], round(start[n] * (kept[n] / start[n])
-                                                     ** (r / rounds))))
-                    for n in kept})
-    return out
+    if set(start) != set(kept):
+        raise ValueError(f"start and kept name different layers: {sorted(start)} against "
+                         f"{sorted(kept)}")
+    for n in kept:
+        if not 1 <= kept[n] <= start[n]:
+            raise ValueError(f"layer {n!r}: cannot keep {kept[n]} of {start[n]} units")
+    ratios = {n: geometric_ratios(_tp_ratio(start[n], kept[n]), rounds) for n in kept}
+    return [{n: kept[n] if r == rounds else
+             max(kept[n], min(start[n], int(start[n] * (1.0 - ratios[n][r])))) for n in kept}
+            for r in range(1, rounds + 1)]
 
 
 def mrs_rounds(model, kept, ctx: Context, rounds: int) -> list[dict[str, list[int]]]:
@@ -637,8 +663,14 @@ def _tp_gradients(model, data) -> None:
         F.cross_entropy(model(x), y).backward()
 
 
-def _tp_prune(model, kept, ctx: Context, importance: str, rounds: int = 1):
-    """Torch-Pruning's ``MetaPruner`` to the kept counts, in ``rounds`` iterative steps."""
+def _tp_prune(model, kept, ctx: Context, importance: str, rounds: int = 1,
+              trace: list | None = None):
+    """Torch-Pruning's ``MetaPruner`` to the kept counts, in ``rounds`` iterative steps.
+
+    The steps follow :func:`geometric_ratios`, the schedule of our rounds.
+    ``trace``: if given, the widths of the kept layers after every step are
+    appended to it.
+    """
     tp = ctx.tp
     if importance == "bn_scale":
         bn_layers = [l for l in kept if _batchnorm_of(model, l, ctx.example) is not None]
@@ -655,12 +687,17 @@ def _tp_prune(model, kept, ctx: Context, importance: str, rounds: int = 1):
         pruner = tp.pruner.MetaPruner(
             model, ctx.example, importance=_tp_importance(tp, imp_name), pruning_ratio=0.0,
             pruning_ratio_dict=ratios, iterative_steps=rounds,
+            iterative_pruning_ratio_scheduler=geometric_ratios,
             ignored_layers=[model.get_submodule(l) for l in ctx.output_layers])
         for _ in range(rounds):
             if imp_name == "taylor":
                 _tp_gradients(model, ctx.scoring)
             pruner.step()
             model.zero_grad(set_to_none=True)
+            if trace is not None:
+                trace.append(_widths(model, list(sub)))
+        if pruner.current_step != rounds:
+            raise RuntimeError(f"Torch-Pruning ran {pruner.current_step} of {rounds} steps")
     return model
 
 
@@ -1216,7 +1253,7 @@ def _parse(argv):
     ap.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="prune in this many rounds, rescoring between them (default 1: one "
-                         "shot); ours and Torch-Pruning alike")
+                         "shot); ours and Torch-Pruning on the same geometric schedule")
     args = ap.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         ap.error("--repeats must be >= 1")
