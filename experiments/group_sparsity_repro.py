@@ -228,9 +228,9 @@ def _release(spec: Mapping[str, Any], net: str = "") -> int | None:
     e = spec.get("epochs")
     if isinstance(e, bool) or not isinstance(e, int) or e < 1:
         raise ValueError(f"networks.{net}.epochs must be an int >= 1, got {e!r}")
-    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r < int(spec["epochs"]):
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r < e:
         raise ValueError(f"networks.{net}.release_after must be an epoch in [1, epochs) = "
-                         f"[1, {spec['epochs']}), got {r!r}")
+                         f"[1, {e}), got {r!r}")
     return r
 
 

@@ -163,7 +163,8 @@ from saliency.graph import module_on_path
 
 __all__ = ["main", "Setting", "DEFAULT", "QUICK", "TP_REQUIREMENT", "ensure_torch_pruning",
            "check_tp_version", "widths_for_reduction", "physical_twin", "prepare_data",
-           "make_context", "geometric_ratios", "round_widths", "mrs_rounds", "TARGETS", "INFORMATIONAL"]
+           "make_context", "geometric_ratios", "round_widths", "mrs_rounds", "TARGETS",
+           "INFORMATIONAL"]
 
 #: the pip requirement of the ``peers`` extra (setup.cfg): the minor version this benchmark was
 #: written and run against (it uses ``MetaPruner``'s dependency graph directly)
