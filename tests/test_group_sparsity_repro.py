@@ -228,3 +228,70 @@ def test_release_after_refits_the_shrunk_network_without_the_penalty(tmp_path_fa
     assert main(["run", "group-sparsity", "--quick", "--out", str(fresh),
                  "--set", "networks=" + json.dumps(net)]) == 2
     assert not fresh.exists()
+
+
+def test_fronts_read_each_run_as_it_wrote_it(run, tmp_path, capsys):
+    """experiments.group_sparsity_fronts against the quick run's own files: the reductions and
+    changes recomputed from the points' parameter counts and accuracies, the selected point,
+    and the target rule applied by hand (and as results.json applied it)."""
+    from experiments import group_sparsity_fronts as fr
+
+    out, cfg, res = run
+    for net, entry in res["networks"].items():
+        base = entry["baseline"]
+        for a, e in entry["by_alpha"].items():
+            f = fr.load_front(out, "quick", network=net, alpha=a)
+            assert f["seed"] == cfg["seed"] and f["label"] == "quick"
+            assert f["epochs"] == cfg["networks"][net]["epochs"]
+            assert f["baseline"]["params"] == base["params"]
+            assert f["select_within"] == pytest.approx(100 * cfg["select_within"], abs=1e-12)
+            want = sorted(e["points"], key=lambda p: 1 - p["params"] / base["params"])
+            assert [p["beta"] for p in f["points"]] == [p["beta"] for p in want]
+            for got, p in zip(f["points"], want):
+                assert got["reduction"] == pytest.approx(1 - p["params"] / base["params"],
+                                                         abs=1e-15)
+                assert got["test_change_points"] == pytest.approx(
+                    100 * (p["test_acc"] - base["test_acc"]), abs=1e-12)
+                assert got["val_change_points"] == pytest.approx(
+                    100 * (p["val_acc"] - base["val_acc"]), abs=1e-12)
+            assert f["selected"]["beta"] == e["selected"]["beta"]
+            assert sum(p["selected"] for p in f["points"]) == 1
+            s = e["selected"]
+            by_hand = (1 - s["params"] / base["params"] >= 0.5
+                       and 100 * (s["test_acc"] - base["test_acc"]) >= -0.5)
+            assert f["met"] is by_hand
+            if net == res["target"]["network"]:
+                assert f["met"] is res["target"]["by_alpha"][a]["met"]
+    # the command: one row per run, the count of runs that meet the target, the figure
+    png = tmp_path / "fronts.png"
+    folders = [f"first={out}", str(out)]
+    assert fr.main([*folders, "--network", "lenet5", "--out", str(png)]) == 0
+    text = capsys.readouterr().out
+    rows = [r for r in text.splitlines() if r.startswith("| first") or r.startswith(f"| {out.name}")]
+    assert len(rows) == 2
+    met = res["target"]["by_alpha"]["0"]["met"]
+    assert f"target met by the selected point of {2 * met} of 2 runs" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert fr.main([str(out), "--network", "lenet5", "--points"]) == 0
+    assert len([r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")
+                and r[2:5] != "run" and r[2:5] != "---"]) == len(
+        res["networks"]["lenet5"]["by_alpha"]["0"]["points"])
+
+
+def test_fronts_target_rule_and_errors(run, tmp_path):
+    from experiments import group_sparsity_fronts as fr
+
+    # the rule's edges are inclusive, as in results.json
+    assert fr.meets_target({"reduction": 0.5, "test_change_points": -0.5})
+    assert not fr.meets_target({"reduction": 0.4999, "test_change_points": 0.0})
+    assert not fr.meets_target({"reduction": 0.9, "test_change_points": -0.5001})
+    out, _, res = run
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        fr.load_front(tmp_path)
+    with pytest.raises(ValueError, match=r"no network 'vgg' \(it has \['lenet5', 'thesis-cnn'\]\)"):
+        fr.load_front(out, network="vgg")
+    with pytest.raises(ValueError, match="lenet5 has no alpha '0.25'"):
+        fr.load_front(out, alpha="0.25")
+    with pytest.raises(ValueError, match="no runs given"):
+        fr.plot_fronts([], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,179 @@
+"""Several ``group-sparsity`` runs side by side: their fronts against the issue's target.
+
+Each run of :mod:`experiments.group_sparsity_repro` selects one point per
+``(network, alpha)`` on validation accuracy. Whether the method reaches the
+target (``TARGET``: at least 50% fewer parameters than the unregularized run
+of the same seed at a test loss of at most 0.5 points) is a question about
+that selected point, and one seed cannot answer it when the point sits at the
+target's edge. This module reads finished run folders (``config.json`` and
+``results.json``), lists every point with its change against its own
+baseline, and draws all fronts in one figure with the target region shaded::
+
+    python -m experiments.group_sparsity_fronts --out docs/img/fronts.png \\
+        "kept, seed 0=runs/group-sparsity-long" "release 5, seed 0=runs/group-sparsity-release5"
+
+It prints a Markdown table of the selected points and, for every run, whether
+its selected point meets the target; ``--points`` lists all the points.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from experiments import io as eio
+from experiments.group_sparsity_repro import TARGET
+
+__all__ = ["load_front", "meets_target", "plot_fronts", "fronts_table", "main"]
+
+
+def meets_target(point: Mapping[str, Any], target: Mapping[str, Any] = TARGET) -> bool:
+    """Whether a point removes ``>= min_reduction`` of the parameters at a test loss of at most
+    ``max_loss_points`` (the rule ``group-sparsity`` writes into ``results.json``)."""
+    return bool(point["reduction"] >= target["min_reduction"]
+                and point["test_change_points"] >= -target["max_loss_points"])
+
+
+def load_front(folder: str | os.PathLike, label: str | None = None, *,
+               network: str = TARGET["network"], alpha: str = "0") -> dict[str, Any]:
+    """One finished ``group-sparsity`` run's front for ``network`` at ``alpha``.
+
+    Returns ``{"label", "folder", "seed", "epochs", "release_after", "first_layers",
+    "first_ratio", "select_within", "baseline": {"val_acc", "test_acc", "params"},
+    "points": [...], "selected": point, "met": bool}`` (``select_within`` in points, as the
+    changes are); the points (sorted by reduction) carry ``beta``,
+    ``params``, ``reduction``, ``val_change_points``, ``test_change_points`` and
+    ``selected``. Raises ``FileNotFoundError`` for an unfinished folder (no
+    ``results.json``) and ``ValueError`` naming what is missing otherwise.
+    """
+    folder = os.fspath(folder)
+    res_path = os.path.join(folder, "results.json")
+    if not os.path.exists(res_path):
+        raise FileNotFoundError(f"{folder}: no results.json (the run has not finished)")
+    res = eio.read_json(res_path)
+    cfg = eio.read_json(os.path.join(folder, "config.json"))
+    if cfg.get("experiment") != "group-sparsity":
+        raise ValueError(f"{folder}: a {cfg.get('experiment')!r} run, expected 'group-sparsity'")
+    nets = res["networks"]
+    if network not in nets:
+        raise ValueError(f"{folder}: no network {network!r} (it has {sorted(nets)})")
+    entry = nets[network]
+    if alpha not in entry["by_alpha"]:
+        raise ValueError(f"{folder}: {network} has no alpha {alpha!r} "
+                         f"(it has {sorted(entry['by_alpha'])})")
+    sel = entry["by_alpha"][alpha]
+    keys = ("beta", "params", "reduction", "val_change_points", "test_change_points")
+    points = [{**{k: p[k] for k in keys}, "widths": p["widths"],
+               "selected": p["beta"] == sel["selected"]["beta"]} for p in sel["points"]]
+    points.sort(key=lambda p: p["reduction"])
+    selected = next(p for p in points if p["selected"])
+    conf = cfg["config"]
+    base = entry["baseline"]
+    return {"label": label or os.path.basename(folder.rstrip("/")), "folder": folder,
+            "seed": conf["seed"], "epochs": conf["networks"][network]["epochs"],
+            "release_after": entry.get("release_after"),
+            "first_layers": res["first_layers"], "first_ratio": res["first_ratio"],
+            "select_within": 100 * res["select_within"],
+            "baseline": {k: base[k] for k in ("val_acc", "test_acc", "params")},
+            "points": points, "selected": selected, "met": meets_target(selected)}
+
+
+def fronts_table(fronts: Sequence[Mapping[str, Any]], *, all_points: bool = False) -> str:
+    """A Markdown table: one row per run (its selected point), or per point."""
+    head = ("| run | seed | baseline test | β | fewer | val change | test change | target |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    rows = []
+    for f in fronts:
+        for p in (f["points"] if all_points else [f["selected"]]):
+            mark = "**" if p["selected"] and all_points else ""
+            rows.append(f"| {f['label']} | {f['seed']} | {100 * f['baseline']['test_acc']:.2f}% "
+                        f"| {mark}{p['beta']:g}{mark} | {100 * p['reduction']:.1f}% "
+                        f"| {p['val_change_points']:+.2f} | {p['test_change_points']:+.2f} "
+                        f"| {'met' if meets_target(p) else 'missed'} |")
+    return "\n".join([head, *rows])
+
+
+def plot_fronts(fronts: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Validation (the selection) and test (the target) change against the fraction removed,
+    one line per run (a color per label, a line style per seed), selected points circled, the
+    target region shaded, each run's selection limit dashed; written atomically. The axes stop
+    at 4 points lost: collapsed networks (tens of points) would flatten every other front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if not fronts:
+        raise ValueError("plot_fronts: no runs given")
+    sns.set_theme(style="whitegrid")
+    labels = list(dict.fromkeys(f["label"] for f in fronts))
+    seeds = list(dict.fromkeys(f["seed"] for f in fronts))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for row, (key, name) in enumerate((("val_change_points", "validation"),
+                                       ("test_change_points", "test"))):
+        ax = axes[row]
+        for f in fronts:
+            # one color per label (a configuration), one line style and marker per seed
+            color = f"C{labels.index(f['label']) % 10}"
+            style = seeds.index(f["seed"])
+            xs = [100 * p["reduction"] for p in f["points"]]
+            ax.plot(xs, [p[key] for p in f["points"]], lw=1, color=color,
+                    ls=("-", "--", ":", "-.")[style % 4], marker="osD^v"[style % 5],
+                    label=f"{f['label']}, seed {f['seed']}")
+            s = f["selected"]
+            ax.scatter([100 * s["reduction"]], [s[key]], s=150, facecolors="none",
+                       edgecolors=color, lw=2)
+        lo = min(p[key] for f in fronts for p in f["points"])
+        if key == "test_change_points":
+            ax.fill_between([100 * TARGET["min_reduction"], 100], -TARGET["max_loss_points"],
+                            max(0.5, max(p[key] for f in fronts for p in f["points"]) + 0.1),
+                            color="g", alpha=0.12, label="target (>= 50% fewer, <= 0.5 lost)")
+        else:
+            for tol in dict.fromkeys(f["select_within"] for f in fronts):
+                ax.axhline(-tol, color="0.4", ls="--", lw=1, label=f"selection limit (-{tol:g})")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xlabel="parameters removed (%)", ylabel=f"{name} accuracy change (points)",
+               title=f"{name} accuracy against the same seed's unregularized run"
+               + (" (selection)" if row == 0 else ""), xlim=(0, 100),
+               ylim=(max(lo, -4.0) - 0.2, None))
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    eio.save_figure(fig, path)
+
+
+def _parse_run(text: str) -> tuple[str | None, str]:
+    label, sep, folder = text.rpartition("=")
+    return (label if sep else None), folder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m experiments.group_sparsity_fronts [--out PNG] [--points] [LABEL=]FOLDER...``."""
+    ap = argparse.ArgumentParser(prog="python -m experiments.group_sparsity_fronts",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="finished group-sparsity run folders, "
+                                            "optionally as LABEL=FOLDER")
+    ap.add_argument("--network", default=TARGET["network"])
+    ap.add_argument("--alpha", default="0")
+    ap.add_argument("--out", help="write the figure here (PNG)")
+    ap.add_argument("--points", action="store_true", help="list every point, not only the "
+                                                          "selected ones")
+    ap.add_argument("--json", action="store_true", help="print the fronts as JSON instead")
+    args = ap.parse_args(argv)
+    fronts = [load_front(folder, label, network=args.network, alpha=args.alpha)
+              for label, folder in map(_parse_run, args.runs)]
+    if args.json:
+        print(json.dumps(fronts))
+    else:
+        print(fronts_table(fronts, all_points=args.points))
+        met = sum(f["met"] for f in fronts)
+        print(f"\ntarget met by the selected point of {met} of {len(fronts)} runs")
+    if args.out:
+        plot_fronts(fronts, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
