@@ -14,6 +14,10 @@ baseline, and draws all fronts in one figure with the target region shaded::
 
 It prints a Markdown table of the selected points and, for every run, whether
 its selected point meets the target; ``--points`` lists all the points.
+``--mean`` adds the seed means of every label (:func:`seed_means`): each
+strength's reduction and changes averaged over the label's seeds, the strength
+selected on the mean validation change by the reproduction's own rule, and the
+target checked on the selected strength's means.
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ from typing import Any
 
 from experiments import io as eio
 from experiments.group_sparsity_repro import TARGET
+from experiments.subruns import select_matched
 
-__all__ = ["load_front", "meets_target", "plot_fronts", "fronts_table", "main"]
+__all__ = ["load_front", "meets_target", "seed_means", "plot_fronts", "fronts_table",
+           "means_table", "main"]
 
 
 def meets_target(point: Mapping[str, Any], target: Mapping[str, Any] = TARGET) -> bool:
@@ -78,6 +84,71 @@ def load_front(folder: str | os.PathLike, label: str | None = None, *,
             "select_within": 100 * res["select_within"],
             "baseline": {k: base[k] for k in ("val_acc", "test_acc", "params")},
             "points": points, "selected": selected, "met": meets_target(selected)}
+
+
+def seed_means(fronts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per label, every strength averaged over the label's runs (its seeds).
+
+    For each label: ``{"label", "seeds", "points", "left_out", "selected", "met"}``. A point
+    holds ``beta``, ``n`` (the runs averaged), and the means of ``reduction``,
+    ``val_change_points`` and ``test_change_points`` (each against its own seed's
+    baseline). Strengths that not every run of the label trained are averaged over the
+    runs that have them but are ``left_out`` of the selection, so every candidate is the
+    mean of the same seeds. The selection is
+    :func:`experiments.subruns.select_matched` on the means: the strength with the
+    largest mean reduction whose mean validation change is within the runs'
+    ``select_within`` (all runs of a label must share it). ``met``: :func:`meets_target`
+    on the selected means. Test accuracy plays no part in the selection.
+    """
+    out = []
+    for label in dict.fromkeys(f["label"] for f in fronts):
+        runs = [f for f in fronts if f["label"] == label]
+        tols = {f["select_within"] for f in runs}
+        if len(tols) != 1:
+            raise ValueError(f"seed_means: the runs labelled {label!r} select within different "
+                             f"tolerances {sorted(tols)}")
+        seeds = [f["seed"] for f in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seed_means: label {label!r} has seed(s) "
+                             f"{sorted({s for s in seeds if seeds.count(s) > 1})} more than once")
+        by_beta: dict[float, list[Mapping[str, Any]]] = {}
+        for f in runs:
+            for p in f["points"]:
+                by_beta.setdefault(p["beta"], []).append(p)
+        points = []
+        for beta in sorted(by_beta):
+            ps = by_beta[beta]
+            points.append({"beta": beta, "n": len(ps), **{
+                k: sum(p[k] for p in ps) / len(ps)
+                for k in ("reduction", "val_change_points", "test_change_points")}})
+        full = [p for p in points if p["n"] == len(runs)]
+        if not full:
+            raise ValueError(f"seed_means: no strength was trained by every run labelled "
+                             f"{label!r}")
+        sel = select_matched([{**p, "kept": 1.0 - p["reduction"]} for p in full], 0.0,
+                             tols.pop(), size_key="kept", val_key="val_change_points")
+        sel = next(p for p in points if p["beta"] == sel["beta"])
+        out.append({"label": label, "seeds": seeds, "points": points,
+                    "left_out": [p["beta"] for p in points if p["n"] < len(runs)],
+                    "selected": sel, "met": meets_target(sel)})
+    return out
+
+
+def means_table(means: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`seed_means`: every strength, the selected one in bold."""
+    head = ("| run | seeds | β | runs | fewer (mean) | val change (mean) | test change (mean) "
+            "| target |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    rows = []
+    for m in means:
+        for p in m["points"]:
+            mark = "**" if p is m["selected"] else ""
+            note = " (left out: not every seed)" if p["beta"] in m["left_out"] else ""
+            rows.append(f"| {m['label']} | {', '.join(map(str, m['seeds']))} "
+                        f"| {mark}{p['beta']:g}{mark}{note} | {p['n']} "
+                        f"| {100 * p['reduction']:.1f}% | {p['val_change_points']:+.2f} "
+                        f"| {p['test_change_points']:+.2f} "
+                        f"| {'met' if meets_target(p) else 'missed'} |")
+    return "\n".join([head, *rows])
 
 
 def fronts_table(fronts: Sequence[Mapping[str, Any]], *, all_points: bool = False) -> str:
@@ -160,16 +231,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", help="write the figure here (PNG)")
     ap.add_argument("--points", action="store_true", help="list every point, not only the "
                                                           "selected ones")
+    ap.add_argument("--mean", action="store_true", help="add the seed means per label, "
+                                                        "selected on the mean validation change")
     ap.add_argument("--json", action="store_true", help="print the fronts as JSON instead")
     args = ap.parse_args(argv)
     fronts = [load_front(folder, label, network=args.network, alpha=args.alpha)
               for label, folder in map(_parse_run, args.runs)]
+    means = seed_means(fronts) if args.mean else None
     if args.json:
-        print(json.dumps(fronts))
+        print(json.dumps({"fronts": fronts, "means": means}))
     else:
         print(fronts_table(fronts, all_points=args.points))
         met = sum(f["met"] for f in fronts)
         print(f"\ntarget met by the selected point of {met} of {len(fronts)} runs")
+        if means is not None:
+            print("\nseed means (the strength selected on the mean validation change):\n")
+            print(means_table(means))
+            for m in means:
+                s = m["selected"]
+                print(f"{m['label']}: beta={s['beta']:g} over seeds {m['seeds']}: "
+                      f"{100 * s['reduction']:.1f}% fewer, val {s['val_change_points']:+.2f}, "
+                      f"test {s['test_change_points']:+.2f}: target "
+                      f"{'met' if m['met'] else 'missed'}")
     if args.out:
         plot_fronts(fronts, args.out)
     return 0

@@ -272,6 +272,13 @@ def test_fronts_read_each_run_as_it_wrote_it(run, tmp_path, capsys):
     met = res["target"]["by_alpha"]["0"]["met"]
     assert f"target met by the selected point of {2 * met} of 2 runs" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the mean over one seed is that seed, and selecting on it is the run's own selection
+    assert fr.main([f"one={out}", "--network", "lenet5", "--mean"]) == 0
+    s = res["networks"]["lenet5"]["by_alpha"]["0"]["selected"]
+    assert (f"one: beta={s['beta']:g} over seeds [{cfg['seed']}]: "
+            f"{100 * s['reduction']:.1f}% fewer, val {s['val_change_points']:+.2f}, "
+            f"test {s['test_change_points']:+.2f}: target {'met' if met else 'missed'}"
+            in capsys.readouterr().out)
     assert fr.main([str(out), "--network", "lenet5", "--points"]) == 0
     assert len([r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")
                 and r[2:5] != "run" and r[2:5] != "---"]) == len(
@@ -295,3 +302,41 @@ def test_fronts_target_rule_and_errors(run, tmp_path):
     with pytest.raises(ValueError, match="no runs given"):
         fr.plot_fronts([], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def _front(label, seed, points, tol=0.5):
+    keys = ("beta", "reduction", "val_change_points", "test_change_points")
+    return {"label": label, "seed": seed, "select_within": tol,
+            "points": [dict(zip(keys, p)) for p in points]}
+
+
+def test_seed_means_select_on_the_mean_validation_change():
+    """seed_means against a hand computation: means per strength over the label's seeds, a
+    strength missing on one seed left out of the selection, the tolerance's edge inclusive,
+    and the target checked on the selected means, not on any single seed."""
+    from experiments.group_sparsity_fronts import means_table, seed_means
+
+    fronts = [_front("a", 0, [(1e-4, 0.375, -0.125, -0.25), (2e-4, 0.625, -0.75, -0.25),
+                              (3e-4, 0.875, 0.0, 0.0)]),
+              _front("a", 1, [(1e-4, 0.5, -0.375, -0.5), (2e-4, 0.5, -0.25, -0.5)]),
+              _front("b", 0, [(1e-4, 0.5, -0.25, -0.75), (2e-4, 0.75, -1.0, -1.0)])]
+    a, b = seed_means(fronts)
+    assert a["seeds"] == [0, 1] and a["left_out"] == [3e-4]
+    got = {p["beta"]: (p["n"], p["reduction"], p["val_change_points"], p["test_change_points"])
+           for p in a["points"]}
+    assert got == {1e-4: (2, 0.4375, -0.25, -0.375), 2e-4: (2, 0.5625, -0.5, -0.375),
+                   3e-4: (1, 0.875, 0.0, 0.0)}
+    # 2e-4's mean validation change is exactly -0.5: within; 3e-4 is not a mean of both seeds
+    assert a["selected"]["beta"] == 2e-4 and a["met"] is True
+    # seed 0 alone would select 1e-4 (2e-4 is at -0.75 there): the mean rule is not its choice
+    assert b["selected"]["beta"] == 1e-4 and b["met"] is False  # 50% fewer but -0.75 test
+    table = means_table([a, b])
+    assert "| a | 0, 1 | **0.0002** | 2 | 56.2% | -0.50 | -0.38 | met |" in table
+    assert "| a | 0, 1 | 0.0003 (left out: not every seed) | 1 | 87.5% |" in table
+    with pytest.raises(ValueError, match=r"label 'a' has seed\(s\) \[0\] more than once"):
+        seed_means([fronts[0], fronts[0]])
+    with pytest.raises(ValueError, match="different tolerances"):
+        seed_means([fronts[0], _front("a", 1, [(1e-4, 0.5, 0.0, 0.0)], tol=1.0)])
+    with pytest.raises(ValueError, match="no strength was trained by every run labelled 'c'"):
+        seed_means([_front("c", 0, [(1e-4, 0.5, 0.0, 0.0)]),
+                    _front("c", 1, [(2e-4, 0.5, 0.0, 0.0)])])
