@@ -166,10 +166,13 @@ def fronts_table(fronts: Sequence[Mapping[str, Any]], *, all_points: bool = Fals
     return "\n".join([head, *rows])
 
 
-def plot_fronts(fronts: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+def plot_fronts(fronts: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                means: Sequence[Mapping[str, Any]] | None = None) -> None:
     """Validation (the selection) and test (the target) change against the fraction removed,
     one line per run (a color per label, a line style per seed), selected points circled, the
-    target region shaded, each run's selection limit dashed; written atomically. The axes stop
+    target region shaded, each run's selection limit dashed; with ``means`` (from
+    :func:`seed_means`), each label's mean front as a thick line over the strengths every
+    seed trained, its selected strength as a square; written atomically. The axes stop
     at 4 points lost: collapsed networks (tens of points) would flatten every other front."""
     import matplotlib
 
@@ -191,15 +194,28 @@ def plot_fronts(fronts: Sequence[Mapping[str, Any]], path: str | os.PathLike) ->
             color = f"C{labels.index(f['label']) % 10}"
             style = seeds.index(f["seed"])
             xs = [100 * p["reduction"] for p in f["points"]]
-            ax.plot(xs, [p[key] for p in f["points"]], lw=1, color=color,
+            ax.plot(xs, [p[key] for p in f["points"]], lw=1, color=color, alpha=0.7,
                     ls=("-", "--", ":", "-.")[style % 4], marker="osD^v"[style % 5],
                     label=f"{f['label']}, seed {f['seed']}")
             s = f["selected"]
             ax.scatter([100 * s["reduction"]], [s[key]], s=150, facecolors="none",
                        edgecolors=color, lw=2)
+        for m in means or ():
+            if len(m["seeds"]) < 2:  # the mean of one run is that run's line
+                continue
+            color = f"C{labels.index(m['label']) % 10}"
+            full = [p for p in m["points"] if p["beta"] not in m["left_out"]]
+            ax.plot([100 * p["reduction"] for p in full], [p[key] for p in full], lw=3.5,
+                    color=color, alpha=0.85, solid_capstyle="round",
+                    label=f"{m['label']}, mean of seeds {', '.join(map(str, m['seeds']))}")
+            s = m["selected"]
+            ax.scatter([100 * s["reduction"]], [s[key]], marker="s", s=90, color=color,
+                       edgecolors="k", zorder=6)
         lo = min(p[key] for f in fronts for p in f["points"])
+        xs_all = [100 * p["reduction"] for f in fronts for p in f["points"]]
+        xlim = (max(0.0, min(xs_all) - 5), min(100.0, max(xs_all) + 5))
         if key == "test_change_points":
-            ax.fill_between([100 * TARGET["min_reduction"], 100], -TARGET["max_loss_points"],
+            ax.fill_between([100 * TARGET["min_reduction"], xlim[1]], -TARGET["max_loss_points"],
                             max(0.5, max(p[key] for f in fronts for p in f["points"]) + 0.1),
                             color="g", alpha=0.12, label="target (>= 50% fewer, <= 0.5 lost)")
         else:
@@ -208,7 +224,7 @@ def plot_fronts(fronts: Sequence[Mapping[str, Any]], path: str | os.PathLike) ->
         ax.axhline(0, color="k", lw=0.8)
         ax.set(xlabel="parameters removed (%)", ylabel=f"{name} accuracy change (points)",
                title=f"{name} accuracy against the same seed's unregularized run"
-               + (" (selection)" if row == 0 else ""), xlim=(0, 100),
+               + (" (selection)" if row == 0 else ""), xlim=xlim,
                ylim=(max(lo, -4.0) - 0.2, None))
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
@@ -254,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"test {s['test_change_points']:+.2f}: target "
                       f"{'met' if m['met'] else 'missed'}")
     if args.out:
-        plot_fronts(fronts, args.out)
+        plot_fronts(fronts, args.out, means)
     return 0
 
 
