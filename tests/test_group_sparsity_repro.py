@@ -273,7 +273,9 @@ def test_fronts_read_each_run_as_it_wrote_it(run, tmp_path, capsys):
     assert f"target met by the selected point of {2 * met} of 2 runs" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the mean over one seed is that seed, and selecting on it is the run's own selection
-    assert fr.main([f"one={out}", "--network", "lenet5", "--mean"]) == 0
+    assert fr.main([f"one={out}", f"two={out}", "--network", "lenet5", "--mean",
+                    "--out", str(tmp_path / "means.png")]) == 0
+    assert (tmp_path / "means.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     s = res["networks"]["lenet5"]["by_alpha"]["0"]["selected"]
     assert (f"one: beta={s['beta']:g} over seeds [{cfg['seed']}]: "
             f"{100 * s['reduction']:.1f}% fewer, val {s['val_change_points']:+.2f}, "
@@ -306,15 +308,16 @@ def test_fronts_target_rule_and_errors(run, tmp_path):
 
 def _front(label, seed, points, tol=0.5):
     keys = ("beta", "reduction", "val_change_points", "test_change_points")
-    return {"label": label, "seed": seed, "select_within": tol,
-            "points": [dict(zip(keys, p)) for p in points]}
+    pts = [dict(zip(keys, p)) for p in points]
+    return {"label": label, "seed": seed, "select_within": tol, "points": pts,
+            "selected": pts[0]}
 
 
-def test_seed_means_select_on_the_mean_validation_change():
+def test_seed_means_select_on_the_mean_validation_change(tmp_path):
     """seed_means against a hand computation: means per strength over the label's seeds, a
     strength missing on one seed left out of the selection, the tolerance's edge inclusive,
     and the target checked on the selected means, not on any single seed."""
-    from experiments.group_sparsity_fronts import means_table, seed_means
+    from experiments.group_sparsity_fronts import means_table, plot_fronts, seed_means
 
     fronts = [_front("a", 0, [(1e-4, 0.375, -0.125, -0.25), (2e-4, 0.625, -0.75, -0.25),
                               (3e-4, 0.875, 0.0, 0.0)]),
@@ -330,6 +333,8 @@ def test_seed_means_select_on_the_mean_validation_change():
     assert a["selected"]["beta"] == 2e-4 and a["met"] is True
     # seed 0 alone would select 1e-4 (2e-4 is at -0.75 there): the mean rule is not its choice
     assert b["selected"]["beta"] == 1e-4 and b["met"] is False  # 50% fewer but -0.75 test
+    plot_fronts(fronts, tmp_path / "means.png", [a, b])
+    assert (tmp_path / "means.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = means_table([a, b])
     assert "| a | 0, 1 | **0.0002** | 2 | 56.2% | -0.50 | -0.38 | met |" in table
     assert "| a | 0, 1 | 0.0003 (left out: not every seed) | 1 | 87.5% |" in table
