@@ -47,6 +47,9 @@ parameters, penalty and accuracies of that epoch; its ``zero_groups`` and
 penalty of the refitted weights), so they do not compare with a run that
 kept the penalty.
 
+Several runs of this experiment (other seeds, other settings) are compared,
+and averaged over their seeds, by :mod:`experiments.group_sparsity_fronts`.
+
 Plain SGD (no momentum) makes the step exactly proximal SGD, and ``beta``
 keeps one meaning for every network: a group that is zero stays zero while
 its mini-batch gradient satisfies ``||S(g, alpha beta)||_2 <= (1 - alpha)
