@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from experiments import io as eio
-from experiments.group_sparsity_repro import TARGET
+from experiments.group_sparsity_repro import TARGET, target_met
 from experiments.subruns import select_matched
 
 __all__ = ["load_front", "meets_target", "seed_means", "plot_fronts", "fronts_table",
@@ -37,9 +38,18 @@ __all__ = ["load_front", "meets_target", "seed_means", "plot_fronts", "fronts_ta
 
 def meets_target(point: Mapping[str, Any], target: Mapping[str, Any] = TARGET) -> bool:
     """Whether a point removes ``>= min_reduction`` of the parameters at a test loss of at most
-    ``max_loss_points`` (the rule ``group-sparsity`` writes into ``results.json``)."""
-    return bool(point["reduction"] >= target["min_reduction"]
-                and point["test_change_points"] >= -target["max_loss_points"])
+    ``max_loss_points``: :func:`experiments.group_sparsity_repro.target_met`, the rule
+    ``group-sparsity`` writes into ``results.json``."""
+    return target_met(point["reduction"], point["test_change_points"], target)
+
+
+def _within(point: Mapping[str, Any], tol_points: float) -> bool:
+    # select_matched's test, in points: exactly at the tolerance counts as within
+    return bool(point["val_change_points"] >= -tol_points - 1e-9)
+
+
+#: settings that must agree between the runs averaged under one label
+_SETUP = ("epochs", "release_after", "first_layers", "first_ratio", "select_within")
 
 
 def load_front(folder: str | os.PathLike, label: str | None = None, *,
@@ -51,8 +61,11 @@ def load_front(folder: str | os.PathLike, label: str | None = None, *,
     "points": [...], "selected": point, "met": bool}`` (``select_within`` in points, as the
     changes are); the points (sorted by reduction) carry ``beta``,
     ``params``, ``reduction``, ``val_change_points``, ``test_change_points`` and
-    ``selected``. Raises ``FileNotFoundError`` for an unfinished folder (no
-    ``results.json``) and ``ValueError`` naming what is missing otherwise.
+    ``selected``, and ``within``: whether the point is within ``select_within`` of the
+    baseline's validation accuracy (a selected point that is not was the fallback of
+    :func:`experiments.subruns.select_matched`: no point was within). Raises
+    ``FileNotFoundError`` for an unfinished folder (no ``results.json``) and
+    ``ValueError`` naming what is missing or ambiguous otherwise.
     """
     folder = os.fspath(folder)
     res_path = os.path.join(folder, "results.json")
@@ -70,9 +83,16 @@ def load_front(folder: str | os.PathLike, label: str | None = None, *,
         raise ValueError(f"{folder}: {network} has no alpha {alpha!r} "
                          f"(it has {sorted(entry['by_alpha'])})")
     sel = entry["by_alpha"][alpha]
+    betas = [p["beta"] for p in sel["points"]]
+    if len(set(betas)) != len(betas):
+        raise ValueError(f"{folder}: {network} alpha={alpha} lists strength(s) "
+                         f"{sorted({b for b in betas if betas.count(b) > 1})} more than once")
+    tol = 100 * res["select_within"]
     keys = ("beta", "params", "reduction", "val_change_points", "test_change_points")
     points = [{**{k: p[k] for k in keys}, "widths": p["widths"],
                "selected": p["beta"] == sel["selected"]["beta"]} for p in sel["points"]]
+    for p in points:
+        p["within"] = _within(p, tol)
     points.sort(key=lambda p: p["reduction"])
     selected = next(p for p in points if p["selected"])
     conf = cfg["config"]
@@ -81,57 +101,88 @@ def load_front(folder: str | os.PathLike, label: str | None = None, *,
             "seed": conf["seed"], "epochs": conf["networks"][network]["epochs"],
             "release_after": entry.get("release_after"),
             "first_layers": res["first_layers"], "first_ratio": res["first_ratio"],
-            "select_within": 100 * res["select_within"],
+            "select_within": tol,
             "baseline": {k: base[k] for k in ("val_acc", "test_acc", "params")},
             "points": points, "selected": selected, "met": meets_target(selected)}
+
+
+_MEAN_KEYS = ("reduction", "val_change_points", "test_change_points")
+
+
+def _t_interval(xs: Sequence[float]) -> tuple[float, float] | None:
+    """The two-sided 95% Student-t interval of the mean of ``xs`` (``None`` for one value)."""
+    if len(xs) < 2:
+        return None
+    from scipy import stats
+
+    n = len(xs)
+    mean = sum(xs) / n
+    sd = (sum((x - mean) ** 2 for x in xs) / (n - 1)) ** 0.5
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / n ** 0.5
+    return (mean - half, mean + half)
 
 
 def seed_means(fronts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per label, every strength averaged over the label's runs (its seeds).
 
     For each label: ``{"label", "seeds", "points", "left_out", "selected", "met"}``. A point
-    holds ``beta``, ``n`` (the runs averaged), and the means of ``reduction``,
+    holds ``beta``, ``n`` (the runs averaged), the means of ``reduction``,
     ``val_change_points`` and ``test_change_points`` (each against its own seed's
-    baseline). Strengths that not every run of the label trained are averaged over the
-    runs that have them but are ``left_out`` of the selection, so every candidate is the
-    mean of the same seeds. The selection is
+    baseline), and ``ci95``: each mean's two-sided 95% Student-t interval over the seeds
+    (``None`` for one seed); it is reported, the selection and ``met`` use the means. Strengths are matched to 12 significant digits. Strengths that not every run
+    of the label trained are averaged over the runs that have them but are ``left_out`` of
+    the selection, so every candidate is the mean of the same seeds. The selection is
     :func:`experiments.subruns.select_matched` on the means: the strength with the
     largest mean reduction whose mean validation change is within the runs'
-    ``select_within`` (all runs of a label must share it). ``met``: :func:`meets_target`
-    on the selected means. Test accuracy plays no part in the selection.
+    ``select_within``; if none is, the one with the best mean validation change, and the
+    selected point's ``within`` is False. ``met``: :func:`meets_target` on the selected
+    means. Test accuracy plays no part in the selection. The runs of a label must share
+    their settings (epochs, release epoch, per-layer strengths, tolerance) and differ in
+    their seeds; ``ValueError`` says which setting or seed does not.
     """
     out = []
     for label in dict.fromkeys(f["label"] for f in fronts):
         runs = [f for f in fronts if f["label"] == label]
-        tols = {f["select_within"] for f in runs}
-        if len(tols) != 1:
-            raise ValueError(f"seed_means: the runs labelled {label!r} select within different "
-                             f"tolerances {sorted(tols)}")
+        for key in _SETUP:
+            vals = list(dict.fromkeys(repr(f.get(key)) for f in runs))
+            if len(vals) != 1:
+                raise ValueError(f"seed_means: the runs labelled {label!r} differ in {key} "
+                                 f"({', '.join(vals)}); average only runs of one setting")
+        tol = runs[0]["select_within"]
         seeds = [f["seed"] for f in runs]
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seed_means: label {label!r} has seed(s) "
                              f"{sorted({s for s in seeds if seeds.count(s) > 1})} more than once")
         by_beta: dict[float, list[Mapping[str, Any]]] = {}
         for f in runs:
-            for p in f["points"]:
-                by_beta.setdefault(p["beta"], []).append(p)
+            keys = [float(f"{p['beta']:.12g}") for p in f["points"]]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"seed_means: the run labelled {label!r} with seed {f['seed']} "
+                                 f"lists a strength more than once")
+            for key, p in zip(keys, f["points"]):
+                by_beta.setdefault(key, []).append(p)
         points = []
         for beta in sorted(by_beta):
             ps = by_beta[beta]
             points.append({"beta": beta, "n": len(ps), **{
-                k: sum(p[k] for p in ps) / len(ps)
-                for k in ("reduction", "val_change_points", "test_change_points")}})
+                k: sum(p[k] for p in ps) / len(ps) for k in _MEAN_KEYS},
+                "ci95": {k: _t_interval([p[k] for p in ps]) for k in _MEAN_KEYS}})
         full = [p for p in points if p["n"] == len(runs)]
         if not full:
             raise ValueError(f"seed_means: no strength was trained by every run labelled "
                              f"{label!r}")
+        for p in points:
+            p["within"] = _within(p, tol)
         sel = select_matched([{**p, "kept": 1.0 - p["reduction"]} for p in full], 0.0,
-                             tols.pop(), size_key="kept", val_key="val_change_points")
+                             tol, size_key="kept", val_key="val_change_points")
         sel = next(p for p in points if p["beta"] == sel["beta"])
         out.append({"label": label, "seeds": seeds, "points": points,
                     "left_out": [p["beta"] for p in points if p["n"] < len(runs)],
                     "selected": sel, "met": meets_target(sel)})
     return out
+
+
+_FALLBACK = " (fallback: none within the tolerance)"
 
 
 def means_table(means: Sequence[Mapping[str, Any]]) -> str:
@@ -143,6 +194,7 @@ def means_table(means: Sequence[Mapping[str, Any]]) -> str:
         for p in m["points"]:
             mark = "**" if p is m["selected"] else ""
             note = " (left out: not every seed)" if p["beta"] in m["left_out"] else ""
+            note += _FALLBACK if p is m["selected"] and not p["within"] else ""
             rows.append(f"| {m['label']} | {', '.join(map(str, m['seeds']))} "
                         f"| {mark}{p['beta']:g}{mark}{note} | {p['n']} "
                         f"| {100 * p['reduction']:.1f}% | {p['val_change_points']:+.2f} "
@@ -159,8 +211,9 @@ def fronts_table(fronts: Sequence[Mapping[str, Any]], *, all_points: bool = Fals
     for f in fronts:
         for p in (f["points"] if all_points else [f["selected"]]):
             mark = "**" if p["selected"] and all_points else ""
+            note = _FALLBACK if p["selected"] and not p["within"] else ""
             rows.append(f"| {f['label']} | {f['seed']} | {100 * f['baseline']['test_acc']:.2f}% "
-                        f"| {mark}{p['beta']:g}{mark} | {100 * p['reduction']:.1f}% "
+                        f"| {mark}{p['beta']:g}{mark}{note} | {100 * p['reduction']:.1f}% "
                         f"| {p['val_change_points']:+.2f} | {p['test_change_points']:+.2f} "
                         f"| {'met' if meets_target(p) else 'missed'} |")
     return "\n".join([head, *rows])
@@ -251,9 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                         "selected on the mean validation change")
     ap.add_argument("--json", action="store_true", help="print the fronts as JSON instead")
     args = ap.parse_args(argv)
-    fronts = [load_front(folder, label, network=args.network, alpha=args.alpha)
-              for label, folder in map(_parse_run, args.runs)]
-    means = seed_means(fronts) if args.mean else None
+    try:
+        fronts = [load_front(folder, label, network=args.network, alpha=args.alpha)
+                  for label, folder in map(_parse_run, args.runs)]
+        means = seed_means(fronts) if args.mean else None
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps({"fronts": fronts, "means": means}))
     else:
@@ -268,7 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{m['label']}: beta={s['beta']:g} over seeds {m['seeds']}: "
                       f"{100 * s['reduction']:.1f}% fewer, val {s['val_change_points']:+.2f}, "
                       f"test {s['test_change_points']:+.2f}: target "
-                      f"{'met' if m['met'] else 'missed'}")
+                      f"{'met' if m['met'] else 'missed'}"
+                      + ("" if s["within"] else "; no strength was within the selection "
+                                                "tolerance, this is the most accurate"))
+                if s["n"] > 1:
+                    (r0, r1), (t0, t1) = s["ci95"]["reduction"], s["ci95"]["test_change_points"]
+                    print(f"  95% intervals over the {s['n']} seeds: {100 * r0:.1f}-{100 * r1:.1f}% "
+                          f"fewer, test {t0:+.2f} to {t1:+.2f}")
     if args.out:
         plot_fronts(fronts, args.out, means)
     return 0
