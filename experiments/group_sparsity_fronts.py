@@ -129,9 +129,10 @@ def seed_means(fronts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     holds ``beta``, ``n`` (the runs averaged), the means of ``reduction``,
     ``val_change_points`` and ``test_change_points`` (each against its own seed's
     baseline), and ``ci95``: each mean's two-sided 95% Student-t interval over the seeds
-    (``None`` for one seed); it is reported, the selection and ``met`` use the means. Strengths are matched to 12 significant digits. Strengths that not every run
-    of the label trained are averaged over the runs that have them but are ``left_out`` of
-    the selection, so every candidate is the mean of the same seeds. The selection is
+    (``None`` for one seed); it is reported, the selection and ``met`` use the means.
+    Strengths are matched to 12 significant digits. Strengths that not every run of the
+    label trained are averaged over the runs that have them but are ``left_out`` of the
+    selection, so every candidate is the mean of the same seeds. The selection is
     :func:`experiments.subruns.select_matched` on the means: the strength with the
     largest mean reduction whose mean validation change is within the runs'
     ``select_within``; if none is, the one with the best mean validation change, and the
@@ -330,8 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 "tolerance, this is the most accurate"))
                 if s["n"] > 1:
                     (r0, r1), (t0, t1) = s["ci95"]["reduction"], s["ci95"]["test_change_points"]
-                    print(f"  95% intervals over the {s['n']} seeds: {100 * r0:.1f}-{100 * r1:.1f}% "
-                          f"fewer, test {t0:+.2f} to {t1:+.2f}")
+                    print(f"  95% intervals over the {s['n']} seeds: "
+                          f"{100 * r0:.1f}-{100 * r1:.1f}% fewer, test {t0:+.2f} to {t1:+.2f}")
     if args.out:
         plot_fronts(fronts, args.out, means)
     return 0

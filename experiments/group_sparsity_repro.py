@@ -86,7 +86,8 @@ from .registry import RunContext, register
 from .subruns import check_folder, load_data_cached, run_jobs, select_matched
 from .training import Callback, Trainer, TrainConfig, evaluate
 
-__all__ = ["PAPER", "TARGET", "target_met", "StepDecay", "layer_strengths", "shrunk_arch", "train_point", "max_logit_change"]
+__all__ = ["PAPER", "TARGET", "target_met", "StepDecay", "layer_strengths", "shrunk_arch",
+           "train_point", "max_logit_change"]
 
 #: what the source (Alvarez & Salzmann 2016, ``shared/seeds/002_...``) reports, for
 #: results.json and the docs

@@ -268,7 +268,8 @@ def test_fronts_read_each_run_as_it_wrote_it(run, tmp_path, capsys):
     folders = [f"first={out}", str(out)]
     assert fr.main([*folders, "--network", "lenet5", "--out", str(png)]) == 0
     text = capsys.readouterr().out
-    rows = [r for r in text.splitlines() if r.startswith("| first") or r.startswith(f"| {out.name}")]
+    rows = [r for r in text.splitlines()
+            if r.startswith("| first") or r.startswith(f"| {out.name}")]
     assert len(rows) == 2
     met = res["target"]["by_alpha"]["0"]["met"]
     assert f"target met by the selected point of {2 * met} of 2 runs" in text
@@ -307,7 +308,8 @@ def test_fronts_target_rule_and_errors(run, tmp_path, capsys):
     pts = bad["networks"]["lenet5"]["by_alpha"]["0"]["points"]
     pts.append(dict(pts[0]))
     (dup / "results.json").write_text(json.dumps(bad))
-    with pytest.raises(ValueError, match=r"lenet5 alpha=0 lists strength\(s\) \[.*\] more than once"):
+    with pytest.raises(ValueError,
+                       match=r"lenet5 alpha=0 lists strength\(s\) \[.*\] more than once"):
         fr.load_front(dup)
     assert fr.main([str(dup), "--mean"]) == 2
     assert "error: " in capsys.readouterr().err
