@@ -30,7 +30,7 @@ from typing import Any
 
 from experiments import io as eio
 from experiments.group_sparsity_repro import TARGET, target_met
-from experiments.subruns import select_matched
+from experiments.subruns import select_matched, within_tolerance
 
 __all__ = ["load_front", "meets_target", "seed_means", "plot_fronts", "fronts_table",
            "means_table", "main"]
@@ -44,8 +44,8 @@ def meets_target(point: Mapping[str, Any], target: Mapping[str, Any] = TARGET) -
 
 
 def _within(point: Mapping[str, Any], tol_points: float) -> bool:
-    # select_matched's test, in points: exactly at the tolerance counts as within
-    return bool(point["val_change_points"] >= -tol_points - 1e-9)
+    # select_matched's own test, on the validation change in points
+    return within_tolerance(point["val_change_points"], 0.0, tol_points)
 
 
 #: settings that must agree between the runs averaged under one label

@@ -118,6 +118,7 @@ def target_met(reduction: float, test_change_points: float,
     return bool(reduction >= target["min_reduction"] - 1e-9
                 and test_change_points >= -target["max_loss_points"] - 1e-9)
 
+
 _NETWORKS = {
     # the thesis's setting (Evci 2018, Sec. 2.1): SGD 0.01, batch 32, 10 epochs
     "thesis-cnn": {"model": "thesis_cnn", "kwargs": {}, "optimizer": "sgd", "lr": 0.01,

@@ -29,7 +29,7 @@ from . import io as eio
 from .common import load_data
 from .registry import RunContext
 
-__all__ = ["check_folder", "select_matched", "run_jobs", "load_data_cached"]
+__all__ = ["check_folder", "within_tolerance", "select_matched", "run_jobs", "load_data_cached"]
 
 _DATA_KEYS = ("dataset", "data_dir", "val_size", "limit", "data_seed")
 _CACHE: dict[str, Any] = {}
@@ -56,6 +56,14 @@ def check_folder(ctx: RunContext, sub: str, cfg: Mapping[str, Any],
                              "it as it was, pass another --out, or delete the folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     eio.write_json(path, mine)
+
+
+def within_tolerance(val: float, base_val: float, tolerance: float) -> bool:
+    """``val >= base_val - tolerance``, exactly at the tolerance counting as within: a margin
+    of 1e-9 absorbs the rounding of ``base_val - tolerance`` (the test of
+    :func:`select_matched`; accuracies as fractions, or changes in points with
+    ``base_val = 0``)."""
+    return bool(float(val) >= float(base_val) - float(tolerance) - 1e-9)
 
 
 def select_matched(points: Sequence[Mapping[str, Any]], base_val: float, tolerance: float, *,
@@ -86,8 +94,7 @@ def select_matched(points: Sequence[Mapping[str, Any]], base_val: float, toleran
     """
     if not points:
         raise ValueError("no points to select from")
-    floor = float(base_val) - float(tolerance) - 1e-9  # exactly at the tolerance counts as within
-    ok = [p for p in points if float(p[val_key]) >= floor]
+    ok = [p for p in points if within_tolerance(p[val_key], base_val, tolerance)]
     if ok:
         return min(ok, key=lambda p: (float(p[size_key]), -float(p[val_key])))
     return max(points, key=lambda p: float(p[val_key]))
