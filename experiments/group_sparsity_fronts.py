@@ -30,6 +30,7 @@ from typing import Any
 
 from experiments import io as eio
 from experiments.group_sparsity_repro import TARGET, target_met
+from experiments.stats import t_interval
 from experiments.subruns import select_matched, within_tolerance
 
 __all__ = ["load_front", "meets_target", "seed_means", "plot_fronts", "fronts_table",
@@ -109,19 +110,6 @@ def load_front(folder: str | os.PathLike, label: str | None = None, *,
 _MEAN_KEYS = ("reduction", "val_change_points", "test_change_points")
 
 
-def _t_interval(xs: Sequence[float]) -> tuple[float, float] | None:
-    """The two-sided 95% Student-t interval of the mean of ``xs`` (``None`` for one value)."""
-    if len(xs) < 2:
-        return None
-    from scipy import stats
-
-    n = len(xs)
-    mean = sum(xs) / n
-    sd = (sum((x - mean) ** 2 for x in xs) / (n - 1)) ** 0.5
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / n ** 0.5
-    return (mean - half, mean + half)
-
-
 def seed_means(fronts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per label, every strength averaged over the label's runs (its seeds).
 
@@ -167,7 +155,7 @@ def seed_means(fronts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             ps = by_beta[beta]
             points.append({"beta": beta, "n": len(ps), **{
                 k: sum(p[k] for p in ps) / len(ps) for k in _MEAN_KEYS},
-                "ci95": {k: _t_interval([p[k] for p in ps]) for k in _MEAN_KEYS}})
+                "ci95": {k: t_interval([p[k] for p in ps]) for k in _MEAN_KEYS}})
         full = [p for p in points if p["n"] == len(runs)]
         if not full:
             raise ValueError(f"seed_means: no strength was trained by every run labelled "

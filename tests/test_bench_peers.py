@@ -310,6 +310,33 @@ def test_target_booleans_follow_the_figures(run):
         assert f"target {key}: {v['target']}: {status}" in text
 
 
+def test_one_seed_summary_agrees_with_the_runs_own_verdicts(run, tmp_path, capsys):
+    """peers_seeds on the run's own log: each mean is the run's figure, each verdict the
+    run's, no interval (one seed); a second seed of the same log is refused."""
+    from experiments.bench import peers_seeds as PS
+
+    result, text, _ = run
+    log = tmp_path / "seed0.log"
+    log.write_text(text + "\nreal\t0m20s\n")  # a trailing line, as `time` leaves
+    assert PS.load_result(log) == json.loads(json.dumps(result))
+    summary = PS.seed_summary([PS.load_result(log)])
+    acc = {(r["model"], r["target"], r["method"]): r for r in result["accuracy"]}
+    assert len(summary["points"]) == len({k[:2] for k in acc})
+    for p in summary["points"]:
+        for method, m in p["methods"].items():
+            for stage in PS.STAGES:
+                assert m[stage]["mean"] == pytest.approx(
+                    100 * acc[(p["model"], p["target"], method)][stage], abs=1e-9)
+                assert m[stage]["ci95"] is None
+    for key in ("accuracy_after_finetune", "accuracy_after_pruning"):
+        assert summary["targets"][key]["met"] is result["targets"][key]["met"]
+    assert (summary["best_of_ours"]["acc_finetuned"]
+            is result["informational"]["accuracy_after_finetune_best_of_ours"]["holds"])
+    assert PS.main([str(log), "--out", str(tmp_path / "gaps.png")]) == 0
+    assert json.loads(capsys.readouterr().out.rstrip("\n").split("\n")[-1])["seeds"] == [SEED]
+    assert PS.main([str(log), str(log)]) == 2
+
+
 def test_timing_rows(run):
     result, _, _ = run
     cases = {(r["model"], r["case"]) for r in result["timing"]}

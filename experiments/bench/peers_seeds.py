@@ -1,0 +1,269 @@
+"""Issue 9's accuracy targets read over several seeds of the peers benchmark.
+
+One run of :mod:`experiments.bench.peers` compares the methods on one pair of
+trained networks and one fine-tuning order. The gaps it finds after fine-tuning
+are a few tenths of a point, the size of one accuracy's standard error on 10,000
+test images, and which peer is best changes from seed to seed. This module reads
+finished runs (their logs, or files holding their final JSON line) of one setting
+and different seeds, and decides the two accuracy targets on the seed means::
+
+    OMP_NUM_THREADS=1 python -m experiments.bench.peers --seed 2 > runs/bench-peers-seed2.log
+    python -m experiments.bench.peers_seeds --out docs/img/peers_seeds.png \\
+        runs/bench-peers.log runs/bench-peers-seed1.log runs/bench-peers-seed2.log
+
+The rule (:func:`seed_summary`): at every network, size and stage (right after
+pruning, after fine-tuning) each method's test accuracy is averaged over the
+seeds; the best peer is the peer method with the highest mean; the fine-tuning
+target holds at a point if the mean of MRS is no lower than that (a 1e-9 margin
+for floating point), the pruning target if it is higher. A target holds if it
+holds at every point. The per-seed differences between MRS and that peer, with
+their 95% Student-t interval, are reported beside it and do not decide.
+
+It prints a Markdown table, the verdicts, and one JSON line last; ``--out``
+draws the differences. Errors (an unfinished run, runs of different settings,
+a seed given twice) go to stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments import io as eio
+from experiments.bench.peers import METHODS, OURS, TARGETS
+from experiments.stats import mean, t_interval
+
+__all__ = ["load_result", "seed_summary", "summary_table", "plot_gaps", "main"]
+
+PEERS = tuple(m for m in METHODS if m not in OURS)
+MRS = "ours_mrs"
+STAGES = {"acc_pruned": "right after pruning", "acc_finetuned": "after fine-tuning"}
+# the issue's two accuracy targets, by the stage they are read at
+STAGE_TARGET = {"acc_pruned": "accuracy_after_pruning",
+                "acc_finetuned": "accuracy_after_finetune"}
+MARGIN = 1e-9
+SHORT = {"tp_magnitude": "TP magnitude", "tp_taylor": "TP Taylor", "tp_bn_scale": "TP BN scale",
+         "ln_structured": "ln_structured"}
+
+
+def load_result(path: str | os.PathLike) -> dict[str, Any]:
+    """The result of one finished peers run: the last line of ``path`` that is the
+    benchmark's JSON object (a log may end with other lines, e.g. ``time``'s)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")  # FileNotFoundError names the path
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and obj.get("benchmark") == "peers":
+            return obj
+    raise ValueError(f"{path}: no result line of the peers benchmark (the JSON object it "
+                     f"prints last); was the run finished?")
+
+
+def _setting(result: Mapping[str, Any]) -> str:
+    """Everything that must be equal for runs to be averaged: the setting (``rounds``
+    defaults to 1, for runs made before it existed), the data, quick mode, the peer's
+    version."""
+    c = result["config"]
+    setting = dict(c["setting"])
+    setting.setdefault("rounds", 1)
+    return json.dumps({"setting": setting, "data": c["data"], "quick": c["quick"],
+                       "torch_pruning": c["torch_pruning"]}, sort_keys=True)
+
+
+def _differences(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    d = [x - y for x, y in zip(a, b)]
+    return {"per_seed": d, "mean": mean(d), "ci95": t_interval(d)}
+
+
+def seed_summary(results: Sequence[Mapping[str, Any]],
+                 names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The accuracy comparison of several peers runs, decided on the seed means.
+
+    ``results`` are the JSON objects of finished runs of one setting with different
+    seeds (``names``, e.g. their files, only label the errors). Accuracies are in
+    points (percent). Returns ``{"seeds", "rounds", "points", "targets",
+    "best_of_ours"}``: a point per network and size with, for every method, its
+    per-seed and mean accuracy at each stage and, per stage, the best peer on the
+    means, the gap of MRS to it (``gap``), whether the target holds there (``met``)
+    and the per-seed differences with their 95% t-interval (``differences``,
+    reported only); ``best_of_ours`` does the same for the best of our three
+    methods on the means. ``targets`` maps each of the two accuracy targets to
+    whether it holds at every point. ``ValueError`` names the run that has another
+    setting, a seed given twice, or a method or point missing from a run.
+    """
+    if not results:
+        raise ValueError("seed_summary: no runs given")
+    names = list(names) if names is not None else [f"run {i}" for i in range(len(results))]
+    ref = _setting(results[0])
+    for name, r in zip(names, results):
+        if _setting(r) != ref:
+            raise ValueError(f"seed_summary: {name} was run with another setting than "
+                             f"{names[0]} (settings, data, quick mode and Torch-Pruning "
+                             f"version must match; only the seed may differ)")
+    seeds = [r["config"]["seed"] for r in results]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"seed_summary: seed(s) {twice} given more than once")
+    tables = []
+    for name, r in zip(names, results):
+        by = {}
+        for row in r["accuracy"]:
+            key = (row["model"], float(row["target"]), row["method"])
+            if key in by:
+                raise ValueError(f"seed_summary: {name} has two rows for {key}")
+            by[key] = row
+        tables.append(by)
+    keys = sorted({k[:2] for k in tables[0]}, key=lambda k: (k[0] != "mlp", k[0], k[1]))
+    points = []
+    for model, target in keys:
+        methods = [m for m in METHODS if (model, target, m) in tables[0]]
+        for name, by in zip(names, tables):
+            missing = [m for m in methods if (model, target, m) not in by]
+            extra = {k[2] for k in by if k[:2] == (model, target)} - set(methods)
+            if missing or extra:
+                raise ValueError(f"seed_summary: {name} at {model} {target:g}x lacks "
+                                 f"{missing or '-'} or has extra {sorted(extra) or '-'} "
+                                 f"against {names[0]}")
+        if MRS not in methods or not any(p in methods for p in PEERS):
+            raise ValueError(f"seed_summary: {model} {target:g}x needs MRS and a peer")
+        rows0 = tables[0][(model, target, MRS)]
+        acc = {m: {stage: [round(100 * by[(model, target, m)][stage], 9) for by in tables]
+                   for stage in STAGES} for m in methods}
+        point = {"model": model, "target": target, "kept": rows0["kept"],
+                 "params": rows0["params"],
+                 "methods": {m: {"label": tables[0][(model, target, m)]["label"],
+                                 **{stage: {"per_seed": v, "mean": mean(v),
+                                            "ci95": t_interval(v)}
+                                    for stage, v in acc[m].items()}} for m in methods},
+                 "stages": {}}
+        peers = [m for m in PEERS if m in methods]
+        ours = [m for m in OURS if m in methods]
+        for stage in STAGES:
+            best = max(peers, key=lambda m: mean(acc[m][stage]))
+            gap = mean(acc[MRS][stage]) - mean(acc[best][stage])
+            met = gap >= -MARGIN if stage == "acc_finetuned" else gap > MARGIN
+            top = max(ours, key=lambda m: mean(acc[m][stage]))
+            top_gap = mean(acc[top][stage]) - mean(acc[best][stage])
+            point["stages"][stage] = {
+                "best_peer": best, "gap": gap, "met": met,
+                "differences": _differences(acc[MRS][stage], acc[best][stage]),
+                "best_of_ours": {"method": top, "gap": top_gap,
+                                 "met": (top_gap >= -MARGIN if stage == "acc_finetuned"
+                                         else top_gap > MARGIN)}}
+        points.append(point)
+    targets = {STAGE_TARGET[stage]: {"target": TARGETS[STAGE_TARGET[stage]],
+                                     "met": all(p["stages"][stage]["met"] for p in points),
+                                     "points_met": sum(p["stages"][stage]["met"]
+                                                       for p in points),
+                                     "points": len(points)}
+               for stage in STAGES}
+    best_of_ours = {stage: all(p["stages"][stage]["best_of_ours"]["met"] for p in points)
+                    for stage in STAGES}
+    return {"seeds": seeds, "rounds": json.loads(ref)["setting"]["rounds"], "points": points,
+            "targets": targets, "best_of_ours": best_of_ours}
+
+
+def _interval(ci: tuple[float, float] | None) -> str:
+    return "-" if ci is None else f"{ci[0]:+.2f} to {ci[1]:+.2f}"
+
+
+def summary_table(summary: Mapping[str, Any]) -> str:
+    """A Markdown table: per point and stage, the means of MRS and of the best peer, the
+    gap, the per-seed differences' 95% interval, and whether the target holds there."""
+    lines = ["| network | size | stage | MRS mean | best peer (mean) | gap | 95% interval "
+             "| seeds MRS ahead | target |",
+             "| --- | ---: | --- | ---: | --- | ---: | --- | ---: | --- |"]
+    n = len(summary["seeds"])
+    for p in summary["points"]:
+        for stage, desc in STAGES.items():
+            st = p["stages"][stage]
+            best = p["methods"][st["best_peer"]]
+            ahead = sum(d > 0 for d in st["differences"]["per_seed"])
+            lines.append(
+                f"| {p['model'].upper()} | {p['target']:g}x | {desc} "
+                f"| {p['methods'][MRS][stage]['mean']:.2f} "
+                f"| {best['label']} ({best[stage]['mean']:.2f}) | {st['gap']:+.2f} "
+                f"| {_interval(st['differences']['ci95'])} | {ahead} of {n} "
+                f"| {'met' if st['met'] else 'missed'} |")
+    return "\n".join(lines)
+
+
+def plot_gaps(summary: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """MRS minus the best peer (on the means), per point, one panel per stage: each seed
+    as a dot, the mean as a bar with its 95% interval; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    pts = summary["points"]
+    fig, axes = plt.subplots(2, 1, figsize=(10, 8.5))
+    xs = list(range(len(pts)))
+    for ax, (stage, desc) in zip(axes, STAGES.items()):
+        for x, p in zip(xs, pts):
+            st = p["stages"][stage]
+            d = st["differences"]
+            ax.bar([x], [d["mean"]], color="C2" if st["met"] else "C3", alpha=0.55, width=0.6)
+            if d["ci95"] is not None:
+                lo, hi = d["ci95"]
+                ax.errorbar([x], [d["mean"]], yerr=[[d["mean"] - lo], [hi - d["mean"]]],
+                            color="k", capsize=4, lw=1)
+            ax.scatter([x] * len(d["per_seed"]), d["per_seed"], color="k", s=12, zorder=5)
+        ax.set_xticks(xs, [f"{p['model'].upper()} {p['target']:g}x\nvs "
+                           f"{SHORT.get(p['stages'][stage]['best_peer'], p['stages'][stage]['best_peer'])}"
+                           for p in pts], fontsize=8)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(ylabel="MRS - best peer (accuracy points)",
+               title=f"{desc}: {len(summary['seeds'])} seeds (bar: mean, green = target met)")
+    fig.tight_layout()
+    eio.save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m experiments.bench.peers_seeds [--out PNG] RUN...``; returns the exit code."""
+    ap = argparse.ArgumentParser(prog="python -m experiments.bench.peers_seeds",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="logs (or JSON files) of finished peers runs")
+    ap.add_argument("--out", help="write the figure of the differences here (PNG)")
+    args = ap.parse_args(argv)
+    try:
+        results = [load_result(p) for p in args.runs]
+        summary = seed_summary(results, args.runs)
+    except KeyError as exc:
+        print(f"error: a run lacks the field {exc}; is it a peers result?", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rounds = summary["rounds"]
+    print(f"peers benchmark over seeds {summary['seeds']}"
+          f"{'' if rounds == 1 else f', pruning in {rounds} rounds'}\n")
+    print(summary_table(summary))
+    print()
+    for key, t in summary["targets"].items():
+        print(f"target {key}: {t['target']}, on the seed means: "
+              f"{'met' if t['met'] else 'NOT MET'} ({t['points_met']} of {t['points']} points)")
+    for stage, ok in summary["best_of_ours"].items():
+        print(f"(not a target) best of our three methods, {STAGES[stage]}, on the seed means: "
+              f"{'holds' if ok else 'does not hold'}")
+    if args.out:
+        plot_gaps(summary, args.out)
+    print(json.dumps({"benchmark": "peers_seeds", **summary}, allow_nan=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
