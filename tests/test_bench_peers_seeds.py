@@ -26,7 +26,7 @@ def _result(seed, acc, *, setting=SETTING, tp="1.6.1"):
             for m, (p, f) in acc.items()]
     return {"benchmark": "peers", "accuracy": rows,
             "config": {"seed": seed, "setting": dict(setting), "data": "fashion-mnist",
-                       "quick": False, "torch_pruning": tp}}
+                       "quick": False, "torch": "2.13.0+cpu", "torch_pruning": tp}}
 
 
 # three seeds; MRS, Torch-Pruning magnitude, ln_structured (accuracies: k / 10,000)
@@ -63,6 +63,10 @@ def test_means_best_peer_gaps_and_intervals_by_hand():
     assert fin["differences"]["ci95"] == pytest.approx((lo, hi), abs=1e-12)
     # MRS is the best of ours here (the only one)
     assert fin["best_of_ours"] == {"method": "ours_mrs", "gap": fin["gap"], "met": True}
+    # each seed alone against its own best peer: seed 0 loses to ln_structured (88.50),
+    # seed 1 ties magnitude (met: no lower), seed 2 beats both
+    assert fin["met_alone"] == [False, True, True]
+    assert pru["met_alone"] == [False, False, False]
     t = summary["targets"]
     assert t["accuracy_after_finetune"] == {"target": PS.TARGETS["accuracy_after_finetune"],
                                             "met": True, "points_met": 1, "points": 1}
@@ -71,10 +75,10 @@ def test_means_best_peer_gaps_and_intervals_by_hand():
 
 
 def test_the_best_peer_is_chosen_on_the_means_not_per_seed():
-    # ln_structured wins seed 0 by far and loses the others: on the means magnitude is best
+    # ln_structured wins seeds 0 and 2 after fine-tuning, magnitude wins on the means
     summary = PS.seed_summary([_result(s, a) for s, a in ACC.items()])
     fin = summary["points"][0]["stages"]["acc_finetuned"]
-    assert ACC[0]["ln_structured"][1] > ACC[0]["tp_magnitude"][1]
+    assert all(ACC[s]["ln_structured"][1] > ACC[s]["tp_magnitude"][1] for s in (0, 2))
     assert fin["best_peer"] == "tp_magnitude"
 
 
@@ -85,6 +89,20 @@ def test_a_tie_meets_the_fine_tuning_target_but_not_the_pruning_one():
     assert st["acc_finetuned"]["met"] is True and st["acc_pruned"]["met"] is False
     assert st["acc_finetuned"]["differences"]["ci95"] == (0.0, 0.0)
 
+
+def test_the_margin_absorbs_floating_point_in_the_means():
+    # equal means in exact arithmetic (88.016..), but floating point puts MRS's 1.4e-14 lower
+    acc = {0: {"ours_mrs": (0.1, 0.8888), "tp_magnitude": (0.1, 0.8812)},
+           1: {"ours_mrs": (0.1, 0.8795), "tp_magnitude": (0.1, 0.8869)},
+           2: {"ours_mrs": (0.1, 0.8722), "tp_magnitude": (0.1, 0.8724)}}
+    summary = PS.seed_summary([_result(s, a) for s, a in acc.items()])
+    fin = summary["points"][0]["stages"]["acc_finetuned"]
+    assert -1e-9 < fin["gap"] < 0
+    assert fin["met"] is True
+    lower = {s: {**a, "tp_magnitude": (0.1, a["tp_magnitude"][1] + 0.0001)}
+             for s, a in acc.items()}  # one image better on every seed
+    fin = PS.seed_summary([_result(s, a) for s, a in lower.items()])["points"][0]["stages"]
+    assert fin["acc_finetuned"]["met"] is False
 
 def test_ours_other_methods_count_only_in_best_of_ours():
     acc = {0: {"ours_mrs": (0.40, 0.86), "ours_group_sparsity": (0.70, 0.90),
@@ -101,24 +119,42 @@ def test_ours_other_methods_count_only_in_best_of_ours():
 def test_runs_without_rounds_equal_runs_with_one_round():
     old = _result(0, ACC[0], setting={k: v for k, v in SETTING.items() if k != "rounds"})
     assert PS.seed_summary([old, _result(1, ACC[1])])["rounds"] == 1
-    with pytest.raises(ValueError, match="run 1 was run with another setting than run 0"):
+    with pytest.raises(ValueError, match="run 1 was run with another setting than run 0: "
+                                         "setting.rounds 5 against 1 "):
         PS.seed_summary([old, _result(1, ACC[1], setting={**SETTING, "rounds": 5})])
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda rs: rs[1]["config"].update(torch_pruning="1.5.0"), "another setting"),
-    (lambda rs: rs[1]["config"]["setting"].update(finetune_epochs=4), "another setting"),
+    (lambda rs: rs[1]["config"].update(torch_pruning="1.5.0"),
+     "torch_pruning '1.5.0' against '1.6.1'"),
+    (lambda rs: rs[1]["config"].update(torch="2.12.0"), "torch '2.12.0' against '2.13.0"),
+    (lambda rs: rs[2]["config"]["setting"].update(finetune_epochs=4),
+     "run 2 was run with another setting than run 0: setting.finetune_epochs 4 against 3"),
     (lambda rs: rs[1]["config"].update(seed=0), r"seed\(s\) \[0\] given more than once"),
     (lambda rs: rs[1]["accuracy"].pop(), r"at mlp 2x lacks \['ln_structured'\]"),
     (lambda rs: rs[1]["accuracy"].append(dict(rs[1]["accuracy"][0])), "two rows"),
+    (lambda rs: rs[2]["accuracy"].append({**rs[2]["accuracy"][0], "target": 5.0}),
+     r"run 2 has points \[\('mlp', 5.0\)\] that run 0 lacks"),
+    (lambda rs: rs[1]["accuracy"][0].update(acc_pruned=None),
+     r"run 1's accuracy row 0 \(mlp 2.0x ours_mrs\): acc_pruned is None"),
+    (lambda rs: rs[1]["accuracy"][0].update(acc_finetuned=88.1), "not an accuracy in"),
+    (lambda rs: rs[0]["accuracy"][1].pop("label"), r"run 0's accuracy row 1 lacks \['label'\]"),
+    (lambda rs: rs[1]["config"].pop("data"), r"run 1's config lacks \['data'\]"),
+    (lambda rs: rs[0].pop("config"), "run 0 has no 'config'"),
 ])
 def test_mismatched_runs_are_refused(change, message):
     runs = [_result(s, a) for s, a in ACC.items()]
     change(runs)
     with pytest.raises(ValueError, match=message):
         PS.seed_summary(runs)
+
+
+def test_no_runs_or_no_points_decide_nothing():
     with pytest.raises(ValueError, match="no runs"):
         PS.seed_summary([])
+    empty = {**_result(0, ACC[0]), "accuracy": []}
+    with pytest.raises(ValueError, match="run 0 has no accuracy rows"):
+        PS.seed_summary([empty])
 
 
 def test_a_point_needs_mrs_and_a_peer():
@@ -150,10 +186,15 @@ def test_cli_prints_the_table_verdicts_and_json_last_and_fails_cleanly(tmp_path,
     last = json.loads(out[-1])
     assert last["benchmark"] == "peers_seeds"
     assert last["targets"] == PS.seed_summary([_result(s, a) for s, a in ACC.items()])["targets"]
-    text = "\n".join(out)
-    assert "| MLP | 2x | after fine-tuning | 88.10 | label of tp_magnitude (87.93) | +0.17 |" in text
-    assert "target accuracy_after_finetune" in text and "met (1 of 1 points)" in text
-    assert "target accuracy_after_pruning" in text and "NOT MET (0 of 1 points)" in text
+    lo, hi = last["points"][0]["stages"]["acc_finetuned"]["differences"]["ci95"]
+    assert (f"| MLP | 2x | after fine-tuning | 88.10 | label of tp_magnitude (87.93) | +0.17 "
+            f"| {lo:+.2f} to {hi:+.2f} | 2 of 3 | met |") in out
+    assert ("| MLP | 2x | right after pruning | 51.04 | label of tp_magnitude (60.33) | -9.29 "
+            in "\n".join(out))
+    assert (f"target accuracy_after_finetune: {PS.TARGETS['accuracy_after_finetune']}, on the "
+            f"seed means: met (1 of 1 points)") in out
+    assert (f"target accuracy_after_pruning: {PS.TARGETS['accuracy_after_pruning']}, on the "
+            f"seed means: NOT MET (0 of 1 points)") in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     before = png.read_bytes()
@@ -166,7 +207,14 @@ def test_cli_prints_the_table_verdicts_and_json_last_and_fails_cleanly(tmp_path,
     broken = tmp_path / "broken.log"
     broken.write_text(json.dumps({"benchmark": "peers", "accuracy": []}) + "\n")
     assert PS.main([str(broken)]) == 2
-    assert "lacks the field 'config'" in capsys.readouterr().err
+    assert "broken.log has no 'config'" in capsys.readouterr().err
+    assert PS.main([str(tmp_path)]) == 2  # a folder, not a log
+    assert capsys.readouterr().err.startswith("error: ")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert PS.main([*map(str, paths), "--out", str(blocker / "gaps.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ")
 
 
 def test_t_interval_against_scipy_and_its_edges():

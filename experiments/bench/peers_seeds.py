@@ -2,10 +2,10 @@
 
 One run of :mod:`experiments.bench.peers` compares the methods on one pair of
 trained networks and one fine-tuning order. The gaps it finds after fine-tuning
-are a few tenths of a point, the size of one accuracy's standard error on 10,000
-test images, and which peer is best changes from seed to seed. This module reads
-finished runs (their logs, or files holding their final JSON line) of one setting
-and different seeds, and decides the two accuracy targets on the seed means::
+are a few tenths of a point, and which peer is best changes from seed to seed.
+This module reads finished runs (their logs, or files holding their final JSON
+line) of one setting and different seeds, and decides the two accuracy targets
+on the seed means::
 
     OMP_NUM_THREADS=1 python -m experiments.bench.peers --seed 2 > runs/bench-peers-seed2.log
     python -m experiments.bench.peers_seeds --out docs/img/peers_seeds.png \\
@@ -17,7 +17,9 @@ seeds; the best peer is the peer method with the highest mean; the fine-tuning
 target holds at a point if the mean of MRS is no lower than that (a 1e-9 margin
 for floating point), the pruning target if it is higher. A target holds if it
 holds at every point. The per-seed differences between MRS and that peer, with
-their 95% Student-t interval, are reported beside it and do not decide.
+their 95% Student-t interval (the spread over training and fine-tuning; every
+seed is tested on the same test set), and each seed's own verdict are reported
+beside it and do not decide.
 
 It prints a Markdown table, the verdicts, and one JSON line last; ``--out``
 draws the differences. Errors (an unfinished run, runs of different settings,
@@ -70,15 +72,46 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
                      f"prints last); was the run finished?")
 
 
-def _setting(result: Mapping[str, Any]) -> str:
+def _setting(result: Mapping[str, Any]) -> dict[str, Any]:
     """Everything that must be equal for runs to be averaged: the setting (``rounds``
-    defaults to 1, for runs made before it existed), the data, quick mode, the peer's
-    version."""
+    defaults to 1, for runs made before it existed), the data, quick mode, the torch and
+    Torch-Pruning versions."""
     c = result["config"]
     setting = dict(c["setting"])
     setting.setdefault("rounds", 1)
-    return json.dumps({"setting": setting, "data": c["data"], "quick": c["quick"],
-                       "torch_pruning": c["torch_pruning"]}, sort_keys=True)
+    return {**{f"setting.{k}": v for k, v in setting.items()}, "data": c["data"],
+            "quick": c["quick"], "torch": c.get("torch"), "torch_pruning": c["torch_pruning"]}
+
+
+_CONFIG_KEYS = ("seed", "setting", "data", "quick", "torch_pruning")
+_ROW_KEYS = ("model", "target", "method", "label", "kept", "params", *STAGES)
+
+
+def _check_result(name: str, result: Any) -> None:
+    """``ValueError`` naming the run and the field when ``result`` is not a peers result."""
+    if not isinstance(result, Mapping) or not isinstance(result.get("config"), Mapping):
+        raise ValueError(f"seed_summary: {name} has no 'config'; is it a peers result?")
+    lacks = [k for k in _CONFIG_KEYS if k not in result["config"]]
+    if lacks:
+        raise ValueError(f"seed_summary: {name}'s config lacks {lacks}")
+    if not isinstance(result.get("accuracy"), list):
+        raise ValueError(f"seed_summary: {name} has no 'accuracy' list")
+    for i, row in enumerate(result["accuracy"]):
+        lacks = [k for k in _ROW_KEYS if not isinstance(row, Mapping) or k not in row]
+        if lacks:
+            raise ValueError(f"seed_summary: {name}'s accuracy row {i} lacks {lacks}")
+        for stage in STAGES:
+            v = row[stage]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ValueError(f"seed_summary: {name}'s accuracy row {i} "
+                                 f"({row['model']} {row['target']}x {row['method']}): "
+                                 f"{stage} is {v!r}, not an accuracy in [0, 1]")
+
+
+def _stage_met(stage: str, gap: float) -> bool:
+    """The issue's rule at one point: no lower after fine-tuning, higher right after pruning
+    (``MARGIN`` absorbs floating point; accuracies differ by at least 0.01 points)."""
+    return gap >= -MARGIN if stage == "acc_finetuned" else gap > MARGIN
 
 
 def _differences(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
@@ -96,21 +129,31 @@ def seed_summary(results: Sequence[Mapping[str, Any]],
     "best_of_ours"}``: a point per network and size with, for every method, its
     per-seed and mean accuracy at each stage and, per stage, the best peer on the
     means, the gap of MRS to it (``gap``), whether the target holds there (``met``)
-    and the per-seed differences with their 95% t-interval (``differences``,
-    reported only); ``best_of_ours`` does the same for the best of our three
-    methods on the means. ``targets`` maps each of the two accuracy targets to
-    whether it holds at every point. ``ValueError`` names the run that has another
-    setting, a seed given twice, or a method or point missing from a run.
+    (decided on ``gap``, the difference of the means), the per-seed differences
+    with their 95% t-interval (``differences``, reported only: it covers the spread
+    of training and fine-tuning, not the sampling of the one test set all seeds
+    share, and not that the peer was chosen as the best on these same runs), and
+    ``met_alone``, each seed's verdict against its own best peer (the single run's
+    rule); ``best_of_ours`` does the same for the best of our three methods on the
+    means. ``targets`` maps each of the two accuracy targets to whether it holds at
+    every point. ``ValueError`` names the run that is not a peers result, has another
+    setting (and which fields differ), repeats a seed, or lacks or adds a method or
+    point.
     """
     if not results:
         raise ValueError("seed_summary: no runs given")
     names = list(names) if names is not None else [f"run {i}" for i in range(len(results))]
+    for name, r in zip(names, results):
+        _check_result(name, r)
     ref = _setting(results[0])
     for name, r in zip(names, results):
-        if _setting(r) != ref:
-            raise ValueError(f"seed_summary: {name} was run with another setting than "
-                             f"{names[0]} (settings, data, quick mode and Torch-Pruning "
-                             f"version must match; only the seed may differ)")
+        mine = _setting(r)
+        diff = sorted(k for k in ref.keys() | mine.keys() if ref.get(k) != mine.get(k))
+        if diff:
+            raise ValueError(
+                f"seed_summary: {name} was run with another setting than {names[0]}: "
+                + "; ".join(f"{k} {mine.get(k)!r} against {ref.get(k)!r}" for k in diff)
+                + " (only the seed may differ)")
     seeds = [r["config"]["seed"] for r in results]
     twice = sorted({s for s in seeds if seeds.count(s) > 1})
     if twice:
@@ -125,6 +168,13 @@ def seed_summary(results: Sequence[Mapping[str, Any]],
             by[key] = row
         tables.append(by)
     keys = sorted({k[:2] for k in tables[0]}, key=lambda k: (k[0] != "mlp", k[0], k[1]))
+    if not keys:
+        raise ValueError(f"seed_summary: {names[0]} has no accuracy rows")
+    for name, by in zip(names, tables):
+        other = {k[:2] for k in by} - set(keys)
+        if other:
+            raise ValueError(f"seed_summary: {name} has points {sorted(other)} that "
+                             f"{names[0]} lacks")
     points = []
     for model, target in keys:
         methods = [m for m in METHODS if (model, target, m) in tables[0]]
@@ -152,25 +202,27 @@ def seed_summary(results: Sequence[Mapping[str, Any]],
         for stage in STAGES:
             best = max(peers, key=lambda m: mean(acc[m][stage]))
             gap = mean(acc[MRS][stage]) - mean(acc[best][stage])
-            met = gap >= -MARGIN if stage == "acc_finetuned" else gap > MARGIN
             top = max(ours, key=lambda m: mean(acc[m][stage]))
             top_gap = mean(acc[top][stage]) - mean(acc[best][stage])
+            # each seed alone, against its own best peer: the single run's verdict
+            alone = [_stage_met(stage, acc[MRS][stage][i] - max(acc[m][stage][i] for m in peers))
+                     for i in range(len(tables))]
             point["stages"][stage] = {
-                "best_peer": best, "gap": gap, "met": met,
+                "best_peer": best, "gap": gap, "met": _stage_met(stage, gap),
                 "differences": _differences(acc[MRS][stage], acc[best][stage]),
+                "met_alone": alone,
                 "best_of_ours": {"method": top, "gap": top_gap,
-                                 "met": (top_gap >= -MARGIN if stage == "acc_finetuned"
-                                         else top_gap > MARGIN)}}
+                                 "met": _stage_met(stage, top_gap)}}
         points.append(point)
-    targets = {STAGE_TARGET[stage]: {"target": TARGETS[STAGE_TARGET[stage]],
-                                     "met": all(p["stages"][stage]["met"] for p in points),
-                                     "points_met": sum(p["stages"][stage]["met"]
-                                                       for p in points),
-                                     "points": len(points)}
-               for stage in STAGES}
+    by_target = {t: stage for stage, t in STAGE_TARGET.items()}
+    targets = {key: {"target": TARGETS[key],
+                     "met": all(p["stages"][by_target[key]]["met"] for p in points),
+                     "points_met": sum(p["stages"][by_target[key]]["met"] for p in points),
+                     "points": len(points)}
+               for key in TARGETS if key in by_target}
     best_of_ours = {stage: all(p["stages"][stage]["best_of_ours"]["met"] for p in points)
                     for stage in STAGES}
-    return {"seeds": seeds, "rounds": json.loads(ref)["setting"]["rounds"], "points": points,
+    return {"seeds": seeds, "rounds": ref["setting.rounds"], "points": points,
             "targets": targets, "best_of_ours": best_of_ours}
 
 
@@ -180,28 +232,30 @@ def _interval(ci: tuple[float, float] | None) -> str:
 
 def summary_table(summary: Mapping[str, Any]) -> str:
     """A Markdown table: per point and stage, the means of MRS and of the best peer, the
-    gap, the per-seed differences' 95% interval, and whether the target holds there."""
-    lines = ["| network | size | stage | MRS mean | best peer (mean) | gap | 95% interval "
-             "| seeds MRS ahead | target |",
+    gap, the per-seed differences' 95% t-interval, on how many seeds the single run's
+    verdict (against that seed's own best peer) was met, and the verdict on the means."""
+    lines = ["| network | size | stage | MRS mean | best peer (mean) | gap | 95% t-interval "
+             "| seeds met alone | target on the means |",
              "| --- | ---: | --- | ---: | --- | ---: | --- | ---: | --- |"]
     n = len(summary["seeds"])
     for p in summary["points"]:
         for stage, desc in STAGES.items():
             st = p["stages"][stage]
             best = p["methods"][st["best_peer"]]
-            ahead = sum(d > 0 for d in st["differences"]["per_seed"])
             lines.append(
                 f"| {p['model'].upper()} | {p['target']:g}x | {desc} "
                 f"| {p['methods'][MRS][stage]['mean']:.2f} "
                 f"| {best['label']} ({best[stage]['mean']:.2f}) | {st['gap']:+.2f} "
-                f"| {_interval(st['differences']['ci95'])} | {ahead} of {n} "
+                f"| {_interval(st['differences']['ci95'])} | {sum(st['met_alone'])} of {n} "
                 f"| {'met' if st['met'] else 'missed'} |")
     return "\n".join(lines)
 
 
 def plot_gaps(summary: Mapping[str, Any], path: str | os.PathLike) -> None:
     """MRS minus the best peer (on the means), per point, one panel per stage: each seed
-    as a dot, the mean as a bar with its 95% interval; written atomically."""
+    as a dot, the mean as a bar (green where the target holds) with its 95% t-interval
+    from three seeds on (with two, one degree of freedom makes it uninformative); the axes
+    fit the dots and bars, an interval running past them is clipped. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,24 +264,33 @@ def plot_gaps(summary: Mapping[str, Any], path: str | os.PathLike) -> None:
 
     sns.set_theme(style="whitegrid")
     pts = summary["points"]
+    n = len(summary["seeds"])
     fig, axes = plt.subplots(2, 1, figsize=(10, 8.5))
     xs = list(range(len(pts)))
     for ax, (stage, desc) in zip(axes, STAGES.items()):
+        values = [0.0]
         for x, p in zip(xs, pts):
             st = p["stages"][stage]
             d = st["differences"]
+            values += [d["mean"], *d["per_seed"]]
             ax.bar([x], [d["mean"]], color="C2" if st["met"] else "C3", alpha=0.55, width=0.6)
-            if d["ci95"] is not None:
+            if d["ci95"] is not None and n >= 3:
                 lo, hi = d["ci95"]
                 ax.errorbar([x], [d["mean"]], yerr=[[d["mean"] - lo], [hi - d["mean"]]],
                             color="k", capsize=4, lw=1)
             ax.scatter([x] * len(d["per_seed"]), d["per_seed"], color="k", s=12, zorder=5)
+        pad = 0.15 * (max(values) - min(values) or 1.0)
+        ax.set_ylim(min(values) - pad, max(values) + pad)
         ax.set_xticks(xs, [f"{p['model'].upper()} {p['target']:g}x\nvs "
-                           f"{SHORT.get(p['stages'][stage]['best_peer'], p['stages'][stage]['best_peer'])}"
-                           for p in pts], fontsize=8)
+                           + SHORT.get(p["stages"][stage]["best_peer"],
+                                       p["stages"][stage]["best_peer"]) for p in pts],
+                      fontsize=8)
         ax.axhline(0, color="k", lw=0.8)
         ax.set(ylabel="MRS - best peer (accuracy points)",
-               title=f"{desc}: {len(summary['seeds'])} seeds (bar: mean, green = target met)")
+               title=f"{desc} ({n} seed{'s' * (n != 1)})")
+    bars = "the mean with its 95% t-interval" if n >= 3 else "the mean"
+    fig.suptitle(f"MRS minus the best peer on the means: dots per seed, bars {bars} "
+                 f"(green: the target holds)", fontsize=11)
     fig.tight_layout()
     eio.save_figure(fig, path)
 
@@ -242,10 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = [load_result(p) for p in args.runs]
         summary = seed_summary(results, args.runs)
-    except KeyError as exc:
-        print(f"error: a run lacks the field {exc}; is it a peers result?", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
+        if args.out:  # before printing: a figure that cannot be written fails the command
+            plot_gaps(summary, args.out)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rounds = summary["rounds"]
@@ -259,8 +321,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stage, ok in summary["best_of_ours"].items():
         print(f"(not a target) best of our three methods, {STAGES[stage]}, on the seed means: "
               f"{'holds' if ok else 'does not hold'}")
-    if args.out:
-        plot_gaps(summary, args.out)
     print(json.dumps({"benchmark": "peers_seeds", **summary}, allow_nan=False))
     return 0
 
