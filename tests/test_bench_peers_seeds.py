@@ -227,3 +227,19 @@ def test_t_interval_against_scipy_and_its_edges():
         t_interval(xs, 1.0)
     with pytest.raises(ValueError, match="mean of no values"):
         mean([])
+
+
+def test_means_table_bolds_the_best_mean_of_each_stage_and_escapes_pipes():
+    acc = {s: {**a, "ours_shrinknets": (0.45, 0.8700)} for s, a in ACC.items()}
+    summary = PS.seed_summary([_result(s, a) for s, a in acc.items()])
+    summary["points"][0]["methods"]["ours_shrinknets"]["label"] = "ShrinkNets (cut by |g|)"
+    lines = PS.means_table(summary, "mlp").split("\n")
+    assert lines[0] == "| method | 2x (100) |"
+    # pruned means: MRS 51.04, ShrinkNets 45, magnitude 60.33 (best), ln_structured 42
+    # fine-tuned: MRS 88.10 (best), ShrinkNets 87, magnitude 87.93, ln_structured 87.87
+    assert lines[2:] == ["| label of ours_mrs | 51.04 / **88.10** |",
+                         "| ShrinkNets (cut by \\|g\\|) | 45.00 / 87.00 |",
+                         "| label of tp_magnitude | **60.33** / 87.93 |",
+                         "| label of ln_structured | 42.00 / 87.87 |"]
+    with pytest.raises(ValueError, match="no points of network 'cnn'"):
+        PS.means_table(summary, "cnn")

@@ -40,7 +40,7 @@ from experiments import io as eio
 from experiments.bench.peers import METHODS, OURS, TARGETS
 from experiments.stats import mean, t_interval
 
-__all__ = ["load_result", "seed_summary", "summary_table", "plot_gaps", "main"]
+__all__ = ["load_result", "seed_summary", "summary_table", "means_table", "plot_gaps", "main"]
 
 PEERS = tuple(m for m in METHODS if m not in OURS)
 MRS = "ours_mrs"
@@ -226,6 +226,11 @@ def seed_summary(results: Sequence[Mapping[str, Any]],
             "targets": targets, "best_of_ours": best_of_ours}
 
 
+def _md(text: str) -> str:
+    """``text`` safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
 def _interval(ci: tuple[float, float] | None) -> str:
     return "-" if ci is None else f"{ci[0]:+.2f} to {ci[1]:+.2f}"
 
@@ -245,9 +250,33 @@ def summary_table(summary: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {p['model'].upper()} | {p['target']:g}x | {desc} "
                 f"| {p['methods'][MRS][stage]['mean']:.2f} "
-                f"| {best['label']} ({best[stage]['mean']:.2f}) | {st['gap']:+.2f} "
+                f"| {_md(best['label'])} ({best[stage]['mean']:.2f}) | {st['gap']:+.2f} "
                 f"| {_interval(st['differences']['ci95'])} | {sum(st['met_alone'])} of {n} "
                 f"| {'met' if st['met'] else 'missed'} |")
+    return "\n".join(lines)
+
+
+def means_table(summary: Mapping[str, Any], model: str) -> str:
+    """A Markdown table of every method's seed means on ``model``: a row per method, a
+    column per size, each cell "right after pruning / after fine-tuning" (points), the
+    highest mean of each stage in bold."""
+    pts = [p for p in summary["points"] if p["model"] == model]
+    if not pts:
+        raise ValueError(f"means_table: no points of network {model!r}")
+    methods = [m for m in METHODS if all(m in p["methods"] for p in pts)]
+    best = {(p["target"], stage): max(p["methods"][m][stage]["mean"] for m in methods)
+            for p in pts for stage in STAGES}
+
+    def cell(p, m):
+        return " / ".join(
+            (f"**{v:.2f}**" if v == best[(p["target"], stage)] else f"{v:.2f}")
+            for stage in STAGES for v in [p["methods"][m][stage]["mean"]])
+
+    lines = ["| method | " + " | ".join(f"{p['target']:g}x ({p['params']:,})" for p in pts)
+             + " |", "| --- |" + " --- |" * len(pts)]
+    for m in methods:
+        lines.append(f"| {_md(pts[0]['methods'][m]['label'])} | "
+                     + " | ".join(cell(p, m) for p in pts) + " |")
     return "\n".join(lines)
 
 
@@ -314,6 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"peers benchmark over seeds {summary['seeds']}"
           f"{'' if rounds == 1 else f', pruning in {rounds} rounds'}\n")
     print(summary_table(summary))
+    for model in dict.fromkeys(p["model"] for p in summary["points"]):
+        print(f"\n{model.upper()}, every method's seed means (right after pruning / after "
+              f"fine-tuning):\n")
+        print(means_table(summary, model))
     print()
     for key, t in summary["targets"].items():
         print(f"target {key}: {t['target']}, on the seed means: "
