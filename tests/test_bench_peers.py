@@ -414,3 +414,59 @@ def test_rounds_rescore_the_shrunk_network_and_end_at_the_common_widths(nets):
                                  trace=steps)
             assert steps == plan and P._widths(theirs, list(kept)) == kept
             assert len({tuple(w.values()) for w in plan}) == 3  # three different widths
+
+
+def test_oracle_diagnostic_reproduces_the_run_and_its_exact_criterion(run, nets, tmp_path):
+    """peers_oracle on the run's own networks: MRS's and Torch-Pruning magnitude's accuracies
+    right after the cut equal the run's; the exact loss-change criterion is, unit by unit, the
+    loss change that removal with mean replacement causes (brute force); a rerun resumes."""
+    from experiments.bench import peers_oracle as O
+    import torch.nn.functional as F
+
+    result, text, cache = run
+    log = tmp_path / "peers.log"
+    log.write_text(text)
+    argv = ["--quick", "--no-install", "--cache", str(cache), "--out", str(tmp_path / "o"),
+            "--seeds", str(SEED), "--check", str(log)]
+    buf = io.StringIO()
+    res = O.main(argv, file=buf)
+    assert res["checked_logs"] == 1 and res["mismatches"] == []
+    assert "against the benchmark's logs: every figure matches" in buf.getvalue()
+    crits = {p["criterion"] for p in res["points"]}
+    assert {"mrs", "mrp", "loss_change", "norm_mean", "norm_drop"} <= crits
+    assert ("tp_magnitude" in crits) is HAS_TP
+    # a figure of the benchmark, found again here (not only "no mismatch": the same number)
+    acc = {(r["model"], r["target"], r["method"]): r["acc_pruned"] for r in result["accuracy"]}
+    for p in res["points"]:
+        if p["criterion"] == "mrs":
+            assert p["mean"] == pytest.approx(100 * acc[(p["model"], p["target"], "ours_mrs")],
+                                              abs=1e-9)
+    for f in res["fidelity"]:
+        assert -1.0 <= f["mean"] <= 1.0
+    # the exact criterion against brute force, on the MLP's first units, in float64
+    import dataclasses
+
+    (nets_by_name, _splits) = nets
+    base, ctx = nets_by_name["mlp"]
+    ctx = dataclasses.replace(ctx, scoring=[(x.double(), y) for x, y in ctx.scoring],
+                              example=ctx.example.double())
+    model = copy.deepcopy(base).double().eval()
+    scores = O.score_units("loss_change", model, ctx)
+
+    def loss(m):
+        with torch.no_grad():
+            return sum(float(F.cross_entropy(m(x), y, reduction="sum")) for x, y in ctx.scoring)
+
+    before = loss(model)
+    for unit in range(4):
+        cut = copy.deepcopy(model)
+        pruners.remove_units(cut, {"fc1": [unit]}, replacement="mean", data=ctx.scoring)
+        assert float(scores["fc1"][unit]) == pytest.approx(abs(loss(cut) - before), rel=1e-9,
+                                                           abs=1e-11)
+    # resumed: the same figures, loaded from the per-seed file
+    buf = io.StringIO()
+    again = O.main(argv, file=buf)
+    assert f"seed {SEED}: loaded" in buf.getvalue()
+    assert again["points"] == json.loads(json.dumps(res["points"]))
+    with pytest.raises(ValueError, match="unknown criterion 'tp_magnitude'"):
+        O.score_units("tp_magnitude", model, ctx)

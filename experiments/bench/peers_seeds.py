@@ -226,7 +226,7 @@ def seed_summary(results: Sequence[Mapping[str, Any]],
             "targets": targets, "best_of_ours": best_of_ours}
 
 
-def _md(text: str) -> str:
+def md_cell(text: str) -> str:
     """``text`` safe inside a Markdown table cell."""
     return text.replace("|", "\\|")
 
@@ -250,7 +250,7 @@ def summary_table(summary: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {p['model'].upper()} | {p['target']:g}x | {desc} "
                 f"| {p['methods'][MRS][stage]['mean']:.2f} "
-                f"| {_md(best['label'])} ({best[stage]['mean']:.2f}) | {st['gap']:+.2f} "
+                f"| {md_cell(best['label'])} ({best[stage]['mean']:.2f}) | {st['gap']:+.2f} "
                 f"| {_interval(st['differences']['ci95'])} | {sum(st['met_alone'])} of {n} "
                 f"| {'met' if st['met'] else 'missed'} |")
     return "\n".join(lines)
@@ -275,7 +275,7 @@ def means_table(summary: Mapping[str, Any], model: str) -> str:
     lines = ["| method | " + " | ".join(f"{p['target']:g}x ({p['params']:,})" for p in pts)
              + " |", "| --- |" + " --- |" * len(pts)]
     for m in methods:
-        lines.append(f"| {_md(pts[0]['methods'][m]['label'])} | "
+        lines.append(f"| {md_cell(pts[0]['methods'][m]['label'])} | "
                      + " | ".join(cell(p, m) for p in pts) + " |")
     return "\n".join(lines)
 

@@ -1,0 +1,272 @@
+"""Is MRS's miss right after pruning its approximation's fault, or its criterion's?
+
+A diagnostic of issue 9's pruning target. Right after a one-shot cut, MRS
+(Evci 2018, ``shared/seeds/004_...``, Def. 3.1.2) trails Torch-Pruning's
+magnitude criterion by 5-13 points on the five-seed means of
+:mod:`experiments.bench.peers` at the 10x cuts and at CNN 5x. MRS is the first-order
+estimate of MRP (Def. 3.1.1), each unit's loss change when it alone is replaced
+by its mean. If the exact quantity ranked units better, a better estimate (our
+second-order scorers) could close the gap; if it does not, no estimate of it can.
+
+This module takes the benchmark's trained networks (its cache: the same seeds
+train the same networks, or loads them), its scoring data and its widths, cuts
+each network once per criterion, and reports test accuracy right after the cut
+(no fine-tuning):
+
+- ``mrs``: the benchmark's MRS, removed with mean replacement (its figures must
+  equal the benchmark's; :func:`check_against` compares them);
+- ``mrp``: exact MRP, the sum over samples of each sample's ``|loss change|``;
+- ``loss_change``: the exact loss change of mean-replacing the unit alone,
+  ``|sum over samples|`` (signed MRP), which is what removal does to the loss;
+- ``norm_mean`` / ``norm_drop``: the squared L2 norm of the unit's incoming
+  weights (thesis Table 4.1), removed with mean replacement or dropped: the
+  effect of the replacement alone;
+- ``tp_magnitude``: Torch-Pruning's magnitude importance and pruner, as in the
+  benchmark (skipped without Torch-Pruning).
+
+It also gives the Spearman rank correlation of MRS with MRP per layer, the
+fidelity of the estimate. Each seed's result is written atomically to
+``OUT/seed<K>.json``; a rerun loads the seeds already done (same setting)::
+
+    OMP_NUM_THREADS=1 python -m experiments.bench.peers_oracle --seeds 0 1 2 3 4
+
+It prints a table of the seed means and one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from experiments import io as eio
+from experiments.bench import peers as P
+from experiments.bench.peers_seeds import load_result, md_cell
+from experiments.stats import mean, t_interval
+from pruners import remove_units
+from saliency import SCORERS
+
+__all__ = ["CRITERIA", "score_units", "run_seed", "check_against", "oracle_table", "main"]
+
+#: criterion -> (label, replacement used at removal)
+CRITERIA: dict[str, tuple[str, str | None]] = {
+    "mrs": ("MRS (first order; the benchmark's)", "mean"),
+    "mrp": ("exact MRP (sum of per-sample |loss change|)", "mean"),
+    "loss_change": ("exact |loss change| of the unit alone", "mean"),
+    "norm_mean": ("incoming-weight L2, mean replacement", "mean"),
+    "norm_drop": ("incoming-weight L2, dropped", None),
+    "tp_magnitude": ("Torch-Pruning: MagnitudeImportance", None),
+}
+
+
+def score_units(criterion: str, model: nn.Module, ctx: P.Context) -> dict[str, torch.Tensor]:
+    """Every prunable unit's score under ``criterion`` (lower goes first), on the
+    benchmark's scoring data."""
+    if criterion == "mrs":
+        return SCORERS["mrs"]().score(model, ctx.scoring)
+    if criterion == "mrp":
+        return SCORERS["mrp"]().score(model, ctx.scoring)
+    if criterion == "loss_change":
+        signed = SCORERS["mrp"](absolute=False).score(model, ctx.scoring)
+        return {n: s.abs() for n, s in signed.items()}
+    if criterion in ("norm_mean", "norm_drop"):
+        return SCORERS["norm"](p="l2", example_input=ctx.example).score(model)
+    raise ValueError(f"score_units: unknown criterion {criterion!r}; choose from "
+                     f"{', '.join(c for c in CRITERIA if c != 'tp_magnitude')}")
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy import stats
+
+    return float(stats.spearmanr(a.double().numpy(), b.double().numpy()).statistic)
+
+
+def run_seed(seed: int, s: P.Setting, data: str, cache: Path, tp: Any,
+             log: Callable[[str], None]) -> dict[str, Any]:
+    """One seed: every criterion's accuracy right after the cut, per network and size,
+    and MRS's rank correlation with MRP per layer."""
+    splits, _finetune, scoring = P.prepare_data(data, s, seed)
+    rows, fidelity = [], []
+    for spec in s.models:
+        base, info = P.trained_model(spec, splits, s, cache, seed, log)
+        ctx = P.make_context(base, splits.train.tensors[0][:1].clone(), scoring, tp, s,
+                             spec.name)
+        acc_base = P._accuracy(base, splits.test, s)
+        mrs = score_units("mrs", copy.deepcopy(base).eval(), ctx)
+        mrp = score_units("mrp", copy.deepcopy(base).eval(), ctx)
+        for layer in mrs:
+            fidelity.append({"model": spec.name, "layer": layer, "units": int(mrs[layer].numel()),
+                             "spearman_mrs_mrp": _spearman(mrs[layer], mrp[layer])})
+        for target in s.reductions:
+            kept, params = P.widths_for_reduction(base, ctx.example, target)
+            for crit, (label, replacement) in CRITERIA.items():
+                if crit == "tp_magnitude" and tp is None:
+                    continue
+                t0 = time.perf_counter()
+                torch.manual_seed(seed)
+                model = copy.deepcopy(base).eval()
+                if crit == "tp_magnitude":
+                    P._tp_prune(model, kept, ctx, "magnitude")
+                else:
+                    scores = score_units(crit, model, ctx)
+                    remove_units(model, P._lowest(scores, kept), replacement=replacement,
+                                 data=ctx.scoring)
+                got = P._widths(model, list(kept))
+                if got != dict(kept):
+                    raise RuntimeError(f"{crit} on {spec.name} at {target:g}x left widths "
+                                       f"{got}, expected {dict(kept)}")
+                acc = P._accuracy(model, splits.test, s)
+                rows.append({"model": spec.name, "target": target, "criterion": crit,
+                             "label": label, "kept": dict(kept), "params": params,
+                             "acc_base": acc_base, "acc_pruned": acc,
+                             "seconds": round(time.perf_counter() - t0, 2)})
+                log(f"  seed {seed} {spec.name} {target:g}x {crit:<13} {100 * acc:6.2f}%")
+    return {"seed": seed, "data": data, "setting": P._jsonable(asdict(s)), "accuracy": rows,
+            "fidelity": fidelity, "torch_pruning": P._tp_version(tp)}
+
+
+def check_against(result: Mapping[str, Any], peers_result: Mapping[str, Any]) -> list[str]:
+    """Where this seed's ``mrs`` and ``tp_magnitude`` accuracies differ from the peers
+    benchmark's right-after-pruning figures of the same seed (an empty list: none)."""
+    theirs = {(r["model"], float(r["target"]), r["method"]): r["acc_pruned"]
+              for r in peers_result["accuracy"]}
+    out = []
+    for r in result["accuracy"]:
+        method = {"mrs": "ours_mrs", "tp_magnitude": "tp_magnitude"}.get(r["criterion"])
+        key = (r["model"], float(r["target"]), method)
+        if method and key in theirs and theirs[key] != r["acc_pruned"]:
+            out.append(f"{r['model']} {r['target']:g}x {r['criterion']}: {r['acc_pruned']} "
+                       f"here, {theirs[key]} in the benchmark")
+    return out
+
+
+def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per network, size and criterion: the per-seed accuracies (points), their mean and
+    95% t-interval; per layer, the mean Spearman correlation of MRS with MRP."""
+    if not results:
+        raise ValueError("summarize: no seeds")
+    by: dict[tuple, list[float]] = {}
+    for res in results:
+        for r in res["accuracy"]:
+            by.setdefault((r["model"], r["target"], r["criterion"]), []).append(
+                round(100 * r["acc_pruned"], 9))
+    n = len(results)
+    points = [{"model": m, "target": t, "criterion": c, "per_seed": v, "mean": mean(v),
+               "ci95": t_interval(v)} for (m, t, c), v in by.items()]
+    short = [p for p in points if len(p["per_seed"]) != n]
+    if short:
+        raise ValueError(f"summarize: {short[0]['model']} {short[0]['target']:g}x "
+                         f"{short[0]['criterion']} has {len(short[0]['per_seed'])} of {n} seeds")
+    fid: dict[tuple, list[float]] = {}
+    for res in results:
+        for f in res["fidelity"]:
+            fid.setdefault((f["model"], f["layer"]), []).append(f["spearman_mrs_mrp"])
+    return {"seeds": [r["seed"] for r in results], "points": points,
+            "fidelity": [{"model": m, "layer": l, "spearman_mrs_mrp": v, "mean": mean(v)}
+                         for (m, l), v in fid.items()]}
+
+
+def oracle_table(summary: Mapping[str, Any], model: str) -> str:
+    """A Markdown table of ``model``'s seed means right after the cut: a row per criterion,
+    a column per size, the best of each column in bold."""
+    pts = [p for p in summary["points"] if p["model"] == model]
+    if not pts:
+        raise ValueError(f"oracle_table: no points of network {model!r}")
+    targets = sorted({p["target"] for p in pts})
+    crits = [c for c in CRITERIA if any(p["criterion"] == c for p in pts)]
+    cell = {(p["target"], p["criterion"]): p["mean"] for p in pts}
+    best = {t: max(cell[(t, c)] for c in crits) for t in targets}
+    lines = [f"| {model.upper()}, right after the cut | "
+             + " | ".join(f"{t:g}x" for t in targets) + " |",
+             "| --- |" + " ---: |" * len(targets)]
+    for c in crits:
+        vals = [cell[(t, c)] for t in targets]
+        lines.append(f"| {md_cell(CRITERIA[c][0])} | " + " | ".join(
+            f"**{v:.2f}**" if v == best[t] else f"{v:.2f}" for v, t in zip(vals, targets)) + " |")
+    return "\n".join(lines)
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(prog="python -m experiments.bench.peers_oracle",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    ap.add_argument("--quick", action="store_true", help="the benchmark's tiny setting")
+    ap.add_argument("--data", default=None, help="fashion-mnist (default) or synthetic "
+                                                 "(the default with --quick)")
+    ap.add_argument("--cache", default="runs/bench-peers", help="the benchmark's network cache")
+    ap.add_argument("--out", default="runs/peers-oracle", help="folder of the per-seed results")
+    ap.add_argument("--no-install", action="store_true",
+                    help="do not install Torch-Pruning; skip its criterion")
+    ap.add_argument("--check", nargs="*", default=[], metavar="LOG",
+                    help="peers benchmark logs of the same seeds: MRS's and Torch-Pruning "
+                         "magnitude's figures must match theirs")
+    args = ap.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        ap.error(f"--seeds lists a seed twice: {args.seeds}")
+    if args.data is not None and args.data not in ("fashion-mnist", "synthetic"):
+        ap.error(f"--data must be fashion-mnist or synthetic, got {args.data!r}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
+    """Run (or load) every seed, print the tables and the JSON line; return the JSON object."""
+    args = _parse(argv)
+    out = file if file is not None else sys.stdout
+
+    def log(msg: str) -> None:
+        print(msg, file=out, flush=True)
+
+    s = P.QUICK if args.quick else P.DEFAULT
+    data = args.data or ("synthetic" if args.quick else "fashion-mnist")
+    checks = [load_result(p) for p in args.check]  # fail early on a bad log
+    tp = P.ensure_torch_pruning(not args.no_install, log)
+    folder = Path(args.out)
+    results = []
+    for seed in args.seeds:
+        path = folder / f"seed{seed}.json"
+        want = {"seed": seed, "data": data, "setting": P._jsonable(asdict(s)),
+                "torch_pruning": P._tp_version(tp)}
+        if path.exists():
+            done = eio.read_json(path)
+            if all(done.get(k) == v for k, v in want.items()):
+                log(f"seed {seed}: loaded {path}")
+                results.append(done)
+                continue
+            log(f"seed {seed}: {path} has another setting; recomputing")
+        res = run_seed(seed, s, data, Path(args.cache), tp, log)
+        eio.write_json(path, res)
+        results.append(res)
+    mismatches = []
+    for peers_result in checks:
+        mine = [r for r in results if r["seed"] == peers_result["config"]["seed"]]
+        if not mine:
+            raise SystemExit(f"--check: no seed {peers_result['config']['seed']} was run here")
+        mismatches += [f"seed {mine[0]['seed']}: {m}" for m in check_against(mine[0],
+                                                                             peers_result)]
+    summary = summarize(results)
+    for model in dict.fromkeys(p["model"] for p in summary["points"]):
+        log("")
+        log(oracle_table(summary, model))
+    log("\nSpearman correlation of MRS with exact MRP (mean over the seeds):")
+    for f in summary["fidelity"]:
+        log(f"  {f['model']} {f['layer']}: {f['mean']:.3f}")
+    if checks:
+        log(f"\nagainst the benchmark's logs: "
+            f"{'every figure matches' if not mismatches else '; '.join(mismatches)}")
+    result = {"benchmark": "peers_oracle", **summary, "checked_logs": len(checks),
+              "mismatches": mismatches}
+    print(json.dumps(result, allow_nan=False), file=out, flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
