@@ -18,6 +18,8 @@ each network once per criterion, and reports test accuracy right after the cut
 - ``mrp``: exact MRP, the sum over samples of each sample's ``|loss change|``;
 - ``loss_change``: the exact loss change of mean-replacing the unit alone,
   ``|sum over samples|`` (signed MRP), which is what removal does to the loss;
+- ``mrs_drop`` / ``mrp_drop``: the MRS and exact MRP rankings with the units
+  dropped instead: the ranking and the replacement, separated;
 - ``norm_mean`` / ``norm_drop``: the squared L2 norm of the unit's incoming
   weights (thesis Table 4.1), removed with mean replacement or dropped: the
   effect of the replacement alone;
@@ -26,11 +28,13 @@ each network once per criterion, and reports test accuracy right after the cut
 
 It also gives the Spearman rank correlation of MRS with MRP per layer, the
 fidelity of the estimate. Each seed's result is written atomically to
-``OUT/seed<K>.json``; a rerun loads the seeds already done (same setting)::
+``OUT/seed<K>.json``; a rerun loads the seeds already done, if their version,
+setting, criteria and library versions are this run's and they are complete::
 
     OMP_NUM_THREADS=1 python -m experiments.bench.peers_oracle --seeds 0 1 2 3 4
 
-It prints a table of the seed means and one JSON line last.
+It prints a table of the seed means and one JSON line last. Exit code 1 if a
+``--check`` figure differs, 2 on bad input (a log of another seed or setting).
 """
 
 from __future__ import annotations
@@ -57,20 +61,25 @@ from saliency import SCORERS
 
 __all__ = ["CRITERIA", "score_units", "run_seed", "check_against", "oracle_table", "main"]
 
-#: criterion -> (label, replacement used at removal)
-CRITERIA: dict[str, tuple[str, str | None]] = {
-    "mrs": ("MRS (first order; the benchmark's)", "mean"),
-    "mrp": ("exact MRP (sum of per-sample |loss change|)", "mean"),
-    "loss_change": ("exact |loss change| of the unit alone", "mean"),
-    "norm_mean": ("incoming-weight L2, mean replacement", "mean"),
-    "norm_drop": ("incoming-weight L2, dropped", None),
-    "tp_magnitude": ("Torch-Pruning: MagnitudeImportance", None),
+#: criterion -> (label, the ranking's scorer, replacement used at removal)
+CRITERIA: dict[str, tuple[str, str, str | None]] = {
+    "mrs": ("MRS (first order; the benchmark's)", "mrs", "mean"),
+    "mrp": ("exact MRP (sum of per-sample |loss change|)", "mrp", "mean"),
+    "loss_change": ("exact |loss change| of the unit alone", "loss_change", "mean"),
+    "mrs_drop": ("MRS ranking, dropped", "mrs", None),
+    "mrp_drop": ("exact MRP ranking, dropped", "mrp", None),
+    "norm_mean": ("incoming-weight L2, mean replacement", "norm", "mean"),
+    "norm_drop": ("incoming-weight L2, dropped", "norm", None),
+    "tp_magnitude": ("Torch-Pruning: MagnitudeImportance", "tp_magnitude", None),
 }
+#: bump when a criterion or the measurement changes: seed files of another version are
+#: recomputed, never reused
+VERSION = 2
 
 
 def score_units(criterion: str, model: nn.Module, ctx: P.Context) -> dict[str, torch.Tensor]:
-    """Every prunable unit's score under ``criterion`` (lower goes first), on the
-    benchmark's scoring data."""
+    """Every prunable unit's score under the ranking ``criterion`` (``"mrs"``, ``"mrp"``,
+    ``"loss_change"``, ``"norm"``; lower goes first), on the benchmark's scoring data."""
     if criterion == "mrs":
         return SCORERS["mrs"]().score(model, ctx.scoring)
     if criterion == "mrp":
@@ -78,10 +87,10 @@ def score_units(criterion: str, model: nn.Module, ctx: P.Context) -> dict[str, t
     if criterion == "loss_change":
         signed = SCORERS["mrp"](absolute=False).score(model, ctx.scoring)
         return {n: s.abs() for n, s in signed.items()}
-    if criterion in ("norm_mean", "norm_drop"):
+    if criterion == "norm":
         return SCORERS["norm"](p="l2", example_input=ctx.example).score(model)
-    raise ValueError(f"score_units: unknown criterion {criterion!r}; choose from "
-                     f"{', '.join(c for c in CRITERIA if c != 'tp_magnitude')}")
+    raise ValueError(f"score_units: unknown ranking {criterion!r}; choose from "
+                     f"mrs, mrp, loss_change, norm")
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -106,9 +115,10 @@ def run_seed(seed: int, s: P.Setting, data: str, cache: Path, tp: Any,
         for layer in mrs:
             fidelity.append({"model": spec.name, "layer": layer, "units": int(mrs[layer].numel()),
                              "spearman_mrs_mrp": _spearman(mrs[layer], mrp[layer])})
+        rankings: dict[str, dict[str, torch.Tensor]] = {"mrs": mrs, "mrp": mrp}
         for target in s.reductions:
             kept, params = P.widths_for_reduction(base, ctx.example, target)
-            for crit, (label, replacement) in CRITERIA.items():
+            for crit, (label, ranking, replacement) in CRITERIA.items():
                 if crit == "tp_magnitude" and tp is None:
                     continue
                 t0 = time.perf_counter()
@@ -117,9 +127,10 @@ def run_seed(seed: int, s: P.Setting, data: str, cache: Path, tp: Any,
                 if crit == "tp_magnitude":
                     P._tp_prune(model, kept, ctx, "magnitude")
                 else:
-                    scores = score_units(crit, model, ctx)
-                    remove_units(model, P._lowest(scores, kept), replacement=replacement,
-                                 data=ctx.scoring)
+                    if ranking not in rankings:  # scores of the unpruned network, once
+                        rankings[ranking] = score_units(ranking, copy.deepcopy(base).eval(), ctx)
+                    remove_units(model, P._lowest(rankings[ranking], kept),
+                                 replacement=replacement, data=ctx.scoring)
                 got = P._widths(model, list(kept))
                 if got != dict(kept):
                     raise RuntimeError(f"{crit} on {spec.name} at {target:g}x left widths "
@@ -130,23 +141,60 @@ def run_seed(seed: int, s: P.Setting, data: str, cache: Path, tp: Any,
                              "acc_base": acc_base, "acc_pruned": acc,
                              "seconds": round(time.perf_counter() - t0, 2)})
                 log(f"  seed {seed} {spec.name} {target:g}x {crit:<13} {100 * acc:6.2f}%")
-    return {"seed": seed, "data": data, "setting": P._jsonable(asdict(s)), "accuracy": rows,
-            "fidelity": fidelity, "torch_pruning": P._tp_version(tp)}
+    return {**_identity(seed, s, data, tp), "accuracy": rows, "fidelity": fidelity}
 
 
-def check_against(result: Mapping[str, Any], peers_result: Mapping[str, Any]) -> list[str]:
-    """Where this seed's ``mrs`` and ``tp_magnitude`` accuracies differ from the peers
-    benchmark's right-after-pruning figures of the same seed (an empty list: none)."""
+def _identity(seed: int, s: P.Setting, data: str, tp: Any) -> dict[str, Any]:
+    """What a seed's result depends on; a stored result is reused only if all of it is equal."""
+    return {"version": VERSION, "seed": seed, "data": data, "setting": P._jsonable(asdict(s)),
+            "criteria": sorted(c for c in CRITERIA if c != "tp_magnitude" or tp is not None),
+            "torch": torch.__version__, "torch_pruning": P._tp_version(tp)}
+
+
+def _complete(result: Mapping[str, Any], s: P.Setting) -> bool:
+    """Whether a stored result has a row for every network, size and criterion."""
+    have = {(r["model"], float(r["target"]), r["criterion"]) for r in result.get("accuracy", [])}
+    return all((spec.name, float(t), c) in have for spec in s.models for t in s.reductions
+               for c in result.get("criteria", []))
+
+
+def check_against(result: Mapping[str, Any], peers_result: Mapping[str, Any]
+                  ) -> tuple[int, list[str]]:
+    """Compare this seed's ``mrs`` and ``tp_magnitude`` accuracies with the peers
+    benchmark's right-after-pruning figures of the same seed and setting.
+
+    Returns ``(figures compared, mismatches)``. ``ValueError`` if the log is of another
+    seed, data set or setting (a run with ``--rounds`` is another setting), or if it has
+    none of the figures to compare.
+    """
+    c = peers_result["config"]
+    theirs_setting = dict(c["setting"])
+    theirs_setting.setdefault("rounds", 1)
+    for key, mine, theirs in (("seed", result["seed"], c["seed"]),
+                              ("data", result["data"], c["data"]),
+                              ("setting", result["setting"], theirs_setting)):
+        if mine != theirs:
+            raise ValueError(f"check_against: the log's {key} differs from this run's"
+                             + (f" ({theirs!r} against {mine!r})" if key != "setting" else
+                                ": " + ", ".join(sorted(
+                                    k for k in mine.keys() | theirs.keys()
+                                    if mine.get(k) != theirs.get(k)))))
     theirs = {(r["model"], float(r["target"]), r["method"]): r["acc_pruned"]
               for r in peers_result["accuracy"]}
-    out = []
+    compared, out = 0, []
     for r in result["accuracy"]:
         method = {"mrs": "ours_mrs", "tp_magnitude": "tp_magnitude"}.get(r["criterion"])
         key = (r["model"], float(r["target"]), method)
-        if method and key in theirs and theirs[key] != r["acc_pruned"]:
+        if method is None or key not in theirs:
+            continue
+        compared += 1
+        if theirs[key] != r["acc_pruned"]:
             out.append(f"{r['model']} {r['target']:g}x {r['criterion']}: {r['acc_pruned']} "
                        f"here, {theirs[key]} in the benchmark")
-    return out
+    if compared == 0:
+        raise ValueError("check_against: the log has none of this run's MRS or magnitude "
+                         "figures")
+    return compared, out
 
 
 def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -228,30 +276,32 @@ def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
     s = P.QUICK if args.quick else P.DEFAULT
     data = args.data or ("synthetic" if args.quick else "fashion-mnist")
     checks = [load_result(p) for p in args.check]  # fail early on a bad log
+    missing = sorted({c["config"]["seed"] for c in checks} - set(args.seeds))
+    if missing:
+        raise ValueError(f"--check: logs of seed(s) {missing}, which --seeds does not run")
     tp = P.ensure_torch_pruning(not args.no_install, log)
     folder = Path(args.out)
     results = []
     for seed in args.seeds:
         path = folder / f"seed{seed}.json"
-        want = {"seed": seed, "data": data, "setting": P._jsonable(asdict(s)),
-                "torch_pruning": P._tp_version(tp)}
+        want = _identity(seed, s, data, tp)
         if path.exists():
             done = eio.read_json(path)
-            if all(done.get(k) == v for k, v in want.items()):
+            if all(done.get(k) == v for k, v in want.items()) and _complete(done, s):
                 log(f"seed {seed}: loaded {path}")
                 results.append(done)
                 continue
-            log(f"seed {seed}: {path} has another setting; recomputing")
+            log(f"seed {seed}: {path} is of another version, setting or set of criteria, or "
+                f"incomplete; recomputing")
         res = run_seed(seed, s, data, Path(args.cache), tp, log)
         eio.write_json(path, res)
         results.append(res)
-    mismatches = []
+    mismatches, compared = [], 0
     for peers_result in checks:
-        mine = [r for r in results if r["seed"] == peers_result["config"]["seed"]]
-        if not mine:
-            raise SystemExit(f"--check: no seed {peers_result['config']['seed']} was run here")
-        mismatches += [f"seed {mine[0]['seed']}: {m}" for m in check_against(mine[0],
-                                                                             peers_result)]
+        mine = next(r for r in results if r["seed"] == peers_result["config"]["seed"])
+        n, bad = check_against(mine, peers_result)
+        compared += n
+        mismatches += [f"seed {mine['seed']}: {m}" for m in bad]
     summary = summarize(results)
     for model in dict.fromkeys(p["model"] for p in summary["points"]):
         log("")
@@ -260,13 +310,22 @@ def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
     for f in summary["fidelity"]:
         log(f"  {f['model']} {f['layer']}: {f['mean']:.3f}")
     if checks:
-        log(f"\nagainst the benchmark's logs: "
-            f"{'every figure matches' if not mismatches else '; '.join(mismatches)}")
+        log(f"\nagainst the benchmark's logs: {compared} figures compared, "
+            f"{'every one matches' if not mismatches else 'MISMATCHES: ' + '; '.join(mismatches)}")
     result = {"benchmark": "peers_oracle", **summary, "checked_logs": len(checks),
-              "mismatches": mismatches}
+              "checked_figures": compared, "mismatches": mismatches}
     print(json.dumps(result, allow_nan=False), file=out, flush=True)
     return result
 
 
+def _cli() -> int:
+    try:
+        result = main()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if result["mismatches"] else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli())
