@@ -418,55 +418,84 @@ def test_rounds_rescore_the_shrunk_network_and_end_at_the_common_widths(nets):
 
 def test_oracle_diagnostic_reproduces_the_run_and_its_exact_criterion(run, nets, tmp_path):
     """peers_oracle on the run's own networks: MRS's and Torch-Pruning magnitude's accuracies
-    right after the cut equal the run's; the exact loss-change criterion is, unit by unit, the
-    loss change that removal with mean replacement causes (brute force); a rerun resumes."""
-    from experiments.bench import peers_oracle as O
+    right after the cut equal the run's; the exact loss-change ranking is, unit by unit, the
+    loss change that removal with mean replacement causes (brute force, float64, a linear and
+    a convolutional layer); a rerun resumes; changed figures and settings are caught."""
+    import dataclasses
+
     import torch.nn.functional as F
+
+    from experiments.bench import peers_oracle as O
 
     result, text, cache = run
     log = tmp_path / "peers.log"
     log.write_text(text)
-    argv = ["--quick", "--no-install", "--cache", str(cache), "--out", str(tmp_path / "o"),
+    out = tmp_path / "o"
+    argv = ["--quick", "--no-install", "--cache", str(cache), "--out", str(out),
             "--seeds", str(SEED), "--check", str(log)]
     buf = io.StringIO()
     res = O.main(argv, file=buf)
-    assert res["checked_logs"] == 1 and res["mismatches"] == []
-    assert "against the benchmark's logs: every figure matches" in buf.getvalue()
+    want = {"mrs", "mrp", "loss_change", "mrs_drop", "mrp_drop", "norm_mean", "norm_drop"}
     crits = {p["criterion"] for p in res["points"]}
-    assert {"mrs", "mrp", "loss_change", "norm_mean", "norm_drop"} <= crits
-    assert ("tp_magnitude" in crits) is HAS_TP
+    assert crits == want | ({"tp_magnitude"} if HAS_TP else set())
+    n_models, n_sizes = len(P.QUICK.models), len(P.QUICK.reductions)
+    assert res["checked_logs"] == 1 and res["mismatches"] == []
+    assert res["checked_figures"] == n_models * n_sizes * (2 if HAS_TP else 1)
+    assert (f"against the benchmark's logs: {res['checked_figures']} figures compared, every "
+            f"one matches") in buf.getvalue()
     # a figure of the benchmark, found again here (not only "no mismatch": the same number)
     acc = {(r["model"], r["target"], r["method"]): r["acc_pruned"] for r in result["accuracy"]}
     for p in res["points"]:
         if p["criterion"] == "mrs":
             assert p["mean"] == pytest.approx(100 * acc[(p["model"], p["target"], "ours_mrs")],
                                               abs=1e-9)
-    for f in res["fidelity"]:
-        assert -1.0 <= f["mean"] <= 1.0
-    # the exact criterion against brute force, on the MLP's first units, in float64
-    import dataclasses
-
     (nets_by_name, _splits) = nets
-    base, ctx = nets_by_name["mlp"]
-    ctx = dataclasses.replace(ctx, scoring=[(x.double(), y) for x, y in ctx.scoring],
-                              example=ctx.example.double())
-    model = copy.deepcopy(base).double().eval()
-    scores = O.score_units("loss_change", model, ctx)
+    layers = {(m, l) for m, (_b, c) in nets_by_name.items() for l in c.prunable}
+    assert {(f["model"], f["layer"]) for f in res["fidelity"]} == layers
+    assert all(-1.0 <= f["mean"] <= 1.0 for f in res["fidelity"])
 
-    def loss(m):
-        with torch.no_grad():
-            return sum(float(F.cross_entropy(m(x), y, reduction="sum")) for x, y in ctx.scoring)
+    # a changed figure is a mismatch; a log of another setting or seed is refused
+    seed_result = json.loads((out / f"seed{SEED}.json").read_text())
+    bent = json.loads(json.dumps(result))
+    row = next(r for r in bent["accuracy"] if r["method"] == "ours_mrs")
+    row["acc_pruned"] += 0.0001
+    n, bad = O.check_against(seed_result, bent)
+    assert n == res["checked_figures"] and len(bad) == 1
+    assert bad[0].startswith(f"{row['model']} {row['target']:g}x mrs: ")
+    other = json.loads(json.dumps(result))
+    other["config"]["setting"]["rounds"] = 5
+    with pytest.raises(ValueError, match="setting differs from this run's: rounds"):
+        O.check_against(seed_result, other)
+    with pytest.raises(ValueError, match=r"seed\(s\) \[0\], which --seeds does not run"):
+        O.main([*argv[:-4], "--seeds", "7", "--check", str(log)], file=io.StringIO())
 
-    before = loss(model)
-    for unit in range(4):
-        cut = copy.deepcopy(model)
-        pruners.remove_units(cut, {"fc1": [unit]}, replacement="mean", data=ctx.scoring)
-        assert float(scores["fc1"][unit]) == pytest.approx(abs(loss(cut) - before), rel=1e-9,
-                                                           abs=1e-11)
-    # resumed: the same figures, loaded from the per-seed file
+    # resumed: the same figures, loaded; a file of another version is recomputed
     buf = io.StringIO()
     again = O.main(argv, file=buf)
     assert f"seed {SEED}: loaded" in buf.getvalue()
     assert again["points"] == json.loads(json.dumps(res["points"]))
-    with pytest.raises(ValueError, match="unknown criterion 'tp_magnitude'"):
+    (out / f"seed{SEED}.json").write_text(json.dumps({**seed_result, "version": 1}))
+    buf = io.StringIO()
+    O.main(argv, file=buf)
+    assert "is of another version, setting or set of criteria, or incomplete" in buf.getvalue()
+    assert json.loads((out / f"seed{SEED}.json").read_text())["version"] == O.VERSION
+
+    # the exact criterion against brute force, in float64
+    def loss(m, data):
+        with torch.no_grad():
+            return sum(float(F.cross_entropy(m(x), y, reduction="sum")) for x, y in data)
+
+    for name, layer in (("mlp", "fc1"), ("cnn", "conv1")):
+        base, ctx = nets_by_name[name]
+        ctx = dataclasses.replace(ctx, scoring=[(x.double(), y) for x, y in ctx.scoring],
+                                  example=ctx.example.double())
+        model = copy.deepcopy(base).double().eval()
+        scores = O.score_units("loss_change", model, ctx)
+        before = loss(model, ctx.scoring)
+        for unit in range(3):
+            cut = copy.deepcopy(model)
+            pruners.remove_units(cut, {layer: [unit]}, replacement="mean", data=ctx.scoring)
+            assert float(scores[layer][unit]) == pytest.approx(
+                abs(loss(cut, ctx.scoring) - before), rel=1e-9, abs=1e-11)
+    with pytest.raises(ValueError, match="unknown ranking 'tp_magnitude'"):
         O.score_units("tp_magnitude", model, ctx)
