@@ -435,7 +435,8 @@ def test_oracle_diagnostic_reproduces_the_run_and_its_exact_criterion(run, nets,
             "--seeds", str(SEED), "--check", str(log)]
     buf = io.StringIO()
     res = O.main(argv, file=buf)
-    want = {"mrs", "mrp", "loss_change", "mrs_drop", "mrp_drop", "norm_mean", "norm_drop"}
+    want = {"mrs", "mrp", "loss_change", "mrs_drop", "mrp_drop", "mrs_seq", "norm_mean",
+            "norm_drop"}
     crits = {p["criterion"] for p in res["points"]}
     assert crits == want | ({"tp_magnitude"} if HAS_TP else set())
     n_models, n_sizes = len(P.QUICK.models), len(P.QUICK.reductions)

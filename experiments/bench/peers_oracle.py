@@ -20,6 +20,10 @@ each network once per criterion, and reports test accuracy right after the cut
   ``|sum over samples|`` (signed MRP), which is what removal does to the loss;
 - ``mrs_drop`` / ``mrp_drop``: the MRS and exact MRP rankings with the units
   dropped instead: the ranking and the replacement, separated;
+- ``mrs_seq``: the MRS ranking with mean replacement applied layer by layer in
+  forward order, each layer's means measured on the network as the earlier
+  layers' removal left it (one call of ``remove_units`` measures every mean
+  on the unpruned network);
 - ``norm_mean`` / ``norm_drop``: the squared L2 norm of the unit's incoming
   weights (thesis Table 4.1), removed with mean replacement or dropped: the
   effect of the replacement alone;
@@ -68,13 +72,14 @@ CRITERIA: dict[str, tuple[str, str, str | None]] = {
     "loss_change": ("exact |loss change| of the unit alone", "loss_change", "mean"),
     "mrs_drop": ("MRS ranking, dropped", "mrs", None),
     "mrp_drop": ("exact MRP ranking, dropped", "mrp", None),
+    "mrs_seq": ("MRS ranking, means re-measured layer by layer", "mrs", "mean_sequential"),
     "norm_mean": ("incoming-weight L2, mean replacement", "norm", "mean"),
     "norm_drop": ("incoming-weight L2, dropped", "norm", None),
     "tp_magnitude": ("Torch-Pruning: MagnitudeImportance", "tp_magnitude", None),
 }
 #: bump when a criterion or the measurement changes: seed files of another version are
 #: recomputed, never reused
-VERSION = 2
+VERSION = 3
 
 
 def score_units(criterion: str, model: nn.Module, ctx: P.Context) -> dict[str, torch.Tensor]:
@@ -129,8 +134,16 @@ def run_seed(seed: int, s: P.Setting, data: str, cache: Path, tp: Any,
                 else:
                     if ranking not in rankings:  # scores of the unpruned network, once
                         rankings[ranking] = score_units(ranking, copy.deepcopy(base).eval(), ctx)
-                    remove_units(model, P._lowest(rankings[ranking], kept),
-                                 replacement=replacement, data=ctx.scoring)
+                    units = P._lowest(rankings[ranking], kept)
+                    if replacement == "mean_sequential":
+                        # layer by layer in forward order, each layer's means measured on the
+                        # network as the earlier layers' removal left it
+                        for layer in ctx.prunable:
+                            if layer in units:
+                                remove_units(model, {layer: units[layer]}, replacement="mean",
+                                             data=ctx.scoring)
+                    else:
+                        remove_units(model, units, replacement=replacement, data=ctx.scoring)
                 got = P._widths(model, list(kept))
                 if got != dict(kept):
                     raise RuntimeError(f"{crit} on {spec.name} at {target:g}x left widths "
