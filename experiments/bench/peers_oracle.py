@@ -63,7 +63,8 @@ from experiments.stats import mean, t_interval
 from pruners import remove_units
 from saliency import SCORERS
 
-__all__ = ["CRITERIA", "score_units", "run_seed", "check_against", "oracle_table", "main"]
+__all__ = ["CRITERIA", "VERSION", "score_units", "run_seed", "check_against", "summarize",
+           "oracle_table", "main"]
 
 #: criterion -> (label, the ranking's scorer, replacement used at removal)
 CRITERIA: dict[str, tuple[str, str, str | None]] = {
