@@ -40,7 +40,8 @@ from experiments import io as eio
 from experiments.bench.peers import METHODS, OURS, TARGETS
 from experiments.stats import mean, t_interval
 
-__all__ = ["load_result", "seed_summary", "summary_table", "means_table", "plot_gaps", "main"]
+__all__ = ["load_result", "seed_summary", "summary_table", "means_table", "md_cell", "plot_gaps",
+           "main"]
 
 PEERS = tuple(m for m in METHODS if m not in OURS)
 MRS = "ours_mrs"
