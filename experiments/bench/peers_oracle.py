@@ -58,7 +58,7 @@ import torch.nn as nn
 
 from experiments import io as eio
 from experiments.bench import peers as P
-from experiments.bench.peers_seeds import load_result, md_cell
+from experiments.bench.peers_seeds import load_result, md_cell, run_setting
 from experiments.stats import mean, t_interval
 from pruners import remove_units
 from saliency import SCORERS
@@ -182,8 +182,7 @@ def check_against(result: Mapping[str, Any], peers_result: Mapping[str, Any]
     none of the figures to compare.
     """
     c = peers_result["config"]
-    theirs_setting = dict(c["setting"])
-    theirs_setting.setdefault("rounds", 1)
+    theirs_setting = run_setting(peers_result)
     for key, mine, theirs in (("seed", result["seed"], c["seed"]),
                               ("data", result["data"], c["data"]),
                               ("setting", result["setting"], theirs_setting)):

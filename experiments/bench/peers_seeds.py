@@ -41,7 +41,7 @@ from experiments.bench.peers import METHODS, OURS, TARGETS
 from experiments.stats import mean, t_interval
 
 __all__ = ["load_result", "seed_summary", "summary_table", "means_table", "md_cell", "plot_gaps",
-           "main"]
+           "run_setting", "main"]
 
 PEERS = tuple(m for m in METHODS if m not in OURS)
 MRS = "ours_mrs"
@@ -73,13 +73,20 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
                      f"prints last); was the run finished?")
 
 
+def run_setting(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A peers result's setting, with ``rounds = 1`` for runs logged before ``--rounds``
+    existed (they pruned in one shot)."""
+    setting = dict(result["config"]["setting"])
+    setting.setdefault("rounds", 1)
+    return setting
+
+
 def _setting(result: Mapping[str, Any]) -> dict[str, Any]:
     """Everything that must be equal for runs to be averaged: the setting (``rounds``
     defaults to 1, for runs made before it existed), the data, quick mode, the torch and
     Torch-Pruning versions."""
     c = result["config"]
-    setting = dict(c["setting"])
-    setting.setdefault("rounds", 1)
+    setting = run_setting(result)
     return {**{f"setting.{k}": v for k, v in setting.items()}, "data": c["data"],
             "quick": c["quick"], "torch": c.get("torch"), "torch_pruning": c["torch_pruning"]}
 
