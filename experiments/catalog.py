@@ -1,12 +1,15 @@
-"""Imports every module that registers experiments (see :mod:`experiments.registry`)."""
+"""The one list of the built-in experiments: importing this module registers them all.
 
-from . import baselines  # noqa: F401
-from . import saliency_repro  # noqa: F401
-from . import pruning_repro  # noqa: F401
-from . import shrinknets_repro  # noqa: F401
-from . import shrinknets_gamma  # noqa: F401
-from . import tristate_repro  # noqa: F401
-from . import shrinknets_regression  # noqa: F401
-from . import group_sparsity_repro  # noqa: F401
-from . import width_methods  # noqa: F401
-from . import attack_repro  # noqa: F401
+Each module below registers its experiments with
+:func:`experiments.harness.registry.register` when it is imported; the command
+line imports this catalog, and nothing in the harness does. A new experiment
+is one module under ``experiments/studies/`` (or ``experiments/tools/``) and
+one line here.
+"""
+
+from experiments.studies.evci2018 import attacks, baselines, pruning, saliency  # noqa: F401
+from experiments.studies.group_sparsity import repro as group_sparsity  # noqa: F401
+from experiments.studies.shrinknets import gamma, regression, vs_static  # noqa: F401
+from experiments.studies.tristate import repro as tristate  # noqa: F401
+from experiments.studies.width_methods import comparison as width_methods  # noqa: F401
+from experiments.tools import demo  # noqa: F401

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import demo as _demo  # noqa: F401 - registers "demo" (until experiments.catalog does)
-from .registry import EXPERIMENTS, load_plugins, parse_overrides, run_experiment
+import experiments.catalog  # noqa: F401 - registers the built-in experiments
+from experiments.harness.registry import EXPERIMENTS, load_plugins, parse_overrides
+from experiments.harness.run import run_experiment
 
 __all__ = ["main"]
 
@@ -99,14 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars (default: when stderr is a terminal)")
     p_demo.set_defaults(func=_cmd_demo)
-    from . import diagnose
+    from experiments.tools import diagnose
     p_diag = sub.add_parser(
         "diagnose", help="dead, dormant and frozen units of a checkpoint on a data set; "
                          "optionally remove them exactly (--remove-dead OUT.pt)")
     diagnose.add_arguments(p_diag)
     p_diag.set_defaults(func=diagnose.run_from_args)
     try:
-        from . import sweep
+        from experiments.harness import sweep
     except ImportError:  # pragma: no cover - sweep is part of the package
         sweep = None
     if sweep is not None and hasattr(sweep, "add_arguments"):

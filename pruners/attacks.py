@@ -48,8 +48,8 @@ Example (a plain training loop)::
         with attack.step(step):          # step = updates taken so far
             optimizer.step()
 
-In the harness, :class:`experiments.dead_units.AttackCallback` does the same
-around the :class:`~experiments.training.Trainer`'s steps.
+In the harness, :class:`experiments.harness.callbacks.AttackCallback` does the same
+around the :class:`~experiments.harness.training.Trainer`'s steps.
 """
 
 from __future__ import annotations

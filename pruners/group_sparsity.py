@@ -171,7 +171,7 @@ def _inputs_removal(model: nn.Module, graph: UnitGraph, layer: str, idx: torch.T
         raise ValueError(
             f"layer {layer!r}: its zero input groups cannot be removed: no layer of the graph "
             "produces its inputs (it reads the model's input). Put an identity layer before "
-            "it (see experiments.shrinknets_gamma) or drop those input features from the data")
+            "it (see experiments.studies.shrinknets.gamma) or drop those input features from the data")
     if not prod.prunable:
         raise ValueError(f"layer {layer!r}: its zero input groups cannot be removed: their "
                          f"producer {prod.name!r} is not prunable ({prod.reason})")

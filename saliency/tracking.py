@@ -50,7 +50,7 @@ It only measures, so it lives in :mod:`saliency`. Use it from any loop::
         optimizer.step()
         tracker.maybe_record(step + 1)   # steps taken so far
 
-or through :class:`experiments.dead_units.TrackingCallback` in the harness.
+or through :class:`experiments.harness.callbacks.TrackingCallback` in the harness.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import math
 import os
 import time
 
-from experiments.registry import register
+from experiments.harness.registry import register
 
 TINY_SPACE = {"lr": ("loguniform", 1e-3, 1e-1), "width": ("int", 2, 64)}
 

@@ -1,4 +1,4 @@
-"""The learning-rate attack reproductions (experiments.attack_repro), quick, on generated data.
+"""The learning-rate attack reproductions (experiments.studies.evci2018.attacks), quick, on generated data.
 
 ``thesis-attacks --quick`` runs the three variants once per module; the tests recompute the
 summaries from tracking.csv, check that the attacked runs branch exactly from the original
@@ -14,13 +14,13 @@ import math
 
 import pytest
 import torch
-
 from data_files import write_idx_dir
-from experiments import attack_repro
-from experiments.checkpoint import load_checkpoint
+
 from experiments.cli import main
-from experiments.common import load_data
-from experiments.registry import RunContext, get_experiment, resolve_config
+from experiments.harness.checkpoint import load_checkpoint
+from experiments.harness.registry import get_experiment, resolve_config
+from experiments.harness.run import RunContext, load_data
+from experiments.studies.evci2018 import attacks as attack_repro
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

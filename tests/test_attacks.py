@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers_snapshot import assert_unchanged, same_bits, take
 from torch.utils.data import TensorDataset
 
-from helpers_snapshot import assert_unchanged, same_bits, take
-from experiments.dead_units import AttackCallback
-from experiments.models import build_model
-from experiments.training import Callback, Trainer, TrainConfig
+from experiments.harness.callbacks import AttackCallback
+from experiments.harness.models import build_model
+from experiments.harness.training import Callback, TrainConfig, Trainer
 from pruners import LRAttack, attack_steps, remove_units
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 import pruners
 from experiments.bench import inference
-from experiments.models import mlp, small_cnn
+from experiments.harness.models import mlp, small_cnn
 
 TINY = dict(mlp_widths=(64, 96, 96, 10),
             cnn=dict(widths=(8, 16), hidden=32, image_size=12),

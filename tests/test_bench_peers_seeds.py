@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from experiments.bench import peers_seeds as PS
-from experiments.stats import mean, t_interval
+from experiments.harness.stats import mean, t_interval
 
 SETTING = {"reductions": [2.0], "finetune_epochs": 3, "rounds": 1}
 

@@ -7,8 +7,8 @@ import io
 import json
 
 import pytest
-
 from data_files import fmnist_args
+
 from experiments.bench import shrinknets as bench
 
 

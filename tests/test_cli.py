@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-
 from data_files import write_idx_dir
-from experiments.checkpoint import load_checkpoint, model_from_checkpoint
+
 from experiments.cli import main
-from experiments.registry import EXPERIMENTS, load_plugins
+from experiments.harness.checkpoint import load_checkpoint, model_from_checkpoint
+from experiments.harness.registry import EXPERIMENTS, load_plugins
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import pickle
 import tarfile
 from pathlib import Path
 
+import data_files as df
 import numpy as np
 import pytest
 import torch
 
-import data_files as df
-from experiments import datasets as ds
-from experiments.datasets import DatasetError, DatasetNotFoundError
+from experiments.harness import datasets as ds
+from experiments.harness.datasets import DatasetError, DatasetNotFoundError
 
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
@@ -607,7 +607,7 @@ def test_registry_and_get_dataset(tmp_path):
                                  "synthetic-regression", "synthetic-classification"]
     for name, fn in ds.DATASETS.items():
         assert fn.__doc__ and callable(fn), name
-    # the call experiments.common.load_data makes
+    # the call experiments.harness.run.load_data makes
     data = ds.get_dataset("synthetic-classification", data_dir=None, limit=50, seed=2)
     assert data.sizes() == {"train": 50, "val": 50, "test": 50}
     assert ds.get_dataset("SYNTHETIC_regression", seed=2).name == "synthetic-regression"

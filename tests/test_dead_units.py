@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from helpers_snapshot import assert_unchanged, take
-from experiments.models import build_model
+
+from experiments.harness.models import build_model
 from pruners import remove_units
-from saliency import (EXACT_CRITERIA, MRP, MRS, DeadUnitThresholds, Dormancy,
-                      find_dead_units)
+from saliency import EXACT_CRITERIA, MRP, MRS, DeadUnitThresholds, Dormancy, find_dead_units
 from saliency.dead_units import UNIT_STATISTICS, criterion_names
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_files import write_idx_dir
-from experiments.checkpoint import load_checkpoint, model_from_checkpoint
+
 from experiments.cli import main
-from experiments.datasets import get_dataset
-from experiments.registry import EXPERIMENTS, load_plugins
-from experiments.training import Trainer
+from experiments.harness.checkpoint import load_checkpoint, model_from_checkpoint
+from experiments.harness.datasets import get_dataset
+from experiments.harness.registry import EXPERIMENTS, load_plugins
+from experiments.harness.training import Trainer
 from pruners import count_macs, count_params
 
 PNG = b"\x89PNG\r\n\x1a\n"

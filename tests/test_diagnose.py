@@ -12,13 +12,13 @@ import sys
 
 import pytest
 import torch
-
 from data_files import write_idx_dir
-from experiments.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+
 from experiments.cli import main
-from experiments.diagnose import EXIT_CODES, load_data
-from experiments.models import build_model
-from experiments.training import Trainer, TrainConfig
+from experiments.harness.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from experiments.harness.models import build_model
+from experiments.harness.training import TrainConfig, Trainer
+from experiments.tools.diagnose import EXIT_CODES, load_data
 from saliency import find_dead_units
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
     write_idx_dir(root / "fmnist", n_train=300, n_test=40, seed=2, gz=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FASHION_MNIST_DIR", str(root / "fmnist"))
-        from experiments.datasets import get_dataset
+        from experiments.harness.datasets import get_dataset
         splits = get_dataset("fashion-mnist", val_size=100)
     torch.manual_seed(0)
     model = build_model("thesis_cnn")
@@ -128,7 +128,7 @@ def test_plain_state_dict_with_a_factory(env, tmp_path, capsys):
     root, ckpt, plain = env
     out, smaller = tmp_path / "d", tmp_path / "s.pt"
     code, _, err = _run([str(plain), *DATA, "--out", str(out), "--model",
-                         "experiments.models:thesis_cnn", "--remove-dead", str(smaller),
+                         "experiments.harness.models:thesis_cnn", "--remove-dead", str(smaller),
                          "--no-plots"], capsys)
     assert code == 0, err
     rep = json.loads((out / "report.json").read_text())
@@ -177,7 +177,7 @@ def test_every_bad_checkpoint_is_one_clear_error(env, tmp_path, capsys):
     _bad(env, tmp_path, capsys, [str(plain), "--model", "thesis_cnn", "--model-kwargs",
                                  '{"hidden": 32}'], "mismatch",
          "fc1.weight is (64, 256) in the checkpoint but (32, 256)")
-    _bad(env, tmp_path, capsys, [str(plain), "--model", "experiments.models:mlp",
+    _bad(env, tmp_path, capsys, [str(plain), "--model", "experiments.harness.models:mlp",
                                  "--model-kwargs", '{"widths": [784, 10]}'], "mismatch",
          "unexpected ['conv1.bias', 'conv1.weight'")
     _bad(env, tmp_path, capsys, [str(plain), "--model", "no_such_module:f"], "usage",

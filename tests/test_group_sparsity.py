@@ -24,17 +24,17 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers_snapshot import assert_unchanged, take
 from scipy import optimize
 from torch.utils.data import TensorDataset
+from zoo import build
 
-from helpers_snapshot import assert_unchanged, take
 from pruners import (GROUPINGS, ProximalGroupSparsity, count_params, group_layout, group_norms,
                      group_sparsity_penalty, prox_sparse_group_lasso, remove_zero_groups,
                      soft_threshold, zero_groups)
 from saliency import SCORERS
 from saliency.group_norm import GroupNormScorer
 from saliency.unit_scorers import Norm
-from zoo import build
 
 ALPHAS = [0.0, 0.5, 1.0]
 
@@ -610,8 +610,8 @@ def test_group_norm_scorer_is_registered_and_measures_the_unit_groups():
 
 
 def test_callback_in_the_trainer_is_prox_sgd_step_for_step():
-    from experiments.pruning import GroupSparsityCallback
-    from experiments.training import TrainConfig, Trainer, _seeded, batches
+    from experiments.harness.callbacks import GroupSparsityCallback
+    from experiments.harness.training import TrainConfig, Trainer, _seeded, batches
 
     g = torch.Generator().manual_seed(7)
     x = torch.randn(96, 6, generator=g, dtype=torch.float64)
@@ -651,7 +651,7 @@ def _prox_sgd_then_refit(model, x, y, strength, epochs, release, seed, momentum=
     """The reference of ``release_after``: prox-SGD for ``release`` epochs, remove, plain SGD.
 
     Returns the units removed at the release and the penalty just before it."""
-    from experiments.training import _seeded, batches
+    from experiments.harness.training import _seeded, batches
 
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=momentum)
     prox = ProximalGroupSparsity(model, strength)
@@ -676,8 +676,8 @@ def _prox_sgd_then_refit(model, x, y, strength, epochs, release, seed, momentum=
                                                 (None, 0.9), (3, 0.9)])
 def test_callback_release_removes_then_refits_without_the_penalty(tmp_path, kill_after,
                                                                    momentum):
-    from experiments.pruning import GroupSparsityCallback
-    from experiments.training import Callback, TrainConfig, Trainer
+    from experiments.harness.callbacks import GroupSparsityCallback
+    from experiments.harness.training import Callback, TrainConfig, Trainer
 
     model, shape = build("mlp")
     g = torch.Generator().manual_seed(1)
@@ -737,8 +737,8 @@ def test_callback_release_removes_then_refits_without_the_penalty(tmp_path, kill
 
 
 def test_callback_removes_zero_groups_on_a_schedule():
-    from experiments.pruning import GroupSparsityCallback
-    from experiments.training import TrainConfig, Trainer
+    from experiments.harness.callbacks import GroupSparsityCallback
+    from experiments.harness.training import TrainConfig, Trainer
 
     model, shape = build("mlp")
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""The group sparsity reproduction (experiments.group_sparsity_repro), run --quick.
+"""The group sparsity reproduction (experiments.studies.group_sparsity.repro), run --quick.
 
 On the installed Fashion-MNIST when it is there, else on generated IDX files.
 Every number in results.json is checked against the files the run leaves:
@@ -19,13 +19,13 @@ import shutil
 
 import pytest
 import torch
-
 from data_files import quick_run
+
+import experiments.studies.group_sparsity.repro as gs
 from experiments.cli import main
-from experiments.common import load_data
-from experiments.models import build_model
-from experiments.training import evaluate
-import experiments.group_sparsity_repro as gs
+from experiments.harness.models import build_model
+from experiments.harness.run import load_data
+from experiments.harness.training import evaluate
 
 LAYERS = ("conv1", "conv2", "fc1")
 
@@ -232,10 +232,10 @@ def test_release_after_refits_the_shrunk_network_without_the_penalty(tmp_path_fa
 
 
 def test_fronts_read_each_run_as_it_wrote_it(run, tmp_path, capsys):
-    """experiments.group_sparsity_fronts against the quick run's own files: the reductions and
+    """experiments.studies.group_sparsity.fronts against the quick run's own files: the reductions and
     changes recomputed from the points' parameter counts and accuracies, the selected point,
     and the target rule applied by hand (and as results.json applied it)."""
-    from experiments import group_sparsity_fronts as fr
+    from experiments.studies.group_sparsity import fronts as fr
 
     out, cfg, res = run
     for net, entry in res["networks"].items():
@@ -290,14 +290,14 @@ def test_fronts_read_each_run_as_it_wrote_it(run, tmp_path, capsys):
 
 
 def test_fronts_target_rule_and_errors(run, tmp_path, capsys):
-    from experiments import group_sparsity_fronts as fr
+    from experiments.studies.group_sparsity import fronts as fr
 
     # the rule's edges are inclusive, as in results.json
     assert fr.meets_target({"reduction": 0.5, "test_change_points": -0.5})
     assert not fr.meets_target({"reduction": 0.4999, "test_change_points": 0.0})
     assert not fr.meets_target({"reduction": 0.9, "test_change_points": -0.5001})
     # 25 of 5,000 validation images below the baseline is exactly the 0.5-point tolerance
-    from experiments.subruns import within_tolerance
+    from experiments.harness.subruns import within_tolerance
     assert 0.5046 - 0.005 > 0.4996 and within_tolerance(0.4996, 0.5046, 0.005)  # rounding
     assert within_tolerance(0.8994, 0.9044, 0.005)
     assert not within_tolerance(0.8992, 0.9044, 0.005)
@@ -340,7 +340,7 @@ def test_seed_means_select_on_the_mean_validation_change(tmp_path):
     """seed_means against a hand computation: means per strength over the label's seeds, a
     strength missing on one seed left out of the selection, the tolerance's edge inclusive,
     and the target checked on the selected means, not on any single seed."""
-    from experiments.group_sparsity_fronts import means_table, plot_fronts, seed_means
+    from experiments.studies.group_sparsity.fronts import means_table, plot_fronts, seed_means
 
     fronts = [_front("a", 0, [(1e-4, 0.375, -0.125, -0.25), (2e-4, 0.625, -0.75, -0.25),
                               (3e-4, 0.875, 0.0, 0.0)]),
@@ -356,7 +356,7 @@ def test_seed_means_select_on_the_mean_validation_change(tmp_path):
     assert a["selected"]["beta"] == 2e-4 and a["met"] is True
     assert a["selected"]["within"] is True
     # seed 0 alone would select 3e-4 (2e-4 is at -0.75 there): the mean rule is not its choice
-    from experiments.subruns import select_matched
+    from experiments.harness.subruns import select_matched
     seed0 = [{**p, "kept": 1 - p["reduction"]} for p in fronts[0]["points"]]
     assert select_matched(seed0, 0.0, 0.5, size_key="kept",
                           val_key="val_change_points")["beta"] == 3e-4

@@ -14,11 +14,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from experiments import io as eio
-from experiments.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
-                                    save_checkpoint)
-from experiments.models import MODELS, build_model
-from experiments.training import Callback, Trainer, TrainConfig
+from experiments.harness import atomic
+from experiments.harness.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
+                                            save_checkpoint)
+from experiments.harness.models import MODELS, build_model
+from experiments.harness.training import Callback, TrainConfig, Trainer
 from pruners import mask_units, remove_units, trace
 
 
@@ -215,33 +215,33 @@ def test_regularizer_callback_changes_the_loss():
 
 def test_atomic_write_survives_a_crash_mid_write(tmp_path):
     path = tmp_path / "results.json"
-    eio.write_json(path, {"v": 1})
+    atomic.write_json(path, {"v": 1})
     with pytest.raises(RuntimeError):
-        with eio.atomic_open(path, "w") as fh:
+        with atomic.atomic_open(path, "w") as fh:
             fh.write('{"v": 2, "partial')
             raise RuntimeError("killed")
-    assert eio.read_json(path) == {"v": 1}
+    assert atomic.read_json(path) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left
 
 
 def test_atomic_write_survives_a_killed_process(tmp_path):
     path = tmp_path / "results.json"
-    eio.write_json(path, {"v": 1})
+    atomic.write_json(path, {"v": 1})
     code = textwrap.dedent(f"""
         import os
-        from experiments import io as eio
-        with eio.atomic_open({str(path)!r}, "w") as fh:
+        from experiments.harness import atomic
+        with atomic.atomic_open({str(path)!r}, "w") as fh:
             fh.write('{{"v": 2, "partial')
             fh.flush()
             os._exit(9)
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert proc.returncode == 9
-    assert eio.read_json(path) == {"v": 1}
+    assert atomic.read_json(path) == {"v": 1}
 
 
 def test_csv_and_json_values(tmp_path):
-    eio.write_csv(tmp_path / "t.csv", [{"a": 1, "b": torch.tensor(0.5)}, {"a": 2, "c": "x"}])
+    atomic.write_csv(tmp_path / "t.csv", [{"a": 1, "b": torch.tensor(0.5)}, {"a": 2, "c": "x"}])
     assert (tmp_path / "t.csv").read_text().splitlines() == ["a,b,c", "1,0.5,", "2,,x"]
-    eio.write_json(tmp_path / "t.json", {"nan": float("nan"), "t": torch.tensor([1, 2])})
-    assert eio.read_json(tmp_path / "t.json") == {"nan": None, "t": [1, 2]}
+    atomic.write_json(tmp_path / "t.json", {"nan": float("nan"), "t": torch.tensor([1, 2])})
+    assert atomic.read_json(tmp_path / "t.json") == {"nan": None, "t": [1, 2]}

@@ -15,21 +15,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.prune as prune
+from helpers_snapshot import assert_unchanged, take
 from torch.func import functional_call
+from zoo import build, randomize_bn
 
 import saliency.hvp
 import saliency.loss_change
 import saliency.magnitude
 import saliency.random_scores
 import saliency.taylor
-from experiments.models import build_model
-from helpers_snapshot import assert_unchanged, take
+from experiments.harness.models import build_model
 from saliency.hvp import grad_and_hvp, gradient, hvp
 from saliency.loss_change import LossChange
 from saliency.magnitude import Magnitude
 from saliency.random_scores import RandomParameter, RandomUnit
 from saliency.taylor import Hessian, Taylor1, Taylor2
-from zoo import build, randomize_bn
 
 # torch.func.hessian (the reference only) warns about torch.jit internals
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

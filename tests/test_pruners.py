@@ -24,18 +24,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.prune as prune
+from helpers_snapshot import assert_unchanged, take
 from hypothesis import given
 from hypothesis import strategies as st
+from zoo import build
 
-from experiments.models import build_model
-from helpers_snapshot import assert_unchanged, take
-from pruners import (ParameterPruner, RoundReport, UnitPruner, count_macs, count_params,
-                     mean_loss, nonzero_fractions, remove_sparse_units, schedules, sparse_units)
+from experiments.harness.models import build_model
+from pruners import (ParameterPruner, RoundReport, UnitPruner, count_macs, count_params, mean_loss,
+                     nonzero_fractions, remove_sparse_units, schedules, sparse_units)
 from pruners.schedules import (THESIS_PARAMETERS, THESIS_UNITS, amount_to_count, check_amount,
                                constant, cubic, linear, table)
 from saliency import MRP, Norm, RandomParameter
 from saliency.base import ParameterScorer, UnitScorer
-from zoo import build
 
 TOL = 1e-10
 N_OUT = {"mlp": 3, "mlp_bn": 3, "mlp_dropout": 3, "cnn": 4}

@@ -1,4 +1,4 @@
-"""The pruning reproductions of the thesis (experiments.pruning_repro), on generated data.
+"""The pruning reproductions of the thesis (experiments.studies.evci2018.pruning), on generated data.
 
 Each experiment runs ``--quick`` (384 samples, the thesis's schedules over 5
 short epochs) end to end through the CLI into a temporary folder, once per
@@ -15,11 +15,11 @@ import math
 
 import pytest
 import torch
-
 from data_files import write_idx_dir
-from experiments.checkpoint import load_checkpoint, model_from_checkpoint
+
 from experiments.cli import main
-from experiments.training import Trainer
+from experiments.harness.checkpoint import load_checkpoint, model_from_checkpoint
+from experiments.harness.training import Trainer
 from pruners import count_params
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -263,8 +263,8 @@ def test_zero_replacement_penalties_are_the_reported_loss_jumps(runs):
 
 def test_activation_means_feed_consumers_their_mean_input():
     """``activation_mean`` holds a unit at the mean of what its consumer received."""
-    from experiments.models import build_model
-    from experiments.pruning_repro import activation_means
+    from experiments.harness.models import build_model
+    from experiments.studies.evci2018.pruning import activation_means
     from pruners import remove_units
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The saliency reproductions of the thesis (experiments.saliency_repro), on generated data.
+"""The saliency reproductions of the thesis (experiments.studies.evci2018.saliency), on generated data.
 
 Each experiment runs ``--quick`` end to end through the CLI into a temporary
 folder (once per module); the tests then check the files and that the numbers
@@ -14,15 +14,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from data_files import write_idx_dir
 from torch.utils.data import TensorDataset
 
-from data_files import write_idx_dir
-from experiments.checkpoint import load_checkpoint
 from experiments.cli import main
-from experiments.models import build_model
-from experiments.saliency_repro import (NEGATIVE_SCORERS, PARAM_SCORER_NAMES, PARAM_SIGNED,
-                                        UNIT_SCORER_NAMES, ParameterProbe, UnitProbe)
-from experiments.training import Trainer
+from experiments.harness.checkpoint import load_checkpoint
+from experiments.harness.models import build_model
+from experiments.harness.training import Trainer
+from experiments.studies.evci2018.saliency import (NEGATIVE_SCORERS, PARAM_SCORER_NAMES,
+                                                   PARAM_SIGNED, UNIT_SCORER_NAMES, ParameterProbe,
+                                                   UnitProbe)
 from saliency.loss_change import LossChange
 from saliency.taylor import Hessian, Taylor1, Taylor2
 

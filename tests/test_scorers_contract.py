@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from scipy import stats
-
 from helpers_snapshot import assert_unchanged, take
+from scipy import stats
+from zoo import build
+
 from pruners import prepare_for, remove_units
 from saliency import SCORERS
 from saliency.mrp import MRP
 from saliency.replacement import unit_means
 from saliency.unit_scorers import MRS
-from zoo import build
 
 
 def make_data(shape, n=24, classes=3, seed=0):
@@ -188,7 +188,7 @@ def test_mrs_ranks_like_mrp_on_a_trained_network(seed):
     the harness's synthetic classification data; over seeds 0-4 the
     correlations measured 0.96-0.98 (first layer) and 0.99 (second).
     """
-    from experiments.datasets import synthetic_classification
+    from experiments.harness.datasets import synthetic_classification
 
     torch.manual_seed(seed)
     d = synthetic_classification(n_samples=3000, seed=seed)

@@ -24,16 +24,16 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-
-from experiments.models import build_model
 from helpers_snapshot import assert_unchanged, take
+from zoo import build, randomize_bn
+
+from experiments.harness.models import build_model
 from pruners import count_macs, count_params, mask_units, remove_units, trace
 from pruners.shrinknets import (Aggressiveness, GarbageCollector, RemovalStrategy, SignChange,
                                 SignVariance, Threshold, fold_switches, input_neurons,
                                 insert_switches, shrinknets_penalty, switches)
 from saliency import SCORERS
 from saliency.switch import INITS, PARAMETRIZATIONS, Switch, SwitchScorer
-from zoo import build, randomize_bn
 
 TOL = 1e-10
 PRODUCER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -1004,8 +1004,9 @@ def test_switch_scorer_needs_switches():
 
 
 def _synthetic():
-    from experiments.datasets import get_dataset
     from torch.utils.data import TensorDataset
+
+    from experiments.harness.datasets import get_dataset
 
     sp = get_dataset("synthetic-classification", n_samples=200, n_features=10, n_relevant=3,
                      n_classes=3, seed=0)
@@ -1025,14 +1026,14 @@ def _switched_mlp(example):
 
 
 def _shrinknets_callback(remove=True):
-    from experiments.pruning import ShrinkNetsCallback
+    from experiments.harness.callbacks import ShrinkNetsCallback
 
     return ShrinkNetsCallback(GarbageCollector(Threshold(0.0), remove=remove),
                               lam=LAM, lam2=LAM2, p=2)
 
 
 def _recorder():
-    from experiments.training import Callback
+    from experiments.harness.training import Callback
 
     class Recorder(Callback):
         """Placed after ShrinkNetsCallback: sees the penalized loss and the collected model."""
@@ -1057,7 +1058,7 @@ def _recorder():
 
 
 def test_shrinknets_callback_in_the_trainer(tmp_path):
-    from experiments.training import Trainer
+    from experiments.harness.training import Trainer
 
     train, val = _synthetic()
     gm = _switched_mlp(train.tensors[0][:1])
@@ -1099,7 +1100,7 @@ def test_shrinknets_callback_in_the_trainer(tmp_path):
 @pytest.mark.parametrize("remove", [True, False])
 def test_shrinknets_training_resumes_exactly(tmp_path, remove):
     """Killed after epoch 2 and rerun to 3 epochs: the same model, history and cost log."""
-    from experiments.training import Trainer
+    from experiments.harness.training import Trainer
 
     train, val = _synthetic()
     ex = train.tensors[0][:1]

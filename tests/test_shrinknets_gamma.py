@@ -1,4 +1,4 @@
-"""The removal-aggressiveness reproduction (experiments.shrinknets_gamma), run --quick.
+"""The removal-aggressiveness reproduction (experiments.studies.shrinknets.gamma), run --quick.
 
 One ``--quick`` run through the CLI (2 rows x (baseline + 3 gammas) x 2 seeds,
 a few epochs on 400 synthetic samples), then a resumed run into the same
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import experiments.shrinknets_gamma as sg
+import experiments.studies.shrinknets.gamma as sg
 from experiments.cli import main
 from pruners import count_macs, remove_units
 from pruners.shrinknets import input_neurons
@@ -35,7 +35,7 @@ def _rows(path):
 
 
 def _run(out, *extra):
-    return main(["--plugin", "experiments.shrinknets_gamma", "run", "shrinknets-gamma",
+    return main(["--plugin", "experiments.studies.shrinknets.gamma", "run", "shrinknets-gamma",
                  "--quick", "--out", str(out), *extra])
 
 

@@ -1,4 +1,4 @@
-"""The regression comparison (experiments.shrinknets_regression), run --quick.
+"""The regression comparison (experiments.studies.shrinknets.regression), run --quick.
 
 One ``--quick`` run through the CLI (synthetic linear regression and
 Fashion-MNIST logistic regression, three methods, a few strengths each),
@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import experiments.shrinknets_regression as sr
 from data_files import write_idx_dir
+
+import experiments.studies.shrinknets.regression as sr
 from experiments.cli import main
-from experiments.datasets import get_dataset, synthetic_regression
+from experiments.harness.datasets import get_dataset, synthetic_regression
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SYSTEM = Path("/usr/share/datasets/fashion-mnist")

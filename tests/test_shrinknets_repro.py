@@ -1,4 +1,4 @@
-"""ShrinkNets against static networks (experiments.shrinknets_repro), on generated data.
+"""ShrinkNets against static networks (experiments.studies.shrinknets.vs_static), on generated data.
 
 The MLP driver runs ``--quick`` end to end through the CLI into a temporary
 folder, twice (the second run must resume without training anything); the
@@ -16,12 +16,12 @@ import math
 
 import pytest
 import torch
-
 from data_files import write_idx_dir
-from experiments.checkpoint import fit_to_state_dict, load_checkpoint, model_from_checkpoint
+
 from experiments.cli import main
-from experiments.models import build_model
-from experiments.shrinknets_repro import best_second_half, size_ratios, smallest_at
+from experiments.harness.checkpoint import fit_to_state_dict, load_checkpoint, model_from_checkpoint
+from experiments.harness.models import build_model
+from experiments.studies.shrinknets.vs_static import best_second_half, size_ratios, smallest_at
 from pruners import count_params, trace
 from pruners.shrinknets import insert_switches, switches
 

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import sweep_plugin
-from experiments import sweep as sw
-from experiments.registry import get_experiment, load_plugins
+
+from experiments.harness import sweep as sw
+from experiments.harness.registry import get_experiment, load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ["sweep_plugin"]
@@ -135,7 +135,7 @@ def test_killed_sweep_resumes_exactly_the_missing_trials(tiny, tmp_path):
     env = {**os.environ, "SWEEP_TINY_CRASH_AT": "2",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT),
                                           os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "experiments.sweep", "_tiny", "--random", "4", "--workers", "1",
+    cmd = [sys.executable, "-m", "experiments.harness.sweep", "_tiny", "--random", "4", "--workers", "1",
            "--out", str(out), "--plugin", "sweep_plugin", "--set", f"marker_dir={mdir}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr  # os._exit(1) in the third trial: a real kill

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers_snapshot import assert_unchanged, same_bits, take
 from torch.utils.data import TensorDataset
 
-from helpers_snapshot import assert_unchanged, same_bits, take
-from experiments.dead_units import AttackCallback, TrackingCallback
-from experiments.training import Trainer, TrainConfig
+from experiments.harness.callbacks import AttackCallback, TrackingCallback
+from experiments.harness.training import TrainConfig, Trainer
 from pruners import LRAttack
 from saliency import MRP, UnitTracker
 from saliency.tracking import QUANTITIES

@@ -1,4 +1,4 @@
-"""The tri-state ReLU reproduction (experiments.tristate_repro), run --quick.
+"""The tri-state ReLU reproduction (experiments.studies.tristate.repro), run --quick.
 
 On the installed Fashion-MNIST when it is there, else on generated IDX files.
 The numbers in results.json are checked against the files the run leaves:
@@ -15,13 +15,12 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-
 from data_files import quick_run
-from experiments.cli import main
-from experiments.common import load_data
-from experiments.training import evaluate
-import experiments.tristate_repro as tr
 
+import experiments.studies.tristate.repro as tr
+from experiments.cli import main
+from experiments.harness.run import load_data
+from experiments.harness.training import evaluate
 
 
 @pytest.fixture(scope="module")

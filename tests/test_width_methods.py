@@ -1,4 +1,4 @@
-"""The shared comparison of width-learning methods (experiments.width_methods), run --quick.
+"""The shared comparison of width-learning methods (experiments.studies.width_methods.comparison), run --quick.
 
 On the installed Fashion-MNIST when it is there, else on generated IDX files.
 Every number of results.json, table.csv and points.csv is checked against
@@ -18,15 +18,14 @@ import math
 
 import pytest
 import torch
-
 from data_files import quick_run
-from experiments.cli import main
-from experiments.common import load_data
-from experiments.models import build_model
-from experiments.training import evaluate
-import experiments.width_methods as wm
-from pruners import schedules
 
+import experiments.studies.width_methods.comparison as wm
+from experiments.cli import main
+from experiments.harness.models import build_model
+from experiments.harness.run import load_data
+from experiments.harness.training import evaluate
+from pruners import schedules
 
 
 @pytest.fixture(scope="module")

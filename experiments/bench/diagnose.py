@@ -3,7 +3,7 @@
 ``python -m experiments.bench.diagnose [--quick] [--repeats N] [--samples N] [--batch N]
 [--exact-mrp]``
 
-Model: an MLP 784-1024-1024-10 (``experiments.models.mlp``) on 10,000 random
+Model: an MLP 784-1024-1024-10 (``experiments.harness.models.mlp``) on 10,000 random
 28x28 inputs (cost does not depend on the values) in batches of 1000. The
 reference is one plain forward+backward pass over those 10,000 samples
 (``loss.backward()`` filling every parameter's ``.grad``, batch by batch);
@@ -27,10 +27,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from experiments.models import build_model
+from experiments.harness.models import build_model
+from experiments.harness.timing import alternating
 from saliency import MRP, find_dead_units
-
-from .timing import alternating
 
 TARGET = 3.0
 

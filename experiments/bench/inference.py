@@ -2,7 +2,7 @@
 
 ``python -m experiments.bench.inference [--quick] [--repeats N] [--seed S]``
 
-An MLP 784-1024-1024-10 and a small CNN (:func:`experiments.models.small_cnn`)
+An MLP 784-1024-1024-10 and a small CNN (:func:`experiments.harness.models.small_cnn`)
 are pruned *uniformly*: every prunable layer keeps the same fraction ``k`` of
 its units (chosen at random with a fixed seed), with ``k`` found by bisection
 so that the multiply-accumulates counted by :func:`pruners.count_macs` after
@@ -62,7 +62,8 @@ import torch
 import torch.nn as nn
 
 import pruners
-from experiments.models import mlp, small_cnn
+from experiments.harness.models import mlp, small_cnn
+from experiments.harness.timing import BUSY_WARNING, loadavg, time_models, timed
 
 __all__ = ["main", "TARGETS", "uniform_units", "prune_to_reduction", "time_models"]
 
@@ -78,8 +79,6 @@ DEFAULT_MLP_WIDTHS = (784, 1024, 1024, 10)
 DEFAULT_CNN = {"in_channels": 1, "num_classes": 10, "widths": (32, 64), "hidden": 256,
                "image_size": 28}
 DEFAULT_REDUCTIONS = (2.0, 3.0, 5.0, 10.0)
-#: CPUs used by other processes during timing above which a warning is printed.
-BUSY_WARNING = 0.25
 
 
 # ---------------------------------------------------------------------------
@@ -195,58 +194,6 @@ def prune_to_reduction(model: nn.Module, example: torch.Tensor, target: float, *
 
 
 # ---------------------------------------------------------------------------
-# timing
-
-
-def time_models(models: Sequence[nn.Module], x: torch.Tensor, *, repeats: int,
-                block_seconds: float = 0.025, warmup_seconds: float = 0.1,
-                min_warmup: int = 3) -> list[list[float]]:
-    """Per-call times (seconds) of each model on ``x``, interleaved.
-
-    Each model is warmed up (at least ``min_warmup`` calls and
-    ``warmup_seconds``), which also estimates its call time and so the number
-    of calls in its block (about ``block_seconds``, at least one). Then
-    ``repeats`` rounds time one block of every model, in an order rotated by
-    one model per round. The garbage collector is off while timing.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for m in models:
-        m.eval()
-    times: list[list[float]] = [[] for _ in models]
-    calls: list[int] = []
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with torch.inference_mode():
-            for m in models:
-                warm: list[float] = []
-                start = time.perf_counter()
-                while len(warm) < min_warmup or time.perf_counter() - start < warmup_seconds:
-                    t0 = time.perf_counter()
-                    m(x)
-                    warm.append(time.perf_counter() - t0)
-                    if len(warm) >= 1000:
-                        break
-                est = statistics.median(warm[len(warm) // 2:])
-                calls.append(max(1, min(1000, round(block_seconds / max(est, 1e-7)))))
-            n = len(models)
-            for r in range(repeats):
-                for j in range(n):
-                    i = (j + r) % n
-                    m, out = models[i], times[i]
-                    for _ in range(calls[i]):
-                        t0 = time.perf_counter()
-                        m(x)
-                        out.append(time.perf_counter() - t0)
-    finally:
-        if was_enabled:
-            gc.enable()
-    return times
-
-
-# ---------------------------------------------------------------------------
 # the benchmark
 
 
@@ -287,12 +234,9 @@ def _run_model(name: str, model: nn.Module, make_input, batches: Sequence[int],
     for batch in batches:
         torch.manual_seed(seed + batch)
         x = make_input(batch)
-        busy0, cpu0, wall0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
-        times = time_models([model] + [v[3] for v in variants], x, **timing)
-        busy1, cpu1, wall1 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
         # CPUs kept busy by other processes while timing (None off Linux)
-        others = (None if busy0 is None or busy1 is None else
-                  max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / (wall1 - wall0))
+        times, others = timed(lambda: time_models([model] + [v[3] for v in variants], x,
+                                                  **timing))
         ms_base = statistics.median(times[0]) * 1e3
         spread_base = _spread(times[0])
         for (method, target, twin, net), t in zip(variants, times[1:]):
@@ -329,24 +273,6 @@ def _spread(times: Sequence[float]) -> float:
         return 0.0
     q = statistics.quantiles(times, n=4)
     return (q[2] - q[0]) / q[1]
-
-
-def _busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes have used since boot (Linux ``/proc/stat``)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _loadavg() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def _table(cases: Sequence[Mapping[str, Any]]) -> str:
@@ -393,8 +319,8 @@ def main(argv: Sequence[str] | None = None, *,
     Args:
         argv: command-line arguments (``--quick``, ``--repeats N``, ``--seed S``);
             ``None`` reads ``sys.argv``.
-        mlp_widths: widths of the MLP (:func:`experiments.models.mlp`).
-        cnn: keyword arguments of :func:`experiments.models.small_cnn`
+        mlp_widths: widths of the MLP (:func:`experiments.harness.models.mlp`).
+        cnn: keyword arguments of :func:`experiments.harness.models.small_cnn`
             (default: the 28x28 MNIST-sized CNN).
         batches: batch sizes to time.
         reductions: target MAC reductions.
@@ -415,7 +341,7 @@ def main(argv: Sequence[str] | None = None, *,
         print(msg, file=out, flush=True)
 
     start = time.perf_counter()
-    load_start = _loadavg()
+    load_start = loadavg()
     log(f"inference benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"repeats {repeats}{' (quick)' if args.quick else ''}")
     torch.manual_seed(args.seed)
@@ -431,7 +357,7 @@ def main(argv: Sequence[str] | None = None, *,
     scoped = [c for c in cases if c["in_target"]]
     targets_met = bool(scoped) and all(c["meets_target"] for c in scoped)
     elapsed = time.perf_counter() - start
-    load_end = _loadavg()
+    load_end = loadavg()
 
     log("")
     log(_table(cases))

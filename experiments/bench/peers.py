@@ -23,7 +23,7 @@ Setting (the defaults; ``--quick`` shrinks every size for the test suite):
   harness's resumable checkpoints, written atomically after every epoch: an
   MLP 784-512-512-10 (669,706 parameters) and the thesis CNN with BatchNorm,
   widened to conv 1->16 5x5, conv 16->32 5x5, FC 512->128->10 (80,298
-  parameters; :func:`experiments.models.thesis_cnn`, ``batchnorm=True``).
+  parameters; :func:`experiments.harness.models.thesis_cnn`, ``batchnorm=True``).
 * **Sizes.** For 2x, 5x and 10x fewer parameters every prunable layer keeps
   the same number of units for every method: ``round(k n_l)`` of its
   ``n_l``, with ``k`` the uniform fraction whose parameter count is nearest
@@ -100,7 +100,7 @@ there; the recorded run did.
 
 (c) CPU inference time of the pruned models (unpruned, ours, Torch-Pruning
 magnitude, ``ln_structured``) at batch 1 and 256 with
-:func:`experiments.bench.inference.time_models` (interleaved blocks, median
+:func:`experiments.harness.timing.time_models` (interleaved blocks, median
 per-call time).
 
 (d) Planted constant units: in a copy of each trained network, a quarter of
@@ -151,11 +151,11 @@ import torch.nn.utils.prune as tprune
 from torch.utils.data import TensorDataset
 
 import pruners
-from experiments.bench.inference import (_busy_cpu_seconds, _loadavg, keep_fractions,
-                                         nearest_reduction, time_models, uniform_units)
-from experiments.datasets import Splits, get_dataset
-from experiments.models import build_model
-from experiments.training import TrainConfig, Trainer, batches, evaluate
+from experiments.bench.inference import keep_fractions, nearest_reduction, uniform_units
+from experiments.harness.datasets import Splits, get_dataset
+from experiments.harness.models import build_model
+from experiments.harness.timing import cpu_mark, loadavg, others_busy, time_models
+from experiments.harness.training import TrainConfig, Trainer, batches, evaluate
 from pruners import ProximalGroupSparsity, remove_units
 from pruners.shrinknets import fold_switches, insert_switches, shrinknets_penalty
 from saliency import SCORERS
@@ -380,7 +380,7 @@ def trained_model(spec: ModelSpec, splits: Splits, s: Setting, cache: Path, seed
                   log) -> tuple[nn.Module, dict[str, Any]]:
     """The network of ``spec`` trained on ``splits.train``; cached and resumable.
 
-    The harness's :class:`~experiments.training.Trainer` writes a checkpoint
+    The harness's :class:`~experiments.harness.training.Trainer` writes a checkpoint
     atomically after every epoch; a rerun resumes from it, and a finished
     one is loaded without training. The file name carries a hash of
     everything that decides the weights.
@@ -934,14 +934,14 @@ def run_timing(name: str, base: nn.Module, ctx: Context, log) -> list[dict]:
     for fn in cases:  # warm-up
         fn(copy.deepcopy(base))
     times.clear()
-    busy0, cpu0, wall0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    mark = cpu_mark()
     for r in range(s.repeats):
         order = cases[r % len(cases):] + cases[:r % len(cases)]
         for fn in order:
             model = copy.deepcopy(base)
             fn(model)
             del model
-    others = _others_busy(busy0, cpu0, wall0)
+    others = others_busy(mark)
     rows = []
     for case, v in times.items():
         rows.append({"model": name, "case": case, "median_ms": _median(v) * 1e3,
@@ -949,14 +949,6 @@ def run_timing(name: str, base: nn.Module, ctx: Context, log) -> list[dict]:
                      sum(ctx.prunable[l] - k for l, k in kept.items()),
                      "threads": torch.get_num_threads(), "other_cpus_busy": others})
     return rows
-
-
-def _others_busy(busy0, cpu0, wall0) -> float | None:
-    """CPUs kept busy by other processes since ``(busy0, cpu0, wall0)`` (None off Linux)."""
-    busy1, cpu1, wall1 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
-    if busy0 is None or busy1 is None or wall1 <= wall0:
-        return None
-    return max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / (wall1 - wall0)
 
 
 # ---------------------------------------------------------------------------
@@ -973,14 +965,14 @@ def run_inference(name: str, base: nn.Module, models: Mapping[float, Mapping[str
         for batch in s.inference_batches:
             torch.manual_seed(batch)
             x = torch.randn(batch, *ctx.example.shape[1:])
-            busy0, cpu0, wall0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+            mark = cpu_mark()
             t = time_models(nets, x, repeats=s.inference_repeats,
                             block_seconds=s.inference_block_seconds,
                             warmup_seconds=s.inference_warmup_seconds)
             row = {"model": name, "target": float(target), "batch": int(batch),
                    "ms": {"unpruned": _median(t[0]) * 1e3},
                    "threads": torch.get_num_threads(),
-                   "other_cpus_busy": _others_busy(busy0, cpu0, wall0)}
+                   "other_cpus_busy": others_busy(mark)}
             for m, tm in zip(chosen, t[1:]):
                 row["ms"][m] = _median(tm) * 1e3
             rows.append(row)
@@ -1281,7 +1273,7 @@ def main(argv: Sequence[str] | None = None, *, file=None, setting: Setting | Non
         print(msg, file=out, flush=True)
 
     start = time.perf_counter()
-    load_start = _loadavg()
+    load_start = loadavg()
     log(f"peers benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, load average {load_start}"
         f"{' (quick)' if args.quick else ''}"
@@ -1316,7 +1308,7 @@ def main(argv: Sequence[str] | None = None, *, file=None, setting: Setting | Non
     decided = [met.get(k) for k in TARGETS if met.get(k) is not None]
     targets_met = len(decided) == len(TARGETS) and all(decided)
     elapsed = time.perf_counter() - start
-    load_end = _loadavg()
+    load_end = loadavg()
 
     log("")
     log("(a) test accuracy at equal size (widths: units kept per prunable layer; params: "

@@ -56,10 +56,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from experiments import io as eio
 from experiments.bench import peers as P
 from experiments.bench.peers_seeds import load_result, md_cell, run_setting
-from experiments.stats import mean, t_interval
+from experiments.harness import atomic
+from experiments.harness.stats import mean, t_interval
 from pruners import remove_units
 from saliency import SCORERS
 
@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
         path = folder / f"seed{seed}.json"
         want = _identity(seed, s, data, tp)
         if path.exists():
-            done = eio.read_json(path)
+            done = atomic.read_json(path)
             if all(done.get(k) == v for k, v in want.items()) and _complete(done, s):
                 log(f"seed {seed}: loaded {path}")
                 results.append(done)
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
             log(f"seed {seed}: {path} is of another version, setting or set of criteria, or "
                 f"incomplete; recomputing")
         res = run_seed(seed, s, data, Path(args.cache), tp, log)
-        eio.write_json(path, res)
+        atomic.write_json(path, res)
         results.append(res)
     mismatches, compared = [], 0
     for peers_result in checks:

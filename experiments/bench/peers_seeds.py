@@ -36,9 +36,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments import io as eio
 from experiments.bench.peers import METHODS, OURS, TARGETS
-from experiments.stats import mean, t_interval
+from experiments.harness import atomic
+from experiments.harness.stats import mean, t_interval
 
 __all__ = ["load_result", "seed_summary", "summary_table", "means_table", "md_cell", "plot_gaps",
            "run_setting", "main"]
@@ -329,7 +329,7 @@ def plot_gaps(summary: Mapping[str, Any], path: str | os.PathLike) -> None:
     fig.suptitle(f"MRS minus the best peer on the means: dots per seed, bars {bars} "
                  f"(green: the target holds)", fontsize=11)
     fig.tight_layout()
-    eio.save_figure(fig, path)
+    atomic.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,14 +28,13 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from experiments.models import build_model
+from experiments.harness.models import build_model
+from experiments.harness.timing import alternating
 from pruners import prepare_for
 from saliency import SCORERS, trace
 from saliency.base import preserved
 from saliency.hvp import hvp
 from saliency.unit_stats import unit_statistics
-
-from .timing import alternating
 
 TARGETS = {"mrs_pass": ("<=", 1.3), "mrp_all_units": ("<=", 50.0), "hvp": ("<=", 3.0),
            "loss_change_conv1_speedup": (">=", 20.0)}

@@ -48,10 +48,10 @@ import sys
 
 import torch
 
-from experiments.datasets import get_dataset
-from experiments.models import build_model
-from experiments.pruning import ShrinkNetsCallback
-from experiments.training import TrainConfig, Trainer
+from experiments.harness.callbacks import ShrinkNetsCallback
+from experiments.harness.datasets import get_dataset
+from experiments.harness.models import build_model
+from experiments.harness.training import TrainConfig, Trainer
 from pruners.shrinknets import GarbageCollector, Threshold, insert_switches
 
 TARGETS = {"last_epoch_time_over_mac_ratio": ("<=", 1.5), "run_time_ratio": ("<=", 0.6)}

@@ -1,4 +1,4 @@
-"""Scheduled pruning inside the harness's :class:`~experiments.training.Trainer`.
+"""Scheduled pruning inside the harness's :class:`~experiments.harness.training.Trainer`.
 
 :class:`PrunerCallback` calls ``pruner.step(t, model, optimizer, data)`` after
 every epoch (``t`` = epochs completed, as the thesis's schedules count: "after
@@ -23,13 +23,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from experiments.harness.training import Callback
 from pruners import ProximalGroupSparsity, count_macs, count_params
+from pruners.attacks import LRAttack
 from pruners.pruning import RoundReport
-
-from .training import Callback
+from saliency.tracking import UnitTracker
 
 __all__ = ["StepLog", "EpochLog", "PrunerCallback", "ShrinkNetsCallback", "GroupSparsityCallback",
-           "TriStateCallback", "scoring_batches", "plot_pruning"]
+           "TriStateCallback", "AttackCallback", "TrackingCallback", "scoring_batches"]
 
 
 def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
@@ -42,7 +43,7 @@ def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
 
 
 class PrunerCallback(Callback):
-    """Run a pruner from :class:`~experiments.training.Trainer`.
+    """Run a pruner from :class:`~experiments.harness.training.Trainer`.
 
     Args:
         pruner: a :class:`~pruners.ParameterPruner` or :class:`~pruners.UnitPruner`.
@@ -121,55 +122,6 @@ class PrunerCallback(Callback):
         self.steps = [list(r) for r in state["steps"]]
         self.initial_params = state["initial_params"]
         self._params = state["params"]
-
-
-def plot_pruning(ctx, pruned_steps: Sequence[Sequence[float]],
-                 dense_steps: Sequence[Sequence[float]] | None = None,
-                 rounds: Sequence[Mapping[str, Any]] = (), name: str = "pruning.png",
-                 title: str = "", smooth: int = 50) -> None:
-    """Loss and fraction pruned over steps (Fig. 2.8 / 4.6), and widths per round.
-
-    ``pruned_steps`` / ``dense_steps``: ``[step, loss, fraction]`` rows of
-    :attr:`PrunerCallback.steps`; the loss is averaged over windows of
-    ``smooth`` steps, as the thesis plots it every 50 mini-batches.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
-    widths = [k for k in (rounds[0] if rounds else {}) if k.startswith("remaining/")]
-    ncols = 3 if widths else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.6))
-
-    def windows(rows):
-        out_s, out_l = [], []
-        for i in range(0, len(rows), smooth):
-            chunk = rows[i:i + smooth]
-            out_s.append(chunk[-1][0])
-            out_l.append(sum(r[1] for r in chunk) / len(chunk))
-        return out_s, out_l
-
-    for rows, label in ((pruned_steps, "pruned"), (dense_steps, "unpruned")):
-        if rows:
-            s, loss = windows(list(rows))
-            sns.lineplot(x=s, y=loss, ax=axes[0], label=label)
-    axes[0].set(xlabel="step", ylabel=f"training loss (mean of {smooth} steps)")
-    if pruned_steps:
-        sns.lineplot(x=[r[0] for r in pruned_steps], y=[r[2] for r in pruned_steps],
-                     ax=axes[1], label="pruned", drawstyle="steps-post")
-    axes[1].set(xlabel="step", ylabel="fraction of parameters pruned", ylim=(0, 1))
-    if widths:
-        for key in widths:
-            sns.lineplot(x=[r["epoch"] for r in rounds], y=[r[key] for r in rounds],
-                         ax=axes[2], marker="o", label=key.split("/", 1)[1])
-        axes[2].set(xlabel="epoch of the round", ylabel="units left")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    ctx.save_figure(fig, name)
 
 
 class ShrinkNetsCallback(Callback):
@@ -471,3 +423,59 @@ class EpochLog(Callback):
                      + f"; parameters {r['params_before']:,} -> {r['params_after']:,}"
                      + (f"; loss on the scoring samples {r['loss_before']:.4f} -> "
                         f"{r['loss_after']:.4f}" if r.get("loss_before") is not None else ""))
+
+
+
+class AttackCallback(Callback):
+    """Apply ``attack`` to the trainer's updates (step ``t`` = ``trainer.step``
+    before the update, so ``attack.start = 0`` attacks the first update)."""
+
+    def __init__(self, attack: LRAttack):
+        if not isinstance(attack, LRAttack):
+            raise TypeError(f"attack must be a pruners.LRAttack, got {type(attack).__name__}")
+        self.attack = attack
+
+    def loss(self, trainer, loss: torch.Tensor) -> torch.Tensor:
+        self.attack.before_step(trainer.step)
+        return loss
+
+    def on_step_end(self, trainer, loss: float) -> None:
+        self.attack.after_step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.attack.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.attack.load_state_dict(state)
+
+
+class TrackingCallback(Callback):
+    """Record ``tracker`` before training (step 0) and every ``tracker.every`` steps.
+
+    The tracker must be built on the trainer's model. Each epoch's history
+    row gets ``probes`` (records so far).
+    """
+
+    def __init__(self, tracker: UnitTracker):
+        if not isinstance(tracker, UnitTracker):
+            raise TypeError(f"tracker must be a saliency.UnitTracker, got "
+                            f"{type(tracker).__name__}")
+        self.tracker = tracker
+
+    def on_train_begin(self, trainer) -> None:
+        if trainer.model is not self.tracker.model:
+            raise ValueError("TrackingCallback: the tracker was built on another model than "
+                             "the trainer's")
+        self.tracker.maybe_record(trainer.step)
+
+    def on_step_end(self, trainer, loss: float) -> None:
+        self.tracker.maybe_record(trainer.step)
+
+    def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
+        metrics["probes"] = len(self.tracker.records)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.tracker.load_state_dict(state)

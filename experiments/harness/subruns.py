@@ -25,9 +25,8 @@ import importlib
 import multiprocessing
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from . import io as eio
-from .common import load_data
-from .registry import RunContext
+from experiments.harness import atomic
+from experiments.harness.run import RunContext, load_data
 
 __all__ = ["check_folder", "within_tolerance", "select_matched", "run_jobs", "load_data_cached"]
 
@@ -46,16 +45,16 @@ def check_folder(ctx: RunContext, sub: str, cfg: Mapping[str, Any],
     """
     free = set(free)
     path = ctx.path(f"{sub}/settings.json")
-    mine = eio.to_jsonable({k: v for k, v in cfg.items() if k not in free})
+    mine = atomic.to_jsonable({k: v for k, v in cfg.items() if k not in free})
     if ctx.path(f"{sub}/checkpoint.pt").exists() and path.exists():
-        theirs = eio.read_json(path)
+        theirs = atomic.read_json(path)
         differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
         if differ:
             what = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ)
             raise ValueError(f"{ctx.path(sub)} holds a run with other settings ({what}); rerun "
                              "it as it was, pass another --out, or delete the folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    eio.write_json(path, mine)
+    atomic.write_json(path, mine)
 
 
 def within_tolerance(val: float, base_val: float, tolerance: float) -> bool:
@@ -101,7 +100,7 @@ def select_matched(points: Sequence[Mapping[str, Any]], base_val: float, toleran
 
 
 def load_data_cached(cfg: Mapping[str, Any]):
-    """:func:`experiments.common.load_data`, kept per process for the same data settings."""
+    """:func:`experiments.harness.run.load_data`, kept per process for the same data settings."""
     key = repr([(k, cfg.get(k)) for k in _DATA_KEYS])
     if key not in _CACHE:
         _CACHE.clear()

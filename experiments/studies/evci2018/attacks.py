@@ -72,15 +72,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from experiments.harness import atomic
+from experiments.harness.callbacks import AttackCallback, TrackingCallback
+from experiments.harness.models import build_model
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext, final_metrics, load_data
+from experiments.harness.training import TrainConfig, Trainer
 from pruners import LRAttack
 from saliency import UnitTracker
-
-from . import io as eio
-from .common import final_metrics, load_data
-from .dead_units import AttackCallback, TrackingCallback
-from .models import build_model
-from .registry import RunContext, register
-from .training import Trainer, TrainConfig
 
 __all__ = ["VARIANTS", "THESIS", "KILLED_SHARE", "PICK_TOL", "attack_summary", "rebin", "run_variant"]
 
@@ -145,14 +144,14 @@ def _check_folder(folder: Path, cfg: Mapping[str, Any]) -> None:
     path = folder / "settings.json"
     mine = {k: v for k, v in cfg.items() if k not in _FREE}
     if path.exists():
-        theirs = eio.read_json(path)
+        theirs = atomic.read_json(path)
         differ = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(theirs) | set(mine))
-                  if eio.to_jsonable(theirs.get(k)) != eio.to_jsonable(mine.get(k))}
+                  if atomic.to_jsonable(theirs.get(k)) != atomic.to_jsonable(mine.get(k))}
         if differ:
             what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
             raise ValueError(f"{folder} holds runs with other settings ({what}); rerun them as "
                              "they were, pass another --out, or delete the folder")
-    eio.write_json(path, mine)
+    atomic.write_json(path, mine)
 
 
 def _probe(dataset, size: int) -> list:
@@ -215,7 +214,7 @@ def run_variant(cfg: Mapping[str, Any], ctx: RunContext, folder: Path) -> dict[s
                              "delete the folder to rerun")
         log(f"original run to epoch {branch_epoch} (step {branch_epoch * spe}), the branch point")
         tr.fit()
-        eio.write_bytes(branch, (orig / "checkpoint.pt").read_bytes())
+        atomic.write_bytes(branch, (orig / "checkpoint.pt").read_bytes())
     runs: dict[str, Trainer] = {}
     log(f"original run (multiplier 1), {epochs} epochs")
     runs["original"] = _trainer(cfg, data, probe, orig, epochs=epochs, units=units,
@@ -225,7 +224,7 @@ def run_variant(cfg: Mapping[str, Any], ctx: RunContext, folder: Path) -> dict[s
         sub = folder / f"unit{u}"
         sub.mkdir(parents=True, exist_ok=True)
         if branch_epoch > 0 and not (sub / "checkpoint.pt").exists():
-            eio.write_bytes(sub / "checkpoint.pt", branch.read_bytes())
+            atomic.write_bytes(sub / "checkpoint.pt", branch.read_bytes())
         log(f"attack on {cfg['layer']} unit {u}: multiplier {cfg['multiplier']:g} at steps "
             f"{cfg['start']}+{cfg['interval']}k, {cfg['repeats']} times")
         runs[f"unit{u}"] = _trainer(cfg, data, probe, sub, epochs=epochs, units=[u],
@@ -399,7 +398,7 @@ def _plot_metrics(folder: Path, cfg, records, units, schedule, title: str) -> No
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    eio.save_figure(fig, folder / "fig3_metrics.png")
+    atomic.save_figure(fig, folder / "fig3_metrics.png")
 
 
 def _plot_histograms(folder: Path, cfg, records, units, schedule, title: str) -> None:
@@ -433,7 +432,7 @@ def _plot_histograms(folder: Path, cfg, records, units, schedule, title: str) ->
     fig.suptitle(f"{title}: log10 fraction of values per bin over steps (dotted: first attack)",
                  fontsize=9)
     fig.tight_layout()
-    eio.save_figure(fig, folder / "fig3_histograms.png")
+    atomic.save_figure(fig, folder / "fig3_histograms.png")
 
 
 def _hists(recs, layer, kind, u):
@@ -459,7 +458,7 @@ def _plot_mrs_mrp(folder: Path, cfg, records, units, title: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"{title}: MRS vs MRP of every {layer} unit at the last probe", fontsize=9)
     fig.tight_layout()
-    eio.save_figure(fig, folder / "mrs_vs_mrp.png")
+    atomic.save_figure(fig, folder / "mrs_vs_mrp.png")
 
 
 def _write_outputs(folder: Path, cfg, records, histories, summary, schedule) -> None:
@@ -471,10 +470,10 @@ def _write_outputs(folder: Path, cfg, records, histories, summary, schedule) -> 
             for j, unit in enumerate(row["units"]):
                 rows.append({"run": name, "step": rec["step"], "loss": rec["loss"],
                              "unit": unit, **{q: row[q][j] for q in row if q != "units"}})
-    eio.write_csv(folder / "tracking.csv", rows)
-    eio.write_csv(folder / "summary.csv", summary["units"])
+    atomic.write_csv(folder / "tracking.csv", rows)
+    atomic.write_csv(folder / "summary.csv", summary["units"])
     hist_rows = [{"run": name, **row} for name, h in histories.items() for row in h]
-    eio.write_csv(folder / "history.csv", hist_rows)
+    atomic.write_csv(folder / "history.csv", hist_rows)
     title = (f"{cfg['activation']}{'+BatchNorm' if cfg['batchnorm'] else ''}, "
              f"{cfg['layer']}, x{cfg['multiplier']:g} at steps {min(schedule)}-{max(schedule)}")
     _plot_metrics(folder, cfg, records, units, schedule, title)

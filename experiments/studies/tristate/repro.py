@@ -39,17 +39,15 @@ from typing import Any, Mapping
 
 import torch
 
+from experiments.harness import atomic
+from experiments.harness.callbacks import TriStateCallback
+from experiments.harness.models import build_model
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext, final_metrics, load_data
+from experiments.harness.subruns import check_folder, select_matched
+from experiments.harness.training import Callback, TrainConfig, Trainer, evaluate
 from pruners import count_macs, count_params
 from pruners.tristate import finalize_tristate, insert_tristate, tristates
-
-from . import io as eio
-from .common import final_metrics, load_data
-from .models import build_model
-from .pruning import TriStateCallback
-from .registry import RunContext, register
-from .subruns import check_folder, select_matched
-from .subruns import select_matched
-from .training import Callback, Trainer, TrainConfig, evaluate
 
 __all__ = ["GateLog"]
 
@@ -191,7 +189,7 @@ def tristate_relu(cfg: dict, ctx: RunContext) -> dict:
                                               threshold=float(cfg["threshold"]))
             val = evaluate(plain, data.val, batch_size=int(cfg["eval_batch_size"]))
             test = evaluate(plain, data.test, batch_size=int(cfg["eval_batch_size"]))
-            eio.write_json(ctx.path(f"{sub}/finalized.json"), report.as_dict())
+            atomic.write_json(ctx.path(f"{sub}/finalized.json"), report.as_dict())
             torch.save(plain.state_dict(), ctx.path(f"{sub}/finalized_state.pt"))
             g = final_metrics(gated.history)
             point = {"network": net, "lam_m": lam_m, "straight_through": st,

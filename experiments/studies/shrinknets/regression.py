@@ -22,13 +22,13 @@ What runs here, for each problem, method, strength and seed (a *grid point*):
 
 * **Problems.** (i) multi-target linear regression on the harness's seeded
   ``synthetic-regression`` (280 inputs, 28 relevant, 16 targets, noise
-  variance 1; loss: MSE per target, :func:`experiments.shrinknets_gamma.mse_per_target`),
+  variance 1; loss: MSE per target, :func:`experiments.studies.shrinknets.gamma.mse_per_target`),
   standing in for scm1d / oes97; (ii) multi-class logistic regression on
   Fashion-MNIST pixels (784 inputs, 10 classes, cross-entropy), standing in
   for the draft's gina_prior2 / gas-sensor data. The pixels are centred with
   the training mean of each pixel: ``A (x - mu) + b = A x + (b - A mu)``, the
   same models and the same penalty on ``A`` (only better conditioned for SGD).
-* **Models** (:func:`experiments.shrinknets_gamma.build_model` without its
+* **Models** (:func:`experiments.studies.shrinknets.gamma.build_model` without its
   identity selector, so a 784-input problem does not pay a 784 x 784 product
   per sample): ``Linear(p, t)`` for group sparsity; ``Switch(p)`` then
   ``Linear(p, t)`` for ShrinkNets. Seed ``s`` gives every method the same
@@ -37,7 +37,7 @@ What runs here, for each problem, method, strength and seed (a *grid point*):
   plain SGD, then :class:`pruners.ProximalGroupSparsity` with the
   ``"columns"`` grouping (``P = t`` targets, so the penalty is eq. 5 with
   ``sqrt(#theta_j) = sqrt(t)``), through
-  :class:`experiments.pruning.GroupSparsityCallback`, whose step size is the
+  :class:`experiments.harness.callbacks.GroupSparsityCallback`, whose step size is the
   current learning rate. Its strength is given as a multiple ``r`` of
   ``lambda_max = max_j ||grad_{A_j} L(0, b*)||_2 / sqrt(P)`` (``b*`` the best
   bias without inputs), computed from the training data: for
@@ -101,16 +101,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from experiments.harness import atomic
+from experiments.harness.callbacks import GroupSparsityCallback
+from experiments.harness.datasets import get_dataset
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext
+from experiments.harness.training import Callback, TrainConfig, Trainer, evaluate
+from experiments.studies.shrinknets.gamma import build_model, load_synthetic, mse_per_target
 from pruners import ProximalGroupSparsity
 from pruners.shrinknets import shrinknets_penalty, switches
-
-from . import io
-from .datasets import get_dataset
-from .pruning import GroupSparsityCallback
-from .registry import RunContext, register
-from .shrinknets_gamma import _load as _load_synthetic
-from .shrinknets_gamma import build_model, mse_per_target
-from .training import Callback, Trainer, TrainConfig, evaluate
 
 __all__ = ["METHODS", "PROBLEMS", "LRDecay", "ObjectiveLog", "load_problem",
            "constant_loss", "lambda_max", "effective_weights", "sparsity", "envelope",
@@ -180,14 +179,14 @@ _QUICK: dict[str, Any] = {
 def load_problem(problem: str, cfg: Mapping[str, Any]):
     """``(train, val, test, n_outputs, loss_fn, info)`` of a problem, inputs flattened.
 
-    ``synthetic-regression`` comes from :func:`experiments.shrinknets_gamma._load`
+    ``synthetic-regression`` comes from :func:`experiments.studies.shrinknets.gamma.load_synthetic`
     (``n_samples``, ``noise``, ``data_seed``); ``fashion-mnist`` from
-    :func:`experiments.datasets.get_dataset` (``data_dir``, ``limit``,
+    :func:`experiments.harness.datasets.get_dataset` (``data_dir``, ``limit``,
     ``val_size``, ``data_seed``) with each pixel centred by its training mean.
     """
     dtype = getattr(torch, cfg["dtype"])
     if problem == "synthetic-regression":
-        data, train, val, test = _load_synthetic(problem, {**cfg, "dtype": cfg["dtype"]})
+        data, train, val, test = load_synthetic(problem, {**cfg, "dtype": cfg["dtype"]})
         info = {"relevant": data.relevant.tolist(), "n_relevant": int(data.relevant.numel())}
         return train, val, test, int(train.tensors[1].shape[1]), mse_per_target, info
     if problem == "fashion-mnist":
@@ -334,7 +333,7 @@ def _settings(cfg, problem, method, value, seed) -> dict[str, Any]:
     out.update({"problem": problem, "method": method, "value": float(value), "seed": int(seed),
                 "epochs": pcfg["epochs"], "batch_size": pcfg["batch_size"],
                 "lr": pcfg["gs_lr"] if method == "group-sparsity" else pcfg["sn_lr"]})
-    return io.to_jsonable(out)
+    return atomic.to_jsonable(out)
 
 
 def run_point(cfg: Mapping[str, Any], problem: str, loaded, method: str, value: float,
@@ -608,7 +607,7 @@ def _validate(cfg: Mapping[str, Any]) -> list[str]:
 def _save_weights(ctx: RunContext, key: str, weights: Mapping[str, torch.Tensor]) -> None:
     buf = _pyio.BytesIO()
     torch.save(dict(weights), buf)
-    io.write_bytes(ctx.path(f"points/{key}.pt"), buf.getvalue())
+    atomic.write_bytes(ctx.path(f"points/{key}.pt"), buf.getvalue())
 
 
 @register("shrinknets-regression",
@@ -643,7 +642,7 @@ def shrinknets_regression(cfg: dict, ctx: RunContext) -> dict:
                     key = _key(problem, method, value, seed)
                     path = ctx.path(f"points/{key}.json")
                     want = _settings(cfg, problem, method, value, seed)
-                    rec = io.read_json(path) if path.exists() else None
+                    rec = atomic.read_json(path) if path.exists() else None
                     if rec is not None and rec.get("settings") == want and \
                             ctx.path(f"points/{key}.pt").exists():
                         reused += 1
@@ -651,7 +650,7 @@ def shrinknets_regression(cfg: dict, ctx: RunContext) -> dict:
                         if rec is not None:
                             ctx.log(f"{key}: saved with other settings, run again")
                         rec, weights = run_point(cfg, problem, loaded, method, value, seed, lmax)
-                        rec = io.to_jsonable(rec)
+                        rec = atomic.to_jsonable(rec)
                         _save_weights(ctx, key, weights)
                         ctx.write_json(f"points/{key}.json", rec)
                         computed += 1

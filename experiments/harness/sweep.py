@@ -2,7 +2,7 @@
 
 ``python -m experiments sweep NAME --random N`` (or ``--grid [--points K]``)
 runs ``N`` trials of experiment ``NAME``. Each experiment declares its search
-space (:attr:`experiments.registry.Experiment.space`); a sweep samples it with
+space (:attr:`experiments.harness.registry.Experiment.space`); a sweep samples it with
 a seeded generator, so the same command always gives the same trials.
 
 Output folder (``--out``, default ``runs/sweeps/NAME``)::
@@ -60,9 +60,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import io
-from .registry import (Experiment, get_experiment, load_plugins, parse_overrides,
-                       resolve_config, run_experiment)
+from experiments.harness import atomic
+from experiments.harness.registry import (Experiment, get_experiment, load_plugins, parse_overrides,
+                                          resolve_config)
+from experiments.harness.run import run_experiment
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -174,7 +175,7 @@ def _trial_seed(seed: int, index: int) -> int:
 
 def _jsonable(obj: Any) -> Any:
     """Plain JSON values, as they read back from sweep.json (tuples -> lists)."""
-    return json.loads(json.dumps(io.to_jsonable(obj)))
+    return json.loads(json.dumps(atomic.to_jsonable(obj)))
 
 
 def _active_space(exp: Experiment, fixed: Mapping[str, Any]) -> dict[str, tuple]:
@@ -310,13 +311,13 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
     ax.step(fs, fa, where="post", color="C3", lw=1.5)
     ax.scatter(fs, fa, s=30, color="C3", zorder=3, label=f"Pareto front ({len(front)})")
     if min(sizes) > 0:
-        from .common import log_count_axis
+        from experiments.harness.plots import log_count_axis
 
         log_count_axis(ax)
     ax.set(xlabel=size_key, ylabel=acc_key, title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
-    io.save_figure(fig, path)
+    atomic.save_figure(fig, path)
     return True
 
 
@@ -345,7 +346,7 @@ def _trial_task(name: str, trial: Mapping[str, Any], quick: bool, trial_dir: str
             torch.set_num_threads(int(threads))
         load_plugins(plugins)
         out.mkdir(parents=True, exist_ok=True)
-        io.write_text(marker, f"{socket.gethostname()} {os.getpid()}\n")
+        atomic.write_text(marker, f"{socket.gethostname()} {os.getpid()}\n")
         run_experiment(name, trial["overrides"], quick=quick, out_dir=out, progress=False)
     except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the sweep
         _record_error(out, traceback.format_exc())
@@ -359,7 +360,7 @@ def _trial_task(name: str, trial: Mapping[str, Any], quick: bool, trial_dir: str
 
 def _record_error(trial_dir: Path, text: str) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
-    io.write_text(trial_dir / "error.txt", text if text.endswith("\n") else text + "\n")
+    atomic.write_text(trial_dir / "error.txt", text if text.endswith("\n") else text + "\n")
 
 
 def _available_cpus() -> int:
@@ -455,7 +456,7 @@ def _run_slurm(spec: "SlurmSpec", on_done: _OnDone, poll_max_s: float = 30.0) ->
     with executor.batch():
         jobs = [executor.submit(fn, *args) for _, fn, args in spec.jobs]
     trials = [trial for trial, _, _ in spec.jobs]
-    io.write_json(spec.folder / "jobs.json",
+    atomic.write_json(spec.folder / "jobs.json",
                   {t["id"]: str(job.job_id) for t, job in zip(trials, jobs)})
     remaining = list(zip(trials, jobs))
     delay = 0.05
@@ -612,9 +613,9 @@ _SPEC_KEYS = ("experiment", "mode", "random", "points", "seed", "quick", "overri
 
 def _check_or_write_spec(path: Path, spec: dict[str, Any]) -> None:
     if not path.exists():
-        io.write_json(path, spec)
+        atomic.write_json(path, spec)
         return
-    stored = io.read_json(path)
+    stored = atomic.read_json(path)
     diffs = [f"{k}: {stored.get(k)!r} in sweep.json, {spec[k]!r} now"
              for k in _SPEC_KEYS if stored.get(k) != spec[k]]
     if diffs:
@@ -688,7 +689,7 @@ def _sweep(name: str, *, random: int | None = None, grid: bool | int | None = No
     for trial in trials:
         path = trial_dirs[trial["id"]] / "results.json"
         if path.exists():
-            rows[trial["id"]] = _row(trial, io.read_json(path), fixed)
+            rows[trial["id"]] = _row(trial, atomic.read_json(path), fixed)
     pending = [t for t in trials if t["id"] not in rows]
     mode = _progress_mode(progress)
     if mode != "off":
@@ -706,8 +707,8 @@ def _sweep(name: str, *, random: int | None = None, grid: bool | int | None = No
         row = None
         path = trial_dirs[trial["id"]] / "results.json"
         if status["ok"] and path.exists():
-            row = rows[trial["id"]] = _row(trial, io.read_json(path), fixed)
-            io.write_csv(out / "results.csv", ordered())
+            row = rows[trial["id"]] = _row(trial, atomic.read_json(path), fixed)
+            atomic.write_csv(out / "results.csv", ordered())
             if time.monotonic() - last_plot[0] > _PLOT_EVERY_S:
                 plot_pareto(ordered(), out / "pareto.png", acc_key=acc_key, size_key=size_key,
                             title=f"{name}: {len(rows)} trials")
@@ -732,7 +733,7 @@ def _sweep(name: str, *, random: int | None = None, grid: bool | int | None = No
     finally:
         bar.close()
     final_rows = ordered()
-    io.write_csv(out / "results.csv", final_rows)
+    atomic.write_csv(out / "results.csv", final_rows)
     plotted = plot_pareto(final_rows, out / "pareto.png", acc_key=acc_key, size_key=size_key,
                           title=f"{name}: {len(final_rows)} trials")
     if not plotted and mode != "off":
@@ -852,7 +853,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m experiments.sweep NAME ...`` (the arguments after ``sweep``)."""
+    """``python -m experiments.harness.sweep NAME ...`` (the arguments after ``sweep``)."""
     parser = add_arguments(argparse.ArgumentParser(
         prog="python -m experiments sweep",
         description="Random or grid search over an experiment's search space; resumable."))
@@ -865,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # run through the package module, so pickled functions are experiments.sweep.*
-    from experiments.sweep import main as _main
+    # run through the package module, so pickled functions are experiments.harness.sweep.*
+    from experiments.harness.sweep import main as _main
 
     sys.exit(_main())

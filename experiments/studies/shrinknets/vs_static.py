@@ -16,15 +16,15 @@ Trial experiments (one training run each; the unit a sweep samples):
 
 * ``shrinknets-mlp`` -- an over-sized MLP (784-1024-1024-10 on
   Fashion-MNIST, which stands in for COVERTYPE; the COVERTYPE network of
-  Sec. 5.1.2, :func:`experiments.models.covertype_net` at 1024-1024-1024,
+  Sec. 5.1.2, :func:`experiments.harness.models.covertype_net` at 1024-1024-1024,
   with ``--set dataset=covertype data_dir=...``) with a switch after every
   hidden layer (:func:`pruners.insert_switches`), trained with
-  :class:`experiments.pruning.ShrinkNetsCallback`.
+  :class:`experiments.harness.callbacks.ShrinkNetsCallback`.
 * ``static-mlp`` -- the same training without switches (the weight penalty
   ``lambda_2 ||theta||_p^p`` only), each hidden layer's width drawn
   independently (``width1``, ``width2``, and ``width3`` for COVERTYPE;
   log-uniform integers from 8 to 1024), as Sec. 5.1.2 samples static sizes.
-* ``shrinknets-vgg`` -- a VGG with BatchNorm (:func:`experiments.models.vgg`)
+* ``shrinknets-vgg`` -- a VGG with BatchNorm (:func:`experiments.harness.models.vgg`)
   started at 2x width, switches after each BatchNorm and after the hidden
   fully connected layer (Sec. 5.1.1). Fashion-MNIST stands in for CIFAR-10
   (``vgg-small``, four poolings for 28x28 images); CIFAR-10 runs with
@@ -53,7 +53,7 @@ folded network (:func:`pruners.shrinknets.fold_switches`; for static
 networks the network itself) after every epoch's collection; at the end the
 second-half rule picks the epoch and its folded network is kept as
 ``folded.pt`` (loadable on its own with
-:func:`experiments.checkpoint.model_from_checkpoint`). ``results.json`` has
+:func:`experiments.harness.checkpoint.model_from_checkpoint`). ``results.json`` has
 ``final``: ``test_acc`` (at the picked epoch), ``val_acc``, ``best_epoch``,
 ``params`` (folded network: switches excluded) and ``macs``,
 ``switched_params`` (the network trained, with its switches),
@@ -65,7 +65,7 @@ units whose gate is exactly 0, so the folded network has that accuracy.
 
 Drivers ``shrinknets-vs-static-mlp`` and ``shrinknets-vs-static-vgg`` run the
 two sweeps with the same number of trials and sweep seed
-(:func:`experiments.sweep.run_sweep`, resumable: finished trials are not
+(:func:`experiments.harness.sweep.run_sweep`, resumable: finished trials are not
 rerun) and then write:
 
 * ``pareto.png``, ``fronts.csv`` -- test accuracy against parameters for
@@ -78,7 +78,7 @@ rerun) and then write:
   ShrinkNets network (folded) timed against the smallest static network of
   at least that accuracy on CPU at batch 1 and 256: speedup and size ratio
   (Sec. 5.2, lower panels of Fig. 1-2). Timing as
-  :func:`experiments.bench.inference.time_models` (interleaved blocks,
+  :func:`experiments.harness.timing.time_models` (interleaved blocks,
   median per call);
 * ``widths.png``, ``widths.csv`` -- units per layer over training of the most
   accurate ShrinkNets trial and of the smallest one within 1 point of the
@@ -110,17 +110,17 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from experiments.harness import atomic
+from experiments.harness.callbacks import ShrinkNetsCallback
+from experiments.harness.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from experiments.harness.models import build_model
+from experiments.harness.plots import log_count_axis, plot_history
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext, load_data
+from experiments.harness.training import Callback, TrainConfig, Trainer
 from pruners import count_macs, count_params, trace
 from pruners.shrinknets import (GarbageCollector, SignVariance, Threshold, fold_switches,
                                 insert_switches, shrinknets_penalty)
-
-from . import io as eio
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .common import load_data, log_count_axis, plot_history
-from .models import build_model
-from .pruning import ShrinkNetsCallback
-from .registry import RunContext, register
-from .training import Callback, Trainer, TrainConfig
 
 __all__ = ["best_second_half", "size_ratios", "smallest_at", "speed_levels",
            "FoldedSnapshots", "WeightPenalty"]
@@ -168,7 +168,7 @@ class FoldedSnapshots(Callback):
 
     Writes ``snapshots/epoch_<e>.pt`` (a checkpoint of the network without
     switch layers, :func:`pruners.shrinknets.fold_switches`, loadable with
-    :func:`experiments.checkpoint.model_from_checkpoint`) and adds
+    :func:`experiments.harness.checkpoint.model_from_checkpoint`) and adds
     ``folded_params``, ``folded_macs`` and ``width/<layer>`` (units of each
     prunable layer) to the row. Place it after the ShrinkNets callback, so it
     sees the network after the epoch's collection.
@@ -269,15 +269,15 @@ def speed_levels(static: Sequence[Mapping[str, Any]], shrink: Sequence[Mapping[s
 def _check_folder(ctx: RunContext, cfg: Mapping[str, Any]) -> None:
     """Refuse to resume a trial trained with other settings; record ours."""
     path = ctx.path("settings.json")
-    mine = eio.to_jsonable({k: v for k, v in cfg.items() if k not in _FREE})
+    mine = atomic.to_jsonable({k: v for k, v in cfg.items() if k not in _FREE})
     if ctx.path("checkpoint.pt").exists() and path.exists():
-        theirs = eio.read_json(path)
+        theirs = atomic.read_json(path)
         differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
         if differ:
             what = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ)
             raise ValueError(f"{ctx.out_dir} holds a run with other settings ({what}); rerun "
                              "it as it was, pass another --out, or delete the folder")
-    eio.write_json(path, mine)
+    atomic.write_json(path, mine)
 
 
 def _mlp_arch(cfg: Mapping[str, Any], data, method: str) -> tuple[str, dict[str, Any]]:
@@ -357,7 +357,7 @@ def run_trial(cfg: Mapping[str, Any], ctx: RunContext, family: str, method: str
     best = best_second_half(history)
     snap = ctx.path(f"snapshots/epoch_{best['epoch']:04d}.pt")
     if snap.exists():  # keep the picked epoch's folded network, drop the others
-        eio.write_bytes(ctx.path("folded.pt"), snap.read_bytes())
+        atomic.write_bytes(ctx.path("folded.pt"), snap.read_bytes())
     ckpt = load_checkpoint(ctx.path("folded.pt"))
     if int(ckpt["epoch"]) != int(best["epoch"]):
         raise RuntimeError(f"{ctx.path('folded.pt')} holds epoch {ckpt['epoch']}, the "
@@ -516,8 +516,8 @@ def _timing_input(cfg: Mapping[str, Any], batch: int) -> torch.Tensor:
 
 def compare(cfg: Mapping[str, Any], ctx: RunContext, family: str) -> dict[str, Any]:
     """Run both sweeps, then fronts, size ratios, inference speed and widths (Sec. 5)."""
-    from .bench.inference import time_models
-    from .sweep import pareto_front, run_sweep
+    from experiments.harness.sweep import pareto_front, run_sweep
+    from experiments.harness.timing import time_models
 
     fixed = {"dataset": cfg["dataset"], "data_dir": cfg["data_dir"],
              "val_size": cfg["val_size"], **dict(cfg["trial_overrides"] or {})}
@@ -600,7 +600,7 @@ def compare(cfg: Mapping[str, Any], ctx: RunContext, family: str) -> dict[str, A
         picks["smallest within 1 point of the best static"] = small
     picked, width_rows = {}, []
     for label, r in picks.items():
-        res = eio.read_json(ctx.path(f"shrinknets/trials/{r['id']}/results.json"))
+        res = atomic.read_json(ctx.path(f"shrinknets/trials/{r['id']}/results.json"))
         hist = res["history"]
         kw = res["model"]["kwargs"]
         start = build_model(res["model"]["model"], **kw)

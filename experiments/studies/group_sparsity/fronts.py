@@ -1,6 +1,6 @@
 """Several ``group-sparsity`` runs side by side: their fronts against the issue's target.
 
-Each run of :mod:`experiments.group_sparsity_repro` selects one point per
+Each run of :mod:`experiments.studies.group_sparsity.repro` selects one point per
 ``(network, alpha)`` on validation accuracy. Whether the method reaches the
 target (``TARGET``: at least 50% fewer parameters than the unregularized run
 of the same seed at a test loss of at most 0.5 points) is a question about
@@ -9,7 +9,7 @@ target's edge. This module reads finished run folders (``config.json`` and
 ``results.json``), lists every point with its change against its own
 baseline, and draws all fronts in one figure with the target region shaded::
 
-    python -m experiments.group_sparsity_fronts --out docs/img/fronts.png \\
+    python -m experiments.studies.group_sparsity.fronts --out docs/img/fronts.png \\
         "kept, seed 0=runs/group-sparsity-long" "release 5, seed 0=runs/group-sparsity-release5"
 
 It prints a Markdown table of the selected points and, for every run, whether
@@ -28,10 +28,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from experiments import io as eio
-from experiments.group_sparsity_repro import TARGET, target_met
-from experiments.stats import t_interval
-from experiments.subruns import select_matched, within_tolerance
+from experiments.harness import atomic
+from experiments.harness.stats import t_interval
+from experiments.harness.subruns import select_matched, within_tolerance
+from experiments.studies.group_sparsity.repro import TARGET, target_met
 
 __all__ = ["load_front", "meets_target", "seed_means", "plot_fronts", "fronts_table",
            "means_table", "main"]
@@ -39,7 +39,7 @@ __all__ = ["load_front", "meets_target", "seed_means", "plot_fronts", "fronts_ta
 
 def meets_target(point: Mapping[str, Any], target: Mapping[str, Any] = TARGET) -> bool:
     """Whether a point removes ``>= min_reduction`` of the parameters at a test loss of at most
-    ``max_loss_points``: :func:`experiments.group_sparsity_repro.target_met`, the rule
+    ``max_loss_points``: :func:`experiments.studies.group_sparsity.repro.target_met`, the rule
     ``group-sparsity`` writes into ``results.json``."""
     return target_met(point["reduction"], point["test_change_points"], target)
 
@@ -64,7 +64,7 @@ def load_front(folder: str | os.PathLike, label: str | None = None, *,
     ``params``, ``reduction``, ``val_change_points``, ``test_change_points`` and
     ``selected``, and ``within``: whether the point is within ``select_within`` of the
     baseline's validation accuracy (a selected point that is not was the fallback of
-    :func:`experiments.subruns.select_matched`: no point was within). Raises
+    :func:`experiments.harness.subruns.select_matched`: no point was within). Raises
     ``FileNotFoundError`` for an unfinished folder (no ``results.json``) and
     ``ValueError`` naming what is missing or ambiguous otherwise.
     """
@@ -72,8 +72,8 @@ def load_front(folder: str | os.PathLike, label: str | None = None, *,
     res_path = os.path.join(folder, "results.json")
     if not os.path.exists(res_path):
         raise FileNotFoundError(f"{folder}: no results.json (the run has not finished)")
-    res = eio.read_json(res_path)
-    cfg = eio.read_json(os.path.join(folder, "config.json"))
+    res = atomic.read_json(res_path)
+    cfg = atomic.read_json(os.path.join(folder, "config.json"))
     if cfg.get("experiment") != "group-sparsity":
         raise ValueError(f"{folder}: a {cfg.get('experiment')!r} run, expected 'group-sparsity'")
     nets = res["networks"]
@@ -121,7 +121,7 @@ def seed_means(fronts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     Strengths are matched to 12 significant digits. Strengths that not every run of the
     label trained are averaged over the runs that have them but are ``left_out`` of the
     selection, so every candidate is the mean of the same seeds. The selection is
-    :func:`experiments.subruns.select_matched` on the means: the strength with the
+    :func:`experiments.harness.subruns.select_matched` on the means: the strength with the
     largest mean reduction whose mean validation change is within the runs'
     ``select_within``; if none is, the one with the best mean validation change, and the
     selected point's ``within`` is False. ``met``: :func:`meets_target` on the selected
@@ -270,7 +270,7 @@ def plot_fronts(fronts: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                ylim=(max(lo, -4.0) - 0.2, None))
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    eio.save_figure(fig, path)
+    atomic.save_figure(fig, path)
 
 
 def _parse_run(text: str) -> tuple[str | None, str]:
@@ -279,8 +279,8 @@ def _parse_run(text: str) -> tuple[str | None, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m experiments.group_sparsity_fronts [--out PNG] [--points] [LABEL=]FOLDER...``."""
-    ap = argparse.ArgumentParser(prog="python -m experiments.group_sparsity_fronts",
+    """``python -m experiments.studies.group_sparsity.fronts [--out PNG] [--points] [LABEL=]FOLDER...``."""
+    ap = argparse.ArgumentParser(prog="python -m experiments.studies.group_sparsity.fronts",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="finished group-sparsity run folders, "
                                             "optionally as LABEL=FOLDER")

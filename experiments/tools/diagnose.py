@@ -21,13 +21,13 @@ foundation's exact removal (:func:`pruners.remove_units`, mean replacement
 with bias propagation); the maximum output deviation and the loss change on
 the data are reported, and ``--remove-dead OUT.pt`` writes that smaller model
 as a checkpoint of the same kind (a harness checkpoint reloads with
-:func:`experiments.checkpoint.model_from_checkpoint`; a plain state dict with
+:func:`experiments.harness.checkpoint.model_from_checkpoint`; a plain state dict with
 ``--model ... --resize``). The written checkpoint holds the model only, not
 the optimizer.
 
-Checkpoints: the harness's (``experiments.checkpoint``, which records the
+Checkpoints: the harness's (``experiments.harness.checkpoint``, which records the
 architecture), or a plain state dict with ``--model module:factory`` (or a
-name of :data:`experiments.models.MODELS`) and ``--model-kwargs JSON``. Files
+name of :data:`experiments.harness.models.MODELS`) and ``--model-kwargs JSON``. Files
 are read with ``torch.load(weights_only=True)``: a pickle that would run code
 when loaded is refused. Every bad input is one line on stderr and an exit code
 (:data:`EXIT_CODES`), never a traceback (``--debug`` shows it).
@@ -52,12 +52,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from experiments.harness import atomic
+from experiments.harness.checkpoint import (FORMAT, CheckpointError, fit_to_state_dict,
+                                            model_from_checkpoint)
+from experiments.harness.models import MODELS
 from pruners import count_macs, count_params, remove_units
 from saliency import EXACT_CRITERIA, DeadUnitReport, find_dead_units
-
-from . import io as eio
-from .checkpoint import FORMAT, CheckpointError, fit_to_state_dict, model_from_checkpoint
-from .models import MODELS
 
 __all__ = ["DiagnoseError", "EXIT_CODES", "load_model", "load_data", "diagnose",
            "removal_plan", "add_arguments", "run_from_args", "main"]
@@ -241,7 +241,7 @@ def load_data(name: str, *, data_dir: str | None = None, split: str = "val",
     (``val_size`` samples carved from the training set with ``seed``; the
     defaults 5000 and 0 are the harness's).
     """
-    from .datasets import get_dataset
+    from experiments.harness.datasets import get_dataset
 
     if split not in ("train", "val", "test"):
         raise DiagnoseError(f"--split must be train, val or test, got {split!r}")
@@ -450,7 +450,7 @@ def _plots(report: DeadUnitReport, out: Path) -> list[str]:
     fig.suptitle(f"unit statistics on {report.samples} samples (log10 values at "
                  f"{int(math.log10(floor))} are exactly 0)", fontsize=9)
     fig.tight_layout()
-    eio.save_figure(fig, out / "statistics.png")
+    atomic.save_figure(fig, out / "statistics.png")
 
     rows = [(layer, i) for layer in report.layers for i in range(report.num_units[layer])]
     note = "every unit"
@@ -476,7 +476,7 @@ def _plots(report: DeadUnitReport, out: Path) -> list[str]:
     ax.tick_params(labelsize=7)
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     fig.tight_layout()
-    eio.save_figure(fig, out / "criteria.png")
+    atomic.save_figure(fig, out / "criteria.png")
     return ["statistics.png", "criteria.png"]
 
 
@@ -484,12 +484,12 @@ def _save_smaller(path: Path, smaller: nn.Module, info: dict, source: Path,
                   removal: dict) -> None:
     if info["kind"] == "harness" and "model" not in info:
         payload = {"format": FORMAT, "arch": info["arch"], "state_dict": smaller.state_dict(),
-                   "diagnosis": {"source": str(source), **eio.to_jsonable(removal)}}
+                   "diagnosis": {"source": str(source), **atomic.to_jsonable(removal)}}
     else:
         payload = smaller.state_dict()
     buf = io.BytesIO()
     torch.save(payload, buf)
-    eio.write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- CLI
@@ -521,7 +521,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              f"{','.join(EXACT_CRITERIA)}, exactly replaceable)")
     parser.add_argument("--model", default=None, metavar="MODULE:FACTORY",
                         help="factory of a plain state dict's model (or a name of "
-                             "experiments.models.MODELS)")
+                             "experiments.harness.models.MODELS)")
     parser.add_argument("--model-kwargs", default="{}", metavar="JSON",
                         help="keyword arguments of the factory")
     parser.add_argument("--resize", action="store_true",
@@ -624,9 +624,9 @@ def _run(args) -> int:
     for row in result["layers"]:
         row.update({k: v for k, v in extra["per_layer"][row["layer"]].items()})
     files = ["report.json", "units.csv", "layers.csv"]
-    eio.write_csv(out / "units.csv", [{**r, "dead_by": ";".join(r["dead_by"])}
+    atomic.write_csv(out / "units.csv", [{**r, "dead_by": ";".join(r["dead_by"])}
                                       for r in result["units"]])
-    eio.write_csv(out / "layers.csv", result["layers"])
+    atomic.write_csv(out / "layers.csv", result["layers"])
     if args.plots:
         files += _plots(report, out)
     if out_ckpt is not None:
@@ -637,7 +637,7 @@ def _run(args) -> int:
             result["removed_checkpoint"] = str(out_ckpt)
             print(f"smaller checkpoint written to {out_ckpt}")
     result["files"] = files
-    eio.write_json(out / "report.json", result)
+    atomic.write_json(out / "report.json", result)
     print(f"written to {out}/: {', '.join(files)}")
     return 0
 
@@ -660,7 +660,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m experiments.diagnose ...`` (the same as ``python -m experiments diagnose``)."""
+    """``python -m experiments.tools.diagnose ...`` (the same as ``python -m experiments diagnose``)."""
     parser = add_arguments(argparse.ArgumentParser(prog="python -m experiments diagnose",
                                                    description=__doc__.splitlines()[0]))
     return run_from_args(parser.parse_args(argv))

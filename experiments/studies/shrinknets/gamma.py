@@ -34,7 +34,7 @@ What runs here, per row ``(dataset, lambda)`` of ``rows``, per ``gamma`` of
 * **Training.** Adam, loss ``L + lambda ||max(0, theta)||_1 + lambda_2
   ||W||_2^2`` (draft eq. 2; paper eq. 9, without which the linear problem
   has no minimum, draft Prop. A.3) through
-  :class:`experiments.pruning.ShrinkNetsCallback`, a fixed number of epochs
+  :class:`experiments.harness.callbacks.ShrinkNetsCallback`, a fixed number of epochs
   with a constant learning rate (the same number of steps for every
   ``gamma``, so that cost differences come from removal alone).
 * **Removal.** A :class:`pruners.shrinknets.GarbageCollector` with
@@ -102,15 +102,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from experiments.harness import atomic
+from experiments.harness.callbacks import ShrinkNetsCallback
+from experiments.harness.datasets import get_dataset
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext
+from experiments.harness.training import Callback, TrainConfig, Trainer, evaluate
 from pruners.shrinknets import Aggressiveness, GarbageCollector, insert_switches, switches
 
-from . import io
-from .datasets import get_dataset
-from .pruning import ShrinkNetsCallback
-from .registry import RunContext, register
-from .training import Callback, Trainer, TrainConfig, evaluate
-
-__all__ = ["SELECTOR", "build_model", "live_cost", "mse_per_target", "CostMeter",
+__all__ = ["SELECTOR", "build_model", "live_cost", "mse_per_target", "load_synthetic", "CostMeter",
            "RemovalLog", "run_one", "summarize", "plot_gamma", "MEASURES"]
 
 #: module name of the identity selector in the switched model
@@ -285,7 +285,7 @@ def _gates(model: nn.Module) -> dict[str, torch.Tensor]:
 class RemovalLog(Callback):
     """Record every unit the collector removes (or masks) with its gate.
 
-    Put it before the :class:`~experiments.pruning.ShrinkNetsCallback`. After
+    Put it before the :class:`~experiments.harness.callbacks.ShrinkNetsCallback`. After
     each step it saves the gates (before that step's collection), and reads
     the collector's new reports at its next call.
 
@@ -349,7 +349,13 @@ def _kept_features(model: nn.Module) -> list[int]:
 
 # --------------------------------------------------------------------------- one run
 
-def _load(dataset: str, cfg: Mapping[str, Any]):
+def load_synthetic(dataset: str, cfg: Mapping[str, Any]):
+    """A synthetic regression or classification problem of the harness, cast to ``cfg["dtype"]``.
+
+    ``cfg`` gives ``data_seed``, ``n_samples`` and (regression) ``noise``. Returns
+    ``(splits, train, val, test)``: the :class:`~experiments.harness.datasets.Splits` (with
+    the planted ``relevant`` features) and its three parts as cast ``TensorDataset`` s.
+    """
     kw: dict[str, Any] = {"seed": int(cfg["data_seed"]), "n_samples": int(cfg["n_samples"])}
     if dataset.replace("_", "-").lower() == "synthetic-regression":
         kw["noise"] = float(cfg["noise"])
@@ -375,7 +381,7 @@ def _settings(cfg: Mapping[str, Any], dataset: str, lam: float, gamma: float | N
     out = {k: cfg[k] for k in _RUN_KEYS}
     out.update({"dataset": dataset, "lam": float(lam),
                 "gamma": None if gamma is None else float(gamma), "seed": int(seed)})
-    return io.to_jsonable(out)
+    return atomic.to_jsonable(out)
 
 
 def run_one(cfg: Mapping[str, Any], loaded, dataset: str, lam: float, gamma: float | None,
@@ -608,19 +614,19 @@ def shrinknets_gamma(cfg: dict, ctx: RunContext) -> dict:
     total = len(rows) * len(settings) * len(seeds)
     try:
         for dataset, lam in rows:
-            loaded = _load(dataset, cfg)
+            loaded = load_synthetic(dataset, cfg)
             for seed in seeds:
                 for gamma in settings:
                     key = _key(dataset, lam, gamma, seed)
                     path = ctx.path(f"pairs/{key}.json")
                     want = _settings(cfg, dataset, lam, gamma, seed)
-                    rec = io.read_json(path) if path.exists() else None
+                    rec = atomic.read_json(path) if path.exists() else None
                     if rec is not None and rec.get("settings") == want:
                         reused += 1
                     else:
                         if rec is not None:
                             ctx.log(f"{key}: saved with other settings, run again")
-                        rec = io.to_jsonable(run_one(cfg, loaded, dataset, lam, gamma, seed))
+                        rec = atomic.to_jsonable(run_one(cfg, loaded, dataset, lam, gamma, seed))
                         ctx.write_json(f"pairs/{key}.json", rec)
                         computed += 1
                         ctx.log(f"[{computed + reused}/{total}] {rec['row']} gamma "

@@ -1,11 +1,13 @@
-"""The experiments the CLI knows: one :class:`Experiment` per reproduction.
+"""The registry of experiments: one :class:`Experiment` per reproduction or tool.
 
 An experiment is a function ``fn(cfg, ctx) -> dict`` plus its default
 configuration, the overrides of its seconds-long ``--quick`` version, and the
-search space its sweeps sample. :func:`run_experiment` gives every run the
-same output folder layout: ``config.json``, ``results.json`` (written last,
-so its presence means the run finished), CSV tables and PNG plots written by
-the experiment through :class:`RunContext`, all atomically.
+search space its sweeps sample. A module registers its experiments with the
+:func:`register` decorator when it is imported; the registry itself imports
+nothing that registers. :mod:`experiments.catalog` is the one list of the
+built-in experiments (the command line imports it), and :func:`load_plugins`
+imports extra modules (``--plugin``, ``$EXPERIMENTS_PLUGINS``).
+:func:`experiments.harness.run.run_experiment` runs one into its folder.
 """
 
 from __future__ import annotations
@@ -13,24 +15,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import io
-
-__all__ = [
-    "Experiment",
-    "RunContext",
-    "EXPERIMENTS",
-    "register",
-    "get_experiment",
-    "parse_overrides",
-    "resolve_config",
-    "run_experiment",
-    "load_plugins",
-]
+__all__ = ["Experiment", "EXPERIMENTS", "register", "get_experiment", "parse_overrides",
+           "resolve_config", "load_plugins"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +53,8 @@ class Experiment:
     validate: Callable[[dict], None] | None = None
 
 
-#: name -> Experiment. Filled by :func:`register` when the experiment modules
-#: are imported (``experiments.catalog``).
+#: name -> Experiment. Filled by :func:`register` when the modules that define
+#: experiments are imported (the built-in ones: :mod:`experiments.catalog`).
 EXPERIMENTS: dict[str, Experiment] = {}
 
 
@@ -91,12 +80,8 @@ def register(name: str, summary: str, *, defaults: Mapping[str, Any] | None = No
 
 
 def load_plugins(modules: list[str] | None = None) -> None:
-    """Import the built-in catalog and extra modules that register experiments.
-
-    Extra modules come from ``modules`` and the ``EXPERIMENTS_PLUGINS``
-    environment variable (comma-separated module names).
-    """
-    importlib.import_module("experiments.catalog")
+    """Import modules that register experiments: ``modules`` and those named in the
+    ``EXPERIMENTS_PLUGINS`` environment variable (comma-separated module names)."""
     extra = list(modules or [])
     extra += [m for m in os.environ.get("EXPERIMENTS_PLUGINS", "").split(",") if m]
     for mod in extra:
@@ -104,10 +89,17 @@ def load_plugins(modules: list[str] | None = None) -> None:
 
 
 def get_experiment(name: str) -> Experiment:
-    """The experiment called ``name``; a ValueError lists the known names."""
+    """The registered experiment called ``name``; a ValueError lists the known names.
+
+    Only experiments whose modules were imported are known: import
+    :mod:`experiments.catalog` for the built-in ones.
+    """
     load_plugins()
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
+        known = ", ".join(sorted(n for n in EXPERIMENTS if not n.startswith("_")))
+        raise ValueError(f"unknown experiment {name!r}; known: {known or 'none'} (the built-in "
+                         "experiments register when experiments.catalog is imported; others "
+                         "with --plugin MODULE)")
     return EXPERIMENTS[name]
 
 
@@ -143,62 +135,3 @@ def resolve_config(exp: Experiment, overrides: Mapping[str, Any] | None = None,
     cfg.update(overrides)
     cfg["quick"] = bool(quick)
     return cfg
-
-
-class RunContext:
-    """What an experiment gets besides its config: its output folder and writers.
-
-    All writers are atomic. ``ctx.path(name)`` gives a path inside the folder.
-    """
-
-    def __init__(self, out_dir: str | os.PathLike, progress: bool | None = None):
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.progress = progress
-
-    def path(self, name: str) -> Path:
-        return self.out_dir / name
-
-    def write_json(self, name: str, obj: Any) -> Path:
-        io.write_json(self.path(name), obj)
-        return self.path(name)
-
-    def write_csv(self, name: str, rows, columns=None) -> Path:
-        io.write_csv(self.path(name), rows, columns)
-        return self.path(name)
-
-    def save_figure(self, fig, name: str) -> Path:
-        io.save_figure(fig, self.path(name))
-        return self.path(name)
-
-    def log(self, msg: str) -> None:
-        """Print ``msg`` and append it to ``log.txt`` in the output folder."""
-        print(msg, flush=True)
-        with open(self.path("log.txt"), "a", encoding="utf-8") as fh:
-            fh.write(msg + "\n")
-
-
-def run_experiment(name: str, overrides: Mapping[str, Any] | None = None, *,
-                   quick: bool = False, out_dir: str | os.PathLike | None = None,
-                   progress: bool | None = None) -> dict[str, Any]:
-    """Run one experiment into ``out_dir`` (default ``runs/NAME``).
-
-    Writes ``config.json`` first and ``results.json`` last; returns the
-    results. An experiment that checkpoints (through the training loop)
-    resumes where a killed run stopped. A configuration the experiment's
-    ``validate`` refuses raises before the output folder is touched.
-    """
-    exp = get_experiment(name)
-    cfg = resolve_config(exp, overrides, quick)
-    if exp.validate is not None:
-        exp.validate(cfg)
-    out = Path(out_dir) if out_dir is not None else Path("runs") / name
-    ctx = RunContext(out, progress)
-    ctx.write_json("config.json", {"experiment": name, "config": cfg})
-    start = time.perf_counter()
-    results = exp.fn(cfg, ctx)
-    results = dict(results or {})
-    results.setdefault("experiment", name)
-    results["wall_time_s"] = time.perf_counter() - start
-    ctx.write_json("results.json", results)
-    return results

@@ -48,16 +48,16 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from pruners import (ParameterPruner, UnitPruner, count_params, mean_loss,
-                     remove_sparse_units, remove_units, schedules)
+from experiments.harness import atomic
+from experiments.harness.callbacks import EpochLog, PrunerCallback, StepLog
+from experiments.harness.plots import plot_pruning
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext, final_metrics, load_data, train_in_folder
+from experiments.harness.training import Callback, Trainer, evaluate
+from pruners import (ParameterPruner, UnitPruner, count_params, mean_loss, remove_sparse_units,
+                     remove_units, schedules)
 from pruners.schedules import amount_to_count
 from saliency.layers import effective_tensor
-
-from . import io as eio
-from .common import final_metrics, load_data, train_in_folder
-from .pruning import EpochLog, PrunerCallback, StepLog, plot_pruning
-from .registry import RunContext, register
-from .training import Callback, Trainer, evaluate
 
 __all__ = ["Counterfactual", "activation_means", "fnz_sweep", "unmask",
            "nonzero_params", "plot_fnz", "FNZ_GRID", "THESIS", "THESIS_CNN_ACTIVATIONS"]
@@ -160,7 +160,7 @@ def activation_means(model: nn.Module, data, units: Mapping[str, Sequence[int]],
 class Counterfactual:
     """A :class:`~pruners.UnitPruner` whose rounds are also evaluated with other replacements.
 
-    Passed to :class:`~experiments.pruning.PrunerCallback` in place of the
+    Passed to :class:`~experiments.harness.callbacks.PrunerCallback` in place of the
     pruner. At every round it copies the model first, lets the pruner act on
     the model as usual, then removes the *same* units from fresh copies of
     the pre-round model with each of ``alternatives`` (``"mean"``,
@@ -222,14 +222,14 @@ def _check_folder(ctx: RunContext, sub: str, cfg: Mapping[str, Any]) -> None:
     path = ctx.path(f"{sub}/settings.json")
     mine = {k: v for k, v in cfg.items() if k not in _FREE}
     if ctx.path(f"{sub}/checkpoint.pt").exists() and path.exists():
-        theirs = eio.read_json(path)
+        theirs = atomic.read_json(path)
         differ = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(theirs) | set(mine))
-                  if eio.to_jsonable(theirs.get(k)) != eio.to_jsonable(mine.get(k))}
+                  if atomic.to_jsonable(theirs.get(k)) != atomic.to_jsonable(mine.get(k))}
         if differ:
             what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
             raise ValueError(f"{ctx.path(sub)} holds a run with other settings ({what}); rerun "
                              "it as it was, pass another --out, or delete the folder")
-    eio.write_json(path, mine)
+    atomic.write_json(path, mine)
 
 
 def _train(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str,

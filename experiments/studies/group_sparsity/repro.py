@@ -14,7 +14,7 @@ of size ``t`` every group becomes
              * S(theta^, t alpha beta_l),        S(a, b) = sign(a) (|a| - b)_+
 
 (:class:`pruners.ProximalGroupSparsity`, driven by
-:class:`experiments.pruning.GroupSparsityCallback`). "When the learning steps
+:class:`experiments.harness.callbacks.GroupSparsityCallback`). "When the learning steps
 terminate, we remove the neurons whose parameters have gone to zero"
 (:func:`pruners.remove_zero_groups`, exact: the model in eval mode computes
 what it computed). They use ``alpha = 0`` (group lasso) and ``alpha = 0.5``
@@ -38,7 +38,7 @@ epoch 4 (:class:`StepDecay`)):
 A network's ``release_after: E`` (not in the paper, which keeps the penalty
 to the end; added after the LeNet-5 target was missed with it) removes the
 zero groups after epoch ``E`` and trains the remaining epochs without the
-penalty (:class:`experiments.pruning.GroupSparsityCallback`), so the
+penalty (:class:`experiments.harness.callbacks.GroupSparsityCallback`), so the
 surviving groups re-fit without its shrinkage within the same epoch budget;
 those sub-runs are ``<net>/alpha=<a>-beta=<b>-release=<E>/``. Their
 point's ``released`` holds the units removed at the release and the
@@ -48,7 +48,7 @@ penalty of the refitted weights), so they do not compare with a run that
 kept the penalty.
 
 Several runs of this experiment (other seeds, other settings) are compared,
-and averaged over their seeds, by :mod:`experiments.group_sparsity_fronts`.
+and averaged over their seeds, by :mod:`experiments.studies.group_sparsity.fronts`.
 
 Plain SGD (no momentum) makes the step exactly proximal SGD, and ``beta``
 keeps one meaning for every network: a group that is zero stays zero while
@@ -59,7 +59,7 @@ beta sqrt(P)``, so ``beta`` is compared with the gradient norm per
 and the shrunk network is evaluated again on validation and test. For each
 ``(network, alpha)`` the smallest shrunk network whose validation accuracy is
 within ``select_within`` (0.5 points) of the baseline's is selected
-(:func:`experiments.subruns.select_matched`); test accuracy is only
+(:func:`experiments.harness.subruns.select_matched`); test accuracy is only
 reported. Outputs: ``summary.csv`` (every grid point and the baseline),
 ``results.json`` (all numbers, the selections, the issue's LeNet-5 target),
 ``accuracy_vs_params.png``; each sub-run has ``settings.json``,
@@ -74,17 +74,17 @@ from typing import Any, Mapping
 
 import torch
 
+from experiments.harness import atomic
+from experiments.harness.callbacks import GroupSparsityCallback
+from experiments.harness.checkpoint import save_checkpoint
+from experiments.harness.models import build_model
+from experiments.harness.plots import log_count_axis
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext, final_metrics
+from experiments.harness.subruns import check_folder, load_data_cached, run_jobs, select_matched
+from experiments.harness.training import Callback, TrainConfig, Trainer, evaluate
 from pruners import (ProximalGroupSparsity, count_macs, count_params, group_layout,
                      remove_zero_groups, zero_groups)
-
-from . import io as eio
-from .checkpoint import save_checkpoint
-from .common import final_metrics, log_count_axis
-from .models import build_model
-from .pruning import GroupSparsityCallback
-from .registry import RunContext, register
-from .subruns import check_folder, load_data_cached, run_jobs, select_matched
-from .training import Callback, Trainer, TrainConfig, evaluate
 
 __all__ = ["PAPER", "TARGET", "target_met", "StepDecay", "layer_strengths", "shrunk_arch",
            "train_point", "max_logit_change"]
@@ -108,7 +108,7 @@ def target_met(reduction: float, test_change_points: float,
     """Whether ``reduction >= min_reduction`` and ``test_change_points >= -max_loss_points``.
 
     Both edges are inclusive, with a margin of 1e-9 (as
-    :func:`experiments.subruns.select_matched`): a loss of exactly 50 of 10,000 test
+    :func:`experiments.harness.subruns.select_matched`): a loss of exactly 50 of 10,000 test
     images is ``100 * (a - b)``, which floating point puts just below -0.5 for most
     accuracies ``a``, ``b``.
 
@@ -200,7 +200,7 @@ def layer_strengths(layers: list[str], beta: float, first_ratio: float, first_la
 
 def shrunk_arch(model_name: str, kwargs: Mapping[str, Any], widths: Mapping[str, int]
                 ) -> dict[str, Any]:
-    """The :data:`experiments.models.MODELS` entry of a shrunk thesis CNN / LeNet-5.
+    """The :data:`experiments.harness.models.MODELS` entry of a shrunk thesis CNN / LeNet-5.
 
     After the removal of Alvarez & Salzmann 2016 (``shared/seeds/002_...``),
     "a smaller network at test time": layer ``l`` keeps ``N_l - #{n :
@@ -280,7 +280,7 @@ def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | N
     the same seed and data order.
 
     Resumes from ``<net>/<sub>/checkpoint.pt``; writes ``history.csv``,
-    ``shrunk.pt`` (:func:`experiments.checkpoint.save_checkpoint` with
+    ``shrunk.pt`` (:func:`experiments.harness.checkpoint.save_checkpoint` with
     :func:`shrunk_arch`) and ``point.json``, and returns the point.
     """
     spec = cfg["networks"][net]
@@ -354,7 +354,7 @@ def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | N
                            "val_acc": history[release - 1]["val_acc"],
                            "test_acc": history[release - 1]["test_acc"]}),
              "epochs": len(history), "train_time_s": sum(r["epoch_time_s"] for r in history)}
-    eio.write_json(ctx.path(f"{sub}/point.json"), point)
+    atomic.write_json(ctx.path(f"{sub}/point.json"), point)
     return point
 
 

@@ -12,7 +12,7 @@ seed 0) twice from the same initialization:
   (bias propagation) and removing them physically, so the optimizer and the
   network shrink while training goes on
   (``UnitPruner("mrs", THESIS_UNITS, replacement="mean", remove=True)``
-  driven by :class:`experiments.pruning.PrunerCallback`).
+  driven by :class:`experiments.harness.callbacks.PrunerCallback`).
 
 Both runs follow the same data order, so they are identical up to the first
 round. Then it compares the two trained networks -- parameters, MACs per
@@ -46,13 +46,14 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from experiments.harness import atomic
+from experiments.harness.callbacks import EpochLog, PrunerCallback, StepLog
+from experiments.harness.plots import plot_pruning
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext, load_data, train_in_folder
+from experiments.harness.timing import BUSY_WARNING, timed
+from experiments.harness.training import Trainer, evaluate
 from pruners import UnitPruner, count_macs, count_params, schedules
-
-from . import io as eio
-from .common import load_data, train_in_folder
-from .pruning import EpochLog, PrunerCallback, StepLog, plot_pruning
-from .registry import RunContext, register
-from .training import Trainer, evaluate
 
 __all__ = ["time_inference", "format_table", "demo"]
 
@@ -101,16 +102,16 @@ def _check_folder(ctx: RunContext, cfg: Mapping[str, Any]) -> None:
         mine = {k: v for k, v in cfg.items() if k not in skip}
         path = ctx.path(f"{sub}/settings.json")
         if ctx.path(f"{sub}/checkpoint.pt").exists() and path.exists():
-            theirs = eio.read_json(path)
+            theirs = atomic.read_json(path)
             differ = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(theirs) | set(mine))
-                      if eio.to_jsonable(theirs.get(k)) != eio.to_jsonable(mine.get(k))}
+                      if atomic.to_jsonable(theirs.get(k)) != atomic.to_jsonable(mine.get(k))}
             if differ:
                 what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
                 raise ValueError(f"{ctx.out_dir} holds a demo run with other settings ({what}); "
                                  "rerun it as it was, pass another --out, or delete the folder")
         settings[path] = mine
     for path, mine in settings.items():
-        eio.write_json(path, mine)
+        atomic.write_json(path, mine)
 
 
 def _train(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str, callbacks: list,
@@ -156,31 +157,6 @@ def _timing_input(test_set, batch: int) -> torch.Tensor:
     x = test_set.tensors[0]
     reps = -(-batch // x.shape[0])
     return (x.repeat(reps, *([1] * (x.dim() - 1))) if reps > 1 else x)[:batch].contiguous()
-
-
-#: other processes' mean CPU use while timing above which the timings are flagged
-BUSY_WARNING = 0.25
-
-
-def _cpu_seconds_all() -> float | None:
-    """CPU seconds every process has used since boot (Linux ``/proc/stat``), else None."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = fh.readline().split()
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _timed(fn):
-    """``(fn(), other processes' mean CPUs busy meanwhile or None)``."""
-    all0, own0, wall0 = _cpu_seconds_all(), time.process_time(), time.perf_counter()
-    out = fn()
-    all1, own1, wall1 = _cpu_seconds_all(), time.process_time(), time.perf_counter()
-    if all0 is None or all1 is None or wall1 <= wall0:
-        return out, None
-    return out, max(0.0, ((all1 - all0) - (own1 - own0)) / (wall1 - wall0))
 
 
 _ROWS = (("params", "parameters"), ("macs", "MACs per sample"), ("test_acc", "test accuracy"),
@@ -285,7 +261,7 @@ def _demo(cfg: dict, ctx: RunContext) -> dict:
     # 3. compare
     example = data.test.tensors[0][:1]
     x = _timing_input(data.test, int(cfg["timing_batch"]))
-    times, busy = _timed(lambda: time_inference(
+    times, busy = timed(lambda: time_inference(
         {"unpruned": dense.model, "pruned": pruned.model}, x,
         repeats=int(cfg["timing_repeats"]), warmup=int(cfg["timing_warmup"])))
     side: dict[str, dict[str, Any]] = {}

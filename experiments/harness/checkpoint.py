@@ -6,7 +6,7 @@ A checkpoint is a plain dict of tensors and Python values, loadable with
 ``{"format": "saliency-pruning-checkpoint/1", "arch": {"model": NAME, "kwargs": {...}},
 "state_dict": ..., "optimizer": ..., "epoch": ..., ...}``
 
-``arch`` names the factory in :data:`experiments.models.MODELS` that built the
+``arch`` names the factory in :data:`experiments.harness.models.MODELS` that built the
 model. A model whose units were physically removed keeps the layer structure
 of that factory with smaller widths; :func:`fit_to_state_dict` resizes a
 freshly built model to the shapes in the state dict (including biases created
@@ -25,10 +25,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
+from experiments.harness import atomic
+from experiments.harness.models import build_model
 from saliency.layers import CHANNEL_MODULES
-
-from . import io as eio
-from .models import build_model
 
 __all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "fit_to_state_dict", "model_from_checkpoint"]
@@ -61,7 +60,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: Mapping[str
     payload.update(extra)
     buf = io.BytesIO()
     torch.save(payload, buf)
-    eio.write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -14,7 +14,7 @@
   on the thesis CNN with 1000 validation samples, also as a multiple of one
   forward+backward pass.
 
-The probes are :class:`experiments.training.Callback` objects acting in
+The probes are :class:`experiments.harness.training.Callback` objects acting in
 ``on_step_end``. Scorers and :func:`saliency.compare.pruning_penalty` restore
 the model (values, gradients, training flags, hooks) and draw random numbers
 from private generators only, so a run with probes trains exactly as one
@@ -39,6 +39,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from experiments.harness.models import build_model
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext, load_data, train_run
+from experiments.harness.timing import loadavg
+from experiments.harness.training import Callback, TrainConfig, Trainer
 from pruners import prepare_for
 from saliency import compare
 from saliency.loss_change import LossChange
@@ -47,11 +52,6 @@ from saliency.mrp import MRP
 from saliency.random_scores import RandomParameter, RandomUnit
 from saliency.taylor import Hessian, Taylor1, Taylor2
 from saliency.unit_scorers import MRS, Dormancy, Norm, UnitTaylor
-
-from .common import load_data, train_run
-from .models import build_model
-from .registry import RunContext, register
-from .training import Callback, Trainer, TrainConfig
 
 __all__ = ["ParameterProbe", "UnitProbe", "PARAM_SIGNED", "PARAM_SCORER_NAMES",
            "UNIT_SCORER_NAMES", "param_scorers", "unit_scorers", "summarize_param",
@@ -661,14 +661,6 @@ def thesis_unit_saliency(cfg: dict, ctx: RunContext) -> dict:
     return results
 
 
-def _load() -> float | None:
-    """The 1-minute load average (how busy the machine was), None where unknown."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # pragma: no cover - not on POSIX
-        return None
-
-
 def _median_time(fn: Callable[[], Any], repeats: int, budget_s: float) -> tuple[float, int, bool]:
     """Median wall time of ``fn`` over ``repeats`` calls after one warm-up call.
 
@@ -752,7 +744,7 @@ def scorer_runtimes(cfg: dict, ctx: RunContext) -> dict:
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
 
-    load_start = _load()
+    load_start = loadavg()
     model.eval()
     fb, fb_n, _ = _median_time(fwd_bwd, repeats, budget)
     model.zero_grad(set_to_none=True)
@@ -780,7 +772,7 @@ def scorer_runtimes(cfg: dict, ctx: RunContext) -> dict:
     ctx.write_csv("runtimes.csv", rows)
     _plot_runtimes(rows, fb, ctx)
     return {"fwd_bwd_s": fb, "fwd_bwd_calls": fb_n, "threads": torch.get_num_threads(),
-            "load_average_1min": {"start": load_start, "end": _load()},
+            "load_average_1min": {"start": load_start, "end": loadavg()},
             "samples": int(x.shape[0]), "train_steps": steps,
             "not_in_registry": missing,
             "runtimes": {r["scorer"]: {k: r[k] for k in ("seconds", "x_fwd_bwd", "calls_timed",

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from .common import train_run
-from .registry import register
+from experiments.harness.registry import register
+from experiments.harness.run import train_run
 
 _DATA = {"dataset": "fashion-mnist", "data_dir": "", "val_size": 5000, "limit": None,
          "data_seed": 0, "seed": 0}

@@ -32,9 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from experiments.harness.checkpoint import fit_to_state_dict, load_checkpoint, save_checkpoint
 from pruners import count_macs, count_params
-
-from .checkpoint import fit_to_state_dict, load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "Callback", "Trainer", "make_optimizer", "batches", "evaluate",
            "seed_everything"]
@@ -187,7 +186,7 @@ class Trainer:
             (val and test optional).
         config: a :class:`TrainConfig` (or a dict of its fields).
         arch: ``{"model": name, "kwargs": {...}}`` of
-            :data:`experiments.models.MODELS`, recorded in checkpoints.
+            :data:`experiments.harness.models.MODELS`, recorded in checkpoints.
         callbacks: :class:`Callback` objects, called in order.
         loss_fn: ``loss_fn(output, target, reduction=...)``.
         checkpoint: path of the checkpoint written after every epoch

@@ -1,18 +1,94 @@
-"""Pieces every training experiment shares: data, model, trainer, outputs."""
+"""Running an experiment: its output folder, its writers, and the standard training runs.
+
+:func:`run_experiment` gives every run of a registered experiment
+(:mod:`experiments.harness.registry`) the same output folder layout:
+``config.json``, ``results.json`` (written last, so its presence means the run
+finished), CSV tables and PNG plots written by the experiment through
+:class:`RunContext`, all atomically (:mod:`experiments.harness.atomic`).
+
+:func:`train_run` and :func:`train_in_folder` are the training runs most
+experiments share: data from the config (:func:`load_data`), a model of the
+zoo, the harness's :class:`~experiments.harness.training.Trainer` checkpointing
+every epoch (a killed run resumes), and the history written as CSV.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from .datasets import get_dataset
-from .models import build_model
-from .registry import RunContext
-from .training import Trainer, TrainConfig
+from experiments.harness import atomic
+from experiments.harness.datasets import get_dataset
+from experiments.harness.models import build_model
+from experiments.harness.plots import plot_history
+from experiments.harness.registry import get_experiment, resolve_config
+from experiments.harness.training import TrainConfig, Trainer
 
-__all__ = ["load_data", "train_run", "train_in_folder", "plot_history", "final_metrics",
-           "log_count_axis"]
+__all__ = ["RunContext", "run_experiment", "load_data", "train_run", "train_in_folder",
+           "final_metrics"]
+
+
+class RunContext:
+    """What an experiment gets besides its config: its output folder and writers.
+
+    All writers are atomic. ``ctx.path(name)`` gives a path inside the folder.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, progress: bool | None = None):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        atomic.write_json(self.path(name), obj)
+        return self.path(name)
+
+    def write_csv(self, name: str, rows, columns=None) -> Path:
+        atomic.write_csv(self.path(name), rows, columns)
+        return self.path(name)
+
+    def save_figure(self, fig, name: str) -> Path:
+        atomic.save_figure(fig, self.path(name))
+        return self.path(name)
+
+    def log(self, msg: str) -> None:
+        """Print ``msg`` and append it to ``log.txt`` in the output folder."""
+        print(msg, flush=True)
+        with open(self.path("log.txt"), "a", encoding="utf-8") as fh:
+            fh.write(msg + "\n")
+
+
+def run_experiment(name: str, overrides: Mapping[str, Any] | None = None, *,
+                   quick: bool = False, out_dir: str | os.PathLike | None = None,
+                   progress: bool | None = None) -> dict[str, Any]:
+    """Run one experiment into ``out_dir`` (default ``runs/NAME``).
+
+    Writes ``config.json`` first and ``results.json`` last; returns the
+    results. An experiment that checkpoints (through the training loop)
+    resumes where a killed run stopped. A configuration the experiment's
+    ``validate`` refuses raises before the output folder is touched.
+    """
+    exp = get_experiment(name)
+    cfg = resolve_config(exp, overrides, quick)
+    if exp.validate is not None:
+        exp.validate(cfg)
+    out = Path(out_dir) if out_dir is not None else Path("runs") / name
+    ctx = RunContext(out, progress)
+    ctx.write_json("config.json", {"experiment": name, "config": cfg})
+    start = time.perf_counter()
+    results = exp.fn(cfg, ctx)
+    results = dict(results or {})
+    results.setdefault("experiment", name)
+    results["wall_time_s"] = time.perf_counter() - start
+    ctx.write_json("results.json", results)
+    return results
 
 
 def load_data(cfg: Mapping[str, Any]):
@@ -21,49 +97,6 @@ def load_data(cfg: Mapping[str, Any]):
     kw = {"val_size": cfg["val_size"]} if cfg.get("val_size") is not None else {}
     return get_dataset(cfg["dataset"], data_dir=cfg.get("data_dir") or None,
                        limit=cfg.get("limit"), seed=cfg.get("data_seed", 0), **kw)
-
-
-def log_count_axis(ax, axis: str = "x") -> None:
-    """A log scale for a count (parameters, MACs), labelled in plain numbers with thousands
-    separators at 1, 2 and 5 times each power of ten, so a range within one decade still has
-    labels (matplotlib's default labels only the powers of ten there)."""
-    import matplotlib.ticker as mt
-
-    getattr(ax, f"set_{axis}scale")("log")
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    fmt = mt.FuncFormatter(lambda v, _: f"{v:,.0f}")
-    target.set_major_locator(mt.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    target.set_major_formatter(fmt)
-    target.set_minor_locator(mt.LogLocator(base=10, subs=tuple(range(1, 10))))
-    target.set_minor_formatter(mt.NullFormatter())
-
-
-def plot_history(history: list[dict], ctx: RunContext, name: str = "curves.png",
-                 title: str = "") -> None:
-    """Loss and accuracy per epoch (seaborn), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    epochs = [r["epoch"] for r in history]
-    for key, label in (("train_loss", "train"), ("val_loss", "validation"),
-                       ("test_loss", "test")):
-        if key in history[0]:
-            sns.lineplot(x=epochs, y=[r[key] for r in history], ax=axes[0], label=label,
-                         marker="o")
-    axes[0].set(xlabel="epoch", ylabel="loss")
-    for key, label in (("val_acc", "validation"), ("test_acc", "test")):
-        if key in history[0]:
-            sns.lineplot(x=epochs, y=[100 * r[key] for r in history], ax=axes[1], label=label,
-                         marker="o")
-    axes[1].set(xlabel="epoch", ylabel="accuracy (%)")
-    if title:
-        fig.suptitle(title)
-    ctx.save_figure(fig, name)
 
 
 def final_metrics(history: list[dict]) -> dict[str, Any]:

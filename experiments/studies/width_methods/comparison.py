@@ -1,7 +1,7 @@
 """One network, four ways to learn its width: the shared comparison table (issue 7, item 3).
 
 ``width-methods`` starts every method from the same LeNet-300-100
-(784-300-100-10, :func:`experiments.models.mlp`) on Fashion-MNIST: the same
+(784-300-100-10, :func:`experiments.harness.models.mlp`) on Fashion-MNIST: the same
 seed (so the same initial weights), the same data order, and the same
 training (Adam, learning rate 1e-3, batch 128, 15 epochs). The methods, each
 over a grid of three strengths:
@@ -12,12 +12,12 @@ over a grid of three strengths:
   lam ||g||_1 + lam2 ||theta||_2^2``, and a
   :class:`pruners.shrinknets.GarbageCollector` with ``Threshold(0)`` that
   removes a unit as soon as its gate is exactly 0 (every ``gc_every`` steps;
-  :class:`experiments.pruning.ShrinkNetsCallback`). The switches are folded
+  :class:`experiments.harness.callbacks.ShrinkNetsCallback`). The switches are folded
   into the weights at the end (:func:`pruners.shrinknets.fold_switches`).
 * ``group-sparsity`` -- Alvarez & Salzmann 2016 (``shared/seeds/002_...``):
   the group lasso (``alpha = 0``) on every hidden neuron's ``[w_n, b_n]``,
   ``gamma = sum_l beta_l sqrt(P_l) sum_n ||theta_l^n||_2``, by the proximal
-  step after every Adam step (:class:`experiments.pruning.GroupSparsityCallback`,
+  step after every Adam step (:class:`experiments.harness.callbacks.GroupSparsityCallback`,
   ``t`` = the learning rate), the first layer at ``gs_first_ratio * beta``
   ("smaller strengths on the first layers"); the zero groups are removed at
   the end (:func:`pruners.remove_zero_groups`). After Adam the proximal step
@@ -26,24 +26,24 @@ over a grid of three strengths:
   update has an RMS per coordinate of at most ``beta``, so ``beta`` is a
   fraction of Adam's step, not a gradient norm.
 * ``tristate`` -- tri-state ReLUs (Srinivas & Babu 2016, ``shared/seeds/003_...``)
-  trained as :mod:`experiments.tristate_repro` trains them (straight-through
+  trained as the ``tristate-relu`` reproduction trains them (straight-through
   gates, ``lam_b = 3e-3``, ``depth_weight = 0.01``), finalized by
   :func:`pruners.tristate.finalize_tristate` (off units removed, linear layers
   merged), over a grid of ``lam_m``.
 * ``mrs`` -- MRS unit pruning (Evci 2018, ``shared/seeds/004_...``, Sec. 4.2):
   ``UnitPruner("mrs", schedule, replacement="mean", remove=True)`` through
-  :class:`experiments.pruning.PrunerCallback`, on the thesis's Ch. 4 schedule
+  :class:`experiments.harness.callbacks.PrunerCallback`, on the thesis's Ch. 4 schedule
   shape (1/6, 1/3, 2/3 and all of the final fraction of every layer's units
   gone after epochs 2, 3, 4, 5), over a grid of final fractions.
 
 plus the unregularized ``baseline``. Every final network is converted to the
 plain MLP at its widths (:func:`as_mlp`, checked to give the same logits),
 saved as ``final.pt`` (loadable with
-:func:`experiments.checkpoint.model_from_checkpoint`) and evaluated on
+:func:`experiments.harness.checkpoint.model_from_checkpoint`) and evaluated on
 validation and test. For each method the smallest network whose validation
 accuracy is within ``select_within`` (0.5 points) of the baseline's
 validation accuracy is the method's "matched accuracy" network
-(:func:`experiments.subruns.select_matched`); test accuracy is only reported.
+(:func:`experiments.harness.subruns.select_matched`); test accuracy is only reported.
 
 Outputs: ``table.csv`` (one row per method at matched accuracy, and the
 baseline: setting, parameters, MACs, test accuracy, change against the
@@ -60,20 +60,20 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from pruners import (ProximalGroupSparsity, UnitPruner, count_macs, count_params,
-                     group_layout, remove_zero_groups, schedules)
+from experiments.harness import atomic
+from experiments.harness.callbacks import (GroupSparsityCallback, PrunerCallback,
+                                           ShrinkNetsCallback, TriStateCallback)
+from experiments.harness.checkpoint import save_checkpoint
+from experiments.harness.models import build_model, mlp
+from experiments.harness.plots import log_count_axis
+from experiments.harness.registry import register
+from experiments.harness.run import RunContext
+from experiments.harness.subruns import check_folder, load_data_cached, run_jobs, select_matched
+from experiments.harness.training import TrainConfig, Trainer, evaluate
+from pruners import (ProximalGroupSparsity, UnitPruner, count_macs, count_params, group_layout,
+                     remove_zero_groups, schedules)
 from pruners.shrinknets import GarbageCollector, Threshold, fold_switches, insert_switches
-from pruners.tristate import finalize_tristate
-
-from . import io as eio
-from . import tristate_repro
-from .checkpoint import save_checkpoint
-from .common import log_count_axis
-from .models import build_model, mlp
-from .pruning import GroupSparsityCallback, PrunerCallback, ShrinkNetsCallback
-from .registry import RunContext, register
-from .subruns import check_folder, load_data_cached, run_jobs, select_matched
-from .training import Trainer, TrainConfig, evaluate
+from pruners.tristate import finalize_tristate, insert_tristate
 
 __all__ = ["METHODS", "as_mlp", "mrs_schedule", "train_method"]
 
@@ -127,7 +127,7 @@ _ALLOWED = (nn.Linear, nn.ReLU, nn.Identity, nn.Flatten)
 
 
 def as_mlp(model: nn.Module, check: torch.Tensor, *, atol: float = 1e-5) -> nn.Sequential:
-    """The plain :func:`experiments.models.mlp` at ``model``'s widths, with its weights.
+    """The plain :func:`experiments.harness.models.mlp` at ``model``'s widths, with its weights.
 
     ``f(x) = W_L relu(... relu(W_1 x + b_1) ...) + b_L`` with the ``W_l, b_l``
     of ``model``'s Linear layers in order: the common form in which the
@@ -206,11 +206,19 @@ def train_method(cfg: Mapping[str, Any], out_dir: str, method: str,
     data = load_data_cached(cfg)
     example = data.train.tensors[0][:1]
     extra: dict[str, Any] = {}
-    if method == "tristate":  # exactly as the tri-state reproduction trains its networks
-        tcfg = {**common, "lam_m": float(value), "lam_b": float(cfg["ts_lam_b"]),
-                "depth_weight": float(cfg["ts_depth_weight"]), "straight_through": True}
-        trainer, _ = tristate_repro._train(tcfg, ctx, data, list(cfg["widths"]), sub,
-                                           gated=True)
+    if method == "tristate":
+        # trained as the tri-state reproduction trains its networks (the same model, gates,
+        # penalty and optimizer; kept here rather than imported, so the two studies stay
+        # independent)
+        run = {**common, "lam_m": float(value), "lam_b": float(cfg["ts_lam_b"]),
+               "depth_weight": float(cfg["ts_depth_weight"]), "straight_through": True}
+        check_folder(ctx, sub, run, _FREE)
+        torch.manual_seed(int(cfg["seed"]))
+        model = insert_tristate(build_model("mlp", widths=list(cfg["widths"])),
+                                straight_through=True)
+        callback = TriStateCallback(lam_b=run["lam_b"], lam_m=run["lam_m"],
+                                    depth_weight=run["depth_weight"])
+        trainer = _trainer(run, ctx, data, sub, model, [callback], example)
         plain, report = finalize_tristate(trainer.model, example,
                                           threshold=float(cfg["ts_threshold"]))
         extra = {"depth": dict(report.depth), "merged": [list(p) for p in report.merged]}
@@ -270,7 +278,7 @@ def train_method(cfg: Mapping[str, Any], out_dir: str, method: str,
              "trained_val_acc": history[-1]["val_acc"],
              "trained_test_acc": history[-1]["test_acc"],
              "train_time_s": sum(r["epoch_time_s"] for r in history), **extra}
-    eio.write_json(ctx.path(f"{sub}/point.json"), point)
+    atomic.write_json(ctx.path(f"{sub}/point.json"), point)
     return point
 
 
