@@ -1,10 +1,11 @@
-"""The head-to-head benchmark against Torch-Pruning and torch.nn.utils.prune (issue 9, item 3).
+"""The head-to-head benchmark against Torch-Pruning and torch.nn.utils.prune.
 
 One ``--quick`` run (tiny networks, generated data, about 20 s on one core)
 is shared by the module; each test checks its figures against references
 computed here independently: closed-form parameter counts, a masked twin,
 a hand-made "drop", the printed tables. Torch-Pruning's parts are skipped
-when ``torch_pruning`` is not installed (it is in the ``test`` extra).
+when ``torch_pruning`` is not installed (it is in the ``test`` extra); the run passes
+``--no-install``, the older name of ``--without-torch-pruning``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
 import pruners
 from experiments.bench import peers as P
@@ -145,7 +145,7 @@ def test_ours_equals_its_masked_twin_with_mean_replacement(nets):
     for name, (base, ctx) in models.items():
         kept, count = P.widths_for_reduction(base, ctx.example, 5.0)
         pruned = copy.deepcopy(base).eval()
-        units = P._mrs(pruned, kept, ctx)
+        units = P.mrs_prune(pruned, kept, ctx)
         # independent selection: the n - k lowest MRS scores of every layer
         scores = SCORERS["mrs"]().score(base, ctx.scoring)
         for layer, k in kept.items():
@@ -168,7 +168,7 @@ def test_ln_structured_physical_twin_is_the_same_function(nets):
     x = splits.test.tensors[0][:300]
     for name, (base, ctx) in models.items():
         kept, count = P.widths_for_reduction(base, ctx.example, 2.0)
-        masked = P._ln_structured(copy.deepcopy(base).eval(), kept, ctx)
+        masked = P.ln_structured_prune(copy.deepcopy(base).eval(), kept, ctx)
         twin, units = P.physical_twin(masked, list(kept), ctx.example)
         for layer, k in kept.items():
             assert len(units[layer]) == ctx.prunable[layer] - k
@@ -194,7 +194,7 @@ def test_constant_units_ours_exact_dropping_is_not(run, nets):
         assert ours32["max_abs_change"] <= 4 * ours32["rounding_floor"]
         # an independent drop: plant the same units, zero their consumer columns
         planted = copy.deepcopy(base).double().eval()
-        layer, idx = P._plant_constant(planted, ctx, SEED)
+        layer, idx = P.plant_constant(planted, ctx, SEED)
         assert idx == ours64["unit_indices"]
         with torch.no_grad():
             ref = planted(x)
@@ -357,11 +357,41 @@ def test_timing_rows(run):
 def test_bad_command_lines_and_versions():
     for argv in (["--repeats", "0"], ["--data", "cifar"], ["--bogus"]):
         with pytest.raises(SystemExit):
-            P._parse(argv)
+            P.parse_args(argv)
     for bad in ("1.5.2", "1.7.0", "2.0", "nonsense"):
         with pytest.raises(RuntimeError, match="needs 'torch-pruning>=1.6,<1.7'"):
             P.check_tp_version(bad)
     P.check_tp_version("1.6.1")
+
+
+def test_a_missing_torch_pruning_stops_with_the_install_command_or_is_skipped(
+        monkeypatch, tmp_path, capsys):
+    """Nothing is installed while the benchmark runs: without ``torch_pruning`` it stops and
+    says how to install it (the ``peers`` extra, pinned as in setup.cfg), or, with
+    ``--without-torch-pruning`` (alias ``--no-install``), skips the Torch-Pruning parts."""
+    import subprocess
+    import sys
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"the benchmark started a process: {args}")
+
+    monkeypatch.setattr(subprocess, "run", forbidden)
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # importing it raises ImportError
+    with pytest.raises(P.TorchPruningMissing) as err:
+        P.load_torch_pruning(skip_missing=False, log=print)
+    for words in ('-m pip install -e ".[peers]"', f'-m pip install "{P.TP_REQUIREMENT}"',
+                  "--without-torch-pruning"):
+        assert words in str(err.value)
+    notes: list = []
+    assert P.load_torch_pruning(skip_missing=True, log=notes.append) is None
+    assert "Torch-Pruning parts are skipped" in notes[0] and ".[peers]" in notes[0]
+    # the command line: exit code 2, the command on stderr, no network trained
+    assert P.run(["--quick", "--cache", str(tmp_path / "cache")]) == 2
+    assert '-m pip install -e ".[peers]"' in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+    for flag, want in (([], False), (["--without-torch-pruning"], True), (["--no-install"], True)):
+        assert P.parse_args(flag).without_torch_pruning is want
 
 
 def test_peers_extra_names_the_requirement():
@@ -389,7 +419,7 @@ def test_rounds_rescore_the_shrunk_network_and_end_at_the_common_widths(nets):
         plan = P.round_widths(start, kept, 3)
         pruned = copy.deepcopy(base).eval()
         rounds = P.mrs_rounds(pruned, kept, ctx, 3)
-        assert P._widths(pruned, list(kept)) == kept
+        assert P.layer_widths(pruned, list(kept)) == kept
         assert pruners.count_params(pruned) == count == _closed_form(name, kept)
         # an independent replay: score the network as the previous round left it, drop the
         # lowest MRS scores to that round's width, fold their mean outputs into the biases
@@ -410,9 +440,9 @@ def test_rounds_rescore_the_shrunk_network_and_end_at_the_common_widths(nets):
         # Torch-Pruning in three iterative steps passes through the same widths
         if ctx.tp is not None:
             steps: list = []
-            theirs = P._tp_prune(copy.deepcopy(base).eval(), kept, ctx, "taylor", rounds=3,
+            theirs = P.tp_prune(copy.deepcopy(base).eval(), kept, ctx, "taylor", rounds=3,
                                  trace=steps)
-            assert steps == plan and P._widths(theirs, list(kept)) == kept
+            assert steps == plan and P.layer_widths(theirs, list(kept)) == kept
             assert len({tuple(w.values()) for w in plan}) == 3  # three different widths
 
 

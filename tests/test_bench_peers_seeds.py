@@ -1,4 +1,4 @@
-"""Issue 9's accuracy targets over several seeds (experiments.bench.peers_seeds).
+"""The peers benchmark's accuracy targets over several seeds (experiments.bench.peers_seeds).
 
 Small hand-made results with hand-computed means and gaps, scipy's t-interval as
 the interval's reference, and every refusal; the check against a real

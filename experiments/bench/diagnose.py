@@ -11,8 +11,8 @@ the case is :func:`saliency.find_dead_units` with every criterion but exact
 MRP (tracing, the one-pass statistics, the shifted moments, the weight
 criteria and the report). Both run in eval mode. They are timed alternately,
 and the fastest of the repeats of each is kept: on a shared machine the
-speed drifts, and alternating compares both under the same load. Target
-(issue 8): the ratio is at most 3. ``--exact-mrp`` adds a row for the exact
+speed drifts, and alternating compares both under the same load. Target:
+the ratio is at most 3. ``--exact-mrp`` adds a row for the exact
 MRP pass of all 2,048 hidden units (information only).
 
 Prints a table, then one JSON line last.
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.harness.models import build_model
+from experiments.harness.tables import format_table
 from experiments.harness.timing import alternating
 from saliency import MRP, find_dead_units
 
@@ -80,9 +81,8 @@ def main(argv: list[str] | None = None, file=None, widths=(784, 1024, 1024, 10))
     print(f"dead-unit detection cost (torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads): MLP {'-'.join(map(str, widths))}, {samples:,} samples in batches of "
           f"{args.batch}, {units} units, best of {repeats} alternated runs", file=out)
-    print(f"{'case':<48}{'seconds':>10}{'x fwd+bwd':>11}", file=out)
-    for r in rows:
-        print(f"{r['case']:<48}{r['seconds']:>10.3f}{r['ratio']:>11.2f}", file=out)
+    print(format_table(rows, {"case": "case", "seconds": "seconds", "ratio": "x fwd+bwd"},
+                       formats={"seconds": ".3f", "ratio": ".2f"}), file=out)
     result = {"benchmark": "diagnose", "model": f"mlp {'-'.join(map(str, widths))}",
               "samples": samples, "batch": args.batch, "repeats": repeats,
               "threads": torch.get_num_threads(), "rows": rows,

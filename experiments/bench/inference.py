@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import json
 import math
 import os
@@ -63,11 +62,12 @@ import torch.nn as nn
 
 import pruners
 from experiments.harness.models import mlp, small_cnn
+from experiments.harness.tables import format_table
 from experiments.harness.timing import BUSY_WARNING, loadavg, time_models, timed
 
 __all__ = ["main", "TARGETS", "uniform_units", "prune_to_reduction", "time_models"]
 
-#: Targets of the issue, at batch 256 for physically removed units: the ratio
+#: The benchmark's targets, at batch 256 for physically removed units: the ratio
 #: speedup / MAC reduction must reach ``min_ratio`` for every target reduction
 #: up to ``max_reduction``.
 TARGETS: dict[str, dict[str, float]] = {
@@ -276,18 +276,36 @@ def _spread(times: Sequence[float]) -> float:
 
 
 def _table(cases: Sequence[Mapping[str, Any]]) -> str:
-    head = (f"{'model':<10}{'batch':>6}  {'method':<7}{'target':>7}{'MAC red.':>9}"
-            f"{'keep':>7}{'params':>11}{'base ms':>10}{'ms':>10}{'speedup':>9}"
-            f"{'ratio':>7}  target")
-    lines = [head, "-" * len(head)]
-    for c in cases:
-        status = {True: "ok", False: "MISSED", None: ""}[c["meets_target"]]
-        lines.append(
-            f"{c['model']:<10}{c['batch']:>6}  {c['method']:<7}{c['target_reduction']:>6g}x"
-            f"{c['mac_reduction']:>8.2f}x{c['keep_fraction']:>7.3f}{c['params']:>11,}"
-            f"{c['ms_base']:>10.3f}{c['ms']:>10.3f}{c['speedup']:>8.2f}x"
-            f"{c['ratio']:>7.2f}  {status}")
-    return "\n".join(lines)
+    status = {True: "ok", False: "MISSED", None: ""}
+    return format_table(
+        [{**c, "status": status[c["meets_target"]]} for c in cases],
+        {"model": "model", "batch": "batch", "method": "method", "target_reduction": "target",
+         "mac_reduction": "MAC red.", "keep_fraction": "keep", "params": "params",
+         "ms_base": "base ms", "ms": "ms", "speedup": "speedup", "ratio": "ratio",
+         "status": "target"},
+        formats={"target_reduction": lambda v: f"{v:g}x", "mac_reduction": lambda v: f"{v:.2f}x",
+                 "keep_fraction": ".3f", "params": ",", "ms_base": ".3f", "ms": ".3f",
+                 "speedup": lambda v: f"{v:.2f}x", "ratio": ".2f"})
+
+
+def _report(log, cases: Sequence[Mapping[str, Any]], load_start, load_end) -> None:
+    """The table, the targets, the load and a warning per case timed on a busy machine."""
+    log("")
+    log(_table(cases))
+    log("")
+    log("speedup = base ms / ms; ratio = speedup / MAC reduction; 'mask' keeps dense shapes "
+        "(torch.nn.utils.prune masks), its MAC red. is that of its removed twin.")
+    for name, t in TARGETS.items():
+        log(f"target {name}: ratio >= {t['min_ratio']} at batch {t['batch']:g} up to "
+            f"{t['max_reduction']:g}x")
+    if load_start is not None:
+        log(f"load average (1 min): {load_start:.2f} at start, {load_end:.2f} at end, "
+            f"{os.cpu_count()} CPUs")
+    busy = {(c["model"], c["batch"]): c["other_cpus_busy"] for c in cases
+            if c["other_cpus_busy"] is not None and c["other_cpus_busy"] > BUSY_WARNING}
+    for (name, batch), others in busy.items():
+        log(f"WARNING: other processes kept {others:.2f} CPUs busy while {name} was timed "
+            f"at batch {batch}; those timings are unreliable")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -359,22 +377,7 @@ def main(argv: Sequence[str] | None = None, *,
     elapsed = time.perf_counter() - start
     load_end = loadavg()
 
-    log("")
-    log(_table(cases))
-    log("")
-    log("speedup = base ms / ms; ratio = speedup / MAC reduction; 'mask' keeps dense shapes "
-        "(torch.nn.utils.prune masks), its MAC red. is that of its removed twin.")
-    for name, t in TARGETS.items():
-        log(f"target {name}: ratio >= {t['min_ratio']} at batch {t['batch']:g} up to "
-            f"{t['max_reduction']:g}x")
-    if load_start is not None:
-        log(f"load average (1 min): {load_start:.2f} at start, {load_end:.2f} at end, "
-            f"{os.cpu_count()} CPUs")
-    busy = {(c["model"], c["batch"]): c["other_cpus_busy"] for c in cases
-            if c["other_cpus_busy"] is not None and c["other_cpus_busy"] > BUSY_WARNING}
-    for (name, batch), others in busy.items():
-        log(f"WARNING: other processes kept {others:.2f} CPUs busy while {name} was timed "
-            f"at batch {batch}; those timings are unreliable")
+    _report(log, cases, load_start, load_end)
     log(f"targets met: {targets_met}   ({elapsed:.1f} s)")
     result = {
         "benchmark": "inference",

@@ -1,12 +1,13 @@
 """Is MRS's miss right after pruning its approximation's fault, or its criterion's?
 
-A diagnostic of issue 9's pruning target. Right after a one-shot cut, MRS
-(Evci 2018, ``shared/seeds/004_...``, Def. 3.1.2) trails Torch-Pruning's
-magnitude criterion by 5-13 points on the five-seed means of
-:mod:`experiments.bench.peers` at the 10x cuts and at CNN 5x. MRS is the first-order
-estimate of MRP (Def. 3.1.1), each unit's loss change when it alone is replaced
-by its mean. If the exact quantity ranked units better, a better estimate (our
-second-order scorers) could close the gap; if it does not, no estimate of it can.
+A diagnostic of the pruning target of :mod:`experiments.bench.peers` (MRS above the best peer
+right after pruning). Right after a one-shot cut, MRS (U. Evci, "Detecting Dead Weights and
+Units in Neural Networks", MS thesis, NYU 2018, https://arxiv.org/abs/1806.06068, Def. 3.1.2)
+trails Torch-Pruning's magnitude criterion by 5-13 points on the benchmark's five-seed means at
+the 10x cuts and at CNN 5x. MRS is the first-order estimate of MRP (Evci 2018, Def. 3.1.1),
+each unit's loss change when it alone is replaced by its mean. If the exact quantity ranked
+units better, a better estimate (our second-order scorers) could close the gap; if it does not,
+no estimate of it can.
 
 This module takes the benchmark's trained networks (its cache: the same seeds
 train the same networks, or loads them), its scoring data and its widths, cuts
@@ -25,10 +26,11 @@ each network once per criterion, and reports test accuracy right after the cut
   layers' removal left it (one call of ``remove_units`` measures every mean
   on the unpruned network);
 - ``norm_mean`` / ``norm_drop``: the squared L2 norm of the unit's incoming
-  weights (thesis Table 4.1), removed with mean replacement or dropped: the
+  weights (Evci 2018, Table 4.1), removed with mean replacement or dropped: the
   effect of the replacement alone;
 - ``tp_magnitude``: Torch-Pruning's magnitude importance and pruner, as in the
-  benchmark (skipped without Torch-Pruning).
+  benchmark (skipped with ``--without-torch-pruning`` when Torch-Pruning is not
+  installed).
 
 It also gives the Spearman rank correlation of MRS with MRP per layer, the
 fidelity of the estimate. Each seed's result is written atomically to
@@ -38,7 +40,8 @@ setting, criteria and library versions are this run's and they are complete::
     OMP_NUM_THREADS=1 python -m experiments.bench.peers_oracle --seeds 0 1 2 3 4
 
 It prints a table of the seed means and one JSON line last. Exit code 1 if a
-``--check`` figure differs, 2 on bad input (a log of another seed or setting).
+``--check`` figure differs, 2 on bad input (a log of another seed or setting) or when
+Torch-Pruning is missing and ``--without-torch-pruning`` was not given.
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +59,15 @@ import torch
 import torch.nn as nn
 
 from experiments.bench import peers as P
-from experiments.bench.peers_seeds import load_result, md_cell, run_setting
+from experiments.bench.peers_seeds import load_result, run_setting
 from experiments.harness import atomic
 from experiments.harness.stats import mean, t_interval
+from experiments.harness.tables import format_table
 from pruners import remove_units
 from saliency import SCORERS
 
 __all__ = ["CRITERIA", "VERSION", "score_units", "run_seed", "check_against", "summarize",
-           "oracle_table", "main"]
+           "oracle_table", "fidelity_table", "main"]
 
 #: criterion -> (label, the ranking's scorer, replacement used at removal)
 CRITERIA: dict[str, tuple[str, str, str | None]] = {
@@ -115,7 +118,7 @@ def run_seed(seed: int, s: P.Setting, data: str, cache: Path, tp: Any,
         base, info = P.trained_model(spec, splits, s, cache, seed, log)
         ctx = P.make_context(base, splits.train.tensors[0][:1].clone(), scoring, tp, s,
                              spec.name)
-        acc_base = P._accuracy(base, splits.test, s)
+        acc_base = P.accuracy_of(base, splits.test, s)
         mrs = score_units("mrs", copy.deepcopy(base).eval(), ctx)
         mrp = score_units("mrp", copy.deepcopy(base).eval(), ctx)
         for layer in mrs:
@@ -131,11 +134,11 @@ def run_seed(seed: int, s: P.Setting, data: str, cache: Path, tp: Any,
                 torch.manual_seed(seed)
                 model = copy.deepcopy(base).eval()
                 if crit == "tp_magnitude":
-                    P._tp_prune(model, kept, ctx, "magnitude")
+                    P.tp_prune(model, kept, ctx, "magnitude")
                 else:
                     if ranking not in rankings:  # scores of the unpruned network, once
                         rankings[ranking] = score_units(ranking, copy.deepcopy(base).eval(), ctx)
-                    units = P._lowest(rankings[ranking], kept)
+                    units = P.lowest_units(rankings[ranking], kept)
                     if replacement == "mean_sequential":
                         # layer by layer in forward order, each layer's means measured on the
                         # network as the earlier layers' removal left it
@@ -145,11 +148,11 @@ def run_seed(seed: int, s: P.Setting, data: str, cache: Path, tp: Any,
                                              data=ctx.scoring)
                     else:
                         remove_units(model, units, replacement=replacement, data=ctx.scoring)
-                got = P._widths(model, list(kept))
+                got = P.layer_widths(model, list(kept))
                 if got != dict(kept):
                     raise RuntimeError(f"{crit} on {spec.name} at {target:g}x left widths "
                                        f"{got}, expected {dict(kept)}")
-                acc = P._accuracy(model, splits.test, s)
+                acc = P.accuracy_of(model, splits.test, s)
                 rows.append({"model": spec.name, "target": target, "criterion": crit,
                              "label": label, "kept": dict(kept), "params": params,
                              "acc_base": acc_base, "acc_pruned": acc,
@@ -160,9 +163,9 @@ def run_seed(seed: int, s: P.Setting, data: str, cache: Path, tp: Any,
 
 def _identity(seed: int, s: P.Setting, data: str, tp: Any) -> dict[str, Any]:
     """What a seed's result depends on; a stored result is reused only if all of it is equal."""
-    return {"version": VERSION, "seed": seed, "data": data, "setting": P._jsonable(asdict(s)),
+    return {"version": VERSION, "seed": seed, "data": data, "setting": P.setting_json(s),
             "criteria": sorted(c for c in CRITERIA if c != "tp_magnitude" or tp is not None),
-            "torch": torch.__version__, "torch_pruning": P._tp_version(tp)}
+            "torch": torch.__version__, "torch_pruning": P.tp_version(tp)}
 
 
 def _complete(result: Mapping[str, Any], s: P.Setting) -> bool:
@@ -246,14 +249,20 @@ def oracle_table(summary: Mapping[str, Any], model: str) -> str:
     crits = [c for c in CRITERIA if any(p["criterion"] == c for p in pts)]
     cell = {(p["target"], p["criterion"]): p["mean"] for p in pts}
     best = {t: max(cell[(t, c)] for c in crits) for t in targets}
-    lines = [f"| {model.upper()}, right after the cut | "
-             + " | ".join(f"{t:g}x" for t in targets) + " |",
-             "| --- |" + " ---: |" * len(targets)]
-    for c in crits:
-        vals = [cell[(t, c)] for t in targets]
-        lines.append(f"| {md_cell(CRITERIA[c][0])} | " + " | ".join(
-            f"**{v:.2f}**" if v == best[t] else f"{v:.2f}" for v, t in zip(vals, targets)) + " |")
-    return "\n".join(lines)
+    sizes = {t: f"{t:g}x" for t in targets}
+    rows = [{"criterion": CRITERIA[c][0],
+             **{sizes[t]: f"**{cell[(t, c)]:.2f}**" if cell[(t, c)] == best[t]
+                else f"{cell[(t, c)]:.2f}" for t in targets}} for c in crits]
+    return format_table(rows, {"criterion": f"{model.upper()}, right after the cut",
+                               **{v: v for v in sizes.values()}},
+                        align={v: ">" for v in sizes.values()}, markdown=True)
+
+
+def fidelity_table(summary: Mapping[str, Any]) -> str:
+    """Per network and layer, the mean Spearman correlation of MRS with exact MRP."""
+    return format_table(summary["fidelity"], {"model": "network", "layer": "layer",
+                                              "mean": "Spearman (mean over the seeds)"},
+                        formats={"mean": ".3f"})
 
 
 def _parse(argv):
@@ -265,8 +274,10 @@ def _parse(argv):
                                                  "(the default with --quick)")
     ap.add_argument("--cache", default="runs/bench-peers", help="the benchmark's network cache")
     ap.add_argument("--out", default="runs/peers-oracle", help="folder of the per-seed results")
-    ap.add_argument("--no-install", action="store_true",
-                    help="do not install Torch-Pruning; skip its criterion")
+    ap.add_argument("--without-torch-pruning", "--no-install", dest="without_torch_pruning",
+                    action="store_true",
+                    help="when torch_pruning is not installed, skip its criterion instead of "
+                         "stopping (install it with: pip install -e \".[peers]\")")
     ap.add_argument("--check", nargs="*", default=[], metavar="LOG",
                     help="peers benchmark logs of the same seeds: MRS's and Torch-Pruning "
                          "magnitude's figures must match theirs")
@@ -292,7 +303,7 @@ def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
     missing = sorted({c["config"]["seed"] for c in checks} - set(args.seeds))
     if missing:
         raise ValueError(f"--check: logs of seed(s) {missing}, which --seeds does not run")
-    tp = P.ensure_torch_pruning(not args.no_install, log)
+    tp = P.load_torch_pruning(skip_missing=args.without_torch_pruning, log=log)
     folder = Path(args.out)
     results = []
     for seed in args.seeds:
@@ -319,9 +330,8 @@ def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
     for model in dict.fromkeys(p["model"] for p in summary["points"]):
         log("")
         log(oracle_table(summary, model))
-    log("\nSpearman correlation of MRS with exact MRP (mean over the seeds):")
-    for f in summary["fidelity"]:
-        log(f"  {f['model']} {f['layer']}: {f['mean']:.3f}")
+    log("\nSpearman correlation of MRS with exact MRP, per layer:")
+    log(fidelity_table(summary))
     if checks:
         log(f"\nagainst the benchmark's logs: {compared} figures compared, "
             f"{'every one matches' if not mismatches else 'MISMATCHES: ' + '; '.join(mismatches)}")
@@ -334,7 +344,7 @@ def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
 def _cli() -> int:
     try:
         result = main()
-    except ValueError as exc:
+    except (ValueError, P.TorchPruningMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1 if result["mismatches"] else 0

@@ -1,4 +1,4 @@
-"""Issue 9's accuracy targets read over several seeds of the peers benchmark.
+"""The accuracy targets of the peers benchmark read over several of its seeds.
 
 One run of :mod:`experiments.bench.peers` compares the methods on one pair of
 trained networks and one fine-tuning order. The gaps it finds after fine-tuning
@@ -39,6 +39,7 @@ from typing import Any
 from experiments.bench.peers import METHODS, OURS, TARGETS
 from experiments.harness import atomic
 from experiments.harness.stats import mean, t_interval
+from experiments.harness.tables import format_table
 
 __all__ = ["load_result", "seed_summary", "summary_table", "means_table", "md_cell", "plot_gaps",
            "run_setting", "main"]
@@ -46,7 +47,7 @@ __all__ = ["load_result", "seed_summary", "summary_table", "means_table", "md_ce
 PEERS = tuple(m for m in METHODS if m not in OURS)
 MRS = "ours_mrs"
 STAGES = {"acc_pruned": "right after pruning", "acc_finetuned": "after fine-tuning"}
-# the issue's two accuracy targets, by the stage they are read at
+# the benchmark's two accuracy targets, by the stage they are read at
 STAGE_TARGET = {"acc_pruned": "accuracy_after_pruning",
                 "acc_finetuned": "accuracy_after_finetune"}
 MARGIN = 1e-9
@@ -117,7 +118,7 @@ def _check_result(name: str, result: Any) -> None:
 
 
 def _stage_met(stage: str, gap: float) -> bool:
-    """The issue's rule at one point: no lower after fine-tuning, higher right after pruning
+    """The benchmark's rule at one point: no lower after fine-tuning, higher right after pruning
     (``MARGIN`` absorbs floating point; accuracies differ by at least 0.01 points)."""
     return gap >= -MARGIN if stage == "acc_finetuned" else gap > MARGIN
 
@@ -125,6 +126,104 @@ def _stage_met(stage: str, gap: float) -> bool:
 def _differences(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     d = [x - y for x, y in zip(a, b)]
     return {"per_seed": d, "mean": mean(d), "ci95": t_interval(d)}
+
+
+def _same_setting(results: Sequence[Mapping[str, Any]], names: Sequence[str]
+                  ) -> dict[str, Any]:
+    """The runs' common setting (:func:`_setting`); ``ValueError`` naming the run and the fields
+    that differ from the first run's."""
+    ref = _setting(results[0])
+    for name, r in zip(names, results):
+        mine = _setting(r)
+        diff = sorted(k for k in ref.keys() | mine.keys() if ref.get(k) != mine.get(k))
+        if diff:
+            raise ValueError(
+                f"seed_summary: {name} was run with another setting than {names[0]}: "
+                + "; ".join(f"{k} {mine.get(k)!r} against {ref.get(k)!r}" for k in diff)
+                + " (only the seed may differ)")
+    return ref
+
+
+def _distinct_seeds(results: Sequence[Mapping[str, Any]]) -> list[int]:
+    seeds = [r["config"]["seed"] for r in results]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"seed_summary: seed(s) {twice} given more than once")
+    return seeds
+
+
+def _rows_by_key(name: str, result: Mapping[str, Any]) -> dict[tuple, Mapping[str, Any]]:
+    """A run's accuracy rows by (network, size, method); ``ValueError`` on a repeated key."""
+    by = {}
+    for row in result["accuracy"]:
+        key = (row["model"], float(row["target"]), row["method"])
+        if key in by:
+            raise ValueError(f"seed_summary: {name} has two rows for {key}")
+        by[key] = row
+    return by
+
+
+def _point_keys(tables: Sequence[Mapping[tuple, Any]], names: Sequence[str]) -> list[tuple]:
+    """The (network, size) points of the first run, MLP first; every run must have no other."""
+    keys = sorted({k[:2] for k in tables[0]}, key=lambda k: (k[0] != "mlp", k[0], k[1]))
+    if not keys:
+        raise ValueError(f"seed_summary: {names[0]} has no accuracy rows")
+    for name, by in zip(names, tables):
+        other = {k[:2] for k in by} - set(keys)
+        if other:
+            raise ValueError(f"seed_summary: {name} has points {sorted(other)} that "
+                             f"{names[0]} lacks")
+    return keys
+
+
+def _methods_at(model: str, target: float, tables: Sequence[Mapping[tuple, Any]],
+                names: Sequence[str]) -> list[str]:
+    """The methods of the first run at a point, which every run must have, no more, no less;
+    they must include MRS and a peer."""
+    methods = [m for m in METHODS if (model, target, m) in tables[0]]
+    for name, by in zip(names, tables):
+        missing = [m for m in methods if (model, target, m) not in by]
+        extra = {k[2] for k in by if k[:2] == (model, target)} - set(methods)
+        if missing or extra:
+            raise ValueError(f"seed_summary: {name} at {model} {target:g}x lacks "
+                             f"{missing or '-'} or has extra {sorted(extra) or '-'} "
+                             f"against {names[0]}")
+    if MRS not in methods or not any(p in methods for p in PEERS):
+        raise ValueError(f"seed_summary: {model} {target:g}x needs MRS and a peer")
+    return methods
+
+
+def _stage(stage: str, acc: Mapping[str, Mapping[str, list[float]]], peers: Sequence[str],
+           ours: Sequence[str]) -> dict[str, Any]:
+    """One stage of a point: the best peer on the means, MRS's gap to it and its verdict, the
+    per-seed differences, each seed's own verdict, and the best of ours likewise."""
+    best = max(peers, key=lambda m: mean(acc[m][stage]))
+    gap = mean(acc[MRS][stage]) - mean(acc[best][stage])
+    top = max(ours, key=lambda m: mean(acc[m][stage]))
+    top_gap = mean(acc[top][stage]) - mean(acc[best][stage])
+    # each seed alone, against its own best peer: the single run's verdict
+    alone = [_stage_met(stage, acc[MRS][stage][i] - max(acc[m][stage][i] for m in peers))
+             for i in range(len(acc[MRS][stage]))]
+    return {"best_peer": best, "gap": gap, "met": _stage_met(stage, gap),
+            "differences": _differences(acc[MRS][stage], acc[best][stage]),
+            "met_alone": alone,
+            "best_of_ours": {"method": top, "gap": top_gap, "met": _stage_met(stage, top_gap)}}
+
+
+def _point(model: str, target: float, tables: Sequence[Mapping[tuple, Any]],
+           names: Sequence[str]) -> dict[str, Any]:
+    """A point of :func:`seed_summary`: every method's accuracies, per stage the verdicts."""
+    methods = _methods_at(model, target, tables, names)
+    rows0 = tables[0][(model, target, MRS)]
+    acc = {m: {stage: [round(100 * by[(model, target, m)][stage], 9) for by in tables]
+               for stage in STAGES} for m in methods}
+    peers = [m for m in PEERS if m in methods]
+    ours = [m for m in OURS if m in methods]
+    return {"model": model, "target": target, "kept": rows0["kept"], "params": rows0["params"],
+            "methods": {m: {"label": tables[0][(model, target, m)]["label"],
+                            **{stage: {"per_seed": v, "mean": mean(v), "ci95": t_interval(v)}
+                               for stage, v in acc[m].items()}} for m in methods},
+            "stages": {stage: _stage(stage, acc, peers, ours) for stage in STAGES}}
 
 
 def seed_summary(results: Sequence[Mapping[str, Any]],
@@ -153,75 +252,11 @@ def seed_summary(results: Sequence[Mapping[str, Any]],
     names = list(names) if names is not None else [f"run {i}" for i in range(len(results))]
     for name, r in zip(names, results):
         _check_result(name, r)
-    ref = _setting(results[0])
-    for name, r in zip(names, results):
-        mine = _setting(r)
-        diff = sorted(k for k in ref.keys() | mine.keys() if ref.get(k) != mine.get(k))
-        if diff:
-            raise ValueError(
-                f"seed_summary: {name} was run with another setting than {names[0]}: "
-                + "; ".join(f"{k} {mine.get(k)!r} against {ref.get(k)!r}" for k in diff)
-                + " (only the seed may differ)")
-    seeds = [r["config"]["seed"] for r in results]
-    twice = sorted({s for s in seeds if seeds.count(s) > 1})
-    if twice:
-        raise ValueError(f"seed_summary: seed(s) {twice} given more than once")
-    tables = []
-    for name, r in zip(names, results):
-        by = {}
-        for row in r["accuracy"]:
-            key = (row["model"], float(row["target"]), row["method"])
-            if key in by:
-                raise ValueError(f"seed_summary: {name} has two rows for {key}")
-            by[key] = row
-        tables.append(by)
-    keys = sorted({k[:2] for k in tables[0]}, key=lambda k: (k[0] != "mlp", k[0], k[1]))
-    if not keys:
-        raise ValueError(f"seed_summary: {names[0]} has no accuracy rows")
-    for name, by in zip(names, tables):
-        other = {k[:2] for k in by} - set(keys)
-        if other:
-            raise ValueError(f"seed_summary: {name} has points {sorted(other)} that "
-                             f"{names[0]} lacks")
-    points = []
-    for model, target in keys:
-        methods = [m for m in METHODS if (model, target, m) in tables[0]]
-        for name, by in zip(names, tables):
-            missing = [m for m in methods if (model, target, m) not in by]
-            extra = {k[2] for k in by if k[:2] == (model, target)} - set(methods)
-            if missing or extra:
-                raise ValueError(f"seed_summary: {name} at {model} {target:g}x lacks "
-                                 f"{missing or '-'} or has extra {sorted(extra) or '-'} "
-                                 f"against {names[0]}")
-        if MRS not in methods or not any(p in methods for p in PEERS):
-            raise ValueError(f"seed_summary: {model} {target:g}x needs MRS and a peer")
-        rows0 = tables[0][(model, target, MRS)]
-        acc = {m: {stage: [round(100 * by[(model, target, m)][stage], 9) for by in tables]
-                   for stage in STAGES} for m in methods}
-        point = {"model": model, "target": target, "kept": rows0["kept"],
-                 "params": rows0["params"],
-                 "methods": {m: {"label": tables[0][(model, target, m)]["label"],
-                                 **{stage: {"per_seed": v, "mean": mean(v),
-                                            "ci95": t_interval(v)}
-                                    for stage, v in acc[m].items()}} for m in methods},
-                 "stages": {}}
-        peers = [m for m in PEERS if m in methods]
-        ours = [m for m in OURS if m in methods]
-        for stage in STAGES:
-            best = max(peers, key=lambda m: mean(acc[m][stage]))
-            gap = mean(acc[MRS][stage]) - mean(acc[best][stage])
-            top = max(ours, key=lambda m: mean(acc[m][stage]))
-            top_gap = mean(acc[top][stage]) - mean(acc[best][stage])
-            # each seed alone, against its own best peer: the single run's verdict
-            alone = [_stage_met(stage, acc[MRS][stage][i] - max(acc[m][stage][i] for m in peers))
-                     for i in range(len(tables))]
-            point["stages"][stage] = {
-                "best_peer": best, "gap": gap, "met": _stage_met(stage, gap),
-                "differences": _differences(acc[MRS][stage], acc[best][stage]),
-                "met_alone": alone,
-                "best_of_ours": {"method": top, "gap": top_gap,
-                                 "met": _stage_met(stage, top_gap)}}
-        points.append(point)
+    ref = _same_setting(results, names)
+    seeds = _distinct_seeds(results)
+    tables = [_rows_by_key(name, r) for name, r in zip(names, results)]
+    points = [_point(model, target, tables, names)
+              for model, target in _point_keys(tables, names)]
     by_target = {t: stage for stage, t in STAGE_TARGET.items()}
     targets = {key: {"target": TARGETS[key],
                      "met": all(p["stages"][by_target[key]]["met"] for p in points),
@@ -235,7 +270,8 @@ def seed_summary(results: Sequence[Mapping[str, Any]],
 
 
 def md_cell(text: str) -> str:
-    """``text`` safe inside a Markdown table cell."""
+    """``text`` safe inside a Markdown table cell (what
+    :func:`experiments.harness.tables.format_table` does to every cell with ``markdown=True``)."""
     return text.replace("|", "\\|")
 
 
@@ -247,21 +283,24 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     """A Markdown table: per point and stage, the means of MRS and of the best peer, the
     gap, the per-seed differences' 95% t-interval, on how many seeds the single run's
     verdict (against that seed's own best peer) was met, and the verdict on the means."""
-    lines = ["| network | size | stage | MRS mean | best peer (mean) | gap | 95% t-interval "
-             "| seeds met alone | target on the means |",
-             "| --- | ---: | --- | ---: | --- | ---: | --- | ---: | --- |"]
     n = len(summary["seeds"])
+    rows = []
     for p in summary["points"]:
         for stage, desc in STAGES.items():
             st = p["stages"][stage]
             best = p["methods"][st["best_peer"]]
-            lines.append(
-                f"| {p['model'].upper()} | {p['target']:g}x | {desc} "
-                f"| {p['methods'][MRS][stage]['mean']:.2f} "
-                f"| {md_cell(best['label'])} ({best[stage]['mean']:.2f}) | {st['gap']:+.2f} "
-                f"| {_interval(st['differences']['ci95'])} | {sum(st['met_alone'])} of {n} "
-                f"| {'met' if st['met'] else 'missed'} |")
-    return "\n".join(lines)
+            rows.append({"model": p["model"].upper(), "target": p["target"], "stage": desc,
+                         "mrs": p["methods"][MRS][stage]["mean"],
+                         "best": f"{best['label']} ({best[stage]['mean']:.2f})",
+                         "gap": st["gap"], "interval": _interval(st["differences"]["ci95"]),
+                         "alone": f"{sum(st['met_alone'])} of {n}",
+                         "verdict": "met" if st["met"] else "missed"})
+    return format_table(
+        rows, {"model": "network", "target": "size", "stage": "stage", "mrs": "MRS mean",
+               "best": "best peer (mean)", "gap": "gap", "interval": "95% t-interval",
+               "alone": "seeds met alone", "verdict": "target on the means"},
+        formats={"target": lambda t: f"{t:g}x", "mrs": ".2f", "gap": "+.2f"},
+        align={"alone": ">"}, markdown=True)
 
 
 def means_table(summary: Mapping[str, Any], model: str) -> str:
@@ -280,12 +319,11 @@ def means_table(summary: Mapping[str, Any], model: str) -> str:
             (f"**{v:.2f}**" if v == best[(p["target"], stage)] else f"{v:.2f}")
             for stage in STAGES for v in [p["methods"][m][stage]["mean"]])
 
-    lines = ["| method | " + " | ".join(f"{p['target']:g}x ({p['params']:,})" for p in pts)
-             + " |", "| --- |" + " --- |" * len(pts)]
-    for m in methods:
-        lines.append(f"| {md_cell(pts[0]['methods'][m]['label'])} | "
-                     + " | ".join(cell(p, m) for p in pts) + " |")
-    return "\n".join(lines)
+    columns = {"method": "method", **{i: f"{p['target']:g}x ({p['params']:,})"
+                                      for i, p in enumerate(pts)}}
+    rows = [{"method": pts[0]["methods"][m]["label"], **{i: cell(p, m) for i, p in enumerate(pts)}}
+            for m in methods]
+    return format_table(rows, columns, markdown=True)
 
 
 def plot_gaps(summary: Mapping[str, Any], path: str | os.PathLike) -> None:

@@ -2,13 +2,14 @@
 
 ``python -m experiments.bench.scorers [--quick] [--repeats N]``
 
-Models: an MLP 784-512-512-10 at batch 256 and the thesis CNN (20,522
-parameters) at batch 1000, random inputs (cost does not depend on the
-values). For each model the reference is one plain forward+backward pass
-(``loss.backward()`` filling every parameter's ``.grad``), timed in the same
-run; each scorer's time is divided by it. Each case is timed alternately with its
-reference, and the fastest of the repeats of each is kept (the machine's
-speed drifts; alternating compares both under the same load). Targets (issue 4):
+Models: an MLP 784-512-512-10 at batch 256 and the thesis CNN (the CNN of U. Evci,
+"Detecting Dead Weights and Units in Neural Networks", MS thesis, NYU 2018,
+https://arxiv.org/abs/1806.06068, App. C.1; 20,522 parameters) at batch 1000, random inputs
+(cost does not depend on the values). For each model the reference is one plain
+forward+backward pass (``loss.backward()`` filling every parameter's ``.grad``), timed in the
+same run; each scorer's time is divided by it. Each case is timed alternately with its
+reference, and the fastest of the repeats of each is kept (the machine's speed drifts;
+alternating compares both under the same load). Targets:
 
 * ``mrs`` (with ``taylor`` and ``dormancy`` from the same pass): <= 1.3
 * exact ``mrp`` for all units: <= 50 (a one-forward-per-unit loop costs ~200)
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.harness.models import build_model
+from experiments.harness.tables import format_table
 from experiments.harness.timing import alternating
 from pruners import prepare_for
 from saliency import SCORERS, trace
@@ -128,10 +130,10 @@ def main(argv: list[str] | None = None, file=None) -> dict:
     for name in ("mlp", "thesis_cnn"):
         rows += measure(name, repeats, args.quick)
     print(f"scorer costs (torch {torch.__version__}, {torch.get_num_threads()} threads)", file=out)
-    print(f"{'model':<11}{'case':<30}{'ms':>10}{'x fwd+bwd':>11}  note", file=out)
-    for r in rows:
-        print(f"{r['model']:<11}{r['case']:<30}{r['seconds'] * 1e3:>10.2f}{r['ratio']:>11.2f}"
-              f"  {r.get('note', '')}", file=out)
+    print(format_table(rows, {"model": "model", "case": "case", "seconds": "ms",
+                              "ratio": "x fwd+bwd", "note": "note"},
+                       formats={"seconds": lambda v: f"{v * 1e3:.2f}", "ratio": ".2f"},
+                       missing=""), file=out)
     met = {}
     for case, (op, bound) in TARGETS.items():
         vals = [r["ratio"] for r in rows if r["case"] == case]

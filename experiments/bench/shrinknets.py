@@ -3,15 +3,17 @@
 ``python -m experiments.bench.shrinknets [--quick] [--epochs N] [--lam L] [--lr R]``
 
 An over-sized MLP 784-2048-2048-10 with ``max(0, theta)`` switches (the
-draft's filter layer, ``shared/seeds/000_...``; a unit is off for good once
-its ``theta <= 0``) is trained on Fashion-MNIST with Adam and the ShrinkNets
-penalty ``lambda ||g||_1`` twice from the same initialization and data order:
+filter layer, eq. 1-2, of the draft *Learning Network Size while Training with ShrinkNets*,
+2018, an earlier version of G. Leclerc, M. Vartak, R. Castro Fernandez, T. Kraska, S. Madden,
+"Smallify: Learning Network Size while Training", 2018, https://arxiv.org/abs/1806.03723; a
+unit is off for good once its ``theta <= 0``) is trained on Fashion-MNIST with Adam and the
+ShrinkNets penalty ``lambda ||g||_1`` twice from the same initialization and data order:
 
 * **collected**: a :class:`pruners.shrinknets.GarbageCollector` removes the
   dead units every ``--gc-every`` (25) steps (physically, slicing the Adam
-  state), so the
-  network -- and each step's work -- shrinks while it trains (ShrinkNets
-  Sec. 4.2);
+  state), so the network -- and each step's work -- shrinks while it trains (the neural
+  garbage collection of *ShrinkNets: Learning Network Size while Training*, 2018, Sec. 4.2,
+  the version after that draft);
 * **masked**: the same collector masks them instead; the function, the
   selections and the losses are those of the collected run, but every step
   still pays for the full dense network.
@@ -20,7 +22,7 @@ The two runs are trained epoch by epoch in alternation, so both see the same
 machine load. For each epoch the live MACs per sample (at its end, and the
 mean over its steps: the network between two collections is fixed, so each
 step runs at the size the latest collection left) and the training wall time
-(evaluation excluded) are printed. Targets (issue 6):
+(evaluation excluded) are printed. Targets:
 
 * the collected run's epoch time falls with its live MACs: the last epoch's
   time ratio, collected over masked (the masked run is the same epoch at the
@@ -51,6 +53,7 @@ import torch
 from experiments.harness.callbacks import ShrinkNetsCallback
 from experiments.harness.datasets import get_dataset
 from experiments.harness.models import build_model
+from experiments.harness.tables import format_table
 from experiments.harness.training import TrainConfig, Trainer
 from pruners.shrinknets import GarbageCollector, Threshold, insert_switches
 
@@ -111,13 +114,18 @@ def main(argv=None, file=None) -> dict:
     print(f"ShrinkNets garbage collection vs masking (torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads), MLP {widths}, lambda {lam}, Adam lr {lr}",
           file=out)
-    print(f"{'epoch':>5}{'live MACs':>12}{'mean MACs':>12}{'collected s':>13}{'masked s':>10}"
-          f"{'time ratio':>12}{'MAC ratio':>11}{'loss c/m':>18}", file=out)
-    for c, m in zip(col, msk):
-        print(f"{c['epoch']:>5}{c['live_macs']:>12,}{round(c['mean_live_macs']):>12,}"
-              f"{c['seconds']:>13.2f}{m['seconds']:>10.2f}{c['seconds'] / m['seconds']:>12.3f}"
-              f"{c['mean_live_macs'] / macs0:>11.3f}"
-              f"{c['train_loss']:>9.4f}/{m['train_loss']:.4f}", file=out)
+    table = [{"epoch": c["epoch"], "live": c["live_macs"], "mean": round(c["mean_live_macs"]),
+              "collected": c["seconds"], "masked": m["seconds"],
+              "time_ratio": c["seconds"] / m["seconds"],
+              "mac_ratio": c["mean_live_macs"] / macs0,
+              "loss": f"{c['train_loss']:.4f}/{m['train_loss']:.4f}"} for c, m in zip(col, msk)]
+    print(format_table(table, {"epoch": "epoch", "live": "live MACs", "mean": "mean MACs",
+                               "collected": "collected s", "masked": "masked s",
+                               "time_ratio": "time ratio", "mac_ratio": "MAC ratio",
+                               "loss": "loss c/m"},
+                       formats={"live": ",", "mean": ",", "collected": ".2f", "masked": ".2f",
+                                "time_ratio": ".3f", "mac_ratio": ".3f"},
+                       align={"loss": ">"}), file=out)
     time_ratio = col[-1]["seconds"] / msk[-1]["seconds"]
     mac_ratio = col[-1]["mean_live_macs"] / macs0
     run_ratio = sum(r["seconds"] for r in col) / sum(r["seconds"] for r in msk)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 
 __all__ = ["mean", "t_interval"]
@@ -17,8 +19,10 @@ def mean(xs: Sequence[float]) -> float:
 def t_interval(xs: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
     """The two-sided Student-t interval of the mean of ``xs`` at ``level``.
 
+    ``scipy.stats.t.interval`` with ``len(xs) - 1`` degrees of freedom, centred on the mean,
+    scaled by the standard error (sample standard deviation over the square root of the count).
     ``None`` for fewer than two values (no spread to estimate). With identical values the
-    interval is the single point ``(x, x)``.
+    interval is the single point ``(x, x)`` (scipy gives NaN for a zero scale).
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"t_interval: level must be in (0, 1), got {level!r}")
@@ -26,8 +30,9 @@ def t_interval(xs: Sequence[float], level: float = 0.95) -> tuple[float, float] 
         return None
     from scipy import stats
 
-    n = len(xs)
     m = mean(xs)
-    sd = (sum((x - m) ** 2 for x in xs) / (n - 1)) ** 0.5
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / n ** 0.5
-    return (m - half, m + half)
+    sd = statistics.stdev(xs)
+    if sd == 0:
+        return (m, m)
+    lo, hi = stats.t.interval(level, len(xs) - 1, loc=m, scale=sd / math.sqrt(len(xs)))
+    return (float(lo), float(hi))

@@ -1,0 +1,186 @@
+"""Head-to-head against Torch-Pruning and ``torch.nn.utils.prune``.
+
+``python -m experiments.bench.peers [--quick] [--without-torch-pruning] [--data NAME]
+[--cache DIR] [--repeats N] [--seed S] [--rounds R]``
+
+Torch-Pruning (G. Fang, X. Ma, M. Song, M. B. Mi, X. Wang, "DepGraph: Towards Any Structural
+Pruning", CVPR 2023, https://arxiv.org/abs/2301.12900; https://github.com/VainF/Torch-Pruning)
+comes from the ``peers`` extra of ``setup.cfg``: ``pip install -e ".[peers]"``, which pins
+``torch-pruning>=1.6,<1.7`` (written and run against 1.6.1). The benchmark installs nothing
+itself: when ``torch_pruning`` is not importable it stops with that command, unless
+``--without-torch-pruning`` (or its older name ``--no-install``) is given, which skips the
+Torch-Pruning parts instead. An installed torch-pruning outside that range is an error (the
+benchmark drives its dependency graph directly).
+
+``--quick`` (the test suite's mode, about 20 s on one core) uses tiny networks
+on a generated image-shaped 10-class problem
+(:func:`~experiments.bench.peers.data.synthetic_images`); its numbers check the machinery, not
+the methods.
+
+Setting (the defaults; ``--quick`` shrinks every size for the test suite):
+
+* **Networks**, trained once on Fashion-MNIST (55,000 training images; the
+  5,000-image validation split is held out) with Adam 1e-3, batch 128, 5
+  epochs, and cached in ``--cache`` (default ``runs/bench-peers``) as the
+  harness's resumable checkpoints, written atomically after every epoch: an
+  MLP 784-512-512-10 (669,706 parameters) and the CNN of U. Evci, "Detecting Dead Weights and
+  Units in Neural Networks", MS thesis, NYU 2018, https://arxiv.org/abs/1806.06068, with
+  BatchNorm, widened to conv 1->16 5x5, conv 16->32 5x5, FC 512->128->10 (80,298
+  parameters; :func:`experiments.harness.models.thesis_cnn`, ``batchnorm=True``).
+* **Sizes.** For 2x, 5x and 10x fewer parameters every prunable layer keeps
+  the same number of units for every method: ``round(k n_l)`` of its
+  ``n_l``, with ``k`` the uniform fraction whose parameter count is nearest
+  to the target (log scale). Equal widths give equal parameter counts; the
+  benchmark checks every method's count after pruning and after fine-tuning
+  and stops if one differs. Each method only chooses *which* units go, in
+  each layer, one shot (``--rounds R``: in ``R`` rounds, see below).
+* **Methods.** Ours: MRS with mean replacement (Evci 2018, Def. 3.1.2;
+  ``SCORERS["mrs"]`` on the scoring data, :func:`pruners.remove_units` with
+  ``replacement="mean"``); ShrinkNets (signed switches initialized at 1, so the trained function is
+  unchanged, penalty ``lam ||g||_1`` during the first ``penalty_epochs`` of
+  the fine-tuning budget, then a cut to the target widths by ``|g|`` with
+  mean replacement and the optimizer state kept, the rest of the budget
+  without penalty, switches folded at the end); group sparsity (proximal
+  group lasso on the units, ``pruners.ProximalGroupSparsity``, after every
+  optimizer step during the same first epochs, then the same cut by group
+  norm, ``SCORERS["group_norm"]``). Torch-Pruning: ``MetaPruner`` with
+  ``MagnitudeImportance`` (L2), ``TaylorImportance`` (gradients of the scoring
+  data) and ``BNScaleImportance`` (CNN only: it scores BatchNorm'd channels;
+  ``fc1``, which has no BatchNorm, is pruned by its magnitude importance),
+  local (per-layer) ratios set so its kept counts equal ours, output layer
+  ignored. ``torch.nn.utils.prune.ln_structured`` (L2 over output channels,
+  masks; shapes stay dense).
+* **Rounds** (``--rounds R``, default 1). The one-shot methods prune in
+  ``R`` rounds without training between them, rescoring the shrunk network
+  each round. Ours: MRS scores recomputed and mean replacement at every
+  round, layer ``l`` keeping about ``n_l (k_l / n_l)^(r / R)`` units after
+  round ``r`` (:func:`mrs_rounds`). Torch-Pruning: ``MetaPruner`` with
+  ``iterative_steps=R`` on the same schedule (:func:`geometric_ratios`
+  replaces its linear default, so both sides pass through the same widths,
+  :func:`round_widths`), Taylor gradients recomputed before every step.
+  ``ln_structured`` runs once: the L2 norm of one weight row does not
+  change when other rows are masked, so ``R`` rounds select the same units
+  as one. ShrinkNets and group sparsity cut once, after their penalty
+  epochs.
+* **Budget**, the same for everyone: SGD lr 0.01, momentum 0.9, batch 128,
+  3 epochs over a fixed random subset of 10,000 training images, the same
+  batches in the same order (one seeded generator per epoch). One-shot
+  methods prune, then use the whole budget to fine-tune with a new
+  optimizer. ``ln_structured`` keeps dense, masked shapes; its parameter
+  count is that of its physical twin (:func:`physical_twin`: the masked
+  units removed with their constant output, the bias, folded into the next
+  layer), checked to compute the same outputs. ShrinkNets and group
+  sparsity spend ``penalty_epochs`` (2) of the 3 epochs with their penalty,
+  are cut, and fine-tune for the last one with the same optimizer. Test
+  accuracy is on the 10,000 test images, in eval mode, right after pruning
+  (for the penalty methods: right after their cut, so after two thirds of
+  their budget) and after the budget.
+* **Scoring data**: the first 2,048 images of the fine-tuning subset, in
+  batches of 256, for every data-driven criterion and the mean replacement.
+
+(b) Time to score every prunable unit with the Taylor criterion and to
+remove the 5x selection physically: ours (``SCORERS["taylor"]``, Molchanov
+et al. 2017 on unit outputs; :func:`pruners.remove_units`, which traces the
+model itself on every call) against Torch-Pruning's (building its
+``MetaPruner`` and dependency graph, one forward and backward pass over the
+same data for the gradients, ``TaylorImportance`` of every group, Molchanov
+et al. 2019 on weights; then ``group.prune()`` for the same number of units
+per layer), and one whole pruning step of each (score + select + remove: our
+scorer and ``remove_units``, against its pruner's ``step()``); the two papers are cited in
+:mod:`experiments.bench.peers.timing`. Cases are
+alternated within every repeat, each on a fresh copy of the trained model;
+medians and bests of ``--repeats`` are reported. Ratios are ours / theirs
+(below 1: ours is faster), with Torch-Pruning's graph construction counted,
+since both start from a plain model; the ratios with its graph built
+beforehand are reported too.
+
+Timing, (b) and (c), uses the process's torch thread count
+(``OMP_NUM_THREADS``) and records it, with the CPUs other processes kept busy
+meanwhile (``/proc/stat``). On a shared machine, intra-op threads that wait
+for a core another process holds dominate these small operations (measured
+here: a fine-tuning step of the MLP took 8 ms on one thread and 240 ms on two
+beside a two-thread background job), so run with ``OMP_NUM_THREADS=1``
+there; the recorded run did.
+
+(c) CPU inference time of the pruned models (unpruned, ours, Torch-Pruning
+magnitude, ``ln_structured``) at batch 1 and 256 with
+:func:`experiments.harness.timing.time_models` (interleaved blocks, median
+per-call time).
+
+(d) Planted constant units: in a copy of each trained network, a quarter of
+the units of the first layer are made constant (MLP: zero incoming weights,
+bias drawn from U[0.5, 1.5]; CNN: BatchNorm scale 0 and shift from
+U[0.5, 1.5], so the channel is constant after its BatchNorm), then removed:
+ours with mean replacement (bias propagation), ours without replacement,
+and Torch-Pruning by its dependency graph (it drops them). Reported: the
+largest absolute change of the logits over (up to 2,000) test images, in
+float64 and in float32 as trained; beside float32, its rounding floor (the
+planted network in float32 against float64, unpruned). The 1e-6 target is
+judged in float64, where the function itself is compared; in float32 the
+change of an exact rewrite is of the order of that floor, reported as a
+comparison but not as the target.
+
+Output: tables, then, last, one JSON line ``{"benchmark": "peers",
+"accuracy": [...], "timing": [...], "inference": [...], "constant_units":
+[...], "ratios": [...], "targets": {...}, "targets_met": bool,
+"informational": {...}, "config": {...}}``; every entry of ``ratios`` is
+``ours / peer`` for one comparison. ``targets`` compares MRS with mean
+replacement (our one-shot counterpart of the peers) with the best peer;
+``informational`` adds the best of our three methods after fine-tuning and
+the float32 constant-unit change, which ``targets_met`` does not count.
+
+The package, one module per part (every name below is also importable from here):
+
+* :mod:`~experiments.bench.peers.setting` -- :class:`Setting`, :data:`DEFAULT`,
+  :data:`QUICK`, the targets, and the Torch-Pruning checks (:func:`load_torch_pruning`,
+  :func:`check_tp_version`, :func:`tp_version`);
+* :mod:`~experiments.bench.peers.data` -- the data (:func:`prepare_data`) and the trained,
+  cached networks (:func:`trained_model`);
+* :mod:`~experiments.bench.peers.widths` -- the common widths (:func:`widths_for_reduction`,
+  :func:`round_widths`) and which units a score drops (:func:`lowest_units`);
+* :mod:`~experiments.bench.peers.methods` -- the pruning methods (:func:`mrs_prune`,
+  :func:`tp_prune`, :func:`ln_structured_prune`, :func:`physical_twin`) on a :class:`Context`;
+* :mod:`~experiments.bench.peers.accuracy` -- (a), fine-tuning with the same budget
+  (:data:`METHODS`, :func:`run_accuracy`, :func:`accuracy_of`);
+* :mod:`~experiments.bench.peers.timing`, :mod:`~experiments.bench.peers.inference`,
+  :mod:`~experiments.bench.peers.constant` -- (b), (c), (d);
+* :mod:`~experiments.bench.peers.summary` -- the ratios and the targets' status;
+* :mod:`~experiments.bench.peers.report` and :mod:`~experiments.bench.peers.cli` -- the
+  printed tables, the command line and :func:`main`.
+"""
+
+from experiments.bench.peers.accuracy import METHODS, OURS, accuracy_of, run_accuracy
+from experiments.bench.peers.cli import main, parse_args, run
+from experiments.bench.peers.constant import plant_constant, run_constant
+from experiments.bench.peers.data import SYNTHETIC_NAME, prepare_data, synthetic_images, \
+    trained_model
+from experiments.bench.peers.inference import run_inference
+from experiments.bench.peers.methods import Context, batchnorm_of, ln_structured_prune, \
+    make_context, mrs_prune, mrs_rounds, physical_params, physical_twin, tp_gradients, tp_prune
+from experiments.bench.peers.setting import CONSTANT_TOL, DEFAULT, INFORMATIONAL, QUICK, \
+    TARGETS, TP_REQUIREMENT, TP_TESTED, ModelSpec, Setting, TorchPruningMissing, \
+    check_tp_version, install_hint, load_torch_pruning, setting_json, tp_version
+from experiments.bench.peers.summary import ratios_and_targets, targets_met
+from experiments.bench.peers.timing import run_timing
+from experiments.bench.peers.widths import geometric_ratios, layer_widths, lowest_units, \
+    round_widths, tp_ratio, widths_for_reduction
+
+__all__ = [
+    # the command line
+    "main", "parse_args", "run",
+    # setting, targets, Torch-Pruning
+    "ModelSpec", "Setting", "DEFAULT", "QUICK", "setting_json", "TARGETS", "INFORMATIONAL",
+    "CONSTANT_TOL", "TP_REQUIREMENT", "TP_TESTED", "TorchPruningMissing", "install_hint",
+    "load_torch_pruning", "check_tp_version", "tp_version",
+    # data and networks
+    "SYNTHETIC_NAME", "synthetic_images", "prepare_data", "trained_model",
+    # widths
+    "widths_for_reduction", "lowest_units", "layer_widths", "tp_ratio", "geometric_ratios",
+    "round_widths",
+    # methods
+    "Context", "make_context", "mrs_prune", "mrs_rounds", "ln_structured_prune",
+    "physical_twin", "physical_params", "tp_gradients", "tp_prune", "batchnorm_of",
+    # the parts of a run and their summary
+    "METHODS", "OURS", "accuracy_of", "run_accuracy", "run_timing", "run_inference",
+    "plant_constant", "run_constant", "ratios_and_targets", "targets_met",
+]

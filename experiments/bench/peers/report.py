@@ -1,0 +1,100 @@
+"""The printed report of a peers run: one table per part, the ratios, the targets' status."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from experiments.bench.peers.setting import INFORMATIONAL, TARGETS, Setting
+from experiments.harness.tables import format_table
+
+__all__ = ["accuracy_table", "timing_table", "inference_table", "constant_table",
+           "ratio_table", "print_report"]
+
+STATUS = {True: "met", False: "NOT MET", None: "not measured"}
+
+
+def _size(target: float) -> str:
+    return f"{target:g}x"
+
+
+def accuracy_table(rows: Sequence[Mapping]) -> str:
+    """(a): per network, size and method, the kept widths, the parameter count and reduction,
+    and the test accuracy right after pruning and after fine-tuning."""
+    return format_table(
+        [{**r, "widths": "-".join(str(v) for v in r["kept"].values())} for r in rows],
+        {"model": "model", "target": "size", "label": "method", "widths": "widths",
+         "params": "params", "reduction": "red.", "acc_pruned": "after pruning",
+         "acc_finetuned": "after fine-tune"},
+        formats={"target": _size, "params": ",", "reduction": lambda v: f"{v:.2f}x",
+                 "acc_pruned": ".4f", "acc_finetuned": ".4f"},
+        group=("model", "target"))
+
+
+def timing_table(rows: Sequence[Mapping]) -> str:
+    """(b): per network and case, the median and best milliseconds and the CPUs other processes
+    kept busy."""
+    return format_table(rows, {"model": "model", "case": "case", "median_ms": "median ms",
+                               "best_ms": "best ms", "other_cpus_busy": "other CPUs"},
+                        formats={"median_ms": ".2f", "best_ms": ".2f",
+                                 "other_cpus_busy": ".2f"}, align={"other_cpus_busy": ">"})
+
+
+def inference_table(rows: Sequence[Mapping]) -> str:
+    """(c): per network, size and batch, the median milliseconds per call of each model."""
+    flat = [{**r, **{f"ms_{k}": v for k, v in r["ms"].items()}} for r in rows]
+    ms = {"ms_unpruned": "unpruned ms", "ms_ours_mrs": "ours ms",
+          "ms_tp_magnitude": "TP mag. ms", "ms_ln_structured": "ln_struct. ms"}
+    return format_table(flat, {"model": "model", "target": "size", "batch": "batch", **ms,
+                               "other_cpus_busy": "other CPUs"},
+                        formats={"target": _size, "other_cpus_busy": ".2f",
+                                 **{k: ".3f" for k in ms}},
+                        align={"target": ">", "other_cpus_busy": ">", **{k: ">" for k in ms}})
+
+
+def constant_table(rows: Sequence[Mapping]) -> str:
+    """(d): per network, dtype and variant, the largest logit change, the largest logit and
+    (float32) the rounding floor."""
+    return format_table(rows, {"model": "model", "dtype": "dtype", "method": "method",
+                               "layer": "layer", "units": "units",
+                               "max_abs_change": "max |change|", "max_abs_logit": "max |logit|",
+                               "rounding_floor": "f32 floor"},
+                        formats={"max_abs_change": ".3e", "max_abs_logit": ".3f",
+                                 "rounding_floor": ".3e"}, align={"rounding_floor": ">"})
+
+
+def ratio_table(rows: Sequence[Mapping]) -> str:
+    """Every ``ours / peer`` comparison with both figures."""
+    return format_table(rows, {"comparison": "comparison", "model": "model", "target": "size",
+                               "ours": "ours", "peer": "peer", "ours_value": "ours",
+                               "peer_value": "peer", "ratio": "ratio"},
+                        formats={"target": _size, "ours_value": ".6g", "peer_value": ".6g",
+                                 "ratio": ".4f"},
+                        align={"target": ">", "ratio": ">"})
+
+
+def print_report(log: Callable[[str], None], s: Setting, parts: Mapping[str, list[dict]],
+                 ratios: list[dict], met: Mapping[str, Any]) -> None:
+    """Every table (``parts``: ``accuracy``, ``timing``, ``inference``, ``constant_units``
+    rows), the ratios, then each target's and each informational comparison's status."""
+    log("")
+    log("(a) test accuracy at equal size (widths: units kept per prunable layer; params: "
+        "physical count, ln_structured's once its masked units are removed)")
+    log(accuracy_table(parts["accuracy"]))
+    log("")
+    log(f"(b) Taylor scoring and physical removal of the {s.timing_reduction:g}x selection "
+        f"({s.repeats} alternated repeats, fresh copy each)")
+    log(timing_table(parts["timing"]))
+    log("")
+    log("(c) CPU inference, median ms per call (time_models, interleaved)")
+    log(inference_table(parts["inference"]))
+    log("")
+    log("(d) planted constant units removed: largest |logit change| over test images")
+    log(constant_table(parts["constant_units"]))
+    log("")
+    log("ours / peer")
+    log(ratio_table(ratios))
+    log("")
+    for k, desc in TARGETS.items():
+        log(f"target {k}: {desc}: {STATUS[met.get(k)]}")
+    for k, desc in INFORMATIONAL.items():
+        log(f"(not a target) {k}: {desc}: {STATUS[met.get(k)]}")

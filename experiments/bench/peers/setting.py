@@ -1,0 +1,180 @@
+"""The setting of a peers run (sizes, budgets, targets) and the Torch-Pruning it runs against.
+
+Torch-Pruning is an optional dependency: the ``peers`` extra of ``setup.cfg`` installs it
+(``pip install -e ".[peers]"``). The benchmark never installs anything itself: without
+``torch_pruning``, :func:`load_torch_pruning` either stops with the command that installs it or,
+when asked to, lets the run skip the Torch-Pruning parts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+__all__ = ["ModelSpec", "Setting", "DEFAULT", "QUICK", "setting_json", "TP_REQUIREMENT",
+           "TP_TESTED", "TorchPruningMissing", "install_hint", "load_torch_pruning",
+           "check_tp_version", "tp_version", "TARGETS", "CONSTANT_TOL", "INFORMATIONAL"]
+
+#: the pip requirement of the ``peers`` extra (setup.cfg): the minor version this benchmark was
+#: written and run against (it uses ``MetaPruner``'s dependency graph directly)
+TP_REQUIREMENT = "torch-pruning>=1.6,<1.7"
+TP_TESTED = (1, 6)
+
+#: the targets of the benchmark, decided by
+#: :func:`experiments.bench.peers.summary.ratios_and_targets`
+TARGETS = {
+    "accuracy_after_finetune": "ours (MRS, mean replacement) >= the best peer, at every model "
+                               "and size",
+    "accuracy_after_pruning": "ours (MRS, mean replacement) > the best peer, at every model "
+                              "and size",
+    "scoring_time": "ours <= Torch-Pruning's (median, its graph construction counted)",
+    "removal_time": "ours <= Torch-Pruning's (median, its graph construction counted)",
+    "constant_unit_change": "ours <= 1e-6 (max |logit change| over test images, float64)",
+}
+CONSTANT_TOL = 1e-6
+#: comparisons reported beside the targets, not counted in ``targets_met``
+INFORMATIONAL = {
+    "accuracy_after_finetune_best_of_ours": "the best of our three methods >= the best peer "
+                                            "after fine-tuning, at every model and size",
+    "constant_unit_change_float32": "ours <= 1e-6 in float32 as trained (float32 evaluation "
+                                    "alone differs from float64 by the rounding floor shown)",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A network of the benchmark: its name in the tables, its model-zoo factory and arguments."""
+
+    name: str
+    factory: str
+    kwargs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Every size and hyperparameter of a run (see :mod:`experiments.bench.peers`)."""
+
+    models: tuple[ModelSpec, ...]
+    reductions: tuple[float, ...] = (2.0, 5.0, 10.0)
+    train_epochs: int = 5
+    train_lr: float = 1e-3
+    train_batch: int = 128
+    finetune_samples: int = 10_000
+    finetune_epochs: int = 3
+    finetune_batch: int = 128
+    finetune_lr: float = 0.01
+    momentum: float = 0.9
+    penalty_epochs: int = 2
+    shrinknets_lam: Mapping[str, float] = field(default_factory=dict)
+    group_strength: Mapping[str, float] = field(default_factory=dict)
+    scoring_samples: int = 2048
+    scoring_batch: int = 256
+    timing_reduction: float = 5.0
+    repeats: int = 7
+    inference_repeats: int = 30
+    inference_batches: tuple[int, ...] = (1, 256)
+    inference_block_seconds: float = 0.025
+    inference_warmup_seconds: float = 0.1
+    constant_fraction: float = 0.25
+    eval_batch: int = 1000
+    rounds: int = 1
+
+
+DEFAULT = Setting(
+    models=(ModelSpec("mlp", "mlp", {"widths": [784, 512, 512, 10]}),
+            ModelSpec("cnn", "thesis_cnn", {"widths": [16, 32], "hidden": 128,
+                                            "batchnorm": True})),
+    shrinknets_lam={"mlp": 2e-3, "cnn": 2e-3},
+    group_strength={"mlp": 2e-3, "cnn": 2e-3},
+)
+
+QUICK = replace(
+    DEFAULT,
+    models=(ModelSpec("mlp", "mlp", {"widths": [784, 48, 48, 10]}),
+            ModelSpec("cnn", "thesis_cnn", {"widths": [6, 8], "hidden": 24,
+                                            "batchnorm": True})),
+    train_epochs=3, train_batch=32, finetune_samples=512, finetune_epochs=2, finetune_batch=64,
+    penalty_epochs=1, scoring_samples=256, scoring_batch=128, repeats=2,
+    inference_repeats=2, inference_batches=(1, 32), inference_block_seconds=0.002,
+    inference_warmup_seconds=0.01, eval_batch=500,
+)
+
+
+def _jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def setting_json(s: Setting) -> dict[str, Any]:
+    """``s`` as JSON-ready data (dicts and lists), as the result line records it."""
+    return _jsonable(asdict(s))
+
+
+# ---------------------------------------------------------------------------
+# Torch-Pruning, from the ``peers`` extra
+
+
+class TorchPruningMissing(RuntimeError):
+    """``torch_pruning`` is not importable and the run was not told to go without it."""
+
+
+def install_hint() -> str:
+    """How to install Torch-Pruning: the ``peers`` extra, or the pinned package alone."""
+    python = sys.executable or "python"
+    root = Path(__file__).resolve().parents[3]
+    where = f" (in {root})" if (root / "setup.cfg").is_file() else " (in the repository root)"
+    return (f"install it with the 'peers' extra of setup.cfg{where}:\n"
+            f"    {python} -m pip install -e \".[peers]\"\n"
+            f"or by itself:\n"
+            f"    {python} -m pip install \"{TP_REQUIREMENT}\"")
+
+
+def load_torch_pruning(*, skip_missing: bool, log: Callable[[str], None]):
+    """``torch_pruning``, checked to be the tested minor version (:func:`check_tp_version`).
+
+    When it is not importable: ``None`` if ``skip_missing`` (the run skips the Torch-Pruning
+    parts, and ``log`` says so and how to install it), else :class:`TorchPruningMissing` with the
+    install command. Nothing is ever installed here.
+    """
+    try:
+        tp = importlib.import_module("torch_pruning")
+    except ImportError:
+        if not skip_missing:
+            raise TorchPruningMissing(
+                f"torch_pruning is not importable; {install_hint()}\n"
+                f"or pass --without-torch-pruning to skip the Torch-Pruning parts") from None
+        log(f"torch_pruning is not importable and --without-torch-pruning was given: the "
+            f"Torch-Pruning parts are skipped. To run them, {install_hint()}")
+        return None
+    check_tp_version(tp_version(tp))
+    return tp
+
+
+def check_tp_version(version: str) -> None:
+    """Raise RuntimeError unless ``version`` is in :data:`TP_REQUIREMENT`'s range."""
+    try:
+        major_minor = tuple(int(v) for v in str(version).split(".")[:2])
+    except ValueError:
+        major_minor = None
+    if major_minor != TP_TESTED:
+        raise RuntimeError(f"torch-pruning {version} is installed; this benchmark drives its "
+                           f"dependency graph directly and needs {TP_REQUIREMENT!r}: "
+                           f"python -m pip install '{TP_REQUIREMENT}'")
+
+
+def tp_version(tp) -> str | None:
+    """The installed torch-pruning's version (its package metadata; 1.6.1's ``__version__``
+    still says 1.6.0), else the module's ``__version__``; ``None`` without Torch-Pruning."""
+    if tp is None:
+        return None
+    try:
+        from importlib.metadata import version as dist_version
+        return dist_version("torch-pruning")
+    except Exception:  # pragma: no cover - metadata missing
+        return str(getattr(tp, "__version__", "?"))
