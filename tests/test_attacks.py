@@ -10,11 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from helpers_snapshot import assert_unchanged, same_bits, take
-from torch.utils.data import TensorDataset
+from zoo import thesis_cnn
 
-from experiments.harness.callbacks import AttackCallback
-from experiments.harness.models import build_model
-from experiments.harness.training import Callback, TrainConfig, Trainer
 from pruners import LRAttack, attack_steps, remove_units
 
 
@@ -125,64 +122,9 @@ def test_adam_attack_is_not_a_gradient_attack():
     assert torch.allclose(grad_scaled, plain, rtol=1e-4, atol=0)  # Adam: ~lr * sign(g)
 
 
-def _train(callbacks, steps=12, seed=0):
-    torch.manual_seed(seed)
-    model = build_model("mlp", widths=[5, 8, 6, 3])
-    g = torch.Generator().manual_seed(3)
-    train = TensorDataset(torch.randn(96, 5, generator=g), torch.randint(0, 3, (96,), generator=g))
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.9, seed=2)
-    cbs = callbacks(model)
-    trainer = Trainer(model, train, config=cfg, callbacks=cbs)
-    trainer.fit()
-    return model, trainer
-
-
-def test_multiplier_one_is_bit_identical_to_no_attack():
-    plain, _ = _train(lambda m: [])
-    attacked, trainer = _train(lambda m: [AttackCallback(LRAttack(
-        m, {"fc1": [0, 3, 5], "fc2": [1]}, 1.0, start=0, repeats=12, interval=1,
-        outgoing=True))])
-    assert trainer.callbacks[0].attack.applied == list(range(12))
-    for (k, a), (_, b) in zip(plain.state_dict().items(), attacked.state_dict().items()):
-        assert same_bits(a, b), k
-    # and a real multiplier does change training
-    other, _ = _train(lambda m: [AttackCallback(LRAttack(m, {"fc1": [0]}, 10.0, start=0))])
-    assert not torch.equal(other.fc1.weight, plain.fc1.weight)
-
-
-class _Seen(Callback):
-    """Records fc1's weights when the loss is computed and after each step."""
-
-    def __init__(self):
-        self.before, self.after = {}, {}
-
-    def loss(self, trainer, loss):
-        self.before[trainer.step] = trainer.model.fc1.weight.detach().clone()
-        return loss
-
-    def on_step_end(self, trainer, loss):
-        self.after[trainer.step - 1] = trainer.model.fc1.weight.detach().clone()
-
-
-def test_harness_callback_scales_the_trainers_update():
-    first, last = _Seen(), _Seen()
-    m = 25.0
-    _, trainer = _train(lambda model: [first, AttackCallback(LRAttack(
-        model, {"fc1": [2]}, m, start=4, steps=2, repeats=2, interval=5, bias=False)), last])
-    attack = trainer.callbacks[1].attack
-    assert attack.applied == [4, 5, 9, 10]
-    for t in range(12):
-        old, new, seen = first.before[t], first.after[t], last.after[t]
-        if t in attack.applied:
-            assert torch.allclose(seen[2], old[2] + m * (new[2] - old[2]), rtol=1e-5, atol=1e-7)
-            assert torch.equal(seen[[0, 1, 3, 4, 5, 6, 7]], new[[0, 1, 3, 4, 5, 6, 7]])
-        else:
-            assert torch.equal(seen, new)
-
-
 def test_conv_outgoing_weights_are_the_flattened_column_blocks():
     torch.manual_seed(0)
-    net = build_model("thesis_cifar_cnn", in_channels=1, image_size=28).double()
+    net = thesis_cnn().double()
     attack = LRAttack(net, {"conv2": [3]}, 2.0, start=0, outgoing=True,
                       example_input=torch.zeros(1, 1, 28, 28, dtype=torch.float64))
     assert attack.parameters() == {"conv2.weight": 8 * 25, "conv2.bias": 1,

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from helpers_snapshot import assert_unchanged, take
+from zoo import thesis_cnn
 
-from experiments.harness.models import build_model
 from pruners import remove_units
 from saliency import EXACT_CRITERIA, MRP, MRS, DeadUnitThresholds, Dormancy, find_dead_units
 from saliency.dead_units import UNIT_STATISTICS, criterion_names
@@ -138,9 +138,9 @@ def test_thresholds_are_parameters():
 
 
 def _planted_cnn():
-    """The thesis's CIFAR CNN (1 x 28 x 28, BatchNorm, float32) with three planted units."""
+    """The thesis's CNN (1 x 28 x 28, BatchNorm, float32) with three planted units."""
     torch.manual_seed(0)
-    net = build_model("thesis_cifar_cnn", in_channels=1, image_size=28, batchnorm=True)
+    net = thesis_cnn(batchnorm=True)
     with torch.no_grad():
         for bn in (net.bn1, net.bn2):
             n = bn.num_features

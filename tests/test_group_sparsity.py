@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -26,10 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from helpers_snapshot import assert_unchanged, take
 from scipy import optimize
-from torch.utils.data import TensorDataset
 from zoo import build
 
-from pruners import (GROUPINGS, ProximalGroupSparsity, count_params, group_layout, group_norms,
+from pruners import (GROUPINGS, ProximalGroupSparsity, group_layout, group_norms,
                      group_sparsity_penalty, prox_sparse_group_lasso, remove_zero_groups,
                      soft_threshold, zero_groups)
 from saliency import SCORERS
@@ -604,164 +602,3 @@ def test_group_norm_scorer_is_registered_and_measures_the_unit_groups():
         no_bias = GroupNormScorer(example_input=x[:1], bias=False).score(model)[n]
         l2 = Norm(p="l2", example_input=x[:1]).score(model)[n]  # ||W_n||^2, bias excluded
         torch.testing.assert_close(no_bias ** 2, l2, rtol=1e-13, atol=1e-15)
-
-
-# --------------------------------------------------------------------------- harness callback
-
-
-def test_callback_in_the_trainer_is_prox_sgd_step_for_step():
-    from experiments.harness.callbacks import GroupSparsityCallback
-    from experiments.harness.training import TrainConfig, Trainer, _seeded, batches
-
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(96, 6, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (96,), generator=g)
-    cfg = TrainConfig(epochs=3, batch_size=16, optimizer="sgd", lr=0.2, seed=4)
-
-    model, _ = build("mlp")
-    reference = copy.deepcopy(model)
-    prox = ProximalGroupSparsity(model, 0.04, alpha=0.3)
-    cb = GroupSparsityCallback(prox, log_every=1)
-    trainer = Trainer(model, TensorDataset(x, y), config=cfg, callbacks=[cb], progress=False)
-    history = trainer.fit()
-
-    opt = torch.optim.SGD(reference.parameters(), lr=0.2)
-    ref_prox = ProximalGroupSparsity(reference, 0.04, alpha=0.3)
-    penalties = []
-    for epoch in range(3):
-        reference.train()
-        for xb, yb in batches(TensorDataset(x, y), 16, shuffle=True, generator=_seeded(4, epoch)):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(reference(xb), yb).backward()
-            opt.step()
-            ref_prox.step(opt)
-            penalties.append(float(ref_prox.penalty().detach()))
-    for (n, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
-        assert torch.equal(p, q), n
-    assert [r[0] for r in cb.steps] == list(range(1, 19))
-    assert [r[2] for r in cb.steps] == penalties
-    assert history[-1]["group_penalty"] == penalties[-1]
-    zeros = ref_prox.zero_groups()
-    assert history[-1]["zero_groups/fc1"] == zeros["fc1"].numel()
-    assert history[-1]["groups/fc2"] == 5
-    assert cb.steps[-1][3] == sum(z.numel() for z in zeros.values())
-
-
-def _prox_sgd_then_refit(model, x, y, strength, epochs, release, seed, momentum=0.0):
-    """The reference of ``release_after``: prox-SGD for ``release`` epochs, remove, plain SGD.
-
-    Returns the units removed at the release and the penalty just before it."""
-    from experiments.harness.training import _seeded, batches
-
-    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=momentum)
-    prox = ProximalGroupSparsity(model, strength)
-    removed = penalty = None
-    for epoch in range(epochs):
-        model.train()
-        for xb, yb in batches(TensorDataset(x, y), 16, shuffle=True,
-                              generator=_seeded(seed, epoch)):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            if epoch < release:
-                prox.step(opt)
-        if epoch + 1 == release:
-            penalty = float(prox.penalty().detach())
-            report = prox.remove_zero_groups(opt)  # the momentum buffers sliced with the rows
-            removed = {} if report is None else dict(report.removed)
-    return removed, penalty
-
-
-@pytest.mark.parametrize("kill_after,momentum", [(None, 0.0), (1, 0.0), (2, 0.0), (3, 0.0),
-                                                (None, 0.9), (3, 0.9)])
-def test_callback_release_removes_then_refits_without_the_penalty(tmp_path, kill_after,
-                                                                   momentum):
-    from experiments.harness.callbacks import GroupSparsityCallback
-    from experiments.harness.training import Callback, TrainConfig, Trainer
-
-    model, shape = build("mlp")
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn((96,) + shape, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        y = model.eval()(x).argmax(1)
-    strength = {"fc1": 0.1, "fc2": 0.1}
-    reference = copy.deepcopy(model)
-    removed, penalty = _prox_sgd_then_refit(reference, x, y, strength, epochs=4, release=2,
-                                            seed=3, momentum=momentum)
-    # some groups, not all, are zero at the release, or the test cannot bite
-    assert 0 < sum(removed.values()) and reference.fc1.out_features > 1
-
-    arch = {"model": "test", "kwargs": {}}
-    ckpt = tmp_path / "ckpt.pt"
-
-    class Kill(Callback):  # dies in the epoch after ``kill_after``, before its checkpoint
-        def on_epoch_end(self, trainer, metrics):
-            if trainer.epoch == kill_after + 1:
-                raise KeyboardInterrupt
-
-    def trainer_for(net, extra=()):
-        cb = GroupSparsityCallback(ProximalGroupSparsity(net, strength), release_after=2)
-        return cb, Trainer(net, TensorDataset(x, y), config=TrainConfig(
-            epochs=4, batch_size=16, optimizer="sgd", lr=0.2, momentum=momentum, seed=3),
-            arch=arch, callbacks=[cb, *extra], checkpoint=ckpt, progress=False)
-
-    if kill_after is not None:   # a run killed after that epoch, resumed on a fresh model
-        with pytest.raises(KeyboardInterrupt):
-            trainer_for(model, [Kill()])[1].fit()
-        model, _ = build("mlp")
-    cb, trainer = trainer_for(model)
-    assert trainer.epoch == (kill_after or 0)
-    history = trainer.fit()
-
-    for (n, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
-        assert p.shape == q.shape, n
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-13, msg=n)
-    assert cb.removals == [[2 * 6, n, k] for n, k in removed.items() if k]
-    assert [r["params"] for r in history][1:] == [count_params(reference)] * 3
-    assert history[0]["params"] > history[1]["params"]
-    # after the release the objective is the data loss alone
-    assert history[1]["objective"] == history[1]["train_loss"] + history[1]["group_penalty"]
-    assert [r["objective"] for r in history[2:]] == [r["train_loss"] for r in history[2:]]
-    assert len(cb.steps) == 12       # logged while the prox ran: the first 2 epochs' 12 steps
-    # the release row's penalty is that of the weights epoch 2 trained, before the cut
-    assert history[1]["group_penalty"] == pytest.approx(penalty, rel=1e-12)
-    if momentum:
-        buf = trainer.optimizer.state[model.fc1.weight]["momentum_buffer"]
-        assert buf.shape == model.fc1.weight.shape
-    with pytest.raises(ValueError, match="release_after"):
-        GroupSparsityCallback(cb.prox, release_after=0)
-    late = GroupSparsityCallback(ProximalGroupSparsity(model, strength), release_after=5)
-    with pytest.raises(ValueError, match="release_after=5 is past the last epoch"):
-        Trainer(model, TensorDataset(x, y), config=TrainConfig(epochs=4), callbacks=[late],
-                progress=False).fit()
-
-
-def test_callback_removes_zero_groups_on_a_schedule():
-    from experiments.harness.callbacks import GroupSparsityCallback
-    from experiments.harness.training import TrainConfig, Trainer
-
-    model, shape = build("mlp")
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn((96,) + shape, generator=g, dtype=torch.float64)
-    model.eval()
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    prox = ProximalGroupSparsity(model, {"fc1": 0.6, "fc2": 0.6})
-    cb = GroupSparsityCallback(prox, remove_every=6, remove_at_end=True)
-    trainer = Trainer(model, TensorDataset(x, y), config=TrainConfig(
-        epochs=8, batch_size=16, optimizer="adam", lr=0.05), callbacks=[cb], progress=False)
-    history = trainer.fit()
-    removed = {}
-    for _, layer, n in cb.removals:
-        removed[layer] = removed.get(layer, 0) + n
-    assert removed and all(s % 6 == 0 or s == trainer.step for s, _, _ in cb.removals)
-    assert model.fc1.out_features == 7 - removed.get("fc1", 0)
-    assert model.fc2.out_features == 5 - removed.get("fc2", 0)
-    assert history[-1]["groups/fc1"] == model.fc1.out_features
-    assert all(history[-1][f"zero_groups/{n}"] == 0 for n in ("fc1", "fc2"))
-    exp_avg = trainer.optimizer.state[model.fc2.weight]["exp_avg"]
-    assert exp_avg.shape == model.fc2.weight.shape
-    with pytest.raises(ValueError, match="another model"):
-        other, _ = build("mlp")
-        Trainer(other, TensorDataset(x, y), config=TrainConfig(epochs=1), callbacks=[cb],
-                progress=False).fit()

@@ -11,10 +11,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from helpers_snapshot import assert_unchanged, take
+from zoo import build
 
 from pruners import mask_units, remove_units
-from zoo import build
+from pruners.optim_state import Journal, slice_param
 
 OPTIMIZERS = {
     "sgd_momentum_wd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
@@ -146,3 +149,71 @@ def test_created_bias_joins_the_optimizer():
     F.cross_entropy(model(x), torch.zeros(4, dtype=torch.long)).backward()
     opt.step()
     assert not torch.equal(bias.detach(), before)
+
+
+# --------------------------------------------------------------------------- training goes on
+# removal during training, and a failed removal rolled back with the optimizer state
+
+
+def test_training_continues_while_an_old_graph_is_alive():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    w = net[0].weight
+    losses = []
+    for step in range(4):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)  # `loss` keeps the previous graph alive
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step == 0:
+            remove_units(net, {"0": [2]}, optimizer=opt)
+    assert net[0].weight is w and w.shape == (7, 4)
+    assert opt.state[w]["momentum_buffer"].shape == (7, 4)
+    assert losses[-1] < losses[1]
+
+
+def test_journal_rolls_back_a_slice_with_optimizer_state():
+    p = nn.Parameter(torch.arange(12.0).reshape(3, 4))
+    opt = torch.optim.Adam([p])
+    p.grad = torch.ones(3, 4)
+    opt.step()
+    state = {k: v.clone() for k, v in opt.state[p].items()}
+    journal = Journal()
+    slice_param(p, 0, torch.tensor([0, 2]), opt, journal)
+    assert p.shape == (2, 4) and opt.state[p]["exp_avg"].shape == (2, 4)
+    journal.rollback()
+    assert p.shape == (3, 4) and p.grad.shape == (3, 4)
+    for k, v in state.items():
+        assert torch.equal(opt.state[p][k], v)
+
+
+@pytest.mark.parametrize("fn", [remove_units, mask_units])
+def test_failure_after_mutation_is_rolled_back(fn, monkeypatch):
+    """If the shrunk model fails its check run, every change is undone."""
+    import pruners.surgery as surgery
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(),
+                          nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Linear(5, 2))
+    x = torch.randn(8, 4)
+    opt = torch.optim.Adam(model.parameters())
+    F.cross_entropy(model(x), torch.zeros(8, dtype=torch.long)).backward()
+    opt.step()
+    mask_units(model, {"3": [4]})  # an existing prune mask must survive the rollback too
+    before = take(model, opt)
+    calls = {"n": 0}
+    real = surgery.count_macs
+
+    def failing(m, ex):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the check run after the mutation
+            raise RuntimeError("simulated failure")
+        return real(m, ex)
+
+    monkeypatch.setattr(surgery, "count_macs", failing)
+    with pytest.raises(RuntimeError, match="undone.*simulated failure"):
+        fn(model, {"0": [1, 3], "3": [0]}, replacement="zero", data=[(x, None)], optimizer=opt)
+    assert_unchanged(before, model, opt)

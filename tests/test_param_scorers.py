@@ -17,14 +17,13 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 from helpers_snapshot import assert_unchanged, take
 from torch.func import functional_call
-from zoo import build, randomize_bn
+from zoo import build, randomize_bn, thesis_cnn
 
 import saliency.hvp
 import saliency.loss_change
 import saliency.magnitude
 import saliency.random_scores
 import saliency.taylor
-from experiments.harness.models import build_model
 from saliency.hvp import grad_and_hvp, gradient, hvp
 from saliency.loss_change import LossChange
 from saliency.magnitude import Magnitude
@@ -360,7 +359,7 @@ def test_loss_change_equals_a_naive_loop_on_an_mlp():
 
 def thesis_cnn64(seed=0):
     torch.manual_seed(seed)
-    model = build_model("thesis_cnn", batchnorm=True).double()
+    model = thesis_cnn(batchnorm=True).double()
     randomize_bn(model, torch.Generator().manual_seed(seed))
     return model.eval()
 

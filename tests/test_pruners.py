@@ -27,9 +27,8 @@ import torch.nn.utils.prune as prune
 from helpers_snapshot import assert_unchanged, take
 from hypothesis import given
 from hypothesis import strategies as st
-from zoo import build
+from zoo import build, thesis_cnn
 
-from experiments.harness.models import build_model
 from pruners import (ParameterPruner, RoundReport, UnitPruner, count_macs, count_params, mean_loss,
                      nonzero_fractions, remove_sparse_units, schedules, sparse_units)
 from pruners.schedules import (THESIS_PARAMETERS, THESIS_UNITS, amount_to_count, check_amount,
@@ -778,7 +777,7 @@ def test_removed_equals_masked_through_training(arch, scope, opt_name):
 @pytest.mark.parametrize("remove", [True, False])
 @pytest.mark.parametrize("scorer", ["random_unit", "mrs"])
 def test_thesis_cnn_ends_at_4019_parameters(scorer, remove):
-    model = build_model("thesis_cnn")
+    model = thesis_cnn()
     assert count_params(model) == 20_522
     gen = torch.Generator().manual_seed(0)
     data = [(torch.randn(16, 1, 28, 28, generator=gen), torch.randint(0, 10, (16,), generator=gen))

@@ -252,3 +252,77 @@ def test_report_counts_macs_by_hand():
     after = 3 * 100 * 9 + 5 * 9 * 3 * 9 + 45 * 4 + 4 * 4
     assert (report.macs_before, report.macs_after) == (before, after)
     assert report.remaining == {"conv1": 3, "fc1": 4}
+
+
+# --------------------------------------------------------------------------- corner cases
+# each case is exact against a forward-hook reference, or refused
+
+
+def held(model, layer, idx, value):
+    """Reference: a copy whose unit outputs are overwritten by a forward hook."""
+    ref = copy.deepcopy(model)
+    ref.get_submodule(layer).register_forward_hook(
+        lambda m, i, o: o.index_fill(1, torch.tensor(idx), value))
+    return ref
+
+
+def test_masked_model_shrinks_after_a_forward_pass():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(5, 4)
+    mask_units(net, {"0": [1, 2]})
+    net(x).sum().backward()  # builds a graph through the prune hooks
+    remove_units(net, {"0": [1, 2]})
+    net(x).sum().backward()
+    assert net[0].weight_orig.grad.shape == (6, 4)
+
+
+def test_inplace_op_that_is_the_only_user_is_fine():
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 2)).double()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    ref = held(net, "0", [0], -1.0)
+    remove_units(net, {"0": [0]}, replacement=-1.0)
+    with torch.no_grad():
+        assert (net(x) - ref(x)).abs().max() <= 1e-12  # relu(-1) = 0 folded, not -1
+
+
+@pytest.mark.parametrize("pool", [
+    lambda: nn.AvgPool2d(2, divisor_override=1),
+    lambda: nn.AvgPool2d((2, 3), divisor_override=4),
+    "function",
+])
+def test_avg_pool_divisor_override_scales_the_constant(pool):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 3, 1)
+            self.pool = pool() if callable(pool) else None
+
+        def forward(self, x):
+            h = torch.relu(self.c1(x))
+            h = self.pool(h) if self.pool is not None else F.avg_pool2d(h, 2,
+                                                                        divisor_override=3)
+            return self.c2(h)
+
+    torch.manual_seed(0)
+    m = Net().double()
+    x = torch.randn(4, 1, 9, 9, dtype=torch.float64)
+    ref = held(m, "c1", [0], 0.7)
+    report = remove_units(m, {"c1": [0]}, replacement=0.7, example_input=x)
+    assert report.inexact == []
+    with torch.no_grad():
+        assert (m(x) - ref(x)).abs().max() <= 1e-12
+
+
+def test_example_input_batch_is_used_as_given():
+    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(),
+                      nn.Linear(8, 3))
+    report = remove_units(m, {"0": [1]}, example_input=torch.randn(16, 4))
+    assert report.macs_after == 4 * 7 + 7 * 3
+
+
+def test_generator_indices_with_tensor_replacement():
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    report = remove_units(m, {"0": (i for i in (5, 2))},
+                          replacement=torch.tensor([0.5, -0.5], dtype=torch.float64))
+    assert report.indices["0"].tolist() == [2, 5]
+    assert report.constants["0"].tolist() == [-0.5, 0.5]

@@ -25,9 +25,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from helpers_snapshot import assert_unchanged, take
-from zoo import build, randomize_bn
+from zoo import build, randomize_bn, thesis_cnn
 
-from experiments.harness.models import build_model
 from pruners import count_macs, count_params, mask_units, remove_units, trace
 from pruners.shrinknets import (Aggressiveness, GarbageCollector, RemovalStrategy, SignChange,
                                 SignVariance, Threshold, fold_switches, input_neurons,
@@ -202,11 +201,11 @@ def _zoo(name):
     return model, randn(*((6,) + shape), seed=11)
 
 
-def _bm(name, shape, **kw):
+def _thesis(**kw):
     torch.manual_seed(0)
-    model = build_model(name, **kw).double()
+    model = thesis_cnn(image_size=16, widths=(3, 4), hidden=5, num_classes=3, **kw).double()
     randomize_bn(model)
-    return model, randn(*((6,) + shape), seed=11)
+    return model, randn(6, 1, 16, 16, seed=11)
 
 
 # model -> {switch: the module it follows}: after the BatchNorm when one follows
@@ -222,18 +221,10 @@ PLACEMENTS = {
     "zoo-vgg": (lambda: _zoo("vgg"), {
         "switches.features_0": "features.1", "switches.features_3": "features.4",
         "switches.features_7": "features.8", "switches.classifier_1": "classifier.1"}),
-    "mlp": (lambda: _bm("mlp", (6,), widths=[6, 9, 8, 7, 3]),
-            {"switches.fc1": "fc1", "switches.fc2": "fc2", "switches.fc3": "fc3"}),
-    "thesis_cnn-bn": (lambda: _bm("thesis_cnn", (1, 16, 16), image_size=16, widths=(3, 4),
-                                  hidden=5, num_classes=3, batchnorm=True),
+    "thesis_cnn-bn": (lambda: _thesis(batchnorm=True),
                       {"switches.conv1": "bn1", "switches.conv2": "bn2", "switches.fc1": "fc1"}),
-    "thesis_cnn": (lambda: _bm("thesis_cnn", (1, 16, 16), image_size=16, widths=(3, 4),
-                               hidden=5, num_classes=3),
+    "thesis_cnn": (lambda: _thesis(),
                    {"switches.conv1": "conv1", "switches.conv2": "conv2", "switches.fc1": "fc1"}),
-    "vgg": (lambda: _bm("vgg", (1, 8, 8), config=[4, "M", 5, 6, "M"], in_channels=1,
-                        image_size=8, hidden=7, num_classes=3),
-            {"switches.features_0": "features.1", "switches.features_4": "features.5",
-             "switches.features_7": "features.8", "switches.classifier_1": "classifier.1"}),
 }
 
 
@@ -997,137 +988,3 @@ def test_switch_scorer_needs_switches():
     with pytest.raises(ValueError, match="'fc1'"):
         SwitchScorer().score(gm)
     assert list(SwitchScorer(["fc2"]).score(gm)) == ["fc2"]
-
-
-# ---------------------------------------------------------------------------
-# 9. ShrinkNetsCallback in the harness Trainer
-
-
-def _synthetic():
-    from torch.utils.data import TensorDataset
-
-    from experiments.harness.datasets import get_dataset
-
-    sp = get_dataset("synthetic-classification", n_samples=200, n_features=10, n_relevant=3,
-                     n_classes=3, seed=0)
-    return (TensorDataset(sp.train.tensors[0].double(), sp.train.tensors[1]),
-            TensorDataset(sp.val.tensors[0].double(), sp.val.tensors[1]))
-
-
-ARCH = {"model": "mlp", "kwargs": {"widths": [10, 16, 12, 3]}}
-CFG = dict(epochs=3, batch_size=32, optimizer="adam", lr=0.05, seed=0)
-LAM, LAM2 = 0.05, 1e-3
-
-
-def _switched_mlp(example):
-    torch.manual_seed(0)
-    model = build_model(ARCH["model"], **ARCH["kwargs"]).double()
-    return insert_switches(model, example, parametrization="relu", init="uniform")
-
-
-def _shrinknets_callback(remove=True):
-    from experiments.harness.callbacks import ShrinkNetsCallback
-
-    return ShrinkNetsCallback(GarbageCollector(Threshold(0.0), remove=remove),
-                              lam=LAM, lam2=LAM2, p=2)
-
-
-def _recorder():
-    from experiments.harness.training import Callback
-
-    class Recorder(Callback):
-        """Placed after ShrinkNetsCallback: sees the penalized loss and the collected model."""
-
-        def __init__(self):
-            self.losses, self.steps, self.rows = [], [], []
-
-        def loss(self, trainer, loss):
-            self.losses.append(float(loss.detach()))
-            m = trainer.model        # the size this step computes with, before its collection
-            self.steps.append((trainer.epoch, hand_input_neurons(m), hand_mlp_macs(m)))
-            return loss
-
-        def on_epoch_end(self, trainer, metrics):
-            m = trainer.model
-            self.rows.append({
-                "params": sum(q.numel() for q in m.parameters()),
-                "units": {f"units/{k}": sw.weight.shape[0] for k, sw in switches(m).items()},
-                "widths": [m.fc1.weight.shape[0], m.fc2.weight.shape[0]]})
-
-    return Recorder()
-
-
-def test_shrinknets_callback_in_the_trainer(tmp_path):
-    from experiments.harness.training import Trainer
-
-    train, val = _synthetic()
-    gm = _switched_mlp(train.tensors[0][:1])
-    start = copy.deepcopy(gm)
-    first = []
-    handle = gm.register_forward_pre_hook(
-        lambda m, args: first.append(args[0].clone()) if not first else None)
-    rec = _recorder()
-    cb = _shrinknets_callback()
-    trainer = Trainer(gm, train, val_set=val, config=CFG, arch=ARCH, callbacks=[cb, rec],
-                      progress=False)
-    history = trainer.fit()
-    handle.remove()
-    # the first step's loss: cross-entropy on the first batch + the penalty, by hand
-    xb = first[0]  # its labels: the training rows it came from
-    idx = [int((train.tensors[0] == row).all(dim=1).nonzero()[0]) for row in xb]
-    yb = train.tensors[1][idx]
-    hand = float(F.cross_entropy(outputs(start, xb), yb)) + hand_penalty(start, LAM, LAM2, 2)
-    assert abs(rec.losses[0] - hand) <= TOL
-    # units were removed, and the optimizer went on with the shrunk model
-    assert trainer.model is gm and cb.collector.history
-    assert sum(rec.rows[-1]["widths"]) < 16 + 12
-    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == \
-        {id(p) for p in gm.parameters()}
-    # each epoch's row against sizes recomputed from the model
-    assert len(history) == 3 and len(rec.steps) == 3 * 4
-    for e, (row, seen) in enumerate(zip(history, rec.rows)):
-        assert row["params"] == seen["params"]
-        for k, v in seen["units"].items():
-            assert row[k] == v
-        assert seen["units"]["units/switches.fc1"] == seen["widths"][0]
-        steps = [s for s in rec.steps if s[0] == e]
-        assert row["input_neurons_epoch"] == sum(s[1] for s in steps)
-        assert row["macs_epoch"] == sum(s[2] for s in steps)
-    assert history[-1]["params"] == count_params(gm)
-    assert history[-1]["input_neurons_epoch"] < history[0]["input_neurons_epoch"]
-
-
-@pytest.mark.parametrize("remove", [True, False])
-def test_shrinknets_training_resumes_exactly(tmp_path, remove):
-    """Killed after epoch 2 and rerun to 3 epochs: the same model, history and cost log."""
-    from experiments.harness.training import Trainer
-
-    train, val = _synthetic()
-    ex = train.tensors[0][:1]
-    full = Trainer(_switched_mlp(ex), train, val_set=val, config=CFG, arch=ARCH,
-                   callbacks=[_shrinknets_callback(remove)],
-                   checkpoint=tmp_path / "full" / "checkpoint.pt", progress=False)
-    full.fit()
-    part = Trainer(_switched_mlp(ex), train, val_set=val, config=dict(CFG, epochs=2), arch=ARCH,
-                   callbacks=[_shrinknets_callback(remove)],
-                   checkpoint=tmp_path / "part" / "checkpoint.pt", progress=False)
-    part.fit()
-    cb = _shrinknets_callback(remove)
-    resumed = Trainer(_switched_mlp(ex), train, val_set=val, config=CFG, arch=ARCH,
-                      callbacks=[cb], checkpoint=tmp_path / "part" / "checkpoint.pt",
-                      progress=False)
-    assert resumed.epoch == 2
-    resumed.fit()
-    a, b = full.model.state_dict(), resumed.model.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
-    drop = ("epoch_time_s",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in full.history] == \
-        [{k: v for k, v in r.items() if k not in drop} for r in resumed.history]
-    assert full.callbacks[0].collector.cost == cb.collector.cost
-    assert full.callbacks[0].collector.masked == cb.collector.masked
-    x = val.tensors[0]
-    assert torch.equal(outputs(full.model, x), outputs(resumed.model, x))
-    if remove:
-        assert count_params(full.model) < count_params(_switched_mlp(ex))

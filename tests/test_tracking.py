@@ -10,10 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from helpers_snapshot import assert_unchanged, same_bits, take
-from torch.utils.data import TensorDataset
 
-from experiments.harness.callbacks import AttackCallback, TrackingCallback
-from experiments.harness.training import TrainConfig, Trainer
 from pruners import LRAttack
 from saliency import MRP, UnitTracker
 from saliency.tracking import QUANTITIES
@@ -165,41 +162,6 @@ def test_maybe_record_follows_every_and_start():
     assert other.records == tracker.records
 
 
-def _fit(with_tracking: bool, with_attack: bool = False):
-    torch.manual_seed(0)
-    model = Net(dropout=0.3)  # dropout draws from the global RNG while training
-    g = torch.Generator().manual_seed(1)
-    train = TensorDataset(torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 3, (64,),
-                                                                               generator=g))
-    probe = [(train.tensors[0][:20], train.tensors[1][:20])]
-    callbacks = []
-    if with_attack:
-        callbacks.append(AttackCallback(LRAttack(model, {"conv1": [1]}, 1.0, start=2,
-                                                 repeats=3, interval=2, outgoing=True,
-                                                 example_input=probe[0][0][:1])))
-    if with_tracking:
-        callbacks.append(TrackingCallback(UnitTracker(
-            model, {"conv1": None, "fc1": [0, 5]}, probe, every=1,
-            histograms=("activation", "output"))))
-    trainer = Trainer(model, train, config=TrainConfig(epochs=2, batch_size=16, lr=0.05,
-                                                       momentum=0.9, seed=4),
-                      callbacks=callbacks)
-    trainer.fit()
-    return model, trainer, torch.get_rng_state()
-
-
-def test_training_with_tracking_is_bit_identical_to_training_without():
-    plain, _, rng_plain = _fit(False)
-    tracked, trainer, rng_tracked = _fit(True, with_attack=True)
-    tracker = trainer.callbacks[-1].tracker
-    assert [r["step"] for r in tracker.records] == list(range(9))  # step 0 and every step
-    assert trainer.history[-1]["probes"] == 9
-    for (k, a), (_, b) in zip(plain.state_dict().items(), tracked.state_dict().items()):
-        assert same_bits(a, b), k  # BatchNorm running statistics included
-    assert torch.equal(rng_plain, rng_tracked)
-    assert plain.training and tracked.training
-
-
 def test_bad_arguments_are_clear():
     net = _net()
     data, _, _ = _probe()
@@ -221,3 +183,48 @@ def test_bad_arguments_are_clear():
         with pytest.raises(ValueError, match=msg):
             UnitTracker(net, args.pop("units"), args.pop("data"), **args)
     assert math.isfinite(UnitTracker(net, ["conv1"], data).measure()["loss"])
+
+
+def test_a_training_loop_with_tracking_is_bit_identical_to_one_without():
+    """Recording every step (with an identity attack on conv1, which also copies and rescales
+    entries around each step) changes neither the weights, the BatchNorm statistics nor the
+    global random stream that dropout draws from."""
+
+    def fit(track: bool):
+        torch.manual_seed(0)
+        model = Net(dropout=0.3)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        tracker = attack = None
+        if track:
+            attack = LRAttack(model, {"conv1": [1]}, 1.0, start=2, repeats=3, interval=2,
+                              outgoing=True, example_input=x[:1])
+            tracker = UnitTracker(model, {"conv1": None, "fc1": [0, 5]}, [(x[:20], y[:20])],
+                                  every=1, histograms=("activation", "output"))
+            tracker.maybe_record(0)
+        step = 0
+        for epoch in range(2):
+            order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
+            for i in range(0, 64, 16):
+                idx = order[i:i + 16]
+                opt.zero_grad()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                if attack is not None:
+                    attack.before_step(step)
+                opt.step()
+                if attack is not None:
+                    attack.after_step()
+                step += 1
+                if tracker is not None:
+                    tracker.maybe_record(step)
+        return model, tracker, attack, torch.get_rng_state()
+
+    plain, _, _, rng_plain = fit(False)
+    tracked, tracker, attack, rng_tracked = fit(True)
+    assert [r["step"] for r in tracker.records] == list(range(9))  # step 0 and every step
+    assert attack.applied == [2, 4, 6]
+    for (k, a), (_, b) in zip(plain.state_dict().items(), tracked.state_dict().items()):
+        assert same_bits(a, b), k  # BatchNorm running statistics included
+    assert torch.equal(rng_plain, rng_tracked)
+    assert plain.training and tracked.training

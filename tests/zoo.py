@@ -7,6 +7,8 @@ load into it strictly, and the parameter counts must agree.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -142,6 +144,21 @@ class Functional(nn.Module):
         x = self.b(x).sigmoid() + 0.5
         x = F.dropout(torch.tanh(self.c(x)), 0.3, training=self.training)
         return self.d(x)
+
+
+def thesis_cnn(batchnorm: bool = False, in_channels: int = 1, image_size: int = 28,
+               widths=(8, 16), hidden: int = 64, num_classes: int = 10) -> nn.Sequential:
+    """The small CNN of Evci's thesis (App. C), as a Sequential with the thesis's layer names:
+    conv1 5x5 - [bn1] - ReLU - pool - conv2 5x5 - [bn2] - ReLU - pool - fc1 - ReLU - fc2.
+    With 1x28x28 inputs, widths 8 and 16 and 64 hidden units: 20,522 parameters."""
+    side = ((image_size - 4) // 2 - 4) // 2
+    norm = nn.BatchNorm2d if batchnorm else (lambda n: nn.Identity())
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(in_channels, widths[0], 5), bn1=norm(widths[0]), act1=nn.ReLU(),
+        pool1=nn.MaxPool2d(2), conv2=nn.Conv2d(widths[0], widths[1], 5), bn2=norm(widths[1]),
+        act2=nn.ReLU(), pool2=nn.MaxPool2d(2), flatten=nn.Flatten(),
+        fc1=nn.Linear(widths[1] * side * side, hidden), act3=nn.ReLU(),
+        fc2=nn.Linear(hidden, num_classes)))
 
 
 #: name -> (factory, default widths, input shape without batch)
