@@ -1,5 +1,19 @@
 """Acting on scores: unit removal with bias propagation, masks, optimizer surgery.
 
+Sources: removal with bias propagation, scheduled pruning, unit cleanup and
+learning-rate attacks follow U. Evci, *Detecting Dead Weights and Units in
+Neural Networks*, MS thesis, NYU 2018, https://arxiv.org/abs/1806.06068
+(Evci 2018); the methods that learn a network's width while it trains are
+those of *ShrinkNets: Learning Network Size while Training* (2018 draft;
+public as G. Leclerc, M. Vartak, R. Castro Fernandez, T. Kraska, S. Madden,
+*Smallify: Learning Network Size while Training*,
+https://arxiv.org/abs/1806.03723; "the ShrinkNets paper"), J. M. Alvarez and
+M. Salzmann, *Learning the Number of Neurons in Deep Networks*, NeurIPS 2016,
+https://papers.nips.cc/paper/6372-learning-the-number-of-neurons-in-deep-networks
+(Alvarez & Salzmann 2016), and S. Srinivas and R. V. Babu, *Learning Neural
+Network Architectures using Backpropagation*, BMVC 2016,
+https://arxiv.org/abs/1511.05497 (Srinivas & Babu 2016).
+
 Public names:
 
 * :func:`trace` -- the graph of units of a model (re-exported from
@@ -21,8 +35,9 @@ Public names:
   :func:`insert_tristate`, :func:`tristate_penalty`, :func:`clip_gates`,
   :func:`finalize_tristate` (exact removal of off units, merging of
   identity-gated Linear pairs).
-* :mod:`pruners.shrinknets` -- ShrinkNets switch layers, penalty, removal
-  strategies, garbage collection, :func:`fold_switches`.
+* :mod:`pruners.shrinknets` -- the ShrinkNets paper's switch layers,
+  penalty, removal strategies, garbage collection,
+  :func:`~pruners.shrinknets.fold_switches`.
 * :func:`prepare_for` -- insert the layers a scorer reads (switches,
   tri-state ReLUs).
 * :class:`LRAttack`, :func:`attack_steps` -- learning-rate attacks (Evci
@@ -39,7 +54,7 @@ from .group_sparsity import (GROUPINGS, Grouping, LayerGroups, ProximalGroupSpar
                              group_layout, group_norms, group_sparsity_penalty,
                              prox_sparse_group_lasso, register_grouping, remove_zero_groups,
                              soft_threshold, zero_groups)
-from .inserters import INSERTERS, prepare_for
+from .inserters import prepare_for
 from .metrics import count_macs, count_params
 from .tristate import (binarize_gates, binarizing_regularizer, clip_gates, complexity_term,
                        finalize_tristate, insert_tristate, tristate_penalty)
@@ -79,7 +94,6 @@ __all__ = [
     "GROUPINGS",
     "register_grouping",
     "prepare_for",
-    "INSERTERS",
     "insert_tristate",
     "tristate_penalty",
     "binarizing_regularizer",

@@ -1,13 +1,14 @@
 """Learning-rate attacks: scale the update of chosen units for chosen steps.
 
-Evci 2018 (``shared/seeds/004_...``), Sec. 3.3 ("How can a unit die?: High
-Learning Rate"): a single learning rate may be too large for some units and
-push their output into the flat region of the next non-linearity, where they
-die (Def. 3.2.2). The thesis creates this situation on purpose by *attacking*
-a unit: its learning rate is multiplied by ``m`` for one iteration, starting
-at iteration ``S``, repeated ``N`` times with ``I`` iterations between
-attacks (Sec. 3.4-3.6 attack 10 times at 10-iteration intervals with
-``m = 100`` for ReLU+BatchNorm and ``m = 1000`` for Tanh).
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis, NYU
+2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Sec. 3.3 ("How can a unit
+die?: High Learning Rate"): a single learning rate may be too large for some
+units and push their output into the flat region of the next non-linearity,
+where they die (Def. 3.2.2). The thesis creates this situation on purpose by
+*attacking* a unit: its learning rate is multiplied by ``m`` for one
+iteration, starting at iteration ``S``, repeated ``N`` times with ``I``
+iterations between attacks (Sec. 3.4-3.6 attack 10 times at 10-iteration
+intervals with ``m = 100`` for ReLU+BatchNorm and ``m = 1000`` for Tanh).
 
 :class:`LRAttack` scales the **update actually taken**, not the gradient. For
 every attacked entry ``p`` of a parameter, around ``optimizer.step()``:
@@ -61,7 +62,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from saliency.graph import _as_index_tensor, default_example_input, trace
+from saliency.graph import as_index_tensor, default_example_input, trace
 from saliency.layers import PRODUCERS
 
 __all__ = ["LRAttack", "attack_steps"]
@@ -195,7 +196,7 @@ class LRAttack:
                 raise ValueError(f"layer {name!r} is a {type(mod).__name__}; units are the "
                                  "output channels of Linear/Conv1d/Conv2d layers")
             n = getattr(mod, spec.out_attr)
-            t = _as_index_tensor(name, idx)
+            t = as_index_tensor(name, idx)
             if t.numel() == 0:
                 raise ValueError(f"layer {name!r}: no unit index given")
             bad = t[(t < 0) | (t >= n)]

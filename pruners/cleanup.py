@@ -1,4 +1,7 @@
-"""Unit cleanup after parameter pruning (Evci 2018, Sec. 2.2, Fig. 2.11).
+"""Unit cleanup after parameter pruning.
+
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis, NYU
+2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Sec. 2.2, Fig. 2.11.
 
 After magnitude pruning many units keep few non-zero weights. The thesis
 counts, per unit, the fraction of non-zero incoming weights (its row of the

@@ -1,7 +1,9 @@
 """Proximal group sparsity: learning the number of neurons with a sparse group lasso.
 
-Alvarez & Salzmann, *Learning the Number of Neurons in Deep Networks* (NeurIPS
-2016; summary in ``shared/seeds/002_...``) group the parameters of neuron
+J. M. Alvarez and M. Salzmann, *Learning the Number of Neurons in Deep
+Networks*, NeurIPS 2016,
+https://papers.nips.cc/paper/6372-learning-the-number-of-neurons-in-deep-networks
+(Alvarez & Salzmann 2016) group the parameters of neuron
 ``n`` of layer ``l`` as ``theta_l^n = [w_l^n, b_l^n]`` (its incoming weights
 and its bias, ``P_l`` numbers) and train with the regularizer
 
@@ -18,8 +20,9 @@ step of size ``t`` giving ``theta_hat``, every group is replaced by
              * S(theta_hat, t alpha beta_l),        S(a, b) = sign(a) (|a| - b)_+   (PROX)
 
 (Simon et al. 2013), and "when the learning steps terminate, we remove the
-neurons whose parameters have gone to zero". The earlier ShrinkNets draft
-(``shared/seeds/000_...``, eq. 5-8) uses the same penalty with other groups:
+neurons whose parameters have gone to zero". *Learning Network Size while
+Training with ShrinkNets* (2018; "the ShrinkNets draft"), eq. 5-8, uses the
+same penalty with other groups:
 the *columns* ``(A^T)_j`` of a fully connected layer ``A x + b``, whose zero
 columns remove input ``j`` (eq. 6).
 
@@ -95,8 +98,8 @@ class Grouping:
 
     The groups of the penalty ``sum_l (1 - alpha) beta_l sqrt(P_l) sum_n
     ||theta_l^n||_2 + alpha beta_l ||theta_l||_1``: Alvarez & Salzmann 2016
-    (``shared/seeds/002_...``) use ``theta_l^n = [w_l^n, b_l^n]`` (``"units"``),
-    the ShrinkNets draft (``shared/seeds/000_...``, eq. 6) the columns
+    use ``theta_l^n = [w_l^n, b_l^n]`` (``"units"``), the ShrinkNets draft
+    (eq. 6) the columns
     ``(A^T)_j`` of a layer (``"columns"``).
 
     Attributes:
@@ -194,8 +197,8 @@ def register_grouping(grouping: Grouping) -> None:
     """Add a grouping to :data:`GROUPINGS` (its name must be new).
 
     A new way of grouping parameters for the sparse group lasso (Alvarez &
-    Salzmann 2016, ``shared/seeds/002_...``) is one call, e.g. for the rows of
-    a weight without the bias::
+    Salzmann 2016) is one call, e.g. for the rows of a weight without the
+    bias::
 
         register_grouping(Grouping("rows", lambda m: None, lambda m: (("weight", 0),),
                                    None, "weight rows only"))
@@ -235,9 +238,9 @@ class LayerGroups:
 
     :meth:`matrix` stacks them as the rows of an ``N x P_l`` tensor, the
     layout on which the penalty and the proximal step of Alvarez & Salzmann
-    2016 (``shared/seeds/002_...``) act. Shapes are read from the module at
-    every call, so a layout stays valid when units are removed (the number of
-    groups and ``P_l`` follow).
+    2016 act. Shapes are read from the module at every call, so a layout
+    stays valid when units are removed (the number of groups and ``P_l``
+    follow).
     """
 
     layer: str
@@ -403,8 +406,8 @@ def soft_threshold(a: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
     """``S(a, b) = sign(a) (|a| - b)_+``, elementwise: the soft threshold.
 
     The proximal operator of ``b ||.||_1`` and the inner step of the sparse
-    group lasso's proximal operator (Alvarez & Salzmann 2016,
-    ``shared/seeds/002_...``; Simon et al. 2013).
+    group lasso's proximal operator (Alvarez & Salzmann 2016; Simon et al.
+    2013).
 
     Examples:
         >>> soft_threshold(torch.tensor([-3.0, 0.5, 2.0]), 1.0)
@@ -421,8 +424,7 @@ def prox_sparse_group_lasso(v: torch.Tensor, t: float, strength: float, alpha: f
 
         (1 / 2t) ||x - v_n||_2^2 + (1 - alpha) beta sqrt(P) ||x||_2 + alpha beta ||x||_1
 
-    which is (Alvarez & Salzmann 2016, ``shared/seeds/002_...``; Simon et al.
-    2013)
+    which is (Alvarez & Salzmann 2016; Simon et al. 2013)
 
         x* = (1 - t (1 - alpha) beta sqrt(P) / ||S(v_n, t alpha beta)||_2)_+ S(v_n, t alpha beta)
 
@@ -480,8 +482,8 @@ def group_norms(model: nn.Module, groups: GroupSpec = None, *,
                 example_input: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """``||theta_l^n||_2`` of every group, ``{layer: 1-D tensor}`` (detached).
 
-    The norms the group-sparsity penalty sums (Alvarez & Salzmann 2016,
-    ``shared/seeds/002_...``): ``sum_l beta_l sqrt(P_l) sum_n ||theta_l^n||_2``.
+    The norms the group-sparsity penalty sums (Alvarez & Salzmann 2016):
+    ``sum_l beta_l sqrt(P_l) sum_n ||theta_l^n||_2``.
     ``groups`` as in :func:`group_layout`.
     """
     layout = _layout(model, groups, example_input)
@@ -493,7 +495,7 @@ def group_norms(model: nn.Module, groups: GroupSpec = None, *,
 def group_sparsity_penalty(model: nn.Module, strength: Strength, alpha: float = 0.0,
                            groups: GroupSpec = None, *,
                            example_input: torch.Tensor | None = None) -> torch.Tensor:
-    """The sparse group lasso penalty (Alvarez & Salzmann 2016, ``shared/seeds/002_...``)::
+    """The sparse group lasso penalty (Alvarez & Salzmann 2016)::
 
         gamma(Theta) = sum_l [ (1 - alpha) beta_l sqrt(P_l) sum_n ||theta_l^n||_2
                                + alpha beta_l ||theta_l||_1 ]
@@ -534,8 +536,8 @@ def zero_groups(model: nn.Module, groups: GroupSpec = None, *,
 
     ``{layer: n with theta_l^n = 0}``: the neurons (or inputs) the proximal
     step of the sparse group lasso has switched off, the ones Alvarez &
-    Salzmann 2016 (``shared/seeds/002_...``) remove when training ends
-    (:func:`remove_zero_groups`). ``groups`` as in :func:`group_layout`.
+    Salzmann 2016 remove when training ends (:func:`remove_zero_groups`).
+    ``groups`` as in :func:`group_layout`.
     """
     layout = _layout(model, groups, example_input)
     with torch.no_grad():
@@ -586,37 +588,14 @@ def remove_zero_groups(model: nn.Module, groups: GroupSpec = None, *,
         ValueError: zero groups that cannot be removed, unknown layers, and
             the errors of :func:`pruners.remove_units`; nothing is changed.
     """
-    layout = _layout(model, groups, example_input, exclude)
-    if layers is not None:
-        layers = list(layers)
-        unknown = [n for n in layers if n not in layout]
-        if unknown:
-            raise ValueError(f"layers {unknown} have no groups; grouped layers are "
-                             f"{list(layout)}")
-        layout = {n: layout[n] for n in layers}
+    layout = _selected_layout(_layout(model, groups, example_input, exclude), layers)
     if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
         raise ValueError(f"min_units must be an int >= 1, got {min_units!r}")
     zeros = {n: i for n, i in zero_groups(model, layout).items() if i.numel()}
     if not zeros:
         return None
     graph = trace(model, example_input, exclude=exclude)
-    units: dict[str, torch.Tensor] = {}
-    for name, idx in zeros.items():
-        rule = GROUPINGS[layout[name].grouping].removal
-        if rule is None:
-            raise ValueError(f"layer {name!r}: grouping {layout[name].grouping!r} has no "
-                             "removal rule")
-        for prod, u in rule(model, graph, name, idx).items():
-            if u.numel():
-                units[prod] = torch.unique(torch.cat([units[prod], u])) if prod in units else u
-    plan = {}
-    for prod, u in units.items():
-        room = graph.producers[prod].num_units - min_units
-        u = u.sort().values
-        if u.numel() > room:
-            u = u[u.numel() - max(room, 0):] if room > 0 else u[:0]
-        if u.numel():
-            plan[prod] = u
+    plan = _removal_plan(graph, _units_of_zero_groups(model, graph, layout, zeros), min_units)
     if not plan:
         return None
     # A removed unit whose columns are zero in every consumer folds nothing: a warning about
@@ -630,14 +609,55 @@ def remove_zero_groups(model: nn.Module, groups: GroupSpec = None, *,
                             min_units=min_units)
 
 
+def _selected_layout(layout: dict[str, LayerGroups], layers: Iterable[str] | None
+                     ) -> dict[str, LayerGroups]:
+    """``layout`` restricted to ``layers`` (None: all), which must all be grouped."""
+    if layers is None:
+        return layout
+    layers = list(layers)
+    unknown = [n for n in layers if n not in layout]
+    if unknown:
+        raise ValueError(f"layers {unknown} have no groups; grouped layers are {list(layout)}")
+    return {n: layout[n] for n in layers}
+
+
+def _units_of_zero_groups(model: nn.Module, graph: UnitGraph, layout: dict[str, LayerGroups],
+                          zeros: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{producer: units}`` the zero groups free, by each grouping's removal rule."""
+    units: dict[str, torch.Tensor] = {}
+    for name, idx in zeros.items():
+        rule = GROUPINGS[layout[name].grouping].removal
+        if rule is None:
+            raise ValueError(f"layer {name!r}: grouping {layout[name].grouping!r} has no "
+                             "removal rule")
+        for prod, u in rule(model, graph, name, idx).items():
+            if u.numel():
+                units[prod] = torch.unique(torch.cat([units[prod], u])) if prod in units else u
+    return units
+
+
+def _removal_plan(graph: UnitGraph, units: dict[str, torch.Tensor], min_units: int
+                  ) -> dict[str, torch.Tensor]:
+    """``units`` sorted, each layer keeping at least ``min_units`` (the lowest indices stay)."""
+    plan = {}
+    for prod, u in units.items():
+        room = graph.producers[prod].num_units - min_units
+        u = u.sort().values
+        if u.numel() > room:
+            u = u[u.numel() - max(room, 0):] if room > 0 else u[:0]
+        if u.numel():
+            plan[prod] = u
+    return plan
+
+
 # --------------------------------------------------------------------------- the step
 
 
 class ProximalGroupSparsity:
     """Proximal gradient descent with the sparse group lasso, after each optimizer step.
 
-    Alvarez & Salzmann 2016 (``shared/seeds/002_...``): a gradient step of
-    size ``t`` on the loss gives ``theta_hat``; then every group is replaced by
+    Alvarez & Salzmann 2016: a gradient step of size ``t`` on the loss gives
+    ``theta_hat``; then every group is replaced by
 
         theta~ = (1 - t (1 - alpha) beta_l sqrt(P_l) / ||S(theta_hat, t alpha beta_l)||_2)_+
                  * S(theta_hat, t alpha beta_l)

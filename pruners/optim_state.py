@@ -6,8 +6,10 @@ per-parameter state tensor shaped like the parameter (SGD ``momentum_buffer``;
 Adam/AdamW ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; RMSprop
 ``square_avg``, ``grad_avg``; Adagrad ``sum``; ...) is sliced the same way;
 scalar state such as ``step`` is kept. This is the "neural garbage
-collection ... updating optimizer state" of ShrinkNets
-(``shared/seeds/001_...``, Sec. 4.2).
+collection ... updating optimizer state" of *ShrinkNets: Learning Network Size
+while Training* (2018 draft; public as G. Leclerc, M. Vartak, R. Castro
+Fernandez, T. Kraska, S. Madden, *Smallify: Learning Network Size while
+Training*, https://arxiv.org/abs/1806.03723), Sec. 4.2.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ model is already pruned that far it does nothing and returns None, otherwise
 it scores, selects the lowest-scoring entries or units still alive, acts, and
 returns a :class:`RoundReport` (also appended to ``pruner.history``).
 
-* :class:`ParameterPruner` (Evci 2018, Sec. 2.2: magnitude pruning on the
+* :class:`ParameterPruner` (U. Evci, *Detecting Dead Weights and Units in
+  Neural Networks*, MS thesis, NYU 2018, https://arxiv.org/abs/1806.06068 --
+  Evci 2018 -- Sec. 2.2: magnitude pruning on the
   schedule of Table 2.2) zeroes parameter entries through
   :func:`torch.nn.utils.prune.custom_from_mask`: the standard
   ``weight_orig``/``weight_mask`` layout, masks composing across rounds,

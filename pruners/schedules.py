@@ -10,7 +10,9 @@ same ``t`` gives the same answer.
 
 * :func:`table` -- an explicit ``{t: amount}`` table, held between entries
   (the thesis's Table 2.2 ``{2: 0.2, 3: 0.5, 4: 0.8, 5: 0.9}`` and Table 4.2
-  ``{2: 0.1, 3: 0.2, 4: 0.4, 5: 0.6}``, Evci 2018, Sec. 2.2 and 4.2, are
+  ``{2: 0.1, 3: 0.2, 4: 0.4, 5: 0.6}`` of U. Evci, *Detecting Dead Weights and
+  Units in Neural Networks*, MS thesis, NYU 2018,
+  https://arxiv.org/abs/1806.06068 -- Evci 2018 -- Sec. 2.2 and 4.2, are
   :data:`THESIS_PARAMETERS` and :data:`THESIS_UNITS`);
 * :func:`linear` -- from ``initial`` at ``begin`` to ``final`` at ``end``;
 * :func:`cubic` -- Zhu & Gupta 2017 ("To prune, or not to prune", eq. 1):

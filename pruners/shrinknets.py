@@ -1,7 +1,11 @@
 """ShrinkNets: learn the network's size while it trains.
 
-*ShrinkNets: Learning Network Size while Training* (``shared/seeds/001_...``)
-and its earlier draft (``shared/seeds/000_...``): every unit of an over-sized
+*ShrinkNets: Learning Network Size while Training* (2018 draft; public as G.
+Leclerc, M. Vartak, R. Castro Fernandez, T. Kraska, S. Madden, *Smallify:
+Learning Network Size while Training*, https://arxiv.org/abs/1806.03723; "the
+ShrinkNets paper", whose sections and equations are cited below) and its
+earlier draft *Learning Network Size while Training with ShrinkNets* (2018;
+"the ShrinkNets draft", or "draft" below): every unit of an over-sized
 network gets a learnable switch (:class:`saliency.switch.Switch`, eq. 1), the
 loss gets a sparsity term on the switches (eq. 2 / 9),
 
@@ -34,7 +38,7 @@ import torch.nn.functional as F
 
 from saliency.graph import symbolic_trace, trace
 from saliency.layers import PRODUCERS, effective_tensor
-from saliency.switch import Switch, _switch_gate, switch_of
+from saliency.switch import Switch, switch_of
 
 from .metrics import count_macs, count_params
 from .pruning import RoundReport, _data_list, _example, mean_loss
@@ -202,7 +206,7 @@ def fold_switches(model: nn.Module, example_input: torch.Tensor | None = None) -
             if hit is None:
                 continue
             sname, sw = hit
-            g = _switch_gate(sw, None).detach()
+            g = sw.effective_gate().detach()
             _fold_one(model, prod, sname, g)
             done.add(sname)
     left = [n for n in found if n not in done]
@@ -290,10 +294,10 @@ def shrinknets_penalty(model: nn.Module, lam: float, lam2: float = 0.0, p: int =
             raise ValueError(f"{name} must be a number >= 0, got {v!r}")
     sw = switches(model)
     if lam and not sw:
-        raise ValueError("the model has no switch layers (pruners.insert_switches)")
+        raise ValueError("the model has no switch layers (pruners.shrinknets.insert_switches)")
     total = None
     for m in sw.values():
-        term = _switch_gate(m, None).abs().sum()
+        term = m.effective_gate().abs().sum()
         total = term if total is None else total + term
     pen = lam * total if total is not None else None
     if lam2:
@@ -443,7 +447,7 @@ class SignVariance(_PerLayer):
 
 
 class Aggressiveness(RemovalStrategy):
-    """The draft's removal aggressiveness ``gamma`` (``shared/seeds/000_...``, Sec. 5.2).
+    """The ShrinkNets draft's removal aggressiveness ``gamma`` (Sec. 5.2).
 
     The draft names ``gamma`` but does not define it; we read it as the
     fraction of the layer's mean live gate under which a unit is removed:
@@ -526,7 +530,7 @@ class GarbageCollector:
             hit = switch_of(model, graph, name)
             if hit is None:
                 continue
-            gate = _switch_gate(hit[1], None).detach()
+            gate = hit[1].effective_gate().detach()
             alive = torch.ones(gate.numel(), dtype=torch.bool)
             alive[self.masked.get(name, [])] = False
             live = torch.nonzero(alive).flatten()

@@ -5,11 +5,15 @@ and bias, the per-channel modules between it and its consumers (BatchNorm
 weight, bias, running statistics), and the consumers' weight columns, input
 channels or flattened column blocks. With a replacement constant, the value
 the consumers would have received from a removed unit is folded into their
-biases (bias propagation, Evci 2018, ``shared/seeds/004_...``, eq. 1.5-1.6),
-so the model computes exactly what it computed with those units held
-constant. Optimizer state is sliced with the parameters, so training goes on
-with the same optimizer object (ShrinkNets' "neural garbage collection",
-``shared/seeds/001_...`` Sec. 4.2).
+biases (bias propagation: U. Evci, *Detecting Dead Weights and Units in
+Neural Networks*, MS thesis, NYU 2018, https://arxiv.org/abs/1806.06068 --
+Evci 2018 -- eq. 1.5-1.6), so the model computes exactly what it computed
+with those units held constant. Optimizer state is sliced with the
+parameters, so training goes on with the same optimizer object (the "neural
+garbage collection" of *ShrinkNets: Learning Network Size while Training*,
+2018 draft, public as G. Leclerc, M. Vartak, R. Castro Fernandez, T. Kraska,
+S. Madden, *Smallify: Learning Network Size while Training*,
+https://arxiv.org/abs/1806.03723, Sec. 4.2).
 
 :func:`mask_units` applies the same selection and the same bias fold as
 masks through :mod:`torch.nn.utils.prune`: shapes are unchanged, and the

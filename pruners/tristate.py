@@ -1,7 +1,8 @@
-"""Learning widths and depths with tri-state ReLUs (Srinivas & Babu 2016).
+"""Learning widths and depths with tri-state ReLUs.
 
-*Learning Neural Network Architectures using Backpropagation*
-(``shared/seeds/003_...``) replaces every hidden ReLU by a tri-state ReLU
+S. Srinivas and R. V. Babu, *Learning Neural Network Architectures using
+Backpropagation*, BMVC 2016, https://arxiv.org/abs/1511.05497 (Srinivas &
+Babu 2016) replace every hidden ReLU by a tri-state ReLU
 (:class:`saliency.tristate.TriStateReLU`): per channel ``w_i x`` for ``x >= 0``
 and ``w_i d x`` for ``x < 0``, with a width gate ``w_i`` per unit and one
 depth gate ``d`` per layer. Training minimizes
@@ -29,12 +30,12 @@ Linear layer whose identity activation feeds a Linear layer is merged with it
 into one Linear layer (``W = W_2 W_1``, ``b = W_2 b_1 + b_2``): the outputs are
 unchanged.
 
-The source text we have is stop-word stripped and has lost its equations; the
-formulas above follow its words ("first term limits complexity of the layer's
-width, second term limits the network's depth encouraging linearity; the
-first term becomes zero when the non-linearity is absent; the indicator
-function in the first term is non-differentiable, so it is treated as a
-constant") and the issue's definition of the gate function. The weight count
+The formulas of ``R_m`` above are our reading of the paper's description
+("first term limits complexity of the layer's width, second term limits the
+network's depth encouraging linearity; the first term becomes zero when the
+non-linearity is absent; the indicator function in the first term is
+non-differentiable, so it is treated as a constant") with the gate function
+defined above. The weight count
 in ``R_m`` is divided by the full network's (``normalize=True``), so one
 ``lam_m`` suits networks of any size (the paper's appendix sets its strength
 from the initial widths).
@@ -51,7 +52,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from saliency.graph import symbolic_trace, trace
+from saliency.graph import UnitGraph, symbolic_trace, trace
 from saliency.layers import effective_tensor
 from saliency.tristate import TriStateReLU, tristate_of
 
@@ -122,7 +123,30 @@ def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None,
         if closed:
             raise ValueError(f"layers {closed} are not prunable (they produce the output or "
                              "were excluded)")
-    plan: dict[str, tuple[Any, int]] = {}  # producer -> (ReLU module name | "function", units)
+    plan = _relu_plan(model, graph, wanted)
+
+    def make(name: str, units: int) -> TriStateReLU:
+        p = next(model.get_submodule(name).parameters())
+        return TriStateReLU(units, width_init, depth_init, straight_through).to(
+            device=p.device, dtype=p.dtype)
+
+    if all(relu != "function" for relu, _ in plan.values()):
+        out = copy.deepcopy(model)
+        for name, (relu, units) in plan.items():
+            _set_module(out, relu, make(name, units))
+        return out
+    return _insert_traced(copy.deepcopy(model), plan, make)
+
+
+def _relu_plan(model: nn.Module, graph: UnitGraph, wanted: list[str] | None
+               ) -> dict[str, tuple[str, int]]:
+    """``{producer: (its ReLU module's name or "function", units)}``, the ReLUs to replace.
+
+    Every prunable producer in ``wanted`` (None: all, skipping those with no
+    ReLU on their path) must have exactly one ReLU on its paths, a module of
+    its own or a function or tensor method.
+    """
+    plan: dict[str, tuple[str, int]] = {}
     owner: dict[str, str] = {}
     for name, prod in graph.producers.items():
         if not prod.prunable or (wanted is not None and name not in wanted):
@@ -150,18 +174,7 @@ def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None,
         plan[name] = (relu, prod.num_units)
     if not plan:
         raise ValueError("no hidden ReLU to replace")
-
-    def make(name: str, units: int) -> TriStateReLU:
-        p = next(model.get_submodule(name).parameters())
-        return TriStateReLU(units, width_init, depth_init, straight_through).to(
-            device=p.device, dtype=p.dtype)
-
-    if all(relu != "function" for relu, _ in plan.values()):
-        out = copy.deepcopy(model)
-        for name, (relu, units) in plan.items():
-            _set_module(out, relu, make(name, units))
-        return out
-    return _insert_traced(copy.deepcopy(model), plan, make)
+    return plan
 
 
 def _insert_traced(model: nn.Module, plan, make) -> fx.GraphModule:

@@ -13,6 +13,21 @@ Every scorer follows one contract (:mod:`saliency.base`)::
 and :data:`SCORERS` maps registry names to scorer classes; the shared tests
 and the CLI iterate over it. Lower score = less important.
 
+Sources: the parameter-wise scorers, MRP, MRS, the unit norms and the
+dead-unit criteria follow U. Evci, *Detecting Dead Weights and Units in
+Neural Networks*, MS thesis, NYU 2018, https://arxiv.org/abs/1806.06068
+(Evci 2018). Three unit scorers read the trained quantities of methods that
+learn a network's width: the switches of *ShrinkNets: Learning Network Size
+while Training* (2018 draft; public as G. Leclerc, M. Vartak, R. Castro
+Fernandez, T. Kraska, S. Madden, *Smallify: Learning Network Size while
+Training*, https://arxiv.org/abs/1806.03723; "the ShrinkNets paper"), the
+parameter groups of J. M. Alvarez and M. Salzmann, *Learning the Number of
+Neurons in Deep Networks*, NeurIPS 2016,
+https://papers.nips.cc/paper/6372-learning-the-number-of-neurons-in-deep-networks
+(Alvarez & Salzmann 2016), and the width gates of S. Srinivas and R. V. Babu,
+*Learning Neural Network Architectures using Backpropagation*, BMVC 2016,
+https://arxiv.org/abs/1511.05497 (Srinivas & Babu 2016).
+
 Dead units (Evci 2018, Sec. 3.2, Def. 3.2.1-3.2.2; docs/dead_units.md):
 
 * :func:`find_dead_units` -- flags units by each criterion (low MRP / MRS,
@@ -26,8 +41,8 @@ Dead units (Evci 2018, Sec. 3.2, Def. 3.2.1-3.2.2; docs/dead_units.md):
   fixed probe batch, without changing training (Fig. 3.1-3.10).
 """
 
-from .base import ParameterScorer, Scorer, UnitScorer
-from .graph import UnitGraph, UnsupportedArchitecture, trace
+from .base import LayerRequirement, ParameterScorer, Scorer, UnitScorer
+from .graph import UnitGraph, UnsupportedArchitecture, as_index_tensor, trace
 from .group_norm import GroupNormScorer
 from .loss_change import LossChange
 from .magnitude import Magnitude
@@ -59,11 +74,11 @@ SCORERS: dict[str, type[Scorer]] = {
     "dormancy": Dormancy,
     "norm": Norm,
     "random_unit": RandomUnit,
-    # ShrinkNets (shared/seeds/001_..., eq. 1): |beta| of each unit's switch
+    # the ShrinkNets paper, eq. 1: |beta| of each unit's switch
     "switch": SwitchScorer,
-    # group sparsity (Alvarez & Salzmann 2016, shared/seeds/002_...): ||[w_n, b_n]||_2
+    # group sparsity (Alvarez & Salzmann 2016): ||[w_n, b_n]||_2
     "group_norm": GroupNormScorer,
-    # tri-state ReLU (Srinivas & Babu 2016, shared/seeds/003_...): the width gate w_i
+    # tri-state ReLU (Srinivas & Babu 2016): the width gate w_i
     "gate": GateScorer,
 }
 
@@ -75,6 +90,7 @@ __all__ = [
     "GateScorer",
     "GroupNormScorer",
     "Scorer",
+    "LayerRequirement",
     "Magnitude",
     "Taylor1",
     "Taylor2",
@@ -92,6 +108,7 @@ __all__ = [
     "trace",
     "UnitGraph",
     "UnsupportedArchitecture",
+    "as_index_tensor",
     "unit_means",
     "unit_statistics",
     "find_dead_units",

@@ -17,11 +17,18 @@ samples, so results do not depend on how the samples are batched. Scoring
 runs the model in eval mode (BatchNorm running statistics, no dropout), and
 never changes it: parameters, ``.grad``, ``requires_grad``, the training
 flags and hooks are restored, also when an error is raised.
+
+A scorer that reads a layer of its method (a ShrinkNets switch, a tri-state
+ReLU) says so in ``requires_layer``: a :class:`LayerRequirement` naming the
+layer class and the function that inserts it, which
+:func:`pruners.prepare_for` calls. A new scorer, with or without such a
+layer, is one class and one entry in :data:`saliency.SCORERS`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -31,8 +38,8 @@ import torch.nn.functional as F
 from .graph import UnitGraph, trace
 from .replacement import iter_batches, iter_inputs
 
-__all__ = ["Scorer", "ParameterScorer", "UnitScorer", "iter_batches", "loss_sum",
-           "per_sample_loss", "summing_loss", "preserved", "default_parameters"]
+__all__ = ["Scorer", "ParameterScorer", "UnitScorer", "LayerRequirement", "iter_batches",
+           "loss_sum", "per_sample_loss", "summing_loss", "preserved", "default_parameters"]
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -116,21 +123,64 @@ def default_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return out
 
 
+@dataclass(frozen=True)
+class LayerRequirement:
+    """A layer a scorer reads, and the function that inserts it into a model.
+
+    Attributes:
+        layer: the module class whose presence satisfies the requirement: a
+            model containing at least one instance of it is scored as it is.
+        inserter: ``insert(model, example_input) -> model with such layers``,
+            named by its import path ``"package.module:function"`` (the
+            inserters of saliency's own scorers live in :mod:`pruners`, which
+            :mod:`saliency` does not import) or given as the function itself.
+            :func:`pruners.prepare_for` imports and calls it with its default
+            arguments.
+
+    Examples:
+        >>> from saliency import SCORERS
+        >>> req = SCORERS["switch"].requires_layer
+        >>> req.layer.__name__, req.inserter
+        ('Switch', 'pruners.shrinknets:insert_switches')
+        >>> req.satisfied_by(nn.Linear(2, 2))
+        False
+    """
+
+    layer: type[nn.Module]
+    inserter: str | Callable[[nn.Module, torch.Tensor | None], nn.Module]
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.layer, type) and issubclass(self.layer, nn.Module)):
+            raise TypeError(f"layer must be an nn.Module subclass, got {self.layer!r}")
+        if isinstance(self.inserter, str):
+            module, sep, name = self.inserter.partition(":")
+            if not (sep and module and name.isidentifier()):
+                raise ValueError(f"inserter must be an import path 'package.module:function', "
+                                 f"got {self.inserter!r}")
+        elif not callable(self.inserter):
+            raise TypeError(f"inserter must be an import path or a function, got "
+                            f"{self.inserter!r}")
+
+    def satisfied_by(self, model: nn.Module) -> bool:
+        """Whether ``model`` contains a ``layer`` module already."""
+        return any(isinstance(m, self.layer) for m in model.modules())
+
+
 class Scorer:
     """Base class: hyperparameters in ``__init__``, work in :meth:`_score`.
 
     Subclasses set ``granularity`` ("parameter" or "unit"), ``needs_data``,
-    ``exact`` (the exact counterpart's registry name for approximations, or
-    None) and implement ``_score(model, data, loss_fn)``.
+    ``approximates`` (the registry name of the exact quantity an
+    approximation stands for, or None), ``requires_layer`` (a
+    :class:`LayerRequirement`, or None) and implement ``_score(model, data,
+    loss_fn)``.
     """
 
     granularity: str = "parameter"
     needs_data: bool = True
-    #: scores only models with switch layers (:func:`pruners.insert_switches`)
-    needs_switches: bool = False
-    #: the kind of layer the model must contain to be scored (``"switch"``,
-    #: ``"tristate"``), or None; :func:`pruners.prepare_for` inserts it
-    requires_layer: str | None = None
+    #: the layer the model must contain to be scored (a switch, a tri-state
+    #: ReLU) and how to insert it (:func:`pruners.prepare_for`), or None
+    requires_layer: LayerRequirement | None = None
     #: registry name of the exact quantity this scorer approximates, if any
     approximates: str | None = None
 

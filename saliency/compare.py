@@ -11,14 +11,15 @@ scores a model once and reuses the result for every comparison.
   layers together (``"global"``).
 * :func:`topk_overlap` -- the fraction of the ``k`` lowest-scored items (the
   ones a pruner removes) that two scorers share.
-* :func:`pruning_penalty` -- the pruning-penalty curve of Evci 2018
-  (``shared/seeds/004_...``): the change of the mean loss on held-out data
-  when the fraction ``f`` of a layer's parameters or units with the lowest
-  scores is pruned, for each scorer, with the model restored after every
-  probe. Draw it against the random scorer (the floor a scorer must beat)
-  and the exact oracle: ``loss_change`` for parameters, ``mrp`` (the mean
-  replacement penalty, :class:`saliency.mrp.MRP`) for units; the caller
-  passes them in like any other scorer.
+* :func:`pruning_penalty` -- the pruning-penalty curve of U. Evci,
+  *Detecting Dead Weights and Units in Neural Networks*, MS thesis, NYU 2018,
+  https://arxiv.org/abs/1806.06068 (Evci 2018): the change of the mean loss
+  on held-out data when the fraction ``f`` of a layer's parameters or units
+  with the lowest scores is pruned, for each scorer, with the model restored
+  after every probe. Draw it against the random scorer (the floor a scorer
+  must beat) and the exact oracle: ``loss_change`` for parameters, ``mrp``
+  (the mean replacement penalty, :class:`saliency.mrp.MRP`) for units; the
+  caller passes them in like any other scorer.
 * :func:`fidelity` -- how well an approximation (``taylor1``, ``mrs``) ranks
   compared with its exact counterpart (``loss_change``, ``mrp``).
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -368,8 +370,8 @@ def fidelity(scores: Mapping[str, Scores], pairs: Mapping[str, str],
         >>> s = {"approx": {"fc": torch.tensor([1., 3., 2., 4.])},
         ...      "exact": {"fc": torch.tensor([1., 2., 3., 4.])}}
         >>> fidelity(s, {"approx": "exact"}, k=2)[["layer", "spearman", "topk_overlap"]]
-          layer  spearman  topk_overlap
-        0    fc       0.8           0.5
+            layer  spearman  topk_overlap
+        0      fc       0.8           0.5
         1  global       0.8           0.5
     """
     _check_scores(scores)
@@ -488,7 +490,22 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
         >>> df[["scorer", "fraction", "n_pruned"]].values.tolist()
         [['mrp', 0.25, 2], ['mrp', 0.5, 4], ['random', 0.25, 2], ['random', 0.5, 4]]
     """
-    # ---- validate everything before touching the model
+    fractions = _check_penalty_args(model, scorers_or_scores, fractions, data, kind,
+                                    replacement)
+    data = _materialize(data)
+    score_data = data if score_data is None else _materialize(score_data)
+    target = _PenaltyTarget.of(model, layer, kind)
+    vectors = _penalty_vectors(model, scorers_or_scores, target, score_data, loss_fn)
+    rows = _penalty_rows(model, target, vectors, fractions, data, loss_fn, replacement)
+    return pd.DataFrame(rows, columns=_PENALTY_COLUMNS)
+
+
+_PENALTY_COLUMNS = ["scorer", "fraction", "n_pruned", "loss_before", "loss_after", "delta"]
+
+
+def _check_penalty_args(model, scorers_or_scores, fractions, data, kind: str,
+                        replacement: str) -> list[float]:
+    """Validate :func:`pruning_penalty`'s arguments before the model is touched; the fractions."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if kind not in ("unit", "parameter"):
@@ -506,25 +523,60 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
         raise ValueError(f"fractions must be in [0, 1], got {bad}")
     if data is None:
         raise ValueError("pruning_penalty needs data: an iterable of (inputs, targets) batches")
-    data = _materialize(data)
-    score_data = data if score_data is None else _materialize(score_data)
+    return fractions
 
-    modules = dict(model.named_modules())
-    if kind == "parameter":
-        params = _named_params(model)
-        key = layer if layer in params else f"{layer}.weight"
-        if key not in params:
-            raise ValueError(f"kind='parameter': {layer!r} is neither a parameter nor a module "
-                             f"with a weight; parameters are {sorted(params)}")
-        param = params[key]
-        n_items = param.numel()
-    else:
+
+@dataclass
+class _PenaltyTarget:
+    """What :func:`pruning_penalty` prunes: a parameter's entries or a producer's units.
+
+    ``key`` is the parameter name or the producer's module name (the key of
+    the scores), ``param`` the parameter (``kind="parameter"``), ``n_items``
+    the number of entries or units (None when the module does not say).
+    """
+
+    kind: str
+    key: str
+    param: nn.Parameter | None
+    n_items: int | None
+
+    @classmethod
+    def of(cls, model: nn.Module, layer: str, kind: str) -> "_PenaltyTarget":
+        if kind == "parameter":
+            params = _named_params(model)
+            key = layer if layer in params else f"{layer}.weight"
+            if key not in params:
+                raise ValueError(f"kind='parameter': {layer!r} is neither a parameter nor a "
+                                 f"module with a weight; parameters are {sorted(params)}")
+            return cls(kind, key, params[key], params[key].numel())
+        modules = dict(model.named_modules())
         if layer not in modules or not layer:
             raise ValueError(f"kind='unit': {layer!r} is not a module of the model")
-        key = layer
         mod = modules[layer]
-        n_items = getattr(mod, "out_features", getattr(mod, "out_channels", None))
+        return cls(kind, layer, None,
+                   getattr(mod, "out_features", getattr(mod, "out_channels", None)))
 
+    def check(self, name: str, t: torch.Tensor) -> None:
+        """Raise unless ``t`` are scores of this target's entries or units, without NaN."""
+        if self.kind == "parameter" and tuple(t.shape) != tuple(self.param.shape):
+            raise ValueError(f"scorer {name!r}: scores for {self.key!r} have shape "
+                             f"{tuple(t.shape)}, the parameter {tuple(self.param.shape)}")
+        if self.kind == "unit":
+            if t.dim() != 1 or (self.n_items is not None and t.numel() != self.n_items):
+                raise ValueError(f"scorer {name!r}: unit scores for {self.key!r} must be 1-D "
+                                 f"over its {self.n_items} units, got shape {tuple(t.shape)}")
+        if torch.isnan(t).any():
+            raise ValueError(f"scorer {name!r}: scores for {self.key!r} contain NaN")
+
+
+def _penalty_vectors(model: nn.Module, scorers_or_scores: Mapping[str, Any],
+                     target: _PenaltyTarget, score_data, loss_fn: LossFn
+                     ) -> dict[str, torch.Tensor]:
+    """``{name: flattened scores of the target}``, running the scorer objects on ``score_data``.
+
+    For units, ``target.n_items`` becomes the length of the score vectors.
+    """
+    key, kind = target.key, target.kind
     vectors: dict[str, torch.Tensor] = {}
     for name, s in scorers_or_scores.items():
         if callable(getattr(s, "score", None)):
@@ -537,39 +589,36 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
             raise ValueError(f"scorer {name!r} has no scores for {key!r}{hint}; it scores "
                              f"{sorted(s)}")
         t = s[key].detach()
-        if kind == "parameter" and tuple(t.shape) != tuple(param.shape):
-            raise ValueError(f"scorer {name!r}: scores for {key!r} have shape "
-                             f"{tuple(t.shape)}, the parameter {tuple(param.shape)}")
-        if kind == "unit":
-            if t.dim() != 1 or (n_items is not None and t.numel() != n_items):
-                raise ValueError(f"scorer {name!r}: unit scores for {key!r} must be 1-D over "
-                                 f"its {n_items} units, got shape {tuple(t.shape)}")
-        if torch.isnan(t).any():
-            raise ValueError(f"scorer {name!r}: scores for {key!r} contain NaN")
+        target.check(name, t)
         vectors[name] = t.reshape(-1)
     if kind == "unit":
-        n_items = next(iter(vectors.values())).numel()
+        target.n_items = next(iter(vectors.values())).numel()
+    return vectors
 
-    counts = {f: _n_of(f, n_items) for f in fractions}
+
+def _penalty_rows(model: nn.Module, target: _PenaltyTarget, vectors: dict[str, torch.Tensor],
+                  fractions: list[float], data, loss_fn: LossFn, replacement: str
+                  ) -> list[dict[str, Any]]:
+    """One row per scorer and fraction: the probe of the lowest-scored items, model restored."""
+    counts = {f: _n_of(f, target.n_items) for f in fractions}
     rows = []
     with preserved(model), torch.no_grad():
         loss_before = _mean_loss(model, data, loss_fn)
-        if kind == "unit" and replacement == "mean":
-            means = unit_means(model, data, [key])[key]
+        if target.kind == "unit" and replacement == "mean":
+            means = unit_means(model, data, [target.key])[target.key]
         for name, v in vectors.items():
             for f in fractions:
                 idx = torch.as_tensor(_lowest(v, counts[f]), dtype=torch.long)
-                if kind == "parameter":
-                    loss_after = _probe_parameter(model, param, idx, data, loss_fn)
+                if target.kind == "parameter":
+                    loss_after = _probe_parameter(model, target.param, idx, data, loss_fn)
                 else:
                     vals = (means[idx.to(means.device)] if replacement == "mean"
                             else torch.zeros(idx.numel(), dtype=torch.float64))
-                    loss_after = _probe_unit(model, key, idx, vals, data, loss_fn)
+                    loss_after = _probe_unit(model, target.key, idx, vals, data, loss_fn)
                 rows.append({"scorer": name, "fraction": f, "n_pruned": int(idx.numel()),
                              "loss_before": loss_before, "loss_after": loss_after,
                              "delta": loss_after - loss_before})
-    return pd.DataFrame(rows, columns=["scorer", "fraction", "n_pruned", "loss_before",
-                                       "loss_after", "delta"])
+    return rows
 
 
 def _probe_parameter(model, param, idx, data, loss_fn) -> float:

@@ -1,6 +1,7 @@
 """Dead-unit detection: which units of a model are dead, by which criterion.
 
-Evci 2018 (``shared/seeds/004_...``), Sec. 3.2:
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Sec. 3.2:
 
 * **Dead unit** (Def. 3.2.2): a unit replaceable with a constant,
   ``MRP_i ~ 0`` (MRP is the mean replacement penalty, Def. 3.1.1). The thesis
@@ -378,15 +379,7 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if thresholds is None:
-        th = DeadUnitThresholds()
-    elif isinstance(thresholds, DeadUnitThresholds):
-        th = thresholds
-    elif isinstance(thresholds, Mapping):
-        th = DeadUnitThresholds.from_mapping(thresholds)
-    else:
-        raise TypeError(f"thresholds must be DeadUnitThresholds or a dict, got "
-                        f"{type(thresholds).__name__}")
+    th = _thresholds(thresholds)
     if data is None:
         raise ValueError("find_dead_units needs data: an iterable of (inputs, targets) batches")
     if iter(data) is data:
@@ -395,19 +388,50 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
     example = example_input if example_input is not None else next(iter_inputs(data))
     graph = trace(model, example, exclude=exclude)
     names = select_layers(model, graph, None if layers is None else list(layers))
+    stats, total_loss = _unit_stats(model, graph, names, data, loss_fn)
+    if exact_mrp:
+        mrp = MRP(layers=names, exclude=exclude, example_input=example).score(model, data, loss_fn)
+        for name in names:
+            stats["mrp"][name] = mrp[name].to(torch.float64)
+            stats["mrp_rel"][name] = _relative(stats["mrp"][name])
+    else:
+        del stats["mrp"], stats["mrp_rel"]
+    criteria = criterion_names(th, exact_mrp)
+    samples = sum(int(x.shape[0]) for x in iter_inputs(data))
+    return DeadUnitReport(
+        layers=list(names), num_units={n: graph.producers[n].num_units for n in names},
+        stats=stats, flags=_flags(stats, names, th, criteria), thresholds=th, samples=samples,
+        loss=total_loss / max(samples, 1), exact_mrp=bool(exact_mrp), criteria=criteria)
 
+
+def _thresholds(thresholds: DeadUnitThresholds | Mapping[str, Any] | None
+                ) -> DeadUnitThresholds:
+    """``thresholds`` as a :class:`DeadUnitThresholds` (None: the defaults)."""
+    if thresholds is None:
+        return DeadUnitThresholds()
+    if isinstance(thresholds, DeadUnitThresholds):
+        return thresholds
+    if isinstance(thresholds, Mapping):
+        return DeadUnitThresholds.from_mapping(thresholds)
+    raise TypeError(f"thresholds must be DeadUnitThresholds or a dict, got "
+                    f"{type(thresholds).__name__}")
+
+
+def _unit_stats(model: nn.Module, graph: UnitGraph, names: Sequence[str], data,
+                loss_fn: Callable) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
+    """Every statistic of :data:`UNIT_STATISTICS` but MRP, from one forward and backward pass.
+
+    Returns ``({statistic: {layer: tensor}}, summed per-sample loss)``; the
+    ``mrp`` entries are empty.
+    """
     total = {"loss": 0.0}
-
-    counting_loss = summing_loss(loss_fn, total)
-
     with preserved(model):
         moments = _ShiftedMoments(model, graph, names)
         try:
-            st = unit_statistics(model, graph, names, data, counting_loss,
+            st = unit_statistics(model, graph, names, data, summing_loss(loss_fn, total),
                                  stats=["mean", "mrs", "dormancy", "apoz", "grad_norm"])
         finally:
             moments.remove()
-    samples = sum(int(x.shape[0]) for x in iter_inputs(data))
     stats: dict[str, dict[str, torch.Tensor]] = {s: {} for s in UNIT_STATISTICS}
     for name in names:
         _, out_var = moments.moments(name, "h")
@@ -426,18 +450,15 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
         stats["grad_rel"][name] = _relative(st["grad_norm"][name])
         for key, val in _weight_stats(model, graph, name).items():
             stats[key][name] = val
-    if exact_mrp:
-        mrp = MRP(layers=names, exclude=exclude, example_input=example).score(model, data, loss_fn)
-        for name in names:
-            stats["mrp"][name] = mrp[name].to(torch.float64)
-            stats["mrp_rel"][name] = _relative(stats["mrp"][name])
-    else:
-        del stats["mrp"], stats["mrp_rel"]
+    return stats, total["loss"]
 
-    criteria = criterion_names(th, exact_mrp)
+
+def _flags(stats: dict[str, dict[str, torch.Tensor]], names: Sequence[str],
+           th: DeadUnitThresholds, criteria: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{criterion: {layer: bool tensor}}``: each criterion's threshold on its statistic."""
     flags: dict[str, dict[str, torch.Tensor]] = {c: {} for c in criteria}
     for name in names:
-        if exact_mrp:
+        if "low_mrp" in flags:
             flags["low_mrp"][name] = stats["mrp_rel"][name] <= th.mrp_rel
         flags["low_mrs"][name] = stats["mrs_rel"][name] <= th.mrs_rel
         flags["constant"][name] = stats["out_var_rel"][name] <= th.var_rel
@@ -447,7 +468,4 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
             flags[f"dormant@{t:g}"][name] = stats["redo"][name] <= t
         flags["zero_outgoing"][name] = stats["w_out_max"][name] <= th.outgoing_atol
         flags["frozen"][name] = stats["grad_rel"][name] <= th.grad_rel
-    return DeadUnitReport(
-        layers=list(names), num_units={n: graph.producers[n].num_units for n in names},
-        stats=stats, flags=flags, thresholds=th, samples=samples,
-        loss=total["loss"] / max(samples, 1), exact_mrp=bool(exact_mrp), criteria=criteria)
+    return flags

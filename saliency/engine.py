@@ -14,7 +14,9 @@ is each sample's loss when channel ``c_k`` of producer ``P`` outputs
 3. only the nodes downstream of the consumers are recomputed, for the ``K``
    variants stacked along the batch dimension.
 
-This makes the exact mean replacement penalty (MRP, Evci 2018 Def. 3.1.1)
+This makes the exact mean replacement penalty (MRP; U. Evci, *Detecting Dead
+Weights and Units in Neural Networks*, MS thesis, NYU 2018,
+https://arxiv.org/abs/1806.06068 -- Evci 2018 -- Def. 3.1.1)
 of every unit and the exact loss change of zeroing each weight (the thesis's
 ``lossChangeScorer``, Sec. 2.1) affordable. Producers that feed the model's
 output directly are recomputed from their own output instead.

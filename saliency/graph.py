@@ -5,8 +5,10 @@ a model, across per-channel modules, to the layers that consume its channels.
 Anything it cannot represent exactly raises :class:`UnsupportedArchitecture`
 naming the node; it never returns a guess.
 
-Reference: Evci 2018 (``shared/seeds/004_...``), Sec. 1.2.3: a unit is one
-output channel of a layer, ``h_i = W_i . a + b_i``, ``a_i = g(h_i)``.
+Reference: U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS
+thesis, NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Sec. 1.2.3: a
+unit is one output channel of a layer, ``h_i = W_i . a + b_i``,
+``a_i = g(h_i)``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .layers import (
 )
 
 __all__ = ["UnsupportedArchitecture", "ChannelOp", "Edge", "Producer", "UnitGraph", "trace",
-           "module_on_path"]
+           "module_on_path", "as_index_tensor"]
 
 
 class UnsupportedArchitecture(ValueError):
@@ -166,7 +168,7 @@ class UnitGraph:
             prod = self.producers[name]
             if not prod.prunable:
                 raise ValueError(f"layer {name!r} is not prunable: {prod.reason}")
-            t = _as_index_tensor(name, idx)
+            t = as_index_tensor(name, idx)
             bad = t[(t < 0) | (t >= prod.num_units)]
             if bad.numel():
                 raise ValueError(
@@ -185,7 +187,27 @@ class UnitGraph:
         return out
 
 
-def _as_index_tensor(name: str, idx: Any) -> torch.Tensor:
+def as_index_tensor(name: str, idx: Any) -> torch.Tensor:
+    """The unit indices ``idx`` of layer ``name`` as a 1-D int64 tensor on the CPU.
+
+    ``idx`` is an int, a sequence of ints (Python or NumPy integers) or an
+    integer tensor; the order and any repetitions are kept. Bounds are not
+    checked (:meth:`UnitGraph.validate_units` does, with the layer's size).
+
+    Raises:
+        ValueError: naming the layer and the offending entry, for a bool,
+            float or complex entry or tensor, or nested (not 1-D) indices.
+
+    Examples:
+        >>> as_index_tensor("fc1", [3, 1])
+        tensor([3, 1])
+        >>> as_index_tensor("fc1", 2)
+        tensor([2])
+        >>> as_index_tensor("fc1", [1.0])
+        Traceback (most recent call last):
+        ...
+        ValueError: layer 'fc1': index 1.0 at position 0 is not an integer
+    """
     if isinstance(idx, torch.Tensor):
         t = idx.detach().cpu()
         if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():

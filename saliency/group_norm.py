@@ -1,7 +1,9 @@
 """The group-sparsity saliency of a unit: the norm of its parameter group.
 
-Alvarez & Salzmann, *Learning the Number of Neurons in Deep Networks* (NeurIPS
-2016; ``shared/seeds/002_...``) group the parameters of neuron ``n`` of layer
+J. M. Alvarez and M. Salzmann, *Learning the Number of Neurons in Deep
+Networks*, NeurIPS 2016,
+https://papers.nips.cc/paper/6372-learning-the-number-of-neurons-in-deep-networks
+(Alvarez & Salzmann 2016) group the parameters of neuron ``n`` of layer
 ``l`` as ``theta_l^n = [w_l^n, b_l^n]`` (its incoming weights and its bias)
 and penalize
 
@@ -40,7 +42,7 @@ __all__ = ["GroupNormScorer", "unit_groups"]
 def unit_groups(module: nn.Module, *, bias: bool = True) -> torch.Tensor:
     """The parameter groups ``theta^n = [w^n, b^n]`` of a layer's units, one row each.
 
-    The groups of Alvarez & Salzmann 2016 (``shared/seeds/002_...``).
+    The groups of Alvarez & Salzmann 2016.
 
     Row ``n`` holds unit ``n``'s incoming weights (its weight row, or its
     filter for a convolution, flattened) followed by its bias when the layer
@@ -61,9 +63,9 @@ def unit_groups(module: nn.Module, *, bias: bool = True) -> torch.Tensor:
 class GroupNormScorer(UnitScorer):
     """Unit saliency ``||theta_l^n||_2 = sqrt(||w_l^n||^2 + b_l^n^2)`` (group sparsity).
 
-    The norm of each unit's parameter group of Alvarez & Salzmann 2016
-    (``shared/seeds/002_...``): its incoming weights and its bias. A unit
-    whose group norm is 0 outputs 0 for every input, and the proximal step of
+    The norm of each unit's parameter group of Alvarez & Salzmann 2016: its
+    incoming weights and its bias. A unit whose group norm is 0 outputs 0 for
+    every input, and the proximal step of
     the group-sparsity penalty (:mod:`pruners.group_sparsity`) makes groups
     exactly 0; lower is less important. Needs no data (an ``example_input``
     traces a convolutional model).

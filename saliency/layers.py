@@ -14,9 +14,9 @@ type is one new entry, never a rewrite of the tracer or the surgery
   per channel (sliced along dim 0 with the units), how a constant per channel
   passes through them, and whether they keep a constant map constant.
 
-Reference: U. Evci, *Detecting Dead Weights and Units in Neural Networks*,
-NYU 2018 (``shared/seeds/004_...``), Sec. 1.2.3 (units, Table 1.1) and
-Sec. 1.2.4 (bias propagation, eq. 1.5-1.6).
+Reference: U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS
+thesis, NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Sec. 1.2.3
+(units, Table 1.1) and Sec. 1.2.4 (bias propagation, eq. 1.5-1.6).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The exact loss change of zeroing each parameter entry (the thesis's ``lossChangeScorer``).
 
-Evci 2018 (``shared/seeds/004_...``), Sec. 2.1: "``lossChangeScorer``
-calculates the empirical saliency for each parameter by setting them zero
-one by one and calculating the change in the loss"::
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Sec. 2.1:
+"``lossChangeScorer`` calculates the empirical saliency for each parameter by
+setting them zero one by one and calculating the change in the loss"::
 
     S_i = L(w with w_i = 0) - L(w),     L = (1/N) sum_k loss_k  (mean over the data)
 
@@ -27,7 +28,7 @@ per entry and batch, with the entry zeroed in a private copy of the parameter
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.fx as fx
@@ -74,6 +75,75 @@ def _patches(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
         (s[0], s[1], *(s[2 + d] * dl[d] for d in range(nd)), *(s[2 + d] * st[d] for d in range(nd))))
 
 
+def _dense_chunks(h: torch.Tensor, w: torch.Tensor, a: torch.Tensor | None, kind: str,
+                  budget: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Chunks ``(entries, their output channels, values)`` of a bias or a Linear weight.
+
+    Zeroing bias entry ``o`` turns output channel ``o`` into ``h_o - b_o``;
+    zeroing weight entry ``(o, i)`` into ``h_o - W_oi a_i``. ``values`` is
+    ``(B, k, *spatial)`` for the chunk's ``k`` entries, at most ``budget``
+    elements (at least one entry).
+    """
+    bsz, spatial = h.shape[0], tuple(h.shape[2:])
+    ones = (1,) * len(spatial)
+    flat_w = w.reshape(-1)
+    numel = flat_w.numel()
+    cols = w.shape[1] if kind == "weight" else 1
+    step = max(1, budget // (bsz * math.prod(spatial)))
+    for lo in range(0, numel, step):
+        idx = torch.arange(lo, min(lo + step, numel), device=h.device)
+        o = idx // cols
+        if kind == "bias":  # h_o - b_o
+            vals = h.index_select(1, o) - flat_w[idx].view((1, -1) + ones)
+        else:  # h_o - W_oi a_i
+            vals = torch.addcmul(h.index_select(1, o), a.index_select(1, idx % cols),
+                                 flat_w[idx], value=-1)
+        yield idx, o, vals
+
+
+def _conv_chunks(mod: nn.Module, h: torch.Tensor, w: torch.Tensor, pt: torch.Tensor,
+                 budget: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Chunks ``(entries, their output channels, values)`` of a convolution's weight.
+
+    Zeroing entry ``(o, c, t)`` turns output channel ``o`` into ``h_o - W[o,
+    c, t] * patch(c, t)`` (``pt``: the input patches of :func:`_patches`). A
+    chunk is a block of output channels of one group times a block of taps
+    of one input channel, at most ``budget`` elements of values where it can.
+    """
+    bsz, out_ch, spatial = h.shape[0], h.shape[1], tuple(h.shape[2:])
+    ones = (1,) * len(spatial)
+    per_map = bsz * math.prod(spatial)
+    kernel = tuple(w.shape[2:])
+    taps = math.prod(kernel)
+    cin_g = w.shape[1]  # input channels per group
+    out_g = out_ch // mod.groups
+    t_blk = max(1, min(taps, budget // per_map))
+    n_o = max(1, min(out_g, budget // (per_map * t_blk)))
+    tap_index = [tuple(int(i) for i in t) for t in
+                 torch.cartesian_prod(*(torch.arange(k) for k in kernel)).reshape(taps, -1)]
+    # values of entry (o, c, t), written tap by tap (contiguous rows; the patches are views
+    # of the input)
+    for grp in range(mod.groups):
+        for lo in range(grp * out_g, (grp + 1) * out_g, n_o):
+            o = torch.arange(lo, min(lo + n_o, (grp + 1) * out_g), device=h.device)
+            n = o.numel()
+            h_o = h.index_select(1, o)  # (B, n, *spatial)
+            for c_local in range(cin_g):
+                c = grp * cin_g + c_local
+                w_oc = w[o, c_local].reshape(n, taps)
+                for t0 in range(0, taps, t_blk):
+                    tb = min(t_blk, taps - t0)
+                    vals = torch.empty((bsz, n, tb) + spatial, dtype=h.dtype, device=h.device)
+                    for j in range(tb):
+                        patch = pt[(slice(None), c, *tap_index[t0 + j])]
+                        torch.addcmul(h_o, patch.unsqueeze(1),
+                                      w_oc[:, t0 + j].reshape((1, n) + ones),
+                                      value=-1, out=vals[:, :, j])
+                    idx = (o[:, None] * (cin_g * taps) + c_local * taps + t0
+                           + torch.arange(tb, device=h.device)[None]).reshape(-1)
+                    yield idx, o.repeat_interleave(tb), vals.reshape((bsz, n * tb) + spatial)
+
+
 class LossChange(ParameterScorer):
     """Exact change of the mean loss when each parameter entry alone is zeroed.
 
@@ -108,8 +178,7 @@ class LossChange(ParameterScorer):
         >>> abs(float(s[2, 1]) - float(after - base)) < 1e-12
         True
 
-    Reference: U. Evci, *Detecting Dead Weights and Units in Neural Networks*,
-    NYU 2018, Sec. 2.1 (``lossChangeScorer``).
+    Reference: Evci 2018, Sec. 2.1 (``lossChangeScorer``).
     """
 
     approximates = None
@@ -219,78 +288,26 @@ class LossChange(ParameterScorer):
         h = ds.output_of(mname)
         if not isinstance(h, torch.Tensor) or h.dim() != _OUT_DIMS[type(mod)]:
             return None
-        bsz, out_ch = h.shape[:2]
-        spatial = tuple(h.shape[2:])
-        ones = (1,) * len(spatial)
         w = w.to(h)
-        flat_w = w.reshape(-1)
-        numel = flat_w.numel()
-
-        def reduce(losses):
-            return (losses.to(torch.float64) - base).sum(1)
-
-        per_map = bsz * math.prod(spatial)
         if kind == "bias" or isinstance(mod, nn.Linear):
             a = ds.input_of(mname) if kind == "weight" else None
             if kind == "weight" and (not isinstance(a, torch.Tensor) or a.dim() != 2):
                 return None
-            cols = w.shape[1] if kind == "weight" else 1
-            step = max(1, self.budget // per_map)
-
-            def chunks():
-                for lo in range(0, numel, step):
-                    idx = torch.arange(lo, min(lo + step, numel), device=h.device)
-                    o = idx // cols
-                    if kind == "bias":  # h_o - b_o
-                        vals = h.index_select(1, o) - flat_w[idx].view((1, -1) + ones)
-                    else:  # h_o - W_oi a_i
-                        vals = torch.addcmul(h.index_select(1, o), a.index_select(1, idx % cols),
-                                             flat_w[idx], value=-1)
-                    yield idx, o, vals
+            chunks = _dense_chunks(h, w, a, kind, self.budget)
         else:
             x = ds.input_of(mname)
             if not isinstance(x, torch.Tensor) or x.dim() != h.dim():
                 return None
             pt = _patches(mod, x)  # (B, C, *kernel, *spatial), a view
-            if tuple(pt.shape[2 + len(spatial):]) != spatial:
+            if tuple(pt.shape[h.dim():]) != tuple(h.shape[2:]):
                 return None
-            kernel = tuple(w.shape[2:])
-            taps = math.prod(kernel)
-            cin_g = w.shape[1]  # input channels per group
-            out_g = out_ch // mod.groups
-            # a chunk: a block of output channels o x a block of taps of one input channel
-            t_blk = max(1, min(taps, self.budget // per_map))
-            n_o = max(1, min(out_g, self.budget // (per_map * t_blk)))
-            tap_index = [tuple(int(i) for i in t) for t in
-                         torch.cartesian_prod(*(torch.arange(k) for k in kernel)).reshape(taps, -1)]
+            chunks = _conv_chunks(mod, h, w, pt, self.budget)
 
-            def chunks():
-                # values of entry (o, c, t): h_o - W[o, c, t] * patch(c, t), written tap
-                # by tap (contiguous rows; the patches are views of the input)
-                for grp in range(mod.groups):
-                    for lo in range(grp * out_g, (grp + 1) * out_g, n_o):
-                        o = torch.arange(lo, min(lo + n_o, (grp + 1) * out_g), device=h.device)
-                        n = o.numel()
-                        h_o = h.index_select(1, o)  # (B, n, *spatial)
-                        for c_local in range(cin_g):
-                            c = grp * cin_g + c_local
-                            w_oc = w[o, c_local].reshape(n, taps)
-                            for t0 in range(0, taps, t_blk):
-                                tb = min(t_blk, taps - t0)
-                                vals = torch.empty((bsz, n, tb) + spatial, dtype=h.dtype,
-                                                   device=h.device)
-                                for j in range(tb):
-                                    patch = pt[(slice(None), c, *tap_index[t0 + j])]
-                                    torch.addcmul(h_o, patch.unsqueeze(1),
-                                                  w_oc[:, t0 + j].reshape((1, n) + ones),
-                                                  value=-1, out=vals[:, :, j])
-                                idx = (o[:, None] * (cin_g * taps) + c_local * taps + t0
-                                       + torch.arange(tb, device=h.device)[None]).reshape(-1)
-                                yield idx, o.repeat_interleave(tb), \
-                                    vals.reshape((bsz, n * tb) + spatial)
+        def reduce(losses):
+            return (losses.to(torch.float64) - base).sum(1)
 
-        res = torch.zeros(numel, dtype=torch.float64, device=h.device)
-        for idx, ch, vals in chunks():  # vals: (B, k, *spatial), contiguous
+        res = torch.zeros(w.numel(), dtype=torch.float64, device=h.device)
+        for idx, ch, vals in chunks:  # vals: (B, k, *spatial), contiguous
             # the engine takes (k, B, *spatial): hand it a transposed view
             res[idx] = ds.channel_losses(mname, ch, vals.transpose(0, 1), y, loss_fn,
                                          reduce=reduce)

@@ -1,8 +1,9 @@
 """Magnitude saliency: ``S_i = |w_i|`` (the thesis's ``magnitudeScorer``).
 
-Evci 2018 (``shared/seeds/004_...``), Table 2.1 and Sec. 2.1.6: the simplest
-score, needing no data, and the one that pruned best and most stably there
-(Han et al. 2015 prune the same way).
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Table 2.1 and Sec.
+2.1.6: the simplest score, needing no data, and the one that pruned best and
+most stably there (Han et al. 2015 prune the same way).
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ class Magnitude(ParameterScorer):
         >>> Magnitude().score(net)["weight"]
         tensor([[3.0000, 0.5000]])
 
-    Reference: U. Evci, *Detecting Dead Weights and Units in Neural Networks*,
-    NYU 2018, Table 2.1.
+    Reference: Evci 2018, Table 2.1.
     """
 
     needs_data = False

@@ -1,6 +1,7 @@
 """MRP: the exact mean replacement penalty of every unit.
 
-Evci 2018 (``shared/seeds/004_...``), Def. 3.1.1:
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Def. 3.1.1:
 
     MRP_i = sum_{k in D} | L(h~_{k,i}) - L(h_k) |
 

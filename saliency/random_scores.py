@@ -1,9 +1,10 @@
 """Random saliencies, the baseline every score must beat (the thesis's ``randomScorer``).
 
-Evci 2018 (``shared/seeds/004_...``), Sec. 2.1: scores drawn uniformly from
-``(0, 1)``, "so that we can compare our saliency functions with random
-scoring". :class:`RandomParameter` scores every parameter entry,
-:class:`RandomUnit` every unit.
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Sec. 2.1: scores
+drawn uniformly from ``(0, 1)``, "so that we can compare our saliency
+functions with random scoring". :class:`RandomParameter` scores every
+parameter entry, :class:`RandomUnit` every unit.
 
 Both are deterministic for a given ``seed``: each tensor gets its own
 generator, seeded from ``seed`` and the tensor's name, so a tensor's scores do

@@ -2,8 +2,9 @@
 
 Removing unit ``i`` of layer ``l`` while its consumers receive a constant
 ``c_i`` instead of the unit's output is exact once the constant is folded into
-the consumers' biases (Evci 2018, ``shared/seeds/004_...``, Sec. 1.2.4,
-eq. 1.5-1.6):
+the consumers' biases (U. Evci, *Detecting Dead Weights and Units in Neural
+Networks*, MS thesis, NYU 2018, https://arxiv.org/abs/1806.06068 -- Evci 2018
+-- Sec. 1.2.4, eq. 1.5-1.6):
 
     b_j^{l+1} <- b_j^{l+1} + sum_i W_{j,i}^{l+1} g(c_i)
 

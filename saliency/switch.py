@@ -1,8 +1,10 @@
 """The ShrinkNets switch layer and its saliency.
 
-*ShrinkNets: Learning Network Size while Training* (``shared/seeds/001_...``,
-Sec. 3.2, eq. 1) multiplies each output channel ``i`` of a layer by a
-learnable switch ``beta_i``::
+*ShrinkNets: Learning Network Size while Training* (2018 draft; public as
+G. Leclerc, M. Vartak, R. Castro Fernandez, T. Kraska, S. Madden, *Smallify:
+Learning Network Size while Training*, https://arxiv.org/abs/1806.03723;
+"the ShrinkNets paper" below), Sec. 3.2, eq. 1, multiplies each output channel
+``i`` of a layer by a learnable switch ``beta_i``::
 
     S_beta(L(x))_{i, ...} = beta_i * L(x)_{i, ...}
 
@@ -10,13 +12,14 @@ for inputs of shape ``B x C x D_1 ... D_n``. A channel whose switch is 0 no
 longer reaches the rest of the network: its unit can be removed. Two
 parametrizations of the gate ``g`` are offered:
 
-* ``"signed"`` (the paper): ``g = beta``, a real number initialized from
-  ``N(0, 1)`` (Sec. 4.1);
-* ``"relu"`` (the earlier draft's *Filter layer*, ``shared/seeds/000_...``
-  eq. 1-2): ``g = max(0, theta)``, initialized from ``U[0, 1]``. A unit whose
-  ``theta`` reaches 0 or below gets no gradient through ``g`` and stays off
-  for good under gradient descent (the penalty ``lambda max(0, theta)``
-  pushes it there).
+* ``"signed"`` (the ShrinkNets paper): ``g = beta``, a real number
+  initialized from ``N(0, 1)`` (Sec. 4.1);
+* ``"relu"`` (the *Filter layer* of the paper's earlier draft, *Learning
+  Network Size while Training with ShrinkNets*, 2018 -- "the ShrinkNets
+  draft" -- eq. 1-2): ``g = max(0, theta)``, initialized from ``U[0, 1]``.
+  A unit whose ``theta`` reaches 0 or below gets no gradient through ``g``
+  and stays off for good under gradient descent (the penalty
+  ``lambda max(0, theta)`` pushes it there).
 
 The layer is a per-channel module of the graph of units
 (:func:`saliency.trace` passes units through it; :func:`pruners.remove_units`
@@ -29,9 +32,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import UnitScorer
+from .base import LayerRequirement, UnitScorer
 from .graph import module_on_path
-from .layers import ChannelSpec, register_channel_module
+from .layers import ChannelSpec, effective_tensor, register_channel_module
 
 __all__ = ["Switch", "SwitchScorer", "switch_of", "PARAMETRIZATIONS", "INITS"]
 
@@ -88,9 +91,33 @@ class Switch(nn.Module):
                 self.weight.fill_(self.value)
 
     def gate(self, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The multipliers ``g`` (``beta``, or ``max(0, theta)``)."""
+        """The multipliers ``g`` (``beta``, or ``max(0, theta)``) of ``weight``
+        (default: the ``weight`` attribute)."""
         w = self.weight if weight is None else weight
         return w if self.parametrization == "signed" else torch.relu(w)
+
+    def effective_gate(self, channels: torch.Tensor | None = None) -> torch.Tensor:
+        """The multipliers ``g`` the forward pass applies now, of every channel or of ``channels``.
+
+        The gate of the effective weight: ``weight_orig * weight_mask`` when
+        the switch is masked with :mod:`torch.nn.utils.prune` (whose
+        ``weight`` attribute is refreshed only by the next forward pass),
+        else ``weight``. Differentiable; what :class:`SwitchScorer` scores
+        and the ShrinkNets penalty sums.
+
+        Examples:
+            >>> s = Switch(3, parametrization="relu", init="constant", value=-0.5)
+            >>> s.effective_gate()
+            tensor([0., 0., 0.], grad_fn=<ReluBackward0>)
+            >>> import torch.nn.utils.prune as prune
+            >>> s = prune.custom_from_mask(Switch(3, init="constant"), "weight",
+            ...                            torch.tensor([1.0, 0.0, 1.0]))
+            >>> s.effective_gate(torch.tensor([1, 2]))
+            tensor([0., 1.], grad_fn=<IndexBackward0>)
+        """
+        w = effective_tensor(self, "weight")
+        w = w if channels is None else w[channels.to(w.device)]
+        return self.gate(w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
@@ -102,18 +129,9 @@ class Switch(nn.Module):
         return f"{self.num_channels}, parametrization={self.parametrization!r}"
 
 
-def _switch_gate(m: Switch, channels: torch.Tensor | None) -> torch.Tensor:
-    w = m.weight
-    orig = m._parameters.get("weight_orig")
-    if orig is not None:  # masked with torch.nn.utils.prune
-        w = orig * m.weight_mask
-    w = w if channels is None else w[channels.to(w.device)]
-    return m.gate(w)
-
-
 def _switch_push(m: Switch, x: torch.Tensor, channels: torch.Tensor | None = None
                  ) -> torch.Tensor:
-    g = _switch_gate(m, channels)
+    g = m.effective_gate(channels)
     return x * g.view((1, -1) + (1,) * (x.dim() - 2))
 
 
@@ -133,16 +151,15 @@ def switch_of(model: nn.Module, graph, producer: str) -> tuple[str, Switch] | No
 class SwitchScorer(UnitScorer):
     """ShrinkNets' saliency of a unit: the magnitude ``|g_i|`` of its switch.
 
-    A unit with ``g_i = 0`` is off (ShrinkNets, ``shared/seeds/001_...``, eq.
-    1); the penalty ``lambda ||beta||_1`` (eq. 2) drives unimportant
-    switches to 0. Needs no data. Every scored layer must have a switch on
-    its path (:func:`pruners.insert_switches` puts one after each prunable
-    layer).
+    A unit with ``g_i = 0`` is off (the ShrinkNets paper, eq. 1); the
+    penalty ``lambda ||beta||_1`` (eq. 2) drives unimportant switches to 0.
+    Needs no data. Every scored layer must have a switch on its path
+    (:func:`pruners.shrinknets.insert_switches` puts one after each prunable
+    layer; :func:`pruners.prepare_for` calls it for this scorer).
     """
 
     needs_data = False
-    needs_switches = True
-    requires_layer = "switch"
+    requires_layer = LayerRequirement(Switch, "pruners.shrinknets:insert_switches")
 
     def _score(self, model, data, loss_fn):
         graph, layers = self.graph(model, data)
@@ -151,6 +168,6 @@ class SwitchScorer(UnitScorer):
             found = switch_of(model, graph, name)
             if found is None:
                 raise ValueError(f"layer {name!r} has no switch on its path; insert switches "
-                                 "first (pruners.insert_switches)")
-            out[name] = _switch_gate(found[1], None).detach().abs().to(torch.float64)
+                                 "first (pruners.shrinknets.insert_switches)")
+            out[name] = found[1].effective_gate().detach().abs().to(torch.float64)
         return out

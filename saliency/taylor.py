@@ -1,7 +1,8 @@
 """Taylor-expansion saliencies of single parameters (thesis Table 2.1).
 
-Evci 2018 (``shared/seeds/004_...``), Ch. 2, eq. 2.1-2.3. Changing the
-parameters by ``dw`` changes the (mean) loss by::
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Ch. 2, eq. 2.1-2.3.
+Changing the parameters by ``dw`` changes the (mean) loss by::
 
     L(w + dw) - L(w) = dw^T g + 1/2 dw^T H dw + O(|dw|^3)       (g = dL/dw, H = d2L/dw2)
 
@@ -144,8 +145,7 @@ class Taylor1(_TaylorScorer):
         >>> Taylor1(absolute=True).score(net, data)["0.weight"].shape
         torch.Size([6, 4])
 
-    Reference: U. Evci, *Detecting Dead Weights and Units in Neural Networks*,
-    NYU 2018, eq. 2.1 and Table 2.1.
+    Reference: Evci 2018, eq. 2.1 and Table 2.1.
     """
 
     _uses_hessian = False

@@ -1,13 +1,15 @@
 """Per-unit tracking during training: the quantities of the thesis's Fig. 3.1-3.10.
 
-Evci 2018 (``shared/seeds/004_...``), Sec. 3.4-3.6 follow attacked units
-through training on a fixed validation set of 1000 samples: their mean
-replacement penalty (MRP, Def. 3.1.1) and its first-order approximation
-(MRS, Def. 3.1.2), the norms of their incoming and outgoing weights and of
-the gradient they receive (eq. 3.4, the "output gradient" of Def. 3.2.1),
-and histograms of their outputs and activations over time (Fig. 3.2, 3.6,
-3.8, 3.10). :class:`UnitTracker` records these every ``every`` steps on a
-fixed probe batch, for chosen units or whole layers.
+Sections 3.4-3.6 of U. Evci, *Detecting Dead Weights and Units in Neural
+Networks*, MS thesis, NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018)
+follow attacked units through training on a fixed validation set of 1000
+samples: their mean replacement penalty (MRP, Def. 3.1.1) and its
+first-order approximation (MRS, Def. 3.1.2), the norms of their incoming
+and outgoing weights and of the gradient they receive (eq. 3.4, the "output
+gradient" of Def. 3.2.1), and histograms of their outputs and activations
+over time (Fig. 3.2, 3.6, 3.8, 3.10). :class:`UnitTracker` records these
+every ``every`` steps on a fixed probe batch, for chosen units or whole
+layers.
 
 Quantities (:data:`QUANTITIES`), per tracked unit ``i`` of a layer with output
 ``h`` (before the non-linearity), activation ``a`` (after the unit's
@@ -64,7 +66,7 @@ import torch.nn.functional as F
 
 from .base import iter_batches, preserved, select_layers, summing_loss
 from .engine import Downstream
-from .graph import UnitGraph, _as_index_tensor, trace
+from .graph import UnitGraph, as_index_tensor, trace
 from .layers import effective_tensor
 from .replacement import iter_inputs
 from .unit_stats import activation, unit_statistics
@@ -189,7 +191,7 @@ class UnitTracker:
             if idx is None:
                 out[name] = torch.arange(n)
                 continue
-            t = _as_index_tensor(name, idx)
+            t = as_index_tensor(name, idx)
             bad = t[(t < 0) | (t >= n)]
             if bad.numel():
                 raise ValueError(f"layer {name!r}: index {int(bad[0])} is out of range (the "

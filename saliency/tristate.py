@@ -1,7 +1,8 @@
 """Tri-state ReLU: trainable width and depth gates, and the ``gate`` saliency.
 
-Srinivas & Babu, *Learning Neural Network Architectures using
-Backpropagation* (2016, ``shared/seeds/003_...``) replace each ReLU by a
+S. Srinivas and R. V. Babu, *Learning Neural Network Architectures using
+Backpropagation*, BMVC 2016, https://arxiv.org/abs/1511.05497 (Srinivas &
+Babu 2016) replace each ReLU by a
 *tri-state ReLU* with two kinds of trainable gates: a width gate ``w_i`` per
 channel (neuron or feature map) and one depth gate ``d`` per layer, tied
 across its channels::
@@ -33,7 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import UnitScorer
+from .base import LayerRequirement, UnitScorer
 from .graph import module_on_path
 from .layers import ChannelSpec, effective_tensor, register_channel_module
 
@@ -43,7 +44,7 @@ __all__ = ["TriStateReLU", "GateScorer", "tristate_of"]
 class TriStateReLU(nn.Module):
     """``w_i x_i`` for ``x_i >= 0`` and ``w_i d x_i`` for ``x_i < 0`` (channels on dim 1).
 
-    Srinivas & Babu 2016 (``shared/seeds/003_...``), the tri-state ReLU.
+    Srinivas & Babu 2016, the tri-state ReLU.
 
     Args:
         num_channels: ``C``, the number of width gates.
@@ -64,12 +65,16 @@ class TriStateReLU(nn.Module):
     Examples:
         >>> act = TriStateReLU(3)
         >>> x = torch.tensor([[-1.0, 0.5, 2.0]])
-        >>> act(x)                                  # w = 1, d = 0: a ReLU
-        tensor([[0.0000, 0.5000, 2.0000]], grad_fn=<MulBackward0>)
+        >>> torch.equal(act(x), torch.relu(x))      # w = 1, d = 0: a ReLU
+        True
         >>> with torch.no_grad():
         ...     _ = act.depth.fill_(1.0)            # d = 1: the identity
         >>> act(x)
         tensor([[-1.0000,  0.5000,  2.0000]], grad_fn=<MulBackward0>)
+        >>> with torch.no_grad():
+        ...     _ = act.width.copy_(torch.tensor([1.0, 0.0, 0.5]))  # unit 1 off
+        >>> act(x)
+        tensor([[-1.,  0.,  1.]], grad_fn=<MulBackward0>)
     """
 
     def __init__(self, num_channels: int, width_init: float = 1.0, depth_init: float = 0.0,
@@ -138,15 +143,15 @@ def tristate_of(model: nn.Module, graph, producer: str) -> tuple[str, TriStateRe
 class GateScorer(UnitScorer):
     """The tri-state ReLU's saliency of a unit: its width gate ``w_i``.
 
-    A unit with ``w_i = 0`` always outputs zero (Srinivas & Babu 2016,
-    ``shared/seeds/003_...``): it is removed after training. Needs no data.
-    Every scored layer must have a :class:`TriStateReLU` on its path
-    (:func:`pruners.tristate.insert_tristate` puts one in place of each
-    hidden ReLU).
+    A unit with ``w_i = 0`` always outputs zero (Srinivas & Babu 2016): it
+    is removed after training. Needs no data. Every scored layer must have a
+    :class:`TriStateReLU` on its path (:func:`pruners.tristate.insert_tristate`
+    puts one in place of each hidden ReLU; :func:`pruners.prepare_for` calls
+    it for this scorer).
     """
 
     needs_data = False
-    requires_layer = "tristate"
+    requires_layer = LayerRequirement(TriStateReLU, "pruners.tristate:insert_tristate")
 
     def _score(self, model, data, loss_fn):
         graph, layers = self.graph(model, data)

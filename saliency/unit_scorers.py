@@ -1,6 +1,8 @@
 """Unit-wise scorers of one forward and backward pass, and weight norms.
 
-* :class:`MRS` -- mean replacement saliency (Evci 2018, Def. 3.1.2).
+* :class:`MRS` -- mean replacement saliency (U. Evci, *Detecting Dead
+  Weights and Units in Neural Networks*, MS thesis, NYU 2018,
+  https://arxiv.org/abs/1806.06068 -- Evci 2018 -- Def. 3.1.2).
 * :class:`UnitTaylor` -- Molchanov et al. 2017's Taylor criterion.
 * :class:`Dormancy` -- ReDo's dormancy score (Sokar et al. 2023), or APoZ.
 * :class:`Norm` -- L1 or squared L2 norm of a unit's incoming weights
@@ -36,7 +38,7 @@ class _StatScorer(UnitScorer):
 class MRS(_StatScorer):
     """Mean replacement saliency: the first-order approximation of MRP.
 
-    Evci 2018 (``shared/seeds/004_...``), Def. 3.1.2, eq. 3.3::
+    Evci 2018, Def. 3.1.2, eq. 3.3::
 
         MRS_i = sum_k | (mu_i - h_{k,i})^T dL_k/dh_{k,i} |
 

@@ -7,7 +7,9 @@ gradient is its own), and accumulates, per unit ``i`` (positions ``p`` of a
 convolution's map, ``P`` of them, ``N`` samples):
 
 * ``mean``: ``mu_i = E_{k,p}[h]``, the unit's mean output (eq. 1.5);
-* ``mrs``: mean replacement saliency (Evci 2018, Def. 3.1.2), the first-order
+* ``mrs``: mean replacement saliency (U. Evci, *Detecting Dead Weights and
+  Units in Neural Networks*, MS thesis, NYU 2018,
+  https://arxiv.org/abs/1806.06068 -- Evci 2018 -- Def. 3.1.2), the first-order
   approximation of MRP: ``MRS_i = sum_k |sum_p (mu_i - h_{k,i,p}) g_{k,i,p}|``.
   It needs ``mu_i``, known only at the end; storing ``sum_p h g`` and
   ``sum_p g`` per sample gives it exactly from the same single pass;
@@ -129,16 +131,47 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; known: {STATISTICS}")
     need = set().union(*(_NEEDS[k] for k in wanted))
+    sums = _accumulate(model, graph, layers, data, loss_fn, need)
+    out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in wanted}
+    for name in layers:
+        for key, value in _finish(sums, name, wanted).items():
+            out[key][name] = value
+    return out
+
+
+class _Sums:
+    """What one pass accumulates, per layer: sums over samples and positions (float64) of
+    the per-sample sums :func:`_position_sums` gives, and the per-sample sums of ``h g``
+    and ``g`` that MRS needs (kept per sample, in the model's dtype)."""
+
+    def __init__(self, layers: list[str]):
+        self.acc: dict[str, dict[str, torch.Tensor]] = {}
+        self.s_hg: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        self.s_g: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        self.n_samples = 0
+        self.positions: dict[str, int] = {}
+
+    def add(self, name: str, sums: dict[str, torch.Tensor], positions: int) -> None:
+        self.positions[name] = positions
+        if "hg" in sums:
+            self.s_hg[name].append(sums["hg"])
+        if "g" in sums:
+            self.s_g[name].append(sums["g"])
+        d = self.acc.setdefault(name, {})
+        for key, val in sums.items():
+            val = val.sum(0).to(torch.float64)
+            d[key] = d[key] + val if key in d else val
+
+
+def _accumulate(model: nn.Module, graph: UnitGraph, layers: list[str], data,
+                loss_fn: Callable, need: set[str]) -> _Sums:
+    """The pass: forward hooks keep each layer's output ``h``, ``torch.autograd.grad`` gives
+    ``g = dL/dh``, and the sums ``need`` lists are accumulated batch by batch."""
     mods = {n: model.get_submodule(n) for n in layers}
     outs: dict[str, torch.Tensor] = {}
     hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o))
              for n in layers]
-    f64 = torch.float64
-    acc: dict[str, dict[str, torch.Tensor]] = {}
-    s_hg: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    s_g: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    n_samples = 0
-    positions: dict[str, int] = {}
+    sums = _Sums(layers)
     for p in model.parameters():
         p.requires_grad_(True)  # restored by the scorer's `preserved`
     try:
@@ -147,7 +180,7 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
             loss = loss_sum(loss_fn, model(x), y)
             hs = [outs[n] for n in layers]
             grads = torch.autograd.grad(loss, hs, allow_unused=True)
-            n_samples += x.shape[0]
+            sums.n_samples += x.shape[0]
             with torch.no_grad():
                 storages = [t.untyped_storage().data_ptr() for t in (*hs, *grads)
                             if t is not None]
@@ -155,49 +188,47 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
                     if g is None:
                         g = torch.zeros_like(h)
                     owned = storages.count(g.untyped_storage().data_ptr()) == 1
-                    sums = _position_sums(model, graph, name, h, g, need, owned)
-                    positions[name] = h[0, 0].numel()
-                    if "hg" in sums:
-                        s_hg[name].append(sums["hg"])
-                    if "g" in sums:
-                        s_g[name].append(sums["g"])
-                    d = acc.setdefault(name, {})
-                    for key, val in sums.items():
-                        val = val.sum(0).to(f64)
-                        d[key] = d[key] + val if key in d else val
+                    sums.add(name, _position_sums(model, graph, name, h, g, need, owned),
+                             h[0, 0].numel())
     finally:
         for hk in hooks:
             hk.remove()
-    out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in wanted}
-    for name in layers:
-        d, npos = acc[name], positions[name]
-        count = n_samples * npos
-        mu = d["h"] / count if "h" in d else None
-        if "mean" in out:
-            out["mean"][name] = mu
-        if "mrs" in out:
-            # in place, in the model's dtype: no fresh B x C float64 temporaries
-            r = torch.cat(s_g[name]) if len(s_g[name]) > 1 else s_g[name][0].clone()
-            r.mul_(mu.to(r.dtype)).sub_(torch.cat(s_hg[name])).abs_()
-            out["mrs"][name] = r.sum(0, dtype=f64)
-        if "taylor" in out:
-            out["taylor"][name] = (d["hg"] / count).abs()
-        if "dormancy" in out:
-            mean_abs = d["absa"] / count
-            layer_mean = mean_abs.mean()
-            out["dormancy"][name] = (mean_abs / layer_mean if layer_mean > 0
-                                     else torch.zeros_like(mean_abs))
-        if "apoz" in out:
-            out["apoz"][name] = d["zero"] / count
-        if "act_mean" in out or "act_var" in out:
-            act_mean = d["a"] / count
-            if "act_mean" in out:
-                out["act_mean"][name] = act_mean
-            if "act_var" in out:
-                out["act_var"][name] = (d["a2"] / count - act_mean ** 2).clamp_min(0)
-        if "out_var" in out:
-            out["out_var"][name] = (d["h2"] / count - mu ** 2).clamp_min(0)
-        if "grad_norm" in out:
-            out["grad_norm"][name] = (d["g2"] / n_samples).sqrt()
-    return out
+    return sums
 
+
+def _finish(sums: _Sums, name: str, wanted: list[str]) -> dict[str, torch.Tensor]:
+    """The statistics ``wanted`` of layer ``name`` from the accumulated sums."""
+    f64 = torch.float64
+    d, npos = sums.acc[name], sums.positions[name]
+    n_samples = sums.n_samples
+    count = n_samples * npos
+    mu = d["h"] / count if "h" in d else None
+    out: dict[str, torch.Tensor] = {}
+    if "mean" in wanted:
+        out["mean"] = mu
+    if "mrs" in wanted:
+        # in place, in the model's dtype: no fresh B x C float64 temporaries
+        s_g, s_hg = sums.s_g[name], sums.s_hg[name]
+        r = torch.cat(s_g) if len(s_g) > 1 else s_g[0].clone()
+        r.mul_(mu.to(r.dtype)).sub_(torch.cat(s_hg)).abs_()
+        out["mrs"] = r.sum(0, dtype=f64)
+    if "taylor" in wanted:
+        out["taylor"] = (d["hg"] / count).abs()
+    if "dormancy" in wanted:
+        mean_abs = d["absa"] / count
+        layer_mean = mean_abs.mean()
+        out["dormancy"] = (mean_abs / layer_mean if layer_mean > 0
+                           else torch.zeros_like(mean_abs))
+    if "apoz" in wanted:
+        out["apoz"] = d["zero"] / count
+    if "act_mean" in wanted or "act_var" in wanted:
+        act_mean = d["a"] / count
+        if "act_mean" in wanted:
+            out["act_mean"] = act_mean
+        if "act_var" in wanted:
+            out["act_var"] = (d["a2"] / count - act_mean ** 2).clamp_min(0)
+    if "out_var" in wanted:
+        out["out_var"] = (d["h2"] / count - mu ** 2).clamp_min(0)
+    if "grad_norm" in wanted:
+        out["grad_norm"] = (d["g2"] / n_samples).sqrt()
+    return out
