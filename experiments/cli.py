@@ -1,4 +1,9 @@
-"""Command line: ``python -m experiments list | run NAME | sweep NAME | demo | diagnose CKPT``."""
+"""Command line: ``python -m experiments list | run NAME | sweep NAME | demo | diagnose CKPT``.
+
+``demo`` trains the CNN of U. Evci, *Detecting Dead Weights and Units in Neural
+Networks*, MS thesis, NYU, 2018 (https://arxiv.org/abs/1806.06068; below: the
+thesis) with and without MRS unit pruning (:mod:`experiments.tools.demo`).
+"""
 
 from __future__ import annotations
 

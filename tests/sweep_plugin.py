@@ -8,12 +8,16 @@ folder's name (``0002-1a2b3c4d``); the invocation whose index equals
 with ``os._exit(1)`` -- a real kill, no cleanup -- and the one whose index
 equals ``fail_at`` raises. The environment variable lets a test crash a run
 without changing the sweep's arguments, which a resumed sweep must repeat.
+
+``_where`` reports the process it ran in and whether that process had imported
+``experiments.catalog``: a spawned worker must find the experiment without it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 from experiments.harness.registry import register
@@ -63,3 +67,11 @@ KINDS_SPACE = {"a": ("uniform", 0.0, 1.0), "b": ("loguniform", 1e-4, 1.0), "c": 
           source="tests")
 def kinds(cfg, ctx):
     return {"score": cfg["a"] + cfg["c"], "label": str(cfg["e"]), "nested": {"skip": 1}}
+
+
+@register("_where", "test-only: where the trial ran and what that process had imported",
+          defaults={"width": 4, "seed": 0}, space={"width": ("int", 2, 64)}, source="tests")
+def where(cfg, ctx):
+    return {"final": {"test_acc": tiny_acc(1e-2, cfg["width"]), "params": cfg["width"] * 10,
+                      "pid": os.getpid(),
+                      "catalog_imported": "experiments.catalog" in sys.modules}}

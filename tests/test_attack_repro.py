@@ -22,6 +22,9 @@ from experiments.harness.registry import get_experiment, resolve_config
 from experiments.harness.run import RunContext, load_data
 from experiments.studies.evci2018 import attacks as attack_repro
 
+# the slow tier: every test here runs the attack reproductions
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

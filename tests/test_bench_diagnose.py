@@ -8,7 +8,12 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from experiments.bench import diagnose
+
+# the slow tier: every test here runs the diagnosis benchmark
+pytestmark = pytest.mark.slow
 
 
 def test_table_then_json_line_with_the_ratio():

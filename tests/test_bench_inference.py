@@ -18,6 +18,9 @@ import pruners
 from experiments.bench import inference
 from experiments.harness.models import mlp, small_cnn
 
+# the slow tier: every test here runs the inference benchmark
+pytestmark = pytest.mark.slow
+
 TINY = dict(mlp_widths=(64, 96, 96, 10),
             cnn=dict(widths=(8, 16), hidden=32, image_size=12),
             batches=(16, 1), reductions=(2, 3, 5, 10), mask_reduction=5)

@@ -27,6 +27,9 @@ import pruners
 from experiments.bench import peers as P
 from saliency import SCORERS
 
+# the slow tier: every test here runs the peers benchmark
+pytestmark = pytest.mark.slow
+
 HAS_TP = importlib.util.find_spec("torch_pruning") is not None
 SEED = 0
 

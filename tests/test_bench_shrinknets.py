@@ -11,6 +11,9 @@ from data_files import fmnist_args
 
 from experiments.bench import shrinknets as bench
 
+# the slow tier: every test here runs the ShrinkNets benchmark
+pytestmark = pytest.mark.slow
+
 
 def test_mean_live_macs_by_hand():
     # collections after steps 2 and 5; steps 1-2 run at the initial 100, 3-5 at 60, 6- at 30

@@ -31,6 +31,7 @@ def test_list_names_every_public_experiment(capsys):
     assert {"fmnist-mlp", "fmnist-thesis-cnn"} <= set(public)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fmnist-mlp", "fmnist-thesis-cnn"])
 def test_quick_run_writes_every_output(name, fmnist_dir, tmp_path, capsys):
     out = tmp_path / "run"
@@ -65,6 +66,7 @@ def test_bad_input_is_one_clear_error(fmnist_dir, tmp_path, capsys):
     assert "--set expects key=value" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments", "list"], capture_output=True,
                           text=True, timeout=120)

@@ -15,23 +15,24 @@ import pytest
 import torch
 
 from experiments.harness import datasets as ds
-from experiments.harness.datasets import DatasetError, DatasetNotFoundError
+from experiments.harness.datasets import DatasetError, DatasetNotFoundError, sources
 
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path):
-    """No network, no environment variables, no system dirs, an empty private cache."""
+    """No network, no environment variables, no system dirs, an empty private cache (patched
+    in ``sources``, where the loaders read them)."""
     def no_network(url, dest, timeout):
         """Fails the test."""
         raise AssertionError(f"a test tried to download {url}")
 
-    monkeypatch.setattr(ds, "urllib_fetch", no_network)
-    for var in ds.ENV_VARS.values():
+    monkeypatch.setattr(sources, "urllib_fetch", no_network)
+    for var in sources.ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(ds, "SYSTEM_DIRS", {k: [] for k in ds.SYSTEM_DIRS})
-    monkeypatch.setattr(ds, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(sources, "SYSTEM_DIRS", {k: [] for k in sources.SYSTEM_DIRS})
+    monkeypatch.setattr(sources, "CACHE_ROOT", tmp_path / "cache")
 
 
 # --------------------------------------------------------------------------- IDX
@@ -194,7 +195,7 @@ def test_lookup_order(tmp_path, monkeypatch):
     for name, n in places.items():
         df.write_idx_dir(tmp_path / name, n, 10)
     df.write_idx_dir(ds.cache_dir("fashion-mnist"), 43, 10)
-    monkeypatch.setitem(ds.SYSTEM_DIRS, "fashion-mnist", [tmp_path / "nowhere",
+    monkeypatch.setitem(sources.SYSTEM_DIRS, "fashion-mnist", [tmp_path / "nowhere",
                                                           tmp_path / "system"])
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "env"))
 
@@ -206,7 +207,7 @@ def test_lookup_order(tmp_path, monkeypatch):
     assert n_train() == 41
     monkeypatch.delenv("FASHION_MNIST_DIR")
     assert n_train() == 42
-    monkeypatch.setitem(ds.SYSTEM_DIRS, "fashion-mnist", [])
+    monkeypatch.setitem(sources.SYSTEM_DIRS, "fashion-mnist", [])
     assert n_train() == 43
     assert ds.cache_dir("fashion-mnist") == tmp_path / "cache" / "fashion-mnist"
     # a named place without the data is reported, then the search goes on
@@ -217,15 +218,25 @@ def test_lookup_order(tmp_path, monkeypatch):
 
 
 def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
-    monkeypatch.setattr(ds, "CACHE_ROOT", None)
+    monkeypatch.setattr(sources, "CACHE_ROOT", None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert ds.cache_dir("mnist") == tmp_path / "xdg" / "saliency-pruning" / "mnist"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert ds.cache_dir("mnist") == Path.home() / ".cache" / "saliency-pruning" / "mnist"
 
 
+def test_settings_assigned_on_the_package_reach_the_search(monkeypatch, tmp_path):
+    """The settings live in ``sources``; the package reads and assigns them there."""
+    monkeypatch.setattr(ds, "CACHE_ROOT", tmp_path / "elsewhere")
+    assert sources.CACHE_ROOT == ds.CACHE_ROOT == tmp_path / "elsewhere"
+    assert ds.cache_dir("mnist") == tmp_path / "elsewhere" / "mnist"
+    from experiments.harness.datasets import urllib_fetch
+    assert urllib_fetch is sources.urllib_fetch  # the fixture's stand-in
+    assert set(sources.SETTINGS) <= set(ds.__all__) and set(sources.SETTINGS) <= set(dir(ds))
+
+
 def test_not_found_message_lists_every_place(tmp_path, monkeypatch):
-    monkeypatch.setitem(ds.SYSTEM_DIRS, "fashion-mnist", [tmp_path / "debian"])
+    monkeypatch.setitem(sources.SYSTEM_DIRS, "fashion-mnist", [tmp_path / "debian"])
     (tmp_path / "partial").mkdir()
     df.write_bytes(tmp_path / "partial" / "train-images-idx3-ubyte", b"")
     with pytest.raises(DatasetNotFoundError) as err:
@@ -249,7 +260,7 @@ def _fake_server(files: dict[str, bytes], fail_hosts=()):
 
     def fetch(url, dest, timeout):
         calls.append(url)
-        assert timeout == ds.DOWNLOAD_TIMEOUT
+        assert timeout == sources.DOWNLOAD_TIMEOUT
         if any(h in url for h in fail_hosts):
             raise OSError("Network is unreachable")
         dest.write_bytes(files[url.rsplit("/", 1)[1]])
@@ -267,7 +278,7 @@ def _served_idx(seed=0):
 def test_download_with_fake_fetcher_verifies_and_renames(monkeypatch):
     files = _served_idx()
     for name, data in files.items():
-        monkeypatch.setitem(ds.CHECKSUMS["fashion-mnist"], name,
+        monkeypatch.setitem(sources.CHECKSUMS["fashion-mnist"], name,
                             "md5:" + hashlib.md5(data).hexdigest())
     fetch, calls = _fake_server(files, fail_hosts=("s3-website",))
     data = ds.fashion_mnist(val_size=5, download=fetch)

@@ -23,6 +23,9 @@ from experiments.harness.registry import EXPERIMENTS, load_plugins
 from experiments.harness.training import Trainer
 from pruners import count_macs, count_params
 
+# the slow tier: every test here runs the demo
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG\r\n\x1a\n"
 SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 

@@ -21,6 +21,9 @@ from experiments.harness.training import TrainConfig, Trainer
 from experiments.tools.diagnose import EXIT_CODES, load_data
 from saliency import find_dead_units
 
+# the slow tier: every test here diagnoses a checkpoint trained for it
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG\r\n\x1a\n"
 DATA = ["--data", "fashion-mnist", "--val-size", "100", "--samples", "80", "--batch-size", "40"]
 

@@ -27,6 +27,9 @@ from experiments.harness.models import build_model
 from experiments.harness.run import load_data
 from experiments.harness.training import evaluate
 
+# the slow tier: every test here runs the group-sparsity reproduction
+pytestmark = pytest.mark.slow
+
 LAYERS = ("conv1", "conv2", "fc1")
 
 

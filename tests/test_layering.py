@@ -23,7 +23,7 @@ PACKAGES = ("saliency", "pruners", "experiments")
 # --------------------------------------------------------------------------- import contracts
 
 def _lint(root: pathlib.Path) -> subprocess.CompletedProcess:
-    """import-linter on the packages under ``root`` with the contracts of ``root/pyproject.toml``."""
+    """import-linter on the packages under ``root``, with the contracts of its pyproject.toml."""
     code = ("import sys; from importlinter.cli import lint_imports; "
             "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))")
     return subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
@@ -126,7 +126,8 @@ def private_crossings(root: pathlib.Path, packages=PACKAGES) -> list[str]:
                     if not src.split(".")[0] in packages or package_unit(src) == unit:
                         continue
                     if any(_private(p) for p in src.split(".")):
-                        found.append(f"{path.relative_to(root)}:{node.lineno}: private module {src}")
+                        found.append(f"{path.relative_to(root)}:{node.lineno}: "
+                                     f"private module {src}")
                     for alias in node.names:
                         if _private(alias.name):
                             found.append(f"{path.relative_to(root)}:{node.lineno}: "
@@ -166,7 +167,7 @@ def test_no_private_name_crosses_a_package_boundary():
 def test_the_private_name_check_finds_each_kind_of_crossing(tmp_path):
     files = {
         "saliency/__init__.py": "",
-        "saliency/graph.py": "def _helper():\n    return 1\n\ndef public():\n    return _helper()\n",
+        "saliency/graph.py": "def _helper():\n    return 1\n\n\ndef public():\n    return 2\n",
         "pruners/__init__.py": "",
         "pruners/ok.py": "from saliency.graph import public\n",
         "pruners/bad_from.py": "from saliency.graph import public, _helper\n",

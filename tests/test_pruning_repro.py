@@ -22,6 +22,9 @@ from experiments.harness.checkpoint import load_checkpoint, model_from_checkpoin
 from experiments.harness.training import Trainer
 from pruners import count_params
 
+# the slow tier: every test here runs the pruning reproductions
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG\r\n\x1a\n"
 NAMES = ("thesis-magnitude-pruning", "thesis-unit-pruning", "thesis-unit-pruning-zero")
 #: the thesis CNN: units per prunable layer, and its Linear/Conv weights (biases excluded)

@@ -27,6 +27,9 @@ from experiments.studies.evci2018.saliency import (NEGATIVE_SCORERS, PARAM_SCORE
 from saliency.loss_change import LossChange
 from saliency.taylor import Hessian, Taylor1, Taylor2
 
+# the slow tier: every test here runs the saliency reproductions
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG\r\n\x1a\n"
 PARAM_FRACTIONS = [0.01, 0.05, 0.8]
 FC1_FRACTIONS = [0.1, 0.2, 0.3, 0.4, 0.5]

@@ -23,6 +23,9 @@ from experiments.cli import main
 from pruners import count_macs, remove_units
 from pruners.shrinknets import input_neurons
 
+# the slow tier: every test here runs the gamma reproduction
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG\r\n\x1a\n"
 QUICK = sg._QUICK
 SETTINGS = [None] + [float(g) for g in QUICK["gammas"]]

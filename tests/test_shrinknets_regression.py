@@ -28,6 +28,9 @@ import experiments.studies.shrinknets.regression as sr
 from experiments.cli import main
 from experiments.harness.datasets import get_dataset, synthetic_regression
 
+# the slow tier: every test here runs the regression reproduction
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG\r\n\x1a\n"
 SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 

@@ -25,6 +25,9 @@ from experiments.studies.shrinknets.vs_static import best_second_half, size_rati
 from pruners import count_params, trace
 from pruners.shrinknets import insert_switches, switches
 
+# the slow tier: every test here runs ShrinkNets trials and sweeps
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG\r\n\x1a\n"
 METHODS = ("shrinknets", "static")
 

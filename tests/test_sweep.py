@@ -130,6 +130,7 @@ def test_bad_space_is_rejected(tiny):
 # --------------------------------------------------------------------------- resuming
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_exactly_the_missing_trials(tiny, tmp_path):
     out, mdir = tmp_path / "sweep", tmp_path / "markers"
     env = {**os.environ, "SWEEP_TINY_CRASH_AT": "2",
@@ -206,6 +207,7 @@ def test_failing_trial_is_recorded_and_the_others_finish(tmp_path, capsys):
 # --------------------------------------------------------------------------- process pool
 
 
+@pytest.mark.slow
 def test_process_pool_runs_trials_and_isolates_a_crashing_one(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEP_TINY_CRASH_AT", "2")  # inherited by the spawned workers
     out, mdir = tmp_path / "s", tmp_path / "m"
@@ -222,6 +224,42 @@ def test_process_pool_runs_trials_and_isolates_a_crashing_one(tiny, tmp_path, mo
     assert markers(mdir).count(ids[2]) in (1, 2)
     assert set(markers(mdir)) == set(ids)
     assert "worker process" in (out / "trials" / ids[2] / "error.txt").read_text()
+
+
+@pytest.mark.slow
+def test_pool_workers_import_the_module_that_registered_the_experiment(tmp_path, monkeypatch):
+    """A spawned worker is a fresh interpreter: it has imported neither experiments.catalog
+    nor the plugin, and is told nothing but the experiment's name. It imports the module
+    that registered the experiment in the sweeping process."""
+    monkeypatch.delenv("EXPERIMENTS_PLUGINS", raising=False)
+    load_plugins(PLUGINS)  # registers _where here, in this process only
+    assert sw.worker_plugins("_where") == ["sweep_plugin"]
+    assert sw.worker_plugins("_where", ["x", "sweep_plugin"]) == ["x", "sweep_plugin"]
+    assert sw.worker_plugins("_not_registered", ["x"]) == ["x"]
+    out = tmp_path / "w"
+    rows = sw.run_sweep("_where", random=2, out_dir=out, workers=2, progress=False)
+    assert len(rows) == 2 and not (out / "trials" / rows[0]["id"] / "error.txt").exists()
+    for row in rows:
+        assert row["pid"] != os.getpid()
+        assert row["catalog_imported"] is False
+
+
+@pytest.mark.slow
+def test_pool_sweep_of_a_built_in_experiment(tmp_path, monkeypatch):
+    """A built-in experiment, registered by importing experiments.catalog here, runs in two
+    spawned workers, which import only its study module."""
+    import data_files
+
+    import experiments.catalog  # noqa: F401 - registers the built-in experiments here
+    data_files.write_idx_dir(tmp_path / "fmnist", n_train=300, n_test=60, seed=0, gz=True)
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "fmnist"))  # inherited by workers
+    monkeypatch.delenv("EXPERIMENTS_PLUGINS", raising=False)
+    out = tmp_path / "s"
+    rows = sw.run_sweep("static-mlp", random=2, out_dir=out, workers=2, quick=True,
+                        overrides={"val_size": 50}, progress=False)
+    errors = [p.read_text() for p in out.glob("trials/*/error.txt")]
+    assert len(rows) == 2, errors
+    assert all(0.0 <= r["test_acc"] <= 1.0 and r["params"] > 0 for r in rows)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -296,14 +334,15 @@ def test_slurm_job_spec(tiny, tmp_path):
                                "slurm_array_parallelism": 2, "slurm_account": "lab"}
     assert [t["id"] for t, _, _ in spec.jobs] == [t["id"] for t in trials]
     for (trial, fn, args), t in zip(spec.jobs, trials):
-        assert fn is sw._trial_task
+        assert fn is sw.executors._trial_task
         assert args == ("_tiny", t, True, str(tmp_path.absolute() / "trials" / t["id"]),
                         PLUGINS, 4)
     assert slurm["cluster"] == "slurm"  # the caller's dict is left alone
     default = sw.build_slurm_spec("_tiny", trials[:1], out_dir=tmp_path)
     assert default.cluster is None
     assert default.parameters == {"name": "sweep-_tiny", "timeout_min": 60, "cpus_per_task": 1}
-    assert default.jobs[0][2][-2:] == ([], 1)
+    # no plugins given: the jobs still import the module that registered the experiment
+    assert default.jobs[0][2][-2:] == (["sweep_plugin"], 1)
 
 
 def test_slurm_without_submitit_says_how_to_install(tmp_path, monkeypatch, capsys):

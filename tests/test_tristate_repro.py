@@ -22,6 +22,9 @@ from experiments.cli import main
 from experiments.harness.run import load_data
 from experiments.harness.training import evaluate
 
+# the slow tier: every test here runs the tri-state reproduction
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

@@ -27,6 +27,9 @@ from experiments.harness.run import load_data
 from experiments.harness.training import evaluate
 from pruners import schedules
 
+# the slow tier: every test here runs the width-methods comparison
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

@@ -1,25 +1,50 @@
-"""Scheduled pruning inside the harness's :class:`~experiments.harness.training.Trainer`.
+"""The library's methods as callbacks of the training loop (:mod:`experiments.harness.training`).
 
 :class:`PrunerCallback` calls ``pruner.step(t, model, optimizer, data)`` after
-every epoch (``t`` = epochs completed, as the thesis's schedules count: "after
-each scheduled epoch is done", Evci 2018, Sec. 2.2) or after every optimizer
+every epoch (``t`` = epochs completed, as the schedules of U. Evci, *Detecting
+Dead Weights and Units in Neural Networks*, MS thesis, NYU, 2018,
+https://arxiv.org/abs/1806.06068, count: "after each scheduled epoch is
+done", Sec. 2.2; below: Evci 2018 or the thesis) or after every optimizer
 step, with scoring data drawn at random from the training set ("a randomly
 sampled subset of the training data", Sec. 4.2). It logs the training loss
 and the fraction of parameters pruned at every step (Fig. 2.8 and 4.6) and
 every round's report, and keeps all of it in its state so a killed run
 resumes where it stopped.
 
-:class:`ShrinkNetsCallback` trains with ShrinkNets' penalty and garbage
-collection; :class:`GroupSparsityCallback` applies the proximal step of the
-(sparse) group lasso after every optimizer step (Alvarez & Salzmann 2016).
+:class:`ShrinkNetsCallback` trains with the penalty and garbage collection of
+*ShrinkNets: Learning Network Size while Training* (2018 draft; public as G.
+Leclerc, M. Vartak, R. Castro Fernandez, T. Kraska, S. Madden, *Smallify:
+Learning Network Size while Training*, https://arxiv.org/abs/1806.03723;
+below: the ShrinkNets paper); :class:`GroupSparsityCallback` applies the
+proximal step of the (sparse) group lasso after every optimizer step (J. M.
+Alvarez and M. Salzmann, *Learning the Number of Neurons in Deep Networks*,
+NeurIPS 2016,
+https://papers.nips.cc/paper/6372-learning-the-number-of-neurons-in-deep-networks;
+below: Alvarez & Salzmann 2016); :class:`TriStateCallback` trains the
+tri-state ReLUs of S. Srinivas and R. V. Babu, *Learning Neural Network
+Architectures using Backpropagation*, BMVC 2016,
+https://arxiv.org/abs/1511.05497 (below: Srinivas & Babu 2016).
 
-:func:`plot_pruning` draws the loss and the fraction pruned over steps
-against an unpruned run, and the layer widths over rounds.
+The dead-unit tools:
+
+* :class:`AttackCallback` runs a :class:`pruners.LRAttack` around the
+  trainer's optimizer steps (Evci 2018, Sec. 3.3): the attacked entries are
+  copied in :meth:`Callback.loss` (called after the forward pass, before
+  ``backward()`` and ``optimizer.step()``, when the parameters still hold
+  their old values) and rescaled in :meth:`Callback.on_step_end`, right after
+  the step. Put it first in ``callbacks`` so that later callbacks (a proximal
+  step, a pruner, a tracker) see the attacked update.
+* :class:`TrackingCallback` records a :class:`saliency.UnitTracker` at step 0
+  and every ``tracker.every`` steps (Fig. 3.1-3.10).
+
+Every callback keeps its state in the trainer's checkpoint, so a resumed run goes on where
+it stopped (the same schedule, attack and probes). :func:`experiments.harness.plots.plot_pruning`
+draws what :class:`PrunerCallback` logged.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
@@ -125,7 +150,7 @@ class PrunerCallback(Callback):
 
 
 class ShrinkNetsCallback(Callback):
-    """ShrinkNets training in the harness (``shared/seeds/001_...``, eq. 2 and Sec. 4.2).
+    """ShrinkNets training in the harness (the ShrinkNets paper, eq. 2 and Sec. 4.2).
 
     Adds ``shrinknets_penalty(model, lam, lam2, p)`` to the training loss and
     runs a :class:`pruners.shrinknets.GarbageCollector` after every
@@ -207,7 +232,7 @@ class ShrinkNetsCallback(Callback):
 
 
 class GroupSparsityCallback(Callback):
-    """Proximal group sparsity in the harness (Alvarez & Salzmann 2016, ``shared/seeds/002_...``).
+    """Proximal group sparsity in the harness (Alvarez & Salzmann 2016).
 
     After every optimizer step it applies ``prox.step(trainer.optimizer)``,
     the closed-form proximal operator of
@@ -333,7 +358,7 @@ class GroupSparsityCallback(Callback):
 
 
 class TriStateCallback(Callback):
-    """Tri-state ReLU training in the harness (Srinivas & Babu 2016, ``shared/seeds/003_...``).
+    """Tri-state ReLU training in the harness (Srinivas & Babu 2016).
 
     Adds ``lam_b R_b + lam_m R_m`` (:func:`pruners.tristate.tristate_penalty`:
     the binarizing regularizer and the model-complexity term) to the training

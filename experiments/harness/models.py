@@ -190,7 +190,11 @@ def _activation(name: str) -> Callable[[], nn.Module]:
 
 
 class ThesisCNN(nn.Module):
-    """The small CNN of Evci's thesis (``shared/seeds/004_...``, App. C).
+    """The small CNN of Evci's thesis (App. C).
+
+    U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+    NYU, 2018 (https://arxiv.org/abs/1806.06068; below: Evci 2018 or the
+    thesis).
 
     ``conv1`` (5x5) - [BN] - act - MaxPool2 - ``conv2`` (5x5) - [BN] - act -
     MaxPool2 - Flatten - ``fc1`` - act - ``fc2``. With 1x28x28 inputs, widths
@@ -327,7 +331,12 @@ VGG_CONFIGS: dict[str, list] = {
 
 
 class VGG(nn.Module):
-    """VGG-style CNN with BatchNorm and a width multiplier (ShrinkNets Sec. 5.1.1).
+    """VGG-style CNN with BatchNorm and a width multiplier (the ShrinkNets paper, Sec. 5.1.1).
+
+    The ShrinkNets paper: *ShrinkNets: Learning Network Size while Training*
+    (2018 draft; public as G. Leclerc, M. Vartak, R. Castro Fernandez, T.
+    Kraska, S. Madden, *Smallify: Learning Network Size while Training*,
+    https://arxiv.org/abs/1806.03723).
 
     ``features`` holds Conv3x3(padding 1)-BatchNorm-ReLU blocks and max
     pooling as the configuration says, every channel count multiplied by

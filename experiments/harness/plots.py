@@ -63,7 +63,9 @@ def plot_pruning(ctx, pruned_steps: Sequence[Sequence[float]],
 
     ``pruned_steps`` / ``dense_steps``: ``[step, loss, fraction]`` rows of
     :attr:`PrunerCallback.steps`; the loss is averaged over windows of
-    ``smooth`` steps, as the thesis plots it every 50 mini-batches.
+    ``smooth`` steps, as U. Evci, *Detecting Dead Weights and Units in Neural
+    Networks*, MS thesis, NYU, 2018 (https://arxiv.org/abs/1806.06068) plots
+    it every 50 mini-batches.
     """
     import matplotlib
 

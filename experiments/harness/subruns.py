@@ -71,9 +71,12 @@ def select_matched(points: Sequence[Mapping[str, Any]], base_val: float, toleran
 
         selected = argmin_{p : val_acc(p) >= base_val - tolerance} params(p)
 
-    the "matched accuracy" network of issue 7 (as ShrinkNets, ``shared/seeds/
-    001_...`` Sec. 5.2, "select[s] the smallest model that achieves a given
-    accuracy", here on validation). Among the points with ``val_acc >=
+    the "matched accuracy" network (as Sec. 5.2 of *ShrinkNets: Learning
+    Network Size while Training*, 2018 draft, public as G. Leclerc, M.
+    Vartak, R. Castro Fernandez, T. Kraska, S. Madden, *Smallify: Learning
+    Network Size while Training*, https://arxiv.org/abs/1806.03723,
+    "select[s] the smallest model that achieves a given accuracy", here on
+    validation). Among the points with ``val_acc >=
     base_val - tolerance`` (accuracies as
     fractions: 0.5 points is ``tolerance = 0.005``), the one with the fewest
     ``params``; ties go to the higher validation accuracy, then to the first.

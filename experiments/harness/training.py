@@ -7,8 +7,11 @@ proximal step acts), and after each epoch (a scheduled pruner, logging). A
 callback may physically shrink the model: the trainer keeps the same
 optimizer, whose state the foundation's surgery slices.
 
-Learning-rate rule ``"plateau"`` is ShrinkNets' (``shared/seeds/001_...``,
-Sec. 5.1): divide the learning rate by 10 after ``patience`` (5) epochs
+Learning-rate rule ``"plateau"`` is the one of Sec. 5.1 of *ShrinkNets:
+Learning Network Size while Training* (2018 draft; public as G. Leclerc, M.
+Vartak, R. Castro Fernandez, T. Kraska, S. Madden, *Smallify: Learning
+Network Size while Training*, https://arxiv.org/abs/1806.03723; below: the
+ShrinkNets paper): divide the learning rate by 10 after ``patience`` (5) epochs
 without improvement of the validation accuracy; stop at ``epochs`` or when the
 learning rate falls under ``min_lr`` (1e-7).
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -50,7 +53,7 @@ class TrainConfig:
         lr: initial learning rate.
         momentum: SGD momentum.
         weight_decay: L2 weight decay of the optimizer.
-        lr_rule: ``"constant"`` or ``"plateau"`` (ShrinkNets Sec. 5.1).
+        lr_rule: ``"constant"`` or ``"plateau"`` (the ShrinkNets paper, Sec. 5.1).
         patience: epochs without validation improvement before dividing.
         factor: the division, as a multiplier (0.1).
         min_lr: stop once the learning rate falls under it.

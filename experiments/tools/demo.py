@@ -1,8 +1,10 @@
 """The main job: ``python -m experiments demo`` (also ``python -m experiments run demo``).
 
-Trains the thesis CNN (App. C.1, 20,522 parameters) on Fashion-MNIST in the
-thesis's setting (Sec. 2.1: SGD, learning rate 0.01, batch 32, 10 epochs,
-seed 0) twice from the same initialization:
+Trains the CNN (App. C.1, 20,522 parameters) of U. Evci, *Detecting Dead
+Weights and Units in Neural Networks*, MS thesis, NYU, 2018
+(https://arxiv.org/abs/1806.06068; below: Evci 2018 or the thesis) on
+Fashion-MNIST in the thesis's setting (Sec. 2.1: SGD, learning rate 0.01,
+batch 32, 10 epochs, seed 0) twice from the same initialization:
 
 * ``unpruned/`` -- no pruning;
 * ``pruned/`` -- MRS unit pruning on the thesis's Ch. 4 schedule
@@ -38,7 +40,6 @@ is not retrained. A folder holding a run with other settings is refused.
 from __future__ import annotations
 
 import gc
-import os
 import statistics
 import time
 from typing import Any, Mapping, Sequence
@@ -223,7 +224,7 @@ def _plot_curves(ctx: RunContext, histories: Mapping[str, Sequence[Mapping[str, 
           "the main job: thesis CNN on Fashion-MNIST, MRS unit pruning with mean replacement "
           "and removal vs. unpruned; before/after table",
           defaults=_DEFAULTS, quick=_QUICK,
-          source="004 Sec. 4.2, Table 4.2, Fig. 4.6")
+          source="Evci 2018, Sec. 4.2, Table 4.2, Fig. 4.6")
 def demo(cfg: dict, ctx: RunContext) -> dict:
     """Train unpruned and pruned, compare them, write the table and plots."""
     threads = int(cfg.get("threads") or 0)

@@ -1,10 +1,11 @@
 """Diagnose a trained checkpoint: ``python -m experiments diagnose CHECKPOINT --data NAME``.
 
 Finds the dead, dormant and frozen units of a checkpoint on a data set with
-:func:`saliency.find_dead_units` (Evci 2018, ``shared/seeds/004_...``, Sec.
-3.2, Def. 3.2.1-3.2.2; ReDo; APoZ), prints a per-layer summary -- units, units
-flagged by each criterion, and the parameters and MACs that removing the dead
-units would save -- and writes into ``--out DIR`` (default
+:func:`saliency.find_dead_units` (Sec. 3.2, Def. 3.2.1-3.2.2 of U. Evci,
+*Detecting Dead Weights and Units in Neural Networks*, MS thesis, NYU, 2018,
+https://arxiv.org/abs/1806.06068, below: the thesis; ReDo; APoZ), prints a
+per-layer summary -- units, units flagged by each criterion, and the
+parameters and MACs that removing the dead units would save -- and writes into ``--out DIR`` (default
 ``runs/diagnose/<checkpoint name>``):
 
 * ``report.json``: everything (the library's :meth:`DeadUnitReport.to_dict`
@@ -553,10 +554,9 @@ def _parse_thresholds(pairs) -> dict[str, Any]:
     return out
 
 
-def _run(args) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(max(1, int(args.threads)))
-    path = Path(args.checkpoint)
+def _checked_arguments(args, path: Path) -> tuple[dict, Any, list[str], Path | None]:
+    """The arguments that need checking before anything is loaded: ``(model kwargs,
+    DeadUnitThresholds, removal criteria, the checkpoint --remove-dead writes)``."""
     try:
         kwargs = json.loads(args.model_kwargs)
     except json.JSONDecodeError:
@@ -574,6 +574,33 @@ def _run(args) -> int:
     if out_ckpt is not None and path.exists() and out_ckpt.exists() \
             and out_ckpt.resolve() == path.resolve():
         raise DiagnoseError("--remove-dead must not overwrite the checkpoint being diagnosed")
+    return kwargs, th, criteria, out_ckpt
+
+
+def _print_removal(rem: Mapping[str, Any], criteria: list[str], kept: Mapping[str, int]) -> None:
+    """What removing the flagged units did (or that there was nothing to remove)."""
+    if rem["removed"]:
+        n = rem["removed"]
+        print(f"removing the {n} unit{'s' if n > 1 else ''} flagged by {', '.join(criteria)} "
+              f"(mean replacement, bias propagation): parameters {rem['params_before']:,} -> "
+              f"{rem['params_after']:,}, MACs/sample {rem['macs_before']:,} -> "
+              f"{rem['macs_after']:,}; max output deviation {rem['max_output_deviation']:.3g} "
+              f"({rem['max_output_deviation_relative']:.2g} of the largest output), "
+              f"loss {rem['loss_before']:.6f} -> {rem['loss_after']:.6f} "
+              f"({rem['loss_change']:+.3g})")
+        for w in rem["warnings"]:
+            print(f"  warning: {w}")
+    else:
+        print(f"no unit is flagged by {', '.join(criteria)}: nothing to remove")
+    for layer, i in kept.items():
+        print(f"  every unit of {layer} is flagged; unit {i} is kept (a layer keeps one unit)")
+
+
+def _run(args) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(max(1, int(args.threads)))
+    path = Path(args.checkpoint)
+    kwargs, th, criteria, out_ckpt = _checked_arguments(args, path)
     model, info = load_model(path, args.model, kwargs, args.resize)
     data, splits = load_data(args.data, data_dir=args.data_dir, split=args.split,
                              samples=args.samples, batch_size=args.batch_size,
@@ -598,21 +625,7 @@ def _run(args) -> int:
           f"{samples:,} samples; mean loss {report.loss:.4f}")
     print(_table(report, extra))
     rem = extra["removal"]
-    if rem["removed"]:
-        n = rem["removed"]
-        print(f"removing the {n} unit{'s' if n > 1 else ''} flagged by {', '.join(criteria)} "
-              f"(mean replacement, bias propagation): parameters {rem['params_before']:,} -> "
-              f"{rem['params_after']:,}, MACs/sample {rem['macs_before']:,} -> "
-              f"{rem['macs_after']:,}; max output deviation {rem['max_output_deviation']:.3g} "
-              f"({rem['max_output_deviation_relative']:.2g} of the largest output), "
-              f"loss {rem['loss_before']:.6f} -> {rem['loss_after']:.6f} "
-              f"({rem['loss_change']:+.3g})")
-        for w in rem["warnings"]:
-            print(f"  warning: {w}")
-    else:
-        print(f"no unit is flagged by {', '.join(criteria)}: nothing to remove")
-    for layer, i in extra["kept"].items():
-        print(f"  every unit of {layer} is flagged; unit {i} is kept (a layer keeps one unit)")
+    _print_removal(rem, criteria, extra["kept"])
     result = {"checkpoint": str(path), "checkpoint_kind": info["kind"],
               "arch": info.get("arch"), "model": info.get("model"),
               "model_kwargs": info.get("model_kwargs"),

@@ -1,4 +1,7 @@
-"""Reproductions of the learning-rate attacks of Evci 2018 (``shared/seeds/004_...``), Ch. 3.
+"""Reproductions of the learning-rate attacks of Evci 2018, Ch. 3.
+
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+NYU, 2018 (https://arxiv.org/abs/1806.06068); below: Evci 2018 or the thesis.
 
 * ``thesis-attack-relu-bn`` -- Sec. 3.4, ReLU with BatchNorm, multiplier 100;
 * ``thesis-attack-tanh`` -- Sec. 3.5, Tanh, multiplier 1000;
@@ -510,7 +513,7 @@ for _v, _sec, _what in (("relu-bn", "3.4", "ReLU+BatchNorm"), ("tanh", "3.5", "T
     register(f"thesis-attack-{_v}",
              f"Sec. {_sec}: learning-rate attacks on {_what} units of the thesis CNN "
              f"(x{VARIANTS[_v]['multiplier']:g}, 10 times from step 2000), MRP/MRS tracked",
-             defaults=_defaults(_v), quick=_QUICK, source=f"004 Sec. 3.3, {_sec}")(
+             defaults=_defaults(_v), quick=_QUICK, source=f"Evci 2018, Sec. 3.3, {_sec}")(
         _variant_experiment(_v))
 
 
@@ -522,7 +525,7 @@ _ALL_DEFAULTS = {**_DATA, **_TRAIN, **_ATTACK, "epochs": None, "multiplier": Non
 @register("thesis-attacks",
           "Sec. 3.4-3.7: the three attack reproductions (ReLU+BatchNorm, Tanh, ReLU) and "
           "their comparison: how many units die, whether MRS finds the lowest-MRP unit",
-          defaults=_ALL_DEFAULTS, quick=_QUICK, source="004 Sec. 3.3-3.7")
+          defaults=_ALL_DEFAULTS, quick=_QUICK, source="Evci 2018, Sec. 3.3-3.7")
 def thesis_attacks(cfg: dict, ctx: RunContext) -> dict:
     """All three variants into ``relu-bn/``, ``tanh/``, ``relu/`` (each as its own
     experiment would run it, so ``--out runs/thesis-attacks/tanh`` of

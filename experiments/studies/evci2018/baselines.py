@@ -3,10 +3,12 @@
 * ``fmnist-mlp`` -- MLP 784-256-256-10 on Fashion-MNIST (Adam). The
   Fashion-MNIST benchmark lists 88.3-90.0% test accuracy for MLPs of this
   size.
-* ``fmnist-thesis-cnn`` -- the thesis's small CNN (``shared/seeds/004_...``,
-  App. C.1, 20,522 parameters) in the thesis's setting (Sec. 2.1: SGD,
-  learning rate 0.01, batch 32, 10 epochs, no momentum or weight decay), on
-  Fashion-MNIST instead of MNIST.
+* ``fmnist-thesis-cnn`` -- the small CNN (App. C.1, 20,522 parameters) of U.
+  Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+  NYU, 2018 (https://arxiv.org/abs/1806.06068; below: Evci 2018 or the
+  thesis), in the thesis's setting (Sec. 2.1: SGD, learning rate 0.01, batch
+  32, 10 epochs, no momentum or weight decay), on Fashion-MNIST instead of
+  MNIST.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def fmnist_mlp(cfg, ctx):
           defaults={**_DATA, "optimizer": "sgd", "lr": 0.01, "batch_size": 32, "epochs": 10,
                     "weight_decay": 0.0, "momentum": 0.0, "lr_rule": "constant",
                     "eval_batch_size": 2000, "max_batches": None},
-          quick=_QUICK, space=_SPACE, source="004 Sec. 2.1, App. C.1")
+          quick=_QUICK, space=_SPACE, source="Evci 2018, Sec. 2.1, App. C.1")
 def fmnist_thesis_cnn(cfg, ctx):
     _, results = train_run(cfg, ctx, "thesis_cnn", {},
                            title="thesis CNN on Fashion-MNIST (SGD 0.01, batch 32)")

@@ -1,4 +1,7 @@
-"""Reproductions of the pruning experiments of Evci 2018 (``shared/seeds/004_...``).
+"""Reproductions of the pruning experiments of Evci 2018.
+
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+NYU, 2018 (https://arxiv.org/abs/1806.06068); below: Evci 2018 or the thesis.
 
 * ``thesis-magnitude-pruning`` -- Sec. 2.2 "A Basic Pruning Experiment":
   global magnitude pruning of the thesis CNN's weights on the schedule of
@@ -403,12 +406,40 @@ def plot_fnz(rows: Sequence[Mapping[str, Any]], params_original: int, acc_pruned
     ctx.save_figure(fig, name)
 
 
+def _sparsity(pruner: ParameterPruner, model: torch.nn.Module, final: float) -> dict[str, Any]:
+    """What magnitude pruning left: weights masked (and zero) against the schedule's last
+    fraction ``final``, and the parameters counted three ways."""
+    targets = pruner.targets(model)
+    n_weights = sum(getattr(m, p + "_mask", getattr(m, p)).numel() for m, p in targets.values())
+    masked = sum(int((getattr(m, p + "_mask") == 0).sum()) for m, p in targets.values()
+                 if hasattr(m, p + "_mask"))
+    zero = sum(int((effective_tensor(m, p) == 0).sum()) for m, p in targets.values())
+    return {"weights": n_weights, "masked_weights": masked, "zero_weights": zero,
+            "expected_masked": amount_to_count(final, n_weights),
+            "fraction_masked": masked / n_weights, "schedule_final": final,
+            "params_nonzero": nonzero_params(model),
+            "params_dense": count_params(model, count_masked=True),
+            "params_counted": count_params(model)}
+
+
+def _log_magnitude(ctx: RunContext, acc: Mapping[str, float], sparsity: Mapping[str, Any],
+                   rows: Sequence[Mapping[str, Any]]) -> None:
+    masked, n_weights = sparsity["masked_weights"], sparsity["weights"]
+    ctx.log(f"test accuracy: pruned {100 * acc['test_acc_pruned']:.2f}%, unpruned "
+            f"{100 * acc['test_acc_unpruned']:.2f}% ({acc['test_acc_change_points']:+.2f} points)")
+    ctx.log(f"masked weights {masked:,} of {n_weights:,} ({100 * masked / n_weights:.2f}%)")
+    for r in rows:
+        ctx.log(f"  f_nz={r['f_nz']:<5g} dense params {r['params_dense']:>6,} (non-zero "
+                f"{r['params_nonzero']:,})  test acc {100 * r['test_acc']:.2f}%  "
+                f"max logit change {r['max_logit_change']:.2g}")
+
+
 @register("thesis-magnitude-pruning",
           "Sec. 2.2: global magnitude pruning to 90% on Table 2.2 vs the unpruned run "
           "(Fig. 2.8), then the f_nz unit removal of Fig. 2.11",
           defaults={**_DATA, **_TRAIN, **_PRUNE, "schedule": _points(schedules.THESIS_PARAMETERS),
                     "fnz": list(FNZ_GRID)},
-          quick=_QUICK, source="004 Sec. 2.2, Table 2.2, Fig. 2.8, 2.11")
+          quick=_QUICK, source="Evci 2018, Sec. 2.2, Table 2.2, Fig. 2.8, 2.11")
 def thesis_magnitude_pruning(cfg: dict, ctx: RunContext) -> dict:
     """Magnitude pruning during training and unit cleanup (Evci 2018, Sec. 2.2).
 
@@ -446,19 +477,7 @@ def thesis_magnitude_pruning(cfg: dict, ctx: RunContext) -> dict:
     pruned = _train(cfg, ctx, data, "pruned", [cb, EpochLog(ctx.log, "pruned", cb)])
     model = pruned.model
     ds = cfg["dataset"]
-
-    targets = pruner.targets(model)
-    n_weights = sum(getattr(m, p + "_mask", getattr(m, p)).numel() for m, p in targets.values())
-    masked = sum(int((getattr(m, p + "_mask") == 0).sum()) for m, p in targets.values()
-                 if hasattr(m, p + "_mask"))
-    zero = sum(int((effective_tensor(m, p) == 0).sum()) for m, p in targets.values())
-    final = schedule(pruned.epoch)
-    sparsity = {"weights": n_weights, "masked_weights": masked, "zero_weights": zero,
-                "expected_masked": amount_to_count(final, n_weights),
-                "fraction_masked": masked / n_weights, "schedule_final": final,
-                "params_nonzero": nonzero_params(model),
-                "params_dense": count_params(model, count_masked=True),
-                "params_counted": count_params(model)}
+    sparsity = _sparsity(pruner, model, schedule(pruned.epoch))
 
     rows = fnz_sweep(model, data.test, [float(f) for f in cfg["fnz"]],
                      batch_size=int(cfg["eval_batch_size"]))
@@ -479,13 +498,7 @@ def thesis_magnitude_pruning(cfg: dict, ctx: RunContext) -> dict:
     ok = [r for r in rows if r["test_acc_change_points_vs_pruned"] >= -0.5]
     best = min(ok, key=lambda r: (r["params_dense"], r["f_nz"])) if ok else None
     first = cb.rounds[0]["train_step"] if cb.rounds else None
-    ctx.log(f"test accuracy: pruned {100 * acc['test_acc_pruned']:.2f}%, unpruned "
-            f"{100 * acc['test_acc_unpruned']:.2f}% ({acc['test_acc_change_points']:+.2f} points)")
-    ctx.log(f"masked weights {masked:,} of {n_weights:,} ({100 * masked / n_weights:.2f}%)")
-    for r in rows:
-        ctx.log(f"  f_nz={r['f_nz']:<5g} dense params {r['params_dense']:>6,} (non-zero "
-                f"{r['params_nonzero']:,})  test acc {100 * r['test_acc']:.2f}%  "
-                f"max logit change {r['max_logit_change']:.2g}")
+    _log_magnitude(ctx, acc, sparsity, rows)
     return {
         "data": _data_info(cfg, data), "final": final_metrics(pruned.history),
         "unpruned": final_metrics(dense.history), **acc,
@@ -635,7 +648,7 @@ _UNIT_DEFAULTS = {**_DATA, **_TRAIN, **_PRUNE, "schedule": _points(schedules.THE
 @register("thesis-unit-pruning",
           "Sec. 4.2: MRS unit pruning with mean replacement on Table 4.2 (20,522 -> 4,019 "
           "parameters) vs the unpruned run (Fig. 4.6)",
-          defaults=_UNIT_DEFAULTS, quick=_QUICK, source="004 Sec. 4.2, Table 4.2, Fig. 4.6")
+          defaults=_UNIT_DEFAULTS, quick=_QUICK, source="Evci 2018, Sec. 4.2, Table 4.2, Fig. 4.6")
 def thesis_unit_pruning(cfg: dict, ctx: RunContext) -> dict:
     """MRS unit pruning during training with mean replacement (Evci 2018, Sec. 4.2).
 
@@ -697,10 +710,47 @@ def thesis_unit_pruning(cfg: dict, ctx: RunContext) -> dict:
     }
 
 
+def _penalty_table(mean_rows: Sequence[Mapping], zero_rows: Sequence[Mapping]) -> list[dict]:
+    """One row per round of the two runs side by side: each run's loss before the round and
+    the penalty of every replacement at its state."""
+    table = []
+    for m, z in zip(mean_rows, zero_rows):
+        row = {"epoch": m["epoch"], "target": m["target"]}
+        for label, r in (("mean_run", m), ("zero_run", z)):
+            row[f"{label}_loss_before"] = r["loss_before"]
+            for alt in ALTERNATIVES:
+                row[f"{label}_penalty_if_{alt}"] = r[f"penalty_if_{alt}"]
+        row["mean_run_penalty"], row["zero_run_penalty"] = m["penalty"], z["penalty"]
+        table.append(row)
+    return table
+
+
+def _zero_verdict(table: Sequence[Mapping], states: Sequence[Mapping]) -> dict[str, Any]:
+    """The thesis's claim against the penalties: across the runs (``table``) and at the same
+    state (``states``, from :func:`_distinct_states`)."""
+    mz = _versus(states, "mean", "zero")
+    return {
+        "rounds": len(table),
+        "across_runs": _versus([{"penalty_if_mean": r["mean_run_penalty"],
+                                 "penalty_if_zero": r["zero_run_penalty"]} for r in table],
+                               "mean", "zero"),
+        "distinct_states": len(states),
+        "states": [{"run": r["run"], "epoch": r["epoch"]} for r in states],
+        "mean_vs_zero": mz,
+        "activation_mean_vs_zero": _versus(states, "activation_mean", "zero"),
+        "activation_mean_vs_mean": _versus(states, "activation_mean", "mean"),
+        "lowest_penalty": _best(states),
+        "sum_penalty": {a: sum(r[f"penalty_if_{a}"] for r in states) for a in ALTERNATIVES},
+        "claim_supported": mz["zero_lower"] == 0 and mz["mean_lower"] > 0,
+        "claim": "mean replacement never has a higher penalty than zero replacement at the "
+                 "same state, and sometimes a lower one",
+    }
+
+
 @register("thesis-unit-pruning-zero",
           "Sec. 4.2 with zero replacement beside mean replacement: the loss jump of every "
           "round, across the runs and at the same state",
-          defaults=_UNIT_DEFAULTS, quick=_QUICK, source="004 Sec. 3.1, 4.2, Table 4.2")
+          defaults=_UNIT_DEFAULTS, quick=_QUICK, source="Evci 2018, Sec. 3.1, 4.2, Table 4.2")
 def thesis_unit_pruning_zero(cfg: dict, ctx: RunContext) -> dict:
     """Does mean replacement disturb the network less than removal? (Evci 2018, Sec. 3.1, 4.2)
 
@@ -738,15 +788,7 @@ def thesis_unit_pruning_zero(cfg: dict, ctx: RunContext) -> dict:
     mean_rows = _round_rows(mean_cb, mean_shadow, "mean")
     zero_rows = _round_rows(zero_cb, zero_shadow, "zero")
     ctx.write_csv("rounds.csv", mean_rows + zero_rows)
-    table = []
-    for m, z in zip(mean_rows, zero_rows):
-        row = {"epoch": m["epoch"], "target": m["target"]}
-        for label, r in (("mean_run", m), ("zero_run", z)):
-            row[f"{label}_loss_before"] = r["loss_before"]
-            for alt in ALTERNATIVES:
-                row[f"{label}_penalty_if_{alt}"] = r[f"penalty_if_{alt}"]
-        row["mean_run_penalty"], row["zero_run_penalty"] = m["penalty"], z["penalty"]
-        table.append(row)
+    table = _penalty_table(mean_rows, zero_rows)
     ctx.write_csv("penalties.csv", table)
     _plot_penalties({"mean": mean_rows, "zero": zero_rows}, ctx, "penalties.png",
                     f"loss jump of each round, mean vs zero replacement ({ds})")
@@ -755,24 +797,7 @@ def thesis_unit_pruning_zero(cfg: dict, ctx: RunContext) -> dict:
                      title=f"MRS unit pruning on Table 4.2, {sub} replacement, {ds}",
                      smooth=int(cfg["smooth"]))
     acc_mean, acc_zero = _accuracies(mean, dense), _accuracies(zero, dense)
-    states = _distinct_states(mean_rows + zero_rows)
-    mz = _versus(states, "mean", "zero")
-    verdict = {
-        "rounds": len(table),
-        "across_runs": _versus([{"penalty_if_mean": r["mean_run_penalty"],
-                                 "penalty_if_zero": r["zero_run_penalty"]} for r in table],
-                               "mean", "zero"),
-        "distinct_states": len(states),
-        "states": [{"run": r["run"], "epoch": r["epoch"]} for r in states],
-        "mean_vs_zero": mz,
-        "activation_mean_vs_zero": _versus(states, "activation_mean", "zero"),
-        "activation_mean_vs_mean": _versus(states, "activation_mean", "mean"),
-        "lowest_penalty": _best(states),
-        "sum_penalty": {a: sum(r[f"penalty_if_{a}"] for r in states) for a in ALTERNATIVES},
-        "claim_supported": mz["zero_lower"] == 0 and mz["mean_lower"] > 0,
-        "claim": "mean replacement never has a higher penalty than zero replacement at the "
-                 "same state, and sometimes a lower one",
-    }
+    verdict = _zero_verdict(table, _distinct_states(mean_rows + zero_rows))
     for r in table:
         ctx.log(f"  round after epoch {r['epoch']} (f={r['target']}): "
                 + "; ".join(f"{run} run: " + ", ".join(

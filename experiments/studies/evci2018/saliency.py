@@ -1,4 +1,7 @@
-"""Reproductions of the saliency comparisons of Evci 2018 (``shared/seeds/004_...``).
+"""Reproductions of the saliency comparisons of Evci 2018.
+
+U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis,
+NYU, 2018 (https://arxiv.org/abs/1806.06068); below: Evci 2018 or the thesis.
 
 * ``thesis-param-saliency`` -- Sec. 2.1, Fig. 2.1-2.3 and 2.5: while the
   thesis CNN trains, the weights of ``conv1`` (200 entries) are scored by the
@@ -29,7 +32,6 @@ run on the locally installed Fashion-MNIST).
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -533,7 +535,7 @@ _PARAM_DEFAULTS = {**_DATA, **_TRAIN, "epochs": 5, "layer": "conv1.weight",
 @register("thesis-param-saliency",
           "Sec. 2.1: conv1 weight saliencies (loss change, Taylor, Hessian, abs, magnitude, "
           "random) and their pruning penalty while training",
-          defaults=_PARAM_DEFAULTS, quick=_QUICK, source="004 Sec. 2.1, Fig. 2.1-2.5")
+          defaults=_PARAM_DEFAULTS, quick=_QUICK, source="Evci 2018, Sec. 2.1, Fig. 2.1-2.5")
 def thesis_param_saliency(cfg: dict, ctx: RunContext) -> dict:
     """Parameter saliencies of the thesis CNN's ``conv1`` during training (Sec. 2.1).
 
@@ -597,7 +599,7 @@ _UNIT_DEFAULTS = {**_DATA, **_TRAIN, "epochs": 10, "conv1_fractions": [0.5],
 @register("thesis-unit-saliency",
           "Sec. 4.1: unit saliencies (MRP, MRS, L1/L2 norms, Taylor, dormancy, random) and their "
           "mean-replacement pruning penalty while training",
-          defaults=_UNIT_DEFAULTS, quick=_QUICK, source="004 Sec. 4.1, Fig. 4.1-4.3")
+          defaults=_UNIT_DEFAULTS, quick=_QUICK, source="Evci 2018, Sec. 4.1, Fig. 4.1-4.3")
 def thesis_unit_saliency(cfg: dict, ctx: RunContext) -> dict:
     """Unit saliencies of the thesis CNN during training, pruned with mean replacement (Sec. 4.1).
 
@@ -683,6 +685,45 @@ def _median_time(fn: Callable[[], Any], repeats: int, budget_s: float) -> tuple[
     return statistics.median(times[1:]), len(times) - 1, False
 
 
+def _scorers_to_time() -> tuple[dict[str, type], list[str]]:
+    """Every registered scorer, plus the parameter scorers of Table 2.1 under their registry
+    names until they are registered: ``(name -> class, the names added)``."""
+    from saliency import SCORERS  # at run time: the registry may grow after import
+
+    registry = dict(SCORERS)
+    fallback = {"magnitude": Magnitude, "taylor1": Taylor1, "taylor2": Taylor2,
+                "hessian": Hessian, "loss_change": LossChange, "random": RandomParameter,
+                "random_unit": RandomUnit}
+    missing = [n for n in fallback if n not in registry]
+    for name in missing:
+        registry[name] = fallback[name]
+    return registry, missing
+
+
+def _time_scorer(name: str, cls: type, registered: bool, model: torch.nn.Module, batch,
+                 fb: float, repeats: int, budget: float) -> dict[str, Any]:
+    """One row of ``runtimes.csv``: how long scorer ``cls`` (default arguments) takes to
+    score ``model`` on ``batch``, in seconds and in forward+backward passes (``fb``
+    seconds); a scorer that raises gets NaN and the error."""
+    row: dict[str, Any] = {"scorer": name, "class": cls.__name__,
+                           "granularity": getattr(cls, "granularity", ""),
+                           "registered": registered}
+    x = batch[0][0]
+    try:
+        scorer = cls()
+        # a copy with the layers it reads (switch gates from N(0,1), tri-state gates 1)
+        scored = prepare_for(cls, model, x[:1])
+        out = scorer.score(scored, batch)
+        row["items"] = int(sum(v.numel() for v in out.values()))
+        seconds, n, warm = _median_time(lambda: scorer.score(scored, batch), repeats, budget)
+        row.update({"seconds": seconds, "x_fwd_bwd": seconds / fb, "calls_timed": n,
+                    "warmup_only": warm, "error": ""})
+    except Exception as exc:  # noqa: BLE001 - one scorer failing must not hide the others
+        row.update({"seconds": math.nan, "x_fwd_bwd": math.nan, "calls_timed": 0,
+                    "warmup_only": False, "error": f"{type(exc).__name__}: {exc}"})
+    return row
+
+
 @register("scorer-runtimes",
           "Table 2.1: wall time of every registered scorer on the thesis CNN, 1000 validation "
           "samples, also in forward+backward passes",
@@ -690,7 +731,7 @@ def _median_time(fn: Callable[[], Any], repeats: int, budget_s: float) -> tuple[
                     "repeats": 10, "budget_s": 60.0},
           quick={"limit": 512, "train_steps": 5, "probe_size": 64, "repeats": 2,
                  "budget_s": 2.0, "eval_batch_size": 256},
-          source="004 Table 2.1")
+          source="Evci 2018, Table 2.1")
 def scorer_runtimes(cfg: dict, ctx: RunContext) -> dict:
     """Runtime of every scorer in :data:`saliency.SCORERS` (thesis Table 2.1).
 
@@ -717,16 +758,7 @@ def scorer_runtimes(cfg: dict, ctx: RunContext) -> dict:
     0.483 s, magnitude 0.00006 s; the second-order scorers take 6-7 times a
     single back-propagation pass.
     """
-    from saliency import SCORERS  # at run time: the registry may grow after import
-
-    registry = dict(SCORERS)
-    # the parameter scorers of Table 2.1, under their registry names, until registered
-    fallback = {"magnitude": Magnitude, "taylor1": Taylor1, "taylor2": Taylor2,
-                "hessian": Hessian, "loss_change": LossChange, "random": RandomParameter,
-                "random_unit": RandomUnit}
-    missing = [n for n in fallback if n not in registry]
-    for name in missing:
-        registry[name] = fallback[name]
+    registry, missing = _scorers_to_time()
     data = load_data(cfg)
     torch.manual_seed(int(cfg["seed"]))
     model = build_model("thesis_cnn")
@@ -751,21 +783,7 @@ def scorer_runtimes(cfg: dict, ctx: RunContext) -> dict:
     model.train()
     rows = []
     for name, cls in registry.items():
-        row: dict[str, Any] = {"scorer": name, "class": cls.__name__,
-                               "granularity": getattr(cls, "granularity", ""),
-                               "registered": name not in missing}
-        try:
-            scorer = cls()
-            # a copy with the layers it reads (switch gates from N(0,1), tri-state gates 1)
-            scored = prepare_for(cls, model, x[:1])
-            out = scorer.score(scored, batch)
-            row["items"] = int(sum(v.numel() for v in out.values()))
-            seconds, n, warm = _median_time(lambda: scorer.score(scored, batch), repeats, budget)
-            row.update({"seconds": seconds, "x_fwd_bwd": seconds / fb, "calls_timed": n,
-                        "warmup_only": warm, "error": ""})
-        except Exception as exc:  # noqa: BLE001 - one scorer failing must not hide the others
-            row.update({"seconds": math.nan, "x_fwd_bwd": math.nan, "calls_timed": 0,
-                        "warmup_only": False, "error": f"{type(exc).__name__}: {exc}"})
+        row = _time_scorer(name, cls, name not in missing, model, batch, fb, repeats, budget)
         ctx.log(f"{name:>14}: " + (f"{row['seconds']:.5f}s = {row['x_fwd_bwd']:.2f} fwd+bwd"
                                    if not row["error"] else row["error"]))
         rows.append(row)

@@ -1,4 +1,4 @@
-"""Several ``group-sparsity`` runs side by side: their fronts against the issue's target.
+"""Several ``group-sparsity`` runs side by side: their fronts against the reproduction's target.
 
 Each run of :mod:`experiments.studies.group_sparsity.repro` selects one point per
 ``(network, alpha)`` on validation accuracy. Whether the method reaches the

@@ -1,8 +1,10 @@
-"""Group sparsity reproduction: learning the number of neurons (``shared/seeds/002_...``).
+"""Group sparsity reproduction: learning the number of neurons (Alvarez & Salzmann 2016).
 
-Alvarez & Salzmann, *Learning the Number of Neurons in Deep Networks* (NeurIPS
-2016), put the parameters of each neuron in a group, ``theta_l^n = [w_l^n,
-b_l^n]``, and train with the sparse group lasso
+J. M. Alvarez and M. Salzmann, *Learning the Number of Neurons in Deep
+Networks*, NeurIPS 2016
+(https://papers.nips.cc/paper/6372-learning-the-number-of-neurons-in-deep-networks;
+below: Alvarez & Salzmann 2016), put the parameters of each neuron in a
+group, ``theta_l^n = [w_l^n, b_l^n]``, and train with the sparse group lasso
 
     gamma(Theta) = sum_l [ (1 - alpha) beta_l sqrt(P_l) sum_n ||theta_l^n||_2
                            + alpha beta_l ||theta_l||_1 ]
@@ -24,7 +26,9 @@ layers, and a larger weight for the remaining layers", e.g. ``beta_l =
 up to 80% fewer parameters without accuracy loss.
 
 ``group-sparsity`` runs, on Fashion-MNIST, for each network of ``networks``
-(the thesis CNN in its own setting, SGD 0.01, batch 32, 10 epochs; LeNet-5
+(the CNN of U. Evci, *Detecting Dead Weights and Units in Neural Networks*,
+MS thesis, NYU, 2018, https://arxiv.org/abs/1806.06068 -- below: Evci 2018
+or the thesis -- in its own setting, SGD 0.01, batch 32, 10 epochs; LeNet-5
 with plain SGD 0.1, batch 128, 6 epochs, the rate multiplied by 0.1 after
 epoch 4 (:class:`StepDecay`)):
 
@@ -61,7 +65,7 @@ and the shrunk network is evaluated again on validation and test. For each
 within ``select_within`` (0.5 points) of the baseline's is selected
 (:func:`experiments.harness.subruns.select_matched`); test accuracy is only
 reported. Outputs: ``summary.csv`` (every grid point and the baseline),
-``results.json`` (all numbers, the selections, the issue's LeNet-5 target),
+``results.json`` (all numbers, the selections, the LeNet-5 target :data:`TARGET`),
 ``accuracy_vs_params.png``; each sub-run has ``settings.json``,
 ``checkpoint.pt`` (every epoch: a killed run resumes), ``history.csv``,
 ``shrunk.pt`` and ``point.json``.
@@ -89,8 +93,7 @@ from pruners import (ProximalGroupSparsity, count_macs, count_params, group_layo
 __all__ = ["PAPER", "TARGET", "target_met", "StepDecay", "layer_strengths", "shrunk_arch",
            "train_point", "max_logit_change"]
 
-#: what the source (Alvarez & Salzmann 2016, ``shared/seeds/002_...``) reports, for
-#: results.json and the docs
+#: what the source (Alvarez & Salzmann 2016) reports, for results.json and the docs
 PAPER = {"claim": "up to 80% fewer parameters without accuracy loss (ICDAR Dec3, group "
                   "sparsity: 82.35% fewer parameters); BNet^C on ImageNet: 12% fewer "
                   "neurons, 14% fewer parameters, +1.6% accuracy",
@@ -98,7 +101,7 @@ PAPER = {"claim": "up to 80% fewer parameters without accuracy loss (ICDAR Dec3,
                       "(ImageNet); 5.1 for the first layer, 10.2 for the rest (ICDAR)",
          "alphas": [0.0, 0.5]}
 
-#: the issue's target for LeNet-5 (issue 7, item 3): removed fraction of the parameters
+#: the reproduction's target for LeNet-5: removed fraction of the parameters
 #: ``1 - params / params_baseline >= 0.5`` at a test accuracy loss of at most 0.5 points
 TARGET = {"network": "lenet5", "min_reduction": 0.5, "max_loss_points": 0.5}
 
@@ -151,10 +154,9 @@ _TRAIN_KEYS = ("dataset", "data_dir", "val_size", "limit", "data_seed", "seed", 
 class StepDecay(Callback):
     """Multiply the learning rate by ``factor`` after the epochs of ``steps`` (``{epoch: factor}``).
 
-    The schedule of Alvarez & Salzmann 2016 (``shared/seeds/002_...``): "the
-    learning rate was initialized by 0.01 and then multiplied by 0.1". The
-    rate after epoch ``e`` is ``lr_0 * prod_{e' <= e} factor_{e'}``; the
-    proximal step reads it from the optimizer, so its threshold ``t (1 -
+    The schedule of Alvarez & Salzmann 2016: "the learning rate was
+    initialized by 0.01 and then multiplied by 0.1". The rate after epoch
+    ``e`` is ``lr_0 * prod_{e' <= e} factor_{e'}``; the proximal step reads it from the optimizer, so its threshold ``t (1 -
     alpha) beta_l sqrt(P_l)`` falls with it and the surviving groups re-fit
     with little shrinkage while the zeroed ReLU units stay zero. The rate is
     part of the trainer's checkpoint, so a resumed run continues on it.
@@ -202,8 +204,8 @@ def shrunk_arch(model_name: str, kwargs: Mapping[str, Any], widths: Mapping[str,
                 ) -> dict[str, Any]:
     """The :data:`experiments.harness.models.MODELS` entry of a shrunk thesis CNN / LeNet-5.
 
-    After the removal of Alvarez & Salzmann 2016 (``shared/seeds/002_...``),
-    "a smaller network at test time": layer ``l`` keeps ``N_l - #{n :
+    After the removal of Alvarez & Salzmann 2016, "a smaller network at test
+    time": layer ``l`` keeps ``N_l - #{n :
     theta_l^n = 0}`` units (at least one).
 
     Both factories take ``widths=(conv1, conv2)`` and ``hidden=fc1``; the
@@ -268,12 +270,34 @@ def _validate(cfg: Mapping[str, Any]) -> None:
         _release(spec, net)
 
 
+def _point_settings(cfg: Mapping[str, Any], spec: Mapping[str, Any], alpha: float | None,
+                    beta: float | None, release: int | None) -> dict[str, Any]:
+    """What a sub-run trains with (recorded in its ``settings.json``)."""
+    run = {**{k: cfg[k] for k in _TRAIN_KEYS},
+           **{k: spec[k] for k in ("model", "kwargs", "optimizer", "lr", "batch_size",
+                                   "epochs")}, "lr_steps": dict(spec.get("lr_steps") or {}),
+           "alpha": alpha, "beta": beta, "first_ratio": cfg["first_ratio"],
+           "first_layers": cfg["first_layers"]}
+    if release is not None:  # only then, so the settings of earlier runs stay what they were
+        run["release_after"] = release
+    return run
+
+
+def _released(history: list[dict], release: int, removals, layers) -> dict[str, Any]:
+    """The release's epoch (the penalty's last): the units removed then, per layer, and that
+    epoch's parameters, penalty and accuracies."""
+    last = history[release - 1]
+    return {"removed": {n: sum(k for _, m, k in removals if m == n) for n in layers},
+            "params": last["params"], "group_penalty": last["group_penalty"],
+            "val_acc": last["val_acc"], "test_acc": last["test_acc"]}
+
+
 def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | None = None,
                 beta: float | None = None) -> dict[str, Any]:
     """Train one sub-run (``beta=None``: the baseline), remove its zero groups, evaluate.
 
-    Alvarez & Salzmann 2016 (``shared/seeds/002_...``): minimize ``(1/N) sum_i
-    l(y_i, f(x_i, Theta)) + gamma(Theta)`` by proximal SGD (every step
+    Alvarez & Salzmann 2016: minimize ``(1/N) sum_i l(y_i, f(x_i, Theta)) +
+    gamma(Theta)`` by proximal SGD (every step
     followed by the closed-form proximal operator of ``t gamma``, with
     ``beta_l`` from :func:`layer_strengths`), then remove the neurons whose
     ``theta_l^n`` is exactly zero. The baseline trains ``gamma = 0`` from
@@ -286,13 +310,7 @@ def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | N
     spec = cfg["networks"][net]
     release = _release(spec, net) if beta is not None else None
     sub = f"{net}/{_sub(alpha, beta, release)}"
-    run = {**{k: cfg[k] for k in _TRAIN_KEYS},
-           **{k: spec[k] for k in ("model", "kwargs", "optimizer", "lr", "batch_size",
-                                   "epochs")}, "lr_steps": dict(spec.get("lr_steps") or {}),
-           "alpha": alpha, "beta": beta, "first_ratio": cfg["first_ratio"],
-           "first_layers": cfg["first_layers"]}
-    if release is not None:  # only then, so the settings of earlier runs stay what they were
-        run["release_after"] = release
+    run = _point_settings(cfg, spec, alpha, beta, release)
     ctx = RunContext(out_dir, progress=False)
     check_folder(ctx, sub, run, _FREE)
     data = load_data_cached(cfg)
@@ -331,6 +349,8 @@ def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | N
     widths = {n: int(getattr(shrunk, n).weight.shape[0]) for n in layers}
     arch = shrunk_arch(spec["model"], spec["kwargs"], widths)
     save_checkpoint(ctx.path(f"{sub}/shrunk.pt"), shrunk, arch, epoch=trainer.epoch)
+    released = (None if release is None or len(history) < release
+                else _released(history, release, gs_cb.removals, layers))
     bs = int(cfg["eval_batch_size"])
     val, test = evaluate(shrunk, data.val, batch_size=bs), evaluate(shrunk, data.test,
                                                                      batch_size=bs)
@@ -344,15 +364,7 @@ def train_point(cfg: Mapping[str, Any], out_dir: str, net: str, alpha: float | N
              "trained_val_acc": last["val_acc"], "trained_test_acc": last["test_acc"],
              "max_logit_change": max_logit_change(trained, shrunk, data.val, bs),
              "group_penalty": history[-1].get("group_penalty"),
-             "release_after": release,
-             # the release's epoch (the penalty's last), if training got there
-             "released": (None if release is None or len(history) < release else
-                          {"removed": {n: sum(k for _, m, k in gs_cb.removals if m == n)
-                                       for n in layers},
-                           "params": history[release - 1]["params"],
-                           "group_penalty": history[release - 1]["group_penalty"],
-                           "val_acc": history[release - 1]["val_acc"],
-                           "test_acc": history[release - 1]["test_acc"]}),
+             "release_after": release, "released": released,
              "epochs": len(history), "train_time_s": sum(r["epoch_time_s"] for r in history)}
     atomic.write_json(ctx.path(f"{sub}/point.json"), point)
     return point
@@ -418,8 +430,8 @@ def _fmt_widths(w: Mapping[str, int]) -> str:
           "Alvarez & Salzmann 2016: group lasso / sparse group lasso (alpha 0, 0.5) per neuron "
           "by proximal SGD on the thesis CNN and LeNet-5 (Fashion-MNIST), zero neurons "
           "removed, vs the unregularized run from the same seed",
-          defaults=_DEFAULTS, quick=_QUICK, source="002 (Alvarez & Salzmann 2016)",
-          validate=_validate)
+          defaults=_DEFAULTS, quick=_QUICK,
+          source="Alvarez & Salzmann 2016 (group lasso per neuron)", validate=_validate)
 def group_sparsity(cfg: dict, ctx: RunContext) -> dict:
     """Train every (network, alpha, beta) and the baselines; remove zero groups; select."""
     _validate(cfg)

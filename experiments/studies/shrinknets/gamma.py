@@ -2,8 +2,12 @@
 
 ``python -m experiments run shrinknets-gamma [--quick]``
 
-The earlier ShrinkNets draft (``shared/seeds/000_...``, Sec. 5.2 "Neuron
-Removal strategies") removes neurons during training with an aggressiveness
+The ShrinkNets draft, *Learning Network Size while Training with ShrinkNets*
+(2018; the earlier draft of *ShrinkNets: Learning Network Size while
+Training*, public as G. Leclerc, M. Vartak, R. Castro Fernandez, T. Kraska,
+S. Madden, *Smallify: Learning Network Size while Training*,
+https://arxiv.org/abs/1806.03723), Sec. 5.2 "Neuron Removal strategies",
+removes neurons during training with an aggressiveness
 parameter ``gamma`` and measures, for each ``gamma``, the loss after
 convergence and the cost of training, "the number of input neurons at each
 epoch", summed; a model trained without removal is the reference ("theoretical
@@ -86,8 +90,8 @@ Resumable: each ``(row, gamma, seed)`` run is written to
 with. A rerun reuses every file whose settings match and trains only the
 missing runs. A killed run loses at most the run in progress, a few seconds.
 
-Reproduces ``shared/seeds/000_...`` Sec. 5.2 / Fig. 2 (issue 6, item f) on
-the harness's synthetic data, which stand in for scm1d / oes97.
+Reproduces the ShrinkNets draft, Sec. 5.2 / Fig. 2, on the harness's
+synthetic data, which stand in for scm1d / oes97.
 """
 
 from __future__ import annotations
@@ -600,7 +604,7 @@ def _validate(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
 @register("shrinknets-gamma",
           "ShrinkNets draft Sec. 5.2, Fig. 2: final loss and training cost against the removal "
           "aggressiveness gamma (switched inputs of synthetic linear / logistic regressions)",
-          defaults=_DEFAULTS, quick=_QUICK, source="000 Sec. 5.2, Fig. 2")
+          defaults=_DEFAULTS, quick=_QUICK, source="the ShrinkNets draft, Sec. 5.2, Fig. 2")
 def shrinknets_gamma(cfg: dict, ctx: RunContext) -> dict:
     """Final loss and training cost against gamma, with the no-removal baseline (module doc)."""
     rows = _validate(cfg)

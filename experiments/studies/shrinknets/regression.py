@@ -2,8 +2,12 @@
 
 ``python -m experiments run shrinknets-regression [--quick]``
 
-The earlier ShrinkNets draft (``shared/seeds/000_...``, Sec. 4.2 eq. 5-10,
-Sec. 5.1 and Fig. 1) compares two ways of selecting the *inputs* of a
+The ShrinkNets draft, *Learning Network Size while Training with ShrinkNets*
+(2018; the earlier draft of *ShrinkNets: Learning Network Size while
+Training*, public as G. Leclerc, M. Vartak, R. Castro Fernandez, T. Kraska,
+S. Madden, *Smallify: Learning Network Size while Training*,
+https://arxiv.org/abs/1806.03723), Sec. 4.2 eq. 5-10, Sec. 5.1 and Fig. 1,
+compares two ways of selecting the *inputs* of a
 one-layer model ``y = A x + b``:
 
 * **group sparsity** (eq. 5-6, 8): ``min_A L(A) + lambda sum_j sqrt(#theta_j)
@@ -85,7 +89,7 @@ Resumable: each finished grid point is written to ``points/<key>.json``
 (after its weights), with the settings it ran with; a rerun reuses every
 point whose settings match and trains only the others.
 
-Reproduces ``shared/seeds/000_...`` Sec. 5.1 / Fig. 1 (issue 6, item e).
+Reproduces the ShrinkNets draft, Sec. 5.1 / Fig. 1.
 """
 
 from __future__ import annotations
@@ -614,7 +618,8 @@ def _save_weights(ctx: RunContext, key: str, weights: Mapping[str, torch.Tensor]
           "ShrinkNets draft Sec. 5.1, Fig. 1: loss / sparsity fronts of ShrinkNets (input "
           "switches) against group sparsity (prox-SGD on input columns), linear regression on "
           "synthetic data and logistic regression on Fashion-MNIST pixels",
-          defaults=_DEFAULTS, quick=_QUICK, source="000 Sec. 4.2 eq. 5-10, Sec. 5.1, Fig. 1")
+          defaults=_DEFAULTS, quick=_QUICK,
+          source="the ShrinkNets draft, Sec. 4.2 eq. 5-10, Sec. 5.1, Fig. 1")
 def shrinknets_regression(cfg: dict, ctx: RunContext) -> dict:
     """The loss / sparsity fronts of both methods on both problems (module doc)."""
     methods = _validate(cfg)

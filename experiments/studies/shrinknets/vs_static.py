@@ -1,6 +1,9 @@
-"""ShrinkNets against statically sized networks: the evaluation of ``shared/seeds/001_...``, Sec. 5.
+"""ShrinkNets against statically sized networks: the evaluation of the ShrinkNets paper, Sec. 5.
 
-*ShrinkNets: Learning Network Size while Training* gives every unit of an
+*ShrinkNets: Learning Network Size while Training* (2018 draft; public as G.
+Leclerc, M. Vartak, R. Castro Fernandez, T. Kraska, S. Madden, *Smallify:
+Learning Network Size while Training*, https://arxiv.org/abs/1806.03723;
+below: the ShrinkNets paper) gives every unit of an
 over-sized network a switch, adds ``lambda ||beta||_1 + lambda_2
 ||theta||_p^p`` to the loss (eq. 2, 9), removes units whose switch dies while
 training goes on (Sec. 4.1-4.2) and folds the switches away before inference
@@ -36,8 +39,9 @@ Trial experiments (one training run each; the unit a sweep samples):
   multiplier ``width_mult`` in [0.1, 2] (log-uniform; the paper does not say
   how it draws it), times the same ``base_width``.
 
-Switches. The default (``switch="relu"``) is the draft's ``g = max(0,
-theta)`` gate (``shared/seeds/000_...``) collected with
+Switches. The default (``switch="relu"``) is the ``g = max(0, theta)`` gate
+of the paper's earlier draft (*Learning Network Size while Training with
+ShrinkNets*, 2018; below: the ShrinkNets draft) collected with
 ``Threshold(0.0)``: a unit is removed exactly when its gate is 0, which
 holds for good under gradient descent, so every removal leaves the network's
 function unchanged, the collector's period (``gc_every``) does not change
@@ -83,9 +87,9 @@ rerun) and then write:
 * ``widths.png``, ``widths.csv`` -- units per layer over training of the most
   accurate ShrinkNets trial and of the smallest one within 1 point of the
   best static accuracy (Fig. 3);
-* ``results.json`` -- all of the above, the two fronts, the issue's targets
-  (front within 0.3 points of the best static accuracy; >= 5x smaller at 1
-  point below it) and how many trials ran now (``ran_now``).
+* ``results.json`` -- all of the above, the two fronts, the reproduction's
+  targets (front within 0.3 points of the best static accuracy; >= 5x
+  smaller at 1 point below it) and how many trials ran now (``ran_now``).
 
 Budgets: a trial of the MLP runs ``epochs`` = 20 epochs over 55,000 images
 (the paper's 400-epoch cap is out of reach on 2 cores; the learning-rate
@@ -394,7 +398,7 @@ _VGG_QUICK = {**_QUICK, "base_width": 0.0625, "limit": 256}
           "COVERTYPE with dataset=covertype), second-half best epoch, folded size",
           defaults={**_MLP_DEFAULTS, **_SWITCH, "start_widths": None},
           quick={**_QUICK_SN, "start_widths": [256, 256]}, space=_SPACE_SN,
-          source="001 Sec. 4, 5.1, 5.1.2")
+          source="the ShrinkNets paper, Sec. 4, 5.1, 5.1.2")
 def shrinknets_mlp(cfg, ctx):
     return run_trial(cfg, ctx, "mlp", "shrinknets")
 
@@ -405,7 +409,7 @@ def shrinknets_mlp(cfg, ctx):
           defaults={**_MLP_DEFAULTS, "width1": 256, "width2": 256, "width3": 256},
           quick=_QUICK,
           space={**_SPACE, **{f"width{i}": ("logint", 8, 1024) for i in (1, 2, 3)}},
-          source="001 Sec. 5.1, 5.1.2")
+          source="the ShrinkNets paper, Sec. 5.1, 5.1.2")
 def static_mlp(cfg, ctx):
     return run_trial(cfg, ctx, "mlp", "static")
 
@@ -415,7 +419,7 @@ def static_mlp(cfg, ctx):
           "CIFAR-10), second-half best epoch, folded size",
           defaults={**_VGG_DEFAULTS, **_SWITCH}, quick={**_VGG_QUICK, "gc_every": 2},
           space=_SPACE_SN,
-          source="001 Sec. 5.1, 5.1.1")
+          source="the ShrinkNets paper, Sec. 5.1, 5.1.1")
 def shrinknets_vgg(cfg, ctx):
     return run_trial(cfg, ctx, "vgg", "shrinknets")
 
@@ -424,7 +428,7 @@ def shrinknets_vgg(cfg, ctx):
           "Static VGG trial: channel doubling times a sampled width multiplier 0.1-2",
           defaults={**_VGG_DEFAULTS, "width_mult": 1.0}, quick=_VGG_QUICK,
           space={**_SPACE, "width_mult": ("loguniform", 0.1, 2.0)},
-          source="001 Sec. 5.1, 5.1.1")
+          source="the ShrinkNets paper, Sec. 5.1, 5.1.1")
 def static_vgg(cfg, ctx):
     return run_trial(cfg, ctx, "vgg", "static")
 
@@ -514,15 +518,13 @@ def _timing_input(cfg: Mapping[str, Any], batch: int) -> torch.Tensor:
     return x.repeat((reps,) + (1,) * (x.dim() - 1))[:batch]
 
 
-def compare(cfg: Mapping[str, Any], ctx: RunContext, family: str) -> dict[str, Any]:
-    """Run both sweeps, then fronts, size ratios, inference speed and widths (Sec. 5)."""
-    from experiments.harness.sweep import pareto_front, run_sweep
-    from experiments.harness.timing import time_models
+def _run_sweeps(cfg: Mapping[str, Any], ctx: RunContext, names: Mapping[str, str],
+                fixed: Mapping[str, Any]) -> tuple[dict[str, list], dict[str, list]]:
+    """Run (or resume) the sweep of each method into ``<method>/``: the finished trials
+    that report an accuracy, and the ids of those run now, per method."""
+    from experiments.harness.sweep import run_sweep
 
-    fixed = {"dataset": cfg["dataset"], "data_dir": cfg["data_dir"],
-             "val_size": cfg["val_size"], **dict(cfg["trial_overrides"] or {})}
-    names = {"shrinknets": f"shrinknets-{family}", "static": f"static-{family}"}
-    rows, ran, fronts = {}, {}, {}
+    rows, ran = {}, {}
     for method, name in names.items():
         out = ctx.path(method)
         before = _finished(out)
@@ -534,6 +536,15 @@ def compare(cfg: Mapping[str, Any], ctx: RunContext, family: str) -> dict[str, A
             progress=False) if isinstance(r.get("test_acc"), (int, float))]
         ran[method] = sorted(_finished(out) - before)
         ctx.log(f"{name}: {len(rows[method])} trials finished, {len(ran[method])} run now")
+    return rows, ran
+
+
+def _pareto_fronts(rows: Mapping[str, list], ctx: RunContext, title: str) -> dict[str, list]:
+    """Each method's Pareto front (fewest parameters, highest test accuracy); writes
+    ``fronts.csv`` (every trial, flagged when on its front) and ``pareto.png``."""
+    from experiments.harness.sweep import pareto_front
+
+    fronts = {}
     for method, rs in rows.items():
         if not rs:
             raise RuntimeError(f"no {method} trial finished; see {ctx.path(method)}/trials/*/"
@@ -545,18 +556,17 @@ def compare(cfg: Mapping[str, Any], ctx: RunContext, family: str) -> dict[str, A
     table = [{"method": m, **r, "on_front": r in fronts[m]} for m, rs in rows.items()
              for r in rs]
     ctx.write_csv("fronts.csv", table, cols)
-    title = f"{names['shrinknets']} vs {names['static']} ({cfg['dataset']})"
     _plot_fronts(rows, fronts, ctx, title)
+    return fronts
 
-    ratios = size_ratios(rows["static"], rows["shrinknets"])
-    ctx.write_csv("size_ratios.csv", ratios)
-    best_static = max(float(r["test_acc"]) for r in rows["static"])
-    best_sn = max(float(r["test_acc"]) for r in rows["shrinknets"])
-    for r in ratios:
-        ctx.log(f"at {100 * r['level']:.2f}% (best static - {r['drop_points']:g}): static "
-                f"{r['static_params']}, ShrinkNets {r['shrinknets_params']}, ratio {r['ratio']}")
 
-    # (c) inference speed of the smallest models per accuracy level
+def _speed(cfg: Mapping[str, Any], ctx: RunContext, rows: Mapping[str, list],
+           fixed: Mapping[str, Any], title: str) -> list[dict[str, Any]]:
+    """Inference speed of the smallest models per accuracy level (Sec. 5.2): at each level,
+    the smallest static network against the smallest ShrinkNets one, timed together on CPU
+    at each batch size; writes ``speed.csv`` and ``speed.png``."""
+    from experiments.harness.timing import time_models
+
     levels = speed_levels(rows["static"], rows["shrinknets"], float(cfg["speed_min_acc"]))
     batches = [int(b) for b in cfg["timing_batches"]]
     timed: dict[tuple[str, str, int], tuple[float, float]] = {}
@@ -592,10 +602,16 @@ def compare(cfg: Mapping[str, Any], ctx: RunContext, family: str) -> dict[str, A
         for r in speed:
             ctx.log(f"level {100 * r['level']:.2f}%: size x{r['size_ratio']:.2f}, speedup "
                     + ", ".join(f"batch {b} x{r[f'speedup_b{b}']:.2f}" for b in batches))
+    return speed
 
-    # (d) widths over training
-    picks = {"most accurate": max(rows["shrinknets"], key=lambda r: float(r["test_acc"]))}
-    small = smallest_at(rows["shrinknets"], best_static - 0.01)
+
+def _widths_over_training(ctx: RunContext, shrinknets: list, best_static: float,
+                          fixed: Mapping[str, Any], title: str) -> dict[str, dict[str, Any]]:
+    """Units per layer over training (Fig. 3) of the most accurate ShrinkNets trial and of
+    the smallest within 1 point of the best static accuracy; writes ``widths.csv`` and
+    ``widths.png``."""
+    picks = {"most accurate": max(shrinknets, key=lambda r: float(r["test_acc"]))}
+    small = smallest_at(shrinknets, best_static - 0.01)
     if small is not None and small["id"] != picks["most accurate"]["id"]:
         picks["smallest within 1 point of the best static"] = small
     picked, width_rows = {}, []
@@ -614,7 +630,13 @@ def compare(cfg: Mapping[str, Any], ctx: RunContext, family: str) -> dict[str, A
                                **{k: v for k, v in h.items() if k.startswith("width/")}})
     ctx.write_csv("widths.csv", width_rows)
     _plot_widths(picked, ctx, title)
+    return picked
 
+
+def _targets(ratios: list[dict[str, Any]], best_static: float, best_sn: float,
+             ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """The reproduction's targets: ShrinkNets' front within 0.3 points of the best static
+    accuracy, and a static network at least 5x larger at 1 point below it."""
     at1 = next(r for r in ratios if r["drop_points"] == 1.0)
     gap = 100 * (best_static - best_sn)
     targets = {
@@ -624,6 +646,29 @@ def compare(cfg: Mapping[str, Any], ctx: RunContext, family: str) -> dict[str, A
                                    "met": at1["ratio"] is not None and at1["ratio"] >= 5}}
     for k, t in targets.items():
         ctx.log(f"target {k}: {t['value']} ({t['target']}): {'met' if t['met'] else 'not met'}")
+    return targets
+
+
+def compare(cfg: Mapping[str, Any], ctx: RunContext, family: str) -> dict[str, Any]:
+    """Run both sweeps, then fronts, size ratios, inference speed and widths (Sec. 5)."""
+    fixed = {"dataset": cfg["dataset"], "data_dir": cfg["data_dir"],
+             "val_size": cfg["val_size"], **dict(cfg["trial_overrides"] or {})}
+    names = {"shrinknets": f"shrinknets-{family}", "static": f"static-{family}"}
+    rows, ran = _run_sweeps(cfg, ctx, names, fixed)
+    title = f"{names['shrinknets']} vs {names['static']} ({cfg['dataset']})"
+    fronts = _pareto_fronts(rows, ctx, title)
+
+    ratios = size_ratios(rows["static"], rows["shrinknets"])
+    ctx.write_csv("size_ratios.csv", ratios)
+    best_static = max(float(r["test_acc"]) for r in rows["static"])
+    best_sn = max(float(r["test_acc"]) for r in rows["shrinknets"])
+    for r in ratios:
+        ctx.log(f"at {100 * r['level']:.2f}% (best static - {r['drop_points']:g}): static "
+                f"{r['static_params']}, ShrinkNets {r['shrinknets_params']}, ratio {r['ratio']}")
+
+    speed = _speed(cfg, ctx, rows, fixed, title)
+    picked = _widths_over_training(ctx, rows["shrinknets"], best_static, fixed, title)
+    targets = _targets(ratios, best_static, best_sn, ctx)
     return {
         "trials": int(cfg["trials"]), "seed": int(cfg["seed"]), "ran_now": ran,
         "best_static_acc": best_static, "best_shrinknets_acc": best_sn,
@@ -646,7 +691,8 @@ _DRIVER_QUICK = {"trials": 3, "workers": 1, "timing_repeats": 2, "speed_min_acc"
 @register("shrinknets-vs-static-mlp",
           "ShrinkNets vs static MLPs: two sweeps with the same budget, Pareto fronts, size "
           "ratios, CPU inference speed, widths over training (Fig. 2-3)",
-          defaults=_DRIVER, quick=_DRIVER_QUICK, source="001 Sec. 5.1.2, 5.2, 5.3, Fig. 2-3")
+          defaults=_DRIVER, quick=_DRIVER_QUICK,
+          source="the ShrinkNets paper, Sec. 5.1.2, 5.2, 5.3, Fig. 2-3")
 def shrinknets_vs_static_mlp(cfg, ctx):
     return compare(cfg, ctx, "mlp")
 
@@ -654,6 +700,7 @@ def shrinknets_vs_static_mlp(cfg, ctx):
 @register("shrinknets-vs-static-vgg",
           "ShrinkNets vs static VGGs (channel doubling x multiplier): fronts, size ratios, "
           "speed, widths (Fig. 1, 3)",
-          defaults=_DRIVER, quick=_DRIVER_QUICK, source="001 Sec. 5.1.1, 5.2, 5.3, Fig. 1, 3")
+          defaults=_DRIVER, quick=_DRIVER_QUICK,
+          source="the ShrinkNets paper, Sec. 5.1.1, 5.2, 5.3, Fig. 1, 3")
 def shrinknets_vs_static_vgg(cfg, ctx):
     return compare(cfg, ctx, "vgg")

@@ -1,6 +1,8 @@
-"""Tri-state ReLU reproduction: learned widths and depths (``shared/seeds/003_...``).
+"""Tri-state ReLU reproduction: learned widths and depths (Srinivas & Babu 2016).
 
-Srinivas & Babu (2016) train a network whose hidden ReLUs are tri-state ReLUs
+S. Srinivas and R. V. Babu, *Learning Neural Network Architectures using
+Backpropagation*, BMVC 2016 (https://arxiv.org/abs/1511.05497; below:
+Srinivas & Babu 2016), train a network whose hidden ReLUs are tri-state ReLUs
 (:class:`saliency.tristate.TriStateReLU`) with the objective ``L + lam_b R_b +
 lam_m R_m`` (:func:`pruners.tristate.tristate_penalty`), the gates clipped to
 ``[0, 1]`` after each step; then they binarize the gates, remove the units
@@ -158,7 +160,7 @@ def _plot(ctx: RunContext, logs: Mapping[str, list[dict]]) -> None:
 @register("tristate-relu",
           "Srinivas & Babu 2016: tri-state ReLUs learn widths and depths of LeNet-300-100 and a "
           "4-hidden-layer MLP on Fashion-MNIST, vs the unregularized run from the same seed",
-          defaults=_DEFAULTS, quick=_QUICK, source="003 (tri-state ReLU)")
+          defaults=_DEFAULTS, quick=_QUICK, source="Srinivas & Babu 2016 (tri-state ReLU)")
 def tristate_relu(cfg: dict, ctx: RunContext) -> dict:
     """Train each network without and with tri-state ReLUs (each ``lam_m``); finalize; compare."""
     data = load_data(cfg)

@@ -1,4 +1,4 @@
-"""One network, four ways to learn its width: the shared comparison table (issue 7, item 3).
+"""One network, four ways to learn its width: the shared comparison table.
 
 ``width-methods`` starts every method from the same LeNet-300-100
 (784-300-100-10, :func:`experiments.harness.models.mlp`) on Fashion-MNIST: the same
@@ -6,15 +6,23 @@ seed (so the same initial weights), the same data order, and the same
 training (Adam, learning rate 1e-3, batch 128, 15 epochs). The methods, each
 over a grid of three strengths:
 
-* ``shrinknets`` -- ShrinkNets (``shared/seeds/000_...``, ``001_...``): a
-  ``max(0, theta)`` switch after each hidden layer
+* ``shrinknets`` -- ShrinkNets (*ShrinkNets: Learning Network Size while
+  Training*, 2018 draft, public as G. Leclerc, M. Vartak, R. Castro
+  Fernandez, T. Kraska, S. Madden, *Smallify: Learning Network Size while
+  Training*, https://arxiv.org/abs/1806.03723 -- below: the ShrinkNets paper
+  -- and its earlier draft, *Learning Network Size while Training with
+  ShrinkNets*, 2018 -- below: the ShrinkNets draft): a ``max(0, theta)``
+  switch after each hidden layer
   (:func:`pruners.insert_switches`, ``theta ~ U[0, 1]``), the loss ``L +
   lam ||g||_1 + lam2 ||theta||_2^2``, and a
   :class:`pruners.shrinknets.GarbageCollector` with ``Threshold(0)`` that
   removes a unit as soon as its gate is exactly 0 (every ``gc_every`` steps;
   :class:`experiments.harness.callbacks.ShrinkNetsCallback`). The switches are folded
   into the weights at the end (:func:`pruners.shrinknets.fold_switches`).
-* ``group-sparsity`` -- Alvarez & Salzmann 2016 (``shared/seeds/002_...``):
+* ``group-sparsity`` -- J. M. Alvarez and M. Salzmann, *Learning the Number of
+  Neurons in Deep Networks*, NeurIPS 2016
+  (https://papers.nips.cc/paper/6372-learning-the-number-of-neurons-in-deep-networks;
+  below: Alvarez & Salzmann 2016):
   the group lasso (``alpha = 0``) on every hidden neuron's ``[w_n, b_n]``,
   ``gamma = sum_l beta_l sqrt(P_l) sum_n ||theta_l^n||_2``, by the proximal
   step after every Adam step (:class:`experiments.harness.callbacks.GroupSparsityCallback`,
@@ -25,12 +33,16 @@ over a grid of three strengths:
   about ``lr`` per step, and a group that is zero stays zero while its Adam
   update has an RMS per coordinate of at most ``beta``, so ``beta`` is a
   fraction of Adam's step, not a gradient norm.
-* ``tristate`` -- tri-state ReLUs (Srinivas & Babu 2016, ``shared/seeds/003_...``)
+* ``tristate`` -- tri-state ReLUs (S. Srinivas and R. V. Babu, *Learning Neural
+  Network Architectures using Backpropagation*, BMVC 2016,
+  https://arxiv.org/abs/1511.05497; below: Srinivas & Babu 2016)
   trained as the ``tristate-relu`` reproduction trains them (straight-through
   gates, ``lam_b = 3e-3``, ``depth_weight = 0.01``), finalized by
   :func:`pruners.tristate.finalize_tristate` (off units removed, linear layers
   merged), over a grid of ``lam_m``.
-* ``mrs`` -- MRS unit pruning (Evci 2018, ``shared/seeds/004_...``, Sec. 4.2):
+* ``mrs`` -- MRS unit pruning (Sec. 4.2 of U. Evci, *Detecting Dead Weights and
+  Units in Neural Networks*, MS thesis, NYU, 2018,
+  https://arxiv.org/abs/1806.06068; below: Evci 2018):
   ``UnitPruner("mrs", schedule, replacement="mean", remove=True)`` through
   :class:`experiments.harness.callbacks.PrunerCallback`, on the thesis's Ch. 4 schedule
   shape (1/6, 1/3, 2/3 and all of the final fraction of every layer's units
@@ -78,8 +90,8 @@ from pruners.tristate import finalize_tristate, insert_tristate
 __all__ = ["METHODS", "as_mlp", "mrs_schedule", "train_method"]
 
 #: method -> (the grid's setting in the config, the name of the swept value): ShrinkNets
-#: (000/001), group sparsity (Alvarez & Salzmann 2016), tri-state ReLU (Srinivas & Babu
-#: 2016), MRS unit pruning (Evci 2018)
+#: (the ShrinkNets paper and draft), group sparsity (Alvarez & Salzmann 2016), tri-state
+#: ReLU (Srinivas & Babu 2016), MRS unit pruning (Evci 2018)
 METHODS = {"shrinknets": ("sn_lam", "lam"), "group-sparsity": ("gs_beta", "beta"),
            "tristate": ("ts_lam_m", "lam_m"), "mrs": ("mrs_final", "final")}
 
@@ -182,12 +194,96 @@ def _trainer(cfg, ctx, data, sub, model, callbacks, example) -> Trainer:
     return trainer
 
 
+def _train_tristate(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str,
+                    common: Mapping[str, Any], value: float, example: torch.Tensor) -> tuple:
+    """Tri-state ReLUs, trained as the tri-state reproduction trains its networks (the same
+    model, gates, penalty and optimizer; kept here rather than imported, so the two studies
+    stay independent), then finalized: ``(trainer, plain network, extra point entries)``."""
+    run = {**common, "lam_m": float(value), "lam_b": float(cfg["ts_lam_b"]),
+           "depth_weight": float(cfg["ts_depth_weight"]), "straight_through": True}
+    check_folder(ctx, sub, run, _FREE)
+    torch.manual_seed(int(cfg["seed"]))
+    model = insert_tristate(build_model("mlp", widths=list(cfg["widths"])),
+                            straight_through=True)
+    callback = TriStateCallback(lam_b=run["lam_b"], lam_m=run["lam_m"],
+                                depth_weight=run["depth_weight"])
+    trainer = _trainer(run, ctx, data, sub, model, [callback], example)
+    plain, report = finalize_tristate(trainer.model, example,
+                                      threshold=float(cfg["ts_threshold"]))
+    return trainer, plain, {"depth": dict(report.depth),
+                            "merged": [list(p) for p in report.merged]}
+
+
+def _settings(method: str, cfg: Mapping[str, Any], common: Mapping[str, Any],
+              value: float | None) -> dict[str, Any]:
+    """What a sub-run of ``method`` (not tri-state) trains with (its ``settings.json``)."""
+    run = dict(common)
+    if method == "shrinknets":
+        run.update(lam=float(value), lam2=float(cfg["sn_lam2"]),
+                   gc_every=int(cfg["sn_gc_every"]), switch="relu")
+    elif method == "group-sparsity":
+        run.update(alpha=0.0, beta=float(value), first_ratio=float(cfg["gs_first_ratio"]))
+    elif method == "mrs":
+        run.update(final=float(value), schedule_epochs=list(cfg["mrs_epochs"]),
+                   score_samples=int(cfg["mrs_score_samples"]),
+                   score_batch=int(cfg["mrs_score_batch"]))
+    return run
+
+
+def _with_method(method: str, cfg: Mapping[str, Any], model: nn.Module, value: float | None,
+                 example: torch.Tensor) -> tuple[nn.Module, list, dict[str, Any]]:
+    """The model to train for ``method`` (with switches for ShrinkNets), the callbacks that
+    apply the method, and extra point entries: ``(model, callbacks, extra)``."""
+    callbacks: list = []
+    extra: dict[str, Any] = {}
+    if method == "shrinknets":
+        model = insert_switches(model, example, parametrization="relu", init="uniform")
+        callbacks = [ShrinkNetsCallback(GarbageCollector(Threshold(0.0),
+                                                         example_input=example),
+                                        lam=float(value), lam2=float(cfg["sn_lam2"]), p=2,
+                                        gc_every=int(cfg["sn_gc_every"]))]
+    elif method == "group-sparsity":
+        layers = list(group_layout(model, None, example_input=example))
+        strengths = {n: float(value) * (float(cfg["gs_first_ratio"]) if i == 0 else 1.0)
+                     for i, n in enumerate(layers)}
+        extra = {"strengths": strengths}
+        callbacks = [GroupSparsityCallback(ProximalGroupSparsity(model, strengths, 0.0),
+                                           log_every=100)]
+    elif method == "mrs":
+        pruner = UnitPruner("mrs", mrs_schedule(float(value), cfg["mrs_epochs"]),
+                            replacement="mean", remove=True)
+        callbacks = [PrunerCallback(pruner, every="epoch",
+                                    score_samples=int(cfg["mrs_score_samples"]),
+                                    score_batch=int(cfg["mrs_score_batch"]),
+                                    seed=int(cfg["seed"]))]
+    return model, callbacks, extra
+
+
+def _train_plain(method: str, cfg: Mapping[str, Any], ctx: RunContext, data, sub: str,
+                 common: Mapping[str, Any], value: float | None,
+                 example: torch.Tensor) -> tuple:
+    """The baseline, ShrinkNets, group sparsity or MRS on the plain MLP, then its switches
+    folded or its zero groups removed: ``(trainer, plain network, extra point entries)``."""
+    run = _settings(method, cfg, common, value)
+    check_folder(ctx, sub, run, _FREE)
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_model("mlp", widths=list(cfg["widths"]))
+    model, callbacks, extra = _with_method(method, cfg, model, value, example)
+    trainer = _trainer(run, ctx, data, sub, model, callbacks, example)
+    plain = trainer.model
+    if method == "shrinknets":
+        plain = fold_switches(plain, example)
+    elif method == "group-sparsity":
+        remove_zero_groups(plain, example_input=example)
+    return trainer, plain, extra
+
+
 def train_method(cfg: Mapping[str, Any], out_dir: str, method: str,
                  value: float | None = None) -> dict[str, Any]:
     """Train one grid point of ``method`` (or the ``"baseline"``), finalize it, evaluate it.
 
     ``value`` is the method's strength: ShrinkNets' ``lam`` in ``L + lam
-    ||g||_1 + lam2 ||theta||_2^2`` (``shared/seeds/000_...``, eq. 2, 9); group
+    ||g||_1 + lam2 ||theta||_2^2`` (the ShrinkNets draft, eq. 2, 9); group
     sparsity's ``beta`` in ``sum_l beta_l sqrt(P_l) sum_n ||theta_l^n||_2``
     (Alvarez & Salzmann 2016); tri-state's ``lam_m`` in ``L + lam_b R_b +
     lam_m R_m`` (Srinivas & Babu 2016); MRS's final fraction of units removed
@@ -205,64 +301,11 @@ def train_method(cfg: Mapping[str, Any], out_dir: str, method: str,
     common = {k: cfg[k] for k in _COMMON}
     data = load_data_cached(cfg)
     example = data.train.tensors[0][:1]
-    extra: dict[str, Any] = {}
     if method == "tristate":
-        # trained as the tri-state reproduction trains its networks (the same model, gates,
-        # penalty and optimizer; kept here rather than imported, so the two studies stay
-        # independent)
-        run = {**common, "lam_m": float(value), "lam_b": float(cfg["ts_lam_b"]),
-               "depth_weight": float(cfg["ts_depth_weight"]), "straight_through": True}
-        check_folder(ctx, sub, run, _FREE)
-        torch.manual_seed(int(cfg["seed"]))
-        model = insert_tristate(build_model("mlp", widths=list(cfg["widths"])),
-                                straight_through=True)
-        callback = TriStateCallback(lam_b=run["lam_b"], lam_m=run["lam_m"],
-                                    depth_weight=run["depth_weight"])
-        trainer = _trainer(run, ctx, data, sub, model, [callback], example)
-        plain, report = finalize_tristate(trainer.model, example,
-                                          threshold=float(cfg["ts_threshold"]))
-        extra = {"depth": dict(report.depth), "merged": [list(p) for p in report.merged]}
+        trainer, plain, extra = _train_tristate(cfg, ctx, data, sub, common, value, example)
     else:
-        run = dict(common)
-        if method == "shrinknets":
-            run.update(lam=float(value), lam2=float(cfg["sn_lam2"]),
-                       gc_every=int(cfg["sn_gc_every"]), switch="relu")
-        elif method == "group-sparsity":
-            run.update(alpha=0.0, beta=float(value), first_ratio=float(cfg["gs_first_ratio"]))
-        elif method == "mrs":
-            run.update(final=float(value), schedule_epochs=list(cfg["mrs_epochs"]),
-                       score_samples=int(cfg["mrs_score_samples"]),
-                       score_batch=int(cfg["mrs_score_batch"]))
-        check_folder(ctx, sub, run, _FREE)
-        torch.manual_seed(int(cfg["seed"]))
-        model = build_model("mlp", widths=list(cfg["widths"]))
-        callbacks: list = []
-        if method == "shrinknets":
-            model = insert_switches(model, example, parametrization="relu", init="uniform")
-            callbacks = [ShrinkNetsCallback(GarbageCollector(Threshold(0.0),
-                                                             example_input=example),
-                                            lam=float(value), lam2=float(cfg["sn_lam2"]), p=2,
-                                            gc_every=int(cfg["sn_gc_every"]))]
-        elif method == "group-sparsity":
-            layers = list(group_layout(model, None, example_input=example))
-            strengths = {n: float(value) * (float(cfg["gs_first_ratio"]) if i == 0 else 1.0)
-                         for i, n in enumerate(layers)}
-            extra = {"strengths": strengths}
-            callbacks = [GroupSparsityCallback(ProximalGroupSparsity(model, strengths, 0.0),
-                                               log_every=100)]
-        elif method == "mrs":
-            pruner = UnitPruner("mrs", mrs_schedule(float(value), cfg["mrs_epochs"]),
-                                replacement="mean", remove=True)
-            callbacks = [PrunerCallback(pruner, every="epoch",
-                                        score_samples=int(cfg["mrs_score_samples"]),
-                                        score_batch=int(cfg["mrs_score_batch"]),
-                                        seed=int(cfg["seed"]))]
-        trainer = _trainer(run, ctx, data, sub, model, callbacks, example)
-        plain = trainer.model
-        if method == "shrinknets":
-            plain = fold_switches(plain, example)
-        elif method == "group-sparsity":
-            remove_zero_groups(plain, example_input=example)
+        trainer, plain, extra = _train_plain(method, cfg, ctx, data, sub, common, value,
+                                             example)
     check = data.val.tensors[0][:1000]
     net = as_mlp(plain, check)
     widths = [net.fc1.in_features] + [m.out_features for m in net if isinstance(m, nn.Linear)]
@@ -327,7 +370,8 @@ def _plot(ctx: RunContext, base: Mapping, by_method: Mapping, tol: float) -> Non
           "LeNet-300-100 (Fashion-MNIST, Adam, 15 epochs): smallest network of each within 0.5 "
           "validation points of the unregularized run",
           defaults=_DEFAULTS, quick=_QUICK,
-          source="000/001 (ShrinkNets), 002 (group sparsity), 003 (tri-state), 004 (MRS)")
+          source="the ShrinkNets paper and draft, Alvarez & Salzmann 2016, Srinivas & Babu "
+                 "2016, Evci 2018 (Sec. 4.2)")
 def width_methods(cfg: dict, ctx: RunContext) -> dict:
     """Train the baseline and every method's grid; select each at matched accuracy; tabulate."""
     tol = float(cfg["select_within"])
