@@ -27,9 +27,9 @@ def log_count_axis(ax, axis: str = "x") -> None:
     target.set_minor_formatter(mt.NullFormatter())
 
 
-def plot_history(history: list[dict], ctx: "RunContext", name: str = "curves.png",
-                 title: str = "") -> None:
-    """Loss and accuracy per epoch (seaborn), written atomically."""
+def plot_history(history: list[dict], ctx, name: str = "curves.png", title: str = "") -> None:
+    """Loss and accuracy per epoch (seaborn), written atomically into the run folder of ``ctx``
+    (a :class:`~experiments.harness.run.RunContext`) as ``name``."""
     import matplotlib
 
     matplotlib.use("Agg")

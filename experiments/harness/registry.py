@@ -45,7 +45,7 @@ class Experiment:
 
     name: str
     summary: str
-    fn: Callable[[dict, "RunContext"], dict]
+    fn: Callable[[dict, Any], dict]  # fn(cfg, ctx: experiments.harness.run.RunContext)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     quick: Mapping[str, Any] = field(default_factory=dict)
     space: Mapping[str, tuple] = field(default_factory=dict)

@@ -29,7 +29,7 @@ from experiments.harness.registry import get_experiment, resolve_config
 from experiments.harness.training import TrainConfig, Trainer
 
 __all__ = ["RunContext", "run_experiment", "load_data", "train_run", "train_in_folder",
-           "final_metrics"]
+           "final_metrics", "changed_settings"]
 
 
 class RunContext:
@@ -162,3 +162,20 @@ def train_run(cfg: Mapping[str, Any], ctx: RunContext, model_name: str,
     results = {"final": final_metrics(history), "history": history,
                "stopped": trainer.stopped_reason}
     return trainer, results
+
+
+def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """The settings in which a run folder's recorded settings and the current ones differ.
+
+    Both are compared as JSON values (a tuple equals the list it is saved as), so a folder
+    written by an earlier run compares equal when nothing changed. Returns ``"key: old ->
+    new"`` for every differing key, sorted and joined by ``", "``, or ``""``; the experiments
+    refuse to resume a folder for which it is not empty.
+
+    Examples:
+        >>> changed_settings({"lr": 0.1, "widths": [8, 4]}, {"lr": 0.2, "widths": (8, 4)})
+        'lr: 0.1 -> 0.2'
+    """
+    old, new = atomic.to_jsonable(dict(recorded)), atomic.to_jsonable(dict(current))
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)

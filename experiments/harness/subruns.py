@@ -26,7 +26,7 @@ import multiprocessing
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from experiments.harness import atomic
-from experiments.harness.run import RunContext, load_data
+from experiments.harness.run import RunContext, changed_settings, load_data
 
 __all__ = ["check_folder", "within_tolerance", "select_matched", "run_jobs", "load_data_cached"]
 
@@ -47,10 +47,8 @@ def check_folder(ctx: RunContext, sub: str, cfg: Mapping[str, Any],
     path = ctx.path(f"{sub}/settings.json")
     mine = atomic.to_jsonable({k: v for k, v in cfg.items() if k not in free})
     if ctx.path(f"{sub}/checkpoint.pt").exists() and path.exists():
-        theirs = atomic.read_json(path)
-        differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-        if differ:
-            what = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ)
+        what = changed_settings(atomic.read_json(path), mine)
+        if what:
             raise ValueError(f"{ctx.path(sub)} holds a run with other settings ({what}); rerun "
                              "it as it was, pass another --out, or delete the folder")
     path.parent.mkdir(parents=True, exist_ok=True)

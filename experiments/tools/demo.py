@@ -51,7 +51,7 @@ from experiments.harness import atomic
 from experiments.harness.callbacks import EpochLog, PrunerCallback, StepLog
 from experiments.harness.plots import plot_pruning
 from experiments.harness.registry import register
-from experiments.harness.run import RunContext, load_data, train_in_folder
+from experiments.harness.run import RunContext, changed_settings, load_data, train_in_folder
 from experiments.harness.timing import BUSY_WARNING, timed
 from experiments.harness.training import Trainer, evaluate
 from pruners import UnitPruner, count_macs, count_params, schedules
@@ -103,11 +103,8 @@ def _check_folder(ctx: RunContext, cfg: Mapping[str, Any]) -> None:
         mine = {k: v for k, v in cfg.items() if k not in skip}
         path = ctx.path(f"{sub}/settings.json")
         if ctx.path(f"{sub}/checkpoint.pt").exists() and path.exists():
-            theirs = atomic.read_json(path)
-            differ = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(theirs) | set(mine))
-                      if atomic.to_jsonable(theirs.get(k)) != atomic.to_jsonable(mine.get(k))}
-            if differ:
-                what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
+            what = changed_settings(atomic.read_json(path), mine)
+            if what:
                 raise ValueError(f"{ctx.out_dir} holds a demo run with other settings ({what}); "
                                  "rerun it as it was, pass another --out, or delete the folder")
         settings[path] = mine

@@ -79,7 +79,7 @@ from experiments.harness import atomic
 from experiments.harness.callbacks import AttackCallback, TrackingCallback
 from experiments.harness.models import build_model
 from experiments.harness.registry import register
-from experiments.harness.run import RunContext, final_metrics, load_data
+from experiments.harness.run import RunContext, changed_settings, final_metrics, load_data
 from experiments.harness.training import TrainConfig, Trainer
 from pruners import LRAttack
 from saliency import UnitTracker
@@ -147,11 +147,8 @@ def _check_folder(folder: Path, cfg: Mapping[str, Any]) -> None:
     path = folder / "settings.json"
     mine = {k: v for k, v in cfg.items() if k not in _FREE}
     if path.exists():
-        theirs = atomic.read_json(path)
-        differ = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(theirs) | set(mine))
-                  if atomic.to_jsonable(theirs.get(k)) != atomic.to_jsonable(mine.get(k))}
-        if differ:
-            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
+        what = changed_settings(atomic.read_json(path), mine)
+        if what:
             raise ValueError(f"{folder} holds runs with other settings ({what}); rerun them as "
                              "they were, pass another --out, or delete the folder")
     atomic.write_json(path, mine)

@@ -55,7 +55,8 @@ from experiments.harness import atomic
 from experiments.harness.callbacks import EpochLog, PrunerCallback, StepLog
 from experiments.harness.plots import plot_pruning
 from experiments.harness.registry import register
-from experiments.harness.run import RunContext, final_metrics, load_data, train_in_folder
+from experiments.harness.run import (RunContext, changed_settings, final_metrics, load_data,
+                                     train_in_folder)
 from experiments.harness.training import Callback, Trainer, evaluate
 from pruners import (ParameterPruner, UnitPruner, count_params, mean_loss, remove_sparse_units,
                      remove_units, schedules)
@@ -225,11 +226,8 @@ def _check_folder(ctx: RunContext, sub: str, cfg: Mapping[str, Any]) -> None:
     path = ctx.path(f"{sub}/settings.json")
     mine = {k: v for k, v in cfg.items() if k not in _FREE}
     if ctx.path(f"{sub}/checkpoint.pt").exists() and path.exists():
-        theirs = atomic.read_json(path)
-        differ = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(theirs) | set(mine))
-                  if atomic.to_jsonable(theirs.get(k)) != atomic.to_jsonable(mine.get(k))}
-        if differ:
-            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
+        what = changed_settings(atomic.read_json(path), mine)
+        if what:
             raise ValueError(f"{ctx.path(sub)} holds a run with other settings ({what}); rerun "
                              "it as it was, pass another --out, or delete the folder")
     atomic.write_json(path, mine)

@@ -120,7 +120,7 @@ from experiments.harness.checkpoint import load_checkpoint, model_from_checkpoin
 from experiments.harness.models import build_model
 from experiments.harness.plots import log_count_axis, plot_history
 from experiments.harness.registry import register
-from experiments.harness.run import RunContext, load_data
+from experiments.harness.run import RunContext, changed_settings, load_data
 from experiments.harness.training import Callback, TrainConfig, Trainer
 from pruners import count_macs, count_params, trace
 from pruners.shrinknets import (GarbageCollector, SignVariance, Threshold, fold_switches,
@@ -275,10 +275,8 @@ def _check_folder(ctx: RunContext, cfg: Mapping[str, Any]) -> None:
     path = ctx.path("settings.json")
     mine = atomic.to_jsonable({k: v for k, v in cfg.items() if k not in _FREE})
     if ctx.path("checkpoint.pt").exists() and path.exists():
-        theirs = atomic.read_json(path)
-        differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-        if differ:
-            what = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ)
+        what = changed_settings(atomic.read_json(path), mine)
+        if what:
             raise ValueError(f"{ctx.out_dir} holds a run with other settings ({what}); rerun "
                              "it as it was, pass another --out, or delete the folder")
     atomic.write_json(path, mine)
