@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import operator
 import os
 import subprocess
 import sys
@@ -15,11 +16,12 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from experiments.harness import atomic
-from experiments.harness.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
-                                            save_checkpoint)
-from experiments.harness.models import MODELS, build_model
+from experiments.harness.checkpoint import (CheckpointError, fit_to_state_dict, load_checkpoint,
+                                            model_from_checkpoint, save_checkpoint)
+from experiments.harness.models import MODELS, BasicBlock, Bottleneck, build_model
 from experiments.harness.training import Callback, TrainConfig, Trainer
-from pruners import mask_units, remove_units, trace
+from pruners import count_macs, mask_units, remove_units, trace
+from zoo import randomize_bn
 
 
 def n_params(m):
@@ -123,6 +125,280 @@ def test_checkpoint_errors(tmp_path):
     ckpt["arch"]["kwargs"]["widths"] = [4, 3, 2, 2]  # an extra layer the weights lack
     with pytest.raises(CheckpointError, match="does not match"):
         model_from_checkpoint(ckpt)
+
+
+# ---------------------------------------------------------------------------
+# residual, depthwise and densely connected zoo models (resnet_cifar, resnet, mobilenet_v2,
+# densenet): counts by hand, torch.fx tracing, checkpoints of full and shrunk copies
+
+
+def _conv(c_in, c_out, k=3, groups=1):  # weights of a bias-free convolution
+    return (c_in // groups) * c_out * k * k
+
+
+def _bn(c):  # weight and bias of a BatchNorm (running statistics are buffers)
+    return 2 * c
+
+
+RESIDUAL_COUNTS = {
+    # ResNet-20 (He et al. 2016 Sec. 4.2), 1 input channel, widths 16/32/64, projection
+    # shortcuts (option B) at layer2.0 and layer3.0. With 3 input channels it is
+    # 272,474 (+ 2 * 16 * 9); without the two projections (the paper's option A) 269,722:
+    # the paper's "0.27M".
+    ("resnet20", ()): (
+        (_conv(1, 16) + _bn(16))                                        # stem
+        + 3 * (2 * _conv(16, 16) + 2 * _bn(16))                         # stage 1, 28x28
+        + (_conv(16, 32) + _conv(32, 32) + 2 * _bn(32) + _conv(16, 32, 1) + _bn(32))
+        + 2 * (2 * _conv(32, 32) + 2 * _bn(32))                         # stage 2, 14x14
+        + (_conv(32, 64) + _conv(64, 64) + 2 * _bn(64) + _conv(32, 64, 1) + _bn(64))
+        + 2 * (2 * _conv(64, 64) + 2 * _bn(64))                         # stage 3, 7x7
+        + (64 * 10 + 10)),                                              # fc
+    ("resnet_cifar", (("in_channels", 3),)): 272_186 + 2 * 16 * 9,
+    # ResNet-18 at width 0.25: stem 16, stages 16/32/64/128 of two basic blocks each
+    ("resnet18", ()): (
+        (_conv(1, 16) + _bn(16))
+        + 2 * (2 * _conv(16, 16) + 2 * _bn(16))
+        + (_conv(16, 32) + _conv(32, 32) + 2 * _bn(32) + _conv(16, 32, 1) + _bn(32))
+        + (2 * _conv(32, 32) + 2 * _bn(32))
+        + (_conv(32, 64) + _conv(64, 64) + 2 * _bn(64) + _conv(32, 64, 1) + _bn(64))
+        + (2 * _conv(64, 64) + 2 * _bn(64))
+        + (_conv(64, 128) + _conv(128, 128) + 2 * _bn(128) + _conv(64, 128, 1) + _bn(128))
+        + (2 * _conv(128, 128) + 2 * _bn(128))
+        + (128 * 10 + 10)),
+    # two bottleneck stages at width 1/8: stem 8; 8 -> (8, 8, 32), projection; 32 -> (16, 16,
+    # 64) with stride 2, projection
+    ("resnet", (("blocks", (1, 1)), ("block", "bottleneck"), ("width", 0.125),
+                ("widths", (64, 128)))): (
+        (_conv(1, 8) + _bn(8))
+        + (_conv(8, 8, 1) + _bn(8) + _conv(8, 8) + _bn(8) + _conv(8, 32, 1) + _bn(32)
+           + _conv(8, 32, 1) + _bn(32))
+        + (_conv(32, 16, 1) + _bn(16) + _conv(16, 16) + _bn(16) + _conv(16, 64, 1) + _bn(64)
+           + _conv(32, 64, 1) + _bn(64))
+        + (64 * 10 + 10)),
+    # MobileNetV2 small: stem 32; (t, c, n, s) = (1,16,1,1), (6,24,2,2), (6,32,2,2),
+    # (6,64,2,2); an inverted residual c_in -> t*c_in -> c_out is expand 1x1 (if t > 1),
+    # depthwise 3x3 (groups = t*c_in), project 1x1, each with BN; last 1x1 conv 64 -> 256
+    ("mobilenet_v2", ()): (
+        (_conv(1, 32) + _bn(32))
+        + (_conv(32, 32, 3, groups=32) + _bn(32) + _conv(32, 16, 1) + _bn(16))           # t=1
+        + (_conv(16, 96, 1) + _bn(96) + _conv(96, 96, 3, 96) + _bn(96) + _conv(96, 24, 1) + _bn(24))
+        + (_conv(24, 144, 1) + _bn(144) + _conv(144, 144, 3, 144) + _bn(144)
+           + _conv(144, 24, 1) + _bn(24))
+        + (_conv(24, 144, 1) + _bn(144) + _conv(144, 144, 3, 144) + _bn(144)
+           + _conv(144, 32, 1) + _bn(32))
+        + (_conv(32, 192, 1) + _bn(192) + _conv(192, 192, 3, 192) + _bn(192)
+           + _conv(192, 32, 1) + _bn(32))
+        + (_conv(32, 192, 1) + _bn(192) + _conv(192, 192, 3, 192) + _bn(192)
+           + _conv(192, 64, 1) + _bn(64))
+        + (_conv(64, 384, 1) + _bn(384) + _conv(384, 384, 3, 384) + _bn(384)
+           + _conv(384, 64, 1) + _bn(64))
+        + (_conv(64, 256, 1) + _bn(256))
+        + (256 * 10 + 10)),
+    # DenseNet-BC, k = 12, blocks (4, 4, 4), stem 2k = 24: a dense layer on c channels is
+    # BN(c) conv1x1 c -> 48, BN(48), conv3x3 48 -> 12; channels 24 -> 72 | 36 -> 84 | 42 -> 90
+    ("densenet", ()): (
+        _conv(1, 24)
+        + sum(_bn(c) + _conv(c, 48, 1) + _bn(48) + _conv(48, 12) for c in (24, 36, 48, 60))
+        + _bn(72) + _conv(72, 36, 1)                                    # transition 1
+        + sum(_bn(c) + _conv(c, 48, 1) + _bn(48) + _conv(48, 12) for c in (36, 48, 60, 72))
+        + _bn(84) + _conv(84, 42, 1)                                    # transition 2
+        + sum(_bn(c) + _conv(c, 48, 1) + _bn(48) + _conv(48, 12) for c in (42, 54, 66, 78))
+        + _bn(90) + (90 * 10 + 10)),
+}
+
+
+@pytest.mark.parametrize("key", list(RESIDUAL_COUNTS), ids=[k[0] for k in RESIDUAL_COUNTS])
+def test_residual_zoo_parameter_counts(key):
+    name, kwargs = key
+    assert n_params(build_model(name, **dict(kwargs))) == RESIDUAL_COUNTS[key]
+
+
+def test_residual_zoo_sizes_quoted_in_the_docs():
+    assert RESIDUAL_COUNTS[("resnet20", ())] == 272_186
+    assert RESIDUAL_COUNTS[("resnet18", ())] == 701_178
+    assert RESIDUAL_COUNTS[("mobilenet_v2", ())] == 134_858
+    assert RESIDUAL_COUNTS[("densenet", ())] == 102_298
+    assert n_params(build_model("resnet56")) == 855_482
+    x = torch.zeros(1, 1, 28, 28)
+    assert count_macs(build_model("resnet20"), x) == (
+        28 * 28 * 16 * 9 + 6 * 28 * 28 * 16 * 16 * 9                   # stem, stage 1
+        + 14 * 14 * 32 * (16 * 9 + 5 * 32 * 9 + 16)                     # stage 2 (+ projection)
+        + 7 * 7 * 64 * (32 * 9 + 5 * 64 * 9 + 32) + 64 * 10)            # stage 3, fc
+    # the depthwise 3x3 costs 9 per output: count_macs reads in_channels // groups
+    assert count_macs(build_model("mobilenet_v2"), x) == 7_572_112
+    assert count_macs(build_model("densenet"), x) == 33_149_988
+
+
+# small configurations (each forward well under a second on one thread)
+RESIDUAL_ZOO = [
+    ("resnet20", {}),
+    ("resnet_cifar", {"depth": 32, "widths": (4, 8, 16), "in_channels": 3}),
+    ("resnet18", {"width": 0.125}),
+    ("resnet", {"blocks": (1, 2), "block": "bottleneck", "width": 0.125, "widths": (64, 128)}),
+    ("mobilenet_v2", {"width": 0.5, "dropout": 0.2}),
+    ("densenet", {}),
+    ("densenet", {"growth_rate": 4, "blocks": (2, 3), "bottleneck": False,
+                  "compression": 1.0}),
+]
+ZOO_IDS = [f"{n}-{i}" for i, (n, _) in enumerate(RESIDUAL_ZOO)]
+
+
+def _input(kwargs, n=2, dtype=torch.float32):
+    return torch.randn(n, kwargs.get("in_channels", 1), 28, 28,
+                       generator=torch.Generator().manual_seed(1), dtype=dtype)
+
+
+@pytest.mark.parametrize("name,kwargs", RESIDUAL_ZOO, ids=ZOO_IDS)
+def test_residual_zoo_fx_traces_to_the_same_function(name, kwargs):
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(name, **kwargs), torch.Generator().manual_seed(0))
+    model.double().eval()
+    x = _input(kwargs, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 10)
+    traced = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        assert torch.equal(traced(x), y)
+    calls = [n.target for n in traced.graph.nodes if n.op == "call_function"]
+    if name.startswith("resnet"):  # one residual add per block, the + operator
+        n_blocks = sum(isinstance(m, (BasicBlock, Bottleneck)) for m in model.modules())
+        assert calls.count(operator.add) == n_blocks and torch.cat not in calls
+    if name == "mobilenet_v2":  # three inverted residuals with an identity add
+        assert calls.count(operator.add) == 3
+        assert all(m.groups == m.in_channels == m.out_channels
+                   for n, m in model.named_modules() if n.endswith("dw_conv"))
+    if name == "densenet":  # one concatenation per dense layer, no adds
+        assert calls.count(torch.cat) == sum(kwargs.get("blocks", (4, 4, 4)))
+        assert operator.add not in calls
+
+
+@pytest.mark.parametrize("name,kwargs", RESIDUAL_ZOO, ids=ZOO_IDS)
+def test_residual_zoo_checkpoint_roundtrip(name, kwargs, tmp_path):
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(name, **kwargs), torch.Generator().manual_seed(0)).eval()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, {"model": name, "kwargs": kwargs})
+    loaded = model_from_checkpoint(load_checkpoint(path)).eval()
+    x = _input(kwargs)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    convs = {n: (m.in_channels, m.out_channels, m.groups) for n, m in model.named_modules()
+             if isinstance(m, nn.Conv2d)}
+    assert convs == {n: (m.in_channels, m.out_channels, m.groups)
+                     for n, m in loaded.named_modules() if isinstance(m, nn.Conv2d)}
+    assert count_macs(loaded, x[:1]) == count_macs(model, x[:1])
+
+
+# per model: the units removed by hand: (producer conv, its BN, consumer conv) inside one
+# block, plus the depthwise conv and its BN in between for MobileNetV2
+SHRINK = {
+    "resnet20": ("layer1.0.conv1", ["layer1.0.bn1"], "layer1.0.conv2"),
+    "resnet": ("layer2.0.conv2", ["layer2.0.bn2"], "layer2.0.conv3"),
+    "mobilenet_v2": ("blocks.2.expand_conv",
+                     ["blocks.2.expand_bn", "blocks.2.dw_conv", "blocks.2.dw_bn"],
+                     "blocks.2.project_conv"),
+    "densenet": ("block2.1.conv1", ["block2.1.bn2"], "block2.1.conv2"),
+}
+SHRINK_ZOO = [("resnet20", {}), RESIDUAL_ZOO[3], ("mobilenet_v2", {}), ("densenet", {})]
+
+
+@pytest.mark.parametrize("name,kwargs", SHRINK_ZOO, ids=[n for n, _ in SHRINK_ZOO])
+def test_residual_zoo_shrunk_copy_reloads(name, kwargs, tmp_path):
+    """A physically shrunk copy (hidden channels of one block removed by slicing the state
+    dict) reloads through a checkpoint and computes what the full model computes with those
+    channels' consumer weights zeroed; a depthwise conv stays depthwise."""
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(name, **kwargs), torch.Generator().manual_seed(0)).eval()
+    producer, middle, consumer = SHRINK[name]
+    n = dict(model.named_modules())[producer].out_channels
+    drop = [0, 3, n - 1]
+    keep = torch.tensor([i for i in range(n) if i not in drop])
+    sd = model.state_dict()
+    for key in list(sd):
+        mod = key.rpartition(".")[0]
+        if (mod == producer or mod in middle) and sd[key].dim() >= 1:
+            sd[key] = sd[key][keep]
+        elif mod == consumer and key.endswith("weight"):
+            sd[key] = sd[key][:, keep]
+    shrunk = fit_to_state_dict(build_model(name, **kwargs), sd)
+    shrunk.load_state_dict(sd)
+    path = tmp_path / "shrunk.pt"
+    save_checkpoint(path, shrunk, {"model": name, "kwargs": kwargs})
+    loaded = model_from_checkpoint(load_checkpoint(path)).eval()
+    mods = dict(loaded.named_modules())
+    assert mods[producer].out_channels == n - 3 and mods[consumer].in_channels == n - 3
+    if name == "mobilenet_v2":
+        dw = mods["blocks.2.dw_conv"]
+        assert (dw.in_channels, dw.out_channels, dw.groups) == (n - 3,) * 3
+        assert mods["blocks.2.dw_bn"].num_features == n - 3
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        dict(reference.named_modules())[consumer].weight[:, drop] = 0
+    x = _input(kwargs)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), shrunk.eval()(x))
+        assert torch.allclose(copy.deepcopy(loaded).double()(x.double()),
+                              reference.double()(x.double()), atol=1e-10, rtol=0)
+    saved = count_macs(model, x[:1]) - count_macs(loaded, x[:1])
+    if name == "mobilenet_v2":  # 14x14 block: expand 24 ->, depthwise 9, project -> 24 per channel
+        assert saved == 3 * 14 * 14 * (24 + 9 + 24)
+    assert saved > 0
+
+
+def test_fit_to_state_dict_grouped_convolutions():
+    # depthwise with multiplier 2 (groups = in_channels = 4, 8 outputs) shrunk to 3 groups
+    dw = nn.Sequential(nn.Conv2d(4, 8, 3, groups=4))
+    small = nn.Sequential(nn.Conv2d(3, 6, 3, groups=3))
+    fit_to_state_dict(dw, small.state_dict()).load_state_dict(small.state_dict())
+    assert (dw[0].in_channels, dw[0].out_channels, dw[0].groups) == (3, 6, 3)
+    x = torch.randn(1, 3, 5, 5)
+    assert torch.equal(dw(x), small(x))
+    # a grouped, not depthwise, convolution keeps its groups: in_channels = groups * shape[1]
+    grouped = nn.Sequential(nn.Conv2d(4, 6, 3, groups=2))
+    fewer = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    fit_to_state_dict(grouped, fewer.state_dict())
+    assert (grouped[0].in_channels, grouped[0].out_channels, grouped[0].groups) == (4, 4, 2)
+    # ordinary convolutions are unchanged: in_channels = shape[1]
+    plain = nn.Sequential(nn.Conv2d(4, 6, 3))
+    fit_to_state_dict(plain, nn.Sequential(nn.Conv2d(2, 5, 3)).state_dict())
+    assert (plain[0].in_channels, plain[0].out_channels, plain[0].groups) == (2, 5, 1)
+    with pytest.raises(CheckpointError, match="depthwise"):
+        fit_to_state_dict(nn.Sequential(nn.Conv2d(4, 4, 3, groups=4)),
+                          nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)).state_dict())
+    with pytest.raises(CheckpointError, match="do not divide"):
+        fit_to_state_dict(nn.Sequential(nn.Conv2d(4, 6, 3, groups=2)),
+                          {"0.weight": torch.zeros(5, 2, 3, 3), "0.bias": torch.zeros(5)})
+
+
+@pytest.mark.parametrize("name,kwargs,argument", [
+    ("resnet_cifar", {"depth": 21}, "depth"),
+    ("resnet_cifar", {"depth": 20.0}, "depth"),
+    ("resnet_cifar", {"widths": (16, 32)}, "widths"),
+    ("resnet20", {"in_channels": 0}, "in_channels"),
+    ("resnet56", {"image_size": -28}, "image_size"),
+    ("resnet", {"block": "wide"}, "block"),
+    ("resnet", {"blocks": ()}, "blocks"),
+    ("resnet", {"blocks": (2, 0)}, "blocks"),
+    ("resnet", {"widths": (64, 128)}, "widths"),
+    ("resnet18", {"width": 0}, "width"),
+    ("resnet18", {"num_classes": 0}, "num_classes"),
+    ("mobilenet_v2", {"width": -1.0}, "width"),
+    ("mobilenet_v2", {"config": [(1, 16, 1)]}, "config"),
+    ("mobilenet_v2", {"config": []}, "config"),
+    ("mobilenet_v2", {"dropout": 1.0}, "dropout"),
+    ("mobilenet_v2", {"last_channels": 0}, "last_channels"),
+    ("densenet", {"growth_rate": 0}, "growth_rate"),
+    ("densenet", {"compression": 1.5}, "compression"),
+    ("densenet", {"compression": 0}, "compression"),
+    ("densenet", {"blocks": (4, -1)}, "blocks"),
+    ("densenet", {"init_channels": 0}, "init_channels"),
+    ("densenet", {"bottleneck": "yes"}, "bottleneck"),
+    ("densenet", {"image_size": 3}, "image_size"),
+])
+def test_residual_zoo_rejects_bad_arguments(name, kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        build_model(name, **kwargs)
 
 
 # ---------------------------------------------------------------------------

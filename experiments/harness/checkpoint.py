@@ -88,13 +88,43 @@ def _resize_param(module: nn.Module, name: str, shape: torch.Size) -> None:
                                             else torch.float32)
 
 
+def _fit_conv_groups(name: str, mod: nn.Module, groups: int, old_in: int, old_out: int) -> None:
+    """Set a grouped convolution's ``groups`` and ``in_channels`` from its resized weight.
+
+    The weight is ``(out_channels, in_channels / groups, *kernel)``. A depthwise
+    convolution (one input channel per group in the freshly built model) stays
+    depthwise with the same depth multiplier ``out_channels / groups``: ``groups
+    = in_channels = out_channels / multiplier``. Any other grouped convolution
+    keeps its number of groups: ``in_channels = groups * weight.shape[1]``.
+    """
+    w = mod._parameters.get("weight_orig", mod._parameters.get("weight"))
+    if w is None:
+        return
+    out, per_group = int(w.shape[0]), int(w.shape[1])
+    if old_in == groups:  # depthwise
+        multiplier = max(1, old_out // groups)
+        if per_group != 1 or out % multiplier:
+            raise CheckpointError(
+                f"module {name!r} is a depthwise convolution ({groups} groups, {multiplier} "
+                f"output(s) per group) but its saved weight has shape {tuple(w.shape)}")
+        groups = out // multiplier
+    elif out % groups:
+        raise CheckpointError(f"module {name!r} has {groups} groups, which do not divide its "
+                              f"{out} saved output channels")
+    mod.groups = groups
+    mod.in_channels = groups * per_group
+
+
 def fit_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Resize ``model``'s parameters and buffers to the shapes in ``state_dict``.
 
     Handles physically removed units (smaller Linear/Conv/BatchNorm), biases
     created by bias propagation, and ``torch.nn.utils.prune`` reparametrized
-    tensors (``weight_orig``/``weight_mask``). Layer types and names must
-    match; values are not loaded (call ``load_state_dict`` next).
+    tensors (``weight_orig``/``weight_mask``). A depthwise convolution's
+    ``groups`` follows its channel count (it stays depthwise); other grouped
+    convolutions keep their groups, with ``in_channels = groups *
+    weight.shape[1]``. Layer types and names must match; values are not
+    loaded (call ``load_state_dict`` next).
     """
     modules = dict(model.named_modules())
     for key, value in state_dict.items():
@@ -125,12 +155,16 @@ def fit_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
                                       f"({type(mod).__name__}) has no tensor {tname!r}")
         if current is None or current.shape != value.shape:
             _resize_param(mod, tname, value.shape)
-    for mod in model.modules():
+    for mod_name, mod in model.named_modules():
+        groups = getattr(mod, "groups", 1) if isinstance(mod, (nn.Conv1d, nn.Conv2d)) else 1
+        old = (getattr(mod, "in_channels", 0), getattr(mod, "out_channels", 0))
         for attr, tname, dim in _SIZE_ATTRS.get(type(mod), ()):
             t = mod._parameters.get(tname + "_orig", mod._parameters.get(
                 tname, mod._buffers.get(tname)))
             if t is not None:
                 setattr(mod, attr, int(t.shape[dim]))
+        if groups != 1:
+            _fit_conv_groups(mod_name, mod, groups, *old)
         spec = CHANNEL_MODULES.get(type(mod))  # registered per-channel layers (switches, ...)
         if type(mod) not in _SIZE_ATTRS and spec is not None and spec.count_attr:
             for tname in spec.tensors(mod):

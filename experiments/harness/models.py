@@ -1,11 +1,19 @@
 """Model factories for experiments and benchmarks.
 
-Every factory returns a plain ``nn.Module`` built only from layers the graph of
-units understands (Linear/Conv producers, BatchNorm, elementwise activations,
-pooling, dropout, flatten), so :func:`pruners.trace`, :func:`pruners.remove_units`
-and :func:`pruners.mask_units` work on it without ``exclude=``. Layers have
+Every factory returns a plain ``nn.Module``. The MLPs and plain CNNs are built
+only from layers the graph of units understands (Linear/Conv producers,
+BatchNorm, elementwise activations, pooling, dropout, flatten), so
+:func:`pruners.trace`, :func:`pruners.remove_units` and
+:func:`pruners.mask_units` work on them without ``exclude=``. Layers have
 stable, readable names (``fc1``, ``conv2``, ``bn2``, ...) so unit selections
 such as ``{"fc1": [3, 7]}`` read the same across models.
+
+The residual, depthwise and densely connected networks (:func:`resnet_cifar`,
+:func:`resnet`, :func:`mobilenet_v2`, :func:`densenet`) also use residual adds
+(``+``), depthwise convolutions (``groups`` = channels) and concatenation
+(``torch.cat``); they trace with ``torch.fx.symbolic_trace``, and
+:func:`pruners.trace` accepts them only where the graph of units supports
+those operations.
 
 Example:
     >>> net = mlp([784, 1024, 1024, 10])
@@ -18,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Callable, Sequence
 
@@ -38,6 +47,23 @@ __all__ = [
     "vgg",
     "VGG_CONFIGS",
     "covertype_net",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "RESNET_CIFAR_DEPTHS",
+    "resnet_cifar",
+    "resnet20",
+    "resnet56",
+    "resnet",
+    "resnet18",
+    "InvertedResidual",
+    "MobileNetV2",
+    "MOBILENET_V2_SMALL",
+    "mobilenet_v2",
+    "DenseLayer",
+    "Transition",
+    "DenseNet",
+    "densenet",
     "MODELS",
     "build_model",
 ]
@@ -403,6 +429,602 @@ def covertype_net(widths: Sequence[int] = (256, 256, 256), in_features: int = 54
     return mlp([in_features, *widths, num_classes])
 
 
+# ---------------------------------------------------------------------------
+# residual, depthwise and densely connected networks (28x28 inputs)
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_ints(name: str, values: object, length: int | None = None) -> tuple[int, ...]:
+    try:
+        items = tuple(values)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of positive integers, "
+                         f"got {values!r}") from None
+    if not items or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+        raise ValueError(f"{name} must be a non-empty sequence of positive integers, "
+                         f"got {values!r}")
+    if length is not None and len(items) != length:
+        raise ValueError(f"{name} needs {length} entries, got {len(items)}: {values!r}")
+    return items
+
+
+def _check_width(width: object) -> float:
+    if isinstance(width, bool) or not isinstance(width, (int, float)) \
+            or not math.isfinite(width) or width <= 0:
+        raise ValueError(f"width must be a finite number > 0, got {width!r}")
+    return float(width)
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1,
+             groups: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups,
+                     bias=False)  # the BatchNorm shift replaces the bias
+    return conv, nn.BatchNorm2d(c_out)
+
+
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
+    """Identity where the shape stays, else a projection: 1x1 conv (with stride) + BN."""
+    if stride == 1 and c_in == c_out:
+        return nn.Identity()
+    return nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
+
+
+class BasicBlock(nn.Module):
+    """The two-convolution residual block of He et al. 2016 (Fig. 2 left).
+
+    ``act2(bn2(conv2(act1(bn1(conv1(x))))) + shortcut(x))``: ``conv1`` 3x3 with
+    ``stride``, ``conv2`` 3x3, both without bias; ``shortcut`` is ``nn.Identity``
+    or ``nn.Sequential(conv 1x1 with stride, BN)`` (option B) where the shape
+    changes. The residual add is the ``+`` operator.
+    """
+
+    expansion = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        c_out = planes * self.expansion
+        self.conv1, self.bn1 = _conv_bn(c_in, planes, 3, stride)
+        self.act1 = nn.ReLU()
+        self.conv2, self.bn2 = _conv_bn(planes, c_out, 3)
+        self.shortcut = _shortcut(c_in, c_out, stride)
+        self.act2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """The bottleneck residual block of He et al. 2016 (Fig. 5 right, ResNet-50/101/152).
+
+    ``act3(bn3(conv3(act2(bn2(conv2(act1(bn1(conv1(x)))))))) + shortcut(x))``:
+    ``conv1`` 1x1 reduces to ``planes``, ``conv2`` 3x3 (carrying the stride),
+    ``conv3`` 1x1 expands to ``4 * planes``; all without bias. ``shortcut`` is
+    ``nn.Identity`` or a projection ``nn.Sequential(conv 1x1 with stride, BN)``
+    where the shape changes. The paper's Caffe models put the stride on
+    ``conv1``; here, as in most later implementations, it is on the 3x3
+    convolution, so no input pixel is skipped. The residual add is ``+``.
+    """
+
+    expansion = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        c_out = planes * self.expansion
+        self.conv1, self.bn1 = _conv_bn(c_in, planes, 1)
+        self.act1 = nn.ReLU()
+        self.conv2, self.bn2 = _conv_bn(planes, planes, 3, stride)
+        self.act2 = nn.ReLU()
+        self.conv3, self.bn3 = _conv_bn(planes, c_out, 1)
+        self.shortcut = _shortcut(c_in, c_out, stride)
+        self.act3 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.act3(out + self.shortcut(x))
+
+
+_BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNet(nn.Module):
+    """A residual network (He et al. 2016) with a 3x3 stem for small images.
+
+    K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image
+    Recognition", CVPR 2016, https://arxiv.org/abs/1512.03385.
+
+    Submodules: the stem ``conv1`` (3x3, stride 1, no bias), ``bn1``, ``act1``;
+    stages ``layer1 .. layerS`` (``nn.Sequential`` of :class:`BasicBlock` or
+    :class:`Bottleneck`, indexed from 0, the first block of each stage carrying
+    the stage's stride); ``pool`` (``nn.AdaptiveAvgPool2d(1)``), ``flatten``,
+    ``fc``. Build it with :func:`resnet_cifar`, :func:`resnet` or the named
+    conveniences.
+
+    Args:
+        block: ``"basic"`` or ``"bottleneck"``.
+        blocks: residual blocks per stage.
+        planes: each stage's inner width (a bottleneck stage outputs 4 times it).
+        strides: each stage's stride.
+        stem: output channels of the stem convolution.
+        in_channels, num_classes: input channels and logits.
+    """
+
+    def __init__(self, block: str, blocks: Sequence[int], planes: Sequence[int],
+                 strides: Sequence[int], stem: int, in_channels: int = 1,
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        if block not in _BLOCKS:
+            raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
+        blocks = _check_ints("blocks", blocks)
+        planes = _check_ints("widths", planes, len(blocks))
+        strides = _check_ints("strides", strides, len(blocks))
+        _check_int("in_channels", in_channels)
+        _check_int("num_classes", num_classes)
+        _check_int("stem width", stem)
+        cls = _BLOCKS[block]
+        self.conv1, self.bn1 = _conv_bn(in_channels, stem, 3)
+        self.act1 = nn.ReLU()
+        self.num_stages = len(blocks)
+        c_in = stem
+        for s, (n, p, stride) in enumerate(zip(blocks, planes, strides), start=1):
+            stage = []
+            for i in range(n):
+                stage.append(cls(c_in, p, stride if i == 0 else 1))
+                c_in = p * cls.expansion  # type: ignore[attr-defined]
+            self.add_module(f"layer{s}", nn.Sequential(*stage))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        for s in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{s}")(x)
+        return self.fc(self.flatten(self.pool(x)))
+
+
+#: depths of the CIFAR ResNets of He et al. 2016, Sec. 4.2 (6n + 2 layers)
+RESNET_CIFAR_DEPTHS = (20, 32, 44, 56)
+
+
+def resnet_cifar(depth: int = 20, widths: Sequence[int] = (16, 32, 64), in_channels: int = 1,
+                 image_size: int = 28, num_classes: int = 10) -> ResNet:
+    """The CIFAR ResNets of He et al. 2016, Sec. 4.2 (ResNet-20/32/44/56).
+
+    K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image
+    Recognition", CVPR 2016, https://arxiv.org/abs/1512.03385.
+
+    A 3x3 stem convolution with ``widths[0]`` filters, BN and ReLU; three
+    stages of ``n = (depth - 2) / 6`` :class:`BasicBlock` s at ``widths``
+    (16, 32, 64), stride 2 at the first block of stages 2 and 3; global
+    average pooling; one Linear. Each block is
+    ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``; the shortcut is the
+    identity where the shape stays and a projection (1x1 convolution with
+    stride, then BN: the paper's option B) where it changes (the paper's CIFAR
+    networks use option A, zero padding, which has no parameters). Convolutions
+    have no bias. On 1x28x28 inputs the stages see 28x28, 14x14 and 7x7.
+
+    ResNet-20 (the default) on 1x28x28: 272,186 parameters (272,474 with 3
+    input channels; the paper's option-A ResNet-20 has 0.27M) and 31,021,952
+    multiply-accumulates (``pruners.count_macs``). ResNet-56: 855,482
+    parameters, 96,050,048 MACs.
+
+    Submodules: ``conv1, bn1, act1``; ``layer{1,2,3}.{i}.{conv1, bn1, act1,
+    conv2, bn2, shortcut, act2}`` with ``shortcut.0`` (conv) and ``shortcut.1``
+    (BN) at ``layer2.0`` and ``layer3.0``; ``pool, flatten, fc``.
+
+    Args:
+        depth: 20, 32, 44 or 56.
+        widths: the three stages' widths.
+        in_channels: input image channels.
+        image_size: input height and width; the network pools globally, so any
+            positive size works (it is checked, and recorded in checkpoints).
+        num_classes: number of logits.
+
+    Example:
+        >>> net = resnet_cifar(depth=20)
+        >>> sum(p.numel() for p in net.parameters())
+        272186
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth not in RESNET_CIFAR_DEPTHS:
+        raise ValueError(f"depth must be one of {RESNET_CIFAR_DEPTHS} (6n + 2 layers, He et al. "
+                         f"2016 Sec. 4.2), got {depth!r}")
+    widths = _check_ints("widths", widths, 3)
+    _check_int("image_size", image_size)
+    n = (depth - 2) // 6
+    return ResNet("basic", (n, n, n), widths, (1, 2, 2), widths[0], in_channels, num_classes)
+
+
+def resnet20(widths: Sequence[int] = (16, 32, 64), in_channels: int = 1, image_size: int = 28,
+             num_classes: int = 10) -> ResNet:
+    """ResNet-20: :func:`resnet_cifar` with ``depth=20`` (272,186 parameters on 1x28x28)."""
+    return resnet_cifar(20, widths, in_channels, image_size, num_classes)
+
+
+def resnet56(widths: Sequence[int] = (16, 32, 64), in_channels: int = 1, image_size: int = 28,
+             num_classes: int = 10) -> ResNet:
+    """ResNet-56: :func:`resnet_cifar` with ``depth=56`` (855,482 parameters on 1x28x28)."""
+    return resnet_cifar(56, widths, in_channels, image_size, num_classes)
+
+
+def resnet(blocks: Sequence[int] = (2, 2, 2, 2), block: str = "basic", width: float = 0.25,
+           widths: Sequence[int] = (64, 128, 256, 512), in_channels: int = 1,
+           image_size: int = 28, num_classes: int = 10) -> ResNet:
+    """An ImageNet-style ResNet (He et al. 2016, Table 1) adapted to 28x28 inputs.
+
+    K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image
+    Recognition", CVPR 2016, https://arxiv.org/abs/1512.03385.
+
+    Stages of ``blocks`` residual blocks at ``widths`` times ``width`` (each
+    rounded, at least 1), stride 1 in the first stage and 2 at the first block
+    of the others; the stem is a 3x3 convolution (stride 1, ``widths[0] *
+    width`` filters) with BN and ReLU and no max pooling, since the inputs are
+    28x28 rather than 224x224 (stages see 28, 14, 7 and 4 pixels). ``block``
+    is ``"basic"`` (:class:`BasicBlock`, ResNet-18/34) or ``"bottleneck"``
+    (:class:`Bottleneck`: 1x1 reduce, 3x3, 1x1 expand by 4, as in ResNet-50;
+    ``blocks=(3, 4, 6, 3)`` is ResNet-50's layout). Shortcuts are the identity
+    where the shape stays and projections (1x1 conv with stride + BN) where it
+    changes; global average pooling and one Linear follow.
+
+    ResNet-18 (the default, ``width=0.25``: widths 16, 32, 64, 128) on 1x28x28:
+    701,178 parameters and 28,573,184 multiply-accumulates
+    (``pruners.count_macs``). With ``block="bottleneck"`` at ``width=0.25``
+    (stages output 64, 128, 256, 512): 882,106 parameters and 37,174,528 MACs.
+
+    Submodules: ``conv1, bn1, act1``; ``layer{1..S}.{i}`` blocks with ``conv1,
+    bn1, act1, conv2, bn2, [act2, conv3, bn3,] shortcut, act2|act3`` (see the
+    block classes; ``shortcut.0`` conv and ``shortcut.1`` BN where it
+    projects); ``pool, flatten, fc``.
+
+    Args:
+        blocks: residual blocks per stage (one stage per entry).
+        block: ``"basic"`` or ``"bottleneck"``.
+        width: multiplier of ``widths`` (> 0).
+        widths: each stage's inner width at ``width=1`` (one per stage); the
+            stem has ``widths[0]`` (scaled).
+        in_channels: input image channels.
+        image_size: input height and width (any positive size: global pooling).
+        num_classes: number of logits.
+
+    Example:
+        >>> net = resnet(block="bottleneck", width=0.125)
+        >>> net.layer1[0].conv3.out_channels
+        32
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    blocks = _check_ints("blocks", blocks)
+    widths = _check_ints("widths", widths)
+    if len(widths) != len(blocks):
+        raise ValueError(f"widths needs one entry per stage of blocks={blocks!r}, "
+                         f"got {widths!r}")
+    if block not in _BLOCKS:
+        raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
+    width = _check_width(width)
+    _check_int("image_size", image_size)
+    planes = [_scaled(w, width) for w in widths]
+    strides = [1] + [2] * (len(blocks) - 1)
+    return ResNet(block, blocks, planes, strides, planes[0], in_channels, num_classes)
+
+
+def resnet18(width: float = 0.25, in_channels: int = 1, image_size: int = 28,
+             num_classes: int = 10) -> ResNet:
+    """ResNet-18: :func:`resnet` with basic blocks (2, 2, 2, 2) (701,178 parameters at 0.25).
+
+    Example:
+        >>> sum(p.numel() for p in resnet18().parameters())
+        701178
+    """
+    return resnet((2, 2, 2, 2), "basic", width, (64, 128, 256, 512), in_channels, image_size,
+                  num_classes)
+
+
+class InvertedResidual(nn.Module):
+    """The inverted residual block of MobileNetV2 (Sandler et al. 2018, Table 1).
+
+    ``expand_conv`` (1x1, ``c_in -> t * c_in``), ``expand_bn``, ``expand_act``
+    (ReLU6), present only when the expansion factor ``t > 1``; ``dw_conv``
+    (3x3 depthwise: ``groups`` = channels, carrying the stride), ``dw_bn``,
+    ``dw_act`` (ReLU6); ``project_conv`` (1x1 to ``c_out``), ``project_bn``, no
+    activation (the linear bottleneck). The input is added (``+``) to the output
+    when ``stride == 1`` and ``c_in == c_out`` (``use_residual``). Convolutions
+    have no bias.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, t: int) -> None:
+        super().__init__()
+        hidden = c_in * t
+        self.expand = t > 1
+        if self.expand:
+            self.expand_conv, self.expand_bn = _conv_bn(c_in, hidden, 1)
+            self.expand_act = nn.ReLU6()
+        self.dw_conv, self.dw_bn = _conv_bn(hidden, hidden, 3, stride, groups=hidden)
+        self.dw_act = nn.ReLU6()
+        self.project_conv, self.project_bn = _conv_bn(hidden, c_out, 1)
+        self.use_residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if self.expand:
+            out = self.expand_act(self.expand_bn(self.expand_conv(out)))
+        out = self.dw_act(self.dw_bn(self.dw_conv(out)))
+        out = self.project_bn(self.project_conv(out))
+        if self.use_residual:
+            out = x + out
+        return out
+
+
+#: the small MobileNetV2 block table for 28x28 inputs: (t, c, n, s) rows as in
+#: Sandler et al. 2018 Table 2 (expansion, output channels, repeats, first stride)
+MOBILENET_V2_SMALL = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2))
+
+
+class MobileNetV2(nn.Module):
+    """A MobileNetV2 (Sandler et al. 2018) for small images; see :func:`mobilenet_v2`."""
+
+    def __init__(self, config: Sequence[Sequence[int]] = MOBILENET_V2_SMALL, width: float = 1.0,
+                 stem: int = 32, last_channels: int = 256, dropout: float = 0.0,
+                 in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+        super().__init__()
+        rows = []
+        try:
+            rows = [tuple(r) for r in config]
+        except TypeError:
+            rows = []
+        if not rows or any(len(r) != 4 or any(isinstance(v, bool) or not isinstance(v, int)
+                                              or v < 1 for v in r) for r in rows):
+            raise ValueError("config must be a non-empty sequence of (t, c, n, s) rows of "
+                             f"positive integers, got {config!r}")
+        width = _check_width(width)
+        _check_int("stem", stem)
+        _check_int("last_channels", last_channels)
+        _check_dropout(dropout)
+        _check_int("in_channels", in_channels)
+        _check_int("image_size", image_size)
+        _check_int("num_classes", num_classes)
+        c_in = _scaled(stem, width)
+        self.conv1, self.bn1 = _conv_bn(in_channels, c_in, 3)  # stride 1 for 28x28
+        self.act1 = nn.ReLU6()
+        blocks = []
+        for t, c, n, s in rows:
+            c_out = _scaled(c, width)
+            for i in range(n):
+                blocks.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        c_last = _scaled(last_channels, width)
+        self.conv2, self.bn2 = _conv_bn(c_in, c_last, 1)
+        self.act2 = nn.ReLU6()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(c_last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.blocks(x)
+        x = self.act2(self.bn2(self.conv2(x)))
+        return self.fc(self.drop(self.flatten(self.pool(x))))
+
+
+def mobilenet_v2(config: Sequence[Sequence[int]] = MOBILENET_V2_SMALL, width: float = 1.0,
+                 stem: int = 32, last_channels: int = 256, dropout: float = 0.0,
+                 in_channels: int = 1, image_size: int = 28,
+                 num_classes: int = 10) -> MobileNetV2:
+    """A small MobileNetV2 for 28x28 inputs.
+
+    M. Sandler, A. Howard, M. Zhu, A. Zhmoginov, L.-C. Chen, "MobileNetV2:
+    Inverted Residuals and Linear Bottlenecks", CVPR 2018,
+    https://arxiv.org/abs/1801.04381.
+
+    A 3x3 stem convolution (stride 1, not the paper's 2, for 28x28 inputs;
+    ``stem`` filters) with BN and ReLU6; :class:`InvertedResidual` blocks from
+    the ``(t, c, n, s)`` rows of ``config`` (expansion factor ``t``, output
+    channels ``c``, ``n`` repeats, stride ``s`` at the first repeat; default
+    :data:`MOBILENET_V2_SMALL`: (1,16,1,1), (6,24,2,2), (6,32,2,2), (6,64,2,2),
+    so the blocks see 28, 14, 7 and 4 pixels); a final 1x1 convolution to
+    ``last_channels`` with BN and ReLU6; global average pooling; dropout if
+    ``dropout > 0``; one Linear. ``width`` multiplies every channel count
+    (rounded, at least 1; the paper rounds to multiples of 8 and keeps the
+    last convolution at 1280 below width 1; here it scales too). Expanded
+    widths are ``t`` times the (scaled) block input.
+
+    Defaults on 1x28x28: 134,858 parameters and 7,572,112 multiply-accumulates
+    (``pruners.count_macs``, counting a depthwise 3x3 as 9 per output).
+
+    Submodules: ``conv1, bn1, act1``; ``blocks.{i}`` (``i = 0 .. 6``) with
+    ``[expand_conv, expand_bn, expand_act,] dw_conv, dw_bn, dw_act,
+    project_conv, project_bn`` (``blocks.0`` has no expansion); ``conv2, bn2,
+    act2, pool, flatten, drop`` (``nn.Identity`` without dropout), ``fc``.
+    Residual adds at ``blocks.2``, ``blocks.4`` and ``blocks.6``.
+
+    Args:
+        config: ``(t, c, n, s)`` rows.
+        width: channel multiplier (> 0).
+        stem: stem convolution filters at ``width=1``.
+        last_channels: filters of the final 1x1 convolution at ``width=1``.
+        dropout: dropout before the classifier, in [0, 1).
+        in_channels: input image channels.
+        image_size: input height and width (any positive size: global pooling).
+        num_classes: number of logits.
+
+    Example:
+        >>> net = mobilenet_v2(width=0.5)
+        >>> net.blocks[1].dw_conv.groups, net.blocks[1].dw_conv.out_channels
+        (48, 48)
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    return MobileNetV2(config, width, stem, last_channels, dropout, in_channels, image_size,
+                       num_classes)
+
+
+class DenseLayer(nn.Module):
+    """One layer of a dense block (Huang et al. 2017): its input, concatenated with new features.
+
+    With a bottleneck (DenseNet-B): ``bn1, act1, conv1`` (1x1 to ``bottleneck *
+    growth`` channels), ``bn2, act2, conv2`` (3x3 to ``growth``); without:
+    ``bn1, act1, conv1`` (3x3 to ``growth``). Pre-activation (BN-ReLU-Conv),
+    convolutions without bias. Returns ``torch.cat([x, new], 1)``: the input
+    channels first, then the ``growth`` new ones.
+    """
+
+    def __init__(self, c_in: int, growth: int, bottleneck: int | None) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.act1 = nn.ReLU()
+        self.has_bottleneck = bottleneck is not None
+        if bottleneck is not None:
+            self.conv1 = nn.Conv2d(c_in, bottleneck * growth, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(bottleneck * growth)
+            self.act2 = nn.ReLU()
+            self.conv2 = nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(c_in, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.act1(self.bn1(x)))
+        if self.has_bottleneck:
+            out = self.conv2(self.act2(self.bn2(out)))
+        return torch.cat([x, out], 1)
+
+
+class Transition(nn.Module):
+    """A DenseNet transition: ``bn``, ``act`` (ReLU), ``conv`` (1x1), ``pool`` (2x2 average)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in)
+        self.act = nn.ReLU()
+        self.conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(self.act(self.bn(x))))
+
+
+class DenseNet(nn.Module):
+    """A DenseNet (Huang et al. 2017) for small images; see :func:`densenet`."""
+
+    def __init__(self, growth_rate: int = 12, blocks: Sequence[int] = (4, 4, 4),
+                 bottleneck: bool = True, compression: float = 0.5,
+                 init_channels: int | None = None, bottleneck_width: int = 4,
+                 in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+        super().__init__()
+        _check_int("growth_rate", growth_rate)
+        blocks = _check_ints("blocks", blocks)
+        if not isinstance(bottleneck, bool):
+            raise ValueError(f"bottleneck must be True or False, got {bottleneck!r}")
+        if isinstance(compression, bool) or not isinstance(compression, (int, float)) \
+                or not 0 < compression <= 1:
+            raise ValueError(f"compression must be in (0, 1], got {compression!r}")
+        if init_channels is None:
+            init_channels = 2 * growth_rate
+        _check_int("init_channels", init_channels)
+        _check_int("bottleneck_width", bottleneck_width)
+        _check_int("in_channels", in_channels)
+        _check_int("image_size", image_size)
+        _check_int("num_classes", num_classes)
+        if image_size >> (len(blocks) - 1) < 1:
+            raise ValueError(f"image_size={image_size} is too small for {len(blocks) - 1} "
+                             "transitions (2x2 average pooling each)")
+        self.num_blocks = len(blocks)
+        self.conv1 = nn.Conv2d(in_channels, init_channels, 3, padding=1, bias=False)
+        c = init_channels
+        for b, n in enumerate(blocks, start=1):
+            layers = []
+            for _ in range(n):
+                layers.append(DenseLayer(c, growth_rate, bottleneck_width if bottleneck else None))
+                c += growth_rate
+            self.add_module(f"block{b}", nn.Sequential(*layers))
+            if b < len(blocks):
+                c_out = max(1, int(math.floor(compression * c)))
+                self.add_module(f"trans{b}", Transition(c, c_out))
+                c = c_out
+        self.bn_final = nn.BatchNorm2d(c)
+        self.act_final = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        for b in range(1, self.num_blocks + 1):
+            x = getattr(self, f"block{b}")(x)
+            if b < self.num_blocks:
+                x = getattr(self, f"trans{b}")(x)
+        x = self.act_final(self.bn_final(x))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def densenet(growth_rate: int = 12, blocks: Sequence[int] = (4, 4, 4), bottleneck: bool = True,
+             compression: float = 0.5, init_channels: int | None = None,
+             bottleneck_width: int = 4, in_channels: int = 1, image_size: int = 28,
+             num_classes: int = 10) -> DenseNet:
+    """A small DenseNet-BC for 28x28 inputs.
+
+    G. Huang, Z. Liu, L. van der Maaten, K. Q. Weinberger, "Densely Connected
+    Convolutional Networks", CVPR 2017, https://arxiv.org/abs/1608.06993.
+
+    A 3x3 stem convolution with ``init_channels`` filters (default ``2 *
+    growth_rate``, the paper's DenseNet-BC choice); dense blocks of
+    :class:`DenseLayer` s, each adding ``growth_rate`` channels (BN-ReLU-Conv3x3,
+    preceded by a BN-ReLU-Conv1x1 bottleneck to ``bottleneck_width *
+    growth_rate`` channels when ``bottleneck``: DenseNet-B) and concatenating
+    them to its input with ``torch.cat([x, new], 1)``; between blocks a
+    :class:`Transition` (BN-ReLU-Conv1x1 to ``floor(compression * m)`` of its
+    ``m`` channels, then 2x2 average pooling; ``compression < 1`` is the "-C");
+    after the last block BN, ReLU, global average pooling and one Linear.
+    Convolutions have no bias. With the default three blocks the blocks see
+    28, 14 and 7 pixels.
+
+    Defaults (growth 12, blocks (4, 4, 4), bottleneck, compression 0.5, stem
+    24) on 1x28x28: 102,298 parameters and 33,149,988 multiply-accumulates
+    (``pruners.count_macs``); the channel counts are 24 -> 72 -> 36 -> 84 ->
+    42 -> 90.
+
+    Submodules: ``conv1``; ``block{b}.{i}.{bn1, act1, conv1, bn2, act2,
+    conv2}`` (``bn1, act1, conv1`` only without bottleneck);
+    ``trans{b}.{bn, act, conv, pool}`` between blocks; ``bn_final, act_final,
+    pool, flatten, fc``.
+
+    Args:
+        growth_rate: channels each dense layer adds (k).
+        blocks: dense layers per block (one block per entry).
+        bottleneck: whether dense layers start with the 1x1 bottleneck.
+        compression: transition output fraction theta, in (0, 1].
+        init_channels: stem filters (default ``2 * growth_rate``).
+        bottleneck_width: bottleneck channels per unit of growth (4 in the paper).
+        in_channels: input image channels.
+        image_size: input height and width; each transition halves it (floor),
+            which must leave at least one pixel.
+        num_classes: number of logits.
+
+    Example:
+        >>> net = densenet(growth_rate=4, blocks=(2, 2))
+        >>> net.trans1.conv.in_channels, net.fc.in_features
+        (16, 16)
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    return DenseNet(growth_rate, blocks, bottleneck, compression, init_channels, bottleneck_width,
+                    in_channels, image_size, num_classes)
+
+
 #: name -> factory, for checkpoints (the architecture is recorded by name and
 #: keyword arguments) and the CLI.
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -414,6 +1036,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": lenet5,
     "vgg": vgg,
     "covertype_net": covertype_net,
+    "resnet_cifar": resnet_cifar,
+    "resnet20": resnet20,
+    "resnet56": resnet56,
+    "resnet": resnet,
+    "resnet18": resnet18,
+    "mobilenet_v2": mobilenet_v2,
+    "densenet": densenet,
 }
 
 
