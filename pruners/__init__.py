@@ -45,7 +45,8 @@ Public names:
   units is scaled, ``p <- p_old + m (p_new - p_old)``, for any optimizer.
 """
 
-from saliency.graph import UnitGraph, UnsupportedArchitecture, trace
+from saliency.graph import UnitGraph, UnsupportedArchitecture
+from saliency.tracing import trace
 
 from . import schedules
 from .attacks import LRAttack, attack_steps

@@ -62,7 +62,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from saliency.graph import as_index_tensor, default_example_input, trace
+from saliency.graph import as_index_tensor, default_example_input
+from saliency.tracing import trace
 from saliency.layers import PRODUCERS
 
 __all__ = ["LRAttack", "attack_steps"]

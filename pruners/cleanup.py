@@ -27,7 +27,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from saliency.graph import trace
+from saliency.tracing import trace
 from saliency.layers import effective_tensor
 
 from .surgery import RemovalReport, remove_units

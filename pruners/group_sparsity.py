@@ -65,7 +65,8 @@ from typing import Callable, Iterable, Mapping, Union
 import torch
 import torch.nn as nn
 
-from saliency.graph import UnitGraph, trace
+from saliency.graph import UnitGraph
+from saliency.tracing import trace
 from saliency.layers import PRODUCERS
 
 from .surgery import InexactReplacementWarning, RemovalReport, remove_units

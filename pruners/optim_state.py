@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["check_optimizer_state", "slice_param", "Journal"]
+__all__ = ["check_optimizer_state", "slice_param", "reshape_param", "Journal"]
 
 
 def check_optimizer_state(optimizer, params: Mapping[str, torch.Tensor]) -> None:
@@ -68,11 +68,22 @@ def slice_param(p: torch.Tensor, dim: int, keep: torch.Tensor, optimizer=None,
     of the old shape are sliced alike. ``journal`` (a :class:`Journal`)
     records how to undo the change.
     """
+    reshape_param(p, lambda t: t.index_select(dim, keep.to(t.device)), optimizer, journal)
+
+
+def reshape_param(p: torch.Tensor, fn, optimizer=None, journal=None) -> None:
+    """Replace ``p`` by ``fn(p)``, in place, and every tensor shaped like it alike.
+
+    :func:`slice_param` with any selection ``fn`` (a tensor to a smaller one, the same way
+    for every tensor of ``p``'s shape): the parameter keeps its identity, ``.grad`` and the
+    optimizer's per-parameter state tensors of the old shape become ``fn`` of themselves
+    (a grouped convolution keeps different input columns in each conv group this way).
+    """
     old_shape = p.shape
     old_grad = p.grad
-    new = torch.nn.Parameter(p.detach().index_select(dim, keep), requires_grad=p.requires_grad)
+    new = torch.nn.Parameter(fn(p.detach()), requires_grad=p.requires_grad)
     torch.utils.swap_tensors(p, new)  # `new` now holds the old tensor
-    p.grad = None if old_grad is None else old_grad.index_select(dim, keep)
+    p.grad = None if old_grad is None else fn(old_grad)
     state = optimizer.state.get(p) if optimizer is not None else None
     old_state = dict(state) if state else None
     if journal is not None:
@@ -87,7 +98,7 @@ def slice_param(p: torch.Tensor, dim: int, keep: torch.Tensor, optimizer=None,
         return
     for key, val in list(state.items()):
         if isinstance(val, torch.Tensor) and val.dim() > 0 and val.shape == old_shape:
-            state[key] = val.index_select(dim, keep.to(val.device))
+            state[key] = fn(val)
 
 
 class Journal:

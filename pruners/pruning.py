@@ -40,7 +40,7 @@ import torch.nn.utils.prune as prune
 
 from saliency import SCORERS
 from saliency.base import Scorer, iter_batches, per_sample_loss, select_layers
-from saliency.graph import trace
+from saliency.tracing import trace
 from saliency.layers import eval_mode
 from saliency.replacement import iter_inputs
 

@@ -36,7 +36,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from saliency.graph import symbolic_trace, trace
+from saliency.graph import symbolic_trace
+from saliency.tracing import trace
 from saliency.layers import PRODUCERS, effective_tensor
 from saliency.switch import Switch, switch_of
 

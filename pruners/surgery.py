@@ -30,12 +30,14 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from saliency.graph import UnitGraph, default_example_input, trace
+from saliency.graph import UnitGraph, default_example_input
+from saliency.tracing import trace
 from saliency.layers import CHANNEL_MODULES, PRODUCERS, effective_tensor, eval_mode
-from saliency.replacement import fold_deltas, iter_inputs, replacement_hooks, unit_means
+from saliency.replacement import (fold_deltas, iter_inputs, member_indices, replacement_hooks,
+                                  unit_means)
 
 from .metrics import count_macs, count_params
-from .optim_state import Journal, check_optimizer_state, slice_param
+from .optim_state import Journal, check_optimizer_state, reshape_param
 
 __all__ = ["RemovalReport", "InexactReplacementWarning", "remove_units", "mask_units"]
 
@@ -51,12 +53,15 @@ class RemovalReport:
     """What :func:`remove_units` or :func:`mask_units` did.
 
     Attributes:
-        removed: units removed (or masked) per layer.
-        remaining: units left per touched layer.
-        indices: the removed indices per layer, sorted.
-        constants: per layer, the replacement value of each removed unit (the
-            value its producer module was taken to output), aligned with
-            ``indices``; empty without replacement.
+        removed: units removed (or masked) per group (on a chain: per layer).
+        remaining: units left per touched group.
+        indices: the removed units per group, sorted (group channels: on a chain, the
+            layer's own indices).
+        constants: per member layer, the replacement value of each removed output channel
+            (the value its module was taken to output), in the order of
+            :attr:`member_indices`; empty without replacement.
+        members: per touched group, its member layers (one on a chain).
+        member_indices: per member layer, its removed output channels, sorted.
         params_before, params_after: parameter counts (masked entries not
             counted).
         macs_before, macs_after: multiply-accumulates per sample for the
@@ -78,12 +83,17 @@ class RemovalReport:
     inexact: list[str] = field(default_factory=list)
     max_deviation: float | None = None
     masked: bool = False
+    members: dict[str, list[str]] = field(default_factory=dict)
+    member_indices: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __str__(self) -> str:
         verb = "masked" if self.masked else "removed"
         lines = [f"{'layer':<24}{verb:>10}{'remaining':>11}"]
         for name in self.removed:
             lines.append(f"{name:<24}{self.removed[name]:>10}{self.remaining[name]:>11}")
+            others = [m for m in self.members.get(name, [name]) if m != name]
+            if others:
+                lines.append(f"  (a group: with {', '.join(others)})")
         lines.append(f"parameters {self.params_before:,} -> {self.params_after:,}; "
                      f"MACs/sample {self.macs_before:,} -> {self.macs_after:,}")
         if self.max_deviation is not None:
@@ -195,12 +205,16 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
     graph = trace(model, example, exclude=exclude)
     removed = {n: i for n, i in graph.validate_units(units, min_units=min_units).items()
                if i.numel()}
-    constants = _constants(model, graph, units, removed, replacement, data)
-    check_optimizer_state(optimizer, _touched_params(model, graph, removed))
+    members = {g: member_indices(graph, g, chans) for g, chans in removed.items()}
+    constants = _constants(model, graph, units, members, replacement, data)
+    cuts = _plan(model, graph, removed, members)
+    check_optimizer_state(optimizer, _touched_params(model, cuts))
     deltas, inexact = fold_deltas(model, graph, removed, constants)
     reference = None
     if inexact and data is not None:
-        reference = _outputs(model, data, {n: (removed[n], constants[n]) for n in constants})
+        held = {m: (idx, constants[m]) for mi in members.values() for m, idx in mi.items()
+                if m in constants and idx.numel()}
+        reference = _outputs(model, data, held)
     params_before, macs_before = count_params(model), count_macs(model, example)
 
     # --- everything is validated: mutate, with an undo log as a safety net ---
@@ -210,9 +224,9 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
             for consumer, delta in deltas.items():
                 _add_to_bias(model.get_submodule(consumer), delta, optimizer, journal)
             if physical:
-                _slice_units(model, graph, removed, optimizer, journal)
+                _slice(model, cuts, optimizer, journal)
             else:
-                _mask_units(model, graph, removed, journal)
+                _mask(model, cuts, journal)
         params_after, macs_after = count_params(model), count_macs(model, example)
     except Exception as exc:
         journal.rollback()
@@ -231,66 +245,78 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
             f"average pooling over padding; {where})", InexactReplacementWarning, stacklevel=3)
     return RemovalReport(
         removed={n: int(i.numel()) for n, i in removed.items()},
-        remaining={n: graph.producers[n].num_units - int(i.numel()) for n, i in removed.items()},
+        remaining={n: graph.groups[n].size - int(i.numel()) for n, i in removed.items()},
         indices=removed, constants=constants,
         params_before=params_before, params_after=params_after,
         macs_before=macs_before, macs_after=macs_after,
-        inexact=inexact, max_deviation=deviation, masked=not physical)
+        inexact=inexact, max_deviation=deviation, masked=not physical,
+        members={n: list(graph.groups[n].members) for n in removed},
+        member_indices={m: idx for mi in members.values() for m, idx in mi.items()})
 
 
-def _constants(model, graph: UnitGraph, units, removed, replacement, data
+def _constants(model, graph: UnitGraph, units, members, replacement, data
                ) -> dict[str, torch.Tensor]:
-    """Replacement value per removed unit (sorted index order), validated."""
+    """Replacement value per removed output channel of every member (sorted order),
+    validated."""
     if replacement is None:
         return {}
-    out: dict[str, torch.Tensor] = {}
+    held = {m: idx for mi in members.values() for m, idx in mi.items()}
     if isinstance(replacement, str):
         if replacement == "zero":
-            return {n: torch.zeros(i.numel(), dtype=torch.float64) for n, i in removed.items()}
-        if replacement == "mean":
-            if data is None:
-                raise ValueError('replacement="mean" needs data= to measure the unit means')
-            means = unit_means(model, data, list(removed))
-            out = {n: means[n][i] for n, i in removed.items()}
-        else:
+            return {m: torch.zeros(i.numel(), dtype=torch.float64) for m, i in held.items()}
+        if replacement != "mean":
             raise ValueError(f'replacement must be None, "zero", "mean", a number or '
                              f'constants per layer, got {replacement!r}')
-    else:
-        if isinstance(replacement, (int, float)):
-            given = {n: float(replacement) for n in removed}
-        elif isinstance(replacement, torch.Tensor):
-            if len(units) != 1:
-                raise ValueError("a replacement tensor needs exactly one layer in units; "
-                                 "pass {layer: tensor} for several")
-            given = {next(iter(units)): replacement}
-        elif isinstance(replacement, Mapping):
-            extra = set(replacement) - set(units)
-            if extra:
-                raise ValueError(f"replacement names layers not in units: {sorted(extra)}")
-            missing = set(removed) - set(replacement)
-            if missing:
-                raise ValueError(f"replacement gives no constants for layers {sorted(missing)}")
-            given = dict(replacement)
-        else:
-            raise TypeError(f"unsupported replacement {type(replacement).__name__}")
-        for name, idx in removed.items():
-            val = given[name]
+        if data is None:
+            raise ValueError('replacement="mean" needs data= to measure the unit means')
+        means = unit_means(model, data, list(held))
+        return {m: means[m][i] for m, i in held.items()}
+    if isinstance(replacement, (int, float)):
+        out = {m: torch.full((i.numel(),), float(replacement), dtype=torch.float64)
+               for m, i in held.items()}
+    elif isinstance(replacement, torch.Tensor):
+        (name,) = units if len(units) == 1 else (None,)
+        group = graph.group_of(name) if name is not None else None
+        if group is None or len(group.members) > 1:
+            raise ValueError("a replacement tensor needs exactly one layer in units, on a chain;"
+                             " pass {layer: tensor} for several layers or for every member of a "
+                             "group")
+        out = {group.members[0]: _aligned(name, replacement, units[name], held[group.members[0]])}
+    elif isinstance(replacement, Mapping):
+        extra = set(replacement) - set(held)
+        if extra:
+            raise ValueError(f"replacement names layers not in units: {sorted(extra)} (the "
+                             "members of a group in units may be named too)")
+        missing = sorted(set(held) - set(replacement))
+        if missing:
+            raise ValueError(f"replacement gives no constants for layers {missing} (every "
+                             "member of a group is held at its own constants)")
+        out = {}
+        for m, val in replacement.items():
             if isinstance(val, (int, float)):
-                out[name] = torch.full((idx.numel(),), float(val), dtype=torch.float64)
-                continue
-            if not isinstance(val, torch.Tensor):
-                val = torch.as_tensor(val, dtype=torch.float64)
-            val = val.reshape(-1)
-            order = torch.as_tensor(list(units[name]) if not isinstance(units[name], torch.Tensor)
-                                    else units[name]).reshape(-1)
-            if val.numel() != order.numel():
-                raise ValueError(f"layer {name!r}: {val.numel()} replacement values for "
-                                 f"{order.numel()} indices")
-            out[name] = val[torch.argsort(order)]
+                out[m] = torch.full((held[m].numel(),), float(val), dtype=torch.float64)
+            else:
+                order = units[m] if m in units else held[m]
+                out[m] = _aligned(m, val, order, held[m])
+    else:
+        raise TypeError(f"unsupported replacement {type(replacement).__name__}")
     for name, val in out.items():
         if not torch.isfinite(val).all():
             raise ValueError(f"layer {name!r}: replacement values must be finite")
     return out
+
+
+def _aligned(name: str, val, order, held: torch.Tensor) -> torch.Tensor:
+    """Values given in the order of ``order`` (the indices as the caller gave them), sorted."""
+    if not isinstance(val, torch.Tensor):
+        val = torch.as_tensor(val, dtype=torch.float64)
+    val = val.reshape(-1)
+    order = torch.as_tensor(list(order) if not isinstance(order, torch.Tensor)
+                            else order).reshape(-1)
+    if val.numel() != order.numel() or val.numel() != held.numel():
+        raise ValueError(f"layer {name!r}: {val.numel()} replacement values for "
+                         f"{held.numel()} indices")
+    return val[torch.argsort(order)]
 
 
 def _tensor_slots(module: nn.Module, name: str) -> list[torch.Tensor]:
@@ -299,21 +325,87 @@ def _tensor_slots(module: nn.Module, name: str) -> list[torch.Tensor]:
     return [p] if isinstance(p, nn.Parameter) else []
 
 
-def _touched_params(model, graph: UnitGraph, removed) -> dict[str, torch.Tensor]:
+@dataclass
+class _Cut:
+    """Positions removed from one module along one dimension of some of its tensors.
+
+    ``dim`` 0 removes output channels (rows; per-channel tensors), 1 input columns.
+    ``attrs`` are the size attributes set to the new count; ``masks`` the tensors to mask
+    (:func:`mask_units`); ``groups`` the conv groups of a grouped convolution's columns.
+    """
+
+    module: str
+    dim: int
+    tensors: tuple[str, ...]
+    size: int
+    attrs: tuple[str, ...] = ()
+    masks: tuple[str, ...] = ()
+    groups: int = 1
+    positions: set = field(default_factory=set)
+
+
+def _plan(model, graph: UnitGraph, removed, members) -> list[_Cut]:
+    """Every module the removal changes, what and where (before any change)."""
+    cuts: dict[tuple[str, int], _Cut] = {}
+
+    def cut(module, dim, positions, **kw):
+        mod = model.get_submodule(module)
+        key = (module, dim)
+        if key not in cuts:
+            size = next(t for t in (effective_tensor(mod, n) for n in kw["tensors"])
+                        if t is not None).shape[dim]
+            if dim == 1:
+                size *= getattr(mod, "groups", 1)
+            cuts[key] = _Cut(module, dim, size=size, **kw)
+        cuts[key].positions.update(int(p) for p in positions)
+
+    for gname, chans in removed.items():
+        group = graph.groups[gname]
+        for m, idx in members[gname].items():
+            spec = PRODUCERS[type(model.get_submodule(m))]
+            cut(m, 0, idx.tolist(), tensors=("weight", "bias"), attrs=(spec.out_attr,),
+                masks=("weight", "bias"))
+        for node in group.nodes:
+            if node.kind != "op" or node.op.kind not in ("module", "depthwise"):
+                continue
+            pos = torch.isin(node.labels, chans).nonzero().reshape(-1).tolist()
+            mod = model.get_submodule(node.op.target)
+            if node.op.kind == "depthwise":
+                cut(node.op.target, 0, pos, tensors=("weight", "bias"), masks=("weight", "bias"),
+                    attrs=("in_channels", "out_channels", "groups"))
+                continue
+            spec = CHANNEL_MODULES[type(mod)]
+            if spec.tensors(mod):
+                cut(node.op.target, 0, pos, tensors=tuple(spec.tensors(mod)),
+                    attrs=(spec.count_attr,) if spec.count_attr else (),
+                    masks=tuple(spec.masks(mod)))
+        for c in group.consumers:
+            labels = group.nodes[c.node].labels
+            pos = torch.isin(labels, chans).nonzero().reshape(-1)
+            if c.block > 1:
+                pos = (pos[:, None] * c.block + torch.arange(c.block)).reshape(-1)
+            cmod = model.get_submodule(c.name)
+            cut(c.name, 1, pos.tolist(), tensors=("weight",), masks=("weight",),
+                attrs=(PRODUCERS[type(cmod)].in_attr,), groups=getattr(cmod, "groups", 1))
+    for c in cuts.values():
+        if c.groups > 1 and c.dim == 1:
+            per = c.size // c.groups
+            counts = [sum(1 for p in c.positions if p // per == k) for k in range(c.groups)]
+            if len(set(counts)) > 1:
+                raise ValueError(f"{c.module!r} is a grouped convolution with {c.groups} groups "
+                                 f"that would lose {counts} input channels from its groups; "
+                                 "remove the same number from each")
+    return list(cuts.values())
+
+
+def _touched_params(model, cuts: list[_Cut]) -> dict[str, torch.Tensor]:
     """Parameters whose shape changes, by qualified name."""
     out: dict[str, torch.Tensor] = {}
-    for name in removed:
-        prod = graph.producers[name]
-        mods = [(name, ("weight", "bias"))]
-        for cm in prod.channel_modules:
-            mods.append((cm, CHANNEL_MODULES[type(model.get_submodule(cm))].tensors(
-                model.get_submodule(cm))))
-        mods += [(e.consumer, ("weight",)) for e in prod.edges]
-        for mname, tnames in mods:
-            mod = model.get_submodule(mname)
-            for t in tnames:
-                for p in _tensor_slots(mod, t):
-                    out[f"{mname}.{t}"] = p
+    for c in cuts:
+        mod = model.get_submodule(c.module)
+        for t in c.tensors:
+            for p in _tensor_slots(mod, t):
+                out[f"{c.module}.{t}"] = p
     return out
 
 
@@ -338,28 +430,41 @@ def _add_to_bias(module: nn.Module, delta: torch.Tensor, optimizer, journal: Jou
                 break
 
 
-def _complement(n: int, idx: torch.Tensor, device) -> torch.Tensor:
+def _complement(n: int, idx, device) -> torch.Tensor:
     keep = torch.ones(n, dtype=torch.bool)
-    keep[idx.cpu()] = False
+    keep[torch.as_tensor(sorted(idx), dtype=torch.long)] = False
     return keep.nonzero().reshape(-1).to(device)
 
 
-def _slice_tensor(module: nn.Module, name: str, dim: int, keep: torch.Tensor,
-                  optimizer, journal: Journal) -> None:
+def _grouped_columns(c: _Cut, t: torch.Tensor) -> torch.Tensor:
+    """Each conv group's rows of a grouped weight keep their own input columns."""
+    per_in = c.size // c.groups
+    keep = [[p - k * per_in for p in range(k * per_in, (k + 1) * per_in) if p not in c.positions]
+            for k in range(c.groups)]
+    rows = t.shape[0] // c.groups
+    index = torch.tensor([keep[r // rows] for r in range(t.shape[0])], device=t.device)
+    index = index.reshape(index.shape + (1,) * (t.dim() - 2)).expand(
+        (t.shape[0], index.shape[1]) + tuple(t.shape[2:]))
+    return t.gather(1, index)
+
+
+def _cut_tensor(module: nn.Module, name: str, c: _Cut, keep: torch.Tensor, optimizer,
+                journal: Journal) -> None:
+    if c.dim == 1 and c.groups > 1:
+        fn = lambda t: _grouped_columns(c, t)  # noqa: E731
+    else:
+        fn = lambda t: t.index_select(c.dim, keep.to(t.device))  # noqa: E731
     if name + "_orig" in module._parameters:
         journal.snapshot_module(module)
         p = module._parameters[name + "_orig"]
-        slice_param(p, dim, keep.to(p.device), optimizer, journal)
-        mask = module._buffers[name + "_mask"]
-        module._buffers[name + "_mask"] = mask.index_select(dim, keep.to(mask.device))
+        reshape_param(p, fn, optimizer, journal)
+        module._buffers[name + "_mask"] = fn(module._buffers[name + "_mask"])
         setattr(module, name, p * module._buffers[name + "_mask"])
     elif module._parameters.get(name) is not None:
-        p = module._parameters[name]
-        slice_param(p, dim, keep.to(p.device), optimizer, journal)
+        reshape_param(module._parameters[name], fn, optimizer, journal)
     elif module._buffers.get(name) is not None:
         journal.snapshot_module(module)
-        b = module._buffers[name]
-        module._buffers[name] = b.index_select(dim, keep.to(b.device))
+        module._buffers[name] = fn(module._buffers[name])
 
 
 def _set_attr(module: nn.Module, attr: str, value, journal: Journal) -> None:
@@ -368,52 +473,33 @@ def _set_attr(module: nn.Module, attr: str, value, journal: Journal) -> None:
     journal.add(lambda: setattr(module, attr, old))
 
 
-def _slice_units(model, graph: UnitGraph, removed, optimizer, journal: Journal) -> None:
-    for name, idx in removed.items():
-        prod = graph.producers[name]
-        pmod = model.get_submodule(name)
-        spec = PRODUCERS[type(pmod)]
-        keep = _complement(prod.num_units, idx, pmod.weight.device)
-        for t in ("weight", "bias"):
-            _slice_tensor(pmod, t, 0, keep, optimizer, journal)
-        _set_attr(pmod, spec.out_attr, int(keep.numel()), journal)
-        for cm in prod.channel_modules:
-            cmod = model.get_submodule(cm)
-            cspec = CHANNEL_MODULES[type(cmod)]
-            for t in cspec.tensors(cmod):
-                _slice_tensor(cmod, t, 0, keep, optimizer, journal)
-            if cspec.count_attr:
-                _set_attr(cmod, cspec.count_attr, int(keep.numel()), journal)
-        for edge in prod.edges:
-            cmod = model.get_submodule(edge.consumer)
-            cspec_p = PRODUCERS[type(cmod)]
-            n_in = getattr(cmod, cspec_p.in_attr)
-            keep_cols = _complement(n_in, edge.columns(idx), pmod.weight.device)
-            _slice_tensor(cmod, "weight", 1, keep_cols, optimizer, journal)
-            _set_attr(cmod, cspec_p.in_attr, int(keep_cols.numel()), journal)
+def _slice(model, cuts: list[_Cut], optimizer, journal: Journal) -> None:
+    for c in sorted(cuts, key=lambda c: c.dim):  # rows before the columns of the same weight
+        mod = model.get_submodule(c.module)
+        keep = _complement(c.size, c.positions, effective_tensor(mod, c.tensors[0]).device)
+        for t in c.tensors:
+            _cut_tensor(mod, t, c, keep, optimizer, journal)
+        for attr in c.attrs:
+            _set_attr(mod, attr, int(keep.numel()), journal)
 
 
-def _mask_units(model, graph: UnitGraph, removed, journal: Journal) -> None:
+def _mask(model, cuts: list[_Cut], journal: Journal) -> None:
     masks: dict[tuple[str, str], torch.Tensor] = {}
-
-    def zero(mname: str, tname: str, dim: int, idx: torch.Tensor) -> None:
-        mod = model.get_submodule(mname)
-        t = effective_tensor(mod, tname)
-        if t is None:
-            return
-        m = masks.setdefault((mname, tname), torch.ones_like(t))
-        m.index_fill_(dim, idx.to(m.device), 0)
-
-    for name, idx in removed.items():
-        prod = graph.producers[name]
-        zero(name, "weight", 0, idx)
-        zero(name, "bias", 0, idx)
-        for cm in prod.channel_modules:
-            cmod = model.get_submodule(cm)
-            for t in CHANNEL_MODULES[type(cmod)].masks(cmod):
-                zero(cm, t, 0, idx)
-        for edge in prod.edges:
-            zero(edge.consumer, "weight", 1, edge.columns(idx))
+    for c in cuts:
+        mod = model.get_submodule(c.module)
+        for tname in c.masks:
+            t = effective_tensor(mod, tname)
+            if t is None:
+                continue
+            m = masks.setdefault((c.module, tname), torch.ones_like(t))
+            idx = torch.as_tensor(sorted(c.positions), dtype=torch.long, device=m.device)
+            if c.dim == 1 and c.groups > 1:
+                per_in, rows = c.size // c.groups, t.shape[0] // c.groups
+                for p in idx.tolist():
+                    k = p // per_in
+                    m[k * rows:(k + 1) * rows, p - k * per_in] = 0
+            else:
+                m.index_fill_(c.dim, idx, 0)
     for (mname, tname), mask in masks.items():
         mod = model.get_submodule(mname)
         journal.snapshot_module(mod)

@@ -52,7 +52,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from saliency.graph import UnitGraph, symbolic_trace, trace
+from saliency.graph import UnitGraph, symbolic_trace
+from saliency.tracing import trace
 from saliency.layers import effective_tensor
 from saliency.tristate import TriStateReLU, tristate_of
 

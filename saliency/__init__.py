@@ -42,7 +42,8 @@ Dead units (Evci 2018, Sec. 3.2, Def. 3.2.1-3.2.2; docs/dead_units.md):
 """
 
 from .base import LayerRequirement, ParameterScorer, Scorer, UnitScorer
-from .graph import UnitGraph, UnsupportedArchitecture, as_index_tensor, trace
+from .graph import UnitGraph, UnsupportedArchitecture, as_index_tensor
+from .tracing import trace
 from .group_norm import GroupNormScorer
 from .loss_change import LossChange
 from .magnitude import Magnitude

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .graph import UnitGraph, trace
+from .graph import UnitGraph
+from .tracing import trace
 from .replacement import iter_batches, iter_inputs
 
 __all__ = ["Scorer", "ParameterScorer", "UnitScorer", "LayerRequirement", "iter_batches",

@@ -76,7 +76,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import iter_batches, preserved, select_layers, summing_loss
-from .graph import UnitGraph, trace
+from .graph import UnitGraph
+from .tracing import trace
 from .layers import effective_tensor
 from .mrp import MRP
 from .replacement import iter_inputs

@@ -1,49 +1,50 @@
-"""The graph of units: which producer channels feed which consumer inputs.
+"""The graph of units: which producer channels feed which consumer inputs, in groups.
 
-:func:`trace` follows every producer's output through the ``torch.fx`` graph of
-a model, across per-channel modules, to the layers that consume its channels.
-Anything it cannot represent exactly raises :class:`UnsupportedArchitecture`
-naming the node; it never returns a guess.
+A *unit* is one output channel of a producer layer (``nn.Linear``, ``nn.Conv1d``,
+``nn.Conv2d``). Channels that must be removed together form a *group*: the producers whose
+outputs a residual add sums (all of them, through BatchNorm, activations, identity and
+projection shortcuts and the activation after the add), with every consumer of the summed
+stream. A producer on a chain is a group of one. :func:`saliency.trace` builds the graph
+(:mod:`saliency.tracing`); this module holds what it returns:
 
-Reference: U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS
-thesis, NYU 2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Sec. 1.2.3: a
-unit is one output channel of a layer, ``h_i = W_i . a + b_i``,
-``a_i = g(h_i)``.
+* :class:`UnitGraph` -- the producers, the groups, and what could not be represented;
+* :class:`Group` -- its member producers, its *group channels* (each member channel maps to
+  one), and its *region*: the nodes that carry its channels from the members' outputs to
+  its consumers (:class:`RegionNode`: per-channel ops, residual joins, concatenations,
+  flattens) and the consumers themselves (:class:`GroupConsumer`);
+* :class:`Producer`, :class:`Edge`, :class:`ChannelOp` -- per producer, the consumers and the
+  per-channel path to each: defined for producers whose group has no residual join (a chain,
+  possibly through concatenations and depthwise convolutions);
+* :class:`Unsupported` -- a node the graph cannot represent exactly, and the layers whose
+  channels reach it (left out of the prunable groups).
+
+Reference: U. Evci, *Detecting Dead Weights and Units in Neural Networks*, MS thesis, NYU
+2018, https://arxiv.org/abs/1806.06068 (Evci 2018), Sec. 1.2.3: a unit is one output channel
+of a layer, ``h_i = W_i . a + b_i``, ``a_i = g(h_i)``.
 """
 
 from __future__ import annotations
 
-import math
-import operator
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .layers import (
-    CHANNEL_MODULES,
-    DROPOUT_FUNCTIONS,
-    ELEMENTWISE_FUNCTIONS,
-    ELEMENTWISE_METHODS,
-    POOL_FUNCTIONS,
-    PRODUCERS,
-    avg_pool_scale,
-    eval_mode,
-)
+from .layers import CHANNEL_MODULES, PRODUCERS
 
-__all__ = ["UnsupportedArchitecture", "ChannelOp", "Edge", "Producer", "UnitGraph", "trace",
-           "module_on_path", "as_index_tensor"]
+__all__ = ["UnsupportedArchitecture", "ChannelOp", "Edge", "Producer", "RegionNode",
+           "GroupConsumer", "Group", "Unsupported", "UnitGraph", "module_on_path", "clause",
+           "as_index_tensor", "default_example_input", "symbolic_trace"]
 
 
 class UnsupportedArchitecture(ValueError):
-    """The model holds a pattern the graph of units cannot represent exactly.
+    """The model holds patterns the graph of units cannot represent exactly.
 
-    The message names the ``torch.fx`` node and the producer whose channels
-    reach it. Pass that producer in ``exclude=`` to leave it untouched.
+    The message names each ``torch.fx`` node, why it is refused, and the producers whose
+    channels reach it. ``trace(..., on_unsupported="exclude")`` leaves those producers out
+    instead (:attr:`UnitGraph.unsupported` lists them), ``exclude=[...]`` names some by hand.
     """
 
 
@@ -53,13 +54,15 @@ class ChannelOp:
 
     ``kind`` is ``"module"`` (``target`` is the module name; its
     :class:`~saliency.layers.ChannelSpec` says how constants pass through),
-    ``"function"`` (``target`` is the callable) or ``"method"`` (``target`` is
-    the method name). ``args``/``kwargs`` are the call's other arguments, with
-    the data argument removed (it is always the first). ``keeps_constant`` is
-    False when a spatially constant input does not give a constant output
-    (average pooling over zero padding). ``shape_only`` functions (pooling,
-    channel dropout) map a constant ``c`` to ``scale * c`` (``scale`` is 1
-    but for average pooling with a ``divisor_override``).
+    ``"depthwise"`` (``target`` is a depthwise convolution: channel ``c`` out from channel
+    ``c`` in, its weight row and bias sliced with the channel), ``"function"`` (``target`` is
+    the callable) or ``"method"`` (``target`` is the method name). ``args``/``kwargs`` are the
+    call's other arguments, with the data argument removed (it is always the first).
+    ``keeps_constant`` is False when a spatially constant input does not give a constant
+    output (average pooling or a depthwise convolution over zero padding). ``shape_only``
+    functions (pooling, channel dropout) map a constant ``c`` to ``scale * c`` (``scale`` is
+    1 but for average pooling with a ``divisor_override``). ``offset`` is the position of the
+    producer's channel 0 in the op's tensor (non-zero after a concatenation).
     """
 
     kind: str
@@ -69,6 +72,7 @@ class ChannelOp:
     keeps_constant: bool = True
     shape_only: bool = False
     scale: float = 1.0
+    offset: int = 0
 
     def describe(self) -> str:
         name = self.target if isinstance(self.target, str) else getattr(
@@ -78,7 +82,7 @@ class ChannelOp:
 
 @dataclass(frozen=True)
 class Edge:
-    """A consumer of a producer's channels.
+    """A consumer of a producer's channels, reached along one path.
 
     Attributes:
         consumer: module name of the consuming Linear/Conv layer.
@@ -86,14 +90,18 @@ class Edge:
         block: consumer input columns per producer channel: 1, or H*W for a
             Linear after a Flatten of a C x H x W map (channel ``i`` owns
             columns ``i*block ... (i+1)*block - 1``).
+        offset: the consumer input channel that the producer's channel 0 reaches (non-zero
+            when a concatenation puts other channels before it).
     """
 
     consumer: str
     path: tuple[ChannelOp, ...]
     block: int = 1
+    offset: int = 0
 
     def columns(self, channels: torch.Tensor) -> torch.Tensor:
         """Consumer input columns (or channels) owned by the given units."""
+        channels = channels + self.offset
         if self.block == 1:
             return channels
         offs = torch.arange(self.block, device=channels.device)
@@ -107,84 +115,279 @@ class Producer:
     Attributes:
         name: module name (as in ``model.named_modules()``).
         num_units: number of output channels.
-        edges: the consumers of its channels.
-        channel_modules: names of per-channel modules with per-channel tensors
-            on its paths (sliced together with its units).
-        prunable: False for the layers that produce the model's output, and
-            for excluded layers.
+        group: the name of its :class:`Group` (its own name on a chain).
+        prunable: False when its group may not be pruned (it reaches the model's output, is
+            excluded, or reaches an unsupported node).
         reason: why it is not prunable.
         out_ndim: number of dimensions of its output (2 for Linear, 3 or 4 for
             convolutions).
+        channel_modules: names of per-channel modules with per-channel tensors on its paths.
     """
 
     name: str
     num_units: int
-    edges: list[Edge] = field(default_factory=list)
-    channel_modules: list[str] = field(default_factory=list)
+    group: str = ""
     prunable: bool = True
     reason: str = ""
     out_ndim: int = 2
+    channel_modules: list[str] = field(default_factory=list)
+    _edges: list[Edge] | None = field(default_factory=list, repr=False)
+    _joined_group: str = field(default="", repr=False)
+
+    @property
+    def edges(self) -> list[Edge]:
+        """The consumers of its channels with the per-channel path to each.
+
+        Paths exist for producers whose group has no residual join; for a member of a
+        residual group the value a consumer receives depends on every member, so this raises
+        :class:`UnsupportedArchitecture` naming the group (group-aware code reads
+        :attr:`Group.nodes` and :attr:`Group.consumers` instead).
+        """
+        if self._joined_group:
+            raise UnsupportedArchitecture(
+                f"layer {self.name!r} belongs to the residual group {self._joined_group!r}, "
+                "whose channels are summed with other layers' channels: this operation works "
+                "per layer on chains only")
+        return self._edges
+
+
+@dataclass(frozen=True)
+class RegionNode:
+    """A node of a group's region: a tensor that carries some of the group's channels.
+
+    Attributes:
+        name: the ``torch.fx`` node's name.
+        kind: ``"member"`` (a member's output), ``"op"`` (a per-channel op), ``"join"`` (a
+            residual add or subtraction of its inputs), ``"cat"`` (a concatenation along
+            channels) or ``"flatten"``.
+        inputs: indices of the input nodes in :attr:`Group.nodes`, ``-1`` for an input
+            that carries none of the group's channels (a piece of a concatenation).
+        labels: the group channel of each channel of the tensor, ``-1`` for channels of other
+            groups or of no group.
+        op: the per-channel op (``"op"`` nodes).
+        member: the member's name (``"member"`` nodes).
+        sizes: the channel count of every input (``"cat"``: in order).
+        coefs: the factor of each input of a ``"join"`` (``a + alpha b``, ``a - b``).
+        out_ndim: dimensions of the tensor.
+        block: columns per channel once flattened, else None.
+    """
+
+    name: str
+    kind: str
+    inputs: tuple[int, ...]
+    labels: torch.Tensor
+    op: ChannelOp | None = None
+    member: str | None = None
+    sizes: tuple[int, ...] = ()
+    coefs: tuple[float, ...] = ()
+    out_ndim: int = 2
+    block: int | None = None
+
+
+@dataclass(frozen=True)
+class GroupConsumer:
+    """A layer that consumes some of a group's channels.
+
+    Attributes:
+        name: the consumer's module name.
+        node: index of the :class:`RegionNode` it reads.
+        block: input columns per channel (a Linear after a flatten), else 1.
+    """
+
+    name: str
+    node: int
+    block: int = 1
+
+
+@dataclass
+class Group:
+    """Channels that are removed together, and everything they reach.
+
+    Attributes:
+        name: its name: the name of its first member (in forward order). Any member's name
+            addresses the group.
+        members: the producers whose channels are its channels, in forward order.
+        size: the number of group channels (units).
+        channels: per member, the group channel of each of its output channels.
+        nodes: its region, in forward order (:class:`RegionNode`).
+        consumers: the layers that read its channels (:class:`GroupConsumer`).
+        prunable: whether its channels may be removed.
+        reason: why not.
+        partitions: grouped convolutions that read or produce its channels, with the group
+            channels of each convolution group: a removal must take the same number from
+            each (``{conv name: [channels of conv group 0, ...]}``).
+    """
+
+    name: str
+    members: list[str]
+    size: int
+    channels: dict[str, torch.Tensor]
+    nodes: list[RegionNode] = field(default_factory=list)
+    consumers: list[GroupConsumer] = field(default_factory=list)
+    prunable: bool = True
+    reason: str = ""
+    partitions: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def joined(self) -> bool:
+        """Whether its region has a residual join (several members' channels summed)."""
+        return any(n.kind == "join" for n in self.nodes)
+
+    def describe(self) -> str:
+        """One line: the group's name, size and members."""
+        if len(self.members) == 1:
+            return f"{self.name} ({self.size} units)"
+        return (f"{self.name} ({self.size} units; group of {len(self.members)} layers: "
+                f"{', '.join(self.members)})")
+
+
+#: reasons that read as a predicate of the node ("node 'x' (...) takes more than one input")
+_PREDICATES = ("is", "takes", "reshapes", "modifies", "adds", "concatenates", "combines",
+               "consumes", "does", "maps", "has")
+
+
+def clause(node: str, reason: str) -> str:
+    """``node`` and ``reason`` as one sentence: a predicate follows the node, anything else
+    comes after a colon."""
+    return f"{node} {reason}" if reason.split(" ", 1)[0] in _PREDICATES else f"{node}: {reason}"
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A node the graph of units cannot represent exactly.
+
+    Attributes:
+        node: the ``torch.fx`` node, described (``"node 'add_3' (call_function mul)"``).
+        reason: why it is refused.
+        layers: the producers whose channels reach it (left out of the prunable groups).
+    """
+
+    node: str
+    reason: str
+    layers: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{clause(self.node, self.reason)} [reached from {', '.join(self.layers)}]"
 
 
 @dataclass
 class UnitGraph:
-    """Result of :func:`trace`: producers by name, in forward order.
+    """Result of :func:`saliency.trace`: producers and groups by name, in forward order.
 
-    ``producers`` maps each Linear/Conv layer name to its :class:`Producer`.
-    Only producers with ``prunable=True`` have units that can be scored or
-    removed. Residual connections would add coupled groups of producers that
-    share one index space; the per-producer structure stays as it is.
+    Only prunable groups (:attr:`prunable`) have units that can be scored or removed. Unit
+    selections and scores are keyed by group name; a producer on a chain is its own group.
     """
 
     producers: dict[str, Producer]
+    groups: dict[str, Group] = field(default_factory=dict)
+    unsupported: list[Unsupported] = field(default_factory=list)
     example_shape: tuple[int, ...] | None = None
     gm: fx.GraphModule | None = field(default=None, repr=False, compare=False)
 
     @property
     def prunable(self) -> list[str]:
-        """Names of producers whose units may be removed, in forward order."""
-        return [n for n, p in self.producers.items() if p.prunable]
+        """Names of the groups whose units may be removed, in forward order."""
+        return [n for n, g in self.groups.items() if g.prunable]
+
+    def group_of(self, name: str) -> Group:
+        """The group a producer belongs to (a group's own name works too)."""
+        if name in self.groups:
+            return self.groups[name]
+        if name in self.producers:
+            return self.groups[self.producers[name].group]
+        raise ValueError(f"unknown layer {name!r}: prunable layers are {self.prunable}")
 
     def consumers_of(self, name: str) -> list[Edge]:
         return self.producers[name].edges
 
+    def describe(self) -> str:
+        """Every prunable group, one line each, then what is left out and why."""
+        lines = [self.groups[n].describe() for n in self.prunable]
+        closed = [g for g in self.groups.values() if not g.prunable]
+        lines += [f"not prunable: {g.name}: {g.reason}" for g in closed]
+        return "\n".join(lines)
+
     def validate_units(self, units: Mapping[str, Iterable[int]], *, min_units: int = 1
                        ) -> dict[str, torch.Tensor]:
-        """Check a ``{layer: indices}`` selection; return sorted index tensors.
+        """Check a ``{layer: indices}`` selection; return ``{group: sorted group channels}``.
 
-        Raises ValueError naming the layer and index for an unknown or
-        non-prunable layer, a non-integer, out-of-range or duplicate index, or
-        a selection that leaves fewer than ``min_units`` units.
+        A key names a group or any of its members; a member's indices are its own channel
+        indices, mapped to the group's channels (under the group's name they are the group
+        channels, which are the first member's own indices). Two members of one group must
+        select the same group channels.
+
+        Raises ValueError naming the layer (and its group) and the index for an unknown or
+        non-prunable layer, a non-integer, out-of-range or duplicate index, members of one
+        group given different channels, a selection that leaves fewer than ``min_units``
+        units, or one that removes a different number of channels from the groups of a
+        grouped convolution.
         """
         if not isinstance(units, Mapping):
             raise TypeError(f"units must map layer names to indices, got {type(units).__name__}")
         if min_units < 1:
             raise ValueError(f"min_units must be >= 1, got {min_units}")
         out: dict[str, torch.Tensor] = {}
+        given: dict[str, str] = {}
         for name, idx in units.items():
-            if name not in self.producers:
+            group = self._prunable_group(name)
+            chans = self._group_channels(name, group, idx)
+            if group.name in out and not torch.equal(out[group.name], chans):
                 raise ValueError(
-                    f"unknown layer {name!r}: prunable layers are {self.prunable}")
-            prod = self.producers[name]
-            if not prod.prunable:
-                raise ValueError(f"layer {name!r} is not prunable: {prod.reason}")
-            t = as_index_tensor(name, idx)
-            bad = t[(t < 0) | (t >= prod.num_units)]
-            if bad.numel():
-                raise ValueError(
-                    f"layer {name!r}: index {int(bad[0])} is out of range "
-                    f"(the layer has {prod.num_units} units, indices 0..{prod.num_units - 1})")
-            uniq, counts = torch.unique(t, return_counts=True)
-            if (counts > 1).any():
-                raise ValueError(
-                    f"layer {name!r}: index {int(uniq[counts > 1][0])} is given more than once")
-            left = prod.num_units - uniq.numel()
-            if left < min_units:
-                raise ValueError(
-                    f"layer {name!r}: removing {uniq.numel()} of {prod.num_units} units "
-                    f"would leave {left}, fewer than min_units={min_units}")
-            out[name] = uniq
+                    f"layers {given[group.name]!r} and {name!r} are both in group "
+                    f"{group.name!r} ({', '.join(group.members)}) but select different "
+                    f"channels ({out[group.name].tolist()} and {chans.tolist()}): give the "
+                    "group once")
+            out[group.name], given[group.name] = chans, name
+        for gname, chans in out.items():
+            self._check_left(self.groups[gname], given[gname], chans, min_units)
         return out
+
+    def _prunable_group(self, name: str) -> Group:
+        if name not in self.producers and name not in self.groups:
+            raise ValueError(f"unknown layer {name!r}: prunable layers are {self.prunable}")
+        group = self.group_of(name)
+        if not group.prunable:
+            where = "" if group.name == name else f" (in group {group.name!r})"
+            raise ValueError(f"layer {name!r}{where} is not prunable: {group.reason}")
+        return group
+
+    def _group_channels(self, name: str, group: Group, idx: Any) -> torch.Tensor:
+        t = as_index_tensor(name, idx)
+        n = group.size if name == group.name else self.producers[name].num_units
+        bad = t[(t < 0) | (t >= n)]
+        label = name if name == group.name or len(group.members) == 1 else \
+            f"{name} (in group {group.name})"
+        if bad.numel():
+            what = "layer" if name != group.name or len(group.members) == 1 else "group"
+            raise ValueError(f"layer {label!r}: index {int(bad[0])} is out of range (the {what} "
+                             f"has {n} units, indices 0..{n - 1})")
+        uniq, counts = torch.unique(t, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(
+                f"layer {label!r}: index {int(uniq[counts > 1][0])} is given more than once")
+        if name != group.name:
+            uniq = torch.unique(group.channels[name][uniq])
+        return uniq
+
+    def _check_left(self, group: Group, given: str, chans: torch.Tensor, min_units: int) -> None:
+        left = group.size - chans.numel()
+        what = f"layer {given!r}" if len(group.members) == 1 else \
+            f"group {group.name!r} ({', '.join(group.members)})"
+        if left < min_units:
+            raise ValueError(f"{what}: removing {chans.numel()} of {group.size} units would "
+                             f"leave {left}, fewer than min_units={min_units}")
+        removed = torch.zeros(group.size, dtype=torch.bool)
+        removed[chans] = True
+        for conv, parts in group.partitions.items():
+            counts = [int(removed[p].sum()) for p in parts]
+            if len(set(counts)) > 1:
+                raise ValueError(
+                    f"{what}: {conv!r} is a grouped convolution with {len(parts)} groups, which "
+                    f"must lose the same number of channels from each group; this selection "
+                    f"removes {counts}. Remove the same count from each (UnitPruner does)")
+            if min(int(p.numel()) - c for p, c in zip(parts, counts)) < 1:
+                raise ValueError(f"{what}: the selection empties a group of the grouped "
+                                 f"convolution {conv!r}")
 
 
 def as_index_tensor(name: str, idx: Any) -> torch.Tensor:
@@ -233,115 +436,6 @@ def as_index_tensor(name: str, idx: Any) -> torch.Tensor:
     return t.reshape(-1).long()
 
 
-# ---------------------------------------------------------------------------
-# tracing
-
-_META_METHODS = {"size", "dim"}
-_SCALAR_OPS = {operator.add, operator.sub, operator.mul, operator.truediv,
-               torch.add, torch.sub, torch.mul, torch.div}
-_AVG_POOL_FUNCS = {F.avg_pool1d: 3, F.avg_pool2d: 4}
-
-
-def _is_node(x: Any) -> bool:
-    return isinstance(x, fx.Node)
-
-
-def _has_node(args: Any) -> bool:
-    found = False
-
-    def visit(a):
-        nonlocal found
-        if isinstance(a, fx.Node):
-            found = True
-        return a
-
-    fx.node.map_arg(args, visit)
-    return found
-
-
-def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    return node.meta.get("unit_graph_shape")
-
-
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the traced model once and records every tensor's shape on its node."""
-
-    def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
-        if isinstance(result, torch.Tensor):
-            n.meta["unit_graph_shape"] = tuple(result.shape)
-        return result
-
-
-def _tainted_modules(model: nn.Module, gm: fx.GraphModule) -> dict[str, str]:
-    """Modules whose tensors are shared with another module or read directly."""
-    owners: dict[int, set[int]] = {}
-    names: dict[int, list[str]] = {}
-    for name, mod in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(mod), []).append(name)
-        for t in list(mod._parameters.values()) + list(mod._buffers.values()):
-            if t is not None:
-                owners.setdefault(id(t), set()).add(id(mod))
-    tainted: dict[str, str] = {}
-    by_id = {id(m): m for _, m in model.named_modules(remove_duplicate=False)}
-    for mod_ids in owners.values():
-        if len(mod_ids) > 1:
-            all_names = sorted(n for i in mod_ids for n in names[i])
-            for i in mod_ids:
-                for n in names[i]:
-                    tainted[n] = f"it shares a parameter or buffer with {all_names}"
-    for mid, ns in names.items():
-        if len(ns) > 1 and any(by_id[mid]._parameters.values()):
-            for n in ns:
-                tainted[n] = f"the same module is registered as {sorted(ns)}"
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            mod_name = node.target.rpartition(".")[0]
-            tainted.setdefault(mod_name, f"its tensor {node.target!r} is read directly in "
-                                         "forward")
-    return tainted
-
-
-@dataclass
-class _Ctx:
-    gm: fx.GraphModule
-    calls: dict[str, int]
-    tainted: dict[str, str]
-
-
-def _describe(node: fx.Node) -> str:
-    tgt = node.target
-    if callable(tgt):
-        tgt = getattr(tgt, "__name__", repr(tgt))
-    return f"node '{node.name}' ({node.op} {tgt})"
-
-
-def _flatten_block(node: fx.Node, src: fx.Node) -> int | None:
-    """Columns per channel if ``node`` flattens ``src`` (B, C, *S) -> (B, C*prod S)."""
-    ins, outs = _shape(src), _shape(node)
-    if ins is None or outs is None or len(ins) < 2:
-        return None
-    if len(outs) == 2 and outs[0] == ins[0] and outs[1] == math.prod(ins[1:]):
-        return math.prod(ins[2:])
-    return None
-
-
-#: model -> {signature: UnitGraph}. A graph is reused while the model's
-#: structure (module types, tensor shapes), the input's per-sample shape and
-#: ``exclude`` are the same; any surgery changes a shape and so the key.
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _signature(model: nn.Module, example: torch.Tensor, exclude: set) -> tuple:
-    parts = []
-    for name, mod in model.named_modules():
-        tensors = tuple((k, tuple(v.shape)) for k, v in
-                        list(mod._parameters.items()) + list(mod._buffers.items())
-                        if v is not None)
-        parts.append((name, type(mod), id(mod), tensors))
-    return (tuple(parts), tuple(example.shape[1:]), example.dtype, tuple(sorted(exclude)))
-
-
 def default_example_input(model: nn.Module) -> torch.Tensor:
     """A one-sample input for a model whose first layer is a Linear.
 
@@ -378,366 +472,22 @@ def symbolic_trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, name)
 
 
-def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
-          exclude: Iterable[str] = ()) -> UnitGraph:
-    """Build the graph of units of ``model``.
-
-    Every output channel of an ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d`` is
-    a unit. For each such producer the graph records the per-channel modules
-    between it and its consumers (BatchNorm, activations also as functions or
-    tensor methods, dropout, pooling, identity) and every consumer with its
-    channel map: Linear input columns, Conv input channels, or blocks of H*W
-    Linear columns after a flatten of a C x H x W map. Producers that reach the
-    model's output are not prunable.
-
-    Args:
-        model: any ``nn.Module`` that ``torch.fx.symbolic_trace`` can trace.
-        example_input: a batch (e.g. of one sample) used to learn tensor
-            shapes. Optional for models whose first layer is a Linear.
-        exclude: producer names to leave out: their units are not prunable
-            and patterns downstream of them are not checked.
-
-    Returns:
-        A :class:`UnitGraph`.
-
-    Raises:
-        UnsupportedArchitecture: for residual adds, concatenation, grouped or
-            depthwise convolution, reshapes other than flatten, attention,
-            shared (reused) layers, or anything else whose channel map is not
-            one-to-one, naming the node and the producer.
-
-    Examples:
-        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-        >>> g = trace(net)
-        >>> g.prunable, g.producers["0"].edges[0].consumer
-        (['0'], '2')
-    """
-    exclude = set(exclude)
-    if example_input is None:
-        example_input = default_example_input(model)
-    key = _signature(model, example_input, exclude)
-    cached = _CACHE.get(model, {}).get(key)
-    if cached is not None:
-        return cached
-    names = {m: n for n, m in model.named_modules()}
-    unknown = exclude - set(names.values())
-    if unknown:
-        raise ValueError(f"exclude names unknown modules: {sorted(unknown)}")
-    try:
-        with eval_mode(model):  # flags such as F.dropout(training=self.training) bake as eval
-            gm = symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedArchitecture(
-            f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
-    try:
-        with eval_mode(model), torch.no_grad():
-            _ShapeRecorder(gm).run(example_input)
-    except Exception as exc:  # noqa: BLE001
-        msg = str(exc).strip().splitlines()
-        raise ValueError(f"the model does not run on example_input of shape "
-                         f"{tuple(example_input.shape)}: {msg[0] if msg else type(exc).__name__}"
-                         ) from exc
-
-    producers: dict[str, Producer] = {}
-    seen_calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            seen_calls[node.target] = seen_calls.get(node.target, 0) + 1
-    ctx = _Ctx(gm, seen_calls, _tainted_modules(model, gm))
-
-    owner: dict[str, str] = {}  # channel module / consumer -> producer
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        mod = gm.get_submodule(node.target)
-        spec = PRODUCERS.get(type(mod))
-        if spec is None:
-            continue
-        name = node.target
-        shape = _shape(node)
-        prod = Producer(name, getattr(mod, spec.out_attr), out_ndim=len(shape) if shape else 2)
-        producers[name] = prod
-        if name in exclude:
-            prod.prunable, prod.reason = False, "excluded by the caller"
-            continue
-        try:
-            if seen_calls[name] > 1:
-                raise UnsupportedArchitecture(
-                    f"{_describe(node)}: layer {name!r} is called {seen_calls[name]} times "
-                    "(shared weights)")
-            if name in ctx.tainted:
-                raise UnsupportedArchitecture(f"{_describe(node)}: {ctx.tainted[name]}")
-            why = spec.check(mod)
-            if why:
-                raise UnsupportedArchitecture(f"{_describe(node)}: {why}")
-            if shape is not None and len(shape) != spec.ndim:
-                raise UnsupportedArchitecture(
-                    f"{_describe(node)}: {type(mod).__name__} output of shape {shape}; expected "
-                    f"{spec.ndim} dimensions (batch, channels, ...)")
-            _walk(ctx, node, prod, owner)
-        except UnsupportedArchitecture as exc:
-            raise UnsupportedArchitecture(
-                f"{exc} [reached from producer {name!r}; pass exclude=[{name!r}] to leave "
-                "its units alone]") from None
-    graph = UnitGraph(producers, tuple(example_input.shape), gm)
-    _CACHE.setdefault(model, {})[key] = graph
-    return graph
-
-
-def _walk(ctx: _Ctx, start: fx.Node, prod: Producer, owner: dict[str, str]) -> None:
-    """Depth-first walk from a producer's output to its consumers."""
-    gm = ctx.gm
-    stack: list[tuple[fx.Node, tuple[ChannelOp, ...], int | None]] = [(start, (), None)]
-    while stack:
-        node, path, block = stack.pop()
-        for user in list(node.users):
-            _check_inplace(ctx, user, node)
-            step = _classify(ctx, user, node, block)
-            kind = step[0]
-            if kind == "meta":
-                continue
-            if kind == "output":
-                prod.prunable = False
-                prod.reason = "its output is the model's output"
-                continue
-            if kind == "consumer":
-                _claim(owner, user.target, prod.name, user)
-                prod.edges.append(Edge(user.target, path, block or 1))
-                continue
-            if kind == "flatten":
-                stack.append((user, path, step[1]))
-                continue
-            op = step[1]
-            if op.kind == "module":
-                spec = CHANNEL_MODULES[type(gm.get_submodule(op.target))]
-                if spec.tensors(gm.get_submodule(op.target)):
-                    if ctx.calls.get(op.target, 1) > 1:
-                        raise UnsupportedArchitecture(
-                            f"{_describe(user)}: module {op.target!r} is called "
-                            f"{ctx.calls[op.target]} times (its per-channel tensors are shared)")
-                    if op.target in ctx.tainted:
-                        raise UnsupportedArchitecture(
-                            f"{_describe(user)}: {ctx.tainted[op.target]}")
-                    _claim(owner, op.target, prod.name, user)
-                    if op.target not in prod.channel_modules:
-                        prod.channel_modules.append(op.target)
-            stack.append((user, path + (op,), block))
-
-
-def _claim(owner: dict[str, str], module: str, producer: str, node: fx.Node) -> None:
-    prev = owner.setdefault(module, producer)
-    if prev != producer:
-        raise UnsupportedArchitecture(
-            f"{_describe(node)}: module {module!r} receives channels from both {prev!r} "
-            f"and {producer!r}")
-
-
-_INPLACE_FUNCTIONS = {torch.relu_, F.relu_}
-
-
-def _is_inplace(ctx: _Ctx, node: fx.Node) -> bool:
-    if node.op == "call_method":
-        return isinstance(node.target, str) and node.target.endswith("_") \
-            and not node.target.startswith("__")
-    if node.op == "call_module":
-        return bool(getattr(ctx.gm.get_submodule(node.target), "inplace", False))
-    if node.op == "call_function":
-        if node.target in _INPLACE_FUNCTIONS:
-            return True
-        if node.kwargs.get("inplace", False):
-            return True
-        try:
-            import inspect
-
-            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-        except (TypeError, ValueError):
-            return False
-        return bool(bound.arguments.get("inplace", False))
-    return False
-
-
-def _check_inplace(ctx: _Ctx, user: fx.Node, src: fx.Node) -> None:
-    """An in-place op changes its input for every other user: refuse that case."""
-    if _is_inplace(ctx, user) and (len(src.users) > 1 or not user.users):
-        raise UnsupportedArchitecture(
-            f"{_describe(user)} modifies its input in place while the unmodified name is used "
-            "elsewhere (write the result to a new name, or use inplace=False)")
-
-
-def _check_channelwise(user: fx.Node, src: fx.Node, ndims, what: str) -> None:
-    """A per-channel op must keep batch and channel dimensions where they are."""
-    ins, outs = _shape(src), _shape(user)
-    if ins is None or outs is None:
-        return
-    if ndims is not None and len(ins) not in ndims:
-        raise UnsupportedArchitecture(
-            f"{_describe(user)}: {what} expects {' or '.join(map(str, ndims))}-D input "
-            f"(batch, channels, ...) here, got shape {ins}: it would not act per channel")
-    if len(outs) != len(ins) or outs[:2] != ins[:2]:
-        raise UnsupportedArchitecture(
-            f"{_describe(user)}: {what} maps shape {ins} to {outs}; batch and channel "
-            "dimensions must stay")
-
-
-def _fixed_size_reshape(user: fx.Node) -> int | None:
-    """A literal size (other than -1) in a view/reshape call, if any."""
-    sizes = user.args[1:]
-    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-        sizes = sizes[0]
-    for v in sizes:
-        if isinstance(v, int) and v != -1:
-            return v
-    return None
-
-
-def _classify(ctx: _Ctx, user: fx.Node, src: fx.Node, block: int | None):
-    """Decide what ``user`` does with the channels of ``src``."""
-    gm, calls = ctx.gm, ctx.calls
-    flat = block is not None
-    if user.op == "output":
-        return ("output",)
-    first = user.args[0] if user.args else None
-    if user.op == "call_module":
-        mod = gm.get_submodule(user.target)
-        if first is not src or _has_node((user.args[1:], user.kwargs)):
-            raise UnsupportedArchitecture(f"{_describe(user)} takes more than one tensor input")
-        spec = PRODUCERS.get(type(mod))
-        if spec is not None:
-            why = spec.check(mod)
-            if why:
-                raise UnsupportedArchitecture(f"{_describe(user)}: {why}")
-            ins = _shape(src)
-            if isinstance(mod, nn.Linear) and ins is not None and len(ins) != 2:
-                raise UnsupportedArchitecture(
-                    f"{_describe(user)}: Linear applied to a {len(ins)}-D tensor {ins} would mix "
-                    "positions, not channels (flatten it first)")
-            if flat and not isinstance(mod, nn.Linear):
-                raise UnsupportedArchitecture(f"{_describe(user)} consumes a flattened map")
-            if calls.get(user.target, 1) > 1:
-                raise UnsupportedArchitecture(
-                    f"{_describe(user)}: layer {user.target!r} is called "
-                    f"{calls[user.target]} times (shared weights)")
-            if user.target in ctx.tainted:
-                raise UnsupportedArchitecture(f"{_describe(user)}: {ctx.tainted[user.target]}")
-            if ins is not None and len(ins) != spec.ndim:
-                raise UnsupportedArchitecture(
-                    f"{_describe(user)}: {type(mod).__name__} gets a {len(ins)}-D input {ins}; "
-                    f"its channels are dimension 1 of a {spec.ndim}-D input")
-            return ("consumer",)
-        if isinstance(mod, nn.Flatten):
-            if flat:
-                return ("flatten", block)
-            b = _flatten_block(user, src)
-            if b is None:
-                raise UnsupportedArchitecture(f"{_describe(user)} does not flatten (B, C, ...)"
-                                              " into (B, C*...)")
-            return ("flatten", b)
-        cspec = CHANNEL_MODULES.get(type(mod))
-        if cspec is None:
-            raise UnsupportedArchitecture(
-                f"{_describe(user)}: {type(mod).__name__} is not a known per-channel module")
-        if flat and (cspec.tensors(mod) or _shape(user) != _shape(src)):
-            raise UnsupportedArchitecture(
-                f"{_describe(user)}: {type(mod).__name__} after a flatten is not per-channel")
-        _check_channelwise(user, src, cspec.ndims, type(mod).__name__)
-        return ("op", ChannelOp("module", user.target, keeps_constant=cspec.keeps_constant(mod)))
-
-    if user.op == "call_function":
-        tgt = user.target
-        if tgt is getattr and len(user.args) > 1 and user.args[1] == "shape":
-            return ("meta",)
-        if tgt is torch.flatten:
-            if first is not src:
-                raise UnsupportedArchitecture(f"{_describe(user)}: unexpected argument order")
-            b = block if flat else _flatten_block(user, src)
-            if b is None:
-                raise UnsupportedArchitecture(f"{_describe(user)} is not a flatten from dim 1")
-            return ("flatten", b)
-        if tgt in _SCALAR_OPS:
-            others = [a for a in user.args if a is not src]
-            if len(others) != 1 or _has_node((others, user.kwargs)) or \
-                    not isinstance(others[0], (int, float)):
-                raise UnsupportedArchitecture(
-                    f"{_describe(user)} combines the channels with another tensor "
-                    "(residual connection or elementwise product)")
-            if tgt in (operator.truediv, torch.div, operator.sub, torch.sub) and first is not src:
-                raise UnsupportedArchitecture(f"{_describe(user)}: scalar on the left")
-            return ("op", ChannelOp("function", tgt, tuple(a for a in user.args if a is not src),
-                                    tuple(user.kwargs.items())))
-        if tgt in ELEMENTWISE_FUNCTIONS or tgt in POOL_FUNCTIONS or tgt in _AVG_POOL_FUNCS \
-                or tgt in DROPOUT_FUNCTIONS:
-            if first is not src or _has_node((user.args[1:], user.kwargs)):
-                raise UnsupportedArchitecture(f"{_describe(user)}: unexpected tensor argument")
-            if flat and tgt not in ELEMENTWISE_FUNCTIONS and tgt not in DROPOUT_FUNCTIONS:
-                raise UnsupportedArchitecture(f"{_describe(user)} after a flatten")
-            keeps, scale = True, 1.0
-            if tgt in _AVG_POOL_FUNCS:
-                keeps, scale = _avg_func_keeps(tgt, user)
-            ndims = POOL_FUNCTIONS.get(tgt) or _AVG_POOL_FUNCS.get(tgt)
-            _check_channelwise(user, src, (ndims,) if ndims else None,
-                               getattr(tgt, "__name__", "function"))
-            return ("op", ChannelOp("function", tgt, tuple(user.args[1:]),
-                                    tuple(user.kwargs.items()), keeps_constant=keeps,
-                                    shape_only=tgt not in ELEMENTWISE_FUNCTIONS, scale=scale))
-        raise UnsupportedArchitecture(f"{_describe(user)} is not a per-channel operation")
-
-    if user.op == "call_method":
-        meth = user.target
-        if first is not src:
-            raise UnsupportedArchitecture(f"{_describe(user)}: unexpected argument order")
-        if meth in _META_METHODS:
-            return ("meta",)
-        if meth in ("view", "reshape", "flatten"):
-            fixed = _fixed_size_reshape(user) if meth != "flatten" else None
-            if fixed is not None:
-                raise UnsupportedArchitecture(
-                    f"{_describe(user)} reshapes to a fixed size {fixed}, which breaks when "
-                    "units are removed; use x.flatten(1) or x.view(x.size(0), -1)")
-            b = _flatten_block(user, src)
-            if b is None:
-                raise UnsupportedArchitecture(
-                    f"{_describe(user)} is a reshape other than flatten (B, C, ...) -> "
-                    "(B, C*...)")
-            return ("flatten", block if flat else b)
-        if meth in ELEMENTWISE_METHODS:
-            if _has_node((user.args[1:], user.kwargs)):
-                raise UnsupportedArchitecture(f"{_describe(user)}: unexpected tensor argument")
-            _check_channelwise(user, src, None, meth)
-            return ("op", ChannelOp("method", meth, tuple(user.args[1:]),
-                                    tuple(user.kwargs.items())))
-        raise UnsupportedArchitecture(f"{_describe(user)} is not a per-channel operation")
-    raise UnsupportedArchitecture(f"{_describe(user)} is not supported")
-
-
-_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-             "divisor_override")
-
-
-def _avg_func_keeps(tgt, node: fx.Node) -> tuple[bool, float]:
-    """(keeps a constant map constant, scale of the constant) of F.avg_pool1d/2d."""
-    args = dict(zip(_AVG_ARGS, node.args[1:]))
-    args.update(node.kwargs)
-    pad = args.get("padding", 0)
-    pads = pad if isinstance(pad, (tuple, list)) else (pad,)
-    keeps = not (args.get("count_include_pad", True) and any(p > 0 for p in pads))
-    dims = 2 if tgt is F.avg_pool2d else 1
-    return keeps, avg_pool_scale(args.get("kernel_size", 1), args.get("divisor_override"), dims)
-
-
-def module_on_path(model: nn.Module, graph: "UnitGraph", producer: str, cls: type,
+def module_on_path(model: nn.Module, graph: UnitGraph, producer: str, cls: type,
                    what: str = "modules") -> tuple[str, nn.Module] | None:
-    """The one ``cls`` module on ``producer``'s per-channel paths, as ``(name, module)``.
+    """The one ``cls`` module on the channels of ``producer``'s group, as ``(name, module)``.
 
-    None if no path passes through one. Raises ValueError, naming them, if
-    the paths to its consumers pass through different ``cls`` modules
-    (``what`` names them in the message: "switches", "tri-state ReLUs").
+    None if none of the group's region passes through one. Raises ValueError, naming them,
+    if the region passes through different ``cls`` modules (``what`` names them in the
+    message: "switches", "tri-state ReLUs"); one module called at several places (one switch
+    after every member of a residual group) counts once.
     """
-    found = {op.target for edge in graph.producers[producer].edges for op in edge.path
-             if op.kind == "module" and isinstance(model.get_submodule(op.target), cls)}
+    group = graph.group_of(producer)
+    found = {node.op.target for node in group.nodes
+             if node.kind == "op" and node.op.kind == "module"
+             and isinstance(model.get_submodule(node.op.target), cls)}
     if len(found) > 1:
         raise ValueError(f"layer {producer!r} passes through several {what} {sorted(found)}")
     if not found:
         return None
     name = found.pop()
     return name, model.get_submodule(name)
-

@@ -42,6 +42,8 @@ __all__ = [
     "effective_tensor",
     "eval_mode",
     "register_channel_module",
+    "conv_kind",
+    "depthwise_push",
 ]
 
 
@@ -112,7 +114,18 @@ def _linear_fold(module: nn.Linear, cols: torch.Tensor, values: torch.Tensor) ->
 def _conv_fold(module: nn.Module, chans: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     w = effective_tensor(module, "weight")
     spatial = tuple(range(2, w.dim()))
-    return w[:, chans].sum(dim=spatial) @ values.to(w.dtype)
+    summed = w.sum(dim=spatial)  # (out, in / groups)
+    groups = module.groups
+    if groups == 1:
+        return summed[:, chans] @ values.to(w.dtype)
+    # a grouped convolution: input channel p reaches only the outputs of its own conv group,
+    # through column p mod (in / groups) of their weights
+    per_in, per_out = module.in_channels // groups, module.out_channels // groups
+    rows = torch.arange(module.out_channels, device=w.device)
+    dense = torch.zeros(module.out_channels, module.in_channels, dtype=w.dtype, device=w.device)
+    cols = (rows // per_out)[:, None] * per_in + torch.arange(per_in, device=w.device)[None, :]
+    dense.scatter_(1, cols, summed)
+    return dense[:, chans] @ values.to(w.dtype)
 
 
 def _conv_fold_exact(module: nn.Module) -> bool:
@@ -140,10 +153,49 @@ def _linear_check(module: nn.Module) -> str | None:
     return None
 
 
+def conv_kind(module: nn.Module) -> str:
+    """How a Linear or convolution treats channels: ``"dense"`` (every output reads every
+    input), ``"depthwise"`` (``groups == in_channels == out_channels``: output channel ``c``
+    reads input channel ``c`` only), ``"grouped"`` (``1 < groups``, each output reads the
+    inputs of its conv group) or ``"multiplier"`` (depthwise with several outputs per input).
+    """
+    groups = getattr(module, "groups", 1)
+    if groups == 1:
+        return "dense"
+    if groups == module.in_channels:
+        return "depthwise" if module.out_channels == module.in_channels else "multiplier"
+    return "grouped"
+
+
 def _conv_check(module: nn.Module) -> str | None:
-    if module.groups != 1:
-        return f"grouped convolution (groups={module.groups}) couples its channels"
+    if conv_kind(module) == "multiplier":
+        return (f"depthwise convolution with a channel multiplier ({module.out_channels} outputs "
+                f"from {module.in_channels} inputs)")
     return None
+
+
+def depthwise_push(module: nn.Module, x: torch.Tensor, channels: torch.Tensor | None = None,
+                   maps: bool = False) -> torch.Tensor:
+    """A depthwise convolution applied to channels ``channels`` of ``x`` alone (None: all).
+
+    With ``maps=False`` ``x`` holds one constant per channel, ``(1, C, 1, ...)``, and the
+    result is the interior value ``c_i sum(w_i) + b_i`` (a zero-padded border sees less);
+    with ``maps=True`` it is the convolution of the chosen channels' maps.
+    """
+    w = effective_tensor(module, "weight")
+    b = effective_tensor(module, "bias")
+    if channels is not None:
+        w = w[channels.to(w.device)]
+        b = None if b is None else b[channels.to(b.device)]
+    if not maps:
+        out = x * w.sum(dim=tuple(range(1, w.dim()))).reshape((1, -1) + (1,) * (x.dim() - 2))
+        return out if b is None else out + b.reshape((1, -1) + (1,) * (x.dim() - 2))
+    conv = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
+    padding = module.padding
+    if module.padding_mode != "zeros":
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        padding = 0
+    return conv(x, w, b, module.stride, padding, module.dilation, groups=w.shape[0])
 
 
 _LINEAR = ProducerSpec("out_features", "in_features", _linear_fold, lambda m: True,

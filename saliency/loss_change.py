@@ -38,7 +38,8 @@ from torch.func import functional_call
 
 from .base import ParameterScorer, iter_batches, per_sample_loss
 from .engine import Downstream
-from .graph import UnitGraph, UnsupportedArchitecture, symbolic_trace, trace
+from .graph import UnitGraph, UnsupportedArchitecture, symbolic_trace
+from .tracing import trace
 from .replacement import iter_inputs
 from .taylor import parameter_values
 

@@ -26,15 +26,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .graph import ChannelOp, Edge, UnitGraph
+from .graph import ChannelOp, Group, UnitGraph
 from .kernels import call_function, call_module
-from .layers import CHANNEL_MODULES, DROPOUT_FUNCTIONS, PRODUCERS, eval_mode
+from .layers import CHANNEL_MODULES, DROPOUT_FUNCTIONS, PRODUCERS, depthwise_push, eval_mode
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _CHANNEL_DROPOUT = {F.dropout1d, F.dropout2d}
 
 __all__ = ["iter_batches", "iter_inputs", "unit_means", "push_constants", "run_path", "fold_deltas",
-           "replacement_hooks"]
+           "member_indices", "region_constants", "replacement_hooks"]
 
 
 def iter_batches(data: Iterable) -> Iterator[tuple[torch.Tensor, Any]]:
@@ -110,8 +110,13 @@ def _apply_op(model: nn.Module, op: ChannelOp, x: torch.Tensor,
 
     With ``maps=False`` (constants), pooling is skipped: a constant map pools
     to itself (times the op's scale). With ``maps=True`` pooling runs.
-    Dropout is the identity (eval mode).
+    Dropout is the identity (eval mode). The op's ``offset`` (after a concatenation) shifts
+    the channels to its own tensor's positions.
     """
+    if op.offset:
+        channels = (torch.arange(x.shape[1]) if channels is None else channels) + op.offset
+    if op.kind == "depthwise":
+        return depthwise_push(model.get_submodule(op.target), x, channels, maps)
     if op.kind == "module":
         mod = model.get_submodule(op.target)
         spec = CHANNEL_MODULES[type(mod)]
@@ -159,49 +164,107 @@ def push_constants(model: nn.Module, path: Iterable[ChannelOp], values: torch.Te
     return x.reshape(-1)
 
 
+def member_indices(graph: UnitGraph, group: str, channels: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
+    """The output channels of each member of ``group`` that are group channels ``channels``.
+
+    On a chain the group is its one layer and these are ``channels`` themselves; in a
+    residual group every member loses the same channels.
+    """
+    g = graph.groups[group]
+    chosen = torch.zeros(g.size, dtype=torch.bool)
+    chosen[channels] = True
+    return {m: chosen[g.channels[m]].nonzero().reshape(-1) for m in g.members}
+
+
+def region_constants(model: nn.Module, group: Group, values: Mapping[str, torch.Tensor]
+                     ) -> tuple[list[torch.Tensor], list[bool]]:
+    """Every region node's value when each member outputs one constant per channel.
+
+    ``values`` gives, per member, a full-length vector over its output channels. The
+    constants pass through the per-channel ops (BatchNorm in eval mode, activations; pooling
+    keeps a constant), residual joins add them, concatenations put them side by side (zeros
+    for the channels of other groups). Returns each node's value, shaped ``(1, C, 1, ...)``,
+    and whether it is exact everywhere (False once zero padding has been crossed: average
+    pooling or a depthwise convolution over a padded border).
+    """
+    out: list[torch.Tensor] = []
+    exact: list[bool] = []
+    ref = next(iter(values.values()))
+    for node in group.nodes:
+        shape = (1, -1) + (1,) * (node.out_ndim - 2)
+        ins = [out[i] if i >= 0 else None for i in node.inputs]
+        ok = all(exact[i] for i in node.inputs if i >= 0)
+        if node.kind == "member":
+            x = values[node.member].reshape(shape)
+        elif node.kind == "op":
+            x = _apply_op(model, node.op, ins[0])
+            ok = ok and node.op.keeps_constant
+        elif node.kind == "join":
+            x = node.coefs[0] * ins[0] + node.coefs[1] * ins[1]
+        elif node.kind == "cat":
+            x = torch.cat([v if v is not None else ref.new_zeros((1, n) + (1,) * (len(shape) - 2))
+                           for v, n in zip(ins, node.sizes)], dim=1)
+        else:  # flatten: the constants stay per channel, the consumer expands its block
+            x = ins[0]
+        out.append(x)
+        exact.append(ok)
+    return out, exact
+
+
 def fold_deltas(model: nn.Module, graph: UnitGraph, removed: Mapping[str, torch.Tensor],
                 constants: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Bias changes of every consumer when removed units are held constant.
 
     Args:
-        removed: ``{producer: sorted unit indices}``.
-        constants: ``{producer: values}``, one value per removed index, the
-            value the producer module outputs for that unit.
+        removed: ``{group: sorted group channels}`` (on a chain, the layer's units).
+        constants: ``{member layer: values}``, one value per removed output channel of the
+            member (:func:`member_indices`, in order): the value its module outputs there.
+            A group without constants is dropped (its consumers see 0), nothing is folded.
 
     Returns:
         ``({consumer: bias delta}, inexact)`` where ``inexact`` lists the
         consumers whose fold is not exact everywhere (zero-padded convolution,
-        average pooling over zero padding) for a non-zero constant.
+        average pooling or a depthwise convolution over zero padding) for a non-zero constant.
     """
     deltas: dict[str, torch.Tensor] = {}
     inexact: list[str] = []
-    for name, idx in removed.items():
-        if name not in constants or idx.numel() == 0:
+    for gname, chans in removed.items():
+        group = graph.groups[gname]
+        if chans.numel() == 0 or not any(m in constants for m in group.members):
             continue
-        prod = graph.producers[name]
-        pmod = model.get_submodule(name)
-        full = torch.zeros(prod.num_units, dtype=pmod.weight.dtype, device=pmod.weight.device)
-        full[idx.to(full.device)] = constants[name].to(full)
-        for edge in prod.edges:
-            delta, exact = _edge_delta(model, prod.out_ndim, edge, idx, full)
-            deltas[edge.consumer] = deltas.get(edge.consumer, 0) + delta
-            if not exact and edge.consumer not in inexact:
-                inexact.append(edge.consumer)
+        full = {}
+        for m, idx in member_indices(graph, gname, chans).items():
+            w = model.get_submodule(m).weight
+            full[m] = torch.zeros(graph.producers[m].num_units, dtype=w.dtype, device=w.device)
+            if m in constants:
+                full[m][idx.to(w.device)] = constants[m].to(full[m])
+        values, exact = region_constants(model, group, full)
+        for c in group.consumers:
+            delta, ok = _consumer_delta(model, group, c, chans, values[c.node].reshape(-1),
+                                        exact[c.node])
+            deltas[c.name] = deltas.get(c.name, 0) + delta
+            if not ok and c.name not in inexact:
+                inexact.append(c.name)
     return deltas, inexact
 
 
-def _edge_delta(model: nn.Module, out_ndim: int, edge: Edge, idx: torch.Tensor,
-                full: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    cmod = model.get_submodule(edge.consumer)
+def _consumer_delta(model: nn.Module, group: Group, consumer, chans: torch.Tensor,
+                    value: torch.Tensor, exact: bool) -> tuple[torch.Tensor, bool]:
+    cmod = model.get_submodule(consumer.name)
     spec = PRODUCERS[type(cmod)]
-    v = push_constants(model, edge.path, full, out_ndim)[idx.to(full.device)]
+    labels = group.nodes[consumer.node].labels
+    pos = torch.isin(labels, chans).nonzero().reshape(-1)
+    v = value[pos.to(value.device)]
     nonzero = bool((v != 0).any())
-    exact = not nonzero or (spec.fold_exact(cmod) and all(op.keeps_constant for op in edge.path))
-    cols = edge.columns(idx.to(full.device))
-    vals = v.repeat_interleave(edge.block) if edge.block > 1 else v
+    ok = not nonzero or (spec.fold_exact(cmod) and exact)
+    cols, vals = pos, v
+    if consumer.block > 1:
+        cols = (pos[:, None] * consumer.block + torch.arange(consumer.block)).reshape(-1)
+        vals = v.repeat_interleave(consumer.block)
     with torch.no_grad():
-        delta = spec.fold(cmod, cols, vals)
-    return delta, exact
+        delta = spec.fold(cmod, cols.to(value.device), vals)
+    return delta, ok
 
 
 def replacement_hooks(model: nn.Module, constants: Mapping[str, tuple[torch.Tensor, torch.Tensor]]):

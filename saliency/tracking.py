@@ -66,10 +66,11 @@ import torch.nn.functional as F
 
 from .base import iter_batches, preserved, select_layers, summing_loss
 from .engine import Downstream
-from .graph import UnitGraph, as_index_tensor, trace
+from .graph import UnitGraph, as_index_tensor
+from .tracing import trace
 from .layers import effective_tensor
 from .replacement import iter_inputs
-from .unit_stats import activation, unit_statistics
+from .unit_stats import unit_statistics
 
 __all__ = ["UnitTracker", "QUANTITIES", "HISTOGRAMS"]
 

@@ -237,6 +237,8 @@ def test_hand_made_state_of_wrong_shape(fn, where):
 
 
 class Residual(nn.Module):
+    """fc1 and fc2 are summed: one group, consumed by fc2 (the inner branch) and fc3."""
+
     def __init__(self):
         super().__init__()
         self.fc0 = nn.Linear(5, 6)
@@ -251,15 +253,52 @@ class Residual(nn.Module):
         return self.fc3(torch.relu(a + b))
 
 
-class Concat(nn.Module):
+class Gated(nn.Module):
+    """An elementwise product of two layers' outputs (a gate): not per channel."""
+
     def __init__(self):
         super().__init__()
         self.fc1 = nn.Linear(5, 4)
-        self.fc2 = nn.Linear(5, 3)
-        self.fc3 = nn.Linear(7, 2)
+        self.gate = nn.Linear(5, 4)
+        self.fc2 = nn.Linear(4, 3)
 
     def forward(self, x):
-        return self.fc3(torch.cat([torch.relu(self.fc1(x)), torch.tanh(self.fc2(x))], dim=1))
+        return self.fc2(torch.relu(self.fc1(x)) * torch.sigmoid(self.gate(x)))
+
+
+class AddInput(nn.Module):
+    """A layer's output added to the model's input: those channels are not units alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(5, 5)
+        self.fc2 = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x) + x))
+
+
+class ChannelMean(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):  # 6x6 -> 4x4, averaged over the channels
+        return self.fc(F.relu(self.conv1(x)).mean(1).flatten(1))
+
+
+class Multiplier(nn.Module):
+    """A depthwise convolution with two outputs per input channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3)
+        self.conv2 = nn.Conv2d(4, 8, 3, groups=4)
+        self.fc = nn.Linear(8 * 2 * 2, 3)
+
+    def forward(self, x):  # 6x6 -> 4x4 -> 2x2
+        return self.fc(torch.flatten(F.relu(self.conv2(F.relu(self.conv1(x)))), 1))
 
 
 class GroupedConv(nn.Module):
@@ -353,18 +392,20 @@ IMG = torch.randn(2, 2, 6, 6, dtype=torch.float64)
 VEC = torch.randn(2, 5, dtype=torch.float64)
 
 GRAPH_CASES = {
-    "residual_add": (Residual, VEC, "fc1",
-                     r"node 'add' \(call_function add\) combines the channels with another "
-                     r"tensor \(residual connection.*\[reached from producer 'fc1'; pass "
-                     r"exclude=\['fc1'\]"),
-    "concat": (Concat, VEC, "fc1",
-               r"node 'cat' \(call_function cat\) is not a per-channel operation "
-               r"\[reached from producer 'fc1'"),
-    "grouped_conv": (lambda: GroupedConv(2), IMG, "conv1",
-                     r"node 'conv2' \(call_module conv2\): grouped convolution \(groups=2\).*"
-                     r"reached from producer 'conv1'"),
-    "depthwise_conv": (lambda: GroupedConv(4), IMG, "conv1",
-                       r"node 'conv2' \(call_module conv2\): grouped convolution \(groups=4\)"),
+    "elementwise_product": (Gated, VEC, "fc1",
+                            r"node 'mul' \(call_function mul\) combines the channels with another "
+                            r"tensor \(an elementwise product.*\[reached from producers 'fc1', "
+                            r"'gate'\]"),
+    "added_to_the_input": (AddInput, VEC, "fc1",
+                           r"node 'add' \(call_function add\) adds the channels to channels that "
+                           r"are not units \(the model's input.*\[reached from producer 'fc1'\]"),
+    "channel_mean": (ChannelMean, IMG, "conv1",
+                     r"node 'mean' \(call_method mean\) is not a per-channel operation "
+                     r"\[reached from producer 'conv1'"),
+    "depthwise_multiplier": (Multiplier, IMG, "conv1",
+                             r"node 'conv2' \(call_module conv2\): depthwise convolution with a "
+                             r"channel multiplier \(8 outputs from 4 inputs\) is not supported.*"
+                             r"producer 'conv1'"),
     "view_not_flatten": (ViewNotFlatten, IMG, "conv1",
                          r"node 'view' \(call_method view\) is a reshape other than flatten.*"
                          r"producer 'conv1'"),
@@ -410,34 +451,29 @@ def test_graph_error_changes_nothing(fn, case):
 
 
 @FNS
-def test_residual_needs_both_branches_excluded(fn):
+def test_excluding_one_member_excludes_its_group(fn):
     model = _graph_model(Residual)
     x = torch.randn(16, 5, dtype=torch.float64)
-    # excluding the first producer at the add is not enough: the other branch reaches it too
-    expect_error(fn, model, {"fc0": [0]}, UnsupportedArchitecture,
-                 r"node 'add'.*reached from producer 'fc2'", exclude=["fc1"],
-                 replacement="mean", data=[(x, None)])
-    graph = pruners.trace(model, x[:1], exclude=["fc1", "fc2"])
+    graph = pruners.trace(model, x[:1], exclude=["fc1"])
     assert graph.prunable == ["fc0"]
-    for name in ("fc1", "fc2"):
+    for name in ("fc1", "fc2"):  # fc2 is summed with fc1: the group goes as a whole
         assert graph.producers[name].reason == "excluded by the caller"
-    expect_error(fn, model, {"fc1": [0]}, ValueError, r"layer 'fc1' is not prunable: excluded",
-                 exclude=["fc1", "fc2"])
+    expect_error(fn, model, {"fc2": [0]}, ValueError,
+                 r"layer 'fc2' \(in group 'fc1'\) is not prunable: excluded", exclude=["fc1"])
 
-    # with both excluded, units of fc0 (consumed by fc1 only) are removed exactly
+    # the units of fc0 (consumed by fc1 only) are still removed exactly
     reference = copy.deepcopy(model)
     consts = torch.tensor([0.25, -1.5], dtype=torch.float64)
     reference.fc0.register_forward_hook(
         lambda m, i, o: o.index_copy(1, torch.tensor([1, 4]), consts.expand(len(o), 2)))
     report = fn(model, {"fc0": [4, 1]}, replacement={"fc0": consts.flip(0)},
-                exclude=["fc1", "fc2"], data=[(x, None)])
+                exclude=["fc1"], data=[(x, None)])
     assert report.removed == {"fc0": 2}
     torch.testing.assert_close(report.constants["fc0"], consts, rtol=0, atol=0)
     with torch.no_grad():
         assert (model(x) - reference(x)).abs().max() <= 1e-12
     if fn is remove_units:
         assert model.fc0.out_features == 4 and model.fc1.in_features == 4
-        assert model.fc1.weight.shape == (4, 4) and model.fc2.weight.shape == (4, 4)
 
 
 # ---------------------------------------------------------------------------
@@ -510,14 +546,20 @@ def test_mixed_train_eval_modes_are_restored(fn):
     expect_error(fn, model, {"fc1": [8]}, ValueError, r"index 8 is out of range", opt)
 
 
-@pytest.mark.parametrize("groups", [2, 4])
-def test_grouped_conv_producer_is_rejected_before_any_change(groups):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=groups), nn.ReLU(), nn.Conv2d(4, 2, 1),
-                          nn.Flatten()).double().eval()
-    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
-    expect_error(remove_units, model, {"0": [0]}, UnsupportedArchitecture, r"call_module 0\).*group",
-                 example_input=x)
+@FNS
+def test_unbalanced_grouped_convolution_is_rejected_before_any_change(fn):
+    model = _graph_model(lambda: GroupedConv(2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(IMG).sum().backward()
+    opt.step()
+    # conv2 reads conv1's channels 0-1 in its first group and 2-3 in its second
+    expect_error(fn, model, {"conv1": [0]}, ValueError,
+                 r"layer 'conv1': 'conv2 \(input\)' is a grouped convolution with 2 groups, "
+                 r"which must lose the same number of channels from each group; this selection "
+                 r"removes \[1, 0\]", opt, example_input=IMG)
+    expect_error(fn, model, {"conv2": [3]}, ValueError,
+                 r"'conv2' is a grouped convolution with 2 groups.*removes \[0, 1\]", opt,
+                 example_input=IMG)
 
 
 @FNS
