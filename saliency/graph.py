@@ -289,6 +289,12 @@ class UnitGraph:
         """Names of the groups whose units may be removed, in forward order."""
         return [n for n, g in self.groups.items() if g.prunable]
 
+    @property
+    def unsupported_layers(self) -> list[str]:
+        """The producers whose channels reach an unsupported node, sorted: pass them as
+        ``exclude=`` to prune the rest of the model."""
+        return sorted({n for u in self.unsupported for n in u.layers})
+
     def group_of(self, name: str) -> Group:
         """The group a producer belongs to (a group's own name works too)."""
         if name in self.groups:
@@ -376,6 +382,11 @@ class UnitGraph:
         if left < min_units:
             raise ValueError(f"{what}: removing {chans.numel()} of {group.size} units would "
                              f"leave {left}, fewer than min_units={min_units}")
+        for m in group.members:
+            if bool(torch.isin(group.channels[m], chans).all()):
+                raise ValueError(f"{what}: removing channels {chans.tolist()} would leave layer "
+                                 f"{m!r} with no output channel (its channels are "
+                                 f"{sorted(set(group.channels[m].tolist()))} of the group)")
         removed = torch.zeros(group.size, dtype=torch.bool)
         removed[chans] = True
         for conv, parts in group.partitions.items():

@@ -177,7 +177,8 @@ def member_indices(graph: UnitGraph, group: str, channels: torch.Tensor
     return {m: chosen[g.channels[m]].nonzero().reshape(-1) for m in g.members}
 
 
-def region_constants(model: nn.Module, group: Group, values: Mapping[str, torch.Tensor]
+def region_constants(model: nn.Module, group: Group, values: Mapping[str, torch.Tensor],
+                     channels: torch.Tensor | None = None
                      ) -> tuple[list[torch.Tensor], list[bool]]:
     """Every region node's value when each member outputs one constant per channel.
 
@@ -185,8 +186,9 @@ def region_constants(model: nn.Module, group: Group, values: Mapping[str, torch.
     constants pass through the per-channel ops (BatchNorm in eval mode, activations; pooling
     keeps a constant), residual joins add them, concatenations put them side by side (zeros
     for the channels of other groups). Returns each node's value, shaped ``(1, C, 1, ...)``,
-    and whether it is exact everywhere (False once zero padding has been crossed: average
-    pooling or a depthwise convolution over a padded border).
+    and whether it is exact everywhere (False once zero padding has been crossed with a
+    non-zero constant on the group channels ``channels``, all when None: average pooling or
+    a depthwise convolution over a padded border).
     """
     out: list[torch.Tensor] = []
     exact: list[bool] = []
@@ -199,14 +201,17 @@ def region_constants(model: nn.Module, group: Group, values: Mapping[str, torch.
             x = values[node.member].reshape(shape)
         elif node.kind == "op":
             x = _apply_op(model, node.op, ins[0])
-            ok = ok and node.op.keeps_constant
+            if not node.op.keeps_constant:  # a held 0 stays 0 at the border too
+                held = node.labels >= 0 if channels is None else torch.isin(node.labels, channels)
+                ok = ok and not bool((ins[0].reshape(-1)[held.to(x.device)] != 0).any())
         elif node.kind == "join":
             x = node.coefs[0] * ins[0] + node.coefs[1] * ins[1]
         elif node.kind == "cat":
-            x = torch.cat([v if v is not None else ref.new_zeros((1, n) + (1,) * (len(shape) - 2))
+            x = torch.cat([v.reshape(shape) if v is not None else
+                           ref.new_zeros((1, n) + (1,) * (len(shape) - 2))
                            for v, n in zip(ins, node.sizes)], dim=1)
-        else:  # flatten: the constants stay per channel, the consumer expands its block
-            x = ins[0]
+        else:  # flatten: one constant per channel still (the consumer expands its block)
+            x = ins[0].reshape(1, -1)
         out.append(x)
         exact.append(ok)
     return out, exact
@@ -239,7 +244,7 @@ def fold_deltas(model: nn.Module, graph: UnitGraph, removed: Mapping[str, torch.
             full[m] = torch.zeros(graph.producers[m].num_units, dtype=w.dtype, device=w.device)
             if m in constants:
                 full[m][idx.to(w.device)] = constants[m].to(full[m])
-        values, exact = region_constants(model, group, full)
+        values, exact = region_constants(model, group, full, chans)
         for c in group.consumers:
             delta, ok = _consumer_delta(model, group, c, chans, values[c.node].reshape(-1),
                                         exact[c.node])

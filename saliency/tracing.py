@@ -466,10 +466,10 @@ class _LabelPass:
         self.events.append(_Event("member", node, (), self.info[node], member=name))
         if kind == "grouped":
             self.partitions[name] = list(labels.reshape(mod.groups, -1))
-        if problem:
-            self.refuse(node, problem, labels)
-        elif name in self.exclude:
+        if name in self.exclude:
             self.refuse(node, "excluded by the caller", labels, "excluded")
+        elif problem:
+            self.refuse(node, problem, labels)
 
     def producer_problem(self, name: str, mod: nn.Module, kind: str) -> str | None:
         if self.calls.get(name, 1) > 1:
@@ -658,10 +658,11 @@ class _LabelPass:
             raise _Refused("concatenates something other than tensors")
         if out_shape is None or dim not in (1, 1 - len(out_shape)):
             raise _Refused(f"concatenates along dimension {dim}, not the channels")
-        if any(self.info[p].block is not None for p in pieces):
-            raise _Refused("concatenates flattened maps")
+        blocks = {self.info[p].block for p in pieces}
+        if blocks - {None, 1} or (1 in blocks and len(out_shape) != 2):
+            raise _Refused("concatenates flattened maps of more than one position per channel")
         labels = np.concatenate([self.info[p].labels for p in pieces])
-        out = _Info(labels)
+        out = _Info(labels, 1 if 1 in blocks else None)
         self.info[node] = out
         self.events.append(_Event("cat", node, tuple(pieces), out,
                                   sizes=tuple(int(self.info[p].labels.size) for p in pieces)))
@@ -848,18 +849,38 @@ def _build_region(group: Group, lp: _LabelPass, gchan) -> None:
 
 def _close_groups(groups: dict[str, Group], lp: _LabelPass, grouping: _Groups
                   ) -> list[Unsupported]:
-    """Mark the groups reached by a problem non-prunable; describe each problem once."""
+    """Mark the groups reached by a problem non-prunable; describe each unsupported node once.
+
+    An unsupported node reached only by excluded groups is not reported: excluding its
+    producers is how it is left alone.
+    """
+    def reached(labels):
+        return sorted({grouping.channel[lp.find(int(lab))][0] for lab in labels},
+                      key=list(groups).index)
+
+    for kind in ("excluded", "output"):
+        for node, reason, labels, k in lp.problems:
+            if k == kind:
+                for g in reached(labels):
+                    if groups[g].prunable:
+                        groups[g].prunable, groups[g].reason = False, reason
+    excluded = {g for node, reason, labels, k in lp.problems if k == "excluded"
+                for g in reached(labels)}
     found: list[Unsupported] = []
     for node, reason, labels, kind in lp.problems:
-        names = sorted({grouping.channel[lp.find(int(lab))][0] for lab in labels},
-                       key=list(groups).index)
-        layers = tuple(m for g in names for m in groups[g].members)
+        names = reached(labels)
+        if kind != "unsupported" or set(names) <= excluded:
+            continue
         for g in names:
             if groups[g].prunable:
-                groups[g].prunable = False
-                groups[g].reason = reason if kind != "unsupported" else clause(node, reason)
-        if kind == "unsupported":
-            found.append(Unsupported(node, reason, layers))
+                groups[g].prunable, groups[g].reason = False, clause(node, reason)
+        layers = [m for g in names for m in groups[g].members]
+        same = next((i for i, u in enumerate(found) if (u.node, u.reason) == (node, reason)), None)
+        if same is not None:  # one node refused for its input and its own channels
+            layers = list(found[same].layers) + [m for m in layers if m not in found[same].layers]
+            found[same] = Unsupported(node, reason, tuple(layers))
+        else:
+            found.append(Unsupported(node, reason, tuple(layers)))
     return found
 
 

@@ -404,8 +404,8 @@ GRAPH_CASES = {
                      r"\[reached from producer 'conv1'"),
     "depthwise_multiplier": (Multiplier, IMG, "conv1",
                              r"node 'conv2' \(call_module conv2\): depthwise convolution with a "
-                             r"channel multiplier \(8 outputs from 4 inputs\) is not supported.*"
-                             r"producer 'conv1'"),
+                             r"channel multiplier \(8 outputs from 4 inputs\) is not supported "
+                             r"\[reached from producers 'conv1', 'conv2'\]"),
     "view_not_flatten": (ViewNotFlatten, IMG, "conv1",
                          r"node 'view' \(call_method view\) is a reshape other than flatten.*"
                          r"producer 'conv1'"),
