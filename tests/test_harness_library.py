@@ -422,3 +422,48 @@ def test_switches_on_the_zoos_models_follow_each_layer_or_its_batchnorm(name, kw
     assert anchors(gm) == expected and sorted(switches(gm)) == sorted(expected)
     for sname, sw in switches(gm).items():  # one gate per unit of the layer it follows
         assert sw.num_channels == gm.get_submodule(expected[sname]).weight.shape[0]
+
+
+def test_the_group_figure_draws_the_traced_groups(tmp_path):
+    from experiments.tools.group_figure import draw
+
+    drawn = draw(str(tmp_path / "groups.png"))
+    assert drawn == {"conv1": ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"],
+                     "layer1.0.conv1": ["layer1.0.conv1"], "layer1.1.conv1": ["layer1.1.conv1"],
+                     "layer1.2.conv1": ["layer1.2.conv1"]}
+    assert (tmp_path / "groups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+ZOO_COUPLED = [
+    ("resnet20", {"widths": (4, 6, 8)}),
+    ("resnet", {"blocks": (1, 1), "block": "bottleneck", "widths": (4, 8), "width": 1.0}),
+    ("resnet18", {"width": 0.0625}),
+    ("mobilenet_v2", {"width": 0.25, "stem": 8, "last_channels": 16}),
+    ("densenet", {"growth_rate": 3, "blocks": (2, 2), "init_channels": 6}),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", ZOO_COUPLED, ids=[n for n, _ in ZOO_COUPLED])
+def test_the_zoos_coupled_models_mask_as_they_remove(name, kwargs):
+    """Every prunable group of the zoo's residual, inverted-residual and dense networks loses
+    a unit; the removed and the masked model agree (float64), and the groups are as built."""
+    import warnings
+
+    from pruners import InexactReplacementWarning, mask_units, remove_units, trace
+
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(name, **kwargs).double()).eval()
+    masked = copy.deepcopy(model)
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    graph = trace(model, x[:1])
+    joined = [g for g in graph.prunable if graph.groups[g].joined]
+    assert bool(joined) == (name != "densenet")  # DenseNet concatenates, never adds
+    units = {g: [graph.groups[g].size - 1] for g in graph.prunable}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InexactReplacementWarning)
+        report = remove_units(model, units, replacement="mean", data=[(x, None)])
+        mask_units(masked, units, replacement="mean", data=[(x, None)])
+    with torch.no_grad():
+        assert (model(x) - masked(x)).abs().max() <= 1e-10
+    assert report.removed == {g: 1 for g in graph.prunable}
+    assert report.params_after < report.params_before
