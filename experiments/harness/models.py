@@ -1,19 +1,15 @@
 """Model factories for experiments and benchmarks.
 
-Every factory returns a plain ``nn.Module``. The MLPs and plain CNNs are built
-only from layers the graph of units understands (Linear/Conv producers,
-BatchNorm, elementwise activations, pooling, dropout, flatten), so
-:func:`pruners.trace`, :func:`pruners.remove_units` and
-:func:`pruners.mask_units` work on them without ``exclude=``. Layers have
-stable, readable names (``fc1``, ``conv2``, ``bn2``, ...) so unit selections
-such as ``{"fc1": [3, 7]}`` read the same across models.
-
-The residual, depthwise and densely connected networks (:func:`resnet_cifar`,
-:func:`resnet`, :func:`mobilenet_v2`, :func:`densenet`) also use residual adds
-(``+``), depthwise convolutions (``groups`` = channels) and concatenation
-(``torch.cat``); they trace with ``torch.fx.symbolic_trace``, and
-:func:`pruners.trace` accepts them only where the graph of units supports
-those operations.
+Every factory returns a plain ``nn.Module`` built only from layers the graph of units
+understands, so :func:`pruners.trace`, :func:`pruners.remove_units` and
+:func:`pruners.mask_units` work on every one without ``exclude=``. The MLPs and plain CNNs
+are chains (every producer its own group); the residual, depthwise and densely connected
+networks (:func:`resnet_cifar`, :func:`resnet`, :func:`mobilenet_v2`, :func:`densenet`) use
+residual adds (``+``: the summed producers form one group), depthwise convolutions
+(``groups`` = channels: a channel passes through with its filter) and concatenation
+(``torch.cat``: each input's channels at an offset of the consumer's). Layers have stable,
+readable names (``fc1``, ``conv2``, ``bn2``, ``layer1.0.conv1``, ...) so unit selections such
+as ``{"fc1": [3, 7]}`` read the same across models.
 
 Example:
     >>> net = mlp([784, 1024, 1024, 10])
