@@ -40,10 +40,17 @@ def test_example_runs(page, i, code, capsys):
 
 
 @pytest.mark.slow
-def test_units_page_example_reports_exactness(capsys):
-    code = blocks(ROOT / "docs" / "units.md")[0]
+def test_units_page_examples_report_what_they_print(capsys):
+    resnet, removal = blocks(ROOT / "docs" / "units.md")[:2]
     ns: dict = {}
-    exec(compile(code, "units.md", "exec"), ns)
+    exec(compile(resnet, "units.md", "exec"), ns)
+    assert ns["report"].removed == {"conv1": 2, "layer3.0.conv1": 1}
+    assert ns["graph"].group_of("layer2.1.conv2").members == [
+        "layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2", "layer2.2.conv2"]
+    assert len(ns["graph"].prunable) == 12
+    assert ns["model"].layer1[2].conv2.weight.shape[0] == 14
+    ns = {}
+    exec(compile(removal, "units.md", "exec"), ns)
     net = ns["net"]
     assert ns["gap"] <= 1e-10
     assert tuple(net[0].weight.shape) == (6, 1, 3, 3)
