@@ -1,4 +1,4 @@
-"""The inference benchmark on tiny models: JSON contract and MAC reductions.
+"""The inference benchmark on tiny models: JSON contract, MAC reductions, dense twins, targets.
 
 Timings on tiny models are noise; only their structure is checked. That unit
 removal is exact is tested with the surgery itself.
@@ -6,6 +6,7 @@ removal is exact is tested with the surgery itself.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -16,14 +17,20 @@ import torch.nn as nn
 
 import pruners
 from experiments.bench import inference
-from experiments.harness.models import mlp, small_cnn
+from experiments.harness.models import mlp, mobilenet_v2, resnet20, resnet56, small_cnn
 
 # the slow tier: every test here runs the inference benchmark
 pytestmark = pytest.mark.slow
 
+TINY_RESNET = dict(widths=(4, 8, 16), image_size=12)
+TINY_MOBILENET = dict(width=0.25, image_size=12)
 TINY = dict(mlp_widths=(64, 96, 96, 10),
             cnn=dict(widths=(8, 16), hidden=32, image_size=12),
-            batches=(16, 1), reductions=(2, 3, 5, 10), mask_reduction=5)
+            resnet=TINY_RESNET, mobilenet=TINY_MOBILENET,
+            batches=(16, 1), reductions=(2, 3, 5, 10), conv_reductions=(1.5, 2, 3),
+            mask_reduction=5)
+MODELS = ("mlp", "small_cnn", "resnet20", "mobilenet_v2")
+TWINNED = ("resnet20", "mobilenet_v2")   # timed beside a dense twin
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +58,29 @@ def test_last_line_is_the_json_object(run):
     assert parsed["targets"] == {
         "mlp": {"batch": 256, "max_reduction": 5.0, "min_ratio": 0.8},
         "small_cnn": {"batch": 256, "max_reduction": 3.0, "min_ratio": 0.5},
+        "resnet20": {"batch": 256, "max_reduction": 2.0, "min_ratio": 0.6,
+                     "max_vs_dense_twin": 1.1},
+        "mobilenet_v2": {"batch": 256, "max_vs_dense_twin": 1.1},
     }
+    assert parsed["config"]["resnet20"] == {"widths": [4, 8, 16], "image_size": 12}
+    assert parsed["config"]["mobilenet_v2"] == TINY_MOBILENET
+    assert parsed["config"]["conv_reductions"] == [1.5, 2.0, 3.0]
     # one JSON object only, and it is last: no other line parses as one
     for line in lines[:-1]:
         assert not line.startswith("{")
     # the table names every case
     assert sum(1 for line in lines if line.startswith(("mlp ", "small_cnn "))) == 20
+    assert sum(1 for line in lines if line.startswith(("resnet20 ", "mobilenet_v2 "))) == 12
 
 
 def test_cases_cover_models_batches_reductions(run):
     cases = run[0]["cases"]
-    assert len(cases) == 2 * 2 * (4 + 1)
+    assert len(cases) == 2 * 2 * (4 + 1) + 2 * 2 * 3
     got = {(c["model"], c["batch"], c["method"], c["target_reduction"]) for c in cases}
     want = {(m, b, "remove", float(r)) for m in ("mlp", "small_cnn") for b in (16, 1)
             for r in (2, 3, 5, 10)}
     want |= {(m, b, "mask", 5.0) for m in ("mlp", "small_cnn") for b in (16, 1)}
+    want |= {(m, b, "remove", r) for m in TWINNED for b in (16, 1) for r in (1.5, 2.0, 3.0)}
     assert got == want
 
 
@@ -86,6 +101,14 @@ def test_macs_and_uniform_keep_fraction(run):
             "small_cnn": {"conv1": 8, "conv2": 16, "fc1": 32}}
     base_macs = {"mlp": 64 * 96 + 96 * 96 + 96 * 10,
                  "small_cnn": 144 * 8 * 9 + 36 * 16 * 8 * 9 + 16 * 9 * 32 + 32 * 10}
+    images = torch.zeros(1, 1, 12, 12)
+    for name, net in (("resnet20", resnet20(**TINY_RESNET)),
+                      ("mobilenet_v2", mobilenet_v2(**TINY_MOBILENET))):
+        graph = pruners.trace(net, images)
+        full[name] = {g: graph.groups[g].size for g in graph.prunable}  # groups, not layers
+        base_macs[name] = pruners.count_macs(net, images)
+    assert full["resnet20"]["conv1"] == 4 and len(full["resnet20"]) == 12
+    assert full["mobilenet_v2"]["blocks.6.expand_conv"] == 96
     for c in run[0]["cases"]:
         assert c["macs_base"] == base_macs[c["model"]]
         assert set(c["units"]) == set(full[c["model"]])
@@ -102,11 +125,21 @@ def test_timing_fields_are_consistent(run):
         assert c["other_cpus_busy"] is None or c["other_cpus_busy"] >= 0
         assert c["speedup"] == pytest.approx(c["ms_base"] / c["ms"], rel=1e-12)
         assert c["ratio"] == pytest.approx(c["speedup"] / c["mac_reduction"], rel=1e-12)
+        if c["model"] in TWINNED:  # timed beside its dense twin, in the same rounds
+            assert c["ms_dense_twin"] > 0 and c["calls_dense_twin"] >= 2
+            assert c["spread_dense_twin"] >= 0
+            assert c["vs_dense_twin"] == pytest.approx(c["ms"] / c["ms_dense_twin"], rel=1e-12)
+            assert c["dense_twin_speedup"] == pytest.approx(c["ms_base"] / c["ms_dense_twin"],
+                                                            rel=1e-12)
+        else:
+            assert c["ms_dense_twin"] is None and c["vs_dense_twin"] is None
+            assert c["dense_twin_params"] is None and c["dense_twin_macs"] is None
         # targets are set at batch 256 only
         assert c["in_target"] is False and c["meets_target"] is None
+        assert c["target_checks"] == {}
     assert result["targets_met"] is False  # nothing in scope: not demonstrated
     # the same unpruned timing serves every case of one model and batch
-    for model in ("mlp", "small_cnn"):
+    for model in MODELS:
         for batch in (16, 1):
             base = {c["ms_base"] for c in result["cases"]
                     if c["model"] == model and c["batch"] == batch}
@@ -202,3 +235,116 @@ def test_nearest_reduction_and_keep_fractions_by_hand():
     assert len(set(calls)) <= len(sizes)
     with pytest.raises(ValueError, match=r"11.0x fewer MACs is out of reach.*gives 10x"):
         nearest_reduction(size, len(sizes), 100, 11.0, "MACs")
+
+
+def test_dense_twins_have_the_pruned_size(run):
+    for c in run[0]["cases"]:
+        if c["model"] in TWINNED:
+            assert c["dense_twin_params"] == c["params"] < c["params_base"]
+            assert c["dense_twin_macs"] == c["macs"] < c["macs_base"]
+
+
+@pytest.mark.parametrize("build", [lambda: resnet20(**TINY_RESNET),
+                                   lambda: mobilenet_v2(**TINY_MOBILENET)],
+                         ids=["resnet20", "mobilenet_v2"])
+@pytest.mark.parametrize("target", [1.5, 3.0])
+def test_dense_twin_is_the_pruned_architecture(build, target):
+    torch.manual_seed(0)
+    net = build()
+    with torch.no_grad():  # BatchNorm statistics that matter: the twin must take them over too
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    net.eval()
+    x = torch.randn(1, 1, 12, 12)
+    p = inference.prune_to_reduction(net, x, target, seed=3)
+    twin = inference.dense_twin(p.model, build, x)
+    assert not twin.training
+    assert pruners.count_params(twin) == pruners.count_params(p.model) == \
+        sum(t.numel() for t in p.model.parameters())
+    assert pruners.count_macs(twin, x) == pruners.count_macs(p.model, x) == p.macs
+    assert {k: v.shape for k, v in twin.state_dict().items()} == \
+        {k: v.shape for k, v in p.model.state_dict().items()}
+    for (name, a), b in zip(twin.named_modules(), p.model.modules()):
+        assert type(a) is type(b), name
+        if isinstance(a, nn.Conv2d):
+            assert (a.in_channels, a.out_channels, a.groups) == \
+                (b.in_channels, b.out_channels, b.groups), name
+    # freshly initialised: not the pruned model's weights
+    assert not all(torch.equal(a, b) for a, b in zip(twin.parameters(), p.model.parameters()))
+    # with the pruned model's weights it computes what the pruned model computes
+    twin.load_state_dict(p.model.state_dict())
+    twin, pruned = twin.double(), copy.deepcopy(p.model).double()
+    probe = torch.randn(5, 1, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(twin(probe), pruned(probe), rtol=0, atol=1e-12)
+
+
+def test_dense_twin_rejects_another_architecture():
+    x = torch.zeros(1, 1, 12, 12)
+    p = inference.prune_to_reduction(resnet20(**TINY_RESNET), x, 2.0)
+    with pytest.raises(ValueError, match="differ from the pruned model"):
+        inference.dense_twin(p.model, lambda: resnet56(**TINY_RESNET), x)
+
+
+def test_target_checks_by_hand():
+    checks = inference.target_checks
+    # ResNet-20: the ratio up to 2x, the dense twin at every reduction, batch 256 only
+    assert checks("resnet20", 256, "remove", 2.0, 0.61, 1.09) == {
+        "ratio": {"value": 0.61, "min": 0.6, "met": True},
+        "vs_dense_twin": {"value": 1.09, "max": 1.1, "met": True}}
+    got = checks("resnet20", 256, "remove", 1.5, 0.59, 1.2)
+    assert not got["ratio"]["met"] and not got["vs_dense_twin"]["met"]
+    assert checks("resnet20", 256, "remove", 3.0, 0.1, 1.0) == {
+        "vs_dense_twin": {"value": 1.0, "max": 1.1, "met": True}}
+    assert checks("resnet20", 1, "remove", 2.0, 0.1, 2.0) == {}
+    # MobileNetV2: only the dense twin
+    assert checks("mobilenet_v2", 256, "remove", 1.5, 0.01, 1.11) == {
+        "vs_dense_twin": {"value": 1.11, "max": 1.1, "met": False}}
+    # the MLP and the CNN: only the ratio, unchanged
+    assert checks("mlp", 256, "remove", 5.0, 0.8) == {
+        "ratio": {"value": 0.8, "min": 0.8, "met": True}}
+    assert checks("mlp", 256, "remove", 10.0, 0.1) == {}
+    assert checks("small_cnn", 256, "remove", 3.0, 0.49) == {
+        "ratio": {"value": 0.49, "min": 0.5, "met": False}}
+    assert checks("small_cnn", 256, "mask", 3.0, 0.9) == {}
+    assert checks("vgg", 256, "remove", 2.0, 1.0, 1.0) == {}
+
+
+@pytest.fixture(scope="module")
+def run256():
+    """Tiny models at batch 256, where the targets apply (the numbers are noise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tiny = {**TINY, "batches": (256,), "reductions": (2, 5, 10), "mask_reduction": None}
+        return inference.main(["--quick", "--repeats", "2"], file=io.StringIO(), **tiny)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_targets_follow_from_the_case_numbers(run256):
+    result = run256
+    cases = result["cases"]
+    assert {c["model"] for c in cases} == set(MODELS)
+    for c in cases:
+        t = inference.TARGETS[c["model"]]
+        want = {}
+        if "min_ratio" in t and c["target_reduction"] <= t["max_reduction"]:
+            want["ratio"] = {"value": c["ratio"], "min": t["min_ratio"],
+                             "met": c["ratio"] >= t["min_ratio"]}
+        if "max_vs_dense_twin" in t:
+            want["vs_dense_twin"] = {"value": c["vs_dense_twin"], "max": t["max_vs_dense_twin"],
+                                     "met": c["ms"] / c["ms_dense_twin"]
+                                     <= t["max_vs_dense_twin"]}
+        assert c["target_checks"] == want, c
+        assert c["in_target"] is bool(want)
+        assert c["meets_target"] == (all(w["met"] for w in want.values()) if want else None)
+    # in scope: the MLP up to 5x, the CNN up to 3x, ResNet-20 and MobileNetV2 at every size
+    scoped = {(c["model"], c["target_reduction"]) for c in cases if c["in_target"]}
+    assert scoped == {("mlp", 2.0), ("mlp", 5.0), ("small_cnn", 2.0)} | {
+        (m, r) for m in TWINNED for r in (1.5, 2.0, 3.0)}
+    assert result["targets_met"] == all(c["meets_target"] for c in cases if c["in_target"])
