@@ -7,9 +7,13 @@ A scorer holds hyperparameters and has one method::
 * Parameter-wise scorers (``granularity = "parameter"``) return
   ``{parameter name: tensor shaped like the parameter}`` -- the
   ``importance_scores`` contract of :mod:`torch.nn.utils.prune`.
-* Unit-wise scorers (``granularity = "unit"``) return ``{producer module
-  name: 1-D tensor over its output units}`` for the prunable units of
-  :func:`saliency.trace`.
+* Unit-wise scorers (``granularity = "unit"``) return ``{group name: 1-D
+  tensor over its units}`` for the prunable groups of :func:`saliency.trace`.
+  A producer on a chain is a group of one named after itself (its units are
+  its output channels); channels that must be removed together (the
+  producers a residual add sums, say) form one group, named after its first
+  member, with one score per *group channel*, so a global ranking counts
+  each once (:func:`to_group` maps the members' channels to the group's).
 
 Lower score = less important. ``data`` is an iterable of ``(inputs,
 targets)`` batches; losses are summed per sample and divided by the number of
@@ -28,19 +32,21 @@ layer, is one class and one entry in :data:`saliency.SCORERS`.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .graph import UnitGraph
+from .graph import Group, UnitGraph
 from .tracing import trace
 from .replacement import iter_batches, iter_inputs
 
 __all__ = ["Scorer", "ParameterScorer", "UnitScorer", "LayerRequirement", "iter_batches",
-           "loss_sum", "per_sample_loss", "summing_loss", "preserved", "default_parameters"]
+           "loss_sum", "per_sample_loss", "summing_loss", "preserved", "default_parameters",
+           "select_layers", "to_group"]
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -229,22 +235,65 @@ class ParameterScorer(Scorer):
 
 
 def select_layers(model: nn.Module, graph: UnitGraph, layers: Iterable[str] | None) -> list[str]:
-    """``layers`` checked against the graph's prunable producers (None = all of them)."""
+    """``layers`` checked against the graph's prunable groups (None = all of them).
+
+    A group is named after its first member; a producer on a chain is its own group. Naming
+    another member of a group is refused with the group's name in the message (scores are
+    keyed by the group's name).
+    """
     prunable = graph.prunable
     if not prunable:
         raise ValueError(f"{type(model).__name__} has no prunable units (no Linear/Conv "
                          "layer whose output feeds another layer)")
     if layers is None:
         return prunable
+    layers = list(layers)
     bad = [n for n in layers if n not in prunable]
     if bad:
+        members = {n: graph.producers[n].group for n in bad
+                   if n in graph.producers and graph.producers[n].group in prunable}
+        hint = "".join(f"; {n!r} is a member of the group {g!r}: select the group by that name"
+                       for n, g in members.items())
         raise ValueError(f"unknown or non-prunable layers {bad}; prunable layers are "
-                         f"{prunable}")
-    return list(layers)
+                         f"{prunable}{hint}")
+    return layers
+
+
+def to_group(group: Group, per_member: Mapping[str, torch.Tensor], how: str = "sum"
+             ) -> torch.Tensor:
+    """Per-member values over the members' output channels (last dimension) as values over
+    the group's channels.
+
+    ``per_member[m]`` has the member's channels along its last dimension (its other
+    dimensions are the same for every member); channel ``c`` of member ``m`` is group channel
+    ``group.channels[m][c]``. ``how`` combines the members that share a group channel:
+    ``"sum"``, ``"max"``, or ``"first"`` (the value of the first member, in forward order,
+    that has the channel). On a chain (one member) the member's tensor is returned as it is.
+    """
+    if how not in ("sum", "max", "first"):
+        raise ValueError(f"how must be 'sum', 'max' or 'first', got {how!r}")
+    members = [m for m in group.members if m in per_member]
+    if not members:
+        raise ValueError(f"no values for the members of group {group.name!r}")
+    first = per_member[members[0]]
+    if len(group.members) == 1:
+        return first
+    out = first.new_zeros(first.shape[:-1] + (group.size,))
+    if how == "max":
+        out.fill_(-math.inf)
+    for m in (reversed(members) if how == "first" else members):
+        v, idx = per_member[m], group.channels[m].to(first.device)
+        if how == "sum":
+            out.index_add_(-1, idx, v.to(out.dtype))
+        elif how == "max":
+            out.scatter_reduce_(-1, idx.expand(v.shape), v.to(out.dtype), "amax")
+        else:
+            out.index_copy_(-1, idx, v.to(out.dtype))
+    return out
 
 
 class UnitScorer(Scorer):
-    """A unit-wise scorer; ``layers`` selects producers (None = all prunable).
+    """A unit-wise scorer; ``layers`` selects groups by name (None = all prunable).
 
     ``example_input`` (optional) is used to trace convolutional models when
     there is no data; ``exclude`` is passed to :func:`trace`.

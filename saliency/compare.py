@@ -55,7 +55,9 @@ import torch.nn.functional as F
 from scipy import stats
 
 from .base import per_sample_loss, preserved
-from .replacement import replacement_hooks, unit_means
+from .graph import Group
+from .replacement import iter_inputs, replacement_hooks, unit_means
+from .tracing import trace
 
 if TYPE_CHECKING:                       # matplotlib is imported when a plot is drawn
     from matplotlib.axes import Axes
@@ -457,7 +459,11 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
       ``pruners.remove_units(model, units, replacement=..., data=data)``,
       without changing the model. (``"zero"`` holds the producer output at 0,
       so a following BatchNorm's shift still reaches the consumer, as in
-      ``remove_units(replacement="zero")``.)
+      ``remove_units(replacement="zero")``.) For a group of coupled channels
+      of :func:`saliency.trace` (the producers a residual add sums), ``layer``
+      is the group's name (the key of its scores) or any member's name: a
+      selected group channel is held in every member, each at its own mean (or
+      0), as ``remove_units`` does with the group.
 
     Probes run in eval mode under ``torch.no_grad()``; training flags,
     hooks, ``.grad`` and ``requires_grad`` are restored, also on error.
@@ -467,7 +473,7 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
         scorers_or_scores: ``{name: scorer or scores dict}``; scorer objects
             are run on ``score_data`` (default ``data``).
         data: held-out iterable of ``(inputs, targets)`` batches.
-        layer: the parameter (``kind="parameter"``) or producer module
+        layer: the parameter (``kind="parameter"``) or producer module / group
             (``kind="unit"``) to prune.
         fractions: fractions in ``[0, 1]``.
         loss_fn: loss with a ``reduction`` argument.
@@ -494,7 +500,7 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
                                     replacement)
     data = _materialize(data)
     score_data = data if score_data is None else _materialize(score_data)
-    target = _PenaltyTarget.of(model, layer, kind)
+    target = _PenaltyTarget.of(model, layer, kind, data)
     vectors = _penalty_vectors(model, scorers_or_scores, target, score_data, loss_fn)
     rows = _penalty_rows(model, target, vectors, fractions, data, loss_fn, replacement)
     return pd.DataFrame(rows, columns=_PENALTY_COLUMNS)
@@ -539,9 +545,10 @@ class _PenaltyTarget:
     key: str
     param: nn.Parameter | None
     n_items: int | None
+    group: Group | None = None  # a group of several layers: each member is held
 
     @classmethod
-    def of(cls, model: nn.Module, layer: str, kind: str) -> "_PenaltyTarget":
+    def of(cls, model: nn.Module, layer: str, kind: str, data=None) -> "_PenaltyTarget":
         if kind == "parameter":
             params = _named_params(model)
             key = layer if layer in params else f"{layer}.weight"
@@ -549,6 +556,9 @@ class _PenaltyTarget:
                 raise ValueError(f"kind='parameter': {layer!r} is neither a parameter nor a "
                                  f"module with a weight; parameters are {sorted(params)}")
             return cls(kind, key, params[key], params[key].numel())
+        group = _coupled_group(model, layer, data)
+        if group is not None:
+            return cls(kind, group.name, None, group.size, group)
         modules = dict(model.named_modules())
         if layer not in modules or not layer:
             raise ValueError(f"kind='unit': {layer!r} is not a module of the model")
@@ -567,6 +577,36 @@ class _PenaltyTarget:
                                  f"over its {self.n_items} units, got shape {tuple(t.shape)}")
         if torch.isnan(t).any():
             raise ValueError(f"scorer {name!r}: scores for {self.key!r} contain NaN")
+
+
+def _coupled_group(model: nn.Module, layer: str, data) -> Group | None:
+    """The group of several layers ``layer`` names (the group or a member), or None (a
+    chain, a model :func:`saliency.trace` cannot read, no data to trace with)."""
+    if data is None:
+        return None
+    try:
+        graph = trace(model, next(iter_inputs(data)), on_unsupported="exclude")
+        group = graph.group_of(layer)
+    except Exception:  # noqa: BLE001 - not traceable: the layer is held on its own
+        return None
+    return group if len(group.members) > 1 or group.joined else None
+
+
+def _held(target: _PenaltyTarget, idx: torch.Tensor, means) -> dict[str, tuple]:
+    """``{module: (channels, values)}`` holding the units ``idx`` of the target at ``means``
+    (``{module: per-channel means}``, or None for zeros)."""
+    def values(name, sel):
+        if means is None:
+            return torch.zeros(sel.numel(), dtype=torch.float64)
+        return means[name][sel.to(means[name].device)]
+
+    if target.group is None:
+        return {target.key: (idx, values(target.key, idx))}
+    held = {}
+    for m in target.group.members:
+        sel = torch.isin(target.group.channels[m], idx).nonzero().reshape(-1)
+        held[m] = (sel, values(m, sel))
+    return held
 
 
 def _penalty_vectors(model: nn.Module, scorers_or_scores: Mapping[str, Any],
@@ -604,17 +644,17 @@ def _penalty_rows(model: nn.Module, target: _PenaltyTarget, vectors: dict[str, t
     rows = []
     with preserved(model), torch.no_grad():
         loss_before = _mean_loss(model, data, loss_fn)
+        means = None
         if target.kind == "unit" and replacement == "mean":
-            means = unit_means(model, data, [target.key])[target.key]
+            layers = target.group.members if target.group is not None else [target.key]
+            means = unit_means(model, data, layers)
         for name, v in vectors.items():
             for f in fractions:
                 idx = torch.as_tensor(_lowest(v, counts[f]), dtype=torch.long)
                 if target.kind == "parameter":
                     loss_after = _probe_parameter(model, target.param, idx, data, loss_fn)
                 else:
-                    vals = (means[idx.to(means.device)] if replacement == "mean"
-                            else torch.zeros(idx.numel(), dtype=torch.float64))
-                    loss_after = _probe_unit(model, target.key, idx, vals, data, loss_fn)
+                    loss_after = _probe_unit(model, _held(target, idx, means), data, loss_fn)
                 rows.append({"scorer": name, "fraction": f, "n_pruned": int(idx.numel()),
                              "loss_before": loss_before, "loss_after": loss_after,
                              "delta": loss_after - loss_before})
@@ -632,8 +672,8 @@ def _probe_parameter(model, param, idx, data, loss_fn) -> float:
         param.copy_(saved)
 
 
-def _probe_unit(model, layer, idx, vals, data, loss_fn) -> float:
-    handles = replacement_hooks(model, {layer: (idx, vals)})
+def _probe_unit(model, held, data, loss_fn) -> float:
+    handles = replacement_hooks(model, held)
     try:
         return _mean_loss(model, data, loss_fn)
     finally:

@@ -60,6 +60,30 @@ with bias propagation (:func:`pruners.remove_units` with
 ``replacement="mean"``) removes them without changing the outputs, which is
 what ``python -m experiments diagnose --remove-dead`` does.
 
+**Groups.** The report is per group of :func:`saliency.trace`: a producer on a
+chain is its own group; channels that must be removed together (the
+producers a residual add sums, with every consumer of the sum) are one group,
+named after its first member, with one row per group channel ``i`` and its
+members named (:attr:`DeadUnitReport.members`). For a group with members
+``m``:
+
+* ``constant``: every member's channel is constant, ``Var(h_i) = max_m
+  Var(h_{m,i})``;
+* ``constant_activation``, ``never_active``, ``dormant@tau``: the activation
+  of a group with a residual join is what its consumers read at the group's
+  positions (each consumer's input, pooling included; a flattened Linear input
+  as channels x block), each statistic averaged over the consumers (so
+  ``never_active`` flags a channel that every consumer reads as exactly 0);
+* ``zero_outgoing``: the columns of every consumer at the group's positions;
+* ``frozen``: ``G_i = sqrt((1/N) sum_k sum_m ||dL_k/dh_{k,m,i}||^2)``;
+* ``low_mrs`` / ``low_mrp``: the group's MRS and MRP (every member held at its
+  own mean; :class:`saliency.MRS`, :class:`saliency.MRP`);
+* ``w_in_l1``: ``sum_m ||W_{m,i}||_1``; ``mean``: the first member's mean.
+
+A group channel flagged by an exact criterion is removed exactly by
+:func:`pruners.remove_units` on ``report.dead()`` (every member held at its
+own mean).
+
 Detection only measures, so it lives in :mod:`saliency` (which imports
 nothing from :mod:`pruners`); the model is never changed (parameters,
 gradients, training flags and hooks are restored, also on errors).
@@ -75,13 +99,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import iter_batches, preserved, select_layers, summing_loss
-from .graph import UnitGraph
+from .base import iter_batches, preserved, select_layers, summing_loss, to_group
+from .graph import Group, UnitGraph
 from .tracing import trace
 from .layers import effective_tensor
 from .mrp import MRP
 from .replacement import iter_inputs
-from .unit_stats import activation, unit_statistics
+from .unit_stats import _ConsumerMaps, activation, is_chain, unit_statistics
 
 __all__ = ["DeadUnitThresholds", "DeadUnitReport", "find_dead_units", "criterion_names",
            "EXACT_CRITERIA", "UNIT_STATISTICS"]
@@ -167,11 +191,12 @@ def criterion_names(thresholds: DeadUnitThresholds | None = None,
 
 @dataclass
 class DeadUnitReport:
-    """The result of :func:`find_dead_units`: per layer, per unit.
+    """The result of :func:`find_dead_units`: per group (a layer on a chain), per unit.
 
     Attributes:
-        layers: the examined producers, in forward order.
-        num_units: units per layer.
+        layers: the examined groups (a producer on a chain is its own group), in forward
+            order.
+        num_units: units per group (its group channels).
         stats: ``{statistic: {layer: 1-D float64 tensor}}`` (see
             :data:`UNIT_STATISTICS`; ``mrp`` / ``mrp_rel`` only with exact
             MRP).
@@ -180,6 +205,7 @@ class DeadUnitReport:
         samples: number of samples in the data.
         loss: mean loss on the data (eval mode).
         exact_mrp: whether exact MRP was computed.
+        members: per group, its member layers (one, itself, on a chain).
     """
 
     layers: list[str]
@@ -191,6 +217,7 @@ class DeadUnitReport:
     loss: float
     exact_mrp: bool = False
     criteria: list[str] = field(default_factory=list)
+    members: dict[str, list[str]] = field(default_factory=dict)
 
     def dead(self, criteria: Iterable[str] = EXACT_CRITERIA, *, how: str = "any"
              ) -> dict[str, torch.Tensor]:
@@ -237,11 +264,13 @@ class DeadUnitReport:
         return out
 
     def summary(self) -> list[dict[str, Any]]:
-        """One dict per layer: units, flagged units per criterion, exactly removable."""
+        """One dict per group: units, flagged units per criterion, exactly removable, and
+        its members (the layers whose channels are its units)."""
         exact = self.dead(EXACT_CRITERIA)
         counts = self.counts()
         return [{"layer": layer, "units": self.num_units[layer], **counts[layer],
-                 "exactly_removable": int(exact[layer].numel()) if layer in exact else 0}
+                 "exactly_removable": int(exact[layer].numel()) if layer in exact else 0,
+                 "members": list(self.members.get(layer, [layer]))}
                 for layer in self.layers]
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,6 +290,10 @@ class DeadUnitReport:
         for row in self.summary():
             lines.append(f"{row['layer']:<{width}}" + "".join(
                 f"{row[c]:>{max(len(c), 5) + 2}}" for c in cols))
+        for layer in self.layers:
+            members = self.members.get(layer, [layer])
+            if len(members) > 1:
+                lines.append(f"group {layer}: {', '.join(members)}")
         return "\n".join(lines)
 
 
@@ -276,25 +309,32 @@ class _ShiftedMoments:
     ``x`` is a producer's output ``h`` and its activation ``a``; ``c`` is the
     first sample's value at the first position (so an exactly constant unit
     gives exactly 0). Sums over positions run in the model's dtype, across
-    batches in float64.
+    batches in float64. For a group that is not a chain, every member's ``h`` is
+    hooked and its activation is what its consumers read (:class:`_ConsumerMaps`).
     """
 
     def __init__(self, model: nn.Module, graph: UnitGraph, layers: Sequence[str]):
         self.model, self.graph = model, graph
         self.sums: dict[tuple[str, str], list] = {}
         self.count: dict[str, int] = {}
+        chains = [n for n in layers if is_chain(graph.groups[n])]
+        coupled = [n for n in layers if n not in chains]
         self.handles = [model.get_submodule(n).register_forward_hook(self._hook(n))
-                        for n in layers]
+                        for n in chains]
+        self.handles += [model.get_submodule(m).register_forward_hook(self._hook(m, False))
+                         for n in coupled for m in graph.groups[n].members]
+        self.maps = _ConsumerMaps(model, graph, coupled) if coupled else None
 
-    def _hook(self, name: str) -> Callable:
-        edges = self.graph.producers[name].edges
+    def _hook(self, name: str, chain: bool = True) -> Callable:
+        edges = self.graph.producers[name].edges if chain else []
 
         def hook(_m, _inp, out):
             with torch.no_grad():
                 h = out.detach()
-                a = activation(self.model, edges[0].path, h) if edges else h
-                for kind, x in (("h", h), ("a", a)):
-                    self._add(name, kind, x)
+                self._add(name, "h", h)
+                if chain:
+                    a = activation(self.model, edges[0].path, h) if edges else h
+                    self._add(name, "a", a)
                 self.count[name] = self.count.get(name, 0) + h.numel() // h.shape[1]
         return hook
 
@@ -314,6 +354,8 @@ class _ShiftedMoments:
     def remove(self) -> None:
         for hd in self.handles:
             hd.remove()
+        if self.maps is not None:
+            self.maps.remove()
 
     def moments(self, name: str, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance (float64) of ``h`` (kind "h") or ``a`` (kind "a")."""
@@ -323,8 +365,17 @@ class _ShiftedMoments:
         var = (s2 / n - m1 * m1).clamp_min(0)
         return shift.to(torch.float64) + m1, var
 
+    def group_moments(self, group: Group) -> dict[str, torch.Tensor]:
+        """A group's ``out_var`` (the largest member variance), ``act_mean``, ``act_var``."""
+        out_var = to_group(group, {m: self.moments(m, "h")[1] for m in group.members}, "max")
+        act = self.maps.statistics(group.name)
+        return {"out_var": out_var, "act_mean": act["act_mean"], "act_var": act["act_var"]}
+
 
 def _weight_stats(model: nn.Module, graph: UnitGraph, name: str) -> dict[str, torch.Tensor]:
+    group = graph.groups[name]
+    if not is_chain(group):
+        return _group_weight_stats(model, group)
     w = effective_tensor(model.get_submodule(name), "weight").detach()
     n = w.shape[0]
     w_in = w.reshape(n, -1).abs().sum(1, dtype=torch.float64)
@@ -332,7 +383,8 @@ def _weight_stats(model: nn.Module, graph: UnitGraph, name: str) -> dict[str, to
     w_max = torch.zeros(n, dtype=torch.float64)
     idx = torch.arange(n)
     for edge in graph.producers[name].edges:
-        cw = effective_tensor(model.get_submodule(edge.consumer), "weight").detach()
+        cmod = model.get_submodule(edge.consumer)
+        cw = _dense_columns(cmod, effective_tensor(cmod, "weight").detach())
         cols = edge.columns(idx)
         block = cw.index_select(1, cols.to(cw.device)).abs().to(torch.float64)
         # (out, n * block, ...) -> per producer unit
@@ -340,6 +392,43 @@ def _weight_stats(model: nn.Module, graph: UnitGraph, name: str) -> dict[str, to
         w_out += block.sum((1, 2, 3))
         w_max = torch.maximum(w_max, block.amax((1, 2, 3)))
     return {"w_in_l1": w_in, "w_out_l1": w_out, "w_out_max": w_max}
+
+
+def _group_weight_stats(model: nn.Module, group: Group) -> dict[str, torch.Tensor]:
+    """``sum_m ||W_{m,i}||_1`` over the members, and the L1 norm and largest magnitude of
+    every consumer's columns at the group's positions."""
+    f64 = torch.float64
+    rows = {}
+    for m in group.members:
+        w = effective_tensor(model.get_submodule(m), "weight").detach()
+        rows[m] = w.reshape(w.shape[0], -1).abs().sum(1, dtype=f64)
+    w_out = torch.zeros(group.size, dtype=f64)
+    w_max = torch.zeros(group.size, dtype=f64)
+    for c in group.consumers:
+        labels = group.nodes[c.node].labels
+        pos = (labels >= 0).nonzero().reshape(-1)
+        cmod = model.get_submodule(c.name)
+        cw = effective_tensor(cmod, "weight").detach()
+        cw = _dense_columns(cmod, cw)  # (out, in, ...) with the input channels of a grouped conv
+        cols = (pos[:, None] * c.block + torch.arange(c.block)).reshape(-1)
+        block = cw.index_select(1, cols.to(cw.device)).abs().to(f64)
+        block = block.transpose(0, 1).reshape(pos.numel(), c.block, cw.shape[0], -1)
+        w_out.index_add_(0, labels[pos], block.sum((1, 2, 3)).cpu())
+        w_max.scatter_reduce_(0, labels[pos], block.amax((1, 2, 3)).cpu(), "amax")
+    return {"w_in_l1": to_group(group, rows), "w_out_l1": w_out, "w_out_max": w_max}
+
+
+def _dense_columns(cmod: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    """A grouped convolution's weight with one column per input channel (zeros outside each
+    output row's conv group); any other weight as it is."""
+    groups = getattr(cmod, "groups", 1)
+    if groups == 1:
+        return w
+    per_in, rows = w.shape[1], w.shape[0] // groups
+    full = w.new_zeros((w.shape[0], per_in * groups) + tuple(w.shape[2:]))
+    for k in range(groups):
+        full[k * rows:(k + 1) * rows, k * per_in:(k + 1) * per_in] = w[k * rows:(k + 1) * rows]
+    return full
 
 
 def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] | None = None,
@@ -357,8 +446,8 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
     Args:
         model: the model (evaluated in eval mode, never changed).
         data: an iterable of ``(inputs, targets)`` batches.
-        layers: producers to examine (default: every prunable one of
-            :func:`saliency.trace`).
+        layers: groups to examine by name (default: every prunable one of
+            :func:`saliency.trace`; a producer on a chain is its own group).
         loss_fn: ``loss_fn(output, target, reduction="none")``.
         thresholds: a :class:`DeadUnitThresholds` or a dict of its fields.
         exact_mrp: also compute the exact MRP and the ``low_mrp`` criterion.
@@ -400,9 +489,10 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
     criteria = criterion_names(th, exact_mrp)
     samples = sum(int(x.shape[0]) for x in iter_inputs(data))
     return DeadUnitReport(
-        layers=list(names), num_units={n: graph.producers[n].num_units for n in names},
+        layers=list(names), num_units={n: graph.groups[n].size for n in names},
         stats=stats, flags=_flags(stats, names, th, criteria), thresholds=th, samples=samples,
-        loss=total_loss / max(samples, 1), exact_mrp=bool(exact_mrp), criteria=criteria)
+        loss=total_loss / max(samples, 1), exact_mrp=bool(exact_mrp), criteria=criteria,
+        members={n: list(graph.groups[n].members) for n in names})
 
 
 def _thresholds(thresholds: DeadUnitThresholds | Mapping[str, Any] | None
@@ -435,8 +525,13 @@ def _unit_stats(model: nn.Module, graph: UnitGraph, names: Sequence[str], data,
             moments.remove()
     stats: dict[str, dict[str, torch.Tensor]] = {s: {} for s in UNIT_STATISTICS}
     for name in names:
-        _, out_var = moments.moments(name, "h")
-        act_mean, act_var = moments.moments(name, "a")
+        group = graph.groups[name]
+        if is_chain(group):
+            _, out_var = moments.moments(name, "h")
+            act_mean, act_var = moments.moments(name, "a")
+        else:
+            gm = moments.group_moments(group)
+            out_var, act_mean, act_var = gm["out_var"], gm["act_mean"], gm["act_var"]
         stats["mean"][name] = st["mean"][name]
         stats["out_var"][name] = out_var
         stats["out_var_rel"][name] = _relative(out_var)

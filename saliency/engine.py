@@ -20,11 +20,18 @@ https://arxiv.org/abs/1806.06068 -- Evci 2018 -- Def. 3.1.1)
 of every unit and the exact loss change of zeroing each weight (the thesis's
 ``lossChangeScorer``, Sec. 2.1) affordable. Producers that feed the model's
 output directly are recomputed from their own output instead.
+
+A group of coupled channels with a residual join (:class:`saliency.graph.Group`) is
+recomputed from its members: for ``K`` variants stacked along the batch dimension, every
+member's output channels of the variant's group channel are replaced by the member's own
+values, and everything after the first member runs again. A member downstream of another
+member (it reads the group's channels) is recomputed from its changed input and then has its
+channels replaced: the replacement is applied after its computation, not fixed in advance.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.fx as fx
@@ -114,8 +121,12 @@ class Downstream:
             self._dependents[key] = sorted(seen, key=self.order.__getitem__)
         return self._dependents[key]
 
-    def _rerun(self, overrides: dict[fx.Node, torch.Tensor], k: int) -> torch.Tensor:
-        """Recompute the nodes after ``overrides`` for ``k`` stacked variants."""
+    def _rerun(self, overrides: dict[fx.Node, torch.Tensor], k: int,
+               post: dict[fx.Node, Callable[[torch.Tensor], torch.Tensor]] | None = None
+               ) -> torch.Tensor:
+        """Recompute the nodes after ``overrides`` for ``k`` stacked variants; the nodes of
+        ``post`` are replaced by ``post[node](computed value)`` once computed."""
+        post = post or {}
         local = dict(overrides)
         b = self.batch
 
@@ -142,6 +153,8 @@ class Downstream:
                 continue
             else:  # pragma: no cover - placeholders/get_attr are never downstream
                 res = self.env[node]
+            if node in post:
+                res = post[node](res)
             local[node] = res
         return out
 
@@ -160,10 +173,16 @@ class Downstream:
         """Per-sample losses when channel ``channels[k]`` of ``producer`` outputs ``values[k]``.
 
         Args:
-            producer: a Linear/Conv module name.
-            channels: ``(K,)`` channel indices (repeats allowed).
+            producer: a Linear/Conv module name, or the name of a group of coupled channels
+                (several members, or a residual join; see below).
+            channels: ``(K,)`` channel indices (repeats allowed); group channels for a
+                group.
             values: ``(K, B or 1, *spatial)``: the new output of that channel
-                for each sample (1 broadcasts over the batch).
+                for each sample (1 broadcasts over the batch). For a group, a mapping
+                ``{member: values over the member's output channels}``, each ``(C_m,)`` (one
+                constant per channel, its mean say) or ``(C_m, B or 1, *spatial)``: variant
+                ``k`` replaces, in every member, the channels of group channel
+                ``channels[k]`` by the member's values there.
             y: targets of the batch.
             reduce: optional map of each chunk's ``(k, B)`` losses to a smaller
                 tensor (``(k,)`` say), to save memory.
@@ -171,22 +190,64 @@ class Downstream:
         Returns:
             ``(K, B)`` per-sample losses, or the concatenated reductions.
         """
+        group = (self.graph.groups or {}).get(producer)
+        if group is not None and (group.joined or len(group.members) > 1):
+            return self._group_losses(group, channels, values, y, loss_fn, reduce)
+        if isinstance(values, Mapping):
+            raise TypeError(f"{producer!r} is not a group of several layers: pass its values "
+                            "as one tensor")
         with torch.no_grad():
             prod = self.graph.producers.get(producer)
-            fast = prod is not None and prod.prunable and prod.edges
+            fast = prod is not None and prod.prunable and \
+                not self.graph.group_of(producer).joined and prod.edges
             node = self._node(producer)
             starts = (tuple(self.nodes[e.consumer] for e in prod.edges) if fast else (node,))
             step = self._chunk(starts)
             pieces = []
+            after = set(self._descendants(starts)) if fast else set()
             for lo in range(0, channels.numel(), step):
                 ch, val = channels[lo:lo + step], values[lo:lo + step]
+                post = {}
                 if fast:
-                    overrides = self._consumer_overrides(prod, ch, val)
+                    overrides, post = self._consumer_overrides(prod, ch, val, after)
                 else:
                     overrides = {node: self._replaced_output(node, ch, val)}
-                out = self._rerun(overrides, ch.numel())
+                out = self._rerun(overrides, ch.numel(), post)
                 losses = per_sample_loss(loss_fn, out, y.repeat(
                     (ch.numel(),) + (1,) * (y.dim() - 1))).reshape(ch.numel(), -1)
+                pieces.append(reduce(losses) if reduce is not None else losses)
+            return torch.cat(pieces)
+
+    def _group_losses(self, group, channels: torch.Tensor,
+                      values: Mapping[str, torch.Tensor], y: torch.Tensor, loss_fn: Callable,
+                      reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+        """:meth:`channel_losses` of a group: every member's channels of group channel
+        ``channels[k]`` replaced in variant ``k``, recomputed from the members."""
+        if not isinstance(values, Mapping) or set(values) != set(group.members):
+            raise ValueError(f"group {group.name!r}: values must map each member "
+                             f"{group.members} to its channels' values")
+        with torch.no_grad():
+            nodes = {m: self._node(m) for m in group.members}
+            after = set(self._descendants(tuple(nodes.values())))
+            first = tuple(n for n in nodes.values() if n not in after)
+            step = self._chunk(first)
+            pieces = []
+            for lo in range(0, channels.numel(), step):
+                ch = channels[lo:lo + step]
+                k = ch.numel()
+                overrides, post = {}, {}
+                for m, node in nodes.items():
+                    h = self.env[node]
+                    own = group.channels[m].to(ch.device)
+                    mask = (own[None, :] == ch[:, None])  # (k, C_m)
+                    replace = _member_replacement(mask, values[m], h)
+                    if node in after:
+                        post[node] = replace
+                    else:
+                        overrides[node] = replace(h.repeat((k,) + (1,) * (h.dim() - 1)))
+                out = self._rerun(overrides, k, post)
+                losses = per_sample_loss(loss_fn, out, y.repeat(
+                    (k,) + (1,) * (y.dim() - 1))).reshape(k, -1)
                 pieces.append(reduce(losses) if reduce is not None else losses)
             return torch.cat(pieces)
 
@@ -198,15 +259,19 @@ class Downstream:
         stacked[torch.arange(k), :, ch] = val.expand((k, b) + tuple(h.shape[2:])).to(h)
         return stacked.reshape((k * b,) + tuple(h.shape[1:]))
 
-    def _consumer_overrides(self, prod, ch: torch.Tensor, val: torch.Tensor
-                            ) -> dict[fx.Node, torch.Tensor]:
+    def _consumer_overrides(self, prod, ch: torch.Tensor, val: torch.Tensor,
+                            after: set[fx.Node]
+                            ) -> tuple[dict[fx.Node, torch.Tensor], dict[fx.Node, Callable]]:
+        """Each consumer's new output (``overrides``), or, for a consumer downstream of
+        another consumer (a concatenation feeds both), the change to add once it is
+        recomputed from its other inputs (``post``: it is linear in its input)."""
         h = self.env[self.nodes[prod.name]]
         k, b = ch.numel(), h.shape[0]
         spatial = tuple(h.shape[2:])
         val = val.to(h).expand((k, val.shape[1]) + spatial)
         new_in = val.transpose(0, 1)  # (B or 1, K, *spatial): channels ch along dim 1
         old_in = None
-        overrides = {}
+        overrides, post = {}, {}
         for edge in prod.edges:
             a_new = run_path(self.model, edge.path, new_in, ch)
             cnode = self.nodes[edge.consumer]
@@ -218,9 +283,16 @@ class Downstream:
             delta = a_new - a_old  # (B, K, *spatial')
             cmod = self.gm.get_submodule(edge.consumer)
             z = self.env[cnode]
-            z_new = _consumer_update(cmod, z, delta, ch, edge.block)  # (K, B, ...)
-            overrides[cnode] = z_new.reshape((k * b,) + tuple(z.shape[1:]))
-        return overrides
+            rest = tuple(z.shape[1:])
+            if cnode in after:
+                change = _consumer_update(cmod, torch.zeros_like(z), delta, ch + edge.offset,
+                                          edge.block)  # (K, B, ...)
+                post[cnode] = lambda res, change=change, rest=rest: (
+                    res.reshape((k, b) + rest) + change).reshape((k * b,) + rest)
+                continue
+            z_new = _consumer_update(cmod, z, delta, ch + edge.offset, edge.block)  # (K, B, ...)
+            overrides[cnode] = z_new.reshape((k * b,) + rest)
+        return overrides, post
 
 
     def _cached_path_output(self, edge, cnode: fx.Node, channels: int, ch: torch.Tensor,
@@ -250,6 +322,26 @@ class Downstream:
         return a.reshape((self.batch,) + tuple(a_new.shape[1:]))
 
 
+def _member_replacement(mask: torch.Tensor, values: torch.Tensor, h: torch.Tensor
+                        ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function that replaces, in ``k`` stacked copies ``(k * B, C, ...)`` of a member's
+    output, the channels ``mask[j]`` of copy ``j`` by ``values`` (``(C,)`` or
+    ``(C, B or 1, *spatial)``)."""
+    k, b, c = mask.shape[0], h.shape[0], h.shape[1]
+    spatial = tuple(h.shape[2:])
+    vals = values.to(h)
+    if vals.dim() == 1:
+        vals = vals.reshape((1, 1, c) + (1,) * len(spatial))
+    else:  # (C, B|1, *spatial) -> (1, B|1, C, *spatial)
+        vals = vals.transpose(0, 1).unsqueeze(0)
+    where = mask.to(h.device).reshape((k, 1, c) + (1,) * len(spatial))
+
+    def replace(stacked: torch.Tensor) -> torch.Tensor:
+        x = stacked.reshape((k, b, c) + spatial)
+        return torch.where(where, vals, x).reshape((k * b, c) + spatial)
+    return replace
+
+
 def _consumer_update(cmod: nn.Module, z: torch.Tensor, delta: torch.Tensor, ch: torch.Tensor,
                      block: int) -> torch.Tensor:
     """A consumer's output when its input channels ``ch`` change by ``delta``.
@@ -266,8 +358,16 @@ def _consumer_update(cmod: nn.Module, z: torch.Tensor, delta: torch.Tensor, ch: 
         wk = w.reshape(w.shape[0], -1, block)[:, ch].permute(1, 2, 0)  # (K, block, out)
         d = d.expand(k, bsz, block)
         return torch.baddbmm(z.unsqueeze(0).expand(k, bsz, z.shape[1]), d, wk)
-    wk = w[:, ch].transpose(0, 1)  # (K, out, *kernel)
     out_ch = w.shape[0]
+    groups = getattr(cmod, "groups", 1)
+    if groups > 1:  # input channel c reaches the rows of its conv group, column c % per_in
+        per_in, rows = w.shape[1], out_ch // groups
+        wk = w[:, ch % per_in].transpose(0, 1)  # (K, out, *kernel)
+        own = (torch.arange(out_ch, device=w.device)[None, :] // rows
+               == (ch.to(w.device) // per_in)[:, None])
+        wk = wk * own.reshape(own.shape + (1,) * (w.dim() - 2)).to(wk.dtype)
+    else:
+        wk = w[:, ch].transpose(0, 1)  # (K, out, *kernel)
     weight = wk.reshape((k * out_ch, 1) + tuple(w.shape[2:]))
     conv = F.conv1d if isinstance(cmod, nn.Conv1d) else F.conv2d
     x = delta

@@ -19,7 +19,15 @@ training acts on is therefore the group norm
     s_n = ||theta_l^n||_2 = sqrt(||w_l^n||_2^2 + (b_l^n)^2)
 
 (optionally divided by ``sqrt(P_l)``, the root mean square of the group, to
-compare layers whose groups differ in size). :class:`GroupNormScorer` is
+compare layers whose groups differ in size). When the channels of several
+layers must be removed together (the producers a residual add sums: a group
+of :func:`saliency.trace`), the parameters of group channel ``i`` are every
+member's row and bias for that channel, and
+
+    s_i = sqrt( sum_m ||theta_{m,i}||_2^2 )
+
+over the members ``m`` whose channel maps to ``i`` (``P_i`` the count of
+those parameters). :class:`GroupNormScorer` is
 ``"group_norm"`` in :data:`saliency.SCORERS`; the penalty, the proximal
 operator and the removal of zero groups are in
 :mod:`pruners.group_sparsity`.
@@ -33,7 +41,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from .base import UnitScorer
+from .base import UnitScorer, to_group
 from .layers import effective_tensor
 
 __all__ = ["GroupNormScorer", "unit_groups"]
@@ -64,18 +72,21 @@ class GroupNormScorer(UnitScorer):
     """Unit saliency ``||theta_l^n||_2 = sqrt(||w_l^n||^2 + b_l^n^2)`` (group sparsity).
 
     The norm of each unit's parameter group of Alvarez & Salzmann 2016: its
-    incoming weights and its bias. A unit whose group norm is 0 outputs 0 for
+    incoming weights and its bias; for coupled channels (a residual group),
+    every member's row and bias for the group channel,
+    ``s_i = sqrt(sum_m ||theta_{m,i}||_2^2)``. A unit whose group norm is 0 outputs 0 for
     every input, and the proximal step of
     the group-sparsity penalty (:mod:`pruners.group_sparsity`) makes groups
     exactly 0; lower is less important. Needs no data (an ``example_input``
     traces a convolutional model).
 
     Args:
-        layers: producers to score (default: every prunable layer).
+        layers: groups to score (default: every prunable group).
         bias: include the bias in the group (the paper's ``theta = [w, b]``);
             False gives the L2 norm of the weight row only.
         normalize: divide by ``sqrt(P_l)`` (the group's root mean square), so
-            that layers with different group sizes compare.
+            that layers with different group sizes compare (``sqrt(P_i)`` for
+            coupled channels).
         exclude: as in :class:`~saliency.base.UnitScorer`.
         example_input: as in :class:`~saliency.base.UnitScorer`.
 
@@ -103,8 +114,20 @@ class GroupNormScorer(UnitScorer):
         graph, layers = self.graph(model, data)
         out = {}
         for name in layers:
-            rows = unit_groups(model.get_submodule(name), bias=self.bias).detach()
-            rows = rows.to(torch.float64)
-            s = torch.linalg.vector_norm(rows, dim=1)
-            out[name] = s / math.sqrt(rows.shape[1]) if self.normalize else s
+            group = graph.groups[name]
+            if len(group.members) == 1:
+                rows = unit_groups(model.get_submodule(name), bias=self.bias).detach()
+                rows = rows.to(torch.float64)
+                s = torch.linalg.vector_norm(rows, dim=1)
+                out[name] = s / math.sqrt(rows.shape[1]) if self.normalize else s
+                continue
+            squares, sizes = {}, {}
+            for m in group.members:
+                rows = unit_groups(model.get_submodule(m), bias=self.bias).detach()
+                rows = rows.to(torch.float64)
+                squares[m] = (rows * rows).sum(1)
+                sizes[m] = torch.full((rows.shape[0],), float(rows.shape[1]),
+                                      dtype=torch.float64)
+            s = to_group(group, squares).sqrt()
+            out[name] = s / to_group(group, sizes).sqrt() if self.normalize else s
         return out

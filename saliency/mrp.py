@@ -13,8 +13,24 @@ means (:func:`saliency.unit_means`), so the signed variant of this score
 (``absolute=False``) divided by the number of samples is exactly the loss
 change that removal causes.
 
+For channels removed together (a group of :func:`saliency.trace`: the
+producers a residual add sums, with every consumer of the sum), group channel
+``i`` is held at its mean in every member at once, each member ``m`` at its
+own mean ``E[h_{m,i}]``, and ``h~`` is the network's output with all of
+them replaced (a member that reads the group's channels is computed from its
+changed input, then replaced):
+
+    MRP_i = sum_{k in D} | L(h~_{k,i}) - L(h_k) |
+
+which is the loss change of ``remove_units(model, {group: [i]},
+replacement="mean", data=D)`` wherever its fold is exact (no zero padding
+or average pooling over padding on the held channels' paths).
+
 Cost: one pass for the means, then per batch one cached forward pass and,
-per unit, only the work that unit changes (:class:`saliency.engine.Downstream`).
+per unit, only the work that unit changes (:class:`saliency.engine.Downstream`):
+on a chain, the unit's channel through its path and its consumers' change;
+for a residual group, everything after its first member, for many group
+channels at once.
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ import torch
 from .base import UnitScorer, iter_batches
 from .engine import Downstream
 from .replacement import unit_means
+from .unit_stats import is_chain
 
 __all__ = ["MRP"]
 
@@ -61,9 +78,8 @@ class MRP(UnitScorer):
 
     def _score(self, model, data, loss_fn):
         graph, layers = self.graph(model, data)
-        means = unit_means(model, data, layers)
-        totals = {n: torch.zeros(graph.producers[n].num_units, dtype=torch.float64)
-                  for n in layers}
+        means = unit_means(model, data, [m for n in layers for m in graph.groups[n].members])
+        totals = {n: torch.zeros(graph.groups[n].size, dtype=torch.float64) for n in layers}
         count = 0
         for x, y in iter_batches(data):
             ds = Downstream(model, graph, x)
@@ -75,6 +91,12 @@ class MRP(UnitScorer):
                 return (d.abs() if self.absolute else d).sum(1)
 
             for name in layers:
+                group = graph.groups[name]
+                if not is_chain(group):
+                    ch = torch.arange(group.size)
+                    vals = {m: means[m] for m in group.members}
+                    totals[name] += ds.channel_losses(name, ch, vals, y, loss_fn, reduce=reduce)
+                    continue
                 h = ds.output_of(name)
                 c = h.shape[1]
                 ch = torch.arange(c)

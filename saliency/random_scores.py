@@ -72,6 +72,9 @@ class RandomParameter(ParameterScorer):
 class RandomUnit(UnitScorer):
     """Uniform random score in ``[0, 1)`` for every prunable unit.
 
+    One draw per unit of each group: per group channel for channels removed
+    together (a residual group), so a group counts once in a global ranking.
+
     Needs no data, but the graph of units does: convolutional models need
     ``example_input`` (or ``data``) to be traced; models whose first layer is
     a Linear are traced with a default input.
@@ -105,5 +108,5 @@ class RandomUnit(UnitScorer):
         out = {}
         for name in layers:
             w = next(model.get_submodule(name).parameters(), torch.empty(0))
-            out[name] = _uniform((graph.producers[name].num_units,), self.seed, name, w)
+            out[name] = _uniform((graph.groups[name].size,), self.seed, name, w)
         return out

@@ -153,6 +153,9 @@ class SwitchScorer(UnitScorer):
 
     A unit with ``g_i = 0`` is off (the ShrinkNets paper, eq. 1); the
     penalty ``lambda ||beta||_1`` (eq. 2) drives unimportant switches to 0.
+    A group of coupled channels (a residual group) has one switch; group
+    channel ``i`` scores ``|g|`` at its position in the tensor the switch
+    multiplies.
     Needs no data. Every scored layer must have a switch on its path
     (:func:`pruners.shrinknets.insert_switches` puts one after each prunable
     layer; :func:`pruners.prepare_for` calls it for this scorer).
@@ -169,5 +172,24 @@ class SwitchScorer(UnitScorer):
             if found is None:
                 raise ValueError(f"layer {name!r} has no switch on its path; insert switches "
                                  "first (pruners.shrinknets.insert_switches)")
-            out[name] = found[1].effective_gate().detach().abs().to(torch.float64)
+            gate = found[1].effective_gate().detach().abs().to(torch.float64)
+            out[name] = _group_gates(graph.groups[name], found[0], gate)
         return out
+
+
+def _group_gates(group, switch: str, gate: torch.Tensor) -> torch.Tensor:
+    """The gate of each group channel: the switch's entry at the channel's position in the
+    tensor it multiplies (the first place it is called on the group's region)."""
+    out = torch.zeros(group.size, dtype=gate.dtype, device=gate.device)
+    covered = torch.zeros(group.size, dtype=torch.bool)
+    for node in reversed(group.nodes):  # the first call wins
+        if node.kind == "op" and node.op.kind == "module" and node.op.target == switch:
+            pos = (node.labels >= 0).nonzero().reshape(-1)
+            out[node.labels[pos].to(gate.device)] = gate[pos.to(gate.device)]
+            covered[node.labels[pos]] = True
+    if not bool(covered.all()):
+        missing = (~covered).nonzero().reshape(-1).tolist()
+        raise ValueError(f"the switch {switch!r} of group {group.name!r} does not multiply "
+                         f"its channels {missing}; give the group one switch on all its "
+                         "channels")
+    return out

@@ -70,7 +70,7 @@ from .graph import UnitGraph, as_index_tensor
 from .tracing import trace
 from .layers import effective_tensor
 from .replacement import iter_inputs
-from .unit_stats import unit_statistics
+from .unit_stats import is_chain, unit_statistics
 
 __all__ = ["UnitTracker", "QUANTITIES", "HISTOGRAMS"]
 
@@ -106,7 +106,8 @@ class UnitTracker:
         model: the model being trained (probes never change it).
         units: ``{layer: indices or None}`` (None tracks every unit of the
             layer) or a list of layer names (whole layers). Layers are the
-            prunable producers of :func:`saliency.trace`.
+            prunable producers of :func:`saliency.trace` on chains; a group of
+            coupled channels (a residual group) is refused with a clear error.
         data: the probe data, an iterable of ``(inputs, targets)`` batches
             (kept as a list); the thesis uses 1000 validation samples.
         every: probe when ``step % every == 0`` (see :meth:`maybe_record`).
@@ -187,6 +188,12 @@ class UnitTracker:
         layers = select_layers(self.model, graph, list(self.units))
         out = {}
         for name in layers:
+            group = graph.groups[name]
+            if not is_chain(group):
+                raise ValueError(
+                    f"layer {name!r} heads a group of coupled channels ({group.describe()}): "
+                    "UnitTracker follows the units of layers on chains only; score the group "
+                    "with saliency.unit_statistics or saliency.MRP instead")
             n = graph.producers[name].num_units
             idx = self.units[name]
             if idx is None:

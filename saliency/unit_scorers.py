@@ -10,13 +10,17 @@
 
 The first three read :func:`saliency.unit_stats.unit_statistics`, which
 computes all of them from the same single pass; ask it directly for several.
+
+Scores are keyed by group (:func:`saliency.trace`): a producer on a chain is its own group,
+and coupled channels (the producers a residual add sums) get one score per group channel
+under the group's name; each class gives its group formula.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import UnitScorer
+from .base import UnitScorer, to_group
 from .layers import effective_tensor
 from .unit_stats import unit_statistics
 
@@ -46,6 +50,14 @@ class MRS(_StatScorer):
     ``k`` (and the inner product over a convolution's positions). All units of
     all layers come from one forward and one backward pass.
 
+    For a group of coupled channels (members ``m``, each held at its own mean
+    ``mu_{m,i}`` when the group channel ``i`` is removed)::
+
+        MRS_i = sum_k | sum_m sum_p (mu_{m,i} - h_{k,m,i,p}) dL_k/dh_{k,m,i,p} |
+
+    the first-order terms of every member summed before the absolute value,
+    from the same single pass.
+
     Examples:
         >>> import torch, torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
@@ -63,7 +75,9 @@ class UnitTaylor(_StatScorer):
 
     ``Theta_i = | (1/N) sum_k (1/P) sum_p h_{k,i,p} dL_k/dh_{k,i,p} |``: the
     first-order estimate of the loss change when the unit's output is set to
-    zero, averaged over samples ``k`` and positions ``p``.
+    zero, averaged over samples ``k`` and positions ``p``. For a group of
+    coupled channels, ``| (1/N) sum_k sum_m (1/P_m) sum_p h g |`` over its
+    members ``m`` (``P_m`` positions each).
     """
 
     statistic = "taylor"
@@ -78,6 +92,12 @@ class Dormancy(UnitScorer):
     the score is ``1 - APoZ``, with APoZ the fraction of samples (and
     positions) where the activation is exactly zero (Hu et al. 2016). Lower
     is more dormant in both cases.
+
+    For a group with a residual join, ``a`` is what the group's consumers
+    read at the group's positions (each consumer's input, pooling included;
+    a flattened Linear input as channels x block), the statistic averaged
+    over the consumers, and the ReDo denominator is the mean over the group
+    channels.
     """
 
     def __init__(self, statistic: str = "redo", **kwargs):
@@ -100,8 +120,11 @@ class Norm(UnitScorer):
 
     ``p="l1"``: ``||W_i||_1``; ``p="l2"``: ``||W_i||_2^2`` (squared, as the
     thesis's ``normScorerL2``), over the unit's weight row (a filter for a
-    convolution), bias excluded. Needs no data (an ``example_input`` traces a
-    convolutional model).
+    convolution), bias excluded. For a group of coupled channels, the sum over
+    the members ``m`` whose channel maps to group channel ``i``:
+    ``sum_m ||W_{m,i}||_1`` or ``sum_m ||W_{m,i}||_2^2`` (the squared L2 norm
+    of all the group channel's incoming weights). Needs no data (an
+    ``example_input`` traces a convolutional model).
     """
 
     needs_data = False
@@ -116,7 +139,11 @@ class Norm(UnitScorer):
         graph, layers = self.graph(model, data)
         out = {}
         for name in layers:
-            w = effective_tensor(model.get_submodule(name), "weight").detach()
-            w = w.reshape(w.shape[0], -1).to(torch.float64)
-            out[name] = w.abs().sum(1) if self.p == "l1" else (w * w).sum(1)
+            group = graph.groups[name]
+            rows = {}
+            for m in group.members:
+                w = effective_tensor(model.get_submodule(m), "weight").detach()
+                w = w.reshape(w.shape[0], -1).to(torch.float64)
+                rows[m] = w.abs().sum(1) if self.p == "l1" else (w * w).sum(1)
+            out[name] = to_group(group, rows)
         return out

@@ -26,6 +26,30 @@ convolution's map, ``P`` of them, ``N`` samples):
 
 Only the gradients with respect to the layer outputs are computed
 (``torch.autograd.grad``), never the weight gradients.
+
+**Groups.** Channels removed together (the producers a residual add sums, with every
+consumer of the sum) form a group (:class:`saliency.graph.Group`); each statistic has one
+value per *group channel* ``i``, under the group's name. Every member ``m`` is hooked; ``h``
+and ``g = dL/dh`` are the member's own output and gradient (a member that reads the group's
+channels is differentiated as it is: its gradient is the total derivative), ``P_m`` its
+positions, ``mu_{m,i}`` its own mean, and ``sum_m`` runs over the members whose channel maps
+to ``i``:
+
+* ``mrs``: ``sum_k | sum_m sum_p (mu_{m,i} - h_{k,m,i,p}) g_{k,m,i,p} |``, the first-order
+  terms of every member (each held at its own mean, as removing the group channel holds it)
+  summed before the absolute value;
+* ``taylor``: ``| (1/N) sum_k sum_m (1/P_m) sum_p h g |``;
+* ``mean``: the mean of the first member (in forward order) that has channel ``i``;
+* ``out_var``: the largest member variance (the channel is constant when every member's is);
+* ``grad_norm``: ``sqrt((1/N) sum_k sum_m ||g_{k,m,i}||^2)``;
+* ``dormancy``, ``apoz``, ``act_mean``, ``act_var`` of a group with a residual join are read
+  on the maps its consumers read: each consumer's input at the group's positions (a
+  flattened Linear input as channels x its block of columns), after everything between the
+  members and the consumer (pooling included), one statistic per consumer, averaged over the
+  consumers that read the channel. ReDo's denominator is the mean over the group channels.
+
+A chain (a group of one, no residual join) is computed exactly as before: activation
+statistics on the path to its first consumer, before pooling.
 """
 
 from __future__ import annotations
@@ -35,12 +59,12 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from .base import iter_batches, loss_sum
-from .graph import ChannelOp, UnitGraph
+from .base import iter_batches, loss_sum, to_group
+from .graph import ChannelOp, Group, UnitGraph
 from .layers import CHANNEL_MODULES
 from .replacement import _apply_op
 
-__all__ = ["unit_statistics", "STATISTICS", "activation"]
+__all__ = ["unit_statistics", "STATISTICS", "activation", "is_chain"]
 
 STATISTICS = ("mean", "mrs", "taylor", "dormancy", "apoz", "act_mean", "act_var", "out_var",
               "grad_norm")
@@ -122,21 +146,56 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
                     ) -> dict[str, dict[str, torch.Tensor]]:
     """Statistics of :data:`STATISTICS` (all, or ``stats``) for ``layers``, in one pass.
 
-    Reductions over positions run in the model's dtype and are accumulated in
+    ``layers`` are group names (:attr:`UnitGraph.prunable`; a chain producer is its own
+    group). Reductions over positions run in the model's dtype and are accumulated in
     float64. The model must be in eval mode (the scorers ensure it). Returns
-    ``{statistic: {layer: 1-D float64 tensor}}``.
+    ``{statistic: {group: 1-D float64 tensor over its group channels}}``.
     """
     wanted = list(STATISTICS if stats is None else stats)
     unknown = set(wanted) - set(STATISTICS)
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; known: {STATISTICS}")
     need = set().union(*(_NEEDS[k] for k in wanted))
-    sums = _accumulate(model, graph, layers, data, loss_fn, need)
+    groups = {}
+    for name in layers:
+        if name not in graph.groups:
+            raise ValueError(f"{name!r} is not a group of the graph; groups are "
+                             f"{graph.prunable}")
+        groups[name] = graph.groups[name]
+    chains = [n for n, g in groups.items() if is_chain(g)]
+    coupled = [n for n in groups if n not in chains]
+    members = {m: need for n in chains for m in groups[n].members}
+    member_need = need & _MEMBER_SUMS
+    members.update({m: member_need for n in coupled for m in groups[n].members})
+    maps = None
+    if coupled and need & _ACTIVATION_SUMS:
+        maps = _ConsumerMaps(model, graph, coupled)
+    try:
+        sums = _accumulate(model, graph, members, data, loss_fn)
+    finally:
+        if maps is not None:
+            maps.remove()
     out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in wanted}
     for name in layers:
-        for key, value in _finish(sums, name, wanted).items():
+        if name in chains:
+            values = _finish(sums, name, wanted)
+        else:
+            values = _finish_group(sums, maps, groups[name], wanted)
+        for key, value in values.items():
             out[key][name] = value
     return out
+
+
+def is_chain(group: Group) -> bool:
+    """Whether a group is a chain: one member and no residual join (its per-channel paths
+    are the producer's :attr:`~saliency.graph.Producer.edges`)."""
+    return len(group.members) == 1 and not group.joined
+
+
+#: per-sample sums read from a member's own output and gradient
+_MEMBER_SUMS = {"h", "h2", "g", "g2", "hg"}
+#: sums over what a unit's consumers read (its activation)
+_ACTIVATION_SUMS = {"a", "a2", "absa", "zero"}
 
 
 class _Sums:
@@ -144,7 +203,7 @@ class _Sums:
     the per-sample sums :func:`_position_sums` gives, and the per-sample sums of ``h g``
     and ``g`` that MRS needs (kept per sample, in the model's dtype)."""
 
-    def __init__(self, layers: list[str]):
+    def __init__(self, layers: Iterable[str]):
         self.acc: dict[str, dict[str, torch.Tensor]] = {}
         self.s_hg: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
         self.s_g: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
@@ -163,10 +222,11 @@ class _Sums:
             d[key] = d[key] + val if key in d else val
 
 
-def _accumulate(model: nn.Module, graph: UnitGraph, layers: list[str], data,
-                loss_fn: Callable, need: set[str]) -> _Sums:
-    """The pass: forward hooks keep each layer's output ``h``, ``torch.autograd.grad`` gives
-    ``g = dL/dh``, and the sums ``need`` lists are accumulated batch by batch."""
+def _accumulate(model: nn.Module, graph: UnitGraph, members: dict[str, set[str]], data,
+                loss_fn: Callable) -> _Sums:
+    """The pass: forward hooks keep each member's output ``h``, ``torch.autograd.grad`` gives
+    ``g = dL/dh``, and the sums ``members[name]`` lists are accumulated batch by batch."""
+    layers = list(members)
     mods = {n: model.get_submodule(n) for n in layers}
     outs: dict[str, torch.Tensor] = {}
     hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o))
@@ -188,12 +248,129 @@ def _accumulate(model: nn.Module, graph: UnitGraph, layers: list[str], data,
                     if g is None:
                         g = torch.zeros_like(h)
                     owned = storages.count(g.untyped_storage().data_ptr()) == 1
-                    sums.add(name, _position_sums(model, graph, name, h, g, need, owned),
-                             h[0, 0].numel())
+                    sums.add(name, _position_sums(model, graph, name, h, g, members[name],
+                                                  owned), h[0, 0].numel())
     finally:
         for hk in hooks:
             hk.remove()
     return sums
+
+
+class _ConsumerMaps:
+    """What the consumers of groups read, per consumer and position, in one pass.
+
+    Forward pre-hooks on every consumer of the groups take its input at the group's
+    positions (a flattened Linear input as channels x its block of columns) and accumulate,
+    per position, around a shift taken from the first sample (so an exactly constant map has
+    a variance of exactly 0): ``sum (x - c)``, ``sum (x - c)^2``, ``sum |x|`` and the number
+    of zeros, over samples and positions, in float64. :meth:`statistics` gives each group
+    channel's statistics, averaged over the consumers that read it.
+    """
+
+    def __init__(self, model: nn.Module, graph: UnitGraph, groups: Iterable[str]):
+        self.graph = graph
+        self.reads: dict[str, list[tuple[str, int, torch.Tensor, int]]] = {}
+        for name in groups:
+            group = graph.groups[name]
+            for j, c in enumerate(group.consumers):
+                pos = (group.nodes[c.node].labels >= 0).nonzero().reshape(-1)
+                self.reads.setdefault(c.name, []).append((name, j, pos, c.block))
+        self.acc: dict[tuple[str, int], list] = {}
+        self.handles = [model.get_submodule(c).register_forward_pre_hook(self._hook(c))
+                        for c in self.reads]
+
+    def _hook(self, consumer: str):
+        reads = self.reads[consumer]
+
+        def hook(_m, args):
+            with torch.no_grad():
+                x = args[0].detach()
+                b = x.shape[0]
+                for name, j, pos, block in reads:
+                    t = x.reshape(b, -1, block) if block > 1 else x.reshape(b, x.shape[1], -1)
+                    self._add((name, j), t.index_select(1, pos.to(t.device)))
+        return hook
+
+    def _add(self, key: tuple[str, int], t: torch.Tensor) -> None:
+        f64 = torch.float64
+        if key not in self.acc:
+            self.acc[key] = [t[0, :, 0].clone(), 0.0, 0.0, 0.0, 0.0, 0]
+        entry = self.acc[key]
+        d = t - entry[0][None, :, None]
+        entry[1] = entry[1] + d.sum((0, 2), dtype=f64)
+        entry[2] = entry[2] + d.square_().sum((0, 2), dtype=f64)
+        entry[3] = entry[3] + t.abs().sum((0, 2), dtype=f64)
+        entry[4] = entry[4] + (t == 0).sum((0, 2)).to(f64)
+        entry[5] += t.shape[0] * t.shape[2]
+
+    def remove(self) -> None:
+        for hd in self.handles:
+            hd.remove()
+
+    def statistics(self, name: str) -> dict[str, torch.Tensor]:
+        """``{"act_mean", "act_var", "mean_abs", "apoz"}`` of group ``name``'s channels
+        (float64), each the mean over the consumers (and positions) that read the channel; a
+        channel no consumer reads counts as a zero activation."""
+        group = self.graph.groups[name]
+        f64 = torch.float64
+        tot = {k: torch.zeros(group.size, dtype=f64)
+               for k in ("act_mean", "act_var", "mean_abs", "apoz")}
+        reads = torch.zeros(group.size, dtype=f64)
+        for j, c in enumerate(group.consumers):
+            if (name, j) not in self.acc:
+                continue
+            shift, s1, s2, sabs, zeros, n = self.acc[(name, j)]
+            labels = group.nodes[c.node].labels
+            lab = labels[labels >= 0]
+            m1 = s1 / n
+            per = {"act_mean": shift.to(f64) + m1, "act_var": (s2 / n - m1 * m1).clamp_min(0),
+                   "mean_abs": sabs / n, "apoz": zeros / n}
+            for k, v in per.items():
+                tot[k].index_add_(0, lab, v.cpu())
+            reads.index_add_(0, lab, torch.ones(lab.numel(), dtype=f64))
+        seen = reads > 0
+        out = {k: torch.where(seen, v / reads.clamp_min(1), torch.zeros_like(v))
+               for k, v in tot.items()}
+        out["apoz"] = torch.where(seen, out["apoz"], torch.ones_like(out["apoz"]))
+        return out
+
+
+def _finish_group(sums: _Sums, maps: "_ConsumerMaps | None", group: Group,
+                  wanted: list[str]) -> dict[str, torch.Tensor]:
+    """The statistics ``wanted`` of a group's channels from its members' sums and what its
+    consumers read (see the module docstring)."""
+    f64 = torch.float64
+    n_samples = sums.n_samples
+    d = {m: sums.acc[m] for m in group.members}
+    count = {m: n_samples * sums.positions[m] for m in group.members}
+    mu = {m: d[m]["h"] / count[m] for m in group.members if "h" in d[m]}
+    out: dict[str, torch.Tensor] = {}
+    if "mean" in wanted:
+        out["mean"] = to_group(group, mu, "first")
+    if "mrs" in wanted:
+        r = {m: (torch.cat(sums.s_g[m]).to(f64) * mu[m] - torch.cat(sums.s_hg[m]).to(f64))
+             for m in group.members}
+        out["mrs"] = to_group(group, r).abs().sum(0)
+    if "taylor" in wanted:
+        out["taylor"] = to_group(group, {m: d[m]["hg"] / count[m]
+                                         for m in group.members}).abs()
+    if "out_var" in wanted:
+        out["out_var"] = to_group(group, {m: (d[m]["h2"] / count[m] - mu[m] ** 2).clamp_min(0)
+                                          for m in group.members}, "max")
+    if "grad_norm" in wanted:
+        out["grad_norm"] = (to_group(group, {m: d[m]["g2"] for m in group.members})
+                            / n_samples).sqrt()
+    if maps is not None and set(wanted) & {"dormancy", "apoz", "act_mean", "act_var"}:
+        act = maps.statistics(group.name)
+        if "dormancy" in wanted:
+            mean_abs = act["mean_abs"]
+            group_mean = mean_abs.mean()
+            out["dormancy"] = (mean_abs / group_mean if group_mean > 0
+                               else torch.zeros_like(mean_abs))
+        for key in ("apoz", "act_mean", "act_var"):
+            if key in wanted:
+                out[key] = act[key]
+    return out
 
 
 def _finish(sums: _Sums, name: str, wanted: list[str]) -> dict[str, torch.Tensor]:

@@ -222,3 +222,85 @@ def test_a_pickle_that_would_run_code_is_refused(env, tmp_path, capsys):
     assert proc.returncode == EXIT_CODES["refused"]
     assert proc.stderr.startswith("error: refused") and "Traceback" not in proc.stderr
     assert not marker.exists()
+
+
+def _plant_constant_stream_channel(model, graph, group: str, channel: int) -> None:
+    """Every member's filter of ``channel`` zero, and the BatchNorms of the group's region
+    output 0 there: the summed stream's channel is 0 everywhere."""
+    import torch.nn as nn
+
+    with torch.no_grad():
+        for m in graph.groups[group].members:
+            model.get_submodule(m).weight[channel] = 0.0
+        for node in graph.groups[group].nodes:
+            if node.kind == "op" and node.op.kind == "module":
+                bn = model.get_submodule(node.op.target)
+                if isinstance(bn, nn.BatchNorm2d):
+                    pos = (node.labels == channel).nonzero().reshape(-1)
+                    bn.running_mean[pos] = 0.0
+                    bn.bias[pos] = 0.0
+
+
+def test_a_residual_network_is_diagnosed_per_group(tmp_path, monkeypatch, capsys):
+    """A zoo ResNet-20 trained a few steps with a planted constant channel of its first
+    residual stream: reported per group with its members, and removed from every member
+    exactly; MobileNetV2 and DenseNet through the Python route."""
+    from experiments.tools.diagnose import diagnose
+    from saliency import trace
+
+    write_idx_dir(tmp_path / "fmnist", n_train=200, n_test=20, seed=3, gz=True)
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "fmnist"))
+    from experiments.harness.datasets import get_dataset
+    splits = get_dataset("fashion-mnist", val_size=100)
+    torch.manual_seed(0)
+    model = build_model("resnet20", widths=[8, 16, 32])
+    Trainer(model, splits.train, config=TrainConfig(epochs=1, batch_size=50, lr=0.05)).fit()
+    model.eval()
+    graph = trace(model, splits.train.tensors[0][:1])
+    group = graph.groups["conv1"]
+    assert group.joined and len(group.members) == 4
+    _plant_constant_stream_channel(model, graph, "conv1", 3)
+    ckpt, out, smaller = tmp_path / "resnet.pt", tmp_path / "diag", tmp_path / "small.pt"
+    save_checkpoint(ckpt, model, {"model": "resnet20", "kwargs": {"widths": [8, 16, 32]}},
+                    epoch=1)
+    code, stdout, err = _run([str(ckpt), *DATA, "--out", str(out), "--remove-dead",
+                              str(smaller), "--no-plots"], capsys)
+    assert code == 0, err
+    assert f"group conv1: 4 layers whose channels are removed together ({', '.join(group.members)})" \
+        in stdout
+    rep = json.loads((out / "report.json").read_text())
+    layers = {r["layer"]: r for r in rep["layers"]}
+    assert list(layers) == graph.prunable
+    assert layers["conv1"]["members"] == group.members and layers["conv1"]["units"] == 8
+    flagged = {r["unit"] for r in rep["units"] if r["layer"] == "conv1"
+               and {"constant", "never_active"} & set(r["dead_by"])}
+    assert 3 in flagged
+    # the same report from the library
+    data, _ = load_data("fashion-mnist", val_size=100, samples=80, batch_size=40)
+    lib = find_dead_units(model, data).to_dict()
+    assert [(u["layer"], u["unit"], u["dead_by"]) for u in rep["units"]] == \
+        [(u["layer"], u["unit"], u["dead_by"]) for u in lib["units"]]
+    # removed from every member, exactly
+    removal = rep["removal"]
+    assert 3 in removal["units"]["conv1"]
+    assert removal["max_output_deviation"] <= 1e-5
+    small = model_from_checkpoint(load_checkpoint(smaller)).eval()
+    lost = len(removal["units"]["conv1"])
+    for m in group.members:
+        assert small.get_submodule(m).out_channels == 8 - lost, m
+    with torch.no_grad():
+        for x, _ in data:
+            assert float((small(x) - model(x)).abs().max()) <= 1e-5
+
+    for name, gname in (("mobilenet_v2", "blocks.1.project_conv"), ("densenet", "conv1")):
+        torch.manual_seed(1)
+        net = build_model(name).eval()
+        g = trace(net, data[0][0][:1])
+        _plant_constant_stream_channel(net, g, gname, 2)
+        report, extra, shrunk = diagnose(net, data)
+        assert report.layers == g.prunable
+        assert report.members == {n: g.groups[n].members for n in g.prunable}
+        assert bool(report.flags["constant"][gname][2]), name
+        assert 2 in extra["removal"]["units"][gname]
+        assert extra["removal"]["max_output_deviation"] <= 1e-5, name
+        assert extra["per_layer"][gname]["members"] == g.groups[gname].members

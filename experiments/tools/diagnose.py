@@ -15,6 +15,12 @@ parameters and MACs that removing the dead units would save -- and writes into `
   criteria read;
 * ``criteria.png``: a units-by-criteria heatmap (seaborn).
 
+Models whose channels are coupled (ResNets, MobileNetV2, DenseNets: residual adds,
+depthwise and grouped convolutions, concatenations) are diagnosed per group of
+:func:`saliency.trace`: the layers whose channels a residual add sums are one group, named
+after the first, with one row per group channel; the summary names the members, and a
+removal removes the channel from every member at once.
+
 The dead units removed are those flagged by ``--remove-by`` (default: the
 criteria whose units are exactly replaceable on the data, constant output,
 never active, zero outgoing weights). They are removed from a copy with the
@@ -58,7 +64,7 @@ from experiments.harness.checkpoint import (FORMAT, CheckpointError, fit_to_stat
                                             model_from_checkpoint)
 from experiments.harness.models import MODELS
 from pruners import count_macs, count_params, remove_units
-from saliency import EXACT_CRITERIA, DeadUnitReport, find_dead_units
+from saliency import EXACT_CRITERIA, DeadUnitReport, UnitGraph, find_dead_units, trace
 
 __all__ = ["DiagnoseError", "EXIT_CODES", "load_model", "load_data", "diagnose",
            "removal_plan", "add_arguments", "run_from_args", "main"]
@@ -304,18 +310,55 @@ def _mean_loss(outs, data, loss_fn) -> float:
     return total / sum(int(x.shape[0]) for x, _ in data)
 
 
-def removal_plan(report: DeadUnitReport, criteria=EXACT_CRITERIA) -> tuple[dict, dict]:
-    """``({layer: indices to remove}, {layer: kept index})``: the units flagged by
-    ``criteria``, keeping one unit of a layer whose units are all flagged."""
+def removal_plan(report: DeadUnitReport, criteria=EXACT_CRITERIA, graph: UnitGraph | None = None
+                 ) -> tuple[dict, dict]:
+    """``({group: indices to remove}, {group: flagged indices kept})``: the units flagged by
+    ``criteria``. A group (a layer on a chain) whose units are all flagged keeps its first;
+    with the model's ``graph`` (:func:`saliency.trace`), every member of a group keeps a
+    channel and a grouped convolution loses the same number of channels from each of its
+    groups (the lowest flagged indices are removed, the others kept)."""
     dead = report.dead(criteria)
     plan, kept = {}, {}
     for layer, idx in dead.items():
+        keep: list[int] = []
         if idx.numel() >= report.num_units[layer]:
-            kept[layer] = int(idx[0])
-            idx = idx[1:]
-        if idx.numel():
-            plan[layer] = idx
+            keep.append(int(idx[0]))
+        group = graph.groups.get(layer) if graph is not None else None
+        if group is not None:
+            keep = _group_keeps(group, idx.tolist(), keep)
+        if keep:
+            kept[layer] = sorted(keep)
+        rest = idx[~torch.isin(idx, torch.tensor(keep, dtype=idx.dtype))]
+        if rest.numel():
+            plan[layer] = rest
     return plan, kept
+
+
+def _group_keeps(group, flagged: list[int], keep: list[int]) -> list[int]:
+    """``keep`` grown until removing the rest of ``flagged`` leaves every member of ``group`` a
+    channel and takes the same count from every conv group of its grouped convolutions."""
+    keep = list(keep)
+    while True:
+        removed = set(flagged) - set(keep)
+        grown = False
+        for m in group.members:
+            own = set(group.channels[m].tolist())
+            if own <= removed:
+                keep.append(min(own))
+                grown = True
+                break
+        for parts in group.partitions.values():
+            if grown:
+                break
+            sets = [set(p.tolist()) for p in parts]
+            target = min(min(len(p & removed) for p in sets), min(len(p) for p in sets) - 1)
+            for p in sets:
+                extra = sorted(p & removed)[target:]
+                if extra:
+                    keep += extra
+                    grown = True
+        if not grown:
+            return keep
 
 
 def _remove(model, plan, data, example):
@@ -336,14 +379,17 @@ def diagnose(model: nn.Module, data, *, thresholds: Mapping[str, Any] | None = N
     ``params_saved`` / ``macs_saved`` (removing that layer's dead units
     alone), the total (removing them all at once), the removal's maximum
     output deviation and loss change on ``data``; ``smaller_model`` is None
-    when no unit is removed.
+    when no unit is removed. A "layer" is a group of :func:`saliency.trace`:
+    a producer on a chain, or the layers whose channels a residual add sums
+    (named after the first, its ``members`` listed), whose units are removed
+    from every member at once.
     """
     loss_fn = _loss_fn(data)
     example = data[0][0][:1]
     report = find_dead_units(model, data, loss_fn=loss_fn, thresholds=thresholds,
                              exact_mrp=exact_mrp, example_input=example)
     criteria = list(criteria)
-    plan, kept = removal_plan(report, criteria)
+    plan, kept = removal_plan(report, criteria, trace(model, example))
     params, macs = count_params(model), count_macs(model, example)
     per_layer = {}
     for layer in report.layers:
@@ -354,8 +400,9 @@ def diagnose(model: nn.Module, data, *, thresholds: Mapping[str, Any] | None = N
                                 "macs_saved": rep.macs_before - rep.macs_after}
         else:
             per_layer[layer] = {"removed": 0, "params_saved": 0, "macs_saved": 0}
+        per_layer[layer]["members"] = list(report.members.get(layer, [layer]))
         if layer in kept:
-            per_layer[layer]["kept_one_of_all_flagged"] = kept[layer]
+            per_layer[layer]["kept_flagged"] = kept[layer]
     extra: dict[str, Any] = {"removal_criteria": criteria, "per_layer": per_layer,
                              "params": params, "macs": macs, "kept": kept}
     smaller = None
@@ -412,6 +459,11 @@ def _table(report: DeadUnitReport, extra: dict) -> str:
            "params saved": f"{rem['params_before'] - rem['params_after']:,}",
            "MACs saved": f"{rem['macs_before'] - rem['macs_after']:,}"}
     lines.append(f"{'total':<{width}}" + "".join(f"{tot[c]:>{widths[c]}}" for c in cols))
+    for layer in report.layers:
+        members = report.members.get(layer, [layer])
+        if len(members) > 1:
+            lines.append(f"group {layer}: {len(members)} layers whose channels are removed "
+                         f"together ({', '.join(members)})")
     return "\n".join(lines)
 
 
@@ -592,8 +644,10 @@ def _print_removal(rem: Mapping[str, Any], criteria: list[str], kept: Mapping[st
             print(f"  warning: {w}")
     else:
         print(f"no unit is flagged by {', '.join(criteria)}: nothing to remove")
-    for layer, i in kept.items():
-        print(f"  every unit of {layer} is flagged; unit {i} is kept (a layer keeps one unit)")
+    for layer, idx in kept.items():
+        print(f"  units {idx} of {layer} are flagged but kept (a layer keeps a unit, every "
+              "member of a group keeps a channel, a grouped convolution loses as many "
+              "channels from each of its groups)")
 
 
 def _run(args) -> int:
