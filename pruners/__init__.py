@@ -23,7 +23,8 @@ Public names:
 * :func:`count_params`, :func:`count_macs` -- model size.
 * :mod:`schedules` -- pruning schedules (step -> cumulative amount).
 * :class:`ParameterPruner`, :class:`UnitPruner` -- scheduled pruning inside
-  any training loop; :class:`RoundReport` -- what a round did.
+  any training loop; :class:`RoundReport` -- what a round did;
+  :func:`unit_costs` -- the parameters or MACs that removing each unit frees.
 * :func:`remove_sparse_units`, :func:`sparse_units`, :func:`nonzero_fractions`
   -- unit cleanup after parameter pruning (the thesis's f_nz).
 * :class:`ProximalGroupSparsity`, :func:`prox_sparse_group_lasso`,
@@ -59,7 +60,7 @@ from .inserters import prepare_for
 from .metrics import count_macs, count_params
 from .tristate import (binarize_gates, binarizing_regularizer, clip_gates, complexity_term,
                        finalize_tristate, insert_tristate, tristate_penalty)
-from .pruning import ParameterPruner, RoundReport, UnitPruner, mean_loss
+from .pruning import ParameterPruner, RoundReport, UnitPruner, mean_loss, unit_costs
 from .optim_state import slice_param
 from .surgery import InexactReplacementWarning, RemovalReport, mask_units, remove_units
 
@@ -79,6 +80,7 @@ __all__ = [
     "UnitPruner",
     "RoundReport",
     "mean_loss",
+    "unit_costs",
     "nonzero_fractions",
     "sparse_units",
     "remove_sparse_units",

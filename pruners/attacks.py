@@ -167,7 +167,9 @@ class LRAttack:
     Raises:
         ValueError: an unknown or non-Linear/Conv layer, a bad, duplicate or
             out-of-range index, a bad multiplier or schedule, ``outgoing``
-            for a layer without consumers. Raised at construction, before
+            for a layer without consumers or for a member of a residual group
+            (its output is summed into a stream the consumers read; its
+            incoming weights can be attacked). Raised at construction, before
             anything happens.
     """
 
@@ -215,6 +217,13 @@ class LRAttack:
             graph = trace(model, example, exclude=exclude)
             for name in chosen:
                 prod = graph.producers.get(name)
+                group = graph.group_of(name) if prod is not None else None
+                if group is not None and group.joined:
+                    raise ValueError(
+                        f"layer {name!r} belongs to the residual group {group.name!r} "
+                        f"({', '.join(group.members)}): its channels are summed with the other "
+                        "members' before any layer reads them, so it has no outgoing weights of "
+                        "its own; attack its incoming weights (outgoing=False)")
                 if prod is None or not prod.edges:
                     why = prod.reason if prod is not None and prod.reason else \
                         "its output is the model's output"

@@ -28,8 +28,10 @@ import torch
 import torch.nn as nn
 
 from saliency.tracing import trace
-from saliency.layers import effective_tensor
+from saliency.layers import PRODUCERS, effective_tensor
+from saliency.replacement import member_indices
 
+from .pruning import removal_items
 from .surgery import RemovalReport, remove_units
 
 __all__ = ["nonzero_fractions", "sparse_units", "remove_sparse_units"]
@@ -43,10 +45,21 @@ def nonzero_fractions(model: nn.Module, *, example_input: torch.Tensor | None = 
     input channels and kernel taps). Outgoing: its columns (or input
     channels, or H*W column block after a flatten) in every consumer's
     weight. Masked (``torch.nn.utils.prune``) entries count as zero.
+
+    A residual group (layers whose outputs a residual add sums, see
+    :func:`pruners.trace`) is keyed by its name with one pair per group
+    channel: incoming counts the rows of every member for that channel
+    together, outgoing the columns of every layer that reads the summed
+    stream. A group channel without live incoming weights is a sum of
+    constants (the members' biases), one without live outgoing weights is
+    read by nobody: both are removed exactly with ``f_nz = 0``.
     """
     graph = trace(model, example_input, exclude=exclude)
     out = {}
     for name in graph.prunable:
+        if graph.groups[name].joined:
+            out[name] = _group_fractions(model, graph.groups[name])
+            continue
         prod = graph.producers[name]
         w = effective_tensor(model.get_submodule(name), "weight").detach()
         rows = w.reshape(w.shape[0], -1)
@@ -70,19 +83,26 @@ def sparse_units(model: nn.Module, f_nz: float = 0.0, *, example_input: torch.Te
     """Units whose fraction of non-zero incoming or outgoing weights is ``<= f_nz``.
 
     At most ``width - min_units`` per layer: if more qualify, the ones with
-    the most live weights (largest ``min(incoming, outgoing)``) are kept.
+    the most live weights (largest ``min(incoming, outgoing)``) are kept. In a
+    residual group every member keeps a channel, and the channels of a grouped
+    convolution go in balanced steps (the same number from each conv group).
     """
     if isinstance(f_nz, bool) or not isinstance(f_nz, (int, float)) or not 0.0 <= f_nz <= 1.0:
         raise ValueError(f"f_nz must be a fraction in [0, 1], got {f_nz!r}")
     if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
         raise ValueError(f"min_units must be an int >= 1, got {min_units!r}")
     result = {}
+    graph = trace(model, example_input, exclude=exclude)
     for name, (inc, outg) in nonzero_fractions(model, example_input=example_input,
                                                exclude=exclude).items():
         live = torch.minimum(inc, outg)
         idx = torch.nonzero(live <= f_nz).flatten()
         room = inc.numel() - min_units
-        if idx.numel() > room:  # keep the densest of them
+        group = graph.groups[name]
+        if len(group.members) > 1 or group.partitions:  # what the graph accepts, sparsest first
+            items = removal_items(group, idx, live, limit=max(room, 0))
+            idx = torch.tensor([c for chans, _ in items for c in chans], dtype=torch.long)
+        elif idx.numel() > room:  # keep the densest of them
             idx = idx[torch.argsort(live[idx], stable=True)[:max(room, 0)]]
         if idx.numel():
             result[name] = sorted(idx.tolist())
@@ -97,7 +117,8 @@ def remove_sparse_units(model: nn.Module, f_nz: float = 0.0, *, replacement: str
     """Remove the :func:`sparse_units` physically, folding their replacement into biases.
 
     With ``f_nz = 0`` and the default ``replacement="bias"`` the model's
-    function is unchanged (exactly, up to rounding). Other arguments as
+    function is unchanged (exactly, up to rounding; in a residual group each
+    member is held at its own bias). Other arguments as
     :func:`~pruners.remove_units`; ``"mean"`` needs ``data``.
 
     Examples:
@@ -119,15 +140,57 @@ def remove_sparse_units(model: nn.Module, f_nz: float = 0.0, *, replacement: str
     units = sparse_units(model, f_nz, example_input=example_input, exclude=exclude,
                          min_units=min_units)
     if replacement == "bias":
+        graph = trace(model, example_input, exclude=exclude) if units else None
         consts = {}
-        for name, idx in units.items():
-            mod = model.get_submodule(name)
-            b = effective_tensor(mod, "bias")
-            w = effective_tensor(mod, "weight")
-            consts[name] = (b.detach()[idx] if b is not None
-                            else torch.zeros(len(idx), dtype=w.dtype, device=w.device))
+        for name, idx in list(units.items()):
+            rows = member_indices(graph, name, torch.tensor(idx)) \
+                if len(graph.groups[name].members) > 1 else {name: idx}
+            for member, own in rows.items():  # each member outputs its bias there
+                mod = model.get_submodule(member)
+                b = effective_tensor(mod, "bias")
+                w = effective_tensor(mod, "weight")
+                consts[member] = (b.detach()[own] if b is not None
+                                  else torch.zeros(len(own), dtype=w.dtype, device=w.device))
+            if len(rows[name]) < len(idx):  # name the group by a member holding every channel
+                holder = next((m for m, own in rows.items() if len(own) == len(idx)), None)
+                if holder is not None:
+                    del units[name]
+                    units[holder] = rows[holder].tolist()
         rep = consts
     else:
         rep = replacement
     return remove_units(model, units, replacement=rep, data=data, optimizer=optimizer,
                         example_input=example_input, exclude=exclude, min_units=min_units)
+
+
+def _group_fractions(model: nn.Module, group) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(incoming, outgoing)`` per channel of a residual group: every member's rows, every
+    reader's columns (a grouped convolution: its conv group's rows only)."""
+    nz = {k: torch.zeros(group.size, dtype=torch.float64) for k in ("in", "out")}
+    total = {k: torch.zeros(group.size, dtype=torch.float64) for k in ("in", "out")}
+    for m in group.members:
+        rows = effective_tensor(model.get_submodule(m), "weight").detach().cpu()
+        rows = rows.reshape(rows.shape[0], -1)
+        nz["in"].index_add_(0, group.channels[m], (rows != 0).sum(1).to(torch.float64))
+        total["in"].index_add_(0, group.channels[m],
+                               torch.full((rows.shape[0],), float(rows.shape[1]),
+                                          dtype=torch.float64))
+    for c in group.consumers:
+        mod = model.get_submodule(c.name)
+        w = effective_tensor(mod, "weight").detach().cpu()
+        groups = getattr(mod, "groups", 1)
+        # per input column: its conv group's rows, all kernel taps
+        per = w.reshape(groups, w.shape[0] // groups, w.shape[1], -1)
+        live = (per != 0).sum(dim=(1, 3)).reshape(-1).to(torch.float64)
+        size = float(per.shape[1] * per.shape[3])
+        labels = group.nodes[c.node].labels
+        if c.block > 1:
+            labels = labels.repeat_interleave(c.block)
+        hit = labels >= 0
+        if labels.numel() != getattr(mod, PRODUCERS[type(mod)].in_attr):
+            raise ValueError(f"layer {c.name!r} reads {labels.numel()} columns of group "
+                             f"{group.name!r}, not its {live.numel()} inputs")
+        nz["out"].index_add_(0, labels[hit], live[hit])
+        total["out"].index_add_(0, labels[hit], torch.full((int(hit.sum()),), size,
+                                                           dtype=torch.float64))
+    return nz["in"] / total["in"].clamp_min(1), nz["out"] / total["out"].clamp_min(1)

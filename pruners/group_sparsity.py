@@ -142,11 +142,26 @@ def _units_removal(model: nn.Module, graph: UnitGraph, layer: str, idx: torch.Te
     if prod is None or not prod.prunable:
         why = "it is not a layer of the graph" if prod is None else prod.reason
         raise ValueError(f"layer {layer!r}: its zero unit groups cannot be removed ({why})")
+    group = graph.group_of(layer)
+    if group.joined:
+        raise ValueError(_joined_refusal(layer, group, "its zero unit groups cannot be removed"))
     return {layer: idx}
+
+
+def _joined_refusal(layer: str, group, what: str) -> str:
+    return (f"layer {layer!r}: {what}: the residual group {group.name!r} "
+            f"({', '.join(group.members)}) sums its channels over its members, and a channel is "
+            "removed from every member and every reader at once; group sparsity removes "
+            "neurons of chains only")
 
 
 def _feeding_producer(graph: UnitGraph, layer: str):
     for prod in graph.producers.values():
+        group = graph.groups[prod.group]
+        if group.joined:
+            if any(c.name == layer for c in group.consumers):
+                return prod, None
+            continue
         for edge in prod.edges:
             if edge.consumer == layer:
                 return prod, edge
@@ -179,6 +194,9 @@ def _inputs_removal(model: nn.Module, graph: UnitGraph, layer: str, idx: torch.T
     if not prod.prunable:
         raise ValueError(f"layer {layer!r}: its zero input groups cannot be removed: their "
                          f"producer {prod.name!r} is not prunable ({prod.reason})")
+    if edge is None:
+        raise ValueError(_joined_refusal(layer, graph.group_of(prod.name),
+                                         "its zero input groups cannot be removed"))
     zero = torch.zeros(getattr(model.get_submodule(layer), PRODUCERS[type(
         model.get_submodule(layer))].in_attr), dtype=torch.bool)
     zero[idx.cpu()] = True
@@ -306,7 +324,9 @@ def group_layout(model: nn.Module, groups: GroupSpec = None, *,
         groups: ``{layer name: grouping name of GROUPINGS}``; None: ``"units"``
             on every prunable producer of :func:`pruners.trace` (the layers
             whose output feeds another layer), the grouping of Alvarez &
-            Salzmann 2016.
+            Salzmann 2016, except the members of residual groups (layers whose
+            outputs a residual add sums): their neurons are not one layer's
+            rows, and this method removes neurons of chains only.
         example_input: an input batch, to trace convolutional models (only
             needed when ``groups`` is None).
         exclude: producers left out of the default layout.
@@ -321,7 +341,11 @@ def group_layout(model: nn.Module, groups: GroupSpec = None, *,
         if not graph.prunable:
             raise ValueError(f"{type(model).__name__} has no prunable units (no Linear/Conv "
                              "layer whose output feeds another layer); pass groups= explicitly")
-        spec: dict[str, str] = {name: "units" for name in graph.prunable}
+        spec: dict[str, str] = {name: "units" for name in graph.prunable
+                                if not graph.groups[name].joined}
+        if not spec:
+            raise ValueError(f"{type(model).__name__} has no prunable layer outside residual "
+                             "groups; pass groups= explicitly")
     elif isinstance(groups, Mapping):
         spec = {}
         for layer, kind in groups.items():
@@ -571,6 +595,10 @@ def remove_zero_groups(model: nn.Module, groups: GroupSpec = None, *,
       when no consumer reads it any more (all its columns zero), which changes
       nothing. A layer reading the model's input has no such unit: its zero
       columns cannot be removed (a ValueError says so).
+    * Residual groups (see :func:`pruners.trace`): zero groups of a member's
+      units, or of the inputs of a layer reading a residual stream, are
+      refused with a ValueError naming the group: a stream channel is removed
+      from every member and every reader at once.
 
     Args:
         model: changed in place.

@@ -23,7 +23,11 @@ returns a :class:`RoundReport` (also appended to ``pruner.history``).
   the schedule of Table 4.2) removes whole units with
   :func:`~pruners.remove_units` (physically, slicing the optimizer state) or
   masks them with :func:`~pruners.mask_units`, after folding their
-  replacement constants into the next layer's bias.
+  replacement constants into the next layer's bias. Units are the channels
+  of the groups of the graph of units (a layer on a chain; every layer a
+  residual add sums, together), every selection one the graph accepts;
+  global ranking can weigh each unit by what its removal frees
+  (:func:`unit_costs`).
 """
 
 from __future__ import annotations
@@ -41,14 +45,14 @@ import torch.nn.utils.prune as prune
 from saliency import SCORERS
 from saliency.base import Scorer, iter_batches, per_sample_loss, select_layers
 from saliency.tracing import trace
-from saliency.layers import eval_mode
+from saliency.layers import CHANNEL_MODULES, eval_mode
 from saliency.replacement import iter_inputs
 
 from .metrics import count_macs, count_params
 from .schedules import Amount, Schedule, amount_to_count, check_amount, constant, table
 from .surgery import RemovalReport, mask_units, remove_units
 
-__all__ = ["ParameterPruner", "UnitPruner", "RoundReport", "mean_loss"]
+__all__ = ["ParameterPruner", "UnitPruner", "RoundReport", "mean_loss", "unit_costs"]
 
 LossFn = Callable[..., torch.Tensor]
 #: what the pruners accept as a schedule: a schedule, a ``{t: amount}`` table, an amount, or
@@ -64,11 +68,12 @@ class RoundReport:
         step: the ``t`` passed to ``pruner.step``.
         target: the schedule's cumulative amount at ``step``.
         kind: ``"parameter"`` or ``"unit"``.
-        pruned: per tensor (parameter pruner) or layer (unit pruner), how
-            many entries or units this round pruned.
-        fraction: per tensor (of its size) or per layer (of its width when
+        pruned: per tensor (parameter pruner) or group (unit pruner: a layer
+            on a chain, a residual group by its name), how many entries or
+            units this round pruned.
+        fraction: per tensor (of its size) or per group (of its width when
             the pruner first acted), the fraction pruned so far.
-        remaining: per layer, the units alive after the round (unit pruner).
+        remaining: per group, the units alive after the round (unit pruner).
         params_before, params_after: parameters (masked entries not counted).
         macs_before, macs_after: multiply-accumulates per sample (dense
             counts: masking entries does not lower them; removing units does).
@@ -411,6 +416,266 @@ def _mask(mod: nn.Module, name: str) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
+# units of groups: what removing one frees, and which selections the graph accepts
+
+#: what :class:`UnitPruner` may weigh a unit's score by (None: nothing)
+COSTS = (None, "params", "macs")
+
+
+def unit_costs(model: nn.Module, example_input: torch.Tensor | None = None, *,
+               cost: str = "macs", layers: Iterable[str] | None = None,
+               exclude: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """What removing each unit alone frees: parameters, or multiply-accumulates per sample.
+
+    One value per group channel of every prunable group (``{group: float64 tensor}``; on a
+    chain the group is its layer), read from the graph of units (:func:`pruners.trace`).
+    Removing group channel ``i`` takes, in every layer it touches, the weight entries
+
+    * of the member rows ``W_m[o]`` of every member ``m`` whose output channel ``o`` is
+      channel ``i`` (and their bias entries ``b_m[o]``),
+    * of the rows of the depthwise convolutions on the group's region,
+    * of the consumer columns ``W_c[:, cols_c(i)]`` (an input channel; in a grouped
+      convolution only its conv group's rows; ``H*W`` columns after a flatten),
+
+    an entry in both a row and a column counted once, and the entries of the per-channel
+    modules on the region (BatchNorm weight and bias, a switch). Then
+
+        params(i) = sum over the layers and per-channel modules of the entries taken
+        macs(i)   = sum over the layers l of (weight entries taken from l) * HW_l
+
+    where ``HW_l`` is the number of output positions of layer ``l`` per sample in the traced
+    shapes (1 for a Linear): a convolution does one multiply-accumulate per weight entry and
+    output position. Entries masked with :mod:`torch.nn.utils.prune` are not counted, so a
+    masked model gives the values of its physically shrunk twin; on an unmasked model
+    ``params(i)`` and ``macs(i)`` are the drops of :func:`pruners.count_params` and
+    :func:`pruners.count_macs` when channel ``i`` alone is removed without a replacement. A
+    channel of a residual stream frees the rows of every layer summed into the stream and
+    the columns of every layer reading it: far more than a channel inside a block.
+
+    Args:
+        model: the model (not changed).
+        example_input: an input batch (convolutional models): its spatial size sets ``HW``.
+        cost: ``"macs"`` or ``"params"``.
+        layers: groups (or any of their members) to cost (default: every prunable group).
+        exclude: passed to :func:`pruners.trace`.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> unit_costs(net, cost="params")["0"]    # row (4) + bias (1) + column (2)
+        tensor([7., 7., 7.], dtype=torch.float64)
+    """
+    if cost not in ("macs", "params"):
+        raise ValueError(f"cost must be 'macs' or 'params', got {cost!r}")
+    graph = trace(model, example_input, exclude=exclude)
+    return {g: group_costs(model, graph, g, cost) for g in group_names(model, graph, layers)}
+
+
+def group_names(model: nn.Module, graph, layers: Iterable[str] | None) -> list[str]:
+    """The prunable groups ``layers`` name (a group, or any of its members), in the order
+    given; every prunable group, in forward order, when None."""
+    if layers is None:
+        return select_layers(model, graph, None)
+    names, bad = [], []
+    for name in layers:
+        if name in graph.groups or name in graph.producers:
+            group = graph.group_of(name)
+            if group.prunable:
+                names.append(group.name)
+                continue
+        bad.append(name)
+    if bad:
+        select_layers(model, graph, bad)  # raises, naming them
+    return list(dict.fromkeys(names))
+
+
+def group_costs(model: nn.Module, graph, group: str, cost: str) -> torch.Tensor:
+    """:func:`unit_costs` of one group of ``graph`` (``cost``: "macs" or "params")."""
+    g = graph.groups[group]
+    rows: dict[str, torch.Tensor] = dict(g.channels)
+    cols: dict[str, torch.Tensor] = {}
+    per_channel: dict[str, torch.Tensor] = {}
+    for node in g.nodes:
+        if node.kind == "op" and node.op.kind == "depthwise":
+            rows.setdefault(node.op.target, node.labels)
+        elif node.kind == "op" and node.op.kind == "module":
+            per_channel.setdefault(node.op.target, node.labels)
+    for c in g.consumers:
+        labels = g.nodes[c.node].labels
+        cols.setdefault(c.name, labels.repeat_interleave(c.block) if c.block > 1 else labels)
+    positions = _positions(graph) if cost == "macs" else {}
+    total = torch.zeros(g.size, dtype=torch.float64)
+    for name in dict.fromkeys(list(rows) + list(cols)):
+        weights, biases = _layer_freed(model.get_submodule(name), rows.get(name),
+                                       cols.get(name), g.size)
+        total += weights * positions.get(name, 1) if cost == "macs" else weights + biases
+    if cost == "params":
+        for name, labels in per_channel.items():
+            total += _channel_module_freed(model.get_submodule(name), labels, g.size)
+    return total
+
+
+def _positions(graph) -> dict[str, int]:
+    """Output positions per sample of every module call in the traced shapes."""
+    if graph.gm is None:
+        raise ValueError("the graph of units holds no traced shapes; trace the model again")
+    out = {}
+    for node in graph.gm.graph.nodes:
+        shape = node.meta.get("unit_graph_shape") if node.op == "call_module" else None
+        if shape is not None:
+            out[node.target] = math.prod(shape[2:])
+    return out
+
+
+def _live(module: nn.Module, name: str) -> torch.Tensor | None:
+    """Which entries of ``module.<name>`` (a parameter) are not masked, or None."""
+    p = module._parameters.get(name + "_orig", module._parameters.get(name))
+    if p is None:
+        return None
+    mask = module._buffers.get(name + "_mask")
+    return (mask != 0).cpu() if mask is not None else torch.ones(p.shape, dtype=torch.bool)
+
+
+def _layer_freed(module: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None,
+                 size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias entries of a Linear/Conv that each group channel takes, given the
+    group channel of every output row and of every input column (-1: none)."""
+    live = _live(module, "weight")
+    out, in_per_group = live.shape[0], live.shape[1]
+    counts = live.reshape(out, in_per_group, -1).sum(-1).to(torch.float64)  # (out, in/groups)
+    weights = torch.zeros(size, dtype=torch.float64)
+    if rows is not None:
+        hit = rows >= 0
+        weights.index_add_(0, rows[hit], counts[hit].sum(1))
+    if cols is not None:
+        groups = getattr(module, "groups", 1)
+        conv_group = torch.arange(out) // (out // groups)
+        labels = cols.reshape(groups, in_per_group)[conv_group]  # (out, in/groups)
+        hit = labels >= 0
+        weights.index_add_(0, labels[hit], counts[hit])
+        if rows is not None:  # a member reading its own group: W[o, p] counted once
+            both = hit & (labels == rows[:, None])
+            weights.index_add_(0, labels[both], -counts[both])
+    biases = torch.zeros(size, dtype=torch.float64)
+    live_bias = _live(module, "bias")
+    if rows is not None and live_bias is not None:
+        hit = rows >= 0
+        biases.index_add_(0, rows[hit], live_bias[hit].to(torch.float64))
+    return weights, biases
+
+
+def _channel_module_freed(module: nn.Module, labels: torch.Tensor, size: int) -> torch.Tensor:
+    """Parameter entries of a per-channel module (BatchNorm, switch) each group channel takes."""
+    out = torch.zeros(size, dtype=torch.float64)
+    for name in CHANNEL_MODULES[type(module)].tensors(module):
+        live = _live(module, name)
+        if live is None or live.dim() == 0 or live.shape[0] != labels.numel():
+            continue  # a buffer (running statistics), or not per channel
+        hit = labels >= 0
+        out.index_add_(0, labels[hit], live.reshape(live.shape[0], -1)[hit].sum(1)
+                       .to(torch.float64))
+    return out
+
+
+def _cells(group) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    """The group's channels sorted for balanced removal: ``(cells, free, floors)``.
+
+    A grouped convolution reading or producing the group's channels must lose the same
+    number from each of its conv groups. Channels in the same conv group of every such
+    convolution form a *cell*; removing ``size(c) / gcd`` channels from every cell ``c`` (one
+    *step*) keeps every convolution balanced. ``free`` channels are in no conv group. A
+    convolution whose conv groups hold different numbers of the group's channels (it reads
+    another group's channels too) cannot lose any of them: those channels are in neither.
+    ``floors`` are the conv groups of the convolutions that read the group's channels: each
+    keeps two input channels (with one it would turn into a depthwise convolution, another
+    structure).
+    """
+    parts = [list(ps) for ps in group.partitions.values()]
+    frozen = torch.zeros(group.size, dtype=torch.bool)
+    changed = True
+    while changed:  # a convolution touching frozen channels cannot stay balanced either
+        changed = False
+        for ps in parts:
+            chans = torch.cat(ps) if ps else torch.empty(0, dtype=torch.long)
+            uneven = len({int(p.numel()) for p in ps}) > 1
+            if chans.numel() and (uneven or frozen[chans].any()) and not frozen[chans].all():
+                frozen[chans] = True
+                changed = True
+    code = torch.full((len(parts), group.size), -1, dtype=torch.long)
+    for j, ps in enumerate(parts):
+        for k, p in enumerate(ps):
+            code[j, p] = k
+    constrained = (code >= 0).any(0) & ~frozen
+    cells: dict[tuple[int, ...], list[int]] = {}
+    for ch in constrained.nonzero().reshape(-1).tolist():
+        cells.setdefault(tuple(code[:, ch].tolist()), []).append(ch)
+    free = ((code < 0).all(0) & ~frozen).nonzero().reshape(-1)
+    floors = [p for conv, ps in group.partitions.items() if conv not in group.members
+              for p in ps if p.numel() and not frozen[p].any()]
+    return [torch.tensor(v, dtype=torch.long) for v in cells.values()], free, floors
+
+
+def removal_items(group, candidates: torch.Tensor, num: torch.Tensor,
+                  den: torch.Tensor | None = None, *, gone: Iterable[int] = (),
+                  limit: int | None = None) -> list[tuple[list[int], float]]:
+    """Sets of group channels that may be removed, cheapest first, each with its key.
+
+    Every union of the returned sets is a selection :meth:`~saliency.UnitGraph.validate_units`
+    accepts together with the channels already ``gone`` (masked), and keeps the graph's
+    structure: a free channel is a set of one; in a grouped convolution's channels a set is
+    one balanced step (:func:`_cells`), steps taken from the lowest keys of each cell up, no
+    cell emptied and every conv group of a grouped convolution keeping two input channels;
+    every member keeps a channel; at most ``limit`` channels are taken in all. A set's key is
+    ``sum(num) / sum(den)`` over its channels (``den`` 1 when None; ``inf`` when
+    ``sum(den)`` is 0); a step's key is at least the key of the step before it. Only
+    ``candidates`` are taken.
+    """
+    size = group.size
+    num = num.detach().to(torch.float64).cpu()
+    den = torch.ones(size, dtype=torch.float64) if den is None else \
+        den.detach().to(torch.float64).cpu()
+    key = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
+                      torch.full_like(num, math.inf))
+    gone_mask = torch.zeros(size, dtype=torch.bool)
+    gone_mask[torch.as_tensor(list(gone), dtype=torch.long)] = True
+    cand = torch.zeros(size, dtype=torch.bool)
+    cand[torch.as_tensor(candidates, dtype=torch.long).reshape(-1).cpu()] = True
+    cand &= ~gone_mask
+    cells, free, floors = _cells(group)
+    items: list[tuple[list[int], float]] = [([ch], float(key[ch]))
+                                            for ch in free[cand[free]].tolist()]
+    if cells:
+        gcd = math.gcd(*[int(c.numel()) for c in cells])
+        step = [int(c.numel()) // gcd for c in cells]
+        per_step = torch.zeros(size, dtype=torch.long)  # channels a step takes, per cell
+        for c, t in zip(cells, step):
+            per_step[c[0]] = t
+        room = min([(int((~gone_mask[c]).sum()) - 1) // t for c, t in zip(cells, step)]
+                   + [(int((~gone_mask[p]).sum()) - 2) // max(1, int(per_step[p].sum()))
+                      for p in floors])
+        pools = []
+        for c in cells:
+            pool = c[cand[c]]
+            pools.append(pool[torch.argsort(key[pool], stable=True)])
+        prev = -math.inf
+        for j in range(max(0, min([room] + [p.numel() // t for p, t in zip(pools, step)]))):
+            chans = torch.cat([p[j * t:(j + 1) * t] for p, t in zip(pools, step)])
+            d = float(den[chans].sum())
+            prev = max(prev, float(num[chans].sum()) / d if d > 0 else math.inf)
+            items.append((sorted(chans.tolist()), prev))
+    members = [group.channels[m] for m in group.members]
+    removed, total, out = gone_mask.clone(), 0, []
+    for chans, k in sorted(items, key=lambda item: item[1]):
+        if limit is not None and total + len(chans) > limit:
+            continue
+        trial = removed.clone()
+        trial[chans] = True
+        if any(bool(trial[mc].all()) for mc in members):
+            continue  # every member keeps a channel
+        removed, total = trial, total + len(chans)
+        out.append((chans, k))
+    return out
+
+
 _NORMALIZE = {
     None: lambda s: s.new_tensor(1.0),
     "l2": lambda s: s.norm(),
@@ -424,21 +689,45 @@ class UnitPruner(_Pruner):
     """Scheduled unit pruning with bias propagation (Evci 2018, Sec. 4.2).
 
     At each round the cumulative target ``f = schedule(t)`` says how many
-    units of each layer's width at the first round are to be gone:
-    ``floor(f * n_l)`` per layer (``scope="layer"``, the thesis's setting,
+    units of each group's width at the first round are to be gone:
+    ``floor(f * n_g)`` per group (``scope="layer"``, the thesis's setting,
     which takes the 20,522-parameter CNN to 4,019 on Table 4.2) or
-    ``floor(f * sum n_l)`` over all layers (``scope="global"``), never leaving
-    a layer fewer than ``min_units``. The lowest-scoring live units are
+    ``floor(f * sum n_g)`` over all groups (``scope="global"``), never leaving
+    a group fewer than ``min_units``. The lowest-scoring live units are
     replaced by a constant folded into the next layer's bias (``"mean"``:
     their mean output on ``data``, the replacement MRP measures; ``"zero"``;
     None: no fold), then removed physically (``remove=True``:
     :func:`~pruners.remove_units`, which also slices the optimizer state) or
     masked (:func:`~pruners.mask_units`); both leave the same function.
 
-    Raw scores of different layers are not comparable; global selection
-    divides each layer's scores by a norm of that layer's live scores first
+    **Groups.** Units are the channels of the groups of the graph of units
+    (:func:`pruners.trace`): on a chain a group is one layer; the layers whose
+    outputs a residual add sums form one group, whose channel ``i`` is channel
+    ``i`` of every member. Scores come one per group channel, keyed by group
+    name, and each group is ranked once. A selection always satisfies the
+    graph: every member keeps a channel, a grouped convolution loses the same
+    number of channels from each of its conv groups (its channels go in
+    balanced steps, one or more channels per conv group; the count is rounded
+    down to whole steps), and ``min_units`` holds. Reports are keyed by group.
+
+    Raw scores of different groups are not comparable; global selection
+    divides each group's scores by a norm of its live scores first
     (``normalize="l2"``, as Molchanov et al. 2017 do for Taylor scores;
     ``"l1"``, ``"mean"``, ``"max"`` or None).
+
+    **Cost weighting.** With ``cost="macs"`` (or ``"params"``) a unit is
+    ranked by its score per unit of what its removal frees::
+
+        key(i) = (s_i / z_g) / cost(i)
+
+    ``s_i`` the score of group channel ``i``, ``z_g`` the group's norm
+    (``normalize``; 1 in layer scope) and ``cost(i)`` the multiply-accumulates
+    per sample (parameters) that removing channel ``i`` alone frees
+    (:func:`unit_costs`: member rows, per-channel modules and consumer
+    columns, MACs with each layer's output positions). A residual-stream
+    channel frees far more than an inner one, so it goes sooner than its score
+    alone would say. A balanced step of several channels has the key
+    ``sum (s_i / z_g) / sum cost(i)``. The schedule still counts units.
 
     Args:
         scorer: a unit-wise scorer or its name (``"mrs"`` for the thesis).
@@ -446,10 +735,13 @@ class UnitPruner(_Pruner):
         replacement: ``"mean"``, ``"zero"`` or None (see
             :func:`~pruners.remove_units`).
         remove: remove units physically (True) or mask them.
-        min_units: fewest units a layer keeps (>= 1: a layer is never emptied).
-        scope: ``"layer"`` or ``"global"``.
-        normalize: per-layer score normalization for global selection.
-        layers: producer names to prune (default: every prunable layer).
+        min_units: fewest units a group keeps (>= 1: a layer is never emptied).
+        scope: ``"layer"`` (per group) or ``"global"``.
+        normalize: per-group score normalization for global selection.
+        cost: None, ``"macs"`` or ``"params"``: divide each (normalized) score
+            by what removing the unit frees.
+        layers: groups to prune, by group name or any member's name (default:
+            every prunable group).
         exclude: producers left out of the graph (see :func:`~pruners.trace`).
         loss_fn: as :class:`ParameterPruner`.
         example_input: as :class:`ParameterPruner`.
@@ -460,7 +752,8 @@ class UnitPruner(_Pruner):
     def __init__(self, scorer: Scorer | str = "mrs", schedule: ScheduleLike | None = None, *,
                  replacement: str | None = "mean",
                  remove: bool = True, min_units: int = 1, scope: str = "layer",
-                 normalize: str | None = "l2", layers: Iterable[str] | None = None,
+                 normalize: str | None = "l2", cost: str | None = None,
+                 layers: Iterable[str] | None = None,
                  exclude: Iterable[str] = (), loss_fn: LossFn = F.cross_entropy,
                  example_input: torch.Tensor | None = None):
         if schedule is None:
@@ -475,12 +768,14 @@ class UnitPruner(_Pruner):
             raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
         if normalize not in _NORMALIZE:
             raise ValueError(f"normalize must be one of {list(_NORMALIZE)}, got {normalize!r}")
+        if cost not in COSTS:
+            raise ValueError(f"cost must be one of {list(COSTS)}, got {cost!r}")
         self.replacement, self.remove, self.min_units = replacement, bool(remove), min_units
-        self.scope, self.normalize = scope, normalize
+        self.scope, self.normalize, self.cost = scope, normalize, cost
         self.layers = None if layers is None else list(layers)
         self.exclude = tuple(exclude)
-        self.initial: dict[str, int] = {}  # width of each layer at the first round
-        self.masked: dict[str, list[int]] = {}  # masked units (remove=False)
+        self.initial: dict[str, int] = {}  # width of each group at the first round
+        self.masked: dict[str, list[int]] = {}  # masked group channels (remove=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "initial": dict(self.initial),
@@ -493,7 +788,7 @@ class UnitPruner(_Pruner):
 
     def _layers(self, model, example) -> tuple[Any, list[str]]:
         graph = trace(model, example, exclude=self.exclude)
-        return graph, select_layers(model, graph, self.layers)
+        return graph, group_names(model, graph, self.layers)
 
     def step(self, t: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
              data: Iterable | None = None) -> RoundReport | None:
@@ -512,7 +807,7 @@ class UnitPruner(_Pruner):
         if example is None:
             raise ValueError("UnitPruner.step needs data= (or example_input=) to trace the model")
         graph, layers = self._layers(model, example)
-        width = {n: graph.producers[n].num_units for n in layers}
+        width = {n: graph.groups[n].size for n in layers}
         initial = {n: self.initial.get(n, width[n]) for n in layers}  # kept once a step succeeds
         gone = {n: initial[n] - width[n] + len(self.masked.get(n, ())) for n in layers}
         live = {n: width[n] - len(self.masked.get(n, ())) for n in layers}
@@ -540,7 +835,7 @@ class UnitPruner(_Pruner):
             if s is None or s.shape != (width[n],):
                 raise ValueError(f"{type(self.scorer).__name__} gave no scores of shape "
                                  f"({width[n]},) for layer {n!r}")
-            s = s.detach().to(torch.float64)
+            s = s.detach().to(torch.float64).cpu()
             if torch.isnan(s).any():
                 bad = torch.nonzero(torch.isnan(s)).flatten().tolist()
                 raise ValueError(f"{type(self.scorer).__name__} gave NaN scores for layer "
@@ -548,8 +843,10 @@ class UnitPruner(_Pruner):
             alive = torch.ones(width[n], dtype=torch.bool)
             alive[list(self.masked.get(n, ()))] = False
             idx = torch.nonzero(alive).flatten()
-            cand[n] = (idx, s[idx])
-        chosen = self._select(layers, cand, need, cap)
+            cand[n] = (idx, s)
+        costs = {n: group_costs(model, graph, n, self.cost) for n in layers} \
+            if self.cost is not None else {}
+        chosen = self._select(graph, layers, cand, need, cap, costs)
         units = {n: sorted(v) for n, v in chosen.items() if v}
         loss_before = mean_loss(model, data, self.loss_fn) if data is not None else None
         params_before, macs_before = self._sizes(model, example)
@@ -574,31 +871,33 @@ class UnitPruner(_Pruner):
         self.history.append(report)
         return report
 
-    def _select(self, layers, cand, need, cap) -> dict[str, list[int]]:
-        if self.scope == "layer":
-            out = {}
-            for n in layers:
-                idx, s = cand[n]
-                k = max(0, need[n])
-                out[n] = idx[torch.argsort(s, stable=True)[:k]].tolist()
-            return out
-        norm = _NORMALIZE[self.normalize]
-        names, units, vals = [], [], []
+    def _select(self, graph, layers, cand, need, cap, costs) -> dict[str, list[int]]:
+        """The units to remove: per group, the items of :func:`removal_items` in key order
+        while they fit the count asked (per group, or in all for global scope)."""
+        norm = _NORMALIZE[self.normalize if self.scope == "global" else None]
+        pool = []
         for n in layers:
             idx, s = cand[n]
-            z = norm(s) if s.numel() else s.new_tensor(1.0)
-            z = z if float(z) > 0 else s.new_tensor(1.0)
-            names += [n] * idx.numel()
-            units += idx.tolist()
-            vals.append(s / z)
-        order = torch.argsort(torch.cat(vals), stable=True).tolist()
+            live = s[idx]
+            z = norm(live) if live.numel() else live.new_tensor(1.0)
+            z = z if float(z) > 0 else live.new_tensor(1.0)
+            items = removal_items(graph.groups[n], idx, s / z, costs.get(n),
+                                  gone=self.masked.get(n, ()), limit=cap[n])
+            pool.append([(k, n, chans) for chans, k in items])
         out: dict[str, list[int]] = {n: [] for n in layers}
+        if self.scope == "layer":
+            for n, items in zip(layers, pool):
+                left = max(0, need[n])
+                for _, _, chans in items:
+                    if len(chans) <= left:
+                        out[n] += chans
+                        left -= len(chans)
+            return out
+        flat = [item for items in pool for item in items]
         left = need[None]
-        for i in order:
-            if left <= 0:
-                break
-            n = names[i]
-            if len(out[n]) < cap[n]:
-                out[n].append(units[i])
-                left -= 1
+        for i in sorted(range(len(flat)), key=lambda i: flat[i][0]):
+            _, n, chans = flat[i]
+            if len(chans) <= left:
+                out[n] += chans
+                left -= len(chans)
         return out

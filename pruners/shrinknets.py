@@ -17,7 +17,8 @@ the switches are folded into the layers (Sec. 4.2, "Preparing for
 Inference").
 
 * :func:`insert_switches` -- a switch after each BatchNorm, or after each
-  Linear/Conv without one, except the output layer (Sec. 5.1.1);
+  Linear/Conv without one, except the output layer (Sec. 5.1.1); one switch
+  per residual group, called after every member;
 * :func:`shrinknets_penalty` -- ``lambda ||g||_1 + lambda_2 ||theta||_p^p``;
 * removal strategies (Sec. 4.1; draft Sec. 5.2): :class:`Threshold`,
   :class:`SignChange`, :class:`SignVariance`, :class:`Aggressiveness`;
@@ -42,7 +43,7 @@ from saliency.layers import PRODUCERS, effective_tensor
 from saliency.switch import Switch, switch_of
 
 from .metrics import count_macs, count_params
-from .pruning import RoundReport, _data_list, _example, mean_loss
+from .pruning import RoundReport, _data_list, _example, mean_loss, removal_items
 from .surgery import mask_units, remove_units
 
 __all__ = ["Switch", "insert_switches", "fold_switches", "shrinknets_penalty", "switches",
@@ -65,15 +66,24 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
                     parametrization: str = "signed", init: str = "normal", value: float = 1.0,
                     layers: Iterable[str] | None = None, exclude: Iterable[str] = ()
                     ) -> fx.GraphModule:
-    """A copy of ``model`` with a switch on every prunable layer's units.
+    """A copy of ``model`` with a switch on every prunable group's units.
 
     The switch goes after the layer's BatchNorm when one follows it directly,
     else right after the layer; the layers producing the model's output get
     none (ShrinkNets Sec. 5.1.1: "after each BatchNorm layer and each fully
     connected layer (except the last)"). Switches live in the ModuleDict
     ``switches`` of the returned :class:`torch.fx.GraphModule`, keyed by the
-    layer name with dots as underscores; the original model is not changed
-    and shares nothing with the copy.
+    group's name (on a chain: the layer's) with dots as underscores; the
+    original model is not changed and shares nothing with the copy.
+
+    A residual group (layers whose outputs a residual add sums, see
+    :func:`pruners.trace`) gets **one** switch with one gate per group
+    channel, called after every member's output (after its BatchNorm when one
+    follows), so channel ``i`` of every member is multiplied by the same gate
+    ``g_i`` and a gate at 0 turns the whole stream channel off. A member that
+    outputs only some of the group's channels (a concatenation summed into the
+    stream) is switched where its channels are complete: after the
+    concatenation.
 
     Args:
         model: a model :func:`pruners.trace` accepts.
@@ -82,15 +92,19 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
             :class:`~saliency.switch.Switch`.
         init: the gates' initialization, of each switch.
         value: the constant of ``init="constant"``.
-        layers: the layers to switch (default: every prunable layer).
+        layers: the groups to switch, by group name or any member's name
+            (default: every prunable group).
         exclude: layers left out (see :func:`pruners.trace`).
+
+    Raises:
+        ValueError: an unknown or non-prunable layer, a group that already
+            has a switch, or a residual group whose members' channels are
+            summed before they form the whole group (no place sees every
+            channel once per member).
     """
     model = copy.deepcopy(model)
     graph = trace(model, example_input, exclude=exclude)
-    targets = graph.prunable if layers is None else list(layers)
-    bad = [n for n in targets if n not in graph.prunable]
-    if bad:
-        raise ValueError(f"unknown or non-prunable layers {bad}; prunable: {graph.prunable}")
+    targets = graph.prunable if layers is None else _group_targets(graph, layers)
     for name in targets:
         if switch_of(model, graph, name) is not None:
             raise ValueError(f"layer {name!r} already has a switch")
@@ -99,26 +113,80 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
         _check_mode_free(model, gm)
     if hasattr(gm, "switches") and not isinstance(getattr(gm, "switches"), nn.ModuleDict):
         raise ValueError("the model has an attribute 'switches' already")
+    nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+    sites = {name: _switch_sites(gm, nodes, graph.groups[name]) for name in targets}
     if not hasattr(gm, "switches"):
         gm.add_submodule("switches", nn.ModuleDict())
-    nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
     for name in targets:
-        node = nodes[name]
-        users = list(node.users)
-        anchor = node
+        key = name.replace(".", "_")
+        w = effective_tensor(gm.get_submodule(name), "weight")
+        gm.switches[key] = Switch(graph.groups[name].size, parametrization, init,
+                                  value).to(device=w.device, dtype=w.dtype)
+        for anchor in sites[name]:
+            with gm.graph.inserting_after(anchor):
+                new = gm.graph.call_module(f"switches.{key}", (anchor,))
+            anchor.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)
+    gm.graph.lint()
+    gm.recompile()
+    joined = [n for n in targets if len(sites[n]) > 1 or len(graph.groups[n].members) > 1]
+    if joined:  # the switched graph must see one switch on each group's channels
+        check = trace(gm, example_input, exclude=exclude)
+        for name in joined:
+            hit = switch_of(gm, check, name)
+            if hit is None or hit[0] != f"switches.{name.replace('.', '_')}":
+                raise ValueError(f"group {name!r}: the switch could not be placed on its "
+                                 "channels")
+    return gm
+
+
+def _group_targets(graph, layers: Iterable[str]) -> list[str]:
+    """The prunable groups ``layers`` name (groups or members), each once, in order."""
+    names, bad = [], []
+    for n in layers:
+        known = n in graph.groups or n in graph.producers
+        if known and graph.group_of(n).prunable:
+            names.append(graph.group_of(n).name)
+        else:
+            bad.append(n)
+    if bad:
+        raise ValueError(f"unknown or non-prunable layers {bad}; prunable: {graph.prunable}")
+    return list(dict.fromkeys(names))
+
+
+def _switch_sites(gm: fx.GraphModule, nodes: dict, group) -> list[fx.Node]:
+    """The nodes after which the group's switch is called: each member's output, or its
+    BatchNorm when one directly follows; for a member that outputs only some of the group's
+    channels, the first node after it that holds all of them, in order (a concatenation)."""
+    sites: list[fx.Node] = []
+    region = {n.name: n for n in group.nodes}
+    full = torch.arange(group.size)
+    for member in group.members:
+        anchor = nodes[member]
+        users = list(anchor.users)
         if len(users) == 1 and users[0].op == "call_module" and \
                 isinstance(gm.get_submodule(users[0].target), _BN):
             anchor = users[0]
-        key = name.replace(".", "_")
-        w = effective_tensor(gm.get_submodule(name), "weight")
-        gm.switches[key] = Switch(graph.producers[name].num_units, parametrization, init,
-                                  value).to(device=w.device, dtype=w.dtype)
-        with gm.graph.inserting_after(anchor):
-            new = gm.graph.call_module(f"switches.{key}", (anchor,))
-        anchor.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
-    gm.graph.lint()
-    gm.recompile()
-    return gm
+        if len(group.members) == 1:  # a chain: its layer (or BatchNorm) carries every unit
+            return [anchor]
+        while True:
+            here = region.get(anchor.name)
+            if here is None or here.kind in ("join", "flatten"):
+                raise ValueError(
+                    f"group {group.name!r} ({', '.join(group.members)}): layer {member!r} "
+                    f"outputs channels {group.channels[member].tolist()} of the group's "
+                    f"{group.size}, and they are summed or read before one tensor holds all of "
+                    "them; one switch per group cannot be placed")
+            if torch.equal(here.labels, full):
+                break
+            users = list(anchor.users)
+            if len(users) != 1:
+                raise ValueError(f"group {group.name!r}: the output of layer {member!r} is used "
+                                 "in several places before the group's channels are complete; "
+                                 "one switch per group cannot be placed")
+            anchor = users[0]
+        if anchor not in sites:
+            sites.append(anchor)
+    return sites
 
 
 def _check_mode_free(model: nn.Module, gm: fx.GraphModule) -> None:
@@ -192,6 +260,12 @@ def fold_switches(model: nn.Module, example_input: torch.Tensor | None = None) -
     3. with ``g >= 0`` also through positively homogeneous ops (ReLU, leaky
        ReLU, max pooling).
 
+    The switch of a residual group is called after every member: each call
+    folds backwards (1, 3) into that member's BatchNorm or weight rows (a call
+    after a concatenation: each piece into its own member), so every member's
+    channel ``i`` is scaled by ``g_i`` as the switched model does; forwards it
+    cannot go, since the consumers read the sum.
+
     Anything else (a negative gate before a ReLU and a BatchNorm after it)
     cannot be folded exactly and raises ValueError naming the switch.
     """
@@ -202,18 +276,65 @@ def fold_switches(model: nn.Module, example_input: torch.Tensor | None = None) -
     graph = trace(model, example_input)
     done: set[str] = set()
     with torch.no_grad():
-        for pname, prod in graph.producers.items():
-            hit = switch_of(model, graph, pname)
+        for gname, group in graph.groups.items():
+            hit = switch_of(model, graph, gname)
             if hit is None:
                 continue
             sname, sw = hit
             g = sw.effective_gate().detach()
-            _fold_one(model, prod, sname, g)
+            if group.joined:
+                _fold_group(model, group, sname, g)
+            else:
+                _fold_one(model, graph.producers[group.members[0]], sname, g)
             done.add(sname)
     left = [n for n in found if n not in done]
     if left:
         raise ValueError(f"switches {left} are not on the path of any layer's units")
     return _drop_switches(model, done)
+
+
+def _fold_group(model, group, sname: str, g: torch.Tensor) -> None:
+    """Fold the switch of a residual group backwards at every place it is called."""
+    positive = bool((g >= 0).all())
+    targets: list[tuple[nn.Module, torch.Tensor]] = []
+    for node in group.nodes:
+        if node.kind == "op" and node.op.kind == "module" and node.op.target == sname:
+            _fold_back(model, group, node.inputs[0], g, positive, targets, sname)
+    for mod, gate in targets:
+        _scale_rows(mod, "weight", gate)
+        _scale_rows(mod, "bias", gate)
+
+
+def _fold_back(model, group, index: int, gate: torch.Tensor, positive: bool,
+               targets: list, sname: str) -> None:
+    """Walk back from region node ``index`` to the BatchNorm or member that ``gate`` (one
+    value per channel of the node's tensor) folds into; split it at a concatenation."""
+    tail: list = []
+    while True:
+        node = group.nodes[index] if index >= 0 else None
+        if node is None or node.kind in ("join", "flatten") or not _commutes(model, tail,
+                                                                              positive):
+            raise ValueError(
+                f"switch {sname!r} of the residual group {group.name!r} "
+                f"({', '.join(group.members)}) cannot be folded exactly: on a residual group a "
+                "switch folds backwards only, into each member's BatchNorm or weight rows, "
+                "through per-channel ops that commute with a per-channel scale"
+                + ("" if positive else " (some gates are negative)"))
+        if node.kind == "member":
+            targets.append((model.get_submodule(node.member), gate))
+            return
+        if node.kind == "cat":
+            start = 0
+            for piece, n in zip(node.inputs, node.sizes):
+                _fold_back(model, group, piece, gate[start:start + n], positive, targets, sname)
+                start += n
+            return
+        mod = model.get_submodule(node.op.target) if node.op.kind == "module" else None
+        if isinstance(mod, _BN) and mod.affine and mod.track_running_stats:
+            targets.append((mod, gate))
+            return
+        tail.insert(0, node.op)
+        index = node.inputs[0]
 
 
 def _fold_one(model, prod, sname, g) -> None:
@@ -492,9 +613,13 @@ class GarbageCollector:
     folded into the next layer's bias (``replacement="zero"``: the producer
     held at 0, exact when the gate is 0; ``"mean"`` needs ``data``). No
     layer is left with fewer than ``min_units`` units: the live units with
-    the largest ``|g|`` are kept. The strategy sees the live units only
-    (masked ones left out, its memory kept by position), so the masked twin
-    decides exactly as the physically shrunk network.
+    the largest ``|g|`` are kept. On a residual group the one switch's dead
+    gates remove group channels (every member's channel ``i``); every member
+    keeps a channel, and a grouped convolution loses the same number of
+    channels from each conv group (the weakest dead ones, in whole steps).
+    The strategy sees the live units only (masked ones left out, its memory
+    kept by position), so the masked twin decides exactly as the physically
+    shrunk network.
 
     It records the running cost after every call in :attr:`cost`: ``[t,
     input neurons, MACs per sample, parameters]`` (the draft's "sum of input
@@ -542,7 +667,13 @@ class GarbageCollector:
             dead[live] = self.strategy(name, gate[live.to(gate.device)]).cpu().to(torch.bool)
             room = live.numel() - self.min_units
             idx = torch.nonzero(dead).flatten()
-            if idx.numel() > room:  # keep the strongest switches
+            group = graph.groups[name]
+            if len(group.members) > 1 or group.partitions:  # what the graph accepts, weakest first
+                items = removal_items(group, idx, gate.abs().cpu(), gone=self.masked.get(name, []),
+                                      limit=max(room, 0))
+                idx = torch.tensor(sorted(c for chans, _ in items for c in chans),
+                                   dtype=torch.long)
+            elif idx.numel() > room:  # keep the strongest switches
                 strength = gate.abs().cpu()[idx]
                 idx = idx[torch.argsort(strength, stable=True)[:max(room, 0)]]
             if idx.numel():

@@ -110,9 +110,20 @@ def insert_tristate(model: nn.Module, example_input: torch.Tensor | None = None,
         layers: producer names to gate (default: every prunable producer with
             a ReLU on its path).
 
+    Residual groups (layers whose outputs a residual add sums, see
+    :func:`pruners.trace`) are chain-only territory for this method: by default
+    they get no gate (the layers inside residual blocks, chains, do), and
+    naming one of their members in ``layers`` raises ValueError naming the
+    group.
+
+    An ``nn.ReLU`` module that is also called elsewhere (one ReLU module for
+    a whole block, after its first layer and after the residual add) is
+    replaced at the call on the gated layer's path only, in a traced copy.
+
     Raises:
         ValueError: a selected layer has no ReLU on its path, several, or one
-            shared with another layer; unknown layer names; no ReLU at all.
+            shared with another gated layer; a member of a residual group;
+            unknown layer names; no ReLU at all.
     """
     graph = trace(model, example_input)
     wanted = None if layers is None else list(layers)
@@ -149,9 +160,18 @@ def _relu_plan(model: nn.Module, graph: UnitGraph, wanted: list[str] | None
     """
     plan: dict[str, tuple[str, int]] = {}
     owner: dict[str, str] = {}
+    calls: dict[str, int] = {}
+    for node in (graph.gm.graph.nodes if graph.gm is not None else ()):
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
     for name, prod in graph.producers.items():
         if not prod.prunable or (wanted is not None and name not in wanted):
             continue
+        group = graph.groups[prod.group]
+        if group.joined:
+            if wanted is not None:
+                raise ValueError(_joined_refusal(name, group))
+            continue  # residual groups get no gate (see insert_tristate)
         found = set()
         for e in prod.edges:
             for op in e.path:
@@ -175,7 +195,17 @@ def _relu_plan(model: nn.Module, graph: UnitGraph, wanted: list[str] | None
         plan[name] = (relu, prod.num_units)
     if not plan:
         raise ValueError("no hidden ReLU to replace")
+    for relu, name in owner.items():
+        if calls.get(relu, 1) > 1:  # also called elsewhere: replace this call, not the module
+            plan[name] = ("function", plan[name][1])
     return plan
+
+
+def _joined_refusal(name: str, group) -> str:
+    return (f"layer {name!r} belongs to the residual group {group.name!r} "
+            f"({', '.join(group.members)}): its channels are summed with the other members' and "
+            "go through the activations after the residual adds, which other layers' channels "
+            "share; tri-state ReLUs gate the units of chains only")
 
 
 def _insert_traced(model: nn.Module, plan, make) -> fx.GraphModule:
@@ -258,11 +288,18 @@ def _weights(model: nn.Module, example_input: torch.Tensor | None):
     gated: dict[str, TriStateReLU] = {}
     for name, prod in graph.producers.items():
         if prod.prunable:
-            hit = tristate_of(model, graph, name)
+            hit = _gate_of(model, graph, name)
             if hit is not None:
                 gated[name] = hit[1]
     feeders: dict[str, list[tuple[str, int]]] = {}
     for name, prod in graph.producers.items():
+        group = graph.groups[prod.group]
+        if group.joined:  # the summed stream: each reader reads its channels once
+            if name == group.name:
+                for c in group.consumers:
+                    n = int((group.nodes[c.node].labels >= 0).sum())
+                    feeders.setdefault(c.name, []).append((name, n * c.block))
+            continue
         for e in prod.edges:
             feeders.setdefault(e.consumer, []).append((name, e.block))
 
@@ -279,6 +316,8 @@ def _weights(model: nn.Module, example_input: torch.Tensor | None):
         for f, block in feeders[name]:
             if not full and f in gated and _is_linear(gated[f]) and f not in seen:
                 total = total + width_in(f, full, seen | {f})  # merged: its inputs
+            elif graph.groups[graph.producers[f].group].joined:
+                total = total + block  # the columns of the stream's channels it reads
             else:
                 n = graph.producers[f].num_units if full else soft(f)
                 total = total + n * block
@@ -296,6 +335,15 @@ def _weights(model: nn.Module, example_input: torch.Tensor | None):
         out = soft(name) if name in gated else prod.num_units
         terms.append(width_in(name, False, frozenset({name})) * out * kernel)
     return terms, sum(fulls), gated
+
+
+def _gate_of(model: nn.Module, graph, name: str):
+    """The tri-state ReLU on ``name``'s channels (None if none); refused on a residual group."""
+    hit = tristate_of(model, graph, name)
+    group = graph.group_of(name)
+    if hit is not None and group.joined:
+        raise ValueError(f"tri-state ReLU {hit[0]!r}: " + _joined_refusal(name, group))
+    return hit
 
 
 def complexity_term(model: nn.Module, example_input: torch.Tensor | None = None, *,
@@ -412,7 +460,7 @@ def finalize_tristate(model: nn.Module, example_input: torch.Tensor | None = Non
     for name, prod in graph.producers.items():
         if not prod.prunable:
             continue
-        hit = tristate_of(out, graph, name)
+        hit = _gate_of(out, graph, name)
         if hit is None:
             continue
         gate_of[name] = hit[0]
@@ -461,7 +509,7 @@ def _mergeable(model: nn.Module, graph, first: str, identity: set[str]) -> str |
     through one of the ``identity`` activations (former tri-state ReLUs with
     ``d = 1``): pairs the model had without such a gate are left as they are.
     """
-    if not isinstance(model.get_submodule(first), nn.Linear):
+    if not isinstance(model.get_submodule(first), nn.Linear) or graph.group_of(first).joined:
         return None
     edges = graph.producers[first].edges
     if len(edges) != 1 or edges[0].block != 1:
