@@ -121,13 +121,18 @@ def remove_units(model: nn.Module, units: Mapping[str, Iterable[int]], *,
 
     Args:
         model: the model, changed in place.
-        units: ``{producer layer name: indices to remove}``.
+        units: ``{layer name: indices to remove}``: a layer on a chain, or a group (its
+            name, or any member's name with that member's own channel indices; every member
+            of the group loses the channels).
         replacement: ``None`` drops the units (consumers see 0 where the unit
             was); ``"zero"`` holds the producer's output at 0 (its BatchNorm
             shift and activation still reach the consumer); ``"mean"`` holds
-            it at each unit's mean output over ``data`` (mean replacement);
-            a float, a tensor (one layer) or ``{layer: tensor or float}``
-            gives the constants, aligned with the indices as given.
+            it at each unit's mean output over ``data`` (mean replacement; in a
+            group, each member's channel at its own mean); a float, a tensor (one
+            layer on a chain) or ``{layer: tensor or float}`` gives the constants: for a
+            layer on a chain aligned with the indices as given, for every member of a group
+            aligned with that member's removed output channels in ascending order
+            (``report.member_indices``).
         data: iterable of ``(inputs, targets)`` batches: needed for
             ``"mean"``; also used to measure the output deviation of an
             inexact fold (zero-padded conv consumer) and to infer the input
@@ -295,9 +300,9 @@ def _constants(model, graph: UnitGraph, units, members, replacement, data
         for m, val in replacement.items():
             if isinstance(val, (int, float)):
                 out[m] = torch.full((held[m].numel(),), float(val), dtype=torch.float64)
-            else:
-                order = units[m] if m in units else held[m]
-                out[m] = _aligned(m, val, order, held[m])
+            else:  # in the order given for a layer on a chain; by channel within a group
+                alone = m in units and len(graph.group_of(m).members) == 1
+                out[m] = _aligned(m, val, units[m] if alone else held[m], held[m])
     else:
         raise TypeError(f"unsupported replacement {type(replacement).__name__}")
     for name, val in out.items():
@@ -416,12 +421,20 @@ def _add_to_bias(module: nn.Module, delta: torch.Tensor, optimizer, journal: Jou
         slots[0].add_(delta.to(slots[0]))
         journal.add(lambda b=slots[0], old=old: b.copy_(old))
         return
+    # rows masked earlier (units of this layer already masked) stay off: no bias there
+    mask = module._buffers.get("weight_mask")
+    dead = None if mask is None else ~mask.reshape(mask.shape[0], -1).any(1)
+    if dead is not None and dead.any():
+        delta = delta.clone()
+        delta[dead.to(delta.device)] = 0
     if not bool((delta != 0).any()):
         return  # nothing to fold: no need for a bias
     w = _tensor_slots(module, "weight")[0]
     bias = nn.Parameter(delta.to(w).clone(), requires_grad=w.requires_grad)
     journal.snapshot_module(module)
     module.bias = bias
+    if dead is not None and dead.any():
+        prune.custom_from_mask(module, "bias", (~dead).to(bias))
     if optimizer is not None:
         for group in optimizer.param_groups:
             if any(p is w for p in group["params"]):

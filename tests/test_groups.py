@@ -477,3 +477,44 @@ def test_random_stacks_masked_equals_removed_and_the_held_reference(case):
         assert (model(x) - masked(x)).abs().max() <= TOL
         if replacement is not None:
             assert (model(x) - held_reference(original, report)(x)).abs().max() <= 1e-9
+
+
+def test_explicit_constants_per_member_of_a_group():
+    """{member: values} holds each member's removed channels (ascending) at its values; the
+    first member need not hold every selected channel."""
+    x = inputs()
+    model = build("residual_concat")
+    original = copy.deepcopy(model)
+    # group channels 1 and 3: stem.0's channels 1 and 3, a's channel 1, b's channel 1
+    values = {"stem.0": torch.tensor([0.5, -0.25], dtype=torch.float64),
+              "body.a.0": torch.tensor([1.5], dtype=torch.float64),
+              "body.b.0": torch.tensor([-2.0], dtype=torch.float64)}
+    report = remove_units(model, {"stem.0": [3, 1]}, replacement=values, example_input=x[:1])
+    assert {m: i.tolist() for m, i in report.member_indices.items()} == {
+        "stem.0": [1, 3], "body.a.0": [1], "body.b.0": [1]}
+    for m, v in values.items():
+        torch.testing.assert_close(report.constants[m], v, rtol=0, atol=0)
+    with torch.no_grad():
+        assert (model(x) - held_reference(original, report)(x)).abs().max() <= TOL
+    with pytest.raises(ValueError, match="replacement gives no constants for layers "
+                                         r"\['body.b.0'\]"):
+        remove_units(build("residual_concat"), {"stem.0": [1]}, example_input=x[:1],
+                     replacement={k: values[k] for k in ("stem.0", "body.a.0")})
+
+
+def test_a_bias_created_on_a_masked_layer_stays_off_at_its_masked_rows():
+    x = inputs()
+    model = build("stage")
+    mask_units(model, {"body.0.branch1.0": [0, 2]}, replacement="mean", data=[(x, None)])
+    before = copy.deepcopy(model)
+    mask_units(model, {"stem.0": [1]}, replacement="mean", data=[(x, None)])
+    conv = model.get_submodule("body.0.branch1.0")
+    assert torch.equal(conv.bias_mask, torch.tensor([0.0, 1, 0, 1], dtype=torch.float64))
+    assert conv.bias[[0, 2]].abs().max() == 0 and conv.bias[[1, 3]].abs().max() > 0
+    shrunk = copy.deepcopy(before)
+    remove_units(shrunk, {"stem.0": [1]}, replacement="mean", data=[(x, None)])
+    remove_units(shrunk, {"body.0.branch1.0": [0, 2]}, example_input=x[:1])
+    from pruners import count_params
+    assert count_params(model) == count_params(shrunk)
+    with torch.no_grad():
+        assert (model(x) - shrunk(x)).abs().max() <= TOL
