@@ -523,10 +523,7 @@ def main(argv: Sequence[str] | None = None, *,
     args = _parse(argv)
     out = file if file is not None else sys.stdout
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 40)
-    timing = ({"repeats": repeats, "block_seconds": 0.002, "warmup_seconds": 0.01,
-               "min_warmup": 2} if args.quick else
-              {"repeats": repeats, "block_seconds": 0.025, "warmup_seconds": 0.2,
-               "min_warmup": 3})
+    timing = _timing(args.quick, repeats)
     cnn_kw = {**DEFAULT_CNN, **(cnn or {})}
     resnet_kw = dict(resnet if resnet is not None else
                      (QUICK_RESNET if args.quick else DEFAULT_RESNET))
@@ -541,17 +538,8 @@ def main(argv: Sequence[str] | None = None, *,
     log(f"inference benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"repeats {repeats}{' (quick)' if args.quick else ''}")
     torch.manual_seed(args.seed)
-    # name -> (model, input maker, reductions, masked reduction, builder of its dense twins)
-    models = {
-        "mlp": (mlp(mlp_widths), lambda b: torch.randn(b, mlp_widths[0]), reductions,
-                mask_reduction, None),
-        "small_cnn": (small_cnn(**cnn_kw), _image_input(cnn_kw), reductions, mask_reduction,
-                      None),
-        "resnet20": (resnet20(**resnet_kw), _image_input(resnet_kw), conv_reductions, None,
-                     lambda: resnet20(**resnet_kw)),
-        "mobilenet_v2": (mobilenet_v2(**mobilenet_kw), _image_input(mobilenet_kw),
-                         conv_reductions, None, lambda: mobilenet_v2(**mobilenet_kw)),
-    }
+    models = _models(mlp_widths, cnn_kw, resnet_kw, mobilenet_kw, reductions, conv_reductions,
+                     mask_reduction)
     cases: list[dict[str, Any]] = []
     for name, (model, make_input, model_reductions, masked_at, build) in models.items():
         cases += _run_model(name, model, make_input, batches, model_reductions, masked_at,
@@ -563,27 +551,44 @@ def main(argv: Sequence[str] | None = None, *,
 
     _report(log, cases, load_start, load_end)
     log(f"targets met: {targets_met}   ({elapsed:.1f} s)")
-    result = {
-        "benchmark": "inference",
-        "cases": cases,
-        "targets": TARGETS,
-        "targets_met": targets_met,
-        "config": {
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "repeats": repeats, "quick": bool(args.quick), "seed": args.seed,
-            "mlp_widths": list(mlp_widths),
-            "cnn": _jsonable(cnn_kw),
-            "resnet20": _jsonable(resnet_kw),
-            "mobilenet_v2": _jsonable(mobilenet_kw),
-            "batches": [int(b) for b in batches],
-            "reductions": [float(r) for r in reductions],
-            "conv_reductions": [float(r) for r in conv_reductions],
-            "mask_reduction": mask_reduction, "seconds": round(elapsed, 2),
-            "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
-        },
+    config = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "repeats": repeats, "quick": bool(args.quick), "seed": args.seed,
+        "mlp_widths": list(mlp_widths), "cnn": _jsonable(cnn_kw),
+        "resnet20": _jsonable(resnet_kw), "mobilenet_v2": _jsonable(mobilenet_kw),
+        "batches": [int(b) for b in batches], "reductions": [float(r) for r in reductions],
+        "conv_reductions": [float(r) for r in conv_reductions],
+        "mask_reduction": mask_reduction, "seconds": round(elapsed, 2),
+        "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
     }
+    result = {"benchmark": "inference", "cases": cases, "targets": TARGETS,
+              "targets_met": targets_met, "config": config}
     print(json.dumps(result, allow_nan=False), file=out, flush=True)
     return result
+
+
+def _models(mlp_widths, cnn_kw, resnet_kw, mobilenet_kw, reductions, conv_reductions,
+            mask_reduction) -> dict[str, tuple]:
+    """name -> (model, input maker, reductions, masked reduction, builder of its dense twins)."""
+    return {
+        "mlp": (mlp(mlp_widths), lambda b: torch.randn(b, mlp_widths[0]), reductions,
+                mask_reduction, None),
+        "small_cnn": (small_cnn(**cnn_kw), _image_input(cnn_kw), reductions, mask_reduction,
+                      None),
+        "resnet20": (resnet20(**resnet_kw), _image_input(resnet_kw), conv_reductions, None,
+                     lambda: resnet20(**resnet_kw)),
+        "mobilenet_v2": (mobilenet_v2(**mobilenet_kw), _image_input(mobilenet_kw),
+                         conv_reductions, None, lambda: mobilenet_v2(**mobilenet_kw)),
+    }
+
+
+def _timing(quick: bool, repeats: int) -> dict[str, Any]:
+    """The arguments of :func:`~experiments.harness.timing.time_models`: short blocks for the
+    seconds-long ``--quick`` run."""
+    if quick:
+        return {"repeats": repeats, "block_seconds": 0.002, "warmup_seconds": 0.01,
+                "min_warmup": 2}
+    return {"repeats": repeats, "block_seconds": 0.025, "warmup_seconds": 0.2, "min_warmup": 3}
 
 
 if __name__ == "__main__":
