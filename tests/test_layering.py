@@ -204,10 +204,11 @@ def test_the_private_name_check_finds_each_kind_of_crossing(tmp_path):
 #: helper module of tests/ (the small models it needs are in tests/zoo.py).
 HARNESS_TESTS = {
     "test_attack_repro.py", "test_bench_diagnose.py", "test_bench_inference.py",
-    "test_bench_peers.py", "test_bench_peers_seeds.py", "test_bench_shrinknets.py",
+    "test_bench_peers.py", "test_bench_peers_seeds.py", "test_bench_scorers.py",
+    "test_bench_shrinknets.py",
     "test_cli.py", "test_datasets.py", "test_demo.py", "test_diagnose.py", "test_docs.py",
     "test_group_sparsity_repro.py", "test_harness.py", "test_harness_library.py",
-    "test_layering.py", "test_pruning_repro.py", "test_saliency_repro.py",
+    "test_layering.py", "test_pruning_repro.py", "test_resnet_study.py", "test_saliency_repro.py",
     "test_shrinknets_gamma.py", "test_shrinknets_regression.py", "test_shrinknets_repro.py",
     "test_site.py", "test_sweep.py", "test_tristate_repro.py", "test_width_methods.py",
 }

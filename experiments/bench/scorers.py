@@ -1,15 +1,17 @@
 """Cost of every scorer as a multiple of one plain forward+backward pass.
 
-``python -m experiments.bench.scorers [--quick] [--repeats N]``
+``python -m experiments.bench.scorers [--quick] [--repeats N] [--models M ...] [--threads N]``
 
-Models: an MLP 784-512-512-10 at batch 256 and the thesis CNN (the CNN of U. Evci,
+Models: an MLP 784-512-512-10 at batch 256, the thesis CNN (the CNN of U. Evci,
 "Detecting Dead Weights and Units in Neural Networks", MS thesis, NYU 2018,
-https://arxiv.org/abs/1806.06068, App. C.1; 20,522 parameters) at batch 1000, random inputs
-(cost does not depend on the values). For each model the reference is one plain
-forward+backward pass (``loss.backward()`` filling every parameter's ``.grad``), timed in the
-same run; each scorer's time is divided by it. Each case is timed alternately with its
-reference, and the fastest of the repeats of each is kept (the machine's speed drifts;
-alternating compares both under the same load). Targets:
+https://arxiv.org/abs/1806.06068, App. C.1; 20,522 parameters) at batch 1000, and ResNet-20
+(:func:`experiments.harness.models.resnet20`, the zoo default: widths 16, 32, 64 on 1x28x28)
+on one fixed batch of 256 synthetic Fashion-MNIST-shaped inputs; all inputs are random (cost
+does not depend on the values). For each model the reference is one plain forward+backward
+pass (``loss.backward()`` filling every parameter's ``.grad``), timed in the same run; each
+scorer's time is divided by it. Each case is timed alternately with its reference, and the
+fastest of the repeats of each is kept (the machine's speed drifts; alternating compares both
+under the same load). Targets:
 
 * ``mrs`` (with ``taylor`` and ``dormancy`` from the same pass): <= 1.3
 * exact ``mrp`` for all units: <= 50 (a one-forward-per-unit loop costs ~200)
@@ -17,29 +19,63 @@ alternating compares both under the same load). Targets:
 * exact ``loss_change`` over the 200 weights of the thesis CNN's ``conv1``:
   >= 20x faster than one forward pass per weight
 
-Prints a table, then one JSON line last.
+ResNet-20 has groups of coupled channels (the channels its residual adds sum: one group per
+stage, 16 + 32 + 64 units) besides its nine inner chains (each block's first convolution):
+448 units in 12 groups. Its cases, with their own targets:
+
+* ``mrs_pass_resnet20``: the one-pass MRS of every unit and group: <= 1.3
+* ``stats_pass_resnet20``: the same pass with ``taylor``, ``dormancy`` and APoZ (no target;
+  a group's activation statistics are read on its consumers' inputs, extra work);
+* ``mrp_all_units_resnet20``: exact signed ``mrp`` of every unit and group (no target)
+* ``naive_per_unit_resnet20``: what ``mrp`` computes, done one unit at a time: a deep copy of
+  the model, :func:`pruners.remove_units` with ``replacement="mean"`` on the copy, and a
+  forward pass computing the loss. It is slow, so it is timed on a fixed subset of units
+  (every 8th unit of every group, every 4th with ``--quick``) and its time per unit
+  extrapolated to all units;
+* ``mrp_speedup_resnet20``: that extrapolated loop's time over ``mrp``'s: >= 2.
+
+``mrp``, the loop and the forward+backward reference are timed in turn in the same rounds.
+The loop's loss changes also check ``mrp``: where the bias fold of the removal is exact (no
+non-zero constant reaches a zero-padded convolution), removal computes exactly the model with
+the unit held at its mean, and the two loss changes must agree (the maximum difference over
+those units is printed); elsewhere removal differs at the padded borders and only the size of
+that difference is reported, not agreement.
+
+Also prints how many CPUs other processes kept busy while each model was timed (a figure
+above 0.25 marks noisy timings). Prints a table, then one JSON line last.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from experiments.harness.models import build_model
 from experiments.harness.tables import format_table
-from experiments.harness.timing import alternating
-from pruners import prepare_for
+from experiments.harness.timing import BUSY_WARNING, alternating, cpu_mark, others_busy
+from pruners import InexactReplacementWarning, prepare_for, remove_units
 from saliency import SCORERS, trace
-from saliency.base import preserved
+from saliency.base import iter_batches, preserved
 from saliency.hvp import hvp
-from saliency.unit_stats import unit_statistics
+from saliency.unit_stats import is_chain, unit_statistics
 
 TARGETS = {"mrs_pass": ("<=", 1.3), "mrp_all_units": ("<=", 50.0), "hvp": ("<=", 3.0),
-           "loss_change_conv1_speedup": (">=", 20.0)}
+           "loss_change_conv1_speedup": (">=", 20.0),
+           "mrs_pass_resnet20": ("<=", 1.3), "mrp_speedup_resnet20": (">=", 2.0)}
+
+MODELS = ("mlp", "thesis_cnn", "resnet20")
+
+#: ResNet-20 widths and samples of the full and the ``--quick`` setting
+RESNET_FULL = {"widths": (16, 32, 64), "samples": 256, "stride": 8}
+RESNET_QUICK = {"widths": (4, 8, 8), "samples": 32, "stride": 4}
 
 
 def _paired(ref, case, repeats: int, warmup: int = 1) -> tuple[float, float]:
@@ -119,27 +155,262 @@ def measure(name: str, repeats: int, quick: bool) -> list[dict]:
     return rows
 
 
+# -- ResNet-20: groups of coupled channels ----------------------------------------------------
+
+
+def resnet_setup(widths: Sequence[int] = (16, 32, 64), samples: int = 256,
+                 dtype: torch.dtype = torch.float32, seed: int = 0):
+    """ResNet-20 at ``widths`` (eval mode) and one fixed batch ``[(x, y)]`` of ``samples``
+    random 1x28x28 inputs (Fashion-MNIST's shape) with random labels of 10 classes."""
+    torch.manual_seed(seed)
+    model = build_model("resnet20", widths=tuple(widths)).to(dtype).eval()
+    x = torch.randn(samples, 1, 28, 28, dtype=dtype)
+    y = torch.randint(0, 10, (samples,))
+    return model, [(x, y)]
+
+
+def unit_subset(graph, stride: int) -> list[tuple[str, int]]:
+    """Every ``stride``-th unit (0, stride, 2 stride, ...) of every prunable group of
+    ``graph``, as ``(group, unit)`` pairs in forward order."""
+    return [(name, i) for name in graph.prunable
+            for i in range(0, graph.groups[name].size, stride)]
+
+
+def _mean_loss(model, data, loss_fn) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in iter_batches(data):
+            total += float(loss_fn(model(x), y, reduction="sum"))
+            count += x.shape[0]
+    return total / count
+
+
+def naive_loss_changes(model, data, units: Sequence[tuple[str, int]],
+                       loss_fn: Callable = F.cross_entropy) -> list[tuple[float, bool]]:
+    """The loss change of removing each unit with mean replacement, one unit at a time.
+
+    Per ``(group, unit)``: a deep copy of ``model``, :func:`pruners.remove_units` on the copy
+    with ``replacement="mean"`` and ``data`` (the group channel removed from every member of
+    the group), and a forward pass over ``data`` computing the mean loss. Returns, per unit,
+    ``(loss after - loss before, exact)``, where ``exact`` says that the removal's bias fold
+    is exact (the removed model computes what the model with the unit held at its mean
+    computes); an inexact fold differs at zero-padded borders.
+    """
+    base = _mean_loss(model, data, loss_fn)
+    out = []
+    for name, i in units:
+        pruned = copy.deepcopy(model)
+        with warnings.catch_warnings():
+            # an inexact fold is expected on padded convolutions: recorded below
+            warnings.simplefilter("ignore", InexactReplacementWarning)
+            report = remove_units(pruned, {name: [i]}, replacement="mean", data=data)
+        out.append((_mean_loss(pruned, data, loss_fn) - base, not report.inexact))
+    return out
+
+
+def mrp_loss_changes(model, data, loss_fn: Callable = F.cross_entropy
+                     ) -> dict[str, torch.Tensor]:
+    """Exact MRP, signed and averaged over samples, of every unit and group of ``model``:
+    the loss change of holding each unit at its mean (``SCORERS["mrp"]`` with
+    ``absolute=False, reduction="mean"``), ``{group: float64 tensor over its units}``."""
+    return SCORERS["mrp"](absolute=False, reduction="mean").score(model, data, loss_fn)
+
+
+def agreement(mrp: dict[str, torch.Tensor], units: Sequence[tuple[str, int]],
+              naive: Sequence[tuple[float, bool]]) -> dict:
+    """Compare :func:`mrp_loss_changes` with :func:`naive_loss_changes` on ``units``.
+
+    Returns the number of units whose removal is exact and the largest absolute difference
+    there (``max_abs_diff``: the two must agree), the same for the inexact ones
+    (``max_abs_diff_inexact``: removal differs from holding the unit at its mean at
+    zero-padded borders, so this is no agreement check), and the groups of the exact units.
+    """
+    exact = [abs(float(mrp[g][i]) - d) for (g, i), (d, ok) in zip(units, naive) if ok]
+    inexact = [abs(float(mrp[g][i]) - d) for (g, i), (d, ok) in zip(units, naive) if not ok]
+    return {"units": len(units), "exact_units": len(exact),
+            "max_abs_diff": max(exact) if exact else None,
+            "inexact_units": len(inexact),
+            "max_abs_diff_inexact": max(inexact) if inexact else None,
+            "exact_groups": sorted({g for (g, _), (_, ok) in zip(units, naive) if ok})}
+
+
+def mrp_vs_naive(model, data, units: Sequence[tuple[str, int]] | None = None,
+                 loss_fn: Callable = F.cross_entropy) -> dict:
+    """:func:`mrp_loss_changes` and :func:`naive_loss_changes` (on ``units``, default every
+    unit) of ``model`` on ``data``, and their :func:`agreement`.
+
+    Returns ``{"units": [(group, unit), ...], "mrp": [...], "naive": [...], "exact": [...],
+    "agreement": {...}}``, the lists aligned with ``units``.
+    """
+    if units is None:
+        units = unit_subset(trace(model, next(iter(iter_batches(data)))[0][:1]), 1)
+    units = list(units)
+    mrp = mrp_loss_changes(model, data, loss_fn)
+    naive = naive_loss_changes(model, data, units, loss_fn)
+    return {"units": units, "mrp": [float(mrp[g][i]) for g, i in units],
+            "naive": [d for d, _ in naive], "exact": [ok for _, ok in naive],
+            "agreement": agreement(mrp, units, naive)}
+
+
+def _rounds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 0
+            ) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Wall times of every function of ``fns``, run in turn ``repeats`` times (the order
+    rotated by one each round, after ``warmup`` untimed rounds), and each one's last result."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    last: dict[str, object] = {}
+    for r in range(warmup + repeats):
+        for j in range(len(names)):
+            n = names[(j + r) % len(names)]
+            t = time.perf_counter()
+            last[n] = fns[n]()
+            if r >= warmup:
+                times[n].append(time.perf_counter() - t)
+    return times, last
+
+
+def measure_resnet(repeats: int, quick: bool) -> tuple[list[dict], dict]:
+    """The ResNet-20 rows, and the :func:`agreement` of ``mrp`` with the naive loop."""
+    setting = RESNET_QUICK if quick else RESNET_FULL
+    model, data = resnet_setup(setting["widths"], setting["samples"])
+    x, y = data[0]
+    name = "resnet20"
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y, reduction="sum").backward()
+
+    t_fb, _ = _paired(fwd_bwd, fwd_bwd, repeats)
+    model.zero_grad(set_to_none=True)
+    graph = trace(model, x[:1])
+    layers = graph.prunable
+    n_units = sum(graph.groups[n].size for n in layers)
+    coupled = [n for n in layers if not is_chain(graph.groups[n])]
+    shape = (f"{n_units} units in {len(layers)} groups ({len(coupled)} coupled, "
+             f"{sum(graph.groups[n].size for n in coupled)} units)")
+    rows = [{"model": name, "case": "forward+backward", "seconds": t_fb, "ratio": 1.0,
+             "note": f"widths {tuple(setting['widths'])}, {x.shape[0]} synthetic 1x28x28"}]
+
+    def stats_pass(stats):
+        def run():
+            with preserved(model):
+                unit_statistics(model, graph, layers, data, F.cross_entropy, stats=stats)
+        return run
+
+    for case, stats, note in (
+            ("mrs_pass_resnet20", ["mrs"], f"mrs of {shape}, one pass"),
+            ("stats_pass_resnet20", ["mrs", "taylor", "dormancy", "apoz"],
+             "with taylor, dormancy, apoz (read on the coupled groups' consumer inputs)")):
+        t_ref, t = _paired(fwd_bwd, stats_pass(stats), repeats)
+        model.zero_grad(set_to_none=True)
+        rows.append({"model": name, "case": case, "seconds": t, "ratio": t / t_ref,
+                     "note": note})
+
+    units = unit_subset(graph, setting["stride"])
+    n_coupled = sum(1 for g, _ in units if g in coupled)
+    times, last = _rounds({"fwd_bwd": fwd_bwd,
+                           "mrp": lambda: mrp_loss_changes(model, data),
+                           "naive": lambda: naive_loss_changes(model, data, units)},
+                          max(1, repeats // 2))
+    model.zero_grad(set_to_none=True)
+    t_ref, t_mrp, t_naive = (min(times[k]) for k in ("fwd_bwd", "mrp", "naive"))
+    per_unit = t_naive / len(units)
+    rows.append({"model": name, "case": "mrp_all_units_resnet20", "seconds": t_mrp,
+                 "ratio": t_mrp / t_ref, "note": f"signed, {shape}"})
+    rows.append({"model": name, "case": "naive_per_unit_resnet20", "seconds": per_unit,
+                 "ratio": per_unit / t_ref,
+                 "note": f"copy + remove_units + forward; timed on {len(units)} units "
+                         f"(one in {setting['stride']} of every group, {n_coupled} coupled), "
+                         "time per unit"})
+    rows.append({"model": name, "case": "mrp_speedup_resnet20", "seconds": per_unit * n_units,
+                 "ratio": per_unit * n_units / t_mrp,
+                 "note": f"naive loop extrapolated to all {n_units} units / mrp"})
+    agree = agreement(last["mrp"], units, last["naive"])
+    agree["dtype"] = str(x.dtype).replace("torch.", "")
+    return rows, agree
+
+
+def _target_models(case: str) -> tuple[str, ...]:
+    """The models a target's case is measured on."""
+    if case.endswith("_resnet20"):
+        return ("resnet20",)
+    if case == "loss_change_conv1_speedup":
+        return ("thesis_cnn",)
+    return ("mlp", "thesis_cnn")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2g}"
+
+
 def main(argv: list[str] | None = None, file=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench.scorers")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller batches, a narrow ResNet-20 (widths 4, 8, 8), 2 repeats")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help="the models to time (default: all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads while timing (default: torch's setting); "
+                             "on a busy machine, fewer threads than free cores avoids stalls")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, file)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args, file) -> dict:
     out = file or sys.stdout
     repeats = 2 if args.quick else args.repeats
-    rows = []
-    for name in ("mlp", "thesis_cnn"):
-        rows += measure(name, repeats, args.quick)
-    print(f"scorer costs (torch {torch.__version__}, {torch.get_num_threads()} threads)", file=out)
-    print(format_table(rows, {"model": "model", "case": "case", "seconds": "ms",
-                              "ratio": "x fwd+bwd", "note": "note"},
-                       formats={"seconds": lambda v: f"{v * 1e3:.2f}", "ratio": ".2f"},
-                       missing=""), file=out)
+    models = [m for m in MODELS if m in args.models]
+    rows, busy, agree = [], {}, None
+    start = cpu_mark()
+    for name in models:
+        mark = cpu_mark()
+        if name == "resnet20":
+            got, agree = measure_resnet(repeats, args.quick)
+        else:
+            got = measure(name, repeats, args.quick)
+        rows += got
+        busy[name] = others_busy(mark)
+    busy["all"] = others_busy(start)
     met = {}
     for case, (op, bound) in TARGETS.items():
+        if not set(_target_models(case)) & set(models):
+            continue
         vals = [r["ratio"] for r in rows if r["case"] == case]
         ok = all(v <= bound if op == "<=" else v >= bound for v in vals) and bool(vals)
         met[case] = {"values": vals, "target": f"{op} {bound}", "met": ok}
+    for r in rows:
+        if r["case"] in met:
+            m = met[r["case"]]
+            r["target"] = f"{m['target']} ({'met' if m['met'] else 'not met'})"
+    print(f"scorer costs (torch {torch.__version__}, {torch.get_num_threads()} threads)", file=out)
+    print(format_table(rows, {"model": "model", "case": "case", "seconds": "ms",
+                              "ratio": "x fwd+bwd", "target": "target", "note": "note"},
+                       formats={"seconds": lambda v: f"{v * 1e3:.2f}", "ratio": ".2f"},
+                       missing=""), file=out)
+    if agree is not None:
+        print(f"resnet20: mrp against the naive loop ({agree['dtype']}) on {agree['units']} "
+              f"units: {agree['exact_units']} with an exact removal, max |difference| "
+              f"{_fmt(agree['max_abs_diff'])}; {agree['inexact_units']} whose removal differs "
+              "at zero-padded borders (no agreement expected), max |difference| "
+              f"{_fmt(agree['max_abs_diff_inexact'])}", file=out)
+    print("other processes kept "
+          + ", ".join(f"{'-' if v is None else f'{v:.2f}'} CPUs busy ({k})"
+                      for k, v in busy.items())
+          + " while timing", file=out)
+    if any(v is not None and v > BUSY_WARNING for v in busy.values()):
+        print(f"warning: other processes used more than {BUSY_WARNING} CPUs; the timings are "
+              "noisy", file=out)
     result = {"benchmark": "scorers", "rows": rows, "targets": met,
+              "others_busy": busy, "agreement": agree,
               "targets_met": all(m["met"] for m in met.values())}
     print(json.dumps(result), file=out)
     return result
