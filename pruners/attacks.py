@@ -64,7 +64,7 @@ import torch.nn as nn
 
 from saliency.graph import as_index_tensor, default_example_input
 from saliency.tracing import trace
-from saliency.layers import PRODUCERS
+from saliency.layers import PRODUCERS, input_mask
 
 __all__ = ["LRAttack", "attack_steps"]
 
@@ -242,13 +242,25 @@ class LRAttack:
                 slots[key] = _Slot(mod, mname, tname, mod._parameters[tname].shape)
             slots[key].mask.index_fill_(dim, idx, True)
 
+        def mark_inputs(mname: str, cols: torch.Tensor) -> None:
+            """The consumer's entries that read input channels ``cols`` (a grouped
+            convolution's only in the rows of each channel's conv group)."""
+            mod = modules[mname]
+            tname = _param_name(mod, "weight")
+            if tname is None:
+                return
+            key = (mname, tname)
+            if key not in slots:
+                slots[key] = _Slot(mod, mname, tname, mod._parameters[tname].shape)
+            slots[key].mask |= input_mask(mod, cols).to(slots[key].mask.device)
+
         for name, idx in chosen.items():
             mark(name, "weight", 0, idx)
             if self.bias:
                 mark(name, "bias", 0, idx)
             if graph is not None:
                 for edge in graph.producers[name].edges:
-                    mark(edge.consumer, "weight", 1, edge.columns(idx))
+                    mark_inputs(edge.consumer, edge.columns(idx))
         self._slots = list(slots.values())
         self._pending: list[tuple[_Slot, torch.Tensor]] | None = None
         self._pending_step: int | None = None

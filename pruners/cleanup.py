@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from saliency.tracing import trace
-from saliency.layers import PRODUCERS, effective_tensor
+from saliency.layers import PRODUCERS, dense_weight, effective_tensor
 from saliency.replacement import member_indices
 
 from .pruning import removal_items
@@ -68,11 +68,14 @@ def nonzero_fractions(model: nn.Module, *, example_input: torch.Tensor | None = 
         total = torch.zeros(prod.num_units, dtype=torch.float64)
         units = torch.arange(prod.num_units)
         for edge in prod.edges:
-            wc = effective_tensor(model.get_submodule(edge.consumer), "weight").detach()
-            cols = wc.index_select(1, edge.columns(units))  # (out, units * block, ...)
-            per = cols.transpose(0, 1).reshape(prod.num_units, -1)
-            nz += (per != 0).sum(1).to(torch.float64)
-            total += per.shape[1]
+            cmod = model.get_submodule(edge.consumer)
+            wc = dense_weight(cmod).detach()  # a grouped conv's columns spread, zeros between
+            there = dense_weight(cmod, torch.ones_like(effective_tensor(cmod, "weight")))
+            cols = edge.columns(units)  # (out, units * block, ...) -> per unit
+            per = wc.index_select(1, cols).transpose(0, 1).reshape(prod.num_units, -1)
+            real = there.index_select(1, cols).transpose(0, 1).reshape(prod.num_units, -1) > 0
+            nz += ((per != 0) & real).sum(1).to(torch.float64)
+            total += real.sum(1).to(torch.float64)
         outgoing = nz / total.clamp_min(1)
         out[name] = (incoming, outgoing)
     return out
@@ -151,11 +154,6 @@ def remove_sparse_units(model: nn.Module, f_nz: float = 0.0, *, replacement: str
                 w = effective_tensor(mod, "weight")
                 consts[member] = (b.detach()[own] if b is not None
                                   else torch.zeros(len(own), dtype=w.dtype, device=w.device))
-            if len(rows[name]) < len(idx):  # name the group by a member holding every channel
-                holder = next((m for m, own in rows.items() if len(own) == len(idx)), None)
-                if holder is not None:
-                    del units[name]
-                    units[holder] = rows[holder].tolist()
         rep = consts
     else:
         rep = replacement

@@ -170,12 +170,12 @@ def _feeding_producer(graph: UnitGraph, layer: str):
 
 def _unused_units(model: nn.Module, prod) -> torch.Tensor:
     """Units of ``prod`` whose columns are exactly zero in every consumer (bool mask)."""
-    from saliency.layers import effective_tensor
+    from saliency.layers import dense_weight
 
     dead = torch.ones(prod.num_units, dtype=torch.bool)
     units = torch.arange(prod.num_units)
     for edge in prod.edges:
-        w = effective_tensor(model.get_submodule(edge.consumer), "weight").detach()
+        w = dense_weight(model.get_submodule(edge.consumer)).detach()
         cols = w.index_select(1, edge.columns(units).to(w.device))
         per = cols.transpose(0, 1).reshape(prod.num_units, -1)
         dead &= (per == 0).all(dim=1).cpu()

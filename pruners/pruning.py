@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Union
 
@@ -179,7 +180,9 @@ def _target(schedule, t: int):
         raise type(exc)(f"the schedule returned an invalid amount at t={t}: {exc}") from None
 
 
-def _data_list(data):
+def data_list(data):
+    """``data`` as an iterable that can be read several times (a one-pass iterator is read
+    into a list), checked to hold at least one well-formed batch; None stays None."""
     if data is None:
         return None
     if iter(data) is data:  # a one-pass iterator: read it once
@@ -188,7 +191,8 @@ def _data_list(data):
     return data
 
 
-def _example(example_input, data):
+def example_of(example_input, data):
+    """The example input to trace with: ``example_input``, else one sample of ``data``."""
     if example_input is not None:
         return example_input
     if data is not None:
@@ -211,7 +215,7 @@ class _Pruner:
         self.reached: float | int | None = None
 
     def _check_data(self, data):
-        data = _data_list(data)
+        data = data_list(data)
         if data is None and self.scorer.needs_data:
             raise ValueError(f"{type(self.scorer).__name__} needs data: pass data= to step()")
         return data
@@ -345,7 +349,7 @@ class ParameterPruner(_Pruner):
             self.reached = target
             return None
         data = self._check_data(data)
-        example = _example(self.example_input, data)
+        example = example_of(self.example_input, data)
         scorer = copy.copy(self.scorer)
         scorer.params = list(targets)
         scores = scorer.score(model, data, self.loss_fn)
@@ -502,7 +506,7 @@ def group_costs(model: nn.Module, graph, group: str, cost: str) -> torch.Tensor:
     for c in g.consumers:
         labels = g.nodes[c.node].labels
         cols.setdefault(c.name, labels.repeat_interleave(c.block) if c.block > 1 else labels)
-    positions = _positions(graph) if cost == "macs" else {}
+    positions = _positions(graph) if cost == "macs" else {}  # cached per graph
     total = torch.zeros(g.size, dtype=torch.float64)
     for name in dict.fromkeys(list(rows) + list(cols)):
         weights, biases = _layer_freed(model.get_submodule(name), rows.get(name),
@@ -514,15 +518,21 @@ def group_costs(model: nn.Module, graph, group: str, cost: str) -> torch.Tensor:
     return total
 
 
+_POSITIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _positions(graph) -> dict[str, int]:
     """Output positions per sample of every module call in the traced shapes."""
     if graph.gm is None:
         raise ValueError("the graph of units holds no traced shapes; trace the model again")
+    if graph.gm in _POSITIONS:
+        return _POSITIONS[graph.gm]
     out = {}
     for node in graph.gm.graph.nodes:
         shape = node.meta.get("unit_graph_shape") if node.op == "call_module" else None
         if shape is not None:
             out[node.target] = math.prod(shape[2:])
+    _POSITIONS[graph.gm] = out
     return out
 
 
@@ -535,13 +545,23 @@ def _live(module: nn.Module, name: str) -> torch.Tensor | None:
     return (mask != 0).cpu() if mask is not None else torch.ones(p.shape, dtype=torch.bool)
 
 
+def _entry_counts(module: nn.Module) -> torch.Tensor:
+    """Unmasked weight entries per (output row, input column) of a Linear/Conv, float64: the
+    kernel size everywhere on an unmasked layer (no weight-sized temporary)."""
+    p = module._parameters.get("weight_orig", module._parameters.get("weight"))
+    mask = module._buffers.get("weight_mask")
+    if mask is None:
+        return torch.full(tuple(p.shape[:2]), float(math.prod(p.shape[2:])),
+                          dtype=torch.float64)
+    return (mask != 0).reshape(p.shape[0], p.shape[1], -1).sum(-1).to(torch.float64).cpu()
+
+
 def _layer_freed(module: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None,
                  size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias entries of a Linear/Conv that each group channel takes, given the
     group channel of every output row and of every input column (-1: none)."""
-    live = _live(module, "weight")
-    out, in_per_group = live.shape[0], live.shape[1]
-    counts = live.reshape(out, in_per_group, -1).sum(-1).to(torch.float64)  # (out, in/groups)
+    counts = _entry_counts(module)  # (out, in/groups): live weight entries of each pair
+    out, in_per_group = counts.shape
     weights = torch.zeros(size, dtype=torch.float64)
     if rows is not None:
         hit = rows >= 0
@@ -802,8 +822,8 @@ class UnitPruner(_Pruner):
         target = _target(self.schedule, t)
         if self.reached is not None and target <= self.reached:
             return None
-        data = _data_list(data)
-        example = _example(self.example_input, data)
+        data = data_list(data)
+        example = example_of(self.example_input, data)
         if example is None:
             raise ValueError("UnitPruner.step needs data= (or example_input=) to trace the model")
         graph, layers = self._layers(model, example)

@@ -43,7 +43,7 @@ from saliency.layers import PRODUCERS, effective_tensor
 from saliency.switch import Switch, switch_of
 
 from .metrics import count_macs, count_params
-from .pruning import RoundReport, _data_list, _example, mean_loss, removal_items
+from .pruning import RoundReport, data_list, example_of, mean_loss, removal_items
 from .surgery import mask_units, remove_units
 
 __all__ = ["Switch", "insert_switches", "fold_switches", "shrinknets_penalty", "switches",
@@ -364,15 +364,25 @@ def _fold_one(model, prod, sname, g) -> None:
         # forwards: into every consumer's input columns
         if all(_commutes(model, post, positive) for post in posts):
             for edge in prod.edges:
-                cmod = model.get_submodule(edge.consumer)
-                w = cmod._parameters.get("weight_orig")
-                w = cmod.weight if w is None else w
-                scale = g.repeat_interleave(edge.block).to(w)
-                w.mul_(scale.view((1, -1) + (1,) * (w.dim() - 2)))
+                _scale_columns(model.get_submodule(edge.consumer), edge, g)
             return
     raise ValueError(f"switch {sname!r} of layer {prod.name!r} cannot be folded exactly: the "
                      "ops on either side of it do not commute with a per-channel scale"
                      + ("" if nonneg else " (some gates are negative)"))
+
+
+def _scale_columns(cmod: nn.Module, edge, g: torch.Tensor) -> None:
+    """Multiply the consumer's input columns of ``edge``'s channels by the gates ``g`` (its
+    other columns by 1; a grouped convolution's entries in each row's own conv group)."""
+    w = cmod._parameters.get("weight_orig")
+    w = cmod.weight if w is None else w
+    groups = getattr(cmod, "groups", 1)
+    full = torch.ones(w.shape[1] * groups, dtype=w.dtype, device=w.device)
+    cols = edge.columns(torch.arange(g.numel(), device=w.device))
+    full[cols] = g.repeat_interleave(edge.block).to(w)
+    per_in, rows = w.shape[1], w.shape[0] // groups
+    factor = full.view(groups, 1, per_in).expand(groups, rows, per_in).reshape(w.shape[0], per_in)
+    w.mul_(factor.view(factor.shape + (1,) * (w.dim() - 2)))
 
 
 def _drop_switches(model: nn.Module, names: set[str]) -> nn.Module:
@@ -645,8 +655,8 @@ class GarbageCollector:
 
     def step(self, t: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
              data: Iterable | None = None) -> RoundReport | None:
-        data = _data_list(data)
-        example = _example(self.example_input, data)
+        data = data_list(data)
+        example = example_of(self.example_input, data)
         if self.replacement == "mean" and data is None:
             raise ValueError("replacement='mean' needs data=")
         graph = trace(model, example)

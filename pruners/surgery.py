@@ -143,7 +143,7 @@ def remove_units(model: nn.Module, units: Mapping[str, Iterable[int]], *,
             created bias joins the param group of its layer's weight.
         example_input: an input batch used to trace shapes and count MACs.
         exclude: producers to leave out of the graph (see :func:`trace`).
-        min_units: fewest units any layer may keep (>= 1).
+        min_units: fewest units any group (a layer on a chain) may keep (>= 1).
 
     Returns:
         A :class:`RemovalReport`.
@@ -276,6 +276,9 @@ def _constants(model, graph: UnitGraph, units, members, replacement, data
             raise ValueError('replacement="mean" needs data= to measure the unit means')
         means = unit_means(model, data, list(held))
         return {m: means[m][i] for m, i in held.items()}
+    if isinstance(replacement, bool):
+        raise TypeError(f"replacement must be None, \"zero\", \"mean\", a number or constants "
+                        f"per layer, got the bool {replacement!r}")
     if isinstance(replacement, (int, float)):
         out = {m: torch.full((i.numel(),), float(replacement), dtype=torch.float64)
                for m, i in held.items()}
@@ -298,6 +301,9 @@ def _constants(model, graph: UnitGraph, units, members, replacement, data
                              "member of a group is held at its own constants)")
         out = {}
         for m, val in replacement.items():
+            if isinstance(val, bool):
+                raise TypeError(f"layer {m!r}: a replacement constant must be a number, got "
+                                f"the bool {val!r}")
             if isinstance(val, (int, float)):
                 out[m] = torch.full((held[m].numel(),), float(val), dtype=torch.float64)
             else:  # in the order given for a layer on a chain; by channel within a group
@@ -392,14 +398,6 @@ def _plan(model, graph: UnitGraph, removed, members) -> list[_Cut]:
             cmod = model.get_submodule(c.name)
             cut(c.name, 1, pos.tolist(), tensors=("weight",), masks=("weight",),
                 attrs=(PRODUCERS[type(cmod)].in_attr,), groups=getattr(cmod, "groups", 1))
-    for c in cuts.values():
-        if c.groups > 1 and c.dim == 1:
-            per = c.size // c.groups
-            counts = [sum(1 for p in c.positions if p // per == k) for k in range(c.groups)]
-            if len(set(counts)) > 1:
-                raise ValueError(f"{c.module!r} is a grouped convolution with {c.groups} groups "
-                                 f"that would lose {counts} input channels from its groups; "
-                                 "remove the same number from each")
     return list(cuts.values())
 
 

@@ -235,11 +235,10 @@ class ParameterScorer(Scorer):
 
 
 def select_layers(model: nn.Module, graph: UnitGraph, layers: Iterable[str] | None) -> list[str]:
-    """``layers`` checked against the graph's prunable groups (None = all of them).
+    """The prunable groups ``layers`` names (None = all of them), in the order given.
 
-    A group is named after its first member; a producer on a chain is its own group. Naming
-    another member of a group is refused with the group's name in the message (scores are
-    keyed by the group's name).
+    A group is named after its first member, and any member's name addresses it (scores come
+    back under the group's name); a producer on a chain is its own group.
     """
     prunable = graph.prunable
     if not prunable:
@@ -247,16 +246,14 @@ def select_layers(model: nn.Module, graph: UnitGraph, layers: Iterable[str] | No
                          "layer whose output feeds another layer)")
     if layers is None:
         return prunable
-    layers = list(layers)
-    bad = [n for n in layers if n not in prunable]
+    names, bad = [], []
+    for n in layers:
+        group = graph.producers[n].group if n in graph.producers else n
+        (names if group in prunable else bad).append(group if group in prunable else n)
     if bad:
-        members = {n: graph.producers[n].group for n in bad
-                   if n in graph.producers and graph.producers[n].group in prunable}
-        hint = "".join(f"; {n!r} is a member of the group {g!r}: select the group by that name"
-                       for n, g in members.items())
         raise ValueError(f"unknown or non-prunable layers {bad}; prunable layers are "
-                         f"{prunable}{hint}")
-    return layers
+                         f"{prunable}")
+    return list(dict.fromkeys(names))
 
 
 def to_group(group: Group, per_member: Mapping[str, torch.Tensor], how: str = "sum"

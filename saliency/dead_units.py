@@ -102,10 +102,10 @@ import torch.nn.functional as F
 from .base import iter_batches, preserved, select_layers, summing_loss, to_group
 from .graph import Group, UnitGraph
 from .tracing import trace
-from .layers import effective_tensor
+from .layers import dense_weight, effective_tensor
 from .mrp import MRP
 from .replacement import iter_inputs
-from .unit_stats import _ConsumerMaps, activation, is_chain, unit_statistics
+from .unit_stats import ConsumerMaps, activation, is_chain, unit_statistics
 
 __all__ = ["DeadUnitThresholds", "DeadUnitReport", "find_dead_units", "criterion_names",
            "EXACT_CRITERIA", "UNIT_STATISTICS"]
@@ -310,7 +310,7 @@ class _ShiftedMoments:
     first sample's value at the first position (so an exactly constant unit
     gives exactly 0). Sums over positions run in the model's dtype, across
     batches in float64. For a group that is not a chain, every member's ``h`` is
-    hooked and its activation is what its consumers read (:class:`_ConsumerMaps`).
+    hooked and its activation is what its consumers read (:class:`ConsumerMaps`).
     """
 
     def __init__(self, model: nn.Module, graph: UnitGraph, layers: Sequence[str]):
@@ -323,7 +323,7 @@ class _ShiftedMoments:
                         for n in chains]
         self.handles += [model.get_submodule(m).register_forward_hook(self._hook(m, False))
                          for n in coupled for m in graph.groups[n].members]
-        self.maps = _ConsumerMaps(model, graph, coupled) if coupled else None
+        self.maps = ConsumerMaps(model, graph, coupled) if coupled else None
 
     def _hook(self, name: str, chain: bool = True) -> Callable:
         edges = self.graph.producers[name].edges if chain else []
@@ -384,7 +384,7 @@ def _weight_stats(model: nn.Module, graph: UnitGraph, name: str) -> dict[str, to
     idx = torch.arange(n)
     for edge in graph.producers[name].edges:
         cmod = model.get_submodule(edge.consumer)
-        cw = _dense_columns(cmod, effective_tensor(cmod, "weight").detach())
+        cw = dense_weight(cmod).detach()
         cols = edge.columns(idx)
         block = cw.index_select(1, cols.to(cw.device)).abs().to(torch.float64)
         # (out, n * block, ...) -> per producer unit
@@ -408,27 +408,13 @@ def _group_weight_stats(model: nn.Module, group: Group) -> dict[str, torch.Tenso
         labels = group.nodes[c.node].labels
         pos = (labels >= 0).nonzero().reshape(-1)
         cmod = model.get_submodule(c.name)
-        cw = effective_tensor(cmod, "weight").detach()
-        cw = _dense_columns(cmod, cw)  # (out, in, ...) with the input channels of a grouped conv
+        cw = dense_weight(cmod).detach()  # (out, in, ...): a grouped conv's columns spread
         cols = (pos[:, None] * c.block + torch.arange(c.block)).reshape(-1)
         block = cw.index_select(1, cols.to(cw.device)).abs().to(f64)
         block = block.transpose(0, 1).reshape(pos.numel(), c.block, cw.shape[0], -1)
         w_out.index_add_(0, labels[pos], block.sum((1, 2, 3)).cpu())
         w_max.scatter_reduce_(0, labels[pos], block.amax((1, 2, 3)).cpu(), "amax")
     return {"w_in_l1": to_group(group, rows), "w_out_l1": w_out, "w_out_max": w_max}
-
-
-def _dense_columns(cmod: nn.Module, w: torch.Tensor) -> torch.Tensor:
-    """A grouped convolution's weight with one column per input channel (zeros outside each
-    output row's conv group); any other weight as it is."""
-    groups = getattr(cmod, "groups", 1)
-    if groups == 1:
-        return w
-    per_in, rows = w.shape[1], w.shape[0] // groups
-    full = w.new_zeros((w.shape[0], per_in * groups) + tuple(w.shape[2:]))
-    for k in range(groups):
-        full[k * rows:(k + 1) * rows, k * per_in:(k + 1) * per_in] = w[k * rows:(k + 1) * rows]
-    return full
 
 
 def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] | None = None,

@@ -271,7 +271,7 @@ class Downstream:
         val = val.to(h).expand((k, val.shape[1]) + spatial)
         new_in = val.transpose(0, 1)  # (B or 1, K, *spatial): channels ch along dim 1
         old_in = None
-        overrides, post = {}, {}
+        changes: dict[fx.Node, torch.Tensor] = {}  # one consumer may read the channels twice
         for edge in prod.edges:
             a_new = run_path(self.model, edge.path, new_in, ch)
             cnode = self.nodes[edge.consumer]
@@ -282,16 +282,18 @@ class Downstream:
                 a_old = run_path(self.model, edge.path, old_in, ch)
             delta = a_new - a_old  # (B, K, *spatial')
             cmod = self.gm.get_submodule(edge.consumer)
+            change = _consumer_update(cmod, torch.zeros_like(self.env[cnode]), delta,
+                                      ch + edge.offset, edge.block)  # (K, B, ...)
+            changes[cnode] = changes[cnode] + change if cnode in changes else change
+        overrides, post = {}, {}
+        for cnode, change in changes.items():
             z = self.env[cnode]
             rest = tuple(z.shape[1:])
-            if cnode in after:
-                change = _consumer_update(cmod, torch.zeros_like(z), delta, ch + edge.offset,
-                                          edge.block)  # (K, B, ...)
+            if cnode in after:  # recomputed from its other inputs first, the change added after
                 post[cnode] = lambda res, change=change, rest=rest: (
                     res.reshape((k, b) + rest) + change).reshape((k * b,) + rest)
-                continue
-            z_new = _consumer_update(cmod, z, delta, ch + edge.offset, edge.block)  # (K, B, ...)
-            overrides[cnode] = z_new.reshape((k * b,) + rest)
+            else:
+                overrides[cnode] = change.add_(z.unsqueeze(0)).reshape((k * b,) + rest)
         return overrides, post
 
 

@@ -146,8 +146,8 @@ class Producer:
         if self._joined_group:
             raise UnsupportedArchitecture(
                 f"layer {self.name!r} belongs to the residual group {self._joined_group!r}, "
-                "whose channels are summed with other layers' channels: this operation works "
-                "per layer on chains only")
+                "whose channels are summed by a residual add: this operation works per layer "
+                "on chains only")
         return self._edges
 
 
@@ -215,7 +215,8 @@ class Group:
         reason: why not.
         partitions: grouped convolutions that read or produce its channels, with the group
             channels of each convolution group: a removal must take the same number from
-            each (``{conv name: [channels of conv group 0, ...]}``).
+            each (``{key: [channels of conv group 0, ...]}``, the key the convolution's name
+            for the channels it produces, ``"<name> (input)"`` for those it reads).
     """
 
     name: str
@@ -281,7 +282,9 @@ class UnitGraph:
     producers: dict[str, Producer]
     groups: dict[str, Group] = field(default_factory=dict)
     unsupported: list[Unsupported] = field(default_factory=list)
-    example_shape: tuple[int, ...] | None = None
+    #: grouped convolutions: ``{(conv name, "input" or "output"): [{group: channels} per conv
+    #: group]}``, the units each conv group reads or produces (see :meth:`validate_units`)
+    grouped: dict[tuple[str, str], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
     gm: fx.GraphModule | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -346,7 +349,36 @@ class UnitGraph:
             out[group.name], given[group.name] = chans, name
         for gname, chans in out.items():
             self._check_left(self.groups[gname], given[gname], chans, min_units)
+        self._check_grouped(out, given)
         return out
+
+    def _check_grouped(self, chosen: Mapping[str, torch.Tensor], given: Mapping[str, str]) -> None:
+        """A grouped convolution must lose the same number of channels from each of its conv
+        groups (of every group whose units it reads or produces, together), and keep two input
+        channels in each (with one it would become a depthwise convolution, another structure).
+        """
+        for (conv, side), parts in self.grouped.items():
+            touched = [g for g in chosen if any(g in part for part in parts)]
+            if not touched:
+                continue
+            counts = [sum(int(torch.isin(part[g], chosen[g]).sum()) for g in part if g in chosen)
+                      for part in parts]
+            what = ", ".join(f"layer {given[g]!r}" for g in touched)
+            if len(set(counts)) > 1:
+                raise ValueError(
+                    f"{what}: {conv!r} is a grouped convolution with {len(parts)} groups, which "
+                    f"must lose the same number of {side} channels from each group; this "
+                    f"selection removes {counts}. Remove the same count from each (UnitPruner "
+                    "does)")
+            sizes = [sum(int(c.numel()) for c in part.values()) for part in parts]
+            if side == "input" and min(n - c for n, c in zip(sizes, counts)) < 2:
+                raise ValueError(
+                    f"{what}: the selection leaves a group of the grouped convolution {conv!r} "
+                    "with fewer than 2 input channels (it would become a depthwise "
+                    "convolution); keep at least 2 in each")
+            if side == "output" and min(n - c for n, c in zip(sizes, counts)) < 1:
+                raise ValueError(f"{what}: the selection empties a group of the grouped "
+                                 f"convolution {conv!r}")
 
     def _prunable_group(self, name: str) -> Group:
         if name not in self.producers and name not in self.groups:
@@ -387,18 +419,6 @@ class UnitGraph:
                 raise ValueError(f"{what}: removing channels {chans.tolist()} would leave layer "
                                  f"{m!r} with no output channel (its channels are "
                                  f"{sorted(set(group.channels[m].tolist()))} of the group)")
-        removed = torch.zeros(group.size, dtype=torch.bool)
-        removed[chans] = True
-        for conv, parts in group.partitions.items():
-            counts = [int(removed[p].sum()) for p in parts]
-            if len(set(counts)) > 1:
-                raise ValueError(
-                    f"{what}: {conv!r} is a grouped convolution with {len(parts)} groups, which "
-                    f"must lose the same number of channels from each group; this selection "
-                    f"removes {counts}. Remove the same count from each (UnitPruner does)")
-            if min(int(p.numel()) - c for p, c in zip(parts, counts)) < 1:
-                raise ValueError(f"{what}: the selection empties a group of the grouped "
-                                 f"convolution {conv!r}")
 
 
 def as_index_tensor(name: str, idx: Any) -> torch.Tensor:

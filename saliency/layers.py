@@ -44,6 +44,8 @@ __all__ = [
     "register_channel_module",
     "conv_kind",
     "depthwise_push",
+    "dense_weight",
+    "input_mask",
 ]
 
 
@@ -91,8 +93,7 @@ class ProducerSpec:
         macs: ``macs(module, input, output) -> int`` multiply-accumulates of one
             forward call.
         check: returns an error message when this layer's channels cannot be
-            treated one by one, as a producer or as a consumer (e.g. grouped
-            convolution couples them), else None.
+            units (a depthwise convolution with a channel multiplier), else None.
         ndim: dimensions of its (batched) input and output: 2 for Linear,
             3 for Conv1d, 4 for Conv2d; channels are dimension 1.
     """
@@ -112,20 +113,46 @@ def _linear_fold(module: nn.Linear, cols: torch.Tensor, values: torch.Tensor) ->
 
 
 def _conv_fold(module: nn.Module, chans: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    w = effective_tensor(module, "weight")
-    spatial = tuple(range(2, w.dim()))
-    summed = w.sum(dim=spatial)  # (out, in / groups)
-    groups = module.groups
+    w = dense_weight(module)
+    return w.sum(dim=tuple(range(2, w.dim())))[:, chans] @ values.to(w.dtype)
+
+
+def dense_weight(module: nn.Module, of: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight as the forward pass sees it, one column per input channel.
+
+    A grouped convolution's weight ``(out, in / groups, ...)`` is spread to ``(out, in,
+    ...)``, with zeros where an output row does not read an input channel (outside its conv
+    group): column ``p`` of the result is what input channel ``p`` reaches. Any other weight
+    is returned as it is (:func:`effective_tensor`). ``of``: spread this tensor (shaped like
+    the weight) instead; ``torch.ones_like`` of the weight marks the entries that exist.
+    """
+    w = effective_tensor(module, "weight") if of is None else of
+    groups = getattr(module, "groups", 1)
     if groups == 1:
-        return summed[:, chans] @ values.to(w.dtype)
-    # a grouped convolution: input channel p reaches only the outputs of its own conv group,
-    # through column p mod (in / groups) of their weights
-    per_in, per_out = module.in_channels // groups, module.out_channels // groups
-    rows = torch.arange(module.out_channels, device=w.device)
-    dense = torch.zeros(module.out_channels, module.in_channels, dtype=w.dtype, device=w.device)
-    cols = (rows // per_out)[:, None] * per_in + torch.arange(per_in, device=w.device)[None, :]
-    dense.scatter_(1, cols, summed)
-    return dense[:, chans] @ values.to(w.dtype)
+        return w
+    per_in, rows = w.shape[1], w.shape[0] // groups
+    full = w.new_zeros((w.shape[0], per_in * groups) + tuple(w.shape[2:]))
+    for k in range(groups):
+        full[k * rows:(k + 1) * rows, k * per_in:(k + 1) * per_in] = w[k * rows:(k + 1) * rows]
+    return full
+
+
+def input_mask(module: nn.Module, channels: torch.Tensor) -> torch.Tensor:
+    """The entries of ``module``'s own weight that read input channels (columns)
+    ``channels``, as a bool tensor shaped like the weight: column ``p`` of every row, or, in a
+    grouped convolution, column ``p mod (in / groups)`` of the rows of ``p``'s conv group."""
+    w = effective_tensor(module, "weight")
+    mask = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+    groups = getattr(module, "groups", 1)
+    channels = channels.to(w.device)
+    if groups == 1:
+        mask[:, channels] = True
+        return mask
+    per_in, rows = w.shape[1], w.shape[0] // groups
+    for p in channels.tolist():
+        k = p // per_in
+        mask[k * rows:(k + 1) * rows, p - k * per_in] = True
+    return mask
 
 
 def _conv_fold_exact(module: nn.Module) -> bool:

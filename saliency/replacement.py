@@ -33,7 +33,7 @@ from .layers import CHANNEL_MODULES, DROPOUT_FUNCTIONS, PRODUCERS, depthwise_pus
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _CHANNEL_DROPOUT = {F.dropout1d, F.dropout2d}
 
-__all__ = ["iter_batches", "iter_inputs", "unit_means", "push_constants", "run_path", "fold_deltas",
+__all__ = ["iter_batches", "iter_inputs", "unit_means", "apply_op", "run_path", "fold_deltas",
            "member_indices", "region_constants", "replacement_hooks"]
 
 
@@ -104,8 +104,8 @@ def unit_means(model: nn.Module, data: Iterable, layers: Iterable[str]) -> dict[
     return {n: (sums[n] / counts[n]).to(mods[n].weight.dtype) for n in layers}
 
 
-def _apply_op(model: nn.Module, op: ChannelOp, x: torch.Tensor,
-              channels: torch.Tensor | None = None, maps: bool = False) -> torch.Tensor:
+def apply_op(model: nn.Module, op: ChannelOp, x: torch.Tensor,
+             channels: torch.Tensor | None = None, maps: bool = False) -> torch.Tensor:
     """One per-channel op on ``x`` (channels ``channels`` along dim 1), eval mode.
 
     With ``maps=False`` (constants), pooling is skipped: a constant map pools
@@ -113,8 +113,13 @@ def _apply_op(model: nn.Module, op: ChannelOp, x: torch.Tensor,
     Dropout is the identity (eval mode). The op's ``offset`` (after a concatenation) shifts
     the channels to its own tensor's positions.
     """
-    if op.offset:
+    if op.kind in ("module", "depthwise"):
+        # per-channel tensors are picked at the positions of these channels in the op's own
+        # tensor, which may be wider (a concatenation): the producer's channel 0 sits at
+        # ``op.offset`` there
         channels = (torch.arange(x.shape[1]) if channels is None else channels) + op.offset
+    elif op.offset and channels is not None:
+        channels = channels + op.offset
     if op.kind == "depthwise":
         return depthwise_push(model.get_submodule(op.target), x, channels, maps)
     if op.kind == "module":
@@ -141,27 +146,8 @@ def run_path(model: nn.Module, path: Iterable[ChannelOp], x: torch.Tensor,
     because every op on the path acts channel by channel.
     """
     for op in path:
-        x = _apply_op(model, op, x, channels, maps=True)
+        x = apply_op(model, op, x, channels, maps=True)
     return x
-
-
-def push_constants(model: nn.Module, path: Iterable[ChannelOp], values: torch.Tensor,
-                   out_ndim: int) -> torch.Tensor:
-    """Pass one constant per channel through a per-channel path (eval mode).
-
-    Args:
-        values: a full-length vector over the producer's channels (entries of
-            units not replaced are ignored by the caller).
-        out_ndim: dimensions of the producer's output (2, 3 or 4).
-
-    Returns:
-        The per-channel values the consumer receives, 1-D.
-    """
-    x = values.reshape((1, -1) + (1,) * (out_ndim - 2)).clone()
-    with torch.no_grad():
-        for op in path:
-            x = _apply_op(model, op, x)
-    return x.reshape(-1)
 
 
 def member_indices(graph: UnitGraph, group: str, channels: torch.Tensor
@@ -200,7 +186,7 @@ def region_constants(model: nn.Module, group: Group, values: Mapping[str, torch.
         if node.kind == "member":
             x = values[node.member].reshape(shape)
         elif node.kind == "op":
-            x = _apply_op(model, node.op, ins[0])
+            x = apply_op(model, node.op, ins[0])
             if not node.op.keeps_constant:  # a held 0 stays 0 at the border too
                 held = node.labels >= 0 if channels is None else torch.isin(node.labels, channels)
                 ok = ok and not bool((ins[0].reshape(-1)[held.to(x.device)] != 0).any())

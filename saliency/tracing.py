@@ -103,6 +103,8 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     if on_unsupported not in ON_UNSUPPORTED:
         raise ValueError(f"on_unsupported must be one of {ON_UNSUPPORTED}, got "
                          f"{on_unsupported!r}")
+    if isinstance(exclude, str):
+        exclude = [exclude]
     exclude = set(exclude)
     if example_input is None:
         example_input = default_example_input(model)
@@ -110,13 +112,18 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     cached = _CACHE.get(model, {}).get(key)
     if cached is not None:
         return cached
-    unknown = exclude - {n for n, _ in model.named_modules()}
+    modules = dict(model.named_modules())
+    unknown = exclude - set(modules)
     if unknown:
         raise ValueError(f"exclude names unknown modules: {sorted(unknown)}")
+    not_layers = sorted(n for n in exclude if type(modules[n]) not in PRODUCERS)
+    if not_layers:
+        raise ValueError(f"exclude names modules that are not Linear or convolution layers: "
+                         f"{not_layers} (exclude the layers whose units to leave alone)")
     gm = _traced(model, example_input)
     labels = _LabelPass(model, gm, exclude)
     labels.run()
-    graph = _assemble(labels, tuple(example_input.shape), gm)
+    graph = _assemble(labels, gm)
     if on_unsupported == "raise" and graph.unsupported:
         raise UnsupportedArchitecture(_refusal(graph))
     _CACHE.setdefault(model, {})[key] = graph
@@ -621,7 +628,8 @@ class _LabelPass:
         self.events.append(_Event("flatten", node, (src,), out))
 
     def join(self, node: fx.Node, tensors: list[fx.Node], sign: float) -> None:
-        """``a + b`` (or ``a - b``, ``a + alpha b``) of two tensors: the channels are coupled."""
+        """``a + b``, ``a - b`` or ``a +/- alpha b`` (``torch.add``/``torch.sub`` or the
+        methods, ``alpha`` a number) of two tensors of one shape: the channels are coupled."""
         a, b = tensors
         if node.args[:2] != (a, b) and node.args[:2] != (a, b)[::-1]:
             raise _Refused("takes its arguments in an unexpected order")
@@ -632,9 +640,11 @@ class _LabelPass:
         ia, ib = self.info[a], self.info[b]
         if ia.block != ib.block:
             raise _Refused("adds a flattened map to another tensor")
-        alpha = node.kwargs.get("alpha", 1.0) if node.target is torch.add else 1.0
-        if not isinstance(alpha, (int, float)):
-            raise _Refused("takes a tensor alpha")
+        alpha = node.kwargs.get("alpha", 1.0)  # torch.add/sub(a, b, alpha=), a.add/sub(b, alpha=)
+        if len(node.args) > 2:
+            raise _Refused("takes its arguments in an unexpected order")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise _Refused("takes an alpha that is not a number")
         if node.args[0] is not a:
             a, b, ia, ib = b, a, ib, ia
         lone = (ia.labels < 0) != (ib.labels < 0)
@@ -790,7 +800,7 @@ def _group_producers(lp: _LabelPass) -> _Groups:
     return out
 
 
-def _assemble(lp: _LabelPass, example_shape: tuple[int, ...], gm: fx.GraphModule) -> UnitGraph:
+def _assemble(lp: _LabelPass, gm: fx.GraphModule) -> UnitGraph:
     groups = _group_producers(lp)
     names = list(groups.members)
     n = len(lp.owner)
@@ -818,7 +828,14 @@ def _assemble(lp: _LabelPass, example_shape: tuple[int, ...], gm: fx.GraphModule
     for group in result.values():
         if not group.joined:
             _chain_edges(group, producers[group.members[0]], lp.model)
-    return UnitGraph(producers, result, unsupported, example_shape, gm)
+    grouped = {}
+    for key, parts in lp.partitions.items():
+        conv, side = (key[:-len(" (input)")], "input") if key.endswith(" (input)") \
+            else (key, "output")
+        grouped[(conv, side)] = [
+            {g: c[c >= 0] for g in names if (c := gchan(part, g)).ge(0).any()}
+            for part in parts]
+    return UnitGraph(producers, result, unsupported, grouped=grouped, gm=gm)
 
 
 def _span(space: tuple[int, int]) -> tuple[int, int]:
@@ -863,6 +880,9 @@ def _close_groups(groups: dict[str, Group], lp: _LabelPass, grouping: _Groups
             if k == kind:
                 for g in reached(labels):
                     if groups[g].prunable:
+                        layer = lp.owner[int(labels[0])][0]
+                        if kind == "excluded" and groups[g].members != [layer]:
+                            reason = f"its member {layer!r} is excluded by the caller"
                         groups[g].prunable, groups[g].reason = False, reason
     excluded = {g for node, reason, labels, k in lp.problems if k == "excluded"
                 for g in reached(labels)}

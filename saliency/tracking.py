@@ -68,7 +68,7 @@ from .base import iter_batches, preserved, select_layers, summing_loss
 from .engine import Downstream
 from .graph import UnitGraph, as_index_tensor
 from .tracing import trace
-from .layers import effective_tensor
+from .layers import dense_weight, effective_tensor
 from .replacement import iter_inputs
 from .unit_stats import is_chain, unit_statistics
 
@@ -310,19 +310,19 @@ class UnitTracker:
         edges = graph.producers[name].edges
         if not edges:
             return h
-        from .replacement import _apply_op
-        from .unit_stats import _is_pool
+        from .replacement import apply_op
+        from .unit_stats import is_pool
 
         with torch.no_grad():
             for op in edges[0].path:
-                if not _is_pool(self.model, op):
-                    h = _apply_op(self.model, op, h, idx, maps=True)
+                if not is_pool(self.model, op):
+                    h = apply_op(self.model, op, h, idx, maps=True)
         return h
 
     def _w_out(self, graph: UnitGraph, name: str, idx: torch.Tensor) -> torch.Tensor:
         total = torch.zeros(idx.numel(), dtype=torch.float64)
         for edge in graph.producers[name].edges:
-            cw = effective_tensor(self.model.get_submodule(edge.consumer), "weight").detach()
+            cw = dense_weight(self.model.get_submodule(edge.consumer)).detach()
             for j, i in enumerate(idx.tolist()):
                 cols = edge.columns(torch.tensor([i]))
                 total[j] += cw.index_select(1, cols).abs().sum(dtype=torch.float64)

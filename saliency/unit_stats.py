@@ -62,15 +62,17 @@ import torch.nn as nn
 from .base import iter_batches, loss_sum, to_group
 from .graph import ChannelOp, Group, UnitGraph
 from .layers import CHANNEL_MODULES
-from .replacement import _apply_op
+from .replacement import apply_op
 
-__all__ = ["unit_statistics", "STATISTICS", "activation", "is_chain"]
+__all__ = ["unit_statistics", "STATISTICS", "activation", "is_chain", "is_pool", "ConsumerMaps"]
 
 STATISTICS = ("mean", "mrs", "taylor", "dormancy", "apoz", "act_mean", "act_var", "out_var",
               "grad_norm")
 
 
-def _is_pool(model: nn.Module, op: ChannelOp) -> bool:
+def is_pool(model: nn.Module, op: ChannelOp) -> bool:
+    """Whether ``op`` combines positions within a channel (pooling): activation statistics
+    are taken before it."""
     if op.kind == "module":
         return CHANNEL_MODULES[type(model.get_submodule(op.target))].pools
     return op.shape_only
@@ -79,8 +81,8 @@ def _is_pool(model: nn.Module, op: ChannelOp) -> bool:
 def activation(model: nn.Module, path: Iterable[ChannelOp], h: torch.Tensor) -> torch.Tensor:
     """The unit activations: ``h`` through its path's per-channel ops, before pooling."""
     for op in path:
-        if not _is_pool(model, op):
-            h = _apply_op(model, op, h, None, maps=True)
+        if not is_pool(model, op):
+            h = apply_op(model, op, h, None, maps=True)
     return h
 
 
@@ -169,7 +171,7 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
     members.update({m: member_need for n in coupled for m in groups[n].members})
     maps = None
     if coupled and need & _ACTIVATION_SUMS:
-        maps = _ConsumerMaps(model, graph, coupled)
+        maps = ConsumerMaps(model, graph, coupled)
     try:
         sums = _accumulate(model, graph, members, data, loss_fn)
     finally:
@@ -256,7 +258,7 @@ def _accumulate(model: nn.Module, graph: UnitGraph, members: dict[str, set[str]]
     return sums
 
 
-class _ConsumerMaps:
+class ConsumerMaps:
     """What the consumers of groups read, per consumer and position, in one pass.
 
     Forward pre-hooks on every consumer of the groups take its input at the group's
@@ -335,7 +337,7 @@ class _ConsumerMaps:
         return out
 
 
-def _finish_group(sums: _Sums, maps: "_ConsumerMaps | None", group: Group,
+def _finish_group(sums: _Sums, maps: "ConsumerMaps | None", group: Group,
                   wanted: list[str]) -> dict[str, torch.Tensor]:
     """The statistics ``wanted`` of a group's channels from its members' sums and what its
     consumers read (see the module docstring)."""

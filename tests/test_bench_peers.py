@@ -1,10 +1,10 @@
 """The head-to-head benchmark against Torch-Pruning and torch.nn.utils.prune.
 
-One ``--quick`` run (tiny networks, generated data, about 20 s on one core)
-is shared by the module; each test checks its figures against references
-computed here independently: closed-form parameter counts, a masked twin,
-a hand-made "drop", the printed tables. Torch-Pruning's parts are skipped
-when ``torch_pruning`` is not installed (it is in the ``test`` extra); the run passes
+One ``--quick`` run (tiny networks, generated data, under a minute on one core: the MLP, the
+CNN, and tiny ResNet-20 and MobileNetV2) is shared by the module; each test checks its figures
+against references computed here independently: closed-form parameter counts, a masked twin,
+a hand-made "drop", the printed tables, the layer shapes of every method. Torch-Pruning's parts
+are skipped when ``torch_pruning`` is not installed (it is in the ``test`` extra); the run passes
 ``--no-install``, the older name of ``--without-torch-pruning``.
 """
 
@@ -18,6 +18,7 @@ import io
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ pytestmark = pytest.mark.slow
 
 HAS_TP = importlib.util.find_spec("torch_pruning") is not None
 SEED = 0
+CLASSIC = ("mlp", "cnn")
+RESIDUAL = ("resnet20", "mobilenet_v2")
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +55,11 @@ def nets(run):
     tp = importlib.import_module("torch_pruning") if HAS_TP else None
     out = {}
     for spec in s.models:
-        base, info = P.trained_model(spec, splits, s, cache, SEED, lambda _msg: None)
+        sn = P.network_setting(s, spec)
+        base, info = P.trained_model(spec, splits, sn, cache, SEED, lambda _msg: None)
         assert info["epochs_trained"] == 0  # loaded, so the very networks of the run
-        ctx = P.make_context(base, splits.train.tensors[0][:1].clone(), scoring, tp, s,
+        _, net_scoring = P.network_data(splits, scoring, sn)
+        ctx = P.make_context(base, splits.train.tensors[0][:1].clone(), net_scoring, tp, sn,
                              spec.name)
         out[spec.name] = (base, ctx)
     return out, splits
@@ -78,6 +83,24 @@ def _closed_form(model: str, kept: dict) -> int:
     return _cnn_params(kept["conv1"], kept["conv2"], kept["fc1"])
 
 
+def _resnet20_params(kept: dict, widths=(4, 8, 16), classes=10) -> int:
+    """ResNet-20 (bias-free 3x3 convolutions, BatchNorm, 1x1 projections at the stage
+    changes) at the group widths ``kept``: the stage streams ``conv1``, ``layer2.0.conv2``,
+    ``layer3.0.conv2``, and each block's inner ``layerS.B.conv1``."""
+    stream = [kept["conv1"], kept["layer2.0.conv2"], kept["layer3.0.conv2"]]
+    total = 9 * stream[0] + 2 * stream[0]                      # stem conv + bn
+    c_in = stream[0]
+    for s in range(3):
+        for b in range(3):
+            inner = kept[f"layer{s + 1}.{b}.conv1"]
+            total += 9 * c_in * inner + 2 * inner               # conv1 + bn1
+            total += 9 * inner * stream[s] + 2 * stream[s]      # conv2 + bn2
+            if b == 0 and s > 0:
+                total += c_in * stream[s] + 2 * stream[s]       # projection + its bn
+            c_in = stream[s]
+    return total + c_in * classes + classes                     # fc
+
+
 def test_json_line_is_last_and_is_the_result(run):
     result, text, _ = run
     last = text.rstrip("\n").split("\n")[-1]
@@ -92,6 +115,45 @@ def test_base_sizes_match_closed_form(run):
     base = {r["model"]: r["params_base"] for r in result["accuracy"]}
     assert base["mlp"] == _mlp_params([784, 48, 48, 10]) == 40_522
     assert base["cnn"] == _cnn_params(6, 8, 24) == 4_738
+    full = {"conv1": 4, **{f"layer{s}.{b}.conv1": w for s, w in ((1, 4), (2, 8), (3, 16))
+                           for b in range(3)}, "layer2.0.conv2": 8, "layer3.0.conv2": 16}
+    assert base["resnet20"] == _resnet20_params(full) == 17_462
+    from experiments.harness.models import mobilenet_v2
+    assert base["mobilenet_v2"] == pruners.count_params(mobilenet_v2(width=0.25)) == 12_050
+
+
+def test_the_quick_run_has_every_network_and_the_networks_option_selects(run, tmp_path):
+    result, text, cache = run
+    assert [m["name"] for m in result["config"]["setting"]["models"]] == [
+        "mlp", "cnn", "resnet20", "mobilenet_v2"]
+    assert {r["model"] for r in result["accuracy"]} == set(CLASSIC + RESIDUAL)
+    for part in ("timing", "inference", "constant_units"):
+        assert {r["model"] for r in result[part]} == set(CLASSIC + RESIDUAL), part
+    assert set(result["config"]["train"]) == set(CLASSIC + RESIDUAL)
+    # --networks: the names given, in the setting's order; unknown names are refused
+    assert P.parse_args(["--networks", "mobilenet_v2,resnet20"]).networks == [
+        "mobilenet_v2", "resnet20"]
+    assert [m.name for m in P.select_networks(P.DEFAULT, ["mobilenet_v2", "resnet20"]).models
+            ] == ["resnet20", "mobilenet_v2"]
+    for bad in ("vgg", "mlp,vgg", ","):
+        with pytest.raises(SystemExit):
+            P.parse_args(["--networks", bad])
+    with pytest.raises(ValueError, match="unknown setting fields"):
+        P.network_setting(P.DEFAULT, P.ModelSpec("x", "mlp", {}, {"bogus": 1}))
+    # the residual networks' own setting: sizes by MACs, one-shot methods, no fine-tuning
+    by_name = {m.name: m for m in P.QUICK.models}
+    sn = P.network_setting(P.QUICK, by_name["resnet20"])
+    assert (sn.reduce_by, sn.reductions, sn.finetune_epochs) == ("macs", (2.0, 5.0), 0)
+    assert P.network_setting(P.QUICK, by_name["mlp"]) == P.QUICK
+    # a run of one network alone: the same networks (loaded from the cache), its rows only
+    buf = io.StringIO()
+    only = P.main(["--quick", "--no-install", "--cache", str(cache), "--seed", str(SEED),
+                   "--networks", "mobilenet_v2"], file=buf)
+    assert {r["model"] for r in only["accuracy"]} == {"mobilenet_v2"}
+    assert only["config"]["train"]["mobilenet_v2"]["epochs_trained"] == 0
+    mine = [r for r in result["accuracy"] if r["model"] == "mobilenet_v2"]
+    assert [(r["method"], r["acc_pruned"]) for r in only["accuracy"]] == [
+        (r["method"], r["acc_pruned"]) for r in mine]
 
 
 def test_every_method_has_the_closed_form_count_of_the_common_widths(run):
@@ -102,8 +164,9 @@ def test_every_method_has_the_closed_form_count_of_the_common_widths(run):
     full = {"mlp": (48, 48), "cnn": (6, 8, 24)}
     groups: dict = {}
     for r in result["accuracy"]:
-        groups.setdefault((r["model"], r["target"]), []).append(r)
-    assert sorted(groups) == sorted((m, t) for m in ("mlp", "cnn") for t in (2.0, 5.0, 10.0))
+        if r["model"] in CLASSIC:
+            groups.setdefault((r["model"], r["target"]), []).append(r)
+    assert sorted(groups) == sorted((m, t) for m in CLASSIC for t in (2.0, 5.0, 10.0))
     for (model, target), rows in groups.items():
         methods = {r["method"] for r in rows}
         want = expected | ({"tp_bn_scale"} if HAS_TP and model == "cnn" else set())
@@ -126,6 +189,92 @@ def test_every_method_has_the_closed_form_count_of_the_common_widths(run):
         assert abs(math.log(rows[0]["reduction"] / target)) < math.log(1.25), (model, target)
 
 
+def test_residual_networks_every_method_ends_at_the_same_widths_and_count(run, nets):
+    """ResNet-20 and MobileNetV2: sizes by MACs (2x, 5x), every method at one parameter count
+    and MAC count (ResNet-20's by a closed form), the one-shot methods only, no fine-tuning;
+    and, rebuilt here, ours, Torch-Pruning's and ln_structured's twin with the very same layer
+    shapes (a residual stream group pruned as one width)."""
+    result, _, _ = run
+    models, _splits = nets
+    expected = {"ours_mrs", "ours_mrp_drop", "ln_structured"}
+    if HAS_TP:
+        expected |= {"tp_magnitude", "tp_taylor", "tp_bn_scale"}
+    for name in RESIDUAL:
+        base, ctx = models[name]
+        rows = [r for r in result["accuracy"] if r["model"] == name]
+        assert sorted({r["target"] for r in rows}) == [2.0, 5.0]
+        for target in (2.0, 5.0):
+            at = [r for r in rows if r["target"] == target]
+            assert {r["method"] for r in at} == expected, (name, target)
+            kept = at[0]["kept"]
+            common = P.common_model(base, ctx.example, kept)
+            count = pruners.count_params(common)
+            if name == "resnet20":
+                assert count == _resnet20_params(kept)
+            macs = pruners.count_macs(common, ctx.example)
+            for r in at:
+                assert (r["kept"], r["params"], r["macs"]) == (kept, count, macs), (
+                    name, target, r["method"])
+                if r["method"] != "ln_structured":  # masked: dense rows' BatchNorms count
+                    assert r["nonzero_params"] == count
+                assert r["acc_finetuned"] is None and 0 <= r["acc_pruned"] <= 1
+                assert r["reduce_by"] == "macs"
+            # near the target: within 25% of the asked MAC reduction
+            assert abs(math.log(at[0]["mac_reduction"] / target)) < math.log(1.25)
+        # the residual groups keep one width: every member of a group ends equal
+        kept, _ = P.widths_for_reduction(base, ctx.example, 5.0, "macs")
+        joined = [g for g in ctx.prunable if ctx.graph.groups[g].joined]
+        assert joined and all(len(ctx.members[g]) > 1 for g in joined)
+        ours = copy.deepcopy(base).eval()
+        with warnings.catch_warnings():  # mean replacement into zero-padded convolutions
+            warnings.simplefilter("ignore", pruners.InexactReplacementWarning)
+            P.mrs_prune(ours, kept, ctx)
+        want = P.shapes(P.common_model(base, ctx.example, kept))
+        assert P.shapes(ours) == want, name  # the created biases went into the BatchNorms
+        for g in joined:
+            assert {ours.get_submodule(m).out_channels for m in ctx.members[g]} == {kept[g]}
+        masked = P.ln_structured_prune(copy.deepcopy(base).eval(), kept, ctx)
+        twin, units = P.physical_twin(masked, list(kept), ctx.example)
+        assert P.shapes(twin) == want, name
+        for g in joined:  # every member masked the same channels
+            rows = [masked.get_submodule(m).weight_mask.flatten(1).eq(0).all(1)
+                    for m in ctx.members[g]]
+            assert all(torch.equal(rows[0], r) for r in rows)
+            assert rows[0].nonzero().flatten().tolist() == units[g]
+        if HAS_TP:
+            theirs = P.tp_prune(copy.deepcopy(base).eval(), kept, ctx, "taylor")
+            assert P.shapes(theirs) == want, name
+        dropped = copy.deepcopy(base).eval()
+        P.mrp_drop_prune(dropped, kept, ctx)
+        assert P.shapes(dropped) == want, name
+
+
+def test_created_biases_move_into_the_batchnorm_exactly(nets):
+    """Mean replacement gives ResNet-20's bias-free convolutions a bias; moved into the
+    BatchNorm that reads them (its running mean), the network computes the same."""
+    models, splits = nets
+    base, ctx = models["resnet20"]
+    x = splits.test.tensors[0][:64].double()
+    net = copy.deepcopy(base).double().eval()
+    data = [(xb.double(), yb) for xb, yb in ctx.scoring]
+    without = P.bias_free(net)
+    assert "layer1.0.conv2" in without
+    # hold unit 0 at the constant that its BatchNorm maps to 1 (after the ReLU: 1 too)
+    bn = net.layer1[0].bn1
+    with torch.no_grad():
+        c = float(bn.running_mean[0] + (bn.running_var[0] + bn.eps).sqrt()
+                  * (1 - bn.bias[0]) / bn.weight[0])
+    with pytest.warns(pruners.InexactReplacementWarning, match="layer1.0.conv2"):
+        pruners.remove_units(net, {"layer1.0.conv1": [0]}, replacement=c, data=data)
+    assert net.layer1[0].conv2.bias is not None
+    with torch.no_grad():
+        before = net(x)
+    assert P.fold_created_biases(net, ctx.example, without) == ["layer1.0.conv2"]
+    assert net.layer1[0].conv2.bias is None
+    with torch.no_grad():
+        assert float((net(x) - before).abs().max()) < 1e-12
+
+
 def test_widths_for_reduction_matches_the_physical_count_and_rejects_bad_targets(nets):
     models, _ = nets
     base, ctx = models["mlp"]
@@ -140,6 +289,13 @@ def test_widths_for_reduction_matches_the_physical_count_and_rejects_bad_targets
             P.widths_for_reduction(base, ctx.example, bad)
     with pytest.raises(ValueError, match="out of reach"):
         P.widths_for_reduction(base, ctx.example, 1e6)
+    with pytest.raises(ValueError, match="measure must be one of"):
+        P.widths_for_reduction(base, ctx.example, 2.0, "flops")
+    # by MACs on a residual network: the count after removal, nearest the target
+    base, ctx = models["resnet20"]
+    kept, macs = P.widths_for_reduction(base, ctx.example, 2.0, "macs")
+    assert macs == pruners.count_macs(P.common_model(base, ctx.example, kept), ctx.example)
+    assert abs(math.log(pruners.count_macs(base, ctx.example) / macs / 2.0)) < math.log(1.25)
 
 
 def test_ours_equals_its_masked_twin_with_mean_replacement(nets):
@@ -147,6 +303,8 @@ def test_ours_equals_its_masked_twin_with_mean_replacement(nets):
     x = splits.test.tensors[0][:300]
     for name, (base, ctx) in models.items():
         kept, count = P.widths_for_reduction(base, ctx.example, 5.0)
+        if name not in CLASSIC:
+            continue  # the residual networks: in the shapes test above
         pruned = copy.deepcopy(base).eval()
         units = P.mrs_prune(pruned, kept, ctx)
         # independent selection: the n - k lowest MRS scores of every layer
@@ -170,6 +328,8 @@ def test_ln_structured_physical_twin_is_the_same_function(nets):
     models, splits = nets
     x = splits.test.tensors[0][:300]
     for name, (base, ctx) in models.items():
+        if name not in CLASSIC:
+            continue  # zero-padded consumers: the twin's fold is inexact at the borders
         kept, count = P.widths_for_reduction(base, ctx.example, 2.0)
         masked = P.ln_structured_prune(copy.deepcopy(base).eval(), kept, ctx)
         twin, units = P.physical_twin(masked, list(kept), ctx.example)
@@ -186,9 +346,11 @@ def test_ln_structured_physical_twin_is_the_same_function(nets):
 def test_constant_units_ours_exact_dropping_is_not(run, nets):
     result, _, _ = run
     models, splits = nets
-    rows = {(r["model"], r["dtype"], r["method"]): r for r in result["constant_units"]}
+    rows = {(r["model"], r["dtype"], r["method"]): r for r in result["constant_units"]
+            if r["case"] == "first_layer"}
     x = splits.test.tensors[0][:2000].double()
-    for name, (base, ctx) in models.items():
+    for name in CLASSIC:
+        base, ctx = models[name]
         ours64 = rows[(name, "float64", "ours_mean_replacement")]
         ours32 = rows[(name, "float32", "ours_mean_replacement")]
         assert ours64["max_abs_change"] <= 1e-12
@@ -224,6 +386,69 @@ def test_constant_units_ours_exact_dropping_is_not(run, nets):
     assert result["targets"]["constant_unit_change"]["met"] is True
 
 
+def test_constant_units_in_residual_groups_exact_at_unpadded_consumers(run, nets):
+    """A residual stream (every member's channel constant) and an inner group of ResNet-20 and
+    MobileNetV2: ours with mean replacement is exact in float64 (<= 1e-10) at every consumer
+    that reads no zero padding (all of MobileNetV2's: the logits too; ResNet-20's projection
+    shortcut) and in the interior pixels of the zero-padded ones; ResNet-20's 3x3 consumers
+    change at the border pixels only. Dropping (ours, Torch-Pruning) is far off."""
+    result, _, _ = run
+    models, splits = nets
+    for name in RESIDUAL:
+        base, ctx = models[name]
+        rows = {(r["case"], r["dtype"], r["method"]): r for r in result["constant_units"]
+                if r["model"] == name}
+        cases = dict(P.constant_cases(ctx))
+        assert set(cases) == {"stream", "inner"}
+        assert ctx.graph.groups[cases["stream"]].joined
+        assert not ctx.graph.groups[cases["inner"]].joined
+        for case, group in cases.items():
+            ours = rows[(case, "float64", "ours_mean_replacement")]
+            assert ours["layer"] == group and ours["members"] == ctx.members[group]
+            assert ours["judged_change"] <= 1e-10, (name, case)
+            for c in ours["consumers"]:
+                if c["padded"]:
+                    assert c["interior_change"] <= 1e-10, (name, case, c)
+                    assert c["border_change"] == c["max_change"] > 1e-6, (name, case, c)
+                else:
+                    assert c["max_change"] <= 1e-10, (name, case, c)
+            padded = [c["consumer"] for c in ours["consumers"] if c["padded"]]
+            assert padded == ours["padded_consumers"]
+            if name == "mobilenet_v2":
+                assert not padded and ours["max_abs_change"] <= 1e-10
+            else:
+                assert padded and ours["max_abs_change"] > 1e-6  # the border pixels
+            drop = rows[(case, "float64", "ours_drop")]["max_abs_change"]
+            assert drop > ours["max_abs_change"] and drop > 0.05 * ours["max_abs_logit"]
+            if HAS_TP:
+                assert rows[(case, "float64", "tp_drop")]["max_abs_change"] == pytest.approx(
+                    drop, rel=1e-9)
+            # the planting, checked independently: every consumer reads the chosen channels
+            # as one constant (> 0.4) over images and pixels
+            planted = copy.deepcopy(base).double().eval()
+            g, idx = P.plant_constant(planted, ctx, SEED, group)
+            assert (g, idx) == (group, ours["unit_indices"])
+            seen = {}
+
+            def keep_input(_m, inputs, _out, seen=seen):
+                seen[_m] = inputs[0]  # returns None: the output stays
+
+            handles = [planted.get_submodule(c.name).register_forward_hook(keep_input)
+                       for c in ctx.graph.groups[group].consumers]
+            with torch.no_grad():
+                planted(splits.test.tensors[0][:50].double())
+            for h in handles:
+                h.remove()
+            for c in ctx.graph.groups[group].consumers:
+                labels = ctx.graph.groups[group].nodes[c.node].labels
+                pos = torch.isin(labels, torch.tensor(idx)).nonzero().flatten()
+                a = seen[planted.get_submodule(c.name)][:, pos]
+                a = a.reshape(a.shape[0], a.shape[1], -1)
+                assert float((a - a[:1, :, :1]).abs().max()) == 0.0, (name, case, c.name)
+                assert float(a.min()) > 0.4, (name, case, c.name)
+    assert result["targets"]["constant_unit_change"]["met"] is True
+
+
 def _value(result, ratio):
     """The figures a ratio entry must have come from, looked up in the result's tables."""
     comp, model = ratio["comparison"], ratio["model"]
@@ -238,10 +463,10 @@ def _value(result, ratio):
                    if (r["model"], r["target"], r["batch"]) == (model, ratio["target"], batch))
         return row["ms"][ratio["ours"]], row["ms"][ratio["peer"]]
     if comp.startswith("constant_unit_change_"):
-        dtype = comp[len("constant_unit_change_"):]
-        c = {(r["model"], r["dtype"], r["method"]): r["max_abs_change"]
+        dtype, case = comp[len("constant_unit_change_"):], ratio["case"]
+        c = {(r["model"], r["case"], r["dtype"], r["method"]): r["max_abs_change"]
              for r in result["constant_units"]}
-        return c[(model, dtype, ratio["ours"])], c[(model, dtype, ratio["peer"])]
+        return c[(model, case, dtype, ratio["ours"])], c[(model, case, dtype, ratio["peer"])]
     t = {(r["model"], r["case"]): r["median_ms"] for r in result["timing"]}
     return t[(model, ratio["ours"])], t[(model, ratio["peer"])]
 
@@ -252,9 +477,14 @@ def test_ratios_are_the_table_figures_divided(run):
     comps = {r["comparison"] for r in ratios}
     assert {"acc_pruned", "acc_finetuned", "acc_finetuned_best"} <= comps
     if HAS_TP:
-        assert {"scoring_time", "removal_time", "prune_step_time", "constant_unit_change_float32",
-                "constant_unit_change_float64", "inference_ms_batch1",
-                "inference_ms_batch32"} <= comps
+        assert {"scoring_time", "scoring_time_mrs", "removal_time", "prune_step_time",
+                "constant_unit_change_float32", "constant_unit_change_float64",
+                "inference_ms_batch1", "inference_ms_batch32"} <= comps
+    # the networks compared right after pruning only have no fine-tuning comparison
+    assert {r["model"] for r in ratios if r["comparison"] == "acc_pruned"} == set(
+        CLASSIC + RESIDUAL)
+    assert {r["model"] for r in ratios if r["comparison"].startswith("acc_finetuned")} == set(
+        CLASSIC)
     for r in ratios:
         ours, peer = _value(result, r)
         assert (r["ours_value"], r["peer_value"]) == (ours, peer), r
@@ -263,6 +493,7 @@ def test_ratios_are_the_table_figures_divided(run):
     acc = result["accuracy"]
     for r in (r for r in ratios if r["comparison"] == "acc_finetuned_best"):
         same = [a for a in acc if (a["model"], a["target"]) == (r["model"], r["target"])]
+        assert all(a["acc_finetuned"] is not None for a in same)
         assert r["ours_value"] == max(a["acc_finetuned"] for a in same
                                       if a["method"] in P.OURS)
         assert r["peer_value"] == max(a["acc_finetuned"] for a in same
@@ -273,14 +504,16 @@ def test_printed_accuracy_table_shows_the_json_figures(run):
     result, text, _ = run
     printed = {}
     for line in text.split("\n"):
-        m = re.match(r"^(mlp|cnn)\s+(\d+)x\s+(.+?)\s{2,}[\d-]+\s+[\d,]+\s+[\d.]+x\s+"
-                     r"([\d.]+)\s+([\d.]+)$", line)
+        m = re.match(r"^(mlp|cnn|resnet20|mobilenet_v2)\s+(\d+)x\s+(.+?)\s{2,}[\d-]+\s+"
+                     r"[\d,]+\s+[\d.]+x\s+[\d.]+x\s+([\d.]+)\s+([\d.]+|-)$", line)
         if m:
-            printed[(m[1], float(m[2]), m[3])] = (float(m[4]), float(m[5]))
+            printed[(m[1], float(m[2]), m[3])] = (
+                float(m[4]), None if m[5] == "-" else float(m[5]))
     assert len(printed) == len(result["accuracy"])
     for r in result["accuracy"]:
+        tuned = r["acc_finetuned"]
         assert printed[(r["model"], r["target"], r["label"])] == (
-            round(r["acc_pruned"], 4), round(r["acc_finetuned"], 4))
+            round(r["acc_pruned"], 4), None if tuned is None else round(tuned, 4))
 
 
 def test_target_booleans_follow_the_figures(run):
@@ -291,7 +524,8 @@ def test_target_booleans_follow_the_figures(run):
     for model, target in {(m, t) for m, t, _ in acc}:
         mine = acc[(model, target, "ours_mrs")]
         others = [acc[(model, target, p)] for p in peers if (model, target, p) in acc]
-        fin.append(mine["acc_finetuned"] >= max(o["acc_finetuned"] for o in others))
+        if model in CLASSIC:  # the others are compared right after pruning only
+            fin.append(mine["acc_finetuned"] >= max(o["acc_finetuned"] for o in others))
         pru.append(mine["acc_pruned"] > max(o["acc_pruned"] for o in others))
     targets = result["targets"]
     assert targets["accuracy_after_finetune"]["met"] is all(fin)
@@ -303,7 +537,7 @@ def test_target_booleans_follow_the_figures(run):
                  "Torch-Pruning: score incl. graph"),
                 ("removal_time", "ours: remove (remove_units, drop)",
                  "Torch-Pruning: remove incl. graph")):
-            want = all(t[(m, ours)] <= t[(m, theirs)] for m in ("mlp", "cnn"))
+            want = all(t[(m, ours)] <= t[(m, theirs)] for m in CLASSIC + RESIDUAL)
             assert targets[key]["met"] is want
         assert result["targets_met"] is all(v["met"] for v in targets.values())
     else:
@@ -326,8 +560,10 @@ def test_one_seed_summary_agrees_with_the_runs_own_verdicts(run, tmp_path, capsy
     acc = {(r["model"], r["target"], r["method"]): r for r in result["accuracy"]}
     assert len(summary["points"]) == len({k[:2] for k in acc})
     for p in summary["points"]:
+        want = set(PS.STAGES) if p["model"] in CLASSIC else {"acc_pruned"}
+        assert set(p["stages"]) == want, p["model"]
         for method, m in p["methods"].items():
-            for stage in PS.STAGES:
+            for stage in want:
                 assert m[stage]["mean"] == pytest.approx(
                     100 * acc[(p["model"], p["target"], method)][stage], abs=1e-9)
                 assert m[stage]["ci95"] is None
@@ -340,17 +576,26 @@ def test_one_seed_summary_agrees_with_the_runs_own_verdicts(run, tmp_path, capsy
     assert PS.main([str(log), str(log)]) == 2
 
 
-def test_timing_rows(run):
+def test_timing_rows(run, nets):
     result, _, _ = run
     cases = {(r["model"], r["case"]) for r in result["timing"]}
     has_tp = any(c.startswith("Torch-Pruning") for _, c in cases)
     assert has_tp is HAS_TP
+    models, _ = nets
     for r in result["timing"]:
         assert r["repeats"] == P.QUICK.repeats
         assert 0 < r["best_ms"] <= r["median_ms"]
         assert r["threads"] == torch.get_num_threads()
-        # the 5x selection of the quick widths: (48-10)*2 for the MLP, (6-3)+(8-3)+(24-10) CNN
-        assert r["units_removed"] == {"mlp": 76, "cnn": 22}[r["model"]]
+        # the 5x selection of the quick widths: (48-10)*2 for the MLP, (6-3)+(8-3)+(24-10) CNN;
+        # of the residual networks, by MACs
+        if r["model"] in CLASSIC:
+            assert r["units_removed"] == {"mlp": 76, "cnn": 22}[r["model"]]
+        else:
+            base, ctx = models[r["model"]]
+            kept, _ = P.widths_for_reduction(base, ctx.example, 5.0, "macs")
+            assert r["units_removed"] == sum(ctx.prunable[g] - k for g, k in kept.items())
+    assert {c for m, c in cases if m == "resnet20"} >= {"ours: score (SCORERS['mrs'])",
+                                                         "ours: score (SCORERS['taylor'])"}
     for r in result["inference"]:
         assert set(r["ms"]) == {"unpruned", "ours_mrs", "ln_structured"} | (
             {"tp_magnitude"} if HAS_TP else set())
@@ -416,7 +661,8 @@ def test_rounds_rescore_the_shrunk_network_and_end_at_the_common_widths(nets):
         P.round_widths({"a": 8}, {"a": 9}, 2)
     with pytest.raises(ValueError, match="different layers"):
         P.round_widths({"a": 8}, {"b": 2}, 2)
-    for name, (base, ctx) in models.items():
+    for name in CLASSIC:
+        base, ctx = models[name]
         kept, count = P.widths_for_reduction(base, ctx.example, 5.0)
         start = {n: ctx.prunable[n] for n in kept}
         plan = P.round_widths(start, kept, 3)
@@ -472,7 +718,7 @@ def test_oracle_diagnostic_reproduces_the_run_and_its_exact_criterion(run, nets,
             "norm_drop"}
     crits = {p["criterion"] for p in res["points"]}
     assert crits == want | ({"tp_magnitude"} if HAS_TP else set())
-    n_models, n_sizes = len(P.QUICK.models), len(P.QUICK.reductions)
+    n_models, n_sizes = len(O.NETWORKS), len(P.QUICK.reductions)
     assert res["checked_logs"] == 1 and res["mismatches"] == []
     assert res["checked_figures"] == n_models * n_sizes * (2 if HAS_TP else 1)
     assert (f"against the benchmark's logs: {res['checked_figures']} figures compared, every "
@@ -484,7 +730,8 @@ def test_oracle_diagnostic_reproduces_the_run_and_its_exact_criterion(run, nets,
             assert p["mean"] == pytest.approx(100 * acc[(p["model"], p["target"], "ours_mrs")],
                                               abs=1e-9)
     (nets_by_name, _splits) = nets
-    layers = {(m, l) for m, (_b, c) in nets_by_name.items() for l in c.prunable}
+    layers = {(m, l) for m, (_b, c) in nets_by_name.items() for l in c.prunable
+              if m in O.NETWORKS}
     assert {(f["model"], f["layer"]) for f in res["fidelity"]} == layers
     assert all(-1.0 <= f["mean"] <= 1.0 for f in res["fidelity"])
 

@@ -457,9 +457,15 @@ def test_excluding_one_member_excludes_its_group(fn):
     graph = pruners.trace(model, x[:1], exclude=["fc1"])
     assert graph.prunable == ["fc0"]
     for name in ("fc1", "fc2"):  # fc2 is summed with fc1: the group goes as a whole
-        assert graph.producers[name].reason == "excluded by the caller"
+        assert graph.producers[name].reason == "its member 'fc1' is excluded by the caller"
     expect_error(fn, model, {"fc2": [0]}, ValueError,
-                 r"layer 'fc2' \(in group 'fc1'\) is not prunable: excluded", exclude=["fc1"])
+                 r"layer 'fc2' \(in group 'fc1'\) is not prunable: its member 'fc1' is excluded",
+                 exclude=["fc1"])
+    assert pruners.trace(model, x[:1], exclude="fc2").groups["fc1"].reason == \
+        "its member 'fc2' is excluded by the caller"
+    with pytest.raises(ValueError, match=r"exclude names modules that are not Linear or "
+                                         r"convolution layers: \['bn1'\]"):
+        pruners.trace(mlp(), exclude=["bn1", "fc1"])
 
     # the units of fc0 (consumed by fc1 only) are still removed exactly
     reference = copy.deepcopy(model)
@@ -554,8 +560,8 @@ def test_unbalanced_grouped_convolution_is_rejected_before_any_change(fn):
     opt.step()
     # conv2 reads conv1's channels 0-1 in its first group and 2-3 in its second
     expect_error(fn, model, {"conv1": [0]}, ValueError,
-                 r"layer 'conv1': 'conv2 \(input\)' is a grouped convolution with 2 groups, "
-                 r"which must lose the same number of channels from each group; this selection "
+                 r"layer 'conv1': 'conv2' is a grouped convolution with 2 groups, which must "
+                 r"lose the same number of input channels from each group; this selection "
                  r"removes \[1, 0\]", opt, example_input=IMG)
     expect_error(fn, model, {"conv2": [3]}, ValueError,
                  r"'conv2' is a grouped convolution with 2 groups.*removes \[0, 1\]", opt,

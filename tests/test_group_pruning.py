@@ -722,3 +722,49 @@ def test_a_relu_module_called_twice_is_gated_at_the_chains_call_only():
     assert report.removed == {"3.conv1": 1}
     with torch.no_grad():
         assert (plain(x) - reference).abs().max() <= TOL
+
+
+# --------------------------------------------------------------------------- grouped consumers
+
+
+class IntoGrouped(nn.Module):
+    """A chain read by a grouped convolution (2 groups): its channel p reaches only the rows
+    of p's conv group, through column p mod 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.g, self.fc = nn.Conv2d(2, 8, 1), nn.Conv2d(8, 8, 1, groups=2), \
+            nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.g(F.relu(self.inner(x)))), 1)
+                       .flatten(1))
+
+
+def test_chain_tools_read_a_grouped_consumer_by_its_conv_groups():
+    from pruners import nonzero_fractions
+
+    torch.manual_seed(0)
+    model = IntoGrouped().double().eval()
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        model.g.weight[4:, 1] = 0.0  # inner's channel 5 reaches rows 4-7 through column 1
+    incoming, outgoing = nonzero_fractions(model, example_input=x[:1])["inner"]
+    assert outgoing.tolist() == [1.0] * 5 + [0.0] + [1.0] * 2
+    attack = LRAttack(model, {"inner": [1]}, 10.0, start=0, outgoing=True, example_input=x[:1])
+    slot = next(s for s in attack._slots if s.mname == "g")
+    assert slot.mask[:, :, 0, 0].nonzero().tolist() == [[r, 1] for r in range(4)]
+
+
+def test_a_switch_before_a_grouped_consumer_folds_exactly():
+    torch.manual_seed(0)
+    model = IntoGrouped().double().eval()
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    switched = insert_switches(model, x[:1], layers=["inner"], parametrization="signed")
+    with torch.no_grad():
+        next(iter(switches(switched).values())).weight.copy_(
+            torch.linspace(-1.0, 1.5, 8, dtype=torch.float64))
+        expected = switched(x)
+    folded = fold_switches(switched, x[:1])
+    with torch.no_grad():
+        assert (folded(x) - expected).abs().max() <= 1e-12

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from coupled import COUPLED, INPUT, build
 from helpers_snapshot import assert_unchanged, take
+from zoo import randomize_bn
 
 from pruners import prepare_for, remove_units
 from saliency import (MRP, MRS, SCORERS, Dormancy, GroupNormScorer, Norm, UnitTaylor,
@@ -218,11 +219,15 @@ def test_one_random_draw_per_group_channel_and_chains_as_before():
                                                                 for v in scores.values())
 
 
-def test_a_member_name_is_refused_with_its_group():
+def test_a_member_name_selects_its_group():
     model = build("stage")
-    with pytest.raises(ValueError, match="member of the group 'stem.0'"):
-        Norm(layers=["body.0.branch2.0"],
-             example_input=torch.zeros((1,) + INPUT, dtype=torch.float64)).score(model)
+    x = torch.zeros((1,) + INPUT, dtype=torch.float64)
+    by_member = Norm(layers=["body.0.branch2.0", "stem.0"], example_input=x).score(model)
+    assert list(by_member) == ["stem.0"]  # one group, named once, under its own name
+    torch.testing.assert_close(by_member["stem.0"], Norm(example_input=x).score(model)["stem.0"],
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"unknown or non-prunable layers \['stem.1'\]"):
+        Norm(layers=["stem.1"], example_input=x).score(model)
 
 
 # --------------------------------------------------------------------------- activations
@@ -392,3 +397,62 @@ def test_unit_tracker_follows_chains_and_refuses_residual_groups():
     row = tracker.measure()["layers"]["body.0.branch1.0"]
     mrp = MRP(layers=["body.0.branch1.0"]).score(model, data)["body.0.branch1.0"]
     assert max(abs(a - float(b)) for a, b in zip(row["mrp"], mrp[[1, 2]])) <= 1e-10
+
+
+# --------------------------------------------------------------------------- concatenation corners
+
+
+class ReadTwice(nn.Module):
+    """One consumer reads a producer twice: ``d(cat([y, tanh(y)]))``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.d, self.fc = nn.Conv2d(2, 4, 1), nn.Conv2d(8, 3, 1), nn.Linear(3, 3)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        z = F.relu(self.d(torch.cat([y, torch.tanh(y)], 1)))
+        return self.fc(F.adaptive_avg_pool2d(z, 1).flatten(1))
+
+
+class NormAfterCat(nn.Module):
+    """A BatchNorm and a depthwise convolution over cat([a, b])."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 3, 1)
+        self.bn, self.dw = nn.BatchNorm2d(7), nn.Conv2d(7, 7, 3, padding=1, groups=7)
+        self.d, self.fc = nn.Conv2d(7, 3, 1), nn.Linear(3, 3)
+
+    def forward(self, x):
+        y = F.relu(self.dw(F.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))))
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.d(y)), 1).flatten(1))
+
+
+def test_exact_mrp_adds_the_routes_of_a_consumer_that_reads_a_layer_twice():
+    torch.manual_seed(0)
+    model = ReadTwice().double().eval()
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=torch.Generator().manual_seed(1))
+    mrp = MRP(absolute=False, reduction="mean").score(model, [(x, y)])["a"]
+    base = F.cross_entropy(model(x), y)
+    for i in range(4):
+        removed = copy.deepcopy(model)
+        remove_units(removed, {"a": [i]}, replacement="mean", data=[(x, y)])
+        change = F.cross_entropy(removed(x), y) - base
+        assert abs(float(mrp[i]) - float(change)) <= 1e-12
+
+
+def test_activation_statistics_after_a_concatenation_with_per_channel_tensors():
+    torch.manual_seed(0)
+    model = randomize_bn(NormAfterCat().double()).eval()
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    seen = {}
+    h = model.dw.register_forward_hook(lambda _m, _i, o: seen.__setitem__("a", F.relu(o)))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    act = seen["a"].abs().transpose(0, 1).reshape(7, -1).mean(1)  # E|a| per channel
+    scores = Dormancy().score(model, [(x, torch.zeros(6, dtype=torch.long))])
+    for name, sl in (("a", slice(0, 4)), ("b", slice(4, 7))):
+        torch.testing.assert_close(scores[name], act[sl] / act[sl].mean(), rtol=1e-12, atol=0)

@@ -40,7 +40,8 @@ def random_units(graph, seed: int) -> dict[str, list[int]]:
         group = graph.groups[name]
         if group.partitions:
             parts = next(iter(group.partitions.values()))
-            r = int(torch.randint(0, min(p.numel() for p in parts), (1,), generator=gen))
+            # balanced, and two inputs left in every conv group
+            r = int(torch.randint(0, min(p.numel() for p in parts) - 1, (1,), generator=gen))
             idx = [int(c) for p in parts for c in p[torch.randperm(p.numel(), generator=gen)[:r]]]
         else:
             k = int(torch.randint(0, group.size, (1,), generator=gen))
@@ -518,3 +519,79 @@ def test_a_bias_created_on_a_masked_layer_stays_off_at_its_masked_rows():
     assert count_params(model) == count_params(shrunk)
     with torch.no_grad():
         assert (model(x) - shrunk(x)).abs().max() <= TOL
+
+
+# --------------------------------------------------------------------------- join forms, grouped
+
+
+class Alpha(nn.Module):
+    """``a - 2 b`` and ``a + 2 b`` written as torch.sub, a method and torch.add."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.a, self.b, self.d = conv_bn(2, 4, 1), conv_bn(2, 4, 1), nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        if self.form == "sub":
+            y = torch.sub(a, b, alpha=2)
+        elif self.form == "method":
+            y = a.add(b, alpha=2)
+        else:
+            y = torch.add(a, b, alpha=2)
+        return F.adaptive_avg_pool2d(self.d(F.relu(y)), 1).flatten(1)
+
+
+@pytest.mark.parametrize("form", ["sub", "method", "add"])
+def test_every_join_form_folds_its_alpha(form):
+    x = inputs()
+    torch.manual_seed(0)
+    model = Alpha(form).double().eval()
+    original = copy.deepcopy(model)
+    values = {"a.0": torch.tensor([1.0], dtype=torch.float64),
+              "b.0": torch.tensor([-3.0], dtype=torch.float64)}
+    report = remove_units(model, {"a.0": [1]}, replacement=values, example_input=x[:1])
+    with torch.no_grad():
+        assert (model(x) - held_reference(original, report)(x)).abs().max() <= TOL
+
+
+class CatOfTwoGroups(nn.Module):
+    """A grouped convolution (2 groups) reading cat([a, b]): a's channels in its first conv
+    group, b's in its second."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv_bn(2, 4, 1), conv_bn(2, 4, 1)
+        self.g = nn.Conv2d(8, 4, 1, groups=2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], 1)
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.g(y)), 1).flatten(1))
+
+
+def test_a_grouped_convolution_is_balanced_over_all_the_groups_it_reads():
+    x = inputs()
+    torch.manual_seed(0)
+    model = CatOfTwoGroups().double().eval()
+    masked = copy.deepcopy(model)
+    with pytest.raises(ValueError, match=r"layer 'a.0': 'g' is a grouped convolution with 2 "
+                                         r"groups.*input channels.*removes \[1, 0\]"):
+        remove_units(model, {"a.0": [0]}, example_input=x[:1])
+    with pytest.raises(ValueError, match="fewer than 2 input channels"):
+        remove_units(model, {"a.0": [0, 1, 2], "b.0": [0, 1, 2]}, example_input=x[:1])
+    units = {"a.0": [0, 3], "b.0": [2, 1]}  # two from each conv group: valid together
+    remove_units(model, units, replacement="mean", data=[(x, None)])
+    mask_units(masked, units, replacement="mean", data=[(x, None)])
+    assert model.g.weight.shape == (4, 2, 1, 1) and model.g.groups == 2
+    with torch.no_grad():
+        assert (model(x) - masked(x)).abs().max() <= TOL
+    assert trace(model, x[:1]).groups["a.0"].size == 2  # still a grouped convolution
+
+
+def test_exclude_names_layers_only():
+    model = build("stage")
+    with pytest.raises(ValueError, match=r"not Linear or convolution layers: \['stem.1'\]"):
+        trace(model, inputs(1), exclude=["stem.1"])
+    assert not trace(model, inputs(1), exclude="stem.0").groups["stem.0"].prunable
