@@ -1,6 +1,10 @@
 import os
 import sys
 
+# BLAS threads that spin while another process holds the cores made scipy's L-BFGS-B 15x
+# slower on a busy 2-core machine; the tests are small (torch runs one thread too, below)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 import torch
 from hypothesis import settings
