@@ -9,6 +9,7 @@ one line here.
 
 from experiments.studies.evci2018 import attacks, baselines, pruning, saliency  # noqa: F401
 from experiments.studies.group_sparsity import repro as group_sparsity  # noqa: F401
+from experiments.studies.resnet import pruning as resnet  # noqa: F401
 from experiments.studies.shrinknets import gamma, regression, vs_static  # noqa: F401
 from experiments.studies.tristate import repro as tristate  # noqa: F401
 from experiments.studies.width_methods import comparison as width_methods  # noqa: F401

@@ -54,8 +54,9 @@ from pruners.attacks import LRAttack
 from pruners.pruning import RoundReport
 from saliency.tracking import UnitTracker
 
-__all__ = ["StepLog", "EpochLog", "PrunerCallback", "ShrinkNetsCallback", "GroupSparsityCallback",
-           "TriStateCallback", "AttackCallback", "TrackingCallback", "scoring_batches"]
+__all__ = ["StepLog", "EpochLog", "PrunerCallback", "RecordingPruner", "ShrinkNetsCallback",
+           "GroupSparsityCallback", "TriStateCallback", "AttackCallback", "TrackingCallback",
+           "scoring_batches"]
 
 
 def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
@@ -147,6 +148,55 @@ class PrunerCallback(Callback):
         self.steps = [list(r) for r in state["steps"]]
         self.initial_params = state["initial_params"]
         self._params = state["params"]
+
+
+class RecordingPruner:
+    """A :class:`~pruners.UnitPruner` that also records one row per round it acts.
+
+    Passed to :class:`PrunerCallback` in place of the pruner; every other attribute is the
+    pruner's. A subclass defines :meth:`record` (and :meth:`before_round` when it needs the
+    model as it was before the round); the rows are part of the state under
+    :attr:`state_key`, so a resumed run keeps them.
+    """
+
+    state_key = "rows"
+
+    def __init__(self, pruner):
+        self.pruner = pruner
+        self.rows: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str):  # history, reached, schedule, ... of the pruner
+        if name == "pruner":  # not yet set (copying, unpickling)
+            raise AttributeError(name)
+        return getattr(self.pruner, name)
+
+    def due(self, t: int) -> bool:
+        return self.pruner.due(t)
+
+    def before_round(self, model) -> Any:
+        """What :meth:`record` needs of the model before a round that will act (default
+        nothing)."""
+        return None
+
+    def record(self, t: int, report, before: Any, data) -> dict[str, Any] | None:
+        """The row of a round that acted (``report``), or None."""
+        raise NotImplementedError
+
+    def step(self, t: int, model, optimizer=None, data=None):
+        before = self.before_round(model) if self.pruner.due(t) else None
+        report = self.pruner.step(t, model, optimizer, data)
+        if report is not None:
+            row = self.record(t, report, before, data)
+            if row is not None:
+                self.rows.append(row)
+        return report
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.pruner.state_dict(), self.state_key: [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.pruner.load_state_dict(state)
+        self.rows = [dict(r) for r in state.get(self.state_key, [])]
 
 
 class ShrinkNetsCallback(Callback):

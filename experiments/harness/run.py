@@ -113,14 +113,19 @@ def final_metrics(history: list[dict]) -> dict[str, Any]:
 
 
 def train_in_folder(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str, callbacks=(), *,
-                    model: str = "thesis_cnn", label: str | None = None) -> Trainer:
-    """Train a fresh ``model`` (seeded by ``cfg['seed']``) on ``data`` into the folder ``sub``
-    of the run: a checkpoint every epoch, resumed when one is there, ``history.csv`` at the
-    end. Logs whether it trains, resumes or finds the run finished."""
+                    model: str = "thesis_cnn", label: str | None = None,
+                    model_kwargs: Mapping[str, Any] | None = None,
+                    config: TrainConfig | None = None) -> Trainer:
+    """Train a fresh ``model`` (``build_model(model, **model_kwargs)``, seeded by
+    ``cfg['seed']``) on ``data`` into the folder ``sub`` of the run: a checkpoint every epoch,
+    resumed when one is there, ``history.csv`` at the end. ``config`` overrides the training
+    settings read from ``cfg``. Logs whether it trains, resumes or finds the run finished."""
     label = label or sub
+    kwargs = dict(model_kwargs or {})
+    config = config if config is not None else TrainConfig.from_mapping(cfg)
     torch.manual_seed(int(cfg["seed"]))
-    trainer = Trainer(build_model(model), data.train, val_set=data.val, test_set=data.test,
-                      config=TrainConfig.from_mapping(cfg), arch={"model": model, "kwargs": {}},
+    trainer = Trainer(build_model(model, **kwargs), data.train, val_set=data.val,
+                      test_set=data.test, config=config, arch={"model": model, "kwargs": kwargs},
                       callbacks=list(callbacks), checkpoint=ctx.path(f"{sub}/checkpoint.pt"),
                       progress=ctx.progress)
     if trainer.epoch >= trainer.config.epochs or trainer.stopped_reason:

@@ -11,7 +11,11 @@
 * :mod:`~experiments.studies.tristate` -- Srinivas & Babu, *Learning Neural Network
   Architectures using Backpropagation*, 2016;
 * :mod:`~experiments.studies.width_methods` -- the four ways to learn a width compared on
-  one network.
+  one network;
+* :mod:`~experiments.studies.resnet` -- the thesis's unit pruning (MRS, mean replacement,
+  removal during training) on ResNet-20 (K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual
+  Learning for Image Recognition", CVPR 2016, https://arxiv.org/abs/1512.03385), by groups of
+  coupled units.
 
 A study imports the library and the harness, never another study. Each registers its
 experiments when imported; :mod:`experiments.catalog` imports them all.

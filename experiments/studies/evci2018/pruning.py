@@ -52,7 +52,7 @@ import torch.nn as nn
 from torch.nn.utils import prune
 
 from experiments.harness import atomic
-from experiments.harness.callbacks import EpochLog, PrunerCallback, StepLog
+from experiments.harness.callbacks import EpochLog, PrunerCallback, RecordingPruner, StepLog
 from experiments.harness.plots import plot_pruning
 from experiments.harness.registry import register
 from experiments.harness.run import (RunContext, changed_settings, final_metrics, load_data,
@@ -161,7 +161,7 @@ def activation_means(model: nn.Module, data, units: Mapping[str, Sequence[int]],
     return out
 
 
-class Counterfactual:
+class Counterfactual(RecordingPruner):
     """A :class:`~pruners.UnitPruner` whose rounds are also evaluated with other replacements.
 
     Passed to :class:`~experiments.harness.callbacks.PrunerCallback` in place of the
@@ -175,26 +175,19 @@ class Counterfactual:
     resumed run keeps them. Other attributes are the pruner's.
     """
 
+    state_key = "counterfactual"
+
     def __init__(self, pruner: UnitPruner, alternatives: Sequence[str]):
         bad = [a for a in alternatives if a not in ALTERNATIVES]
         if bad:
             raise ValueError(f"unknown alternatives {bad}; choose from {ALTERNATIVES}")
-        self.pruner, self.alternatives = pruner, list(alternatives)
-        self.rows: list[dict[str, Any]] = []
+        super().__init__(pruner)
+        self.alternatives = list(alternatives)
 
-    def __getattr__(self, name: str):  # history, reached, schedule, ... of the pruner
-        if name == "pruner":  # not yet set (copying, unpickling)
-            raise AttributeError(name)
-        return getattr(self.pruner, name)
+    def before_round(self, model: nn.Module) -> nn.Module:
+        return copy.deepcopy(model)
 
-    def due(self, t: int) -> bool:
-        return self.pruner.due(t)
-
-    def step(self, t: int, model: nn.Module, optimizer=None, data=None):
-        snapshot = copy.deepcopy(model)
-        report = self.pruner.step(t, model, optimizer, data)
-        if report is None:
-            return None
+    def record(self, t: int, report, snapshot: nn.Module, data) -> dict[str, Any]:
         p = self.pruner
         units = {k: v.tolist() for k, v in report.removal.indices.items()}
         example = next(iter(data))[0][:1]
@@ -207,15 +200,7 @@ class Counterfactual:
             after = mean_loss(twin, data, p.loss_fn)
             row[f"loss_after_if_{alt}"] = after
             row[f"penalty_if_{alt}"] = after - report.loss_before
-        self.rows.append(row)
-        return report
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self.pruner.state_dict(), "counterfactual": [dict(r) for r in self.rows]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.pruner.load_state_dict(state)
-        self.rows = [dict(r) for r in state.get("counterfactual", [])]
+        return row
 
 
 # --------------------------------------------------------------------------- runs
