@@ -1,6 +1,6 @@
 """The head-to-head benchmark against Torch-Pruning and torch.nn.utils.prune.
 
-One ``--quick`` run (tiny networks, generated data, under a minute on one core: the MLP, the
+One ``--quick`` run (tiny networks, generated data, about a minute on one core: the MLP, the
 CNN, and tiny ResNet-20 and MobileNetV2) is shared by the module; each test checks its figures
 against references computed here independently: closed-form parameter counts, a masked twin,
 a hand-made "drop", the printed tables, the layer shapes of every method. Torch-Pruning's parts
@@ -140,10 +140,15 @@ def test_the_quick_run_has_every_network_and_the_networks_option_selects(run, tm
             P.parse_args(["--networks", bad])
     with pytest.raises(ValueError, match="unknown setting fields"):
         P.network_setting(P.DEFAULT, P.ModelSpec("x", "mlp", {}, {"bogus": 1}))
-    # the residual networks' own setting: sizes by MACs, one-shot methods, no fine-tuning
+    # the residual networks' own setting: sizes by MACs, the one-shot methods; fine-tuned with
+    # the others' budget (--quick: one epoch)
     by_name = {m.name: m for m in P.QUICK.models}
     sn = P.network_setting(P.QUICK, by_name["resnet20"])
-    assert (sn.reduce_by, sn.reductions, sn.finetune_epochs) == ("macs", (2.0, 5.0), 0)
+    assert (sn.reduce_by, sn.reductions, sn.finetune_epochs) == ("macs", (2.0, 5.0), 1)
+    assert sn.methods == P.ONE_SHOT_METHODS
+    full = P.network_setting(P.DEFAULT, P.DEFAULT.models[2])
+    assert P.DEFAULT.models[2].name == "resnet20"
+    assert (full.finetune_epochs, full.finetune_samples, full.train_epochs) == (3, 10_000, 3)
     assert P.network_setting(P.QUICK, by_name["mlp"]) == P.QUICK
     # a run of one network alone: the same networks (loaded from the cache), its rows only
     buf = io.StringIO()
@@ -191,7 +196,8 @@ def test_every_method_has_the_closed_form_count_of_the_common_widths(run):
 
 def test_residual_networks_every_method_ends_at_the_same_widths_and_count(run, nets):
     """ResNet-20 and MobileNetV2: sizes by MACs (2x, 5x), every method at one parameter count
-    and MAC count (ResNet-20's by a closed form), the one-shot methods only, no fine-tuning;
+    and MAC count (ResNet-20's by a closed form) after pruning and after fine-tuning, the
+    one-shot methods only;
     and, rebuilt here, ours, Torch-Pruning's and ln_structured's twin with the very same layer
     shapes (a residual stream group pruned as one width)."""
     result, _, _ = run
@@ -217,7 +223,7 @@ def test_residual_networks_every_method_ends_at_the_same_widths_and_count(run, n
                     name, target, r["method"])
                 if r["method"] != "ln_structured":  # masked: dense rows' BatchNorms count
                     assert r["nonzero_params"] == count
-                assert r["acc_finetuned"] is None and 0 <= r["acc_pruned"] <= 1
+                assert 0 <= r["acc_pruned"] <= 1 and 0 <= r["acc_finetuned"] <= 1
                 assert r["reduce_by"] == "macs"
             # near the target: within 25% of the asked MAC reduction
             assert abs(math.log(at[0]["mac_reduction"] / target)) < math.log(1.25)
@@ -480,11 +486,9 @@ def test_ratios_are_the_table_figures_divided(run):
         assert {"scoring_time", "scoring_time_mrs", "removal_time", "prune_step_time",
                 "constant_unit_change_float32", "constant_unit_change_float64",
                 "inference_ms_batch1", "inference_ms_batch32"} <= comps
-    # the networks compared right after pruning only have no fine-tuning comparison
-    assert {r["model"] for r in ratios if r["comparison"] == "acc_pruned"} == set(
-        CLASSIC + RESIDUAL)
-    assert {r["model"] for r in ratios if r["comparison"].startswith("acc_finetuned")} == set(
-        CLASSIC)
+    for comp in ("acc_pruned", "acc_finetuned", "acc_finetuned_best"):
+        assert {r["model"] for r in ratios if r["comparison"] == comp} == set(
+            CLASSIC + RESIDUAL), comp
     for r in ratios:
         ours, peer = _value(result, r)
         assert (r["ours_value"], r["peer_value"]) == (ours, peer), r
@@ -524,8 +528,7 @@ def test_target_booleans_follow_the_figures(run):
     for model, target in {(m, t) for m, t, _ in acc}:
         mine = acc[(model, target, "ours_mrs")]
         others = [acc[(model, target, p)] for p in peers if (model, target, p) in acc]
-        if model in CLASSIC:  # the others are compared right after pruning only
-            fin.append(mine["acc_finetuned"] >= max(o["acc_finetuned"] for o in others))
+        fin.append(mine["acc_finetuned"] >= max(o["acc_finetuned"] for o in others))
         pru.append(mine["acc_pruned"] > max(o["acc_pruned"] for o in others))
     targets = result["targets"]
     assert targets["accuracy_after_finetune"]["met"] is all(fin)
@@ -560,10 +563,9 @@ def test_one_seed_summary_agrees_with_the_runs_own_verdicts(run, tmp_path, capsy
     acc = {(r["model"], r["target"], r["method"]): r for r in result["accuracy"]}
     assert len(summary["points"]) == len({k[:2] for k in acc})
     for p in summary["points"]:
-        want = set(PS.STAGES) if p["model"] in CLASSIC else {"acc_pruned"}
-        assert set(p["stages"]) == want, p["model"]
+        assert set(p["stages"]) == set(PS.STAGES), p["model"]
         for method, m in p["methods"].items():
-            for stage in want:
+            for stage in PS.STAGES:
                 assert m[stage]["mean"] == pytest.approx(
                     100 * acc[(p["model"], p["target"], method)][stage], abs=1e-9)
                 assert m[stage]["ci95"] is None
@@ -574,6 +576,39 @@ def test_one_seed_summary_agrees_with_the_runs_own_verdicts(run, tmp_path, capsy
     assert PS.main([str(log), "--out", str(tmp_path / "gaps.png")]) == 0
     assert json.loads(capsys.readouterr().out.rstrip("\n").split("\n")[-1])["seeds"] == [SEED]
     assert PS.main([str(log), str(log)]) == 2
+
+
+def test_a_network_compared_right_after_pruning_only(run):
+    """A network whose setting has no fine-tuning (``finetune_epochs = 0``) has rows without a
+    fine-tuned accuracy: the ratios and the fine-tuning target leave it out, and the seeds'
+    summary reads it right after pruning only (here: the run's ResNet-20 rows, made so)."""
+    from experiments.bench import peers_seeds as PS
+
+    result, _, _ = run
+    res = json.loads(json.dumps(result))
+    for r in res["accuracy"]:
+        if r["model"] == "resnet20":
+            r["acc_finetuned"] = None
+    ratios, met = P.ratios_and_targets(res["accuracy"], [], [], [])
+    assert {r["model"] for r in ratios if r["comparison"] == "acc_finetuned"} == {
+        "mlp", "cnn", "mobilenet_v2"}
+    assert {r["model"] for r in ratios if r["comparison"] == "acc_pruned"} == set(
+        CLASSIC + RESIDUAL)
+    others = [r for r in res["accuracy"] if r["model"] != "resnet20"]
+    assert met["accuracy_after_finetune"] is P.ratios_and_targets(others, [], [], [])[1][
+        "accuracy_after_finetune"]
+    summary = PS.seed_summary([res])
+    for p in summary["points"]:
+        want = {"acc_pruned"} if p["model"] == "resnet20" else set(PS.STAGES)
+        assert set(p["stages"]) == want, p["model"]
+    table = PS.means_table(summary, "resnet20")
+    assert " / " not in table.split("\n")[-1]  # one stage per cell
+    bad = json.loads(json.dumps(res))
+    next(r for r in bad["accuracy"] if r["model"] == "resnet20")["acc_finetuned"] = 0.5
+    with pytest.raises(ValueError, match="is None, while other rows of resnet20 are fine-tuned"):
+        PS.seed_summary([bad])
+    only = [r for r in res["accuracy"] if r["model"] == "resnet20"]
+    assert P.ratios_and_targets(only, [], [], [])[1]["accuracy_after_finetune"] is None
 
 
 def test_timing_rows(run, nets):

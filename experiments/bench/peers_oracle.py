@@ -9,8 +9,8 @@ each unit's loss change when it alone is replaced by its mean. If the exact quan
 units better, a better estimate (our second-order scorers) could close the gap; if it does not,
 no estimate of it can.
 
-This module takes the benchmark's trained networks (its cache: the same seeds
-train the same networks, or loads them), its scoring data and its widths, cuts
+This module takes the benchmark's trained MLP and CNN (:data:`NETWORKS`; its cache: the same
+seeds train the same networks, or loads them), its scoring data and its widths, cuts
 each network once per criterion, and reports test accuracy right after the cut
 (no fine-tuning):
 
@@ -59,14 +59,15 @@ import torch
 import torch.nn as nn
 
 from experiments.bench import peers as P
-from experiments.bench.peers_seeds import load_result, run_setting
+from experiments.bench.peers_seeds import load_result, normalize_setting, run_setting
 from experiments.harness import atomic
 from experiments.harness.stats import mean, t_interval
 from experiments.harness.tables import format_table
 from pruners import remove_units
 from saliency import SCORERS
 
-__all__ = ["CRITERIA", "VERSION", "score_units", "run_seed", "check_against", "summarize",
+__all__ = ["CRITERIA", "VERSION", "NETWORKS", "score_units", "run_seed", "check_against",
+           "summarize",
            "oracle_table", "fidelity_table", "main"]
 
 #: criterion -> (label, the ranking's scorer, replacement used at removal)
@@ -84,6 +85,9 @@ CRITERIA: dict[str, tuple[str, str, str | None]] = {
 #: bump when a criterion or the measurement changes: seed files of another version are
 #: recomputed, never reused
 VERSION = 3
+#: the benchmark's networks this diagnostic studies (the MLP and the CNN, which the benchmark
+#: fine-tunes; its other networks are left out)
+NETWORKS = ("mlp", "cnn")
 
 
 def score_units(criterion: str, model: nn.Module, ctx: P.Context) -> dict[str, torch.Tensor]:
@@ -185,10 +189,15 @@ def check_against(result: Mapping[str, Any], peers_result: Mapping[str, Any]
     none of the figures to compare.
     """
     c = peers_result["config"]
+    mine_setting = normalize_setting(result["setting"])
     theirs_setting = run_setting(peers_result)
+    # a log may hold more networks (ResNet-20, MobileNetV2) than this diagnostic studies
+    names = {m["name"] for m in mine_setting.get("models", [])}
+    theirs_setting["models"] = [m for m in theirs_setting.get("models", [])
+                                if m.get("name") in names]
     for key, mine, theirs in (("seed", result["seed"], c["seed"]),
                               ("data", result["data"], c["data"]),
-                              ("setting", result["setting"], theirs_setting)):
+                              ("setting", mine_setting, theirs_setting)):
         if mine != theirs:
             raise ValueError(f"check_against: the log's {key} differs from this run's"
                              + (f" ({theirs!r} against {mine!r})" if key != "setting" else
@@ -297,7 +306,7 @@ def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
     def log(msg: str) -> None:
         print(msg, file=out, flush=True)
 
-    s = P.QUICK if args.quick else P.DEFAULT
+    s = P.select_networks(P.QUICK if args.quick else P.DEFAULT, NETWORKS)
     data = args.data or ("synthetic" if args.quick else "fashion-mnist")
     checks = [load_result(p) for p in args.check]  # fail early on a bad log
     missing = sorted({c["config"]["seed"] for c in checks} - set(args.seeds))
@@ -311,6 +320,8 @@ def main(argv: Sequence[str] | None = None, *, file=None) -> dict[str, Any]:
         want = _identity(seed, s, data, tp)
         if path.exists():
             done = atomic.read_json(path)
+            if isinstance(done.get("setting"), dict):  # stored before some fields existed
+                done["setting"] = normalize_setting(done["setting"])
             if all(done.get(k) == v for k, v in want.items()) and _complete(done, s):
                 log(f"seed {seed}: loaded {path}")
                 results.append(done)

@@ -21,6 +21,10 @@ their 95% Student-t interval (the spread over training and fine-tuning; every
 seed is tested on the same test set), and each seed's own verdict are reported
 beside it and do not decide.
 
+A network the benchmark compares right after pruning only (ResNet-20 and MobileNetV2, which
+it does not fine-tune: their rows have no fine-tuned accuracy) has that stage only; the
+fine-tuning target is read on the other networks.
+
 It prints a Markdown table, the verdicts, and one JSON line last; ``--out``
 draws the differences. Errors (an unfinished run, runs of different settings,
 a seed given twice) go to stderr with exit code 2.
@@ -36,13 +40,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.bench.peers import METHODS, OURS, TARGETS
+from experiments.bench.peers import CLASSIC_METHODS, METHODS, OURS, TARGETS
 from experiments.harness import atomic
 from experiments.harness.stats import mean, t_interval
 from experiments.harness.tables import format_table
 
 __all__ = ["load_result", "seed_summary", "summary_table", "means_table", "md_cell", "plot_gaps",
-           "run_setting", "main"]
+           "run_setting", "normalize_setting", "main"]
 
 PEERS = tuple(m for m in METHODS if m not in OURS)
 MRS = "ours_mrs"
@@ -74,12 +78,29 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
                      f"prints last); was the run finished?")
 
 
+#: fields a peers setting gained over time, with the value the runs made before them had
+_SETTING_DEFAULTS = {"rounds": 1, "methods": list(CLASSIC_METHODS), "reduce_by": "params",
+                     "constant_images": 2000, "test_images": None}
+
+
+def normalize_setting(setting: Mapping[str, Any]) -> dict[str, Any]:
+    """A peers setting (JSON) with the fields added since a run was made filled in as that run
+    had them: ``rounds = 1`` (before ``--rounds``, runs pruned in one shot), the MLP and CNN's
+    methods, sizes by parameters, 2,000 constant-unit images, the whole test set, and no
+    per-network overrides."""
+    out = dict(setting)
+    for key, value in _SETTING_DEFAULTS.items():
+        out.setdefault(key, value)
+    if isinstance(out.get("models"), list):
+        out["models"] = [{**m, "overrides": m.get("overrides", {})} if isinstance(m, Mapping)
+                         else m for m in out["models"]]
+    return out
+
+
 def run_setting(result: Mapping[str, Any]) -> dict[str, Any]:
-    """A peers result's setting, with ``rounds = 1`` for runs logged before ``--rounds``
-    existed (they pruned in one shot)."""
-    setting = dict(result["config"]["setting"])
-    setting.setdefault("rounds", 1)
-    return setting
+    """A peers result's setting, completed for runs logged before some of its fields existed
+    (:func:`normalize_setting`)."""
+    return normalize_setting(result["config"]["setting"])
 
 
 def _setting(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,12 +126,21 @@ def _check_result(name: str, result: Any) -> None:
         raise ValueError(f"seed_summary: {name}'s config lacks {lacks}")
     if not isinstance(result.get("accuracy"), list):
         raise ValueError(f"seed_summary: {name} has no 'accuracy' list")
+    untuned = {}
     for i, row in enumerate(result["accuracy"]):
         lacks = [k for k in _ROW_KEYS if not isinstance(row, Mapping) or k not in row]
         if lacks:
             raise ValueError(f"seed_summary: {name}'s accuracy row {i} lacks {lacks}")
+        none = row["acc_finetuned"] is None
+        if untuned.setdefault(row["model"], none) != none:
+            raise ValueError(f"seed_summary: {name}'s accuracy row {i} ({row['model']} "
+                             f"{row['target']}x {row['method']}): acc_finetuned is "
+                             f"{row['acc_finetuned']!r}, while other rows of {row['model']} "
+                             f"are {'' if none else 'not '}fine-tuned")
         for stage in STAGES:
             v = row[stage]
+            if stage == "acc_finetuned" and none:
+                continue  # a network compared right after pruning only
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ValueError(f"seed_summary: {name}'s accuracy row {i} "
                                  f"({row['model']} {row['target']}x {row['method']}): "
@@ -212,18 +242,21 @@ def _stage(stage: str, acc: Mapping[str, Mapping[str, list[float]]], peers: Sequ
 
 def _point(model: str, target: float, tables: Sequence[Mapping[tuple, Any]],
            names: Sequence[str]) -> dict[str, Any]:
-    """A point of :func:`seed_summary`: every method's accuracies, per stage the verdicts."""
+    """A point of :func:`seed_summary`: every method's accuracies, per stage the verdicts (a
+    network that was not fine-tuned has the stage right after pruning only)."""
     methods = _methods_at(model, target, tables, names)
     rows0 = tables[0][(model, target, MRS)]
+    stages = [st for st in STAGES
+              if all(by[(model, target, m)][st] is not None for by in tables for m in methods)]
     acc = {m: {stage: [round(100 * by[(model, target, m)][stage], 9) for by in tables]
-               for stage in STAGES} for m in methods}
+               for stage in stages} for m in methods}
     peers = [m for m in PEERS if m in methods]
     ours = [m for m in OURS if m in methods]
     return {"model": model, "target": target, "kept": rows0["kept"], "params": rows0["params"],
             "methods": {m: {"label": tables[0][(model, target, m)]["label"],
                             **{stage: {"per_seed": v, "mean": mean(v), "ci95": t_interval(v)}
                                for stage, v in acc[m].items()}} for m in methods},
-            "stages": {stage: _stage(stage, acc, peers, ours) for stage in STAGES}}
+            "stages": {stage: _stage(stage, acc, peers, ours) for stage in stages}}
 
 
 def seed_summary(results: Sequence[Mapping[str, Any]],
@@ -241,7 +274,7 @@ def seed_summary(results: Sequence[Mapping[str, Any]],
     of training and fine-tuning, not the sampling of the one test set all seeds
     share, and not that the peer was chosen as the best on these same runs), and
     ``met_alone``, each seed's verdict against its own best peer (the single run's
-    rule); ``best_of_ours`` does the same for the best of our three methods on the
+    rule); ``best_of_ours`` does the same for the best of our methods on the
     means. ``targets`` maps each of the two accuracy targets to whether it holds at
     every point. ``ValueError`` names the run that is not a peers result, has another
     setting (and which fields differ), repeats a seed, or lacks or adds a method or
@@ -258,13 +291,17 @@ def seed_summary(results: Sequence[Mapping[str, Any]],
     points = [_point(model, target, tables, names)
               for model, target in _point_keys(tables, names)]
     by_target = {t: stage for stage, t in STAGE_TARGET.items()}
+    def at(stage):
+        return [p["stages"][stage] for p in points if stage in p["stages"]]
+
     targets = {key: {"target": TARGETS[key],
-                     "met": all(p["stages"][by_target[key]]["met"] for p in points),
-                     "points_met": sum(p["stages"][by_target[key]]["met"] for p in points),
-                     "points": len(points)}
+                     "met": all(st["met"] for st in at(by_target[key])) if at(by_target[key])
+                     else None,
+                     "points_met": sum(st["met"] for st in at(by_target[key])),
+                     "points": len(at(by_target[key]))}
                for key in TARGETS if key in by_target}
-    best_of_ours = {stage: all(p["stages"][stage]["best_of_ours"]["met"] for p in points)
-                    for stage in STAGES}
+    best_of_ours = {stage: all(st["best_of_ours"]["met"] for st in at(stage)) if at(stage)
+                    else None for stage in STAGES}
     return {"seeds": seeds, "rounds": ref["setting.rounds"], "points": points,
             "targets": targets, "best_of_ours": best_of_ours}
 
@@ -287,6 +324,8 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     rows = []
     for p in summary["points"]:
         for stage, desc in STAGES.items():
+            if stage not in p["stages"]:
+                continue
             st = p["stages"][stage]
             best = p["methods"][st["best_peer"]]
             rows.append({"model": p["model"].upper(), "target": p["target"], "stage": desc,
@@ -305,19 +344,21 @@ def summary_table(summary: Mapping[str, Any]) -> str:
 
 def means_table(summary: Mapping[str, Any], model: str) -> str:
     """A Markdown table of every method's seed means on ``model``: a row per method, a
-    column per size, each cell "right after pruning / after fine-tuning" (points), the
-    highest mean of each stage in bold."""
+    column per size, each cell "right after pruning / after fine-tuning" (points; right after
+    pruning only for a network that was not fine-tuned), the highest mean of each stage in
+    bold."""
     pts = [p for p in summary["points"] if p["model"] == model]
     if not pts:
         raise ValueError(f"means_table: no points of network {model!r}")
     methods = [m for m in METHODS if all(m in p["methods"] for p in pts)]
     best = {(p["target"], stage): max(p["methods"][m][stage]["mean"] for m in methods)
-            for p in pts for stage in STAGES}
+            for p in pts for stage in p["stages"]}
 
     def cell(p, m):
         return " / ".join(
             (f"**{v:.2f}**" if v == best[(p["target"], stage)] else f"{v:.2f}")
-            for stage in STAGES for v in [p["methods"][m][stage]["mean"]])
+            for stage in STAGES if stage in p["stages"]
+            for v in [p["methods"][m][stage]["mean"]])
 
     columns = {"method": "method", **{i: f"{p['target']:g}x ({p['params']:,})"
                                       for i, p in enumerate(pts)}}
@@ -345,6 +386,8 @@ def plot_gaps(summary: Mapping[str, Any], path: str | os.PathLike) -> None:
     for ax, (stage, desc) in zip(axes, STAGES.items()):
         values = [0.0]
         for x, p in zip(xs, pts):
+            if stage not in p["stages"]:
+                continue
             st = p["stages"][stage]
             d = st["differences"]
             values += [d["mean"], *d["per_seed"]]
@@ -358,8 +401,10 @@ def plot_gaps(summary: Mapping[str, Any], path: str | os.PathLike) -> None:
         ax.set_ylim(min(values) - pad, max(values) + pad)
         ax.set_xticks(xs, [f"{p['model'].upper()} {p['target']:g}x\nvs "
                            + SHORT.get(p["stages"][stage]["best_peer"],
-                                       p["stages"][stage]["best_peer"]) for p in pts],
-                      fontsize=8)
+                                       p["stages"][stage]["best_peer"])
+                           if stage in p["stages"] else
+                           f"{p['model'].upper()} {p['target']:g}x\n(not fine-tuned)"
+                           for p in pts], fontsize=8)
         ax.axhline(0, color="k", lw=0.8)
         ax.set(ylabel="MRS - best peer (accuracy points)",
                title=f"{desc} ({n} seed{'s' * (n != 1)})")
@@ -395,11 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(means_table(summary, model))
     print()
     for key, t in summary["targets"].items():
+        verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
         print(f"target {key}: {t['target']}, on the seed means: "
-              f"{'met' if t['met'] else 'NOT MET'} ({t['points_met']} of {t['points']} points)")
+              f"{verdict} ({t['points_met']} of {t['points']} points)")
     for stage, ok in summary["best_of_ours"].items():
-        print(f"(not a target) best of our three methods, {STAGES[stage]}, on the seed means: "
-              f"{'holds' if ok else 'does not hold'}")
+        verdict = {True: "holds", False: "does not hold", None: "not measured"}[ok]
+        print(f"(not a target) best of our methods, {STAGES[stage]}, on the seed means: "
+              f"{verdict}")
     print(json.dumps({"benchmark": "peers_seeds", **summary}, allow_nan=False))
     return 0
 

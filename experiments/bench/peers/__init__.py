@@ -1,7 +1,7 @@
 """Head-to-head against Torch-Pruning and ``torch.nn.utils.prune``.
 
 ``python -m experiments.bench.peers [--quick] [--without-torch-pruning] [--data NAME]
-[--cache DIR] [--repeats N] [--seed S] [--rounds R]``
+[--cache DIR] [--repeats N] [--seed S] [--rounds R] [--networks NAMES]``
 
 Torch-Pruning (G. Fang, X. Ma, M. Song, M. B. Mi, X. Wang, "DepGraph: Towards Any Structural
 Pruning", CVPR 2023, https://arxiv.org/abs/2301.12900; https://github.com/VainF/Torch-Pruning)
@@ -12,10 +12,13 @@ itself: when ``torch_pruning`` is not importable it stops with that command, unl
 Torch-Pruning parts instead. An installed torch-pruning outside that range is an error (the
 benchmark drives its dependency graph directly).
 
-``--quick`` (the test suite's mode, about 20 s on one core) uses tiny networks
+``--quick`` (the test suite's mode, about a minute on one core) uses tiny networks
 on a generated image-shaped 10-class problem
-(:func:`~experiments.bench.peers.data.synthetic_images`); its numbers check the machinery, not
-the methods.
+(:func:`~experiments.bench.peers.data.synthetic_images`), and few images for ResNet-20 and
+MobileNetV2 (half the scoring data, 200 test images); its numbers check the machinery, not the
+methods. ``--networks`` runs some of the four networks (comma-separated names: ``mlp``,
+``cnn``, ``resnet20``, ``mobilenet_v2``; default: all), e.g.
+``--networks resnet20,mobilenet_v2``.
 
 Setting (the defaults; ``--quick`` shrinks every size for the test suite):
 
@@ -27,13 +30,29 @@ Setting (the defaults; ``--quick`` shrinks every size for the test suite):
   Units in Neural Networks", MS thesis, NYU 2018, https://arxiv.org/abs/1806.06068, with
   BatchNorm, widened to conv 1->16 5x5, conv 16->32 5x5, FC 512->128->10 (80,298
   parameters; :func:`experiments.harness.models.thesis_cnn`, ``batchnorm=True``).
-* **Sizes.** For 2x, 5x and 10x fewer parameters every prunable layer keeps
-  the same number of units for every method: ``round(k n_l)`` of its
-  ``n_l``, with ``k`` the uniform fraction whose parameter count is nearest
-  to the target (log scale). Equal widths give equal parameter counts; the
-  benchmark checks every method's count after pruning and after fine-tuning
-  and stops if one differs. Each method only chooses *which* units go, in
-  each layer, one shot (``--rounds R``: in ``R`` rounds, see below).
+* **Residual networks**, trained the same way but for 3 epochs: ResNet-20 (K. He, X. Zhang,
+  S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
+  https://arxiv.org/abs/1512.03385; :func:`experiments.harness.models.resnet20`, 272,186
+  parameters, 31.0M multiply-accumulates per image) and the small MobileNetV2 of the zoo
+  (M. Sandler, A. Howard, M. Zhu, A. Zhmoginov, L.-C. Chen, "MobileNetV2: Inverted Residuals
+  and Linear Bottlenecks", CVPR 2018, https://arxiv.org/abs/1801.04381;
+  :func:`experiments.harness.models.mobilenet_v2`, 134,858 parameters, 7.6M MACs). Their
+  setting (:data:`~experiments.bench.peers.setting.RESIDUAL_OVERRIDES`, applied by
+  :func:`~experiments.bench.peers.setting.network_setting`): sizes for 2x and 5x fewer MACs
+  (:func:`pruners.count_macs`) and the one-shot methods only (MRS with mean replacement, the
+  exact MRP ranking with the units dropped, Torch-Pruning's three importances,
+  ``ln_structured``), with the same fine-tuning budget; ShrinkNets and group sparsity, whose
+  penalty strengths were set for the MLP and the CNN, do not run on them. A setting with
+  ``finetune_epochs = 0`` compares right after pruning only.
+* **Sizes.** For 2x, 5x and 10x fewer parameters (the residual networks: 2x and 5x fewer
+  MACs) every prunable group keeps the same number of units for every method: ``round(k n_l)``
+  of its ``n_l``, with ``k`` the uniform fraction whose parameter count (MAC count) is nearest
+  to the target (log scale). A group is a layer on a chain, or the layers whose outputs a
+  residual add sums: one width, the stream's channels, removed from every member at once.
+  Equal widths give equal layer shapes; the benchmark checks every method's shapes and
+  parameter count after pruning and after fine-tuning and stops if one differs. Each method
+  only chooses *which* units go, in each group, one shot (``--rounds R``: in ``R`` rounds,
+  see below).
 * **Methods.** Ours: MRS with mean replacement (Evci 2018, Def. 3.1.2;
   ``SCORERS["mrs"]`` on the scoring data, :func:`pruners.remove_units` with
   ``replacement="mean"``); ShrinkNets (signed switches initialized at 1, so the trained function is
@@ -43,13 +62,20 @@ Setting (the defaults; ``--quick`` shrinks every size for the test suite):
   without penalty, switches folded at the end); group sparsity (proximal
   group lasso on the units, ``pruners.ProximalGroupSparsity``, after every
   optimizer step during the same first epochs, then the same cut by group
-  norm, ``SCORERS["group_norm"]``). Torch-Pruning: ``MetaPruner`` with
+  norm, ``SCORERS["group_norm"]``); on the residual networks, the exact MRP ranking with the
+  units dropped (``SCORERS["mrp"]``, Evci 2018 Def. 3.1.1, then ``remove_units`` without
+  replacement). Mean replacement gives a consumer without a bias (the residual networks'
+  convolutions) a bias; the benchmark moves it into the running mean of the BatchNorm that
+  reads that consumer (:func:`~experiments.bench.peers.methods.fold_created_biases`: the same
+  function), so ours ends at Torch-Pruning's very shapes. Torch-Pruning: ``MetaPruner`` with
   ``MagnitudeImportance`` (L2), ``TaylorImportance`` (gradients of the scoring
-  data) and ``BNScaleImportance`` (CNN only: it scores BatchNorm'd channels;
-  ``fc1``, which has no BatchNorm, is pruned by its magnitude importance),
-  local (per-layer) ratios set so its kept counts equal ours, output layer
+  data) and ``BNScaleImportance`` (networks with BatchNorm: it scores BatchNorm'd channels;
+  the CNN's ``fc1``, which has no BatchNorm, is pruned by its magnitude importance),
+  local (per-layer) ratios set so its kept counts equal ours (every member of a residual group
+  gets the group's ratio: its dependency graph couples the same channels), output layer
   ignored. ``torch.nn.utils.prune.ln_structured`` (L2 over output channels,
-  masks; shapes stay dense).
+  masks; shapes stay dense); the members of a residual group are all masked by the group's
+  joint L2 norm (given as ``importance_scores``), so they lose the same channels.
 * **Rounds** (``--rounds R``, default 1). The one-shot methods prune in
   ``R`` rounds without training between them, rescoring the shrunk network
   each round. Ours: MRS scores recomputed and mean replacement at every
@@ -69,7 +95,8 @@ Setting (the defaults; ``--quick`` shrinks every size for the test suite):
   optimizer. ``ln_structured`` keeps dense, masked shapes; its parameter
   count is that of its physical twin (:func:`physical_twin`: the masked
   units removed with their constant output, the bias, folded into the next
-  layer), checked to compute the same outputs. ShrinkNets and group
+  layer), checked to compute the same outputs where that fold is exact (not the residual
+  networks: their masked channels reach zero-padded convolutions). ShrinkNets and group
   sparsity spend ``penalty_epochs`` (2) of the 3 epochs with their penalty,
   are cut, and fine-tune for the last one with the same optimizer. Test
   accuracy is on the 10,000 test images, in eval mode, right after pruning
@@ -78,7 +105,8 @@ Setting (the defaults; ``--quick`` shrinks every size for the test suite):
 * **Scoring data**: the first 2,048 images of the fine-tuning subset, in
   batches of 256, for every data-driven criterion and the mean replacement.
 
-(b) Time to score every prunable unit with the Taylor criterion and to
+(b) Time to score every prunable unit with the Taylor criterion (and with MRS, against the
+same Torch-Pruning Taylor scoring) and to
 remove the 5x selection physically: ours (``SCORERS["taylor"]``, Molchanov
 et al. 2017 on unit outputs; :func:`pruners.remove_units`, which traces the
 model itself on every call) against Torch-Pruning's (building its
@@ -112,34 +140,43 @@ the units of the first layer are made constant (MLP: zero incoming weights,
 bias drawn from U[0.5, 1.5]; CNN: BatchNorm scale 0 and shift from
 U[0.5, 1.5], so the channel is constant after its BatchNorm), then removed:
 ours with mean replacement (bias propagation), ours without replacement,
-and Torch-Pruning by its dependency graph (it drops them). Reported: the
-largest absolute change of the logits over (up to 2,000) test images, in
-float64 and in float32 as trained; beside float32, its rounding floor (the
-planted network in float32 against float64, unpruned). The 1e-6 target is
-judged in float64, where the function itself is compared; in float32 the
-change of an exact rewrite is of the order of that floor, reported as a
-comparison but not as the target.
+and Torch-Pruning by its dependency graph (it drops them). On the residual networks, two
+groups: the first residual stream (every member's channel made constant, so the summed stream
+is) and an inner group of a block (MobileNetV2: constant after its depthwise convolution's
+BatchNorm). Reported: the
+largest absolute change of the logits over (up to 2,000; 500 on the residual networks) test
+images, in float64 and in float32 as trained; beside float32, its rounding floor (the
+planted network in float32 against float64, unpruned); and, for ours in float64, each
+consumer's output change on the planted input (:func:`consumer_changes`). A constant folded
+into a bias is exact where the consumer reads no zero padding; ResNet-20's 3x3 convolutions
+read the padding's zeros at the border pixels, where no bias can stand for the constant. The
+1e-6 target is judged in float64, where the function itself is compared, where the fold is
+exact: the logits when no consumer is zero-padded, else the unpadded consumers and the padded
+ones' interior pixels (``judged_change``); in float32 the change of an exact rewrite is of the
+order of that floor, reported as a comparison but not as the target.
 
 Output: tables, then, last, one JSON line ``{"benchmark": "peers",
 "accuracy": [...], "timing": [...], "inference": [...], "constant_units":
 [...], "ratios": [...], "targets": {...}, "targets_met": bool,
 "informational": {...}, "config": {...}}``; every entry of ``ratios`` is
 ``ours / peer`` for one comparison. ``targets`` compares MRS with mean
-replacement (our one-shot counterpart of the peers) with the best peer;
-``informational`` adds the best of our three methods after fine-tuning and
-the float32 constant-unit change, which ``targets_met`` does not count.
+replacement (our one-shot counterpart of the peers) with the best peer (after fine-tuning: on
+the fine-tuned networks only); ``informational`` adds the best of our methods after fine-tuning
+and the float32 constant-unit change, which ``targets_met`` does not count.
 
 The package, one module per part (every name below is also importable from here):
 
 * :mod:`~experiments.bench.peers.setting` -- :class:`Setting`, :data:`DEFAULT`,
   :data:`QUICK`, the targets, and the Torch-Pruning checks (:func:`load_torch_pruning`,
   :func:`check_tp_version`, :func:`tp_version`);
-* :mod:`~experiments.bench.peers.data` -- the data (:func:`prepare_data`) and the trained,
-  cached networks (:func:`trained_model`);
+* :mod:`~experiments.bench.peers.data` -- the data (:func:`prepare_data`, per network
+  :func:`network_data`) and the trained, cached networks (:func:`trained_model`);
 * :mod:`~experiments.bench.peers.widths` -- the common widths (:func:`widths_for_reduction`,
-  :func:`round_widths`) and which units a score drops (:func:`lowest_units`);
+  :func:`round_widths`, :func:`common_model`, :func:`shapes`) and which units a score drops
+  (:func:`lowest_units`);
 * :mod:`~experiments.bench.peers.methods` -- the pruning methods (:func:`mrs_prune`,
-  :func:`tp_prune`, :func:`ln_structured_prune`, :func:`physical_twin`) on a :class:`Context`;
+  :func:`mrp_drop_prune`, :func:`tp_prune`, :func:`ln_structured_prune`,
+  :func:`physical_twin`) on a :class:`Context`;
 * :mod:`~experiments.bench.peers.accuracy` -- (a), fine-tuning with the same budget
   (:data:`METHODS`, :func:`run_accuracy`, :func:`accuracy_of`);
 * :mod:`~experiments.bench.peers.timing`, :mod:`~experiments.bench.peers.inference`,
@@ -149,38 +186,47 @@ The package, one module per part (every name below is also importable from here)
   printed tables, the command line and :func:`main`.
 """
 
-from experiments.bench.peers.accuracy import METHODS, OURS, accuracy_of, run_accuracy
+from experiments.bench.peers.accuracy import METHODS, OURS, PENALTY, accuracy_of, methods_of, \
+    run_accuracy
 from experiments.bench.peers.cli import main, parse_args, run
-from experiments.bench.peers.constant import plant_constant, run_constant
-from experiments.bench.peers.data import SYNTHETIC_NAME, prepare_data, synthetic_images, \
-    trained_model
+from experiments.bench.peers.constant import constant_cases, consumer_changes, plant_constant, \
+    run_constant
+from experiments.bench.peers.data import SYNTHETIC_NAME, network_data, prepare_data, \
+    synthetic_images, trained_model
 from experiments.bench.peers.inference import run_inference
-from experiments.bench.peers.methods import Context, batchnorm_of, ln_structured_prune, \
-    make_context, mrs_prune, mrs_rounds, physical_params, physical_twin, tp_gradients, tp_prune
-from experiments.bench.peers.setting import CONSTANT_TOL, DEFAULT, INFORMATIONAL, QUICK, \
-    TARGETS, TP_REQUIREMENT, TP_TESTED, ModelSpec, Setting, TorchPruningMissing, \
-    check_tp_version, install_hint, load_torch_pruning, setting_json, tp_version
+from experiments.bench.peers.methods import Context, batchnorm_of, bias_free, common_widths, \
+    fold_created_biases, group_batchnorms, ln_structured_prune, make_context, mrp_drop_prune, \
+    mrp_drop_rounds, mrs_prune, mrs_rounds, physical_params, physical_twin, tp_gradients, \
+    tp_prune
+from experiments.bench.peers.setting import CLASSIC_METHODS, CONSTANT_TOL, DEFAULT, \
+    INFORMATIONAL, ONE_SHOT_METHODS, QUICK, TARGETS, TP_REQUIREMENT, TP_TESTED, ModelSpec, \
+    Setting, TorchPruningMissing, check_tp_version, install_hint, load_torch_pruning, \
+    network_setting, select_networks, setting_json, tp_version
 from experiments.bench.peers.summary import ratios_and_targets, targets_met
 from experiments.bench.peers.timing import run_timing
-from experiments.bench.peers.widths import geometric_ratios, layer_widths, lowest_units, \
-    round_widths, tp_ratio, widths_for_reduction
+from experiments.bench.peers.widths import common_model, geometric_ratios, layer_widths, \
+    lowest_units, round_widths, shapes, tp_ratio, widths_for_reduction
 
 __all__ = [
     # the command line
     "main", "parse_args", "run",
     # setting, targets, Torch-Pruning
-    "ModelSpec", "Setting", "DEFAULT", "QUICK", "setting_json", "TARGETS", "INFORMATIONAL",
+    "ModelSpec", "Setting", "DEFAULT", "QUICK", "setting_json", "network_setting",
+    "select_networks", "CLASSIC_METHODS", "ONE_SHOT_METHODS", "TARGETS", "INFORMATIONAL",
     "CONSTANT_TOL", "TP_REQUIREMENT", "TP_TESTED", "TorchPruningMissing", "install_hint",
     "load_torch_pruning", "check_tp_version", "tp_version",
     # data and networks
-    "SYNTHETIC_NAME", "synthetic_images", "prepare_data", "trained_model",
+    "SYNTHETIC_NAME", "synthetic_images", "prepare_data", "network_data", "trained_model",
     # widths
-    "widths_for_reduction", "lowest_units", "layer_widths", "tp_ratio", "geometric_ratios",
-    "round_widths",
+    "widths_for_reduction", "common_model", "shapes", "lowest_units", "layer_widths",
+    "tp_ratio", "geometric_ratios", "round_widths",
     # methods
-    "Context", "make_context", "mrs_prune", "mrs_rounds", "ln_structured_prune",
-    "physical_twin", "physical_params", "tp_gradients", "tp_prune", "batchnorm_of",
+    "Context", "make_context", "common_widths", "mrs_prune", "mrs_rounds", "mrp_drop_prune",
+    "mrp_drop_rounds",
+    "ln_structured_prune", "physical_twin", "physical_params", "tp_gradients", "tp_prune",
+    "batchnorm_of", "group_batchnorms", "bias_free", "fold_created_biases",
     # the parts of a run and their summary
-    "METHODS", "OURS", "accuracy_of", "run_accuracy", "run_timing", "run_inference",
-    "plant_constant", "run_constant", "ratios_and_targets", "targets_met",
+    "METHODS", "OURS", "PENALTY", "methods_of", "accuracy_of", "run_accuracy", "run_timing",
+    "run_inference", "constant_cases", "consumer_changes", "plant_constant", "run_constant",
+    "ratios_and_targets", "targets_met",
 ]

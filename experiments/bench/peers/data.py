@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from experiments.harness.datasets import Splits, get_dataset
 from experiments.harness.models import build_model
 from experiments.harness.training import TrainConfig, Trainer
 
-__all__ = ["SYNTHETIC_NAME", "synthetic_images", "prepare_data", "trained_model"]
+__all__ = ["SYNTHETIC_NAME", "synthetic_images", "prepare_data", "network_data",
+           "trained_model"]
 
 #: name of the generated data set; change it whenever :func:`synthetic_images` changes, since
 #: it is part of the trained networks' cache key
@@ -72,6 +73,22 @@ def prepare_data(name: str, s: Setting, seed: int
                 finetune.tensors[1][i:i + s.scoring_batch])
                for i in range(0, min(s.scoring_samples, n_ft), s.scoring_batch)]
     return splits, finetune, scoring
+
+
+def network_data(splits: Splits, scoring: list, s: Setting) -> tuple[Splits, list]:
+    """The test set and scoring batches of one network's setting ``s``: the run's, cut to the
+    first ``s.test_images`` test images (all when None) and the first ``s.scoring_samples``
+    scoring images."""
+    if s.test_images is not None and s.test_images < len(splits.test):
+        xs, ys = splits.test.tensors
+        splits = replace(splits, test=TensorDataset(xs[:s.test_images], ys[:s.test_images]))
+    out, left = [], s.scoring_samples
+    for x, y in scoring:
+        if left <= 0:
+            break
+        out.append((x[:left], y[:left]))
+        left -= len(y[:left])
+    return splits, out
 
 
 def _key(obj: Any) -> str:

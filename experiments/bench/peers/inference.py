@@ -22,7 +22,8 @@ def run_inference(name: str, base: nn.Module, models: Mapping[float, Mapping[str
                   ctx: Context, log) -> list[dict]:
     """Per size and batch of ``ctx.setting.inference_batches``: the median milliseconds per
     call of the unpruned network and of the :data:`TIMED` ones among ``models`` (size ->
-    method -> fine-tuned model), timed in interleaved blocks."""
+    method -> fine-tuned model, or pruned model where the network is not fine-tuned), timed in
+    interleaved blocks."""
     s = ctx.setting
     rows = []
     for target, by_method in models.items():

@@ -8,7 +8,7 @@ from experiments.bench.peers.setting import INFORMATIONAL, TARGETS, Setting
 from experiments.harness.tables import format_table
 
 __all__ = ["accuracy_table", "timing_table", "inference_table", "constant_table",
-           "ratio_table", "print_report"]
+           "consumer_table", "ratio_table", "print_report"]
 
 STATUS = {True: "met", False: "NOT MET", None: "not measured"}
 
@@ -19,15 +19,17 @@ def _size(target: float) -> str:
 
 def accuracy_table(rows: Sequence[Mapping]) -> str:
     """(a): per network, size and method, the kept widths, the parameter count and reduction,
-    and the test accuracy right after pruning and after fine-tuning."""
+    the MAC reduction, and the test accuracy right after pruning and after fine-tuning ("-":
+    not fine-tuned)."""
     return format_table(
         [{**r, "widths": "-".join(str(v) for v in r["kept"].values())} for r in rows],
         {"model": "model", "target": "size", "label": "method", "widths": "widths",
-         "params": "params", "reduction": "red.", "acc_pruned": "after pruning",
-         "acc_finetuned": "after fine-tune"},
-        formats={"target": _size, "params": ",", "reduction": lambda v: f"{v:.2f}x",
+         "params": "params", "reduction": "red.", "mac_reduction": "MAC red.",
+         "acc_pruned": "after pruning", "acc_finetuned": "after fine-tune"},
+        formats={"target": lambda t: f"{t:g}x", "params": ",",
+                 "reduction": lambda v: f"{v:.2f}x", "mac_reduction": lambda v: f"{v:.2f}x",
                  "acc_pruned": ".4f", "acc_finetuned": ".4f"},
-        group=("model", "target"))
+        align={"acc_finetuned": ">"}, group=("model", "target"))
 
 
 def timing_table(rows: Sequence[Mapping]) -> str:
@@ -52,20 +54,37 @@ def inference_table(rows: Sequence[Mapping]) -> str:
 
 
 def constant_table(rows: Sequence[Mapping]) -> str:
-    """(d): per network, dtype and variant, the largest logit change, the largest logit and
-    (float32) the rounding floor."""
-    return format_table(rows, {"model": "model", "dtype": "dtype", "method": "method",
-                               "layer": "layer", "units": "units",
+    """(d): per network, case, dtype and variant, the largest logit change, the largest logit,
+    (float32) the rounding floor, and (ours with mean replacement, float64) the figure the
+    exactness target reads."""
+    return format_table(rows, {"model": "model", "case": "case", "dtype": "dtype",
+                               "method": "method", "layer": "group", "units": "units",
                                "max_abs_change": "max |change|", "max_abs_logit": "max |logit|",
-                               "rounding_floor": "f32 floor"},
+                               "rounding_floor": "f32 floor", "judged_change": "where exact"},
                         formats={"max_abs_change": ".3e", "max_abs_logit": ".3f",
-                                 "rounding_floor": ".3e"}, align={"rounding_floor": ">"})
+                                 "rounding_floor": ".3e", "judged_change": ".3e"},
+                        align={"rounding_floor": ">", "judged_change": ">"})
+
+
+def consumer_table(rows: Sequence[Mapping]) -> str:
+    """(d), ours with mean replacement in float64: per consumer of each planted group, the
+    largest change of its output on the planted input (all, interior, border pixels)."""
+    flat = [{"model": r["model"], "case": r["case"], **c} for r in rows
+            if r["method"] == "ours_mean_replacement" and r.get("consumers")
+            for c in r["consumers"]]
+    return format_table(flat, {"model": "model", "case": "case", "consumer": "consumer",
+                               "padded": "zero-padded", "max_change": "max |change|",
+                               "interior_change": "interior", "border_change": "border"},
+                        formats={"max_change": ".3e", "interior_change": ".3e",
+                                 "border_change": ".3e", "padded": lambda v: "yes" if v else "no"},
+                        align={"interior_change": ">", "border_change": ">"})
 
 
 def ratio_table(rows: Sequence[Mapping]) -> str:
     """Every ``ours / peer`` comparison with both figures."""
     return format_table(rows, {"comparison": "comparison", "model": "model", "target": "size",
-                               "ours": "ours", "peer": "peer", "ours_value": "ours",
+                               "case": "case", "ours": "ours", "peer": "peer",
+                               "ours_value": "ours",
                                "peer_value": "peer", "ratio": "ratio"},
                         formats={"target": _size, "ours_value": ".6g", "peer_value": ".6g",
                                  "ratio": ".4f"},
@@ -77,12 +96,12 @@ def print_report(log: Callable[[str], None], s: Setting, parts: Mapping[str, lis
     """Every table (``parts``: ``accuracy``, ``timing``, ``inference``, ``constant_units``
     rows), the ratios, then each target's and each informational comparison's status."""
     log("")
-    log("(a) test accuracy at equal size (widths: units kept per prunable layer; params: "
+    log("(a) test accuracy at equal size (widths: units kept per prunable group; params: "
         "physical count, ln_structured's once its masked units are removed)")
     log(accuracy_table(parts["accuracy"]))
     log("")
-    log(f"(b) Taylor scoring and physical removal of the {s.timing_reduction:g}x selection "
-        f"({s.repeats} alternated repeats, fresh copy each)")
+    log(f"(b) Taylor (and MRS) scoring and physical removal of the {s.timing_reduction:g}x "
+        f"selection ({s.repeats} alternated repeats, fresh copy each)")
     log(timing_table(parts["timing"]))
     log("")
     log("(c) CPU inference, median ms per call (time_models, interleaved)")
@@ -90,6 +109,11 @@ def print_report(log: Callable[[str], None], s: Setting, parts: Mapping[str, lis
     log("")
     log("(d) planted constant units removed: largest |logit change| over test images")
     log(constant_table(parts["constant_units"]))
+    if any(r.get("consumers") for r in parts["constant_units"]):
+        log("")
+        log("(d) ours with mean replacement, float64: each consumer's output change on the "
+            "planted input")
+        log(consumer_table(parts["constant_units"]))
     log("")
     log("ours / peer")
     log(ratio_table(ratios))

@@ -1,6 +1,7 @@
 """(b) Time to score every prunable unit with the Taylor criterion and to remove the selection
 physically: ours against Torch-Pruning's, each case on a fresh copy of the trained network,
-alternated within every repeat.
+alternated within every repeat. Our MRS (every unit, mean replacement's first-order loss change)
+is timed too, against the same Torch-Pruning Taylor scoring.
 
 Ours: ``SCORERS["taylor"]`` (P. Molchanov, S. Tyree, T. Karras, T. Aila, J. Kautz, "Pruning
 Convolutional Neural Networks for Resource Efficient Inference", ICLR 2017,
@@ -22,19 +23,20 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from experiments.bench.peers.methods import Context, tp_gradients
-from experiments.bench.peers.widths import layer_widths, lowest_units, tp_ratio, \
-    widths_for_reduction
+from experiments.bench.peers.methods import Context, common_widths, tp_gradients
+from experiments.bench.peers.widths import layer_widths, lowest_units, tp_ratio
 from experiments.harness.timing import cpu_mark, others_busy
 from pruners import remove_units
 from saliency import SCORERS
 
-__all__ = ["OURS_SCORE", "OURS_REMOVE", "OURS_REMOVE_MEAN", "OURS_STEP", "TP_GRAPH",
+__all__ = ["OURS_SCORE", "OURS_SCORE_MRS", "OURS_REMOVE", "OURS_REMOVE_MEAN", "OURS_STEP",
+           "TP_GRAPH",
            "TP_SCORE", "TP_REMOVE", "TP_SCORE_WITH_GRAPH", "TP_REMOVE_WITH_GRAPH", "TP_STEP",
            "run_timing"]
 
 # the timed cases, as the rows and the ratios name them
 OURS_SCORE = "ours: score (SCORERS['taylor'])"
+OURS_SCORE_MRS = "ours: score (SCORERS['mrs'])"
 OURS_REMOVE = "ours: remove (remove_units, drop)"
 OURS_STEP = "ours: prune step (score + remove)"
 OURS_REMOVE_MEAN = "ours: remove (remove_units, mean replacement)"
@@ -70,6 +72,13 @@ def _ours(model, kept, ctx: Context, record: Record) -> None:
     _check_widths(model, kept)
 
 
+def _ours_mrs(model, kept, ctx: Context, record: Record) -> None:
+    """MRS scores of every unit (one pass for the means, one forward and backward pass)."""
+    t0 = time.perf_counter()
+    SCORERS["mrs"]().score(model, ctx.scoring)
+    record(OURS_SCORE_MRS, time.perf_counter() - t0)
+
+
 def _ours_mean(model, kept, ctx: Context, record: Record) -> None:
     """The removal with mean replacement (which measures the means on the scoring data)."""
     units = lowest_units(SCORERS["taylor"]().score(model, ctx.scoring), kept)
@@ -79,10 +88,10 @@ def _ours_mean(model, kept, ctx: Context, record: Record) -> None:
 
 
 def _tp_layers(model, kept, ctx: Context) -> dict[str, Any]:
-    """The per-layer ratios and ignored layers of Torch-Pruning's pruner to ``kept`` (looked
-    up before its clock starts)."""
-    return {"pruning_ratio_dict": {model.get_submodule(l): tp_ratio(ctx.prunable[l], k)
-                                   for l, k in kept.items()},
+    """The per-layer ratios (every member of a group: the group's) and ignored layers of
+    Torch-Pruning's pruner to ``kept`` (looked up before its clock starts)."""
+    return {"pruning_ratio_dict": {model.get_submodule(m): tp_ratio(ctx.prunable[l], k)
+                                   for l, k in kept.items() for m in ctx.members.get(l, [l])},
             "ignored_layers": [model.get_submodule(l) for l in ctx.output_layers]}
 
 
@@ -101,12 +110,20 @@ def _tp_importances(pruner) -> list[tuple[Any, torch.Tensor | None]]:
     return [(g, pruner.estimate_importance(g)) for g in groups]
 
 
-def _tp_selection(pruner, imps, kept) -> list[tuple[nn.Module, Callable, list[int]]]:
-    """Each kept layer's group to prune: its module, pruning function and lowest units."""
+def _tp_selection(pruner, imps, kept, group_of: Mapping[str, str]
+                  ) -> list[tuple[nn.Module, Callable, list[int]]]:
+    """Each kept group's Torch-Pruning group to prune: its root module, pruning function and
+    lowest units. ``group_of`` maps every member layer to its group (the root Torch-Pruning
+    picks may be any member, or a depthwise convolution inside the group; they all share the
+    group's channel numbering here, which :func:`run_timing` checks)."""
     out = []
     for g, imp in imps:
         dep = g[0].dep
-        lname = pruner.DG._module2name[dep.target.module]
+        # the layers whose output channels the group prunes: one of them is a member of ours
+        # (the root may be a depthwise convolution, which ours carry inside the group)
+        names = [pruner.DG._module2name.get(d.target.module) for d, _ in g
+                 if pruner.DG.is_out_channel_pruning_fn(d.handler)]
+        lname = next((group_of[n] for n in names if n in group_of), None)
         if lname not in kept or imp is None:
             continue
         drop = lowest_units({lname: imp}, {lname: kept[lname]}).get(lname, [])
@@ -123,7 +140,8 @@ def _theirs(model, kept, ctx: Context, record: Record) -> None:
     tp_gradients(model, ctx.scoring)
     imps = _tp_importances(pruner)
     t2 = time.perf_counter()
-    groups = _tp_selection(pruner, imps, kept)
+    groups = _tp_selection(pruner, imps, kept,
+                           {m: l for l in kept for m in ctx.members.get(l, [l])})
     t3 = time.perf_counter()
     for module, handler, drop in groups:
         pruner.DG.get_pruning_group(module, handler, drop).prune()
@@ -167,16 +185,23 @@ def _alternate(cases, base: nn.Module, repeats: int, times: dict[str, list[float
 
 
 def run_timing(name: str, base: nn.Module, ctx: Context, log) -> list[dict]:
-    """The timing rows of the network ``base`` at ``ctx.setting.timing_reduction``: per case
-    its median and best milliseconds over ``ctx.setting.repeats`` alternated repeats."""
+    """The timing rows of the network ``base`` at ``ctx.setting.timing_reduction`` (fewer
+    parameters or MACs, as the setting's ``reduce_by``): per case its median and best
+    milliseconds over ``ctx.setting.repeats`` alternated repeats."""
     s = ctx.setting
-    kept, _ = widths_for_reduction(base, ctx.example, s.timing_reduction)
+    for g in ctx.prunable:
+        for m in ctx.members.get(g, [g]):
+            if not torch.equal(ctx.graph.groups[g].channels[m], torch.arange(ctx.prunable[g])):
+                raise NotImplementedError(f"timing: member {m!r} of group {g!r} numbers the "
+                                          f"group's channels in another order")
+    kept = common_widths(base, ctx, s.timing_reduction)
     times: dict[str, list[float]] = {}
 
     def record(case: str, seconds: float) -> None:
         times.setdefault(case, []).append(seconds)
 
-    kinds = [_ours, _ours_mean] + ([_theirs, _theirs_step] if ctx.tp is not None else [])
+    kinds = [_ours, _ours_mrs, _ours_mean] + ([_theirs, _theirs_step] if ctx.tp is not None
+                                               else [])
     cases = [lambda model, fn=fn: fn(model, kept, ctx, record) for fn in kinds]
     others = _alternate(cases, base, s.repeats, times)
     removed = sum(ctx.prunable[l] - k for l, k in kept.items())

@@ -17,44 +17,71 @@ import pruners
 from experiments.bench.inference import keep_fractions, nearest_reduction, uniform_units
 from pruners import remove_units
 
-__all__ = ["widths_for_reduction", "lowest_units", "layer_widths", "tp_ratio",
-           "geometric_ratios", "round_widths"]
+__all__ = ["widths_for_reduction", "common_model", "shapes", "lowest_units", "layer_widths",
+           "tp_ratio", "geometric_ratios", "round_widths"]
+
+#: what :func:`widths_for_reduction` can reduce: the name in messages and the counter
+MEASURES = {"params": ("parameters", lambda model, example: pruners.count_params(model)),
+            "macs": ("MACs", pruners.count_macs)}
 
 
 def _prunable(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """The units (group channels) of every prunable group, by group name."""
     graph = pruners.trace(model, example)
-    return {n: graph.producers[n].num_units for n in graph.prunable}
+    return {n: graph.groups[n].size for n in graph.prunable}
 
 
-def widths_for_reduction(model: nn.Module, example: torch.Tensor, target: float
-                         ) -> tuple[dict[str, int], int]:
-    """Kept units per prunable layer for ``target`` times fewer parameters.
+def common_model(model: nn.Module, example: torch.Tensor, kept: Mapping[str, int]
+                 ) -> nn.Module:
+    """A copy of ``model`` at the widths ``kept`` (each group's first channels kept, the
+    others dropped): the shapes, parameter count and MACs every method must end at."""
+    num = _prunable(model, example)
+    twin = copy.deepcopy(model)
+    units = {n: list(range(k, num[n])) for n, k in kept.items() if k < num[n]}
+    if units:
+        remove_units(twin, units, example_input=example)
+    return twin
 
-    Every prunable layer keeps ``round(k n_l)`` of its ``n_l`` units (at
-    least one), for the uniform fraction ``k`` whose parameter count (after
-    physical removal) is nearest to ``params / target`` in log scale.
-    Returns the kept counts and that parameter count.
+
+def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape by name (``weight`` for a ``torch.nn.utils.prune``-masked
+    ``weight_orig``)."""
+    return {n.replace("_orig", ""): tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def widths_for_reduction(model: nn.Module, example: torch.Tensor, target: float,
+                         measure: str = "params") -> tuple[dict[str, int], int]:
+    """Kept units per prunable group for ``target`` times fewer parameters (or MACs).
+
+    Every prunable group (a layer on a chain; the layers a residual add sums, with one width:
+    the stream's channels) keeps ``round(k n_l)`` of its ``n_l`` units (at least one), for
+    the uniform fraction ``k`` whose parameter count (``measure="params"``) or
+    multiply-accumulates per sample (``"macs"``, :func:`pruners.count_macs` on ``example``),
+    after physical removal, is nearest to ``base / target`` in log scale. Returns the kept
+    counts and that count.
     """
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 1:
         raise ValueError(f"target parameter reduction must be a number > 1, got {target!r}")
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {sorted(MEASURES)}, got {measure!r}")
+    what, count = MEASURES[measure]
     num = _prunable(model, example)
-    base = pruners.count_params(model)
+    base = count(model, example)
     identity = {n: torch.arange(u) for n, u in num.items()}
     keeps = keep_fractions(num)
     cache: dict[int, tuple[dict[str, int], int]] = {}
 
-    def params(i: int) -> tuple[dict[str, int], int]:
+    def size(i: int) -> tuple[dict[str, int], int]:
         if i not in cache:
             units = uniform_units(num, keeps[i], identity)
             twin = copy.deepcopy(model)
             if units:
                 remove_units(twin, units, example_input=example)
             kept = {n: num[n] - len(units.get(n, ())) for n in num}
-            cache[i] = (kept, pruners.count_params(twin))
+            cache[i] = (kept, count(twin, example))
         return cache[i]
 
-    return params(nearest_reduction(lambda i: params(i)[1], len(keeps), base, target,
-                                    "parameters"))
+    return size(nearest_reduction(lambda i: size(i)[1], len(keeps), base, target, what))
 
 
 def lowest_units(scores: Mapping[str, torch.Tensor], kept: Mapping[str, int]
@@ -72,7 +99,8 @@ def lowest_units(scores: Mapping[str, torch.Tensor], kept: Mapping[str, int]
 
 
 def layer_widths(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
-    """The current number of units (output features or channels) of each of ``layers``."""
+    """The current number of units (output features or channels) of each of ``layers`` (of a
+    group: its first member's, which every member of a residual group shares)."""
     out = {}
     for n in layers:
         m = model.get_submodule(n)
