@@ -326,6 +326,20 @@ def test_a_grouped_convolution_stays_balanced_across_rounds(scope):
 # --------------------------------------------------------------------------- the masked twin
 
 
+def lockstep(nets, opts, x, y) -> None:
+    """One training step of the pruned network and of its masked twin on the same batch; their
+    losses agree (<= 1e-9)."""
+    losses = []
+    for net, opt in zip(nets, opts):
+        net.train()
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert abs(losses[0] - losses[1]) <= 1e-9
+
+
 def test_removal_equals_the_masked_twin_step_for_step_while_training():
     x, y = inputs(16), labels(16)
     nets = [build("stage", kernel=3), build("stage", kernel=3)]
@@ -338,15 +352,7 @@ def test_removal_equals_the_masked_twin_step_for_step_while_training():
              for g in trace(nets[0], x[:1]).prunable}  # original numbering, physical model
     for t in schedule:
         for _ in range(3):
-            losses = []
-            for net, opt in zip(nets, opts):
-                net.train()
-                opt.zero_grad()
-                loss = F.cross_entropy(net(x), y)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-            assert abs(losses[0] - losses[1]) <= 1e-9
+            lockstep(nets, opts, x, y)
         with quiet():
             reports = [p.step(t, n, o, data=[(x, y)]) for p, n, o in zip(pruners, nets, opts)]
         assert reports[0].pruned == reports[1].pruned and sum(reports[0].pruned.values()) > 0
@@ -478,15 +484,7 @@ def test_garbage_collection_removes_dead_group_channels_and_keeps_the_optimizer_
     assert torch.equal(opts[0].state[nets[0].get_submodule("body.1.branch2.0").weight]
                        ["exp_avg_sq"], rows[keep])
     for _ in range(5):  # training goes on with the same optimizer, as the masked twin does
-        losses = []
-        for net, opt in zip(nets, opts):
-            net.train()
-            opt.zero_grad()
-            loss = F.cross_entropy(net(x), y)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        assert abs(losses[0] - losses[1]) <= 1e-9
+        lockstep(nets, opts, x, y)
 
 
 def test_garbage_collection_keeps_grouped_convolutions_balanced_and_members_alive():
