@@ -33,8 +33,8 @@ from torch.nn.utils import prune
 from saliency.graph import UnitGraph, default_example_input
 from saliency.tracing import trace
 from saliency.layers import CHANNEL_MODULES, PRODUCERS, effective_tensor, eval_mode
-from saliency.replacement import (fold_deltas, iter_inputs, member_indices, replacement_hooks,
-                                  unit_means)
+from saliency.replacement import (fold_deltas, held_means, iter_inputs, member_indices,
+                                  replacement_hooks, unit_means)
 
 from .metrics import count_macs, count_params
 from .optim_state import Journal, check_optimizer_state, reshape_param
@@ -59,7 +59,9 @@ class RemovalReport:
             layer's own indices).
         constants: per member layer, the replacement value of each removed output channel
             (the value its module was taken to output), in the order of
-            :attr:`member_indices`; empty without replacement.
+            :attr:`member_indices`; for a group joined by an elementwise product (a gated
+            FFN), under the group's name, the product's value of each removed group channel
+            (in the order of :attr:`indices`); empty without replacement.
         members: per touched group, its member layers (one on a chain).
         member_indices: per member layer, its removed output channels, sorted.
         params_before, params_after: parameter counts (masked entries not
@@ -128,11 +130,15 @@ def remove_units(model: nn.Module, units: Mapping[str, Iterable[int]], *,
             was); ``"zero"`` holds the producer's output at 0 (its BatchNorm
             shift and activation still reach the consumer); ``"mean"`` holds
             it at each unit's mean output over ``data`` (mean replacement; in a
-            group, each member's channel at its own mean); a float, a tensor (one
+            group, each member's channel at its own mean; in a group joined by an
+            elementwise product, a gated FFN's ``act(gate(x)) * up(x)``, the product's channel
+            at its mean, :func:`saliency.replacement.held_means`); a float, a tensor (one
             layer on a chain) or ``{layer: tensor or float}`` gives the constants: for a
             layer on a chain aligned with the indices as given, for every member of a group
             aligned with that member's removed output channels in ascending order
-            (``report.member_indices``).
+            (``report.member_indices``); for a group joined by a product, the product's
+            values, under the group's name. On token-shaped layers (a Linear on
+            ``(batch, ..., channels)``) means average over the batch and every token.
         data: iterable of ``(inputs, targets)`` batches: needed for
             ``"mean"``; also used to measure the output deviation of an
             inexact fold (zero-padded conv consumer) and to infer the input
@@ -211,14 +217,14 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
     removed = {n: i for n, i in graph.validate_units(units, min_units=min_units).items()
                if i.numel()}
     members = {g: member_indices(graph, g, chans) for g, chans in removed.items()}
-    constants = _constants(model, graph, units, members, replacement, data)
+    constants = _constants(model, graph, units, members, replacement, data, removed)
     cuts = _plan(model, graph, removed, members)
     check_optimizer_state(optimizer, _touched_params(model, cuts))
     deltas, inexact = fold_deltas(model, graph, removed, constants)
     reference = None
     if inexact and data is not None:
-        held = {m: (idx, constants[m]) for mi in members.values() for m, idx in mi.items()
-                if m in constants and idx.numel()}
+        held = {m: (idx, constants[m]) for g, mi in members.items() for m, idx in mi.items()
+                if m in constants and idx.numel() and graph.groups[g].held is None}
         reference = _outputs(model, data, held)
     params_before, macs_before = count_params(model), count_macs(model, example)
 
@@ -259,13 +265,16 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
         member_indices={m: idx for mi in members.values() for m, idx in mi.items()})
 
 
-def _constants(model, graph: UnitGraph, units, members, replacement, data
+def _constants(model, graph: UnitGraph, units, members, replacement, data, removed
                ) -> dict[str, torch.Tensor]:
     """Replacement value per removed output channel of every member (sorted order),
-    validated."""
+    validated; for a group held at a product (a gated FFN), per removed group channel of the
+    product, under the group's name."""
     if replacement is None:
         return {}
-    held = {m: idx for mi in members.values() for m, idx in mi.items()}
+    held = {m: idx for g, mi in members.items() if graph.groups[g].held is None
+            for m, idx in mi.items()}
+    held.update({g: removed[g] for g in members if graph.groups[g].held is not None})
     if isinstance(replacement, str):
         if replacement == "zero":
             return {m: torch.zeros(i.numel(), dtype=torch.float64) for m, i in held.items()}
@@ -274,7 +283,9 @@ def _constants(model, graph: UnitGraph, units, members, replacement, data
                              f'constants per layer, got {replacement!r}')
         if data is None:
             raise ValueError('replacement="mean" needs data= to measure the unit means')
-        means = unit_means(model, data, list(held))
+        products = [g for g in members if graph.groups[g].held is not None]
+        means = unit_means(model, data, [m for m in held if m not in products])
+        means.update(held_means(model, graph, data, products))
         return {m: means[m][i] for m, i in held.items()}
     if isinstance(replacement, bool):
         raise TypeError(f"replacement must be None, \"zero\", \"mean\", a number or constants "
@@ -285,6 +296,8 @@ def _constants(model, graph: UnitGraph, units, members, replacement, data
     elif isinstance(replacement, torch.Tensor):
         (name,) = units if len(units) == 1 else (None,)
         group = graph.group_of(name) if name is not None else None
+        if group is not None and group.held is not None and name == group.name:
+            return _checked({name: _aligned(name, replacement, units[name], held[name])})
         if group is None or len(group.members) > 1:
             raise ValueError("a replacement tensor needs exactly one layer in units, on a chain;"
                              " pass {layer: tensor} for several layers or for every member of a "
@@ -307,10 +320,15 @@ def _constants(model, graph: UnitGraph, units, members, replacement, data
             if isinstance(val, (int, float)):
                 out[m] = torch.full((held[m].numel(),), float(val), dtype=torch.float64)
             else:  # in the order given for a layer on a chain; by channel within a group
-                alone = m in units and len(graph.group_of(m).members) == 1
+                group = graph.group_of(m)
+                alone = m in units and (len(group.members) == 1 or group.held is not None)
                 out[m] = _aligned(m, val, units[m] if alone else held[m], held[m])
     else:
         raise TypeError(f"unsupported replacement {type(replacement).__name__}")
+    return _checked(out)
+
+
+def _checked(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for name, val in out.items():
         if not torch.isfinite(val).all():
             raise ValueError(f"layer {name!r}: replacement values must be finite")

@@ -102,7 +102,7 @@ import torch.nn.functional as F
 from .base import iter_batches, preserved, select_layers, summing_loss, to_group
 from .graph import Group, UnitGraph
 from .tracing import trace
-from .layers import dense_weight, effective_tensor
+from .layers import channels_first, dense_weight, effective_tensor
 from .mrp import MRP
 from .replacement import iter_inputs
 from .unit_stats import ConsumerMaps, activation, is_chain, unit_statistics
@@ -328,9 +328,9 @@ class _ShiftedMoments:
     def _hook(self, name: str, chain: bool = True) -> Callable:
         edges = self.graph.producers[name].edges if chain else []
 
-        def hook(_m, _inp, out):
+        def hook(m, _inp, out):
             with torch.no_grad():
-                h = out.detach()
+                h = channels_first(m, out.detach())  # tokens: channels in dimension 1
                 self._add(name, "h", h)
                 if chain:
                     a = activation(self.model, edges[0].path, h) if edges else h
@@ -366,9 +366,13 @@ class _ShiftedMoments:
         return shift.to(torch.float64) + m1, var
 
     def group_moments(self, group: Group) -> dict[str, torch.Tensor]:
-        """A group's ``out_var`` (the largest member variance), ``act_mean``, ``act_var``."""
-        out_var = to_group(group, {m: self.moments(m, "h")[1] for m in group.members}, "max")
+        """A group's ``out_var`` (the largest member variance; for a group held at a product,
+        the product's variance as its consumers read it), ``act_mean``, ``act_var``."""
         act = self.maps.statistics(group.name)
+        if group.held is not None:  # held at a product: its variance, as the consumers read it
+            return {"out_var": act["act_var"], "act_mean": act["act_mean"],
+                    "act_var": act["act_var"]}
+        out_var = to_group(group, {m: self.moments(m, "h")[1] for m in group.members}, "max")
         return {"out_var": out_var, "act_mean": act["act_mean"], "act_var": act["act_var"]}
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .base import per_sample_loss
 from .graph import UnitGraph, symbolic_trace
 from .kernels import call_function, call_module
-from .layers import effective_tensor
+from .layers import channels_first, effective_tensor
 from .replacement import run_path
 
 __all__ = ["Downstream"]
@@ -78,6 +78,7 @@ class Downstream:
                 self.nodes[n.target] = n
                 self._calls[n.target] = self._calls.get(n.target, 0) + 1
         self.order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
+        self.by_name = {n.name: n for n in self.gm.graph.nodes}
         self._dependents: dict[tuple, list[fx.Node]] = {}
 
     # -- cached values ----------------------------------------------------
@@ -199,7 +200,9 @@ class Downstream:
         with torch.no_grad():
             prod = self.graph.producers.get(producer)
             fast = prod is not None and prod.prunable and \
-                not self.graph.group_of(producer).joined and prod.edges
+                not self.graph.group_of(producer).joined and prod.edges and \
+                not prod.channel_last and \
+                not any(op.kind == "layout" for e in prod.edges for op in e.path)
             node = self._node(producer)
             starts = (tuple(self.nodes[e.consumer] for e in prod.edges) if fast else (node,))
             step = self._chunk(starts)
@@ -223,6 +226,8 @@ class Downstream:
                       reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         """:meth:`channel_losses` of a group: every member's channels of group channel
         ``channels[k]`` replaced in variant ``k``, recomputed from the members."""
+        if group.held is not None:
+            return self._held_losses(group, channels, values, y, loss_fn, reduce)
         if not isinstance(values, Mapping) or set(values) != set(group.members):
             raise ValueError(f"group {group.name!r}: values must map each member "
                              f"{group.members} to its channels' values")
@@ -240,7 +245,8 @@ class Downstream:
                     h = self.env[node]
                     own = group.channels[m].to(ch.device)
                     mask = (own[None, :] == ch[:, None])  # (k, C_m)
-                    replace = _member_replacement(mask, values[m], h)
+                    last = self.graph.producers[m].channel_last
+                    replace = _member_replacement(mask, values[m], h, last)
                     if node in after:
                         post[node] = replace
                     else:
@@ -251,12 +257,43 @@ class Downstream:
                 pieces.append(reduce(losses) if reduce is not None else losses)
             return torch.cat(pieces)
 
+    def _held_losses(self, group, channels: torch.Tensor, values: Mapping[str, torch.Tensor],
+                     y: torch.Tensor, loss_fn: Callable,
+                     reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+        """:meth:`channel_losses` of a group held at a product (:attr:`Group.held`): in
+        variant ``k`` the product's channels of group channel ``channels[k]`` take
+        ``values[group]`` there, and everything after the product is recomputed."""
+        if not isinstance(values, Mapping) or set(values) != {group.name}:
+            raise ValueError(f"group {group.name!r} is held at its product: values must map "
+                             f"the group's name to one value per group channel")
+        held = group.nodes[group.held]
+        node = self.by_name[held.name]
+        h = self.env[node]
+        labels = held.labels.to(h.device)
+        vals = values[group.name].to(h)[labels.clamp_min(0)]
+        with torch.no_grad():
+            step = self._chunk((node,))
+            pieces = []
+            for lo in range(0, channels.numel(), step):
+                ch = channels[lo:lo + step]
+                k = ch.numel()
+                mask = labels[None, :] == ch.to(h.device)[:, None]
+                replace = _member_replacement(mask, vals, h, held.channel_last)
+                out = self._rerun({node: replace(h.repeat((k,) + (1,) * (h.dim() - 1)))}, k)
+                losses = per_sample_loss(loss_fn, out, y.repeat(
+                    (k,) + (1,) * (y.dim() - 1))).reshape(k, -1)
+                pieces.append(reduce(losses) if reduce is not None else losses)
+            return torch.cat(pieces)
+
     def _replaced_output(self, node: fx.Node, ch: torch.Tensor, val: torch.Tensor
                          ) -> torch.Tensor:
         h = self.env[node]
         k, b = ch.numel(), h.shape[0]
-        stacked = h.unsqueeze(0).repeat((k,) + (1,) * h.dim())
-        stacked[torch.arange(k), :, ch] = val.expand((k, b) + tuple(h.shape[2:])).to(h)
+        view = channels_first(self.gm.get_submodule(node.target), h)
+        stacked = view.unsqueeze(0).repeat((k,) + (1,) * h.dim())
+        stacked[torch.arange(k), :, ch] = val.expand((k, b) + tuple(view.shape[2:])).to(h)
+        if view is not h:  # channels back to the last dimension
+            stacked = stacked.movedim(2, -1)
         return stacked.reshape((k * b,) + tuple(h.shape[1:]))
 
     def _consumer_overrides(self, prod, ch: torch.Tensor, val: torch.Tensor,
@@ -324,11 +361,20 @@ class Downstream:
         return a.reshape((self.batch,) + tuple(a_new.shape[1:]))
 
 
-def _member_replacement(mask: torch.Tensor, values: torch.Tensor, h: torch.Tensor
-                        ) -> Callable[[torch.Tensor], torch.Tensor]:
+def _member_replacement(mask: torch.Tensor, values: torch.Tensor, h: torch.Tensor,
+                        last: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function that replaces, in ``k`` stacked copies ``(k * B, C, ...)`` of a member's
     output, the channels ``mask[j]`` of copy ``j`` by ``values`` (``(C,)`` or
-    ``(C, B or 1, *spatial)``)."""
+    ``(C, B or 1, *spatial)``). ``last``: the channels are the last dimension of ``h``
+    (token-shaped, ``(B, ..., C)``); ``spatial`` is then the token dimensions."""
+    if last:
+        inner = _member_replacement(mask, values, h.movedim(-1, 1))
+        shape = tuple(h.shape)
+
+        def replace_last(stacked: torch.Tensor) -> torch.Tensor:
+            out = inner(stacked.movedim(-1, 1))
+            return out.movedim(1, -1).reshape((-1,) + shape[1:])
+        return replace_last
     k, b, c = mask.shape[0], h.shape[0], h.shape[1]
     spatial = tuple(h.shape[2:])
     vals = values.to(h)

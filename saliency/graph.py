@@ -120,7 +120,10 @@ class Producer:
             excluded, or reaches an unsupported node).
         reason: why it is not prunable.
         out_ndim: number of dimensions of its output (2 for Linear, 3 or 4 for
-            convolutions).
+            convolutions; 3 or more for a Linear on token-shaped inputs).
+        channel_last: whether its channels are the last dimension of a tensor of more than 2
+            dimensions (a Linear on ``(batch, ..., channels)`` inputs): its statistics
+            average over the batch and every token position.
         channel_modules: names of per-channel modules with per-channel tensors on its paths.
     """
 
@@ -131,6 +134,7 @@ class Producer:
     reason: str = ""
     out_ndim: int = 2
     channel_modules: list[str] = field(default_factory=list)
+    channel_last: bool = False
     _edges: list[Edge] | None = field(default_factory=list, repr=False)
     _joined_group: str = field(default="", repr=False)
 
@@ -158,8 +162,10 @@ class RegionNode:
     Attributes:
         name: the ``torch.fx`` node's name.
         kind: ``"member"`` (a member's output), ``"op"`` (a per-channel op), ``"join"`` (a
-            residual add or subtraction of its inputs), ``"cat"`` (a concatenation along
-            channels) or ``"flatten"``.
+            residual add or subtraction of its inputs), ``"product"`` (the elementwise product
+            of two tensors whose same-index channels are coupled: a gated FFN's
+            ``act(gate(x)) * up(x)``), ``"cat"`` (a concatenation along channels) or
+            ``"flatten"``.
         inputs: indices of the input nodes in :attr:`Group.nodes`, ``-1`` for an input
             that carries none of the group's channels (a piece of a concatenation).
         labels: the group channel of each channel of the tensor, ``-1`` for channels of other
@@ -170,6 +176,8 @@ class RegionNode:
         coefs: the factor of each input of a ``"join"`` (``a + alpha b``, ``a - b``).
         out_ndim: dimensions of the tensor.
         block: columns per channel once flattened, else None.
+        channel_last: whether the channels are the tensor's last dimension (token-shaped,
+            ``(batch, ..., channels)``, more than 2 dimensions); else dimension 1.
     """
 
     name: str
@@ -182,6 +190,7 @@ class RegionNode:
     coefs: tuple[float, ...] = ()
     out_ndim: int = 2
     block: int | None = None
+    channel_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,12 @@ class Group:
             channels of each convolution group: a removal must take the same number from
             each (``{key: [channels of conv group 0, ...]}``, the key the convolution's name
             for the channels it produces, ``"<name> (input)"`` for those it reads).
+        held: the index in :attr:`nodes` of the node where a removed channel is held at its
+            constant, or None: the members' outputs. A group whose channels are joined by an
+            elementwise product (a gated FFN, ``down(act(gate(x)) * up(x))``) is held at the
+            product: its replacement constants (the mean for mean replacement) are values of
+            the product, keyed by the group's name, and nothing before the product reaches a
+            consumer.
     """
 
     name: str
@@ -228,11 +243,13 @@ class Group:
     prunable: bool = True
     reason: str = ""
     partitions: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    held: int | None = None
 
     @property
     def joined(self) -> bool:
-        """Whether its region has a residual join (several members' channels summed)."""
-        return any(n.kind == "join" for n in self.nodes)
+        """Whether its region has a residual join or a product (several members' channels
+        summed or multiplied)."""
+        return any(n.kind in ("join", "product") for n in self.nodes)
 
     def describe(self) -> str:
         """One line: the group's name, size and members."""
@@ -244,7 +261,8 @@ class Group:
 
 #: reasons that read as a predicate of the node ("node 'x' (...) takes more than one input")
 _PREDICATES = ("is", "takes", "reshapes", "modifies", "adds", "concatenates", "combines",
-               "consumes", "does", "maps", "has")
+               "consumes", "does", "maps", "has", "multiplies", "normalizes", "permutes",
+               "moves", "acts")
 
 
 def clause(node: str, reason: str) -> str:

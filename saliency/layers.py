@@ -46,6 +46,7 @@ __all__ = [
     "depthwise_push",
     "dense_weight",
     "input_mask",
+    "channels_first",
 ]
 
 
@@ -63,6 +64,26 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def channels_first(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``t``, an output (or input) of ``module``, with the module's channels in dimension 1.
+
+    A Linear's channels are the last dimension of its input and output: on token-shaped
+    tensors ``(batch, ..., channels)`` they are moved to dimension 1 (a view,
+    ``(batch, channels, ...)``), so every per-unit statistic reduces the batch and token
+    dimensions as it reduces a convolution's batch and positions. Any other tensor (a
+    Linear's 2-D output, a convolution's map) is returned as it is.
+
+    Examples:
+        >>> channels_first(nn.Linear(3, 5), torch.zeros(2, 7, 5)).shape
+        torch.Size([2, 5, 7])
+        >>> channels_first(nn.Linear(3, 5), torch.zeros(2, 5)).shape
+        torch.Size([2, 5])
+    """
+    if isinstance(module, nn.Linear) and t.dim() > 2:
+        return t.movedim(-1, 1)
+    return t
 
 
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:

@@ -26,6 +26,13 @@ which is the loss change of ``remove_units(model, {group: [i]},
 replacement="mean", data=D)`` wherever its fold is exact (no zero padding
 or average pooling over padding on the held channels' paths).
 
+For channels joined by an elementwise product (a gated FFN, ``down(act(gate(x)) * up(x))``:
+:attr:`saliency.graph.Group.held`), group channel ``i`` is the product's channel, held at its
+mean over the data (:func:`saliency.replacement.held_means`), as ``remove_units(...,
+replacement="mean")`` holds it. On token-shaped layers (a Linear on ``(batch, ...,
+channels)``) means average over the batch and every token position, and a sample's loss is
+the sum of its per-token losses when ``loss_fn`` returns them.
+
 Cost: one pass for the means, then per batch one cached forward pass and,
 per unit, only the work that unit changes (:class:`saliency.engine.Downstream`):
 on a chain, the unit's channel through its path and its consumers' change;
@@ -41,7 +48,8 @@ import torch
 
 from .base import UnitScorer, iter_batches
 from .engine import Downstream
-from .replacement import unit_means
+from .layers import channels_first
+from .replacement import held_means, unit_means
 from .unit_stats import is_chain
 
 __all__ = ["MRP"]
@@ -78,7 +86,10 @@ class MRP(UnitScorer):
 
     def _score(self, model, data, loss_fn):
         graph, layers = self.graph(model, data)
-        means = unit_means(model, data, [m for n in layers for m in graph.groups[n].members])
+        held = [n for n in layers if graph.groups[n].held is not None]
+        means = unit_means(model, data, [m for n in layers if n not in held
+                                         for m in graph.groups[n].members])
+        means.update(held_means(model, graph, data, held))
         totals = {n: torch.zeros(graph.groups[n].size, dtype=torch.float64) for n in layers}
         count = 0
         for x, y in iter_batches(data):
@@ -94,10 +105,11 @@ class MRP(UnitScorer):
                 group = graph.groups[name]
                 if not is_chain(group):
                     ch = torch.arange(group.size)
-                    vals = {m: means[m] for m in group.members}
+                    vals = {name: means[name]} if name in held else \
+                        {m: means[m] for m in group.members}
                     totals[name] += ds.channel_losses(name, ch, vals, y, loss_fn, reduce=reduce)
                     continue
-                h = ds.output_of(name)
+                h = channels_first(model.get_submodule(name), ds.output_of(name))
                 c = h.shape[1]
                 ch = torch.arange(c)
                 vals = means[name].to(h).reshape((c, 1) + (1,) * (h.dim() - 2))

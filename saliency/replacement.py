@@ -24,17 +24,20 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
+from torch import fx
 import torch.nn.functional as F
 
-from .graph import ChannelOp, Group, UnitGraph
+from .graph import ChannelOp, Group, UnitGraph, symbolic_trace
 from .kernels import call_function, call_module
-from .layers import CHANNEL_MODULES, DROPOUT_FUNCTIONS, PRODUCERS, depthwise_push, eval_mode
+from .layers import (CHANNEL_MODULES, DROPOUT_FUNCTIONS, PRODUCERS, channels_first,
+                     depthwise_push, eval_mode)
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _CHANNEL_DROPOUT = {F.dropout1d, F.dropout2d}
 
 __all__ = ["iter_batches", "iter_inputs", "unit_means", "apply_op", "run_path", "fold_deltas",
-           "member_indices", "region_constants", "replacement_hooks"]
+           "member_indices", "region_constants", "replacement_hooks", "held_means",
+           "NodeRecorder"]
 
 
 def iter_batches(data: Iterable) -> Iterator[tuple[torch.Tensor, Any]]:
@@ -72,7 +75,8 @@ def unit_means(model: nn.Module, data: Iterable, layers: Iterable[str]) -> dict[
     """Mean output of every unit of ``layers`` over ``data``, in eval mode.
 
     The mean of unit ``i`` is taken over samples and, for convolutions, over
-    positions: ``E[y_i]`` of eq. 1.5. All layers are measured in one pass on
+    positions (for a Linear on token-shaped inputs ``(batch, ..., channels)``, over every
+    token position): ``E[y_i]`` of eq. 1.5. All layers are measured in one pass on
     the unmodified model. Accumulation is in float64.
 
     Returns:
@@ -85,7 +89,8 @@ def unit_means(model: nn.Module, data: Iterable, layers: Iterable[str]) -> dict[
     handles = []
 
     def make_hook(name: str):
-        def hook(_m, _inp, out):
+        def hook(m, _inp, out):
+            out = channels_first(m, out)
             dims = [d for d in range(out.dim()) if d != 1]
             s = out.detach().to(torch.float64).sum(dim=dims)
             sums[name] = sums[name] + s if name in sums else s
@@ -113,6 +118,8 @@ def apply_op(model: nn.Module, op: ChannelOp, x: torch.Tensor,
     Dropout is the identity (eval mode). The op's ``offset`` (after a concatenation) shifts
     the channels to its own tensor's positions.
     """
+    if op.kind == "layout":  # a reshape or permute that keeps every channel whole
+        return x
     if op.kind in ("module", "depthwise"):
         # per-channel tensors are picked at the positions of these channels in the op's own
         # tensor, which may be wider (a concatenation): the producer's channel 0 sits at
@@ -168,7 +175,10 @@ def region_constants(model: nn.Module, group: Group, values: Mapping[str, torch.
                      ) -> tuple[list[torch.Tensor], list[bool]]:
     """Every region node's value when each member outputs one constant per channel.
 
-    ``values`` gives, per member, a full-length vector over its output channels. The
+    ``values`` gives, per member, a full-length vector over its output channels (for a group
+    held at a product, :attr:`Group.held`, one value per group channel under the group's
+    name instead: the product's value; the nodes before the product, which reach no consumer,
+    are zeros). The
     constants pass through the per-channel ops (BatchNorm in eval mode, activations; pooling
     keeps a constant), residual joins add them, concatenations put them side by side (zeros
     for the channels of other groups). Returns each node's value, shaped ``(1, C, 1, ...)``,
@@ -179,11 +189,17 @@ def region_constants(model: nn.Module, group: Group, values: Mapping[str, torch.
     out: list[torch.Tensor] = []
     exact: list[bool] = []
     ref = next(iter(values.values()))
-    for node in group.nodes:
-        shape = (1, -1) + (1,) * (node.out_ndim - 2)
+    for j, node in enumerate(group.nodes):
+        shape = (1, -1) if node.channel_last else (1, -1) + (1,) * (node.out_ndim - 2)
         ins = [out[i] if i >= 0 else None for i in node.inputs]
         ok = all(exact[i] for i in node.inputs if i >= 0)
-        if node.kind == "member":
+        if group.held is not None and j <= group.held:
+            x = ref.new_zeros(node.labels.numel()).reshape(shape)
+            if j == group.held:
+                x = values[group.name].to(ref)[node.labels.clamp_min(0).to(ref.device)]
+                x = x.masked_fill((node.labels < 0).to(ref.device), 0).reshape(shape)
+            ok = True
+        elif node.kind == "member":
             x = values[node.member].reshape(shape)
         elif node.kind == "op":
             x = apply_op(model, node.op, ins[0])
@@ -192,12 +208,15 @@ def region_constants(model: nn.Module, group: Group, values: Mapping[str, torch.
                 ok = ok and not bool((ins[0].reshape(-1)[held.to(x.device)] != 0).any())
         elif node.kind == "join":
             x = node.coefs[0] * ins[0] + node.coefs[1] * ins[1]
+        elif node.kind == "product":  # (after the product a group holds: never reached)
+            x = ins[0] * ins[1]
         elif node.kind == "cat":
             x = torch.cat([v.reshape(shape) if v is not None else
                            ref.new_zeros((1, n) + (1,) * (len(shape) - 2))
                            for v, n in zip(ins, node.sizes)], dim=1)
         else:  # flatten: one constant per channel still (the consumer expands its block)
             x = ins[0].reshape(1, -1)
+        x = x.reshape(shape)
         out.append(x)
         exact.append(ok)
     return out, exact
@@ -211,7 +230,10 @@ def fold_deltas(model: nn.Module, graph: UnitGraph, removed: Mapping[str, torch.
         removed: ``{group: sorted group channels}`` (on a chain, the layer's units).
         constants: ``{member layer: values}``, one value per removed output channel of the
             member (:func:`member_indices`, in order): the value its module outputs there.
-            A group without constants is dropped (its consumers see 0), nothing is folded.
+            A group held at a product (:attr:`Group.held`, a gated FFN) has instead, under the
+            group's name, one value per removed group channel (in ``removed``'s order): the
+            product's value. A group without constants is dropped (its consumers see 0),
+            nothing is folded.
 
     Returns:
         ``({consumer: bias delta}, inexact)`` where ``inexact`` lists the
@@ -225,7 +247,14 @@ def fold_deltas(model: nn.Module, graph: UnitGraph, removed: Mapping[str, torch.
         if chans.numel() == 0 or not any(m in constants for m in group.members):
             continue
         full = {}
+        if group.held is not None:
+            ref = model.get_submodule(group.members[0]).weight
+            full[gname] = torch.zeros(group.size, dtype=ref.dtype, device=ref.device)
+            if gname in constants:
+                full[gname][chans.to(ref.device)] = constants[gname].to(full[gname])
         for m, idx in member_indices(graph, gname, chans).items():
+            if group.held is not None:
+                break
             w = model.get_submodule(m).weight
             full[m] = torch.zeros(graph.producers[m].num_units, dtype=w.dtype, device=w.device)
             if m in constants:
@@ -261,15 +290,74 @@ def _consumer_delta(model: nn.Module, group: Group, consumer, chans: torch.Tenso
 def replacement_hooks(model: nn.Module, constants: Mapping[str, tuple[torch.Tensor, torch.Tensor]]):
     """Forward hooks that overwrite chosen units' outputs with constants.
 
-    ``constants`` maps a layer name to ``(indices, values)``. Returns the hook
-    handles; the caller removes them (in a ``finally``).
+    ``constants`` maps a layer name to ``(indices, values)`` (output channels: the last
+    dimension of a Linear on token-shaped inputs). Returns the hook handles; the caller
+    removes them (in a ``finally``).
     """
     handles = []
     for name, (idx, vals) in constants.items():
-        def hook(_m, _inp, out, idx=idx, vals=vals):
+        def hook(m, _inp, out, idx=idx, vals=vals):
             out = out.clone()
-            shape = (1, -1) + (1,) * (out.dim() - 2)
-            out[:, idx.to(out.device)] = vals.to(out).reshape(shape)
+            view = channels_first(m, out)  # a view: writing it writes ``out``
+            shape = (1, -1) + (1,) * (view.dim() - 2)
+            view[:, idx.to(out.device)] = vals.to(out).reshape(shape)
             return out
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     return handles
+
+
+class NodeRecorder(fx.Interpreter):
+    """Runs a traced model (:attr:`UnitGraph.gm`, which calls the model's own modules) and
+    keeps the values of the nodes named in ``names`` (``recorder.values[name]``), with their
+    autograd history."""
+
+    def __init__(self, gm: fx.GraphModule, names: Iterable[str]):
+        super().__init__(gm)
+        self.names = set(names)
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if n.name in self.names:
+            self.values[n.name] = result
+        return result
+
+
+def held_means(model: nn.Module, graph: UnitGraph, data: Iterable, groups: Iterable[str]
+               ) -> dict[str, torch.Tensor]:
+    """The mean of every group channel at the node where each group is held.
+
+    For a group joined by an elementwise product (:attr:`Group.held`, a gated FFN's
+    ``act(gate(x)) * up(x)``): the mean of the product over samples and positions (every token
+    position of a token-shaped tensor), measured on the unmodified model in eval mode and
+    accumulated in float64; what mean replacement holds the group's removed channels at.
+    Groups held at their members' outputs are left out (:func:`unit_means` gives theirs).
+
+    Returns:
+        ``{group: 1-D tensor over its group channels}`` in the model's dtype.
+    """
+    groups = [g for g in groups if graph.groups[g].held is not None]
+    if not groups:
+        return {}
+    nodes = {g: graph.groups[g].nodes[graph.groups[g].held] for g in groups}
+    gm = graph.gm if graph.gm is not None else symbolic_trace(model)
+    sums: dict[str, torch.Tensor] = {}
+    count: dict[str, int] = {g: 0 for g in groups}
+    with eval_mode(model), eval_mode(gm), torch.no_grad():
+        for x in iter_inputs(data):
+            rec = NodeRecorder(gm, [n.name for n in nodes.values()])
+            rec.run(x)
+            for g, node in nodes.items():
+                v = rec.values[node.name]
+                v = v.movedim(-1, 1) if node.channel_last else v
+                s = v.to(torch.float64).sum(dim=[d for d in range(v.dim()) if d != 1])
+                sums[g] = sums[g] + s if g in sums else s
+                count[g] += v.numel() // v.shape[1]
+    out = {}
+    for g, node in nodes.items():
+        dtype = model.get_submodule(graph.groups[g].members[0]).weight.dtype
+        pos = (node.labels >= 0).nonzero().reshape(-1)
+        mean = torch.zeros(graph.groups[g].size, dtype=torch.float64)
+        mean[node.labels[pos]] = (sums[g] / count[g]).cpu()[pos]
+        out[g] = mean.to(dtype)
+    return out

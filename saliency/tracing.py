@@ -6,9 +6,18 @@ tensor a *label*: the producer channel it is (``("conv1", 3)``), or none. A prod
 channels get fresh labels; a per-channel op (BatchNorm, activations, pooling, dropout,
 identity, scalar arithmetic, a depthwise convolution) keeps its input's labels; a
 concatenation along channels concatenates them; a residual add or subtraction of two tensors
-of the same shape *couples* the labels at each position (union-find). A consumer (Linear,
+of the same shape *couples* the labels at each position (union-find), and so does an
+elementwise product of two such tensors (a gated FFN's ``act(gate(x)) * up(x)``: the group is
+then held at the product). A consumer (Linear,
 convolution) reads the labels of its input. Anything else that receives labeled channels is
 refused, naming the node: the labels reaching it are marked unsupported.
+
+Token-shaped tensors: a Linear applied to ``(batch, ..., channels)`` produces channels in the
+last dimension; elementwise ops, dropout, scalar arithmetic, joins, products, concatenations
+along the last dimension, and reshapes or permutes that keep the batch dimension first and the
+channels whole and last carry them, into the Linear layers that consume them. A normalization
+over the channels (LayerNorm, RMSNorm, GroupNorm) mixes them: the channels reaching it are not
+prunable (with that reason), and its output carries no units.
 
 After the pass, coupled producers form a :class:`~saliency.graph.Group`; its channels are the
 classes of coupled producer channels, numbered member by member in forward order (so a
@@ -56,6 +65,15 @@ _JOIN_FUNCTIONS = {operator.add: 1.0, operator.iadd: 1.0, torch.add: 1.0,
                    operator.sub: -1.0, operator.isub: -1.0, torch.sub: -1.0}
 _JOIN_METHODS = {"add": 1.0, "sub": -1.0}
 _CAT_FUNCTIONS = {torch.cat, torch.concat}
+_PRODUCT_FUNCTIONS = {operator.mul, torch.mul}
+_PRODUCT_METHODS = {"mul"}
+_LAYOUT_METHODS = {"view", "reshape", "flatten", "permute", "transpose"}
+_LAYOUT_FUNCTIONS = {torch.reshape, torch.permute, torch.transpose, torch.flatten}
+#: normalizations over the channels: they mix them (the channels reaching them are not units)
+_MIXING_MODULES = tuple(c for c in (nn.LayerNorm, getattr(nn, "RMSNorm", None), nn.GroupNorm,
+                                    nn.LocalResponseNorm) if c is not None)
+_MIXING_FUNCTIONS = {f for f in (F.layer_norm, getattr(F, "rms_norm", None), F.group_norm,
+                                 F.local_response_norm) if f is not None}
 _AVG_POOL_FUNCS = {F.avg_pool1d: 3, F.avg_pool2d: 4}
 _INPLACE_FUNCTIONS = {torch.relu_, F.relu_}
 _AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
@@ -251,6 +269,7 @@ class _Info:
 
     labels: np.ndarray
     block: int | None = None
+    last: bool = False      # channels are the last dimension of a tensor of > 2 dimensions
 
     @property
     def labeled(self) -> bool:
@@ -297,6 +316,7 @@ class _LabelPass:
         self.parent: list[int] = []                # union-find over labels
         self.spaces: dict[str, tuple[int, int]] = {}  # producer -> (first label, count)
         self.out_ndim: dict[str, int] = {}
+        self.channel_last: dict[str, bool] = {}
         self.events: list[_Event] = []
         self.uses: list[_Use] = []
         self.problems: list[tuple[str, str, np.ndarray, str]] = []  # (node, reason, labels, kind)
@@ -415,16 +435,34 @@ class _LabelPass:
         if isinstance(mod, nn.Flatten):
             self.flatten(node, src)
             return
+        if isinstance(mod, _MIXING_MODULES):
+            self.mixing(node, type(mod).__name__)
+            return
         spec = CHANNEL_MODULES.get(type(mod))
         if spec is None:
             raise _Refused(f"{type(mod).__name__} is not a known per-channel module")
         info = self.info[src]
+        if info.last and spec.ndims is not None:
+            raise _Refused(f"{type(mod).__name__} acts on dimension 1 of its input, but the "
+                           f"channels of this {_shape(src)} tensor are its last dimension")
+        if info.last and spec.tensors(mod) and not getattr(mod, "channels_last", False):
+            raise _Refused(f"{type(mod).__name__} applies its per-channel tensors along "
+                           f"dimension 1, but the channels of this {_shape(src)} tensor are its "
+                           "last dimension")
         if info.block is not None and (spec.tensors(mod) or _shape(node) != _shape(src)):
             raise _Refused(f"{type(mod).__name__} after a flatten is not per-channel")
         self.check_channelwise(node, src, spec.ndims, type(mod).__name__)
         if spec.tensors(mod):
             self.claim_carrier(node, node.target, info.labels)
         self.op(node, src, ChannelOp("module", node.target, keeps_constant=spec.keeps_constant(mod)))
+
+    def mixing(self, node: fx.Node, what: str) -> None:
+        """A normalization over the channels: the channels reaching it are not units (kind
+        ``"mixed"``: their groups are not prunable, with this reason), its output carries
+        none."""
+        self.refuse(node, f"normalizes over the channels ({what} mixes them: every output "
+                    "depends on every channel), so they are not units", kind="mixed")
+        self.unlabeled(node)
 
     def single_input(self, node: fx.Node) -> fx.Node:
         first = node.args[0] if node.args else None
@@ -462,14 +500,16 @@ class _LabelPass:
         self.owner += [(name, i) for i in range(count)]
         self.parent += list(range(start, start + count))
         labels = np.arange(start, start + count, dtype=np.int64)
+        last = isinstance(mod, nn.Linear) and shape is not None and len(shape) > 2
         if name not in self.spaces:
             self.spaces[name] = (start, count)
             self.out_ndim[name] = len(shape) if shape else 2
+            self.channel_last[name] = last
         else:  # a shared layer: its second call's channels are coupled with the first's
             first = self.spaces[name][0]
             for i in range(count):
                 self.union(first + i, start + i)
-        self.info[node] = _Info(labels)
+        self.info[node] = _Info(labels, last=last)
         self.events.append(_Event("member", node, (), self.info[node], member=name))
         if kind == "grouped":
             self.partitions[name] = list(labels.reshape(mod.groups, -1))
@@ -492,12 +532,15 @@ class _LabelPass:
         if _tensor_nodes((node.args[1:], node.kwargs)):
             raise _Refused("takes more than one tensor input")
         info, ins = self.info[src], _shape(src)
-        if isinstance(mod, nn.Linear) and ins is not None and len(ins) != 2:
+        if isinstance(mod, nn.Linear) and ins is not None and len(ins) != 2 and not info.last:
             raise _Refused(f"Linear applied to a {len(ins)}-D tensor {ins} would mix positions, "
                            "not channels (flatten it first)")
+        if info.last and not isinstance(mod, nn.Linear):
+            raise _Refused(f"{type(mod).__name__} reads its channels from dimension 1, but the "
+                           f"channels of its input {ins} are its last dimension")
         if info.block is not None and not isinstance(mod, nn.Linear):
             raise _Refused("consumes a flattened map")
-        if ins is not None and len(ins) != spec.ndim:
+        if ins is not None and len(ins) != spec.ndim and not info.last:
             raise _Refused(f"{type(mod).__name__} gets a {len(ins)}-D input {ins}; its channels "
                            f"are dimension 1 of a {spec.ndim}-D input")
         groups = getattr(mod, "groups", 1)
@@ -513,6 +556,9 @@ class _LabelPass:
             raise _Refused(f"layer {name!r} is called {self.calls[name]} times (shared weights)")
         if self.info[src].block is not None:
             raise _Refused("consumes a flattened map")
+        if self.info[src].last:
+            raise _Refused("reads its channels from dimension 1, but the channels of its input "
+                           f"{_shape(src)} are its last dimension")
         self.check_channelwise(node, src, (PRODUCERS[type(mod)].ndim,), "depthwise convolution")
         self.claim_carrier(node, name, self.info[src].labels)
         keeps = PRODUCERS[type(mod)].fold_exact(mod)
@@ -524,9 +570,20 @@ class _LabelPass:
         tgt = node.target
         if tgt is getattr and len(node.args) > 1 and node.args[1] == "shape":
             return
-        if tgt is torch.flatten:
+        if tgt in _MIXING_FUNCTIONS:
+            self.mixing(node, getattr(tgt, "__name__", "the function"))
+            return
+        if tgt is torch.flatten and not self.info[self.first_input(node)].last:
             src = self.first_input(node)
             self.flatten(node, src)
+            return
+        if tgt in _LAYOUT_FUNCTIONS:
+            src = self.first_input(node)
+            if tgt is torch.reshape and not self.info[src].last:
+                self.flatten(node, src, "is a reshape other than flatten (B, C, ...) -> "
+                             "(B, C*...)")
+            else:
+                self.layout(node, src)
             return
         if tgt in _CAT_FUNCTIONS:
             self.cat(node)
@@ -534,6 +591,9 @@ class _LabelPass:
         tensors = self.inputs(node)
         if tgt in _JOIN_FUNCTIONS and len(tensors) == 2:
             self.join(node, tensors, _JOIN_FUNCTIONS[tgt])
+            return
+        if tgt in _PRODUCT_FUNCTIONS and len(tensors) == 2 and _same_shape(tensors):
+            self.product(node, tensors)
             return
         if tgt in _SCALAR_OPS:
             self.scalar(node, node.args[0] if node.args else None)
@@ -572,6 +632,10 @@ class _LabelPass:
         if self.info[src].block is not None and tgt not in ELEMENTWISE_FUNCTIONS \
                 and tgt not in DROPOUT_FUNCTIONS:
             raise _Refused("is not per-channel after a flatten")
+        if self.info[src].last and tgt not in ELEMENTWISE_FUNCTIONS \
+                and tgt not in DROPOUT_FUNCTIONS:
+            raise _Refused(f"acts on dimension 1 of its input, but the channels of this "
+                           f"{_shape(src)} tensor are its last dimension")
         keeps, scale = True, 1.0
         if tgt in _AVG_POOL_FUNCS:
             keeps, scale = _avg_func_keeps(tgt, node)
@@ -590,15 +654,26 @@ class _LabelPass:
         if meth in _JOIN_METHODS and len(tensors) == 2:
             self.join(node, tensors, _JOIN_METHODS[meth])
             return
+        if meth in _PRODUCT_METHODS and len(tensors) == 2 and _same_shape(tensors):
+            self.product(node, tensors)
+            return
         src = node.args[0] if node.args else None
         if not isinstance(src, fx.Node) or src not in self.info:
             raise _Refused("takes its arguments in an unexpected order")
+        if meth in ("permute", "transpose") or (meth in _LAYOUT_METHODS and self.info[src].last):
+            if [n for n in tensors if n is not src]:
+                raise _Refused("takes an unexpected tensor argument")
+            self.layout(node, src)
+            return
         if meth in ("view", "reshape", "flatten"):
             fixed = _fixed_size_reshape(node) if meth != "flatten" else None
             if fixed is not None:
                 raise _Refused(f"reshapes to a fixed size {fixed}, which breaks when units "
                                "are removed; use x.flatten(1) or x.view(x.size(0), -1)")
             self.flatten(node, src, "is a reshape other than flatten (B, C, ...) -> (B, C*...)")
+            return
+        if meth == "mean" and self.info[src].last:
+            self.token_mean(node, src)
             return
         if meth in ELEMENTWISE_METHODS:
             if [n for n in tensors if n is not src]:
@@ -613,7 +688,7 @@ class _LabelPass:
 
     def op(self, node: fx.Node, src: fx.Node, op: ChannelOp) -> None:
         info = self.info[src]
-        out = _Info(info.labels, info.block)
+        out = _Info(info.labels, info.block, info.last)
         self.info[node] = out
         self.events.append(_Event("op", node, (src,), out, op=op))
 
@@ -627,6 +702,96 @@ class _LabelPass:
         self.info[node] = out
         self.events.append(_Event("flatten", node, (src,), out))
 
+    def layout(self, node: fx.Node, src: fx.Node) -> None:
+        """A reshape or permute that keeps every channel whole: the batch dimension stays
+        first and the channels stay in dimension 1 or become (or stay) the last dimension.
+        Anything else is refused, saying where the channels would go."""
+        info = self.info[src]
+        ins, outs = _shape(src), _shape(node)
+        if ins is None or outs is None:
+            raise _Refused("has a shape that was not recorded")
+        if info.block is not None:
+            raise _Refused("reshapes a flattened map")
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        cdim = len(ins) - 1 if info.last else 1
+        if name in ("permute", "transpose"):
+            perm = _permutation(node, len(ins))
+            if perm is None:
+                raise _Refused("permutes the dimensions with arguments that cannot be read")
+            if perm[0] != 0:
+                raise _Refused("is not a per-channel operation: it moves the batch dimension")
+            new = perm.index(cdim)
+            if new == len(outs) - 1 and len(outs) > 2:
+                last = True
+            elif new == 1:
+                last = False
+            else:
+                raise _Refused(f"is not a per-channel operation: it moves the channels to "
+                               f"dimension {new} of {outs}")
+        else:  # view / reshape / flatten of a tensor whose channels are its last dimension
+            if outs[0] != ins[0] or outs[-1] != ins[-1]:
+                raise _Refused(f"reshapes a {ins} tensor whose channels are its last dimension "
+                               f"into {outs}, which does not keep the batch dimension first "
+                               "and every channel whole in the last dimension")
+            fixed = _fixed_size_reshape(node, last=True)
+            if fixed is not None:
+                raise _Refused(f"reshapes to a fixed number of channels {fixed}, which breaks "
+                               "when units are removed; use -1 or x.size(-1)")
+            last = len(outs) > 2
+        out = _Info(info.labels, None, last)
+        self.info[node] = out
+        self.events.append(_Event("op", node, (src,), out,
+                                  op=ChannelOp("layout", name, shape_only=True)))
+
+    def token_mean(self, node: fx.Node, src: fx.Node) -> None:
+        """``x.mean(dim)`` of a token-shaped tensor over token dimensions only (neither the
+        batch nor the channels): pooling, each channel's mean over positions."""
+        ins, outs = _shape(src), _shape(node)
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        if ins is None or outs is None or not dims or not all(isinstance(d, int) for d in dims):
+            raise _Refused("is not a per-channel operation (a mean over all dimensions)")
+        dims = {d % len(ins) for d in dims}
+        if 0 in dims or len(ins) - 1 in dims:
+            raise _Refused("is not a per-channel operation: it averages over the batch or the "
+                           "channels")
+        if outs[0] != ins[0] or outs[-1] != ins[-1]:
+            raise _Refused("is not a per-channel operation")
+        info = self.info[src]
+        out = _Info(info.labels, None, len(outs) > 2)
+        self.info[node] = out
+        self.events.append(_Event("op", node, (src,), out,
+                                  op=ChannelOp("layout", "mean", shape_only=True)))
+
+    def product(self, node: fx.Node, tensors: list[fx.Node]) -> None:
+        """``a * b`` of two tensors of one shape whose every channel is a unit: channel ``i``
+        of the product depends on channel ``i`` of each factor only, so the factors' channels
+        are coupled and the group is held at the product."""
+        a, b = tensors
+        if node.args[:2] not in ((a, b), (b, a)) or len(node.args) > 2 or node.kwargs:
+            raise _Refused("takes its arguments in an unexpected order")
+        sa, sb = _shape(a), _shape(b)
+        if sa != sb:
+            raise _Refused(f"multiplies tensors of shapes {sa} and {sb} (broadcasting across "
+                           "channels or positions)")
+        ia, ib = self.info[a], self.info[b]
+        if not (ia.labeled and ib.labeled) or ia.labels.shape != ib.labels.shape or \
+                bool(((ia.labels < 0) != (ib.labels < 0)).any()):
+            raise _Refused("multiplies the channels by a tensor that is not units (the model's "
+                           "input, a parameter, or a layer outside the graph): only an "
+                           "elementwise product of two layers' same-index channels is "
+                           "per-channel")
+        if ia.block is not None or ib.block is not None:
+            raise _Refused("multiplies flattened maps")
+        if ia.last != ib.last:
+            raise _Refused("multiplies tensors whose channels are in different dimensions")
+        for x, y in zip(ia.labels.tolist(), ib.labels.tolist()):
+            if x >= 0 and y >= 0:
+                self.union(x, y)
+        out = _Info(ia.labels, None, ia.last)
+        self.info[node] = out
+        self.events.append(_Event("product", node, (a, b), out))
+
     def join(self, node: fx.Node, tensors: list[fx.Node], sign: float) -> None:
         """``a + b``, ``a - b`` or ``a +/- alpha b`` (``torch.add``/``torch.sub`` or the
         methods, ``alpha`` a number) of two tensors of one shape: the channels are coupled."""
@@ -638,6 +803,12 @@ class _LabelPass:
             raise _Refused(f"adds tensors of shapes {sa} and {sb} (broadcasting across "
                            "channels or positions)")
         ia, ib = self.info[a], self.info[b]
+        if not ia.labeled:  # the other tensor's layout: channels where its channels are
+            ia = _Info(np.full(ib.labels.size, -1, dtype=np.int64), ib.block, ib.last)
+        if not ib.labeled:
+            ib = _Info(np.full(ia.labels.size, -1, dtype=np.int64), ia.block, ia.last)
+        if ia.last != ib.last:
+            raise _Refused("adds tensors whose channels are in different dimensions")
         if ia.block != ib.block:
             raise _Refused("adds a flattened map to another tensor")
         alpha = node.kwargs.get("alpha", 1.0)  # torch.add/sub(a, b, alpha=), a.add/sub(b, alpha=)
@@ -655,7 +826,7 @@ class _LabelPass:
         for x, y in zip(ia.labels.tolist(), ib.labels.tolist()):
             if x >= 0 and y >= 0:
                 self.union(x, y)
-        out = _Info(np.where(ia.labels >= 0, ia.labels, ib.labels), ia.block)
+        out = _Info(np.where(ia.labels >= 0, ia.labels, ib.labels), ia.block, ia.last)
         self.info[node] = out
         self.events.append(_Event("join", node, (a, b), out, coefs=(1.0, sign * float(alpha))))
 
@@ -666,6 +837,10 @@ class _LabelPass:
         if not isinstance(pieces, (list, tuple)) or not all(
                 isinstance(p, fx.Node) and p in self.info for p in pieces):
             raise _Refused("concatenates something other than tensors")
+        lasts = {self.info[p].last for p in pieces if self.info[p].labeled}
+        if lasts == {True}:
+            self.cat_last(node, pieces, dim, out_shape)
+            return
         if out_shape is None or dim not in (1, 1 - len(out_shape)):
             raise _Refused(f"concatenates along dimension {dim}, not the channels")
         blocks = {self.info[p].block for p in pieces}
@@ -676,6 +851,18 @@ class _LabelPass:
         self.info[node] = out
         self.events.append(_Event("cat", node, tuple(pieces), out,
                                   sizes=tuple(int(self.info[p].labels.size) for p in pieces)))
+
+    def cat_last(self, node: fx.Node, pieces, dim, out_shape) -> None:
+        """A concatenation of token-shaped tensors along their last dimension (channels)."""
+        if out_shape is None or dim not in (-1, len(out_shape) - 1):
+            raise _Refused(f"concatenates along dimension {dim}, not the channels (the last "
+                           "dimension)")
+        labels = [self.info[p].labels if self.info[p].labeled
+                  else np.full(_shape(p)[-1], -1, dtype=np.int64) for p in pieces]
+        out = _Info(np.concatenate(labels), None, True)
+        self.info[node] = out
+        self.events.append(_Event("cat", node, tuple(pieces), out,
+                                  sizes=tuple(int(lab.size) for lab in labels)))
 
     # -- checks ----------------------------------------------------------------------
 
@@ -729,15 +916,45 @@ def _flatten_block(node: fx.Node, src: fx.Node) -> int | None:
     return None
 
 
-def _fixed_size_reshape(user: fx.Node) -> int | None:
-    """A literal size (other than -1) in a view/reshape call, if any."""
+def _fixed_size_reshape(user: fx.Node, last: bool = False) -> int | None:
+    """A literal size (other than -1) in a view/reshape call, if any (``last``: in the last
+    position, the channels of a token-shaped tensor, only)."""
     sizes = user.args[1:]
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = sizes[0]
+    if last:
+        if user.target == "flatten" or not sizes:
+            return None
+        sizes = sizes[-1:]
     for v in sizes:
         if isinstance(v, int) and v != -1:
             return v
     return None
+
+
+def _same_shape(tensors: list[fx.Node]) -> bool:
+    return _shape(tensors[0]) is not None and _shape(tensors[0]) == _shape(tensors[1])
+
+
+def _permutation(node: fx.Node, ndim: int) -> list[int] | None:
+    """The permutation of a permute/transpose call: output dimension ``i`` is input dimension
+    ``perm[i]``; None when the arguments are not literal integers."""
+    args = list(node.args[1:])
+    name = node.target if isinstance(node.target, str) else node.target.__name__
+    if "dims" in node.kwargs:
+        args = [node.kwargs["dims"]]
+    if name == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        if len(dims) != ndim or not all(isinstance(d, int) for d in dims):
+            return None
+        return [d % ndim for d in dims]
+    pair = args + [node.kwargs[k] for k in ("dim0", "dim1") if k in node.kwargs]
+    if len(pair) != 2 or not all(isinstance(d, int) for d in pair):
+        return None
+    i, j = pair[0] % ndim, pair[1] % ndim
+    perm = list(range(ndim))
+    perm[i], perm[j] = perm[j], perm[i]
+    return perm
 
 
 def _avg_func_keeps(tgt, node: fx.Node) -> tuple[bool, float]:
@@ -818,13 +1035,15 @@ def _assemble(lp: _LabelPass, gm: fx.GraphModule) -> UnitGraph:
         group = Group(gname, list(members), groups.size[gname],
                       {p: gchan(np.arange(*_span(lp.spaces[p])), gname) for p in members})
         _build_region(group, lp, gchan)
+        _hold_product(group, lp)
         result[gname] = group
     unsupported = _close_groups(result, lp, groups)
     producers = {}
     for p, gname in groups.of_producer.items():
         group = result[gname]
         producers[p] = Producer(p, lp.spaces[p][1], gname, group.prunable, group.reason,
-                                lp.out_ndim[p], _joined_group=gname if group.joined else "")
+                                lp.out_ndim[p], channel_last=lp.channel_last[p],
+                                _joined_group=gname if group.joined else "")
     for group in result.values():
         if not group.joined:
             _chain_edges(group, producers[group.members[0]], lp.model)
@@ -853,7 +1072,8 @@ def _build_region(group: Group, lp: _LabelPass, gchan) -> None:
         shape = _shape(ev.node)
         group.nodes.append(RegionNode(
             ev.node.name, ev.kind, tuple(index.get(n, -1) for n in ev.inputs), labels, ev.op,
-            ev.member, ev.sizes, ev.coefs, len(shape) if shape else 2, ev.out.block))
+            ev.member, ev.sizes, ev.coefs, len(shape) if shape else 2, ev.out.block,
+            ev.out.last))
     for use in lp.uses:
         if use.node in index:
             group.consumers.append(GroupConsumer(use.consumer, index[use.node],
@@ -864,18 +1084,67 @@ def _build_region(group: Group, lp: _LabelPass, gchan) -> None:
             group.partitions[conv] = [m[m >= 0] for m in mapped]
 
 
+def _hold_product(group: Group, lp: _LabelPass) -> None:
+    """A group joined by an elementwise product is held at the product: check that it can be.
+
+    The product must be the group's only one, hold every group channel, and be the only way
+    its members' channels reach anything: every other node of the region leads to it or
+    follows it, and every consumer reads it or what follows it. Otherwise the product's node
+    is refused, naming what escapes it.
+    """
+    products = [i for i, n in enumerate(group.nodes) if n.kind == "product"]
+    if not products:
+        return
+    labels = np.concatenate([np.arange(*_span(lp.spaces[m])) for m in group.members])
+    node = group.nodes[products[0]]
+    described = next(_describe(ev.node) for ev in lp.events if ev.node.name == node.name)
+    if len(products) > 1:
+        lp.problems.append((described, ("multiplies channels of a group that another "
+                                        "elementwise product also multiplies (one product "
+                                        "per group)"), labels, "unsupported"))
+        return
+    p = products[0]
+    before, stack = set(), [p]
+    while stack:
+        for i in group.nodes[stack.pop()].inputs:
+            if i >= 0 and i not in before:
+                before.add(i)
+                stack.append(i)
+    after = {p}
+    for j, n in enumerate(group.nodes):
+        if j > p and any(i in after for i in n.inputs):
+            after.add(j)
+    stray = [group.nodes[j].name for j in range(len(group.nodes)) if j not in before | after]
+    stray += [c.name for c in group.consumers if c.node not in after]
+    covered = torch.zeros(group.size, dtype=torch.bool)
+    covered[node.labels[node.labels >= 0]] = True
+    if stray:
+        lp.problems.append((described, (f"multiplies channels that also reach "
+                                        f"{', '.join(repr(s) for s in stray)} without the "
+                                        "product: a group joined by a product must reach its "
+                                        "consumers through the product only"), labels,
+                            "unsupported"))
+    elif not bool(covered.all()):
+        lp.problems.append((described, "multiplies only some of the channels of its group",
+                            labels, "unsupported"))
+    else:
+        group.held = p
+
+
 def _close_groups(groups: dict[str, Group], lp: _LabelPass, grouping: _Groups
                   ) -> list[Unsupported]:
     """Mark the groups reached by a problem non-prunable; describe each unsupported node once.
 
     An unsupported node reached only by excluded groups is not reported: excluding its
-    producers is how it is left alone.
+    producers is how it is left alone; nor is one reached only by groups whose channels a
+    normalization mixes (LayerNorm, RMSNorm: the residual stream of a transformer), which are
+    not prunable anyway.
     """
     def reached(labels):
         return sorted({grouping.channel[lp.find(int(lab))][0] for lab in labels},
                       key=list(groups).index)
 
-    for kind in ("excluded", "output"):
+    for kind in ("excluded", "output", "mixed"):
         for node, reason, labels, k in lp.problems:
             if k == kind:
                 for g in reached(labels):
@@ -883,8 +1152,12 @@ def _close_groups(groups: dict[str, Group], lp: _LabelPass, grouping: _Groups
                         layer = lp.owner[int(labels[0])][0]
                         if kind == "excluded" and groups[g].members != [layer]:
                             reason = f"its member {layer!r} is excluded by the caller"
+                        if kind == "mixed":
+                            reason = clause(node, reason)
                         groups[g].prunable, groups[g].reason = False, reason
-    excluded = {g for node, reason, labels, k in lp.problems if k == "excluded"
+    # a group excluded, or closed by a normalization that mixes its channels, is not
+    # prunable whatever else its channels reach: what else they reach is not reported
+    excluded = {g for node, reason, labels, k in lp.problems if k in ("excluded", "mixed")
                 for g in reached(labels)}
     found: list[Unsupported] = []
     for node, reason, labels, kind in lp.problems:

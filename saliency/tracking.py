@@ -68,7 +68,7 @@ from .base import iter_batches, preserved, select_layers, summing_loss
 from .engine import Downstream
 from .graph import UnitGraph, as_index_tensor
 from .tracing import trace
-from .layers import dense_weight, effective_tensor
+from .layers import channels_first, dense_weight, effective_tensor
 from .replacement import iter_inputs
 from .unit_stats import is_chain, unit_statistics
 
@@ -244,9 +244,9 @@ class UnitTracker:
         def hook_for(name: str):
             idx = sel[name]
 
-            def hook(_m, _inp, out):
+            def hook(m, _inp, out):
                 with torch.no_grad():
-                    h = out.detach()
+                    h = channels_first(m, out.detach())  # tokens: channels in dimension 1
                     if want_h:
                         captured[name].append(h.index_select(1, idx.to(h.device)).clone())
                     if want_mean:  # the arithmetic of saliency.unit_means, for exact MRP
@@ -349,7 +349,7 @@ class UnitTracker:
                 return (losses.to(torch.float64) - base).abs().sum(1)
 
             for name, idx in sel.items():
-                h = ds.output_of(name)
+                h = channels_first(model.get_submodule(name), ds.output_of(name))
                 vals = means[name][idx].to(h).reshape((idx.numel(), 1) + (1,) * (h.dim() - 2))
                 totals[name] += ds.channel_losses(name, idx, vals, y, self.loss_fn,
                                                   reduce=reduce)

@@ -50,6 +50,18 @@ to ``i``:
 
 A chain (a group of one, no residual join) is computed exactly as before: activation
 statistics on the path to its first consumer, before pooling.
+
+**Products.** A group joined by an elementwise product (a gated FFN, ``down(act(gate(x)) *
+up(x))``; :attr:`saliency.graph.Group.held`) is held at the product, so ``h`` and ``g`` are
+the product ``p`` and ``dL/dp`` (one value per group channel, read from the traced graph):
+``mean``, ``mrs``, ``taylor``, ``out_var`` and ``grad_norm`` are those of a chain whose output
+is ``p``; the activation statistics are read on what the consumers read, as for a residual
+group.
+
+**Tokens.** On token-shaped layers (a Linear on ``(batch, ..., channels)``) the token
+positions are the positions ``p`` above: every statistic averages (or, for MRS within a
+sample, sums) over them as over a convolution's positions, and a sample's loss is the sum of
+its per-token losses when ``loss_fn`` returns them.
 """
 
 from __future__ import annotations
@@ -61,8 +73,8 @@ import torch.nn as nn
 
 from .base import iter_batches, loss_sum, to_group
 from .graph import ChannelOp, Group, UnitGraph
-from .layers import CHANNEL_MODULES
-from .replacement import apply_op
+from .layers import CHANNEL_MODULES, channels_first
+from .replacement import NodeRecorder, apply_op
 
 __all__ = ["unit_statistics", "STATISTICS", "activation", "is_chain", "is_pool", "ConsumerMaps"]
 
@@ -168,12 +180,17 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
     coupled = [n for n in groups if n not in chains]
     members = {m: need for n in chains for m in groups[n].members}
     member_need = need & _MEMBER_SUMS
-    members.update({m: member_need for n in coupled for m in groups[n].members})
+    members.update({m: member_need for n in coupled if groups[n].held is None
+                    for m in groups[n].members})
+    held = {_held_key(n): groups[n].nodes[groups[n].held] for n in coupled
+            if groups[n].held is not None}
+    members.update({k: member_need for k in held})
     maps = None
     if coupled and need & _ACTIVATION_SUMS:
         maps = ConsumerMaps(model, graph, coupled)
     try:
-        sums = _accumulate(model, graph, members, data, loss_fn)
+        sums = _accumulate(model, graph, members, data, loss_fn,
+                           {k: (node.name, node.channel_last) for k, node in held.items()})
     finally:
         if maps is not None:
             maps.remove()
@@ -181,6 +198,8 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
     for name in layers:
         if name in chains:
             values = _finish(sums, name, wanted)
+        elif groups[name].held is not None:
+            values = _finish_held(sums, maps, groups[name], wanted)
         else:
             values = _finish_group(sums, maps, groups[name], wanted)
         for key, value in values.items():
@@ -224,26 +243,44 @@ class _Sums:
             d[key] = d[key] + val if key in d else val
 
 
+def _held_key(group: str) -> str:
+    return f"{group} (held)"
+
+
 def _accumulate(model: nn.Module, graph: UnitGraph, members: dict[str, set[str]], data,
-                loss_fn: Callable) -> _Sums:
+                loss_fn: Callable, nodes: dict[str, tuple[str, bool]] | None = None) -> _Sums:
     """The pass: forward hooks keep each member's output ``h``, ``torch.autograd.grad`` gives
-    ``g = dL/dh``, and the sums ``members[name]`` lists are accumulated batch by batch."""
+    ``g = dL/dh``, and the sums ``members[name]`` lists are accumulated batch by batch.
+
+    ``nodes`` maps keys of ``members`` that are not modules to ``(torch.fx node name,
+    channels last)``: their ``h`` is that node's value, read while the traced graph runs.
+    Token-shaped outputs are read with their channels in dimension 1
+    (:func:`~saliency.layers.channels_first`)."""
+    nodes = nodes or {}
     layers = list(members)
-    mods = {n: model.get_submodule(n) for n in layers}
+    mods = {n: model.get_submodule(n) for n in layers if n not in nodes}
     outs: dict[str, torch.Tensor] = {}
     hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o))
-             for n in layers]
+             for n in mods]
     sums = _Sums(layers)
     for p in model.parameters():
         p.requires_grad_(True)  # restored by the scorer's `preserved`
     try:
         for x, y in iter_batches(data):
             outs.clear()
-            loss = loss_sum(loss_fn, model(x), y)
+            if nodes:
+                rec = NodeRecorder(graph.gm, [name for name, _ in nodes.values()])
+                loss = loss_sum(loss_fn, rec.run(x), y)
+                outs.update({k: rec.values[name] for k, (name, _) in nodes.items()})
+            else:
+                loss = loss_sum(loss_fn, model(x), y)
             hs = [outs[n] for n in layers]
             grads = torch.autograd.grad(loss, hs, allow_unused=True)
             sums.n_samples += x.shape[0]
             with torch.no_grad():
+                grads = [None if g is None else _first(n, mods, nodes, g)
+                         for n, g in zip(layers, grads)]
+                hs = [_first(n, mods, nodes, h) for n, h in zip(layers, hs)]
                 storages = [t.untyped_storage().data_ptr() for t in (*hs, *grads)
                             if t is not None]
                 for name, h, g in zip(layers, hs, grads):
@@ -256,6 +293,32 @@ def _accumulate(model: nn.Module, graph: UnitGraph, members: dict[str, set[str]]
         for hk in hooks:
             hk.remove()
     return sums
+
+
+def _first(key: str, mods: dict[str, nn.Module], nodes: dict[str, tuple[str, bool]],
+           t: torch.Tensor) -> torch.Tensor:
+    """``t`` (a member's output or gradient, or a node's) with its channels in dimension 1."""
+    if key in nodes:
+        return t.movedim(-1, 1) if nodes[key][1] and t.dim() > 2 else t
+    return channels_first(mods[key], t)
+
+
+def _finish_held(sums: _Sums, maps: ConsumerMaps | None, group: Group,
+                 wanted: list[str]) -> dict[str, torch.Tensor]:
+    """The statistics ``wanted`` of a group held at a product: those of the product's
+    channels (as for a chain whose output is the product), mapped to the group channels, and
+    the activation statistics of what its consumers read."""
+    own = [k for k in wanted if k in ("mean", "mrs", "taylor", "out_var", "grad_norm")]
+    values = _finish(sums, _held_key(group.name), own)
+    labels = group.nodes[group.held].labels
+    pos = (labels >= 0).nonzero().reshape(-1)
+    out = {}
+    for key, v in values.items():
+        full = torch.zeros(group.size, dtype=torch.float64)
+        full[labels[pos]] = v.cpu().to(torch.float64)[pos]
+        out[key] = full
+    out.update(_consumer_statistics(maps, group, wanted))
+    return out
 
 
 class ConsumerMaps:
@@ -284,9 +347,9 @@ class ConsumerMaps:
     def _hook(self, consumer: str):
         reads = self.reads[consumer]
 
-        def hook(_m, args):
+        def hook(m, args):
             with torch.no_grad():
-                x = args[0].detach()
+                x = channels_first(m, args[0].detach())
                 b = x.shape[0]
                 for name, j, pos, block in reads:
                     t = x.reshape(b, -1, block) if block > 1 else x.reshape(b, x.shape[1], -1)
@@ -362,6 +425,15 @@ def _finish_group(sums: _Sums, maps: "ConsumerMaps | None", group: Group,
     if "grad_norm" in wanted:
         out["grad_norm"] = (to_group(group, {m: d[m]["g2"] for m in group.members})
                             / n_samples).sqrt()
+    out.update(_consumer_statistics(maps, group, wanted))
+    return out
+
+
+def _consumer_statistics(maps: ConsumerMaps | None, group: Group, wanted: list[str]
+                         ) -> dict[str, torch.Tensor]:
+    """``dormancy``, ``apoz``, ``act_mean``, ``act_var`` of a group from what its consumers
+    read."""
+    out: dict[str, torch.Tensor] = {}
     if maps is not None and set(wanted) & {"dormancy", "apoz", "act_mean", "act_var"}:
         act = maps.statistics(group.name)
         if "dormancy" in wanted:

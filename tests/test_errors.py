@@ -254,16 +254,16 @@ class Residual(nn.Module):
 
 
 class Gated(nn.Module):
-    """An elementwise product of two layers' outputs (a gate): not per channel."""
+    """An elementwise product of a layer's output and the model's input: not per channel (a
+    product of two layers' same-index channels is, see tests/test_tokens.py)."""
 
     def __init__(self):
         super().__init__()
-        self.fc1 = nn.Linear(5, 4)
-        self.gate = nn.Linear(5, 4)
-        self.fc2 = nn.Linear(4, 3)
+        self.fc1 = nn.Linear(5, 5)
+        self.fc2 = nn.Linear(5, 3)
 
     def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(x)) * torch.sigmoid(self.gate(x)))
+        return self.fc2(torch.relu(self.fc1(x)) * x)
 
 
 class AddInput(nn.Module):
@@ -393,9 +393,8 @@ VEC = torch.randn(2, 5, dtype=torch.float64)
 
 GRAPH_CASES = {
     "elementwise_product": (Gated, VEC, "fc1",
-                            r"node 'mul' \(call_function mul\) combines the channels with another "
-                            r"tensor \(an elementwise product.*\[reached from producers 'fc1', "
-                            r"'gate'\]"),
+                            r"node 'mul' \(call_function mul\) multiplies the channels by a "
+                            r"tensor that is not units.*\[reached from producer 'fc1'\]"),
     "added_to_the_input": (AddInput, VEC, "fc1",
                            r"node 'add' \(call_function add\) adds the channels to channels that "
                            r"are not units \(the model's input.*\[reached from producer 'fc1'\]"),
