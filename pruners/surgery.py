@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from saliency.graph import UnitGraph, default_example_input
+from saliency.attention import PrunedMultiheadAttention, head_means
+from saliency.graph import UnitGraph, as_index_tensor, default_example_input
 from saliency.tracing import trace
 from saliency.layers import CHANNEL_MODULES, PRODUCERS, effective_tensor, eval_mode
 from saliency.replacement import (fold_deltas, held_means, iter_inputs, member_indices,
@@ -214,13 +215,30 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
         next(iter_inputs(data))  # fail early on empty or malformed data
     example = _example(model, example_input, data)
     graph = trace(model, example, exclude=exclude)
-    removed = {n: i for n, i in graph.validate_units(units, min_units=min_units).items()
-               if i.numel()}
+    chosen = graph.validate_units(units, min_units=min_units)
+    heads = {n: i for n, i in chosen.items() if n in graph.heads and i.numel()}
+    removed = {n: i for n, i in chosen.items() if n not in graph.heads and i.numel()}
     members = {g: member_indices(graph, g, chans) for g, chans in removed.items()}
-    constants = _constants(model, graph, units, members, replacement, data, removed)
-    cuts = _plan(model, graph, removed, members)
+    chain_units = {n: v for n, v in units.items() if n not in graph.heads}
+    chain_replacement = replacement
+    if isinstance(replacement, Mapping):
+        chain_replacement = {n: v for n, v in replacement.items() if n not in graph.heads}
+    elif isinstance(replacement, torch.Tensor) and not chain_units:
+        chain_replacement = None
+    constants = _constants(model, graph, chain_units, members, chain_replacement, data,
+                           removed)
+    head_constants = _head_constants(model, graph, units, heads, replacement, data)
+    cuts = _plan(model, graph, removed, members) + _head_plan(model, graph, heads, physical)
     check_optimizer_state(optimizer, _touched_params(model, cuts))
     deltas, inexact = fold_deltas(model, graph, removed, constants)
+    for name, vals in head_constants.items():
+        h = graph.heads[name]
+        w = effective_tensor(model.get_submodule(h.out), "weight")
+        cols = torch.as_tensor(h.positions(heads[name])[" out"], device=w.device)
+        with torch.no_grad():
+            delta = w[:, cols] @ vals.reshape(-1).to(w)
+        deltas[h.out] = deltas.get(h.out, 0) + delta
+    constants.update(head_constants)
     reference = None
     if inexact and data is not None:
         held = {m: (idx, constants[m]) for g, mi in members.items() for m, idx in mi.items()
@@ -236,6 +254,8 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
                 _add_to_bias(model.get_submodule(consumer), delta, optimizer, journal)
             if physical:
                 _slice(model, cuts, optimizer, journal)
+                for name, idx in heads.items():
+                    _set_heads(model, graph.heads[name], idx, journal)
             else:
                 _mask(model, cuts, journal)
         params_after, macs_after = count_params(model), count_macs(model, example)
@@ -254,14 +274,17 @@ def _apply(model, units, replacement, data, optimizer, example_input, exclude, m
         warnings.warn(
             f"folding constants into {inexact} is inexact at the borders (zero padding or "
             f"average pooling over padding; {where})", InexactReplacementWarning, stacklevel=3)
+    remaining = {n: graph.groups[n].size - int(i.numel()) for n, i in removed.items()}
+    remaining.update({n: graph.heads[n].num_heads - int(i.numel()) for n, i in heads.items()})
     return RemovalReport(
-        removed={n: int(i.numel()) for n, i in removed.items()},
-        remaining={n: graph.groups[n].size - int(i.numel()) for n, i in removed.items()},
-        indices=removed, constants=constants,
+        removed={n: int(i.numel()) for n, i in {**removed, **heads}.items()},
+        remaining=remaining,
+        indices={**removed, **heads}, constants=constants,
         params_before=params_before, params_after=params_after,
         macs_before=macs_before, macs_after=macs_after,
         inexact=inexact, max_deviation=deviation, masked=not physical,
-        members={n: list(graph.groups[n].members) for n in removed},
+        members={**{n: list(graph.groups[n].members) for n in removed},
+                 **{n: graph.heads[n].members for n in heads}},
         member_indices={m: idx for mi in members.values() for m, idx in mi.items()})
 
 
@@ -326,6 +349,111 @@ def _constants(model, graph: UnitGraph, units, members, replacement, data, remov
     else:
         raise TypeError(f"unsupported replacement {type(replacement).__name__}")
     return _checked(out)
+
+
+def _head_constants(model, graph: UnitGraph, units, heads: Mapping[str, torch.Tensor],
+                    replacement, data) -> dict[str, torch.Tensor]:
+    """Replacement values of removed heads: per attention module, ``(removed heads,
+    head_dim)``, the value of each dimension of each removed head's output (what its output
+    projection reads), sorted by head."""
+    if replacement is None or not heads:
+        return {}
+    dims = {n: graph.heads[n].head_dim for n in heads}
+    if isinstance(replacement, str):
+        if replacement == "zero":
+            return {n: torch.zeros(i.numel(), dims[n], dtype=torch.float64)
+                    for n, i in heads.items()}
+        if replacement != "mean":
+            raise ValueError(f'replacement must be None, "zero", "mean", a number or '
+                             f'constants per layer, got {replacement!r}')
+        if data is None:
+            raise ValueError('replacement="mean" needs data= to measure the heads\' means')
+        means = head_means(model, graph.heads, data, list(heads))
+        return {n: means[n][i.to(means[n].device)] for n, i in heads.items()}
+    if isinstance(replacement, bool):
+        raise TypeError(f"replacement must be None, \"zero\", \"mean\", a number or constants "
+                        f"per layer, got the bool {replacement!r}")
+    if isinstance(replacement, (int, float)):
+        return {n: torch.full((i.numel(), dims[n]), float(replacement), dtype=torch.float64)
+                for n, i in heads.items()}
+    if isinstance(replacement, torch.Tensor):
+        if len(units) != 1:
+            raise ValueError("a replacement tensor needs exactly one attention module in "
+                             "units; pass {name: tensor} for several")
+        replacement = {next(iter(heads)): replacement}
+    if not isinstance(replacement, Mapping):
+        raise TypeError(f"unsupported replacement {type(replacement).__name__}")
+    out = {}
+    for n, idx in heads.items():
+        if n not in replacement:
+            raise ValueError(f"replacement gives no constants for attention {n!r}")
+        val = replacement[n]
+        if isinstance(val, bool):
+            raise TypeError(f"attention {n!r}: a replacement constant must be a number")
+        if isinstance(val, (int, float)):
+            out[n] = torch.full((idx.numel(), dims[n]), float(val), dtype=torch.float64)
+            continue
+        val = torch.as_tensor(val, dtype=torch.float64)
+        if val.numel() != idx.numel() * dims[n]:
+            raise ValueError(f"attention {n!r}: the replacement has {val.numel()} values; "
+                             f"expected (removed heads, head_dim) = ({idx.numel()}, {dims[n]})")
+        given = as_index_tensor(n, units[n])
+        out[n] = val.reshape(idx.numel(), dims[n])[torch.argsort(given)]
+    return _checked(out)
+
+
+def _head_plan(model, graph: UnitGraph, heads: Mapping[str, torch.Tensor], physical: bool
+               ) -> list[_Cut]:
+    """The rows of the query, key and value projections and the output projection's columns
+    that go with the removed heads (masks: the output columns only where the output
+    projection is called, not inside ``nn.MultiheadAttention``, whose masked value rows
+    already make the heads' output 0)."""
+    cuts = []
+    for name, idx in heads.items():
+        h = graph.heads[name]
+        for key, pos in h.positions(idx).items():
+            if not pos:
+                continue
+            if key == " out":
+                if h.kind == "mha" and not physical:
+                    continue
+                mod, tensors, dim, attrs = h.out, ("weight",), 1, ("in_features",)
+            else:
+                mod, tensors = key
+                dim = 0
+                attrs = ("out_features",) if h.kind == "linear" else ()
+            m = model.get_submodule(mod)
+            present = [t for t in (effective_tensor(m, n) for n in tensors) if t is not None]
+            if not present:
+                continue
+            cuts.append(_Cut(mod, dim, tuple(tensors), size=present[0].shape[dim],
+                             attrs=attrs, masks=tuple(tensors), positions=set(pos)))
+    return cuts
+
+
+def _set_heads(model, heads, idx: torch.Tensor, journal: Journal) -> None:
+    """The attention module's head counts after removal (an ``nn.MultiheadAttention``
+    becomes a :class:`saliency.attention.PrunedMultiheadAttention`)."""
+    mod = model.get_submodule(heads.name)
+    left = heads.num_heads - idx.numel()
+    if heads.kind == "mha":
+        old_cls = type(mod)
+        old_same = mod._qkv_same_embed_dim
+        PrunedMultiheadAttention.convert(mod)
+
+        def undo(mod=mod, old_cls=old_cls, old_same=old_same):
+            mod.__class__ = old_cls
+            mod._qkv_same_embed_dim = old_same
+        journal.add(undo)
+        _set_attr(mod, "num_heads", left, journal)
+        return
+    spec = heads.spec
+    _set_attr(mod, spec.num_heads, left, journal)
+    if spec.num_kv_heads:
+        _set_attr(mod, spec.num_kv_heads,
+                  heads.num_kv_heads - heads.removed_kv(idx).numel(), journal)
+    for a in spec.dims:
+        _set_attr(mod, a, left * heads.head_dim, journal)
 
 
 def _checked(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -41,6 +41,7 @@ Dead units (Evci 2018, Sec. 3.2, Def. 3.2.1-3.2.2; docs/dead_units.md):
   fixed probe batch, without changing training (Fig. 3.1-3.10).
 """
 
+from .attention import PrunedMultiheadAttention, describe_attention, fit_attention
 from .base import LayerRequirement, ParameterScorer, Scorer, UnitScorer
 from .graph import UnitGraph, UnsupportedArchitecture, as_index_tensor
 from .tracing import trace
@@ -85,6 +86,9 @@ SCORERS: dict[str, type[Scorer]] = {
 
 __all__ = [
     "SCORERS",
+    "PrunedMultiheadAttention",
+    "describe_attention",
+    "fit_attention",
     "Switch",
     "SwitchScorer",
     "TriStateReLU",

@@ -46,7 +46,7 @@ from .replacement import iter_batches, iter_inputs
 
 __all__ = ["Scorer", "ParameterScorer", "UnitScorer", "LayerRequirement", "iter_batches",
            "loss_sum", "per_sample_loss", "summing_loss", "preserved", "default_parameters",
-           "select_layers", "to_group"]
+           "select_layers", "select_heads", "to_group"]
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -204,8 +204,11 @@ class Scorer:
                 data = list(data)
             next(iter_batches(data))  # fail early on empty or malformed data
         with preserved(model):
-            scores = self._score(model, data, loss_fn)
+            scores = self._score_all(model, data, loss_fn)
         return {k: v.detach() for k, v in scores.items()}
+
+    def _score_all(self, model, data, loss_fn) -> dict[str, torch.Tensor]:
+        return self._score(model, data, loss_fn)
 
     def _score(self, model, data, loss_fn) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -241,19 +244,28 @@ def select_layers(model: nn.Module, graph: UnitGraph, layers: Iterable[str] | No
     back under the group's name); a producer on a chain is its own group.
     """
     prunable = graph.prunable
-    if not prunable:
+    if not prunable and not graph.prunable_heads:
         raise ValueError(f"{type(model).__name__} has no prunable units (no Linear/Conv "
                          "layer whose output feeds another layer)")
     if layers is None:
         return prunable
     names, bad = [], []
     for n in layers:
+        if n in graph.heads and graph.heads[n].prunable:
+            continue  # attention heads: select_heads
         group = graph.producers[n].group if n in graph.producers else n
         (names if group in prunable else bad).append(group if group in prunable else n)
     if bad:
         raise ValueError(f"unknown or non-prunable layers {bad}; prunable layers are "
                          f"{prunable}")
     return list(dict.fromkeys(names))
+
+
+def select_heads(graph: UnitGraph, layers: Iterable[str] | None) -> list[str]:
+    """The attention modules among ``layers`` (None: every one with prunable heads)."""
+    if layers is None:
+        return graph.prunable_heads
+    return [n for n in dict.fromkeys(layers) if n in graph.prunable_heads]
 
 
 def to_group(group: Group, per_member: Mapping[str, torch.Tensor], how: str = "sum"
@@ -303,6 +315,21 @@ class UnitScorer(Scorer):
         self.layers = None if layers is None else list(layers)
         self.exclude = tuple(exclude)
         self.example_input = example_input
+
+    def _score_all(self, model, data, loss_fn) -> dict[str, torch.Tensor]:
+        """Scores of the selected groups (:meth:`_score`) and of the selected attention
+        modules' heads (:meth:`_head_scores`, one value per head under the module's name)."""
+        graph, layers = self.graph(model, data)
+        heads = select_heads(graph, self.layers)
+        scores = self._score(model, data, loss_fn) if layers else {}
+        if heads:
+            head_scores = getattr(self, "_head_scores", None)
+            if head_scores is not None:
+                scores.update(head_scores(model, graph, heads, data, loss_fn))
+            elif self.layers is not None:
+                raise ValueError(f"{type(self).__name__} does not score attention heads "
+                                 f"({heads})")
+        return scores
 
     def graph(self, model: nn.Module, data) -> tuple[UnitGraph, list[str]]:
         example = self.example_input

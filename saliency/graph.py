@@ -262,7 +262,7 @@ class Group:
 #: reasons that read as a predicate of the node ("node 'x' (...) takes more than one input")
 _PREDICATES = ("is", "takes", "reshapes", "modifies", "adds", "concatenates", "combines",
                "consumes", "does", "maps", "has", "multiplies", "normalizes", "permutes",
-               "moves", "acts")
+               "moves", "acts", "reads")
 
 
 def clause(node: str, reason: str) -> str:
@@ -304,6 +304,14 @@ class UnitGraph:
     #: group]}``, the units each conv group reads or produces (see :meth:`validate_units`)
     grouped: dict[tuple[str, str], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
     gm: fx.GraphModule | None = field(default=None, repr=False, compare=False)
+    #: attention modules whose heads are units, by module name
+    #: (:class:`saliency.attention.Heads`; heads are addressed by the module's name)
+    heads: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prunable_heads(self) -> list[str]:
+        """Names of the attention modules whose heads may be removed, in model order."""
+        return [n for n, h in self.heads.items() if h.prunable]
 
     @property
     def prunable(self) -> list[str]:
@@ -332,6 +340,8 @@ class UnitGraph:
         lines = [self.groups[n].describe() for n in self.prunable]
         closed = [g for g in self.groups.values() if not g.prunable]
         lines += [f"not prunable: {g.name}: {g.reason}" for g in closed]
+        lines += [h.describe() if h.prunable else f"not prunable: {h.name} (heads): {h.reason}"
+                  for h in self.heads.values()]
         return "\n".join(lines)
 
     def validate_units(self, units: Mapping[str, Iterable[int]], *, min_units: int = 1
@@ -356,6 +366,9 @@ class UnitGraph:
         out: dict[str, torch.Tensor] = {}
         given: dict[str, str] = {}
         for name, idx in units.items():
+            if name in self.heads:
+                out[name] = self._head_indices(name, idx, min_units)
+                continue
             group = self._prunable_group(name)
             chans = self._group_channels(name, group, idx)
             if group.name in out and not torch.equal(out[group.name], chans):
@@ -366,9 +379,29 @@ class UnitGraph:
                     "group once")
             out[group.name], given[group.name] = chans, name
         for gname, chans in out.items():
+            if gname in self.heads:
+                continue
             self._check_left(self.groups[gname], given[gname], chans, min_units)
         self._check_grouped(out, given)
         return out
+
+    def _head_indices(self, name: str, idx: Any, min_units: int) -> torch.Tensor:
+        """Query-head indices of attention ``name``, checked (range, duplicates, heads left,
+        grouped-query consistency), sorted."""
+        heads = self.heads[name]
+        if not heads.prunable:
+            raise ValueError(f"attention {name!r}: its heads are not prunable: {heads.reason}")
+        t = as_index_tensor(name, idx)
+        bad = t[(t < 0) | (t >= heads.num_heads)]
+        if bad.numel():
+            raise ValueError(f"attention {name!r}: head index {int(bad[0])} is out of range "
+                             f"(it has {heads.num_heads} heads, indices 0..{heads.num_heads - 1})")
+        uniq, counts = torch.unique(t, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"attention {name!r}: head {int(uniq[counts > 1][0])} is given "
+                             "more than once")
+        heads.check(uniq, min_units)
+        return uniq
 
     def _check_grouped(self, chosen: Mapping[str, torch.Tensor], given: Mapping[str, str]) -> None:
         """A grouped convolution must lose the same number of channels from each of its conv
@@ -400,7 +433,8 @@ class UnitGraph:
 
     def _prunable_group(self, name: str) -> Group:
         if name not in self.producers and name not in self.groups:
-            raise ValueError(f"unknown layer {name!r}: prunable layers are {self.prunable}")
+            heads = f"; attention modules with heads: {self.prunable_heads}" if self.heads else ""
+            raise ValueError(f"unknown layer {name!r}: prunable layers are {self.prunable}{heads}")
         group = self.group_of(name)
         if not group.prunable:
             where = "" if group.name == name else f" (in group {group.name!r})"
@@ -510,6 +544,9 @@ class _Tracer(fx.Tracer):
     """
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from .attention import is_attention
+        if is_attention(m):  # one call: its heads are units (saliency.attention)
+            return True
         return type(m) in CHANNEL_MODULES or type(m) in PRODUCERS or \
             super().is_leaf_module(m, qualname)
 

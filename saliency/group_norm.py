@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from .base import UnitScorer, to_group
+from .head_scores import head_entries
 from .layers import effective_tensor
 
 __all__ = ["GroupNormScorer", "unit_groups"]
@@ -77,7 +78,10 @@ class GroupNormScorer(UnitScorer):
     ``s_i = sqrt(sum_m ||theta_{m,i}||_2^2)``. A unit whose group norm is 0 outputs 0 for
     every input, and the proximal step of
     the group-sparsity penalty (:mod:`pruners.group_sparsity`) makes groups
-    exactly 0; lower is less important. Needs no data (an ``example_input``
+    exactly 0; lower is less important. For an attention head: its query, key and value
+    rows with their biases (a key/value head's rows count ``1/G`` for each of the ``G``
+    query heads sharing them) and its output-projection columns
+    (:func:`saliency.head_scores.head_entries`). Needs no data (an ``example_input``
     traces a convolutional model).
 
     Args:
@@ -130,4 +134,20 @@ class GroupNormScorer(UnitScorer):
                                       dtype=torch.float64)
             s = to_group(group, squares).sqrt()
             out[name] = s / to_group(group, sizes).sqrt() if self.normalize else s
+        return out
+
+    def _head_scores(self, model, graph, names, data, loss_fn):
+        """Per head: ``sqrt`` of the weighted sum of squares of its query rows, its key and
+        value rows (``1/G`` each when ``G`` query heads share them), with their biases when
+        ``bias``, and its output-projection columns."""
+        out = {}
+        for name in names:
+            h = graph.heads[name]
+            sq = torch.zeros(h.num_heads, dtype=torch.float64)
+            size = 0.0
+            for mat, wt in head_entries(model, h, bias=self.bias):
+                sq += wt * (mat * mat).sum(1)
+                size += wt * mat.shape[1]
+            s = sq.sqrt()
+            out[name] = s / math.sqrt(size) if self.normalize else s
         return out

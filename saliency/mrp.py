@@ -48,6 +48,7 @@ import torch
 
 from .base import UnitScorer, iter_batches
 from .engine import Downstream
+from .head_scores import head_mrp
 from .layers import channels_first
 from .replacement import held_means, unit_means
 from .unit_stats import is_chain
@@ -65,6 +66,11 @@ class MRP(UnitScorer):
         layers: see :class:`~saliency.base.UnitScorer`.
         exclude: see :class:`~saliency.base.UnitScorer`.
         example_input: see :class:`~saliency.base.UnitScorer`.
+
+    For an attention head (:mod:`saliency.attention`): the loss change of holding the
+    head's output at its per-dimension mean over the batch and tokens, exactly what
+    :func:`pruners.remove_units` with ``replacement="mean"`` does to it
+    (:func:`saliency.head_scores.head_mrp`: one forward pass per head).
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -115,5 +121,12 @@ class MRP(UnitScorer):
                 vals = means[name].to(h).reshape((c, 1) + (1,) * (h.dim() - 2))
                 totals[name] += ds.channel_losses(name, ch, vals, y, loss_fn, reduce=reduce)
         if self.reduction == "mean":
+            totals = {n: t / count for n, t in totals.items()}
+        return totals
+
+    def _head_scores(self, model, graph, names, data, loss_fn):
+        totals = head_mrp(model, graph.heads, names, data, loss_fn, absolute=self.absolute)
+        if self.reduction == "mean":
+            count = sum(x.shape[0] for x, _ in iter_batches(data))
             totals = {n: t / count for n, t in totals.items()}
         return totals

@@ -92,6 +92,8 @@ class RandomUnit(UnitScorer):
         >>> RandomUnit(seed=0).score(net)["0"].shape
         torch.Size([6])
 
+    An attention module's heads get one score each, under the module's name.
+
     Reference: Evci 2018, Sec. 2.1 (``randomScorer``), applied to units.
     """
 
@@ -109,4 +111,12 @@ class RandomUnit(UnitScorer):
         for name in layers:
             w = next(model.get_submodule(name).parameters(), torch.empty(0))
             out[name] = _uniform((graph.groups[name].size,), self.seed, name, w)
+        return out
+
+    def _head_scores(self, model, graph, names, data, loss_fn):
+        """One uniform score per head of each attention module (seeded by its name)."""
+        out = {}
+        for name in names:
+            w = next(model.get_submodule(name).parameters(), torch.empty(0))
+            out[name] = _uniform((graph.heads[name].num_heads,), self.seed, name, w)
         return out

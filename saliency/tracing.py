@@ -46,6 +46,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import find_heads, is_attention
 from .graph import (ChannelOp, Edge, Group, GroupConsumer, Producer, RegionNode, UnitGraph,
                     Unsupported, UnsupportedArchitecture, clause, default_example_input,
                     symbolic_trace)
@@ -134,7 +135,8 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     unknown = exclude - set(modules)
     if unknown:
         raise ValueError(f"exclude names unknown modules: {sorted(unknown)}")
-    not_layers = sorted(n for n in exclude if type(modules[n]) not in PRODUCERS)
+    not_layers = sorted(n for n in exclude if type(modules[n]) not in PRODUCERS
+                        and not is_attention(modules[n]))
     if not_layers:
         raise ValueError(f"exclude names modules that are not Linear or convolution layers: "
                          f"{not_layers} (exclude the layers whose units to leave alone)")
@@ -142,6 +144,12 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     labels = _LabelPass(model, gm, exclude)
     labels.run()
     graph = _assemble(labels, gm)
+    graph.heads = find_heads(model, example_input, exclude)
+    for h in graph.heads.values():
+        if h.kind == "linear" and not h.prunable and h.reason != "excluded by the caller" \
+                and not h.reason.startswith("it is called") and h.reason != "it has a single head":
+            graph.unsupported.append(Unsupported(f"attention module {h.name!r}", h.reason,
+                                                 (h.name,)))
     if on_unsupported == "raise" and graph.unsupported:
         raise UnsupportedArchitecture(_refusal(graph))
     _CACHE.setdefault(model, {})[key] = graph
@@ -322,6 +330,7 @@ class _LabelPass:
         self.problems: list[tuple[str, str, np.ndarray, str]] = []  # (node, reason, labels, kind)
         self.carriers: dict[str, list[tuple[fx.Node, np.ndarray]]] = {}  # module -> its calls
         self.partitions: dict[str, list[np.ndarray]] = {}
+        self.attn_calls: set[fx.Node] = set()  # attention calls that return a tuple
 
     # -- union-find ------------------------------------------------------------
 
@@ -390,6 +399,10 @@ class _LabelPass:
         if node.op in ("placeholder", "get_attr"):
             self.unlabeled(node)
             return
+        if node.op == "call_function" and node.target is operator.getitem and \
+                node.args[0] in self.attn_calls and node.args[1] == 0:
+            self.attention_output(node, node.args[0])
+            return
         ins = self.inputs(node)
         if not any(self.info[n].labeled for n in ins):
             if node.op == "call_module":
@@ -409,10 +422,36 @@ class _LabelPass:
 
     # -- modules ---------------------------------------------------------------
 
+    def attention_output(self, node: fx.Node, call: fx.Node) -> None:
+        """The output of an attention module (or of a layer holding one): its channels are
+        the output projection's rows, in the residual width: fresh labels that are not
+        prunable (its heads are units instead, :attr:`UnitGraph.heads`)."""
+        shape = _shape(node)
+        if shape is None or len(shape) < 2:
+            self.attn_calls.add(node)
+            return
+        name = f"{call.target} (output)"
+        count = shape[-1]
+        start = len(self.owner)
+        self.owner += [(name, i) for i in range(count)]
+        self.parent += list(range(start, start + count))
+        labels = np.arange(start, start + count, dtype=np.int64)
+        self.spaces.setdefault(name, (start, count))
+        self.out_ndim.setdefault(name, len(shape))
+        self.channel_last.setdefault(name, len(shape) > 2)
+        self.info[node] = _Info(labels, last=len(shape) > 2)
+        self.events.append(_Event("member", node, (), self.info[node], member=name))
+        self.refuse(node, "is an attention module's output: its channels (the output "
+                    "projection's rows, the residual width) are not units; its heads are",
+                    labels, "mixed")
+
     def visit_unlabeled_module(self, node: fx.Node, ins: list[fx.Node]) -> None:
         """A module that receives no units: a producer still creates its own, and a module
         with per-channel tensors records the call (it may not also carry units elsewhere)."""
         mod = self.gm.get_submodule(node.target)
+        if any(is_attention(m) for m in mod.modules()):
+            self.attention_output(node, node)
+            return
         if type(mod) in PRODUCERS and conv_kind(mod) != "depthwise":
             self.visit_module(node)
             return
@@ -424,6 +463,17 @@ class _LabelPass:
 
     def visit_module(self, node: fx.Node) -> None:
         mod = self.gm.get_submodule(node.target)
+        if any(is_attention(m) for m in mod.modules()):
+            if is_attention(mod):  # the q/k/v projections' columns are not sliced
+                self.refuse(node, "reads the channels in attention (the query, key and value "
+                            "projections' input columns are not sliced): the channels feeding "
+                            "an attention module are not units")
+            else:  # a transformer layer: normalizations and attention mix them
+                self.refuse(node, f"reads the channels in attention ({type(mod).__name__}: "
+                            "its normalizations and every head's query, key and value mix "
+                            "them), so they are not units", kind="mixed")
+            self.attention_output(node, node)
+            return
         if type(mod) in PRODUCERS:
             kind = conv_kind(mod)
             if kind == "depthwise":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .base import UnitScorer, to_group
+from .head_scores import head_norms, head_statistics
 from .layers import effective_tensor
 from .unit_stats import unit_statistics
 
@@ -37,6 +38,9 @@ class _StatScorer(UnitScorer):
 
     def _finish(self, stats):
         return stats[self.statistic]
+
+    def _head_scores(self, model, graph, names, data, loss_fn):
+        return head_statistics(model, graph.heads, names, data, loss_fn)[self.statistic]
 
 
 class MRS(_StatScorer):
@@ -56,7 +60,9 @@ class MRS(_StatScorer):
         MRS_i = sum_k | sum_m sum_p (mu_{m,i} - h_{k,m,i,p}) dL_k/dh_{k,m,i,p} |
 
     the first-order terms of every member summed before the absolute value,
-    from the same single pass.
+    from the same single pass. For an attention head ``h`` (:mod:`saliency.attention`), ``h``'s
+    output ``c`` (what the output projection reads) over its dimensions ``d`` and tokens
+    ``t``: ``sum_k | sum_{t,d} (mu_{h,d} - c_{k,t,h,d}) dL_k/dc_{k,t,h,d} |``.
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -77,7 +83,10 @@ class UnitTaylor(_StatScorer):
     first-order estimate of the loss change when the unit's output is set to
     zero, averaged over samples ``k`` and positions ``p``. For a group of
     coupled channels, ``| (1/N) sum_k sum_m (1/P_m) sum_p h g |`` over its
-    members ``m`` (``P_m`` positions each).
+    members ``m`` (``P_m`` positions each). For an attention head, the head's output ``c``
+    summed over its dimensions: ``| (1/N) sum_k (1/T) sum_{t,d} c dL_k/dc |`` (the head
+    importance of Michel, Levy, Neubig, *Are Sixteen Heads Really Better than One?*,
+    NeurIPS 2019, https://arxiv.org/abs/1905.10650).
     """
 
     statistic = "taylor"
@@ -97,7 +106,8 @@ class Dormancy(UnitScorer):
     read at the group's positions (each consumer's input, pooling included;
     a flattened Linear input as channels x block), the statistic averaged
     over the consumers, and the ReDo denominator is the mean over the group
-    channels.
+    channels. For an attention head, ``a`` is the head's output (all its dimensions and
+    tokens), the denominator the mean over the module's heads.
     """
 
     def __init__(self, statistic: str = "redo", **kwargs):
@@ -114,6 +124,12 @@ class Dormancy(UnitScorer):
             return stats["dormancy"]
         return {n: 1.0 - v for n, v in stats["apoz"].items()}
 
+    def _head_scores(self, model, graph, names, data, loss_fn):
+        stats = head_statistics(model, graph.heads, names, data, loss_fn)
+        if self.statistic == "redo":
+            return stats["dormancy"]
+        return {n: 1.0 - v for n, v in stats["apoz"].items()}
+
 
 class Norm(UnitScorer):
     """Norm of each unit's incoming weights (thesis Table 4.1).
@@ -123,8 +139,10 @@ class Norm(UnitScorer):
     convolution), bias excluded. For a group of coupled channels, the sum over
     the members ``m`` whose channel maps to group channel ``i``:
     ``sum_m ||W_{m,i}||_1`` or ``sum_m ||W_{m,i}||_2^2`` (the squared L2 norm
-    of all the group channel's incoming weights). Needs no data (an
-    ``example_input`` traces a convolutional model).
+    of all the group channel's incoming weights). For an attention head: its query rows,
+    its key/value head's key and value rows (``1/G`` each when ``G`` query heads share
+    them) and its output-projection columns (:func:`saliency.head_scores.head_norms`).
+    Needs no data (an ``example_input`` traces a convolutional model).
     """
 
     needs_data = False
@@ -147,3 +165,6 @@ class Norm(UnitScorer):
                 rows[m] = w.abs().sum(1) if self.p == "l1" else (w * w).sum(1)
             out[name] = to_group(group, rows)
         return out
+
+    def _head_scores(self, model, graph, names, data, loss_fn):
+        return {n: head_norms(model, graph.heads[n], self.p) for n in names}

@@ -27,6 +27,7 @@ from torch.nn.utils import prune
 
 from experiments.harness import atomic
 from experiments.harness.models import build_model
+from saliency.attention import fit_attention
 from saliency.layers import CHANNEL_MODULES
 
 __all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint",
@@ -79,7 +80,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def _resize_param(module: nn.Module, name: str, shape: torch.Size) -> None:
     if name in module._parameters:
         old = module._parameters[name]
-        new = torch.empty(shape, dtype=old.dtype if old is not None else torch.float32)
+        if old is None:  # a bias created by bias propagation: the dtype of the weight
+            weight = module._parameters.get("weight_orig", module._parameters.get("weight"))
+            dtype = weight.dtype if weight is not None else torch.float32
+        else:
+            dtype = old.dtype
+        new = torch.empty(shape, dtype=dtype)
         module._parameters[name] = nn.Parameter(new, requires_grad=True if old is None
                                                 else old.requires_grad)
     elif name in module._buffers:
@@ -123,9 +129,12 @@ def fit_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
     tensors (``weight_orig``/``weight_mask``). A depthwise convolution's
     ``groups`` follows its channel count (it stays depthwise); other grouped
     convolutions keep their groups, with ``in_channels = groups *
-    weight.shape[1]``. Layer types and names must match; values are not
+    weight.shape[1]``. Attention modules get the head counts of the saved shapes
+    (:func:`saliency.attention.fit_attention`: an ``nn.MultiheadAttention`` with heads
+    removed becomes a :class:`saliency.attention.PrunedMultiheadAttention`). Layer types and names must match; values are not
     loaded (call ``load_state_dict`` next).
     """
+    fit_attention(model, state_dict)  # head counts (fewer heads after head removal)
     modules = dict(model.named_modules())
     for key, value in state_dict.items():
         mod_name, _, tname = key.rpartition(".")
