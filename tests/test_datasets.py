@@ -615,7 +615,7 @@ def test_synthetic_classification_relevant_features():
 
 def test_registry_and_get_dataset(tmp_path):
     assert list(ds.DATASETS) == ["fashion-mnist", "mnist", "cifar10", "covertype",
-                                 "synthetic-regression", "synthetic-classification"]
+                                 "synthetic-regression", "synthetic-classification", "fortunes"]
     for name, fn in ds.DATASETS.items():
         assert fn.__doc__ and callable(fn), name
     # the call experiments.harness.run.load_data makes

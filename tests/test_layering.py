@@ -209,6 +209,7 @@ HARNESS_TESTS = {
     "test_cli.py", "test_datasets.py", "test_demo.py", "test_diagnose.py", "test_docs.py",
     "test_group_sparsity_repro.py", "test_harness.py", "test_harness_library.py",
     "test_layering.py", "test_pruning_repro.py", "test_resnet_study.py", "test_saliency_repro.py",
+    "test_transformer_zoo.py",
     "test_shrinknets_gamma.py", "test_shrinknets_regression.py", "test_shrinknets_repro.py",
     "test_site.py", "test_sweep.py", "test_tristate_repro.py", "test_width_methods.py",
 }

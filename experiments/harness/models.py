@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = [
     "mlp",
@@ -60,6 +61,14 @@ __all__ = [
     "Transition",
     "DenseNet",
     "densenet",
+    "SelfAttention",
+    "PatchEmbedding",
+    "ViTBlock",
+    "ViT",
+    "vit_tiny",
+    "DecoderBlock",
+    "DecoderLM",
+    "decoder_lm",
     "MODELS",
     "build_model",
 ]
@@ -1021,6 +1030,350 @@ def densenet(growth_rate: int = 12, blocks: Sequence[int] = (4, 4, 4), bottlenec
                     in_channels, image_size, num_classes)
 
 
+# ---------------------------------------------------------------------------
+# transformers: a ViT for 28x28 images and a decoder-only language model
+
+
+def _check_heads(width: int, heads: int, kv_heads: int, head_dim: int | None) -> int:
+    _check_int("width", width)
+    _check_int("heads", heads)
+    _check_int("kv_heads", kv_heads)
+    if heads % kv_heads:
+        raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads}): each "
+                         "key/value head serves an equal group of query heads")
+    if head_dim is None:
+        if width % heads:
+            raise ValueError(f"width ({width}) must be a multiple of heads ({heads}), or pass "
+                             "head_dim")
+        return width // heads
+    return _check_int("head_dim", head_dim)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate query, key, value and output projections.
+
+    A. Vaswani et al., "Attention Is All You Need", NeurIPS 2017,
+    https://arxiv.org/abs/1706.03762; grouped-query attention: J. Ainslie et al., "GQA:
+    Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints", EMNLP
+    2023, https://arxiv.org/abs/2305.13245.
+
+    On ``x`` of shape ``(B, T, width)``: ``q_proj``, ``k_proj`` and ``v_proj`` (``nn.Linear``)
+    give ``(B, T, heads * head_dim)`` and ``(B, T, kv_heads * head_dim)``; each is viewed as
+    ``(B, T, -1, head_dim)`` and transposed to ``(B, heads, T, head_dim)``;
+    ``F.scaled_dot_product_attention`` computes ``softmax(q k^T / sqrt(head_dim)) v`` per head
+    (with the causal mask when ``causal``: position ``t`` attends to positions ``<= t``); the
+    result is transposed back, reshaped to ``(B, T, -1)`` and projected by ``out_proj`` to
+    ``width``. With ``kv_heads < heads`` (grouped-query attention) query head ``h`` reads
+    key/value head ``h // (heads // kv_heads)`` (``enable_gqa=True``, the same as repeating
+    each key/value head ``heads // kv_heads`` times with ``repeat_interleave``).
+
+    The views use ``-1`` for the number of heads and the output reshape ``-1`` for its width,
+    so the forward pass follows the projections' sizes. ``num_heads`` and ``num_kv_heads`` are
+    plain attributes, as in most attention modules: the toolkit's head removal updates them,
+    and :func:`experiments.harness.checkpoint.fit_to_state_dict` sets them from a shrunk
+    checkpoint's shapes.
+
+    Args:
+        width: input and output channels.
+        heads: query heads.
+        kv_heads: key/value heads (default ``heads``: ordinary multi-head attention); a
+            divisor of ``heads``.
+        head_dim: channels per head (default ``width // heads``).
+        bias: whether the four projections have biases.
+        causal: apply the causal mask.
+    """
+
+    def __init__(self, width: int, heads: int, kv_heads: int | None = None, *,
+                 head_dim: int | None = None, bias: bool = True, causal: bool = False) -> None:
+        super().__init__()
+        kv_heads = heads if kv_heads is None else kv_heads
+        self.head_dim = _check_heads(width, heads, kv_heads, head_dim)
+        self.num_heads, self.num_kv_heads = heads, kv_heads
+        self.causal = bool(causal)
+        self.q_proj = nn.Linear(width, heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(width, kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(width, kv_heads * self.head_dim, bias=bias)
+        self.out_proj = nn.Linear(heads * self.head_dim, width, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[0], x.shape[1]
+        q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        if self.k_proj.out_features != self.q_proj.out_features:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                                 enable_gqa=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class PatchEmbedding(nn.Module):
+    """Cut images into non-overlapping square patches and embed each with one ``nn.Linear``.
+
+    ``patches(x)`` reshapes ``(B, C, H, W)`` into ``(B, N, C * p * p)``: patch ``n = i * (W /
+    p) + j`` (row-major over the grid) holds ``x[:, :, i*p:(i+1)*p, j*p:(j+1)*p]`` flattened
+    channel first, then rows, then columns (the order of ``F.unfold(x, p, stride=p)``). The
+    projection ``proj`` reads each patch followed by the one-hot vector of its position, so
+    ``proj([patch_n, e_n]) = W_pix patch_n + b + E[n]``: the patch embedding plus a learned
+    position embedding ``E`` (:attr:`pos_embed`, the last ``N`` columns of ``proj.weight``),
+    exactly ViT's sum, written as one Linear. The toolkit's graph of units refuses a tensor
+    added to a layer's output (a learned position embedding added after the projection),
+    and a Conv2d patch embedding followed by ``flatten(2).transpose(1, 2)``; the raw image
+    and the one-hot positions carry no units, so this form traces.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, patch_size: int, width: int) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("image_size", image_size),
+                            ("patch_size", patch_size), ("width", width)):
+            _check_int(name, value)
+        if image_size % patch_size:
+            raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size})")
+        self.in_channels, self.patch_size = in_channels, patch_size
+        self.grid = image_size // patch_size
+        self.num_patches = self.grid * self.grid
+        self.register_buffer("positions", torch.eye(self.num_patches)[None], persistent=False)
+        self.proj = nn.Linear(in_channels * patch_size * patch_size + self.num_patches, width)
+
+    @property
+    def pos_embed(self) -> torch.Tensor:
+        """The learned position embedding, ``(N, width)`` (a view of ``proj.weight``)."""
+        return self.proj.weight[:, -self.num_patches:].t()
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, N, C * p * p)``, see the class docstring."""
+        b, c, g, p = x.shape[0], self.in_channels, self.grid, self.patch_size
+        x = x.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, g * g, c * p * p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        onehot = torch.broadcast_to(self.positions,
+                                    (x.shape[0], self.num_patches, self.num_patches))
+        return self.proj(torch.cat([self.patches(x), onehot], -1))
+
+
+class ViTBlock(nn.Module):
+    """A pre-norm transformer encoder block: ``x + attn(norm1(x))``, then ``x +
+    fc2(act(fc1(norm2(x))))`` with ``nn.LayerNorm`` and GELU."""
+
+    def __init__(self, width: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, ffn)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(ffn, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+def _init_transformer(model: nn.Module, depth: int) -> None:
+    """Weights ~ N(0, 0.02) truncated at 2 std (Linear, Embedding, position embeddings),
+    biases 0, norms 1 and 0; the projections that write into the residual stream
+    (``out_proj``, ``fc2``, ``down``) scaled by ``1 / sqrt(2 depth)`` (GPT-2)."""
+    scale = 1.0 / math.sqrt(2.0 * depth)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(mod.weight, std=0.02, a=-0.04, b=0.04)
+                if name.rpartition(".")[2] in ("out_proj", "fc2", "down"):
+                    mod.weight.mul_(scale)
+                if getattr(mod, "bias", None) is not None:
+                    mod.bias.zero_()
+        for p in model.parameters(recurse=False):
+            nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
+
+
+class ViT(nn.Module):
+    """A Vision Transformer for small images; see :func:`vit_tiny`."""
+
+    def __init__(self, patch_size: int = 7, depth: int = 4, width: int = 64, heads: int = 4,
+                 ffn: int | None = None, in_channels: int = 1, image_size: int = 28,
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        _check_int("depth", depth)
+        _check_heads(width, heads, heads, None)
+        ffn = 4 * width if ffn is None else _check_int("ffn", ffn)
+        _check_int("num_classes", num_classes)
+        self.patch_embed = PatchEmbedding(in_channels, image_size, patch_size, width)
+        self.blocks = nn.Sequential(*[ViTBlock(width, heads, ffn) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+        _init_transformer(self, depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.patch_embed(x))
+        return self.head(self.norm(x).mean(1))
+
+
+def vit_tiny(patch_size: int = 7, depth: int = 4, width: int = 64, heads: int = 4,
+             ffn: int | None = None, in_channels: int = 1, image_size: int = 28,
+             num_classes: int = 10) -> ViT:
+    """A tiny Vision Transformer for 1x28x28 images (Fashion-MNIST).
+
+    A. Dosovitskiy, L. Beyer, A. Kolesnikov, D. Weissenborn, X. Zhai, T. Unterthiner, M.
+    Dehghani, M. Minderer, G. Heigold, S. Gelly, J. Uszkoreit, N. Houlsby, "An Image is
+    Worth 16x16 Words: Transformers for Image Recognition at Scale", ICLR 2021,
+    https://arxiv.org/abs/2010.11929.
+
+    A :class:`PatchEmbedding` (non-overlapping ``patch_size`` patches, one Linear with a
+    learned position embedding), ``depth`` pre-norm :class:`ViTBlock` s (LayerNorm,
+    :class:`SelfAttention` with ``heads`` heads of ``width // heads`` channels, LayerNorm, a
+    GELU FFN ``fc1`` -> ``fc2`` of ``ffn`` neurons, default ``4 * width`` as in the paper),
+    a final LayerNorm, the mean over the tokens (instead of the paper's class token: it
+    classifies as well on small images and needs no concatenation along the tokens) and one
+    Linear ``head``. The default patch size 7 gives a 4x4 grid of 16 tokens: attention then
+    costs little beside the projections, and a CPU epoch of Fashion-MNIST takes seconds to
+    tens of seconds; patch 4 (49 tokens) costs about 3x the MACs.
+
+    Defaults (patch 7, depth 4, width 64, 4 heads, FFN 256) on 1x28x28: 204,938 parameters.
+
+    Graph of units (:func:`pruners.trace`): each block's ``fc1`` (its FFN neurons) is a
+    prunable group consumed by ``fc2``; the residual stream (``patch_embed.proj``, every
+    ``attn.out_proj`` and ``fc2``) is one group, not prunable because LayerNorm mixes its
+    channels. Pruned FFN widths (and heads) per block are read back from the weights by
+    :func:`experiments.harness.checkpoint.fit_to_state_dict`.
+
+    Submodules: ``patch_embed.proj``; ``blocks.{i}`` (``i = 0 .. depth-1``) with ``norm1``,
+    ``attn.{q_proj, k_proj, v_proj, out_proj}``, ``norm2``, ``fc1``, ``act``, ``fc2``;
+    ``norm``, ``head``.
+
+    Args:
+        patch_size: patch side; must divide ``image_size`` (4 or 7 for 28x28).
+        depth: number of blocks.
+        width: residual-stream channels (a multiple of ``heads``).
+        heads: attention heads per block.
+        ffn: FFN neurons per block (default ``4 * width``).
+        in_channels: input image channels.
+        image_size: input height and width (square images).
+        num_classes: number of logits.
+
+    Example:
+        >>> net = vit_tiny()
+        >>> net.patch_embed.num_patches, net.blocks[0].attn.num_heads
+        (16, 4)
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    return ViT(patch_size, depth, width, heads, ffn, in_channels, image_size, num_classes)
+
+
+class DecoderBlock(nn.Module):
+    """A pre-norm decoder block: ``x + attn(norm1(x))`` (causal, grouped-query), then ``x +
+    down(silu(gate(h)) * up(h))`` with ``h = norm2(x)``; RMSNorm, Linear layers without
+    bias."""
+
+    def __init__(self, width: int, heads: int, kv_heads: int, ffn: int) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(width, eps=1e-5)
+        self.attn = SelfAttention(width, heads, kv_heads, bias=False, causal=True)
+        self.norm2 = nn.RMSNorm(width, eps=1e-5)
+        self.gate = nn.Linear(width, ffn, bias=False)
+        self.up = nn.Linear(width, ffn, bias=False)
+        self.down = nn.Linear(ffn, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        h = self.norm2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class DecoderLM(nn.Module):
+    """A decoder-only character-level language model; see :func:`decoder_lm`."""
+
+    def __init__(self, vocab_size: int = 128, context: int = 128, depth: int = 4,
+                 width: int = 128, heads: int = 4, kv_heads: int = 2, ffn: int = 344,
+                 tie_embeddings: bool = False) -> None:
+        super().__init__()
+        _check_int("vocab_size", vocab_size)
+        _check_int("context", context)
+        _check_int("depth", depth)
+        _check_heads(width, heads, kv_heads, None)
+        _check_int("ffn", ffn)
+        if not isinstance(tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings must be True or False, got {tie_embeddings!r}")
+        self.context = context
+        self.embed = nn.Embedding(vocab_size, width)
+        self.pos_embed = nn.Parameter(torch.zeros(context, width))
+        self.blocks = nn.Sequential(*[DecoderBlock(width, heads, kv_heads, ffn)
+                                      for _ in range(depth)])
+        self.norm = nn.RMSNorm(width, eps=1e-5)
+        self.head = nn.Linear(width, vocab_size, bias=False)
+        _init_transformer(self, depth)
+        if tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens) + self.pos_embed[:tokens.shape[1]]
+        return self.head(self.norm(self.blocks(x)))
+
+
+def decoder_lm(vocab_size: int = 128, context: int = 128, depth: int = 4, width: int = 128,
+               heads: int = 4, kv_heads: int = 2, ffn: int = 344,
+               tie_embeddings: bool = False) -> DecoderLM:
+    """A small decoder-only (GPT-style) language model with the parts of current ones.
+
+    Pre-norm decoder blocks (A. Radford, J. Wu, R. Child, D. Luan, D. Amodei, I. Sutskever,
+    "Language Models are Unsupervised Multitask Learners", OpenAI 2019,
+    https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf)
+    with RMSNorm (B. Zhang, R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS
+    2019, https://arxiv.org/abs/1910.07467), a SwiGLU FFN (N. Shazeer, "GLU Variants Improve
+    Transformer", 2020, https://arxiv.org/abs/2002.05202) and grouped-query causal attention
+    (J. Ainslie et al., "GQA", EMNLP 2023, https://arxiv.org/abs/2305.13245), as in LLaMA
+    (H. Touvron et al., 2023, https://arxiv.org/abs/2302.13971), but with learned absolute
+    positions instead of rotary ones.
+
+    ``embed`` (``nn.Embedding``) plus the learned position embedding ``pos_embed`` (``context
+    x width``; inputs may be shorter than ``context``, not longer); ``depth``
+    :class:`DecoderBlock` s (RMSNorm, causal :class:`SelfAttention` with ``heads`` query and
+    ``kv_heads`` key/value heads of ``width // heads`` channels, RMSNorm, ``down(silu(gate(h))
+    * up(h))`` with ``ffn`` neurons; no biases); a final RMSNorm and ``head`` (Linear without
+    bias), whose weight is the embedding's when ``tie_embeddings`` (O. Press, L. Wolf, "Using
+    the Output Embedding to Improve Language Models", EACL 2017,
+    https://arxiv.org/abs/1608.05859). Input ``(B, T)`` token indices, ``T <= context``;
+    output ``(B, T, vocab_size)`` next-token logits. The default FFN width 344 is 8/3 of the
+    width rounded up to a multiple of 8 (the SwiGLU paper's rule for matching a 4x GELU FFN's
+    parameters).
+
+    Defaults (vocabulary 128, context 128, depth 4, width 128, 4 heads, 2 key/value heads,
+    FFN 344): 775,296 parameters (758,912 with tied embeddings).
+
+    Graph of units (:func:`pruners.trace`): each block's ``gate`` and ``up`` form one group
+    (named ``blocks.{i}.gate``, held at their product) consumed by ``down``: the SwiGLU
+    neurons. The residual stream (every ``attn.out_proj`` and ``down``) is not prunable:
+    RMSNorm mixes its channels. With ``tie_embeddings=True`` the graph refuses ``head`` (it
+    shares its weight with ``embed``); pass ``exclude=["head"]`` (it is the output layer, never
+    prunable). Pruned widths per block are read back from the weights by
+    :func:`experiments.harness.checkpoint.fit_to_state_dict`.
+
+    Submodules: ``embed``; ``blocks.{i}`` with ``norm1``, ``attn.{q_proj, k_proj, v_proj,
+    out_proj}``, ``norm2``, ``gate``, ``up``, ``down``; ``norm``, ``head``; parameter
+    ``pos_embed``.
+
+    Args:
+        vocab_size: number of symbols (the data set's ``num_classes``).
+        context: longest input (positions learned).
+        depth: number of blocks.
+        width: residual-stream channels (a multiple of ``heads``).
+        heads: query heads per block.
+        kv_heads: key/value heads per block (a divisor of ``heads``).
+        ffn: SwiGLU neurons per block.
+        tie_embeddings: share ``head.weight`` with ``embed.weight``.
+
+    Example:
+        >>> net = decoder_lm(vocab_size=40, context=32)
+        >>> net.blocks[0].attn.num_heads, net.blocks[0].attn.num_kv_heads
+        (4, 2)
+        >>> net(torch.zeros(2, 32, dtype=torch.long)).shape
+        torch.Size([2, 32, 40])
+    """
+    return DecoderLM(vocab_size, context, depth, width, heads, kv_heads, ffn, tie_embeddings)
+
+
 #: name -> factory, for checkpoints (the architecture is recorded by name and
 #: keyword arguments) and the CLI.
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -1039,6 +1392,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "mobilenet_v2": mobilenet_v2,
     "densenet": densenet,
+    "vit_tiny": vit_tiny,
+    "decoder_lm": decoder_lm,
 }
 
 

@@ -39,7 +39,7 @@ from experiments.harness.checkpoint import fit_to_state_dict, load_checkpoint, s
 from pruners import count_macs, count_params
 
 __all__ = ["TrainConfig", "Callback", "Trainer", "make_optimizer", "batches", "evaluate",
-           "seed_everything"]
+           "seed_everything", "token_cross_entropy"]
 
 
 @dataclass
@@ -150,11 +150,58 @@ def batches(dataset: TensorDataset, batch_size: int, *, shuffle: bool = False,
         count += 1
 
 
+def token_cross_entropy(output: torch.Tensor, target: torch.Tensor, *,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the last dimension, one term per token: a language model's loss.
+
+    ``output`` holds logits ``(..., V)`` and ``target`` class indices shaped like ``output``
+    without its last dimension: ``(B, T, V)`` and ``(B, T)`` for a language model, ``(B, C)``
+    and ``(B,)`` for a classifier (then it is ``F.cross_entropy``). The tokens are flattened,
+    ``l_t = -log softmax(output_t)[target_t]``, because ``F.cross_entropy`` wants the classes
+    in dimension 1 (``(B, V, T)``), not last.
+
+    Args:
+        output: logits, classes last.
+        target: int64 class indices, ``output.shape[:-1]``.
+        reduction: ``"mean"``: the mean over every token of the batch (its exponential is
+            the perplexity); ``"sum"``: their sum; ``"none"``: the per-token losses, shaped
+            like ``target`` (the library's scorers sum them per sample).
+
+    Example:
+        >>> logits = torch.zeros(2, 5, 7)                # uniform over 7 symbols
+        >>> round(float(token_cross_entropy(logits, torch.zeros(2, 5, dtype=torch.long))), 5)
+        1.94591
+    """
+    if output.dim() < 2 or tuple(output.shape[:-1]) != tuple(target.shape):
+        raise ValueError(f"token_cross_entropy needs logits (..., V) and targets shaped like "
+                         f"their leading dimensions, got {tuple(output.shape)} and "
+                         f"{tuple(target.shape)}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    flat = F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1),
+                           reduction=reduction)
+    return flat.reshape(target.shape) if reduction == "none" else flat
+
+
+def _predictions(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The predicted classes of integer targets ``y``: classes last when ``out`` is ``y``'s
+    shape plus one trailing dimension (tokens, :func:`token_cross_entropy`), else in
+    dimension 1 (``F.cross_entropy``'s layout)."""
+    if out.dim() > 2 and tuple(out.shape[:-1]) == tuple(y.shape):
+        return out.argmax(dim=-1)
+    return out.argmax(dim=1)
+
+
 def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000,
              loss_fn: Callable = F.cross_entropy) -> dict[str, float]:
     """Mean loss (and accuracy for integer targets) of ``model`` in eval mode.
 
-    The model's train/eval flags are restored.
+    With integer targets the loss and the accuracy are means over target elements: per
+    sample for a classifier (targets ``(B,)``), per token for a language model (targets
+    ``(B, T)``, logits ``(B, T, V)``, ``loss_fn=token_cross_entropy``: the loss is the mean
+    per-token cross-entropy, the accuracy that of the next-token argmax). With float
+    targets (regression) the loss is ``loss_fn(..., reduction="sum")`` per sample. The
+    model's train/eval flags are restored.
     """
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -165,8 +212,10 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
                 out = model(x)
                 total += float(loss_fn(out, y, reduction="sum"))
                 if not y.is_floating_point():
-                    correct += int((out.argmax(dim=1) == y).sum())
-                n += x.shape[0]
+                    correct += int((_predictions(out, y) == y).sum())
+                    n += y.numel()
+                else:
+                    n += x.shape[0]
     finally:
         for m, flag in flags:
             m.training = flag
@@ -191,7 +240,8 @@ class Trainer:
         arch: ``{"model": name, "kwargs": {...}}`` of
             :data:`experiments.harness.models.MODELS`, recorded in checkpoints.
         callbacks: :class:`Callback` objects, called in order.
-        loss_fn: ``loss_fn(output, target, reduction=...)``.
+        loss_fn: ``loss_fn(output, target, reduction=...)``; for a language model
+            (logits ``(B, T, V)``, targets ``(B, T)``) :func:`token_cross_entropy`.
         checkpoint: path of the checkpoint written after every epoch
             (atomically); if it exists when :meth:`fit` starts, training
             resumes from it.

@@ -2,7 +2,8 @@
 
 Every loader returns a :class:`Splits` whose ``train``, ``val`` and ``test`` are
 :class:`torch.utils.data.TensorDataset` of ``(float32 inputs, int64 labels)``
-(float targets for regression). The validation split is carved from the
+(float targets for regression; int64 token windows for the text of ``fortunes``). The
+validation split is carved from the
 training set with ``torch.Generator().manual_seed(seed)``, so it is the same in
 every run with the same seed, and train and validation are disjoint and
 together are exactly the original training set.
@@ -15,6 +16,9 @@ Loaders (:data:`DATASETS`; input shape of one sample in brackets):
 * ``cifar10`` ``(3, 32, 32)``: the python pickle batches ``data_batch_1..5`` and
   ``test_batch``, in a directory or in ``cifar-10-python.tar.gz``;
 * ``covertype`` ``(54,)``: ``covtype.data`` or ``covtype.data.gz``;
+* ``fortunes`` ``(context,)``: character-level language modelling (int64 token windows,
+  targets shifted by one) on Debian's ``fortunes`` quotations or a folder of the user's
+  text files, split by document (:mod:`~experiments.harness.datasets.text`);
 * ``synthetic-regression`` and ``synthetic-classification`` ``(n_features,)``:
   generated, with a known set of relevant features (Sec. 5.1 of *Learning
   Network Size while Training with ShrinkNets*, 2018, the earlier draft of
@@ -27,9 +31,11 @@ file wins):
 
 1. the ``data_dir`` argument (``path_or_dir`` for COVERTYPE);
 2. an environment variable: ``FASHION_MNIST_DIR``, ``MNIST_DIR``, ``CIFAR10_DIR``,
-   ``COVERTYPE_DIR`` (a directory, or for COVERTYPE also the file itself);
+   ``COVERTYPE_DIR``, ``FORTUNES_DIR`` (a directory, or for COVERTYPE and fortunes also the
+   file itself);
 3. system directories, :data:`SYSTEM_DIRS` (Debian's package
-   ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist``);
+   ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist``, ``fortunes``
+   installs ``/usr/share/games/fortunes``);
 4. the user cache, :func:`cache_dir` (``$XDG_CACHE_HOME/saliency-pruning/<name>``,
    default ``~/.cache/saliency-pruning/<name>``);
 5. a download into that cache from the official source, verified against the
@@ -59,6 +65,7 @@ The package's modules, every public name re-exported here:
 * :mod:`~experiments.harness.datasets.cifar` -- CIFAR-10;
 * :mod:`~experiments.harness.datasets.covtype` -- COVERTYPE;
 * :mod:`~experiments.harness.datasets.synthetic` -- the synthetic problems;
+* :mod:`~experiments.harness.datasets.text` -- character-level text split by document;
 * :mod:`~experiments.harness.datasets.splitting` -- the seeded splits shared by the loaders;
 * :mod:`~experiments.harness.datasets.registry` -- :data:`DATASETS` and :func:`get_dataset`.
 """
@@ -77,6 +84,7 @@ from experiments.harness.datasets.idx import fashion_mnist, mnist, read_idx
 from experiments.harness.datasets.registry import DATASETS, get_dataset
 from experiments.harness.datasets.sources import Fetcher, cache_dir, download_files
 from experiments.harness.datasets.synthetic import synthetic_classification, synthetic_regression
+from experiments.harness.datasets.text import decode, encode, fortunes, read_documents
 
 __all__ = [
     "Splits",
@@ -89,6 +97,10 @@ __all__ = [
     "covertype",
     "synthetic_regression",
     "synthetic_classification",
+    "fortunes",
+    "read_documents",
+    "encode",
+    "decode",
     "get_dataset",
     "DATASETS",
     "read_idx",

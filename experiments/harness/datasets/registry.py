@@ -9,6 +9,7 @@ from experiments.harness.datasets.cifar import cifar10
 from experiments.harness.datasets.covtype import covertype
 from experiments.harness.datasets.idx import fashion_mnist, mnist
 from experiments.harness.datasets.synthetic import synthetic_classification, synthetic_regression
+from experiments.harness.datasets.text import fortunes
 
 __all__ = ["DATASETS", "get_dataset"]
 
@@ -20,6 +21,7 @@ DATASETS: dict[str, Callable[..., Splits]] = {
     "covertype": covertype,
     "synthetic-regression": synthetic_regression,
     "synthetic-classification": synthetic_classification,
+    "fortunes": fortunes,
 }
 """Data set name -> loader (the names the CLI and configs use)."""
 

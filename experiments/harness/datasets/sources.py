@@ -50,6 +50,8 @@ SYSTEM_DIRS: dict[str, list[Path]] = {
     "mnist": [],
     "cifar10": [],
     "covertype": [],
+    # Debian/Ubuntu package fortunes (quotations, one file per topic).
+    "fortunes": [Path("/usr/share/games/fortunes")],
 }
 """Read-only system-wide directories searched after the environment variable."""
 
@@ -62,6 +64,7 @@ ENV_VARS: dict[str, str] = {
     "mnist": "MNIST_DIR",
     "cifar10": "CIFAR10_DIR",
     "covertype": "COVERTYPE_DIR",
+    "fortunes": "FORTUNES_DIR",
 }
 """Environment variable naming each data set's directory."""
 
@@ -125,6 +128,7 @@ _TITLES = {
     "mnist": "MNIST",
     "cifar10": "CIFAR-10",
     "covertype": "COVERTYPE",
+    "fortunes": "Fortunes",
 }
 
 _HOW_TO = {
@@ -147,6 +151,11 @@ _HOW_TO = {
         "Download covtype.data.gz from the UCI Machine Learning Repository "
         "(https://archive.ics.uci.edu/dataset/31/covertype) into a directory and set "
         "COVERTYPE_DIR=that directory (or the file) or pass path_or_dir=..."),
+    "fortunes": (
+        "Install Debian's package (`sudo apt-get install fortunes`, files in "
+        "/usr/share/games/fortunes), or put text files (quotations separated by lines holding "
+        "only %, or one document per file with documents='file') in a directory and set "
+        "FORTUNES_DIR=that directory or pass data_dir=..."),
 }
 
 
