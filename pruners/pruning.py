@@ -53,7 +53,8 @@ from .metrics import count_macs, count_params
 from .schedules import Amount, Schedule, amount_to_count, check_amount, constant, table
 from .surgery import RemovalReport, mask_units, remove_units
 
-__all__ = ["ParameterPruner", "UnitPruner", "RoundReport", "mean_loss", "unit_costs"]
+__all__ = ["ParameterPruner", "UnitPruner", "RoundReport", "mean_loss", "unit_costs",
+           "head_costs", "head_items"]
 
 LossFn = Callable[..., torch.Tensor]
 #: what the pruners accept as a schedule: a schedule, a ``{t: amount}`` table, an amount, or
@@ -448,7 +449,8 @@ def unit_costs(model: nn.Module, example_input: torch.Tensor | None = None, *,
         macs(i)   = sum over the layers l of (weight entries taken from l) * HW_l
 
     where ``HW_l`` is the number of output positions of layer ``l`` per sample in the traced
-    shapes (1 for a Linear): a convolution does one multiply-accumulate per weight entry and
+    shapes (1 for a Linear on ``(batch, channels)``, its tokens on ``(batch, ..., channels)``):
+    a convolution does one multiply-accumulate per weight entry and
     output position. Entries masked with :mod:`torch.nn.utils.prune` are not counted, so a
     masked model gives the values of its physically shrunk twin; on an unmasked model
     ``params(i)`` and ``macs(i)`` are the drops of :func:`pruners.count_params` and
@@ -460,7 +462,9 @@ def unit_costs(model: nn.Module, example_input: torch.Tensor | None = None, *,
         model: the model (not changed).
         example_input: an input batch (convolutional models): its spatial size sets ``HW``.
         cost: ``"macs"`` or ``"params"``.
-        layers: groups (or any of their members) to cost (default: every prunable group).
+        layers: groups (or any of their members) and attention modules to cost (default:
+            every prunable group and every attention module with prunable heads, whose
+            heads cost :func:`head_costs`).
         exclude: passed to :func:`pruners.trace`.
 
     Examples:
@@ -471,7 +475,138 @@ def unit_costs(model: nn.Module, example_input: torch.Tensor | None = None, *,
     if cost not in ("macs", "params"):
         raise ValueError(f"cost must be 'macs' or 'params', got {cost!r}")
     graph = trace(model, example_input, exclude=exclude)
-    return {g: group_costs(model, graph, g, cost) for g in group_names(model, graph, layers)}
+    heads = head_names(graph, layers)
+    groups = None if layers is None else [n for n in layers if n not in heads]
+    out = {g: group_costs(model, graph, g, cost)
+           for g in (group_names(model, graph, groups) if groups is None or groups else [])}
+    if heads:
+        out.update(head_costs(model, graph, heads, cost, example_input))
+    return out
+
+
+def head_names(graph, layers: Iterable[str] | None) -> list[str]:
+    """The attention modules among ``layers`` whose heads are pruned (None: every module
+    with prunable heads, in model order). An attention module whose heads are not prunable
+    raises ValueError with the reason."""
+    if layers is None:  # with the modules already down to one head (nothing to take)
+        return [n for n, h in graph.heads.items() if h.prunable or (
+            h.num_heads == 1 and h.reason == "it has a single head")]
+    out = []
+    for n in dict.fromkeys(layers):
+        if n in graph.heads:
+            if not graph.heads[n].prunable and graph.heads[n].num_heads > 1:
+                raise ValueError(f"attention {n!r}: its heads are not prunable: "
+                                 f"{graph.heads[n].reason}")
+            out.append(n)
+    return out
+
+
+def _attention_tokens(model: nn.Module, graph, names: list[str], example_input
+                      ) -> dict[str, tuple[float, float]]:
+    """Query and key tokens per sample ``(L, S)`` of each attention module of ``names`` on
+    ``example_input`` (one forward pass, eval mode, fast paths off)."""
+    from saliency.attention import fastpath_disabled
+
+    def tokens(t: torch.Tensor) -> int:
+        return t.numel() // t.shape[-1]
+
+    seen: dict[str, dict[str, float]] = {n: {} for n in names}
+    handles = []
+    for n in names:
+        h = graph.heads[n]
+        mod = model.get_submodule(n)
+        if h.kind == "mha":
+            def pre(m, args, kwargs, n=n):
+                q = args[0] if args else kwargs["query"]
+                k = args[1] if len(args) > 1 else kwargs["key"]
+                if q.dim() == 2:
+                    seen[n].update(tgt=q.shape[0], src=k.shape[0])
+                else:
+                    seen[n].update(tgt=q.shape[1 if m.batch_first else 0],
+                                   src=k.shape[1 if m.batch_first else 0])
+            handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+            continue
+
+        def kv(m, inp, out, n=n):
+            seen[n]["keys"] = tokens(out)
+
+        def o(m, inp, out, n=n):
+            x = inp[0]
+            batch = x.shape[0] if x.dim() > 2 else 1
+            seen[n]["tgt"] = tokens(x) / batch
+            seen[n]["batch"] = batch
+        spec = h.spec
+        handles.append(mod.get_submodule(spec.k or spec.qkv).register_forward_hook(kv))
+        handles.append(model.get_submodule(h.out).register_forward_hook(o))
+    if example_input is None:
+        raise ValueError("the MACs of attention heads need an example input (or data)")
+    try:
+        with eval_mode(model), torch.no_grad(), fastpath_disabled():
+            model(example_input)
+    finally:
+        for hd in handles:
+            hd.remove()
+    out = {}
+    for n in names:
+        s = seen[n]
+        if "tgt" not in s:
+            raise ValueError(f"attention {n!r} was not called on the example input")
+        src = s["src"] if "src" in s else s.get("keys", s["tgt"] * s["batch"]) / s["batch"]
+        out[n] = (float(s["tgt"]), float(src))
+    return out
+
+
+def head_costs(model: nn.Module, graph, names: Iterable[str], cost: str,
+               example_input: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """What removing each attention head alone frees (:func:`unit_costs` of heads).
+
+    For head ``h`` of ``head_dim`` ``d``: the ``d`` rows of the query projection (weight and
+    bias entries), the ``d`` columns of the output projection and, when the head is the only
+    query head of its key/value head (``num_kv_heads == num_heads``), the ``d`` rows of the
+    key and value projections; with grouped-query attention a key/value head's rows are
+    freed only with its whole group, not by one head alone. Per sample, with ``L`` query and
+    ``S`` key tokens::
+
+        params(h) = entries of those rows and columns (masked entries not counted)
+        macs(h)   = L * (query rows' and output columns' weight entries)
+                    + S * (key and value rows' weight entries) + 2 * L * S * d
+
+    the last term being the head's two attention products ``Q_h K_h^T`` and ``A_h V_h``
+    (A. Vaswani et al., *Attention Is All You Need*, NeurIPS 2017,
+    https://arxiv.org/abs/1706.03762). These are the drops of :func:`pruners.count_params`
+    and :func:`pruners.count_macs` when the head alone is removed without a replacement.
+
+    Returns:
+        ``{attention module: (H,) float64}``.
+    """
+    names = list(names)
+    toks = _attention_tokens(model, graph, names, example_input) if cost == "macs" else {}
+    out = {}
+    for n in names:
+        h = graph.heads[n]
+        d, H = h.head_dim, h.num_heads
+        total = torch.zeros(H, dtype=torch.float64)
+        L, S = toks.get(n, (1.0, 1.0))
+        for mod, tensors, start, which in h.rows:
+            if which != "q" and h.group != 1:
+                continue
+            m = model.get_submodule(mod)
+            for tname in tensors:
+                live = _live(m, tname)
+                if live is None:
+                    continue
+                rows = live[start:start + H * d].reshape(H, -1).sum(1).to(torch.float64)
+                if cost == "params":
+                    total += rows
+                elif "weight" in tname:
+                    total += rows * (L if which == "q" else S)
+        live = _live(model.get_submodule(h.out), "weight")
+        cols = live[:, :H * d].reshape(live.shape[0], H, d).sum((0, 2)).to(torch.float64)
+        total += cols * (L if cost == "macs" else 1.0)
+        if cost == "macs":
+            total += 2 * L * S * d
+        out[n] = total
+    return out
 
 
 def group_names(model: nn.Module, graph, layers: Iterable[str] | None) -> list[str]:
@@ -528,10 +663,12 @@ def _positions(graph) -> dict[str, int]:
     if graph.gm in _POSITIONS:
         return _POSITIONS[graph.gm]
     out = {}
+    modules = dict(graph.gm.named_modules())
     for node in graph.gm.graph.nodes:
         shape = node.meta.get("unit_graph_shape") if node.op == "call_module" else None
-        if shape is not None:
-            out[node.target] = math.prod(shape[2:])
+        if shape is not None:  # a Linear's positions are its tokens (..., channels last)
+            linear = isinstance(modules.get(node.target), nn.Linear)
+            out[node.target] = math.prod(shape[1:-1] if linear else shape[2:])
     _POSITIONS[graph.gm] = out
     return out
 
@@ -696,6 +833,60 @@ def removal_items(group, candidates: torch.Tensor, num: torch.Tensor,
     return out
 
 
+def head_items(heads, candidates: torch.Tensor, num: torch.Tensor,
+               den: torch.Tensor | None = None, *, gone: Iterable[int] = (),
+               limit: int | None = None) -> list[tuple[list[int], float]]:
+    """Sets of query heads of one attention module that may be removed, cheapest first,
+    each with its key (as :func:`removal_items` for groups).
+
+    Without grouped-query constraints (one live query head per key/value head, or a single
+    key/value head with live heads) a set is one head (with one query head per key/value
+    head, removing it removes its key/value head). Otherwise heads go **evenly within the
+    key/value groups**: a set (a step) is the lowest-keyed live head of every group that
+    still has live heads, the ``j``-th step taking each group's ``j``-th lowest, so every
+    group keeps the same number of query heads and no key/value head is removed while its
+    group has more than one query head (counts are rounded down to whole steps). A set's key is
+    ``sum(num) / sum(den)`` over its heads (``den`` 1 when None, ``inf`` when its sum is 0),
+    a step's key at least the key of the step before it. At least one head stays, at most
+    ``limit`` heads are taken in all, and only ``candidates`` (not ``gone``) are taken.
+    """
+    size = heads.num_heads
+    num = num.detach().to(torch.float64).cpu()
+    den = torch.ones(size, dtype=torch.float64) if den is None else \
+        den.detach().to(torch.float64).cpu()
+    key = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
+                      torch.full_like(num, math.inf))
+    gone_mask = torch.zeros(size, dtype=torch.bool)
+    gone_mask[torch.as_tensor(list(gone), dtype=torch.long)] = True
+    cand = torch.zeros(size, dtype=torch.bool)
+    cand[torch.as_tensor(candidates, dtype=torch.long).reshape(-1).cpu()] = True
+    cand &= ~gone_mask
+    limit = size - 1 if limit is None else min(limit, size - 1 - int(gone_mask.sum()))
+    items: list[tuple[list[int], float]] = []
+    groups = torch.arange(size).reshape(heads.num_kv_heads, heads.group)
+    live = [g for g in groups if bool((~gone_mask[g]).any())]
+    counts = [int((~gone_mask[g]).sum()) for g in live]
+    if len(live) > 1 and max(counts) > 1:  # grouped: one head of every live group per step
+        room = min(counts) - 1
+        pools = [g[cand[g]][torch.argsort(key[g[cand[g]]], stable=True)] for g in live]
+        prev = -math.inf
+        for j in range(max(0, min([room] + [p.numel() for p in pools]))):
+            chans = torch.stack([p[j] for p in pools])
+            d = float(den[chans].sum())
+            prev = max(prev, float(num[chans].sum()) / d if d > 0 else math.inf)
+            items.append((sorted(chans.tolist()), prev))
+    else:
+        idx = cand.nonzero().reshape(-1)
+        items = [([int(i)], float(key[i])) for i in idx[torch.argsort(key[idx], stable=True)]]
+    out, total = [], 0
+    for chans, k in items:
+        if total + len(chans) > limit:
+            continue
+        total += len(chans)
+        out.append((chans, k))
+    return out
+
+
 _NORMALIZE = {
     None: lambda s: s.new_tensor(1.0),
     "l2": lambda s: s.norm(),
@@ -730,6 +921,23 @@ class UnitPruner(_Pruner):
     balanced steps, one or more channels per conv group; the count is rounded
     down to whole steps), and ``min_units`` holds. Reports are keyed by group.
 
+    **Attention heads.** The heads of every attention module with prunable heads
+    (:attr:`saliency.UnitGraph.heads`; ``layers`` may name attention modules) are units too,
+    scored one per head under the module's name, counted in the schedule like a group's
+    units (``floor(f * H_0)`` per module in layer scope, ``H_0`` its heads at the first
+    round; ranked with every other unit in global scope) and removed with the output
+    projection's bias fold. A module never loses its last head (``min_units`` holds). With
+    grouped-query attention heads go **evenly within the key/value groups**
+    (:func:`head_items`): a removal step takes the lowest-scoring live query head of every
+    key/value group, so the counts are rounded down to whole multiples of the number of
+    key/value groups, every group keeps the same number of query heads and no key/value
+    head is removed while its group has two or more live query heads; once each group has
+    one, heads go one at a time, each taking its key/value head. With ``cost=`` a head's
+    cost is :func:`head_costs` (its query rows, output columns, attention products, and its
+    key and value rows when it is the only query head of its key/value head). Masked heads
+    (``remove=False``) are masked again with each round's new ones (a no-op on them), so
+    the grouped-query check sees the heads that are left.
+
     Raw scores of different groups are not comparable; global selection
     divides each group's scores by a norm of its live scores first
     (``normalize="l2"``, as Molchanov et al. 2017 do for Taylor scores;
@@ -760,8 +968,9 @@ class UnitPruner(_Pruner):
         normalize: per-group score normalization for global selection.
         cost: None, ``"macs"`` or ``"params"``: divide each (normalized) score
             by what removing the unit frees.
-        layers: groups to prune, by group name or any member's name (default:
-            every prunable group).
+        layers: groups to prune, by group name or any member's name, and attention
+            modules whose heads to prune (default: every prunable group and every
+            attention module with prunable heads).
         exclude: producers left out of the graph (see :func:`~pruners.trace`).
         loss_fn: as :class:`ParameterPruner`.
         example_input: as :class:`ParameterPruner`.
@@ -807,8 +1016,12 @@ class UnitPruner(_Pruner):
         self.masked = {k: [int(i) for i in v] for k, v in state.get("masked", {}).items()}
 
     def _layers(self, model, example) -> tuple[Any, list[str]]:
+        """The graph, and the groups and attention modules (heads) this pruner prunes."""
         graph = trace(model, example, exclude=self.exclude)
-        return graph, group_names(model, graph, self.layers)
+        heads = head_names(graph, self.layers)
+        groups = None if self.layers is None else [n for n in self.layers if n not in heads]
+        names = group_names(model, graph, groups) if groups is None or groups else []
+        return graph, names + heads
 
     def step(self, t: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
              data: Iterable | None = None) -> RoundReport | None:
@@ -827,7 +1040,8 @@ class UnitPruner(_Pruner):
         if example is None:
             raise ValueError("UnitPruner.step needs data= (or example_input=) to trace the model")
         graph, layers = self._layers(model, example)
-        width = {n: graph.groups[n].size for n in layers}
+        width = {n: graph.heads[n].num_heads if n in graph.heads else graph.groups[n].size
+                 for n in layers}
         initial = {n: self.initial.get(n, width[n]) for n in layers}  # kept once a step succeeds
         gone = {n: initial[n] - width[n] + len(self.masked.get(n, ())) for n in layers}
         live = {n: width[n] - len(self.masked.get(n, ())) for n in layers}
@@ -847,10 +1061,11 @@ class UnitPruner(_Pruner):
         if self.replacement == "mean" and data is None:
             raise ValueError("replacement='mean' needs data= (the units' mean outputs)")
         scorer = copy.copy(self.scorer)
-        scorer.layers, scorer.exclude, scorer.example_input = list(layers), self.exclude, example
+        scored = [n for n in layers if cap[n] > 0]  # a module down to one head is not scored
+        scorer.layers, scorer.exclude, scorer.example_input = scored, self.exclude, example
         scores = scorer.score(model, data, self.loss_fn)
         cand: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for n in layers:
+        for n in scored:
             s = scores.get(n)
             if s is None or s.shape != (width[n],):
                 raise ValueError(f"{type(self.scorer).__name__} gave no scores of shape "
@@ -864,10 +1079,19 @@ class UnitPruner(_Pruner):
             alive[list(self.masked.get(n, ()))] = False
             idx = torch.nonzero(alive).flatten()
             cand[n] = (idx, s)
-        costs = {n: group_costs(model, graph, n, self.cost) for n in layers} \
-            if self.cost is not None else {}
-        chosen = self._select(graph, layers, cand, need, cap, costs)
+        costs = {}
+        if self.cost is not None:
+            heads = [n for n in scored if n in graph.heads]
+            costs = {n: group_costs(model, graph, n, self.cost) for n in scored
+                     if n not in graph.heads}
+            costs.update(head_costs(model, graph, heads, self.cost, example) if heads else {})
+        chosen = self._select(graph, scored, cand, need, cap, costs)
         units = {n: sorted(v) for n, v in chosen.items() if v}
+        if not self.remove:  # masked heads are re-masked with the new ones (a no-op on
+            # them: their output columns or value rows are masked, so their fold is 0), so
+            # that the grouped-query check sees the heads that are left
+            units.update({n: sorted(set(v) | set(self.masked.get(n, ())))
+                          for n, v in units.items() if n in graph.heads})
         loss_before = mean_loss(model, data, self.loss_fn) if data is not None else None
         params_before, macs_before = self._sizes(model, example)
         act = remove_units if self.remove else mask_units
@@ -901,8 +1125,12 @@ class UnitPruner(_Pruner):
             live = s[idx]
             z = norm(live) if live.numel() else live.new_tensor(1.0)
             z = z if float(z) > 0 else live.new_tensor(1.0)
-            items = removal_items(graph.groups[n], idx, s / z, costs.get(n),
-                                  gone=self.masked.get(n, ()), limit=cap[n])
+            if n in graph.heads:
+                items = head_items(graph.heads[n], idx, s / z, costs.get(n),
+                                   gone=self.masked.get(n, ()), limit=cap[n])
+            else:
+                items = removal_items(graph.groups[n], idx, s / z, costs.get(n),
+                                      gone=self.masked.get(n, ()), limit=cap[n])
             pool.append([(k, n, chans) for chans, k in items])
         out: dict[str, list[int]] = {n: [] for n in layers}
         if self.scope == "layer":

@@ -37,16 +37,18 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from saliency.graph import symbolic_trace
+from saliency.attention import PrunedMultiheadAttention
+from saliency.graph import default_example_input, symbolic_trace
 from saliency.tracing import trace
-from saliency.layers import PRODUCERS, effective_tensor
-from saliency.switch import Switch, switch_of
+from saliency.layers import PRODUCERS, effective_tensor, eval_mode
+from saliency.switch import HeadGate, HeadSwitch, Switch, head_switch_of, switch_of
 
 from .metrics import count_macs, count_params
-from .pruning import RoundReport, data_list, example_of, mean_loss, removal_items
+from .pruning import RoundReport, data_list, example_of, head_items, mean_loss, removal_items
 from .surgery import mask_units, remove_units
 
-__all__ = ["Switch", "insert_switches", "fold_switches", "shrinknets_penalty", "switches",
+__all__ = ["Switch", "HeadSwitch", "insert_switches", "fold_switches", "shrinknets_penalty",
+           "switches",
            "RemovalStrategy", "Threshold", "SignChange", "SignVariance", "Aggressiveness",
            "GarbageCollector", "input_neurons"]
 
@@ -76,6 +78,16 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
     group's name (on a chain: the layer's) with dots as underscores; the
     original model is not changed and shares nothing with the copy.
 
+    An attention module whose heads are units (:attr:`saliency.UnitGraph.heads`) gets
+    **one switch per head** (:class:`saliency.switch.HeadSwitch`, keyed by the module's name
+    with dots as underscores and ``_heads`` appended): a forward pre-hook on its output
+    projection (:class:`saliency.switch.HeadGate`) multiplies head ``h``'s output (its
+    ``head_dim`` features of what the projection reads) by ``g_h``. An
+    ``nn.MultiheadAttention``, which applies its output projection without calling it,
+    becomes a :class:`saliency.PrunedMultiheadAttention` (the same parameters and
+    function). A module whose output projection is not called exactly once per call cannot
+    host it and is refused, named.
+
     A residual group (layers whose outputs a residual add sums, see
     :func:`pruners.trace`) gets **one** switch with one gate per group
     channel, called after every member's output (after its BatchNorm when one
@@ -92,8 +104,9 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
             :class:`~saliency.switch.Switch`.
         init: the gates' initialization, of each switch.
         value: the constant of ``init="constant"``.
-        layers: the groups to switch, by group name or any member's name
-            (default: every prunable group).
+        layers: the groups to switch, by group name or any member's name, and attention
+            modules to switch per head (default: every prunable group and every attention
+            module with prunable heads).
         exclude: layers left out (see :func:`pruners.trace`).
 
     Raises:
@@ -104,10 +117,20 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
     """
     model = copy.deepcopy(model)
     graph = trace(model, example_input, exclude=exclude)
-    targets = graph.prunable if layers is None else _group_targets(graph, layers)
+    layers = None if layers is None else list(layers)
+    head_targets = _head_targets(graph, layers)
+    if layers is None:
+        targets = graph.prunable
+    else:
+        rest = [n for n in layers if n not in graph.heads]
+        targets = _group_targets(graph, rest) if rest else []
     for name in targets:
         if switch_of(model, graph, name) is not None:
             raise ValueError(f"layer {name!r} already has a switch")
+    for name in head_targets:
+        if head_switch_of(model, graph.heads[name]) is not None:
+            raise ValueError(f"attention {name!r} already has a head switch")
+    _check_head_hosts(model, graph, head_targets, example_input)
     gm = symbolic_trace(model) if not isinstance(model, fx.GraphModule) else model
     if gm is not model:
         _check_mode_free(model, gm)
@@ -120,14 +143,24 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
     for name in targets:
         key = name.replace(".", "_")
         w = effective_tensor(gm.get_submodule(name), "weight")
-        gm.switches[key] = Switch(graph.groups[name].size, parametrization, init,
-                                  value).to(device=w.device, dtype=w.dtype)
+        last = any(graph.producers[m].channel_last for m in graph.groups[name].members)
+        gm.switches[key] = Switch(graph.groups[name].size, parametrization, init, value,
+                                  channels_last=last).to(device=w.device, dtype=w.dtype)
         for anchor in sites[name]:
             with gm.graph.inserting_after(anchor):
                 new = gm.graph.call_module(f"switches.{key}", (anchor,))
             anchor.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)
     gm.graph.lint()
     gm.recompile()
+    for name in head_targets:  # a gate per head on the heads' output (a hook: inside a leaf)
+        h = graph.heads[name]
+        if h.kind == "mha":  # nn.MultiheadAttention does not call its output projection
+            PrunedMultiheadAttention.convert(gm.get_submodule(name))
+        key = name.replace(".", "_") + "_heads"
+        w = effective_tensor(gm.get_submodule(h.out), "weight")
+        gm.switches[key] = HeadSwitch(h.num_heads, h.head_dim, parametrization, init,
+                                      value).to(device=w.device, dtype=w.dtype)
+        gm.get_submodule(h.out).register_forward_pre_hook(HeadGate(gm.switches[key]))
     joined = [n for n in targets if len(sites[n]) > 1 or len(graph.groups[n].members) > 1]
     if joined:  # the switched graph must see one switch on each group's channels
         check = trace(gm, example_input, exclude=exclude)
@@ -137,6 +170,58 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
                 raise ValueError(f"group {name!r}: the switch could not be placed on its "
                                  "channels")
     return gm
+
+
+def _head_targets(graph, layers: list[str] | None) -> list[str]:
+    """The attention modules whose heads get a switch: every one with prunable heads when
+    ``layers`` is None, else those ``layers`` names (refused, named, when not prunable)."""
+    if layers is None:
+        return graph.prunable_heads
+    out = []
+    for n in dict.fromkeys(layers):
+        if n in graph.heads:
+            if not graph.heads[n].prunable:
+                raise ValueError(f"attention {n!r} cannot host a switch per head: its heads "
+                                 f"are not units ({graph.heads[n].reason})")
+            out.append(n)
+    return out
+
+
+def _check_head_hosts(model: nn.Module, graph, names: list[str], example_input) -> None:
+    """Each attention module of ``names`` must call its output projection once per call
+    (the head switch gates that call's input), checked on ``example_input``."""
+    if not names:
+        return
+    from saliency.attention import fastpath_disabled
+    calls = {n: [0, 0] for n in names}
+    handles = []
+    for n in names:
+        h = graph.heads[n]
+        if h.kind == "mha":
+            continue  # it becomes a PrunedMultiheadAttention, which calls out_proj once
+
+        def own(m, args, n=n):
+            calls[n][0] += 1
+
+        def out(m, args, n=n):
+            calls[n][1] += 1
+        handles.append(model.get_submodule(n).register_forward_pre_hook(own))
+        handles.append(model.get_submodule(h.out).register_forward_pre_hook(out))
+    if example_input is None:
+        example_input = default_example_input(model)
+    try:
+        if handles:
+            with eval_mode(model), torch.no_grad(), fastpath_disabled():
+                model(example_input)
+    finally:
+        for hd in handles:
+            hd.remove()
+    for n, (own_calls, out_calls) in calls.items():
+        if own_calls and out_calls != own_calls:
+            raise ValueError(f"attention {n!r} cannot host a switch per head: its output "
+                             f"projection {graph.heads[n].out!r} is called {out_calls} times "
+                             f"in {own_calls} calls of the module (a head switch gates the "
+                             "output projection's input, once per call)")
 
 
 def _group_targets(graph, layers: Iterable[str]) -> list[str]:
@@ -266,6 +351,10 @@ def fold_switches(model: nn.Module, example_input: torch.Tensor | None = None) -
     channel ``i`` is scaled by ``g_i`` as the switched model does; forwards it
     cannot go, since the consumers read the sum.
 
+    A switch per attention head (:class:`saliency.switch.HeadSwitch`) gates the heads'
+    output right before the output projection, which is linear in it: gate ``g_h`` is
+    multiplied into the projection's columns of head ``h``, exact for any sign.
+
     Anything else (a negative gate before a ReLU and a BatchNorm after it)
     cannot be folded exactly and raises ValueError naming the switch.
     """
@@ -276,6 +365,20 @@ def fold_switches(model: nn.Module, example_input: torch.Tensor | None = None) -
     graph = trace(model, example_input)
     done: set[str] = set()
     with torch.no_grad():
+        for h in graph.heads.values():  # a switch per head: into the output columns
+            hit = head_switch_of(model, h)
+            if hit is None:
+                continue
+            sname, sw = hit
+            out = model.get_submodule(h.out)
+            g = sw.effective_gate().detach().repeat_interleave(h.head_dim)
+            w = out._parameters.get("weight_orig")
+            w = out.weight if w is None else w
+            w[:, :g.numel()].mul_(g.to(w))
+            for key, hook in list(out._forward_pre_hooks.items()):
+                if isinstance(hook, HeadGate):
+                    del out._forward_pre_hooks[key]
+            done.add(sname)
         for gname, group in graph.groups.items():
             hit = switch_of(model, graph, gname)
             if hit is None:
@@ -626,7 +729,10 @@ class GarbageCollector:
     the largest ``|g|`` are kept. On a residual group the one switch's dead
     gates remove group channels (every member's channel ``i``); every member
     keeps a channel, and a grouped convolution loses the same number of
-    channels from each conv group (the weakest dead ones, in whole steps).
+    channels from each conv group (the weakest dead ones, in whole steps). A
+    switch per attention head removes the heads whose gates are dead, an
+    attention module keeping ``min_units`` heads; with grouped-query attention
+    in even steps over the key/value groups (:func:`pruners.pruning.head_items`).
     The strategy sees the live units only (masked ones left out, its memory
     kept by position), so the masked twin decides exactly as the physically
     shrunk network.
@@ -689,6 +795,28 @@ class GarbageCollector:
             if idx.numel():
                 units[name] = sorted(idx.tolist())
                 lives[name] = live
+        for name in graph.prunable_heads:  # a switch per head
+            heads = graph.heads[name]
+            hit = head_switch_of(model, heads)
+            if hit is None:
+                continue
+            gate = hit[1].effective_gate().detach()
+            alive = torch.ones(gate.numel(), dtype=torch.bool)
+            alive[self.masked.get(name, [])] = False
+            live = torch.nonzero(alive).flatten()
+            dead = torch.zeros_like(alive)
+            dead[live] = self.strategy(name, gate[live.to(gate.device)]).cpu().to(torch.bool)
+            items = head_items(heads, torch.nonzero(dead).flatten(), gate.abs().cpu(),
+                               gone=self.masked.get(name, []),
+                               limit=max(live.numel() - self.min_units, 0))
+            idx = sorted(c for chans, _ in items for c in chans)
+            if idx:
+                units[name] = idx
+                lives[name] = live
+        new = {n: list(v) for n, v in units.items()}
+        if not self.remove:  # masked heads again with the new (see UnitPruner)
+            units.update({n: sorted(set(v) | set(self.masked.get(n, ())))
+                          for n, v in units.items() if n in graph.heads})
         report = None
         if units:
             loss_before = mean_loss(model, data, self.loss_fn) if data is not None else None
@@ -697,16 +825,16 @@ class GarbageCollector:
             act = remove_units if self.remove else mask_units
             removal = act(model, units, replacement=self.replacement, data=data,
                           optimizer=optimizer, example_input=example, min_units=self.min_units)
-            for n, idx in units.items():
+            for n, idx in new.items():
                 live = lives[n]
                 self.strategy.keep(n, torch.nonzero(~torch.isin(live, torch.tensor(idx)))
                                    .flatten())  # positions among the live units
                 if not self.remove:
                     self.masked[n] = sorted(set(self.masked.get(n, [])) | set(idx))
             report = RoundReport(
-                step=int(t), target=0.0, kind="unit", pruned={n: len(v) for n, v in units.items()},
+                step=int(t), target=0.0, kind="unit", pruned={n: len(v) for n, v in new.items()},
                 fraction={},
-                remaining={n: lives[n].numel() - len(v) for n, v in units.items()},
+                remaining={n: lives[n].numel() - len(v) for n, v in new.items()},
                 params_before=params_before,
                 params_after=count_params(model), macs_before=macs_before,
                 macs_after=count_macs(model, example) if example is not None else None,

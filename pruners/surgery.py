@@ -31,6 +31,7 @@ import torch.nn as nn
 from torch.nn.utils import prune
 
 from saliency.attention import PrunedMultiheadAttention, head_means
+from saliency.switch import head_switch_of
 from saliency.graph import UnitGraph, as_index_tensor, default_example_input
 from saliency.tracing import trace
 from saliency.layers import CHANNEL_MODULES, PRODUCERS, effective_tensor, eval_mode
@@ -407,7 +408,7 @@ def _head_plan(model, graph: UnitGraph, heads: Mapping[str, torch.Tensor], physi
     """The rows of the query, key and value projections and the output projection's columns
     that go with the removed heads (masks: the output columns only where the output
     projection is called, not inside ``nn.MultiheadAttention``, whose masked value rows
-    already make the heads' output 0)."""
+    already make the heads' output 0), and the heads' gates in the module's head switch."""
     cuts = []
     for name, idx in heads.items():
         h = graph.heads[name]
@@ -428,6 +429,11 @@ def _head_plan(model, graph: UnitGraph, heads: Mapping[str, torch.Tensor], physi
                 continue
             cuts.append(_Cut(mod, dim, tuple(tensors), size=present[0].shape[dim],
                              attrs=attrs, masks=tuple(tensors), positions=set(pos)))
+        switch = head_switch_of(model, h)
+        if switch is not None:  # one gate per head (saliency.switch.HeadSwitch)
+            cuts.append(_Cut(switch[0], 0, ("weight",), size=h.num_heads,
+                             attrs=("num_channels",), masks=("weight",),
+                             positions=set(idx.tolist())))
     return cuts
 
 

@@ -52,7 +52,7 @@ from .mrp import MRP
 from .random_scores import RandomParameter, RandomUnit
 from .taylor import Hessian, Taylor1, Taylor2
 from .replacement import unit_means
-from .switch import Switch, SwitchScorer
+from .switch import HeadSwitch, Switch, SwitchScorer
 from .tristate import GateScorer, TriStateReLU
 from .unit_scorers import MRS, Dormancy, Norm, UnitTaylor
 from .unit_stats import unit_statistics
@@ -89,6 +89,7 @@ __all__ = [
     "PrunedMultiheadAttention",
     "describe_attention",
     "fit_attention",
+    "HeadSwitch",
     "Switch",
     "SwitchScorer",
     "TriStateReLU",

@@ -41,6 +41,12 @@ Modules whose heads are known:
 A recognised or described module is checked numerically when the model is traced: in a
 float64 copy, removing a head (its rows and columns) must give exactly what zeroing its
 output columns gives; otherwise its heads are refused, naming the module.
+
+``nn.TransformerEncoderLayer`` and ``nn.TransformerDecoderLayer`` (exactly those classes)
+are traced through a written-out copy of their forward (:data:`KNOWN_LAYERS`), checked
+numerically against their own forward at trace time (:func:`check_transformer_layers`), so
+that their FFN neurons (``linear1``'s outputs, read by ``linear2`` through ``activation``
+and ``dropout``) are units of the graph like a hand-written block's.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +66,7 @@ from torch import nn
 __all__ = [
     "FUSED_NAMES",
     "HEAD_ATTRS",
+    "KNOWN_LAYERS",
     "KV_HEAD_ATTRS",
     "SEPARATE_NAMES",
     "AttentionSpec",
@@ -67,6 +75,7 @@ __all__ = [
     "attention_macs",
     "attention_spec",
     "check_layout",
+    "check_transformer_layers",
     "context_hooks",
     "describe_attention",
     "fastpath_disabled",
@@ -74,7 +83,9 @@ __all__ = [
     "fit_attention",
     "head_means",
     "is_attention",
+    "layer_forward",
     "mha_forward",
+    "transformer_layer_reason",
 ]
 
 #: attribute names read as the number of (query) heads
@@ -647,7 +658,7 @@ def check_layout(mod: nn.Module, heads: Heads, args: tuple, kwargs: dict) -> str
     args = tuple(f64(a) for a in args)
     kwargs = {k: f64(v) for k, v in kwargs.items()}
     try:
-        masked = copy.deepcopy(mod).to(torch.float64).eval()
+        masked = _unpruned(copy.deepcopy(mod).to(torch.float64).eval())
         cut = copy.deepcopy(masked)
         prefix = f"{heads.name}." if heads.name else ""
 
@@ -683,6 +694,20 @@ def check_layout(mod: nn.Module, heads: Heads, args: tuple, kwargs: dict) -> str
                 "key/value head h // (num_heads / num_kv_heads)); describe it with "
                 "saliency.describe_attention or exclude it")
     return None
+
+
+def _unpruned(mod: nn.Module) -> nn.Module:
+    """``mod`` (a copy) with every ``torch.nn.utils.prune`` mask made permanent (plain
+    parameters holding the effective values), so its tensors can be sliced, and without its
+    head switches (:class:`saliency.switch.HeadSwitch`, which gate heads elementwise)."""
+    from torch.nn.utils import prune
+    for m in mod.modules():
+        for key, hook in list(m._forward_pre_hooks.items()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(m, hook._tensor_name)
+            elif getattr(hook, "head_gate", False):  # a head switch gates heads, not layout
+                del m._forward_pre_hooks[key]
+    return mod
 
 
 def _first_tensor(x):
@@ -796,3 +821,124 @@ def attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> int:
         proj += tgt * inner * module.embed_dim
         return bsz * (proj + 2 * module.num_heads * tgt * src * module.head_dim)
     return 0
+
+
+# ---------------------------------------------------------------------------
+# nn.TransformerEncoderLayer / nn.TransformerDecoderLayer, traced through
+
+
+def _encoder_layer(m: nn.Module, src, src_mask=None, src_key_padding_mask=None,
+                   is_causal=False):
+    """``nn.TransformerEncoderLayer.forward`` without its fused fast path: the masks go to
+    ``self_attn``, which makes them additive itself."""
+    x = src
+    if m.norm_first:
+        x = x + m._sa_block(m.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+        x = x + m._ff_block(m.norm2(x))
+    else:
+        x = m.norm1(x + m._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+        x = m.norm2(x + m._ff_block(x))
+    return x
+
+
+def _decoder_layer(m: nn.Module, tgt, memory, tgt_mask=None, memory_mask=None,
+                   tgt_key_padding_mask=None, memory_key_padding_mask=None,
+                   tgt_is_causal=False, memory_is_causal=False):
+    """``nn.TransformerDecoderLayer.forward``."""
+    x = tgt
+    if m.norm_first:
+        x = x + m._sa_block(m.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+        x = x + m._mha_block(m.norm2(x), memory, memory_mask, memory_key_padding_mask,
+                             memory_is_causal)
+        x = x + m._ff_block(m.norm3(x))
+    else:
+        x = m.norm1(x + m._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+        x = m.norm2(x + m._mha_block(x, memory, memory_mask, memory_key_padding_mask,
+                                     memory_is_causal))
+        x = m.norm3(x + m._ff_block(x))
+    return x
+
+
+#: layer types whose forward the graph of units traces through (their FFN neurons are
+#: units), as the toolkit's written-out forward of each
+KNOWN_LAYERS: dict[type, Callable[..., Any]] = {
+    nn.TransformerEncoderLayer: _encoder_layer,
+    nn.TransformerDecoderLayer: _decoder_layer,
+}
+
+_LAYER_CHECKS: weakref.WeakKeyDictionary[nn.Module, str | None] = weakref.WeakKeyDictionary()
+
+
+def layer_forward(m: nn.Module) -> Callable[..., Any] | None:
+    """The written-out forward of a known transformer layer that passed
+    :func:`check_transformer_layers` (the graph of units traces through it), else None
+    (the layer stays one call: its attention heads are units, its FFN neurons are not)."""
+    fn = KNOWN_LAYERS.get(type(m))
+    if fn is None or _LAYER_CHECKS.get(m, "not checked") is not None:
+        return None
+    return fn
+
+
+def transformer_layer_reason(m: nn.Module) -> str | None:
+    """Why a known transformer layer is kept as one call (None: it is traced through)."""
+    if type(m) not in KNOWN_LAYERS:
+        return None
+    return _LAYER_CHECKS.get(m, "not checked")
+
+
+def check_transformer_layers(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Check each ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer`` of
+    ``model`` (exactly those classes: a subclass may change ``forward``) for tracing
+    through.
+
+    Their forward is fixed PyTorch code (pre- or post-norm; ``_sa_block``, ``_mha_block``,
+    ``_ff_block``: ``linear2(dropout(activation(linear1(x))))``), written out here without
+    the fused fast path so that ``torch.fx`` can trace it and the FFN's hidden features,
+    ``linear1``'s outputs, are units. Each layer must be called exactly once on
+    ``example_input``, and in a float64 copy (eval mode, fast paths off) the written-out
+    forward must give what the layer's own ``forward`` gives on the arguments it was called
+    with (``<= 1e-12`` relative); a layer that fails stays one call, its reason kept
+    (:func:`transformer_layer_reason`).
+    """
+    layers = {n: m for n, m in model.named_modules() if type(m) in KNOWN_LAYERS}
+    if not layers:
+        return
+    calls: dict[str, list] = {n: [] for n in layers}
+    handles = []
+    for n, m in layers.items():
+        def hook(mod, args, kwargs, n=n):
+            calls[n].append((args, kwargs))
+        handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+    from .layers import eval_mode
+    try:
+        with eval_mode(model), torch.no_grad(), fastpath_disabled():
+            model(example_input)
+    finally:
+        for hd in handles:
+            hd.remove()
+    for n, m in layers.items():
+        if len(calls[n]) != 1:
+            _LAYER_CHECKS[m] = f"it is called {len(calls[n])} times in forward"
+            continue
+        _LAYER_CHECKS[m] = _check_layer(m, *calls[n][0])
+
+
+def _check_layer(m: nn.Module, args: tuple, kwargs: dict) -> str | None:
+    def f64(t):
+        return t.to(torch.float64) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    try:
+        twin = _unpruned(copy.deepcopy(m)).to(torch.float64).eval()
+        args = tuple(f64(a) for a in args)
+        kwargs = {k: f64(v) for k, v in kwargs.items()}
+        with torch.no_grad(), fastpath_disabled():
+            expect = twin(*args, **kwargs)
+            got = KNOWN_LAYERS[type(m)](twin, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason
+        return (f"its forward written out fails ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})")
+    if not isinstance(expect, torch.Tensor) or not isinstance(got, torch.Tensor) or \
+            expect.shape != got.shape or not torch.allclose(
+                expect, got, atol=1e-12 * (1 + float(expect.abs().max())), rtol=0):
+        return "its forward written out does not give what its own forward gives"
+    return None

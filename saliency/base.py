@@ -17,7 +17,9 @@ A scorer holds hyperparameters and has one method::
 
 Lower score = less important. ``data`` is an iterable of ``(inputs,
 targets)`` batches; losses are summed per sample and divided by the number of
-samples, so results do not depend on how the samples are batched. Scoring
+samples, so results do not depend on how the samples are batched. A loss returned per
+token (``(B, T)``) is averaged over the sample's tokens, padding targets excluded
+(:func:`sample_losses`). Scoring
 runs the model in eval mode (BatchNorm running statistics, no dropout), and
 never changes it: parameters, ``.grad``, ``requires_grad``, the training
 flags and hooks are restored, also when an error is raised.
@@ -45,25 +47,71 @@ from .tracing import trace
 from .replacement import iter_batches, iter_inputs
 
 __all__ = ["Scorer", "ParameterScorer", "UnitScorer", "LayerRequirement", "iter_batches",
-           "loss_sum", "per_sample_loss", "summing_loss", "preserved", "default_parameters",
+           "loss_sum", "per_sample_loss", "sample_losses", "ignore_index", "IGNORE_INDEX",
+           "summing_loss", "preserved", "default_parameters",
            "select_layers", "select_heads", "to_group"]
 
 LossFn = Callable[..., torch.Tensor]
 
 
+#: the ``ignore_index`` of ``F.cross_entropy`` and ``F.nll_loss``: targets equal to it are
+#: padding unless ``loss_fn`` says otherwise (see :func:`per_sample_loss`)
+IGNORE_INDEX = -100
+
+
+def ignore_index(loss_fn: LossFn) -> int:
+    """The target value ``loss_fn`` ignores: its ``ignore_index`` keyword when it is a
+    ``functools.partial``, or its ``ignore_index`` attribute, else :data:`IGNORE_INDEX`
+    (``F.cross_entropy``'s default)."""
+    keywords = getattr(loss_fn, "keywords", None)
+    if isinstance(keywords, dict) and isinstance(keywords.get("ignore_index"), int):
+        return keywords["ignore_index"]
+    value = getattr(loss_fn, "ignore_index", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else IGNORE_INDEX
+
+
+def sample_losses(loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor,
+                  ignore: int = IGNORE_INDEX) -> torch.Tensor:
+    """Per-sample losses from what ``loss_fn(out, y, reduction="none")`` returned.
+
+    * one loss per sample, ``(B,)``: as it is;
+    * **per position** (tokens of a language model, pixels), a loss of ``(B, T, ...)`` not
+      shaped like the output (the class dimension reduced: ``F.cross_entropy`` of
+      ``(B, C, T)`` logits and ``(B, T)`` targets): the **mean over the sample's
+      positions**, positions whose integer target equals ``ignore`` (padding, as
+      ``F.cross_entropy``'s ``ignore_index`` excludes them) left out; a sample with every
+      position ignored has loss 0;
+    * elementwise, shaped like the output (``F.mse_loss``, ``F.binary_cross_entropy``):
+      the sum over the sample's elements.
+
+    So a sample's loss does not grow with its length, and a per-token loss averaged over
+    tokens is the usual language-model loss of a sequence.
+    """
+    if loss.dim() == 0 or loss.shape[0] != out.shape[0]:
+        raise ValueError(f"loss_fn(reduction='none') returned shape {tuple(loss.shape)}; "
+                         f"expected one loss per sample ({out.shape[0]})")
+    if loss.dim() == 1:
+        return loss
+    if loss.shape == out.shape:  # elementwise
+        return loss.reshape(loss.shape[0], -1).sum(1)
+    flat = loss.reshape(loss.shape[0], -1)
+    if isinstance(y, torch.Tensor) and not y.is_floating_point() and y.shape == loss.shape:
+        keep = (y != ignore).reshape(loss.shape[0], -1)
+        total = torch.where(keep, flat, torch.zeros_like(flat)).sum(1)
+        return total / keep.sum(1).clamp_min(1).to(flat.dtype)
+    return flat.mean(1)
+
+
 def per_sample_loss(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Loss of each sample: ``loss_fn(out, y, reduction="none")`` summed per sample."""
+    """Loss of each sample: ``loss_fn(out, y, reduction="none")`` reduced per sample by
+    :func:`sample_losses` (per-token losses: their mean over the sample's tokens, padding
+    targets equal to :func:`ignore_index` left out; elementwise losses: their sum)."""
     try:
         loss = loss_fn(out, y, reduction="none")
     except TypeError as exc:
         raise TypeError("loss_fn must accept reduction='none' (like the functions of "
                         "torch.nn.functional)") from exc
-    if loss.dim() > 1:
-        loss = loss.reshape(loss.shape[0], -1).sum(1)
-    if loss.dim() == 0 or loss.shape[0] != out.shape[0]:
-        raise ValueError(f"loss_fn(reduction='none') returned shape {tuple(loss.shape)}; "
-                         f"expected one loss per sample ({out.shape[0]})")
-    return loss
+    return sample_losses(loss, out, y, ignore_index(loss_fn))
 
 
 def loss_sum(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -76,12 +124,16 @@ def loss_sum(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 def summing_loss(loss_fn: LossFn, total: dict) -> LossFn:
     """``loss_fn``, also adding every per-sample (``reduction="none"``) loss it computes to
-    ``total["loss"]``: the summed loss of a pass that a statistics pass computes anyway."""
+    ``total["loss"]`` (reduced by :func:`sample_losses`): the summed loss of a pass that a
+    statistics pass computes anyway."""
+    ignore = ignore_index(loss_fn)
+
     def counting(out, y, reduction="mean"):
         loss = loss_fn(out, y, reduction=reduction)
         if reduction == "none":
-            total["loss"] += float(loss.detach().sum())
+            total["loss"] += float(sample_losses(loss.detach(), out, y, ignore).sum())
         return loss
+    counting.ignore_index = ignore  # type: ignore[attr-defined]
     return counting
 
 

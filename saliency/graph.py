@@ -540,15 +540,31 @@ class _Tracer(fx.Tracer):
     """torch.fx's tracer, with every registered layer type kept as one call.
 
     Layer types registered outside ``torch.nn`` (switch layers, say) would
-    otherwise be traced through, and their parameters read directly.
+    otherwise be traced through, and their parameters read directly. Attention modules
+    whose heads are known are one call; ``nn.TransformerEncoderLayer`` /
+    ``nn.TransformerDecoderLayer`` are traced through their written-out forward once
+    :func:`saliency.attention.check_transformer_layers` has checked them.
     """
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from .attention import is_attention
+        from .attention import KNOWN_LAYERS, is_attention, layer_forward
         if is_attention(m):  # one call: its heads are units (saliency.attention)
+            return True
+        if layer_forward(m) is not None:  # a checked transformer layer: traced through
+            return False
+        if isinstance(m, tuple(KNOWN_LAYERS)):  # unchecked, or a subclass: one call
             return True
         return type(m) in CHANNEL_MODULES or type(m) in PRODUCERS or \
             super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        """A known transformer layer that passed its check is traced through its
+        written-out forward (:func:`saliency.attention.layer_forward`)."""
+        from .attention import layer_forward
+        fn = layer_forward(m)
+        if fn is not None:
+            return super().call_module(m, lambda *a, **k: fn(m, *a, **k), args, kwargs)
+        return super().call_module(m, forward, args, kwargs)
 
 
 def symbolic_trace(model: nn.Module) -> fx.GraphModule:

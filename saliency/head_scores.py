@@ -24,8 +24,8 @@ et al. 2017, https://arxiv.org/abs/1706.03762) plays the part of a unit's output
   (``||.||_1`` or ``||.||_2^2``, biases excluded); ``group_norm``: the L2 norm of the same
   entries with the biases of its rows.
 
-Samples' losses are :func:`saliency.base.per_sample_loss`: the sum over a sample's token
-losses when ``loss_fn`` returns them per token.
+Samples' losses are :func:`saliency.base.per_sample_loss`: the mean over a sample's token
+losses when ``loss_fn`` returns them per token (padding targets left out).
 """
 
 from __future__ import annotations

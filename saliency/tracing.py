@@ -46,7 +46,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import find_heads, is_attention
+from .attention import KNOWN_LAYERS, check_transformer_layers, find_heads, is_attention
 from .graph import (ChannelOp, Edge, Group, GroupConsumer, Producer, RegionNode, UnitGraph,
                     Unsupported, UnsupportedArchitecture, clause, default_example_input,
                     symbolic_trace)
@@ -140,6 +140,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     if not_layers:
         raise ValueError(f"exclude names modules that are not Linear or convolution layers: "
                          f"{not_layers} (exclude the layers whose units to leave alone)")
+    check_transformer_layers(model, example_input)  # their FFN neurons: traced through
     gm = _traced(model, example_input)
     labels = _LabelPass(model, gm, exclude)
     labels.run()
@@ -464,7 +465,13 @@ class _LabelPass:
     def visit_module(self, node: fx.Node) -> None:
         mod = self.gm.get_submodule(node.target)
         if any(is_attention(m) for m in mod.modules()):
-            if is_attention(mod):  # the q/k/v projections' columns are not sliced
+            parent = self.model.get_submodule(node.target.rpartition(".")[0]) \
+                if "." in node.target else None
+            if is_attention(mod) and type(parent) in KNOWN_LAYERS:  # as the whole layer
+                self.refuse(node, f"reads the channels in attention ({type(parent).__name__}: "
+                            "its normalizations and every head's query, key and value mix "
+                            "them), so they are not units", kind="mixed")
+            elif is_attention(mod):  # the q/k/v projections' columns are not sliced
                 self.refuse(node, "reads the channels in attention (the query, key and value "
                             "projections' input columns are not sliced): the channels feeding "
                             "an attention module are not units")

@@ -306,16 +306,16 @@ def test_exact_mrp_on_heads_equals_a_naive_removal_loop(case):
             continue  # checked against the hook reference below instead
         twin = copy.deepcopy(model)
         remove_units(twin, {name: [j]}, replacement="mean", data=data)
-        naive.append(sum(float((token_loss(out(twin, xb), yb, "none").sum(1)
-                                - token_loss(out(model, xb), yb, "none").sum(1)).abs().sum())
+        naive.append(sum(float((token_loss(out(twin, xb), yb, "none").mean(1)
+                                - token_loss(out(model, xb), yb, "none").mean(1)).abs().sum())
                          for xb, yb in data))
     if g != h:  # grouped-query: hold each head at its mean by a hook
         for j in range(h):
             total = 0.0
             for xb, yb in data:
                 ref = hooked_reference(model, name, [j], data, xb)
-                total += float((token_loss(ref, yb, "none").sum(1)
-                                - token_loss(out(model, xb), yb, "none").sum(1)).abs().sum())
+                total += float((token_loss(ref, yb, "none").mean(1)
+                                - token_loss(out(model, xb), yb, "none").mean(1)).abs().sum())
             naive.append(total)
     assert torch.allclose(scores, torch.tensor(naive), atol=1e-8, rtol=0)
 
@@ -503,7 +503,7 @@ def test_taylor_and_mrs_of_a_head_are_their_formulas():
 
     h = model.attn.o.register_forward_pre_hook(keep)
     model.eval()
-    token_loss(model(x), y, "sum").backward()
+    token_loss(model(x), y, "none").mean(1).sum().backward()  # a sample: its tokens' mean
     h.remove()
     c, g = ctx["c"].detach().reshape(B, T, 3, 4), ctx["c"].grad.reshape(B, T, 3, 4)
     mu = c.mean((0, 1))

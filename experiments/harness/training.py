@@ -165,7 +165,7 @@ def token_cross_entropy(output: torch.Tensor, target: torch.Tensor, *,
         target: int64 class indices, ``output.shape[:-1]``.
         reduction: ``"mean"``: the mean over every token of the batch (its exponential is
             the perplexity); ``"sum"``: their sum; ``"none"``: the per-token losses, shaped
-            like ``target`` (the library's scorers sum them per sample).
+            like ``target`` (the library's scorers average them per sample).
 
     Example:
         >>> logits = torch.zeros(2, 5, 7)                # uniform over 7 symbols
