@@ -17,20 +17,50 @@ import torch.nn as nn
 
 import pruners
 from experiments.bench import inference
-from experiments.harness.models import mlp, mobilenet_v2, resnet20, resnet56, small_cnn
+from experiments.harness.models import (
+    mlp,
+    mobilenet_v2,
+    resnet20,
+    resnet56,
+    small_cnn,
+    vit_tiny,
+)
 
 # the slow tier: every test here runs the inference benchmark
 pytestmark = pytest.mark.slow
 
 TINY_RESNET = dict(widths=(4, 8, 16), image_size=12)
 TINY_MOBILENET = dict(width=0.25, image_size=12)
+# 9 tokens of 4x4 patches, 2 blocks of width 32, 4 heads of 8, FFN 64
+TINY_VIT = dict(patch_size=4, depth=2, width=32, heads=4, ffn=64, image_size=12)
 TINY = dict(mlp_widths=(64, 96, 96, 10),
             cnn=dict(widths=(8, 16), hidden=32, image_size=12),
-            resnet=TINY_RESNET, mobilenet=TINY_MOBILENET,
+            resnet=TINY_RESNET, mobilenet=TINY_MOBILENET, vit=TINY_VIT,
             batches=(16, 1), reductions=(2, 3, 5, 10), conv_reductions=(1.5, 2, 3),
-            mask_reduction=5)
-MODELS = ("mlp", "small_cnn", "resnet20", "mobilenet_v2")
-TWINNED = ("resnet20", "mobilenet_v2")   # timed beside a dense twin
+            vit_reductions=(1.5, 2, 3), mask_reduction=5)
+MODELS = ("mlp", "small_cnn", "resnet20", "mobilenet_v2", "vit_tiny")
+TWINNED = ("resnet20", "mobilenet_v2", "vit_tiny")   # timed beside a dense twin
+VIT_HEADS = ("blocks.0.attn", "blocks.1.attn")
+VIT_FFNS = ("blocks.0.fc1", "blocks.1.fc1")
+
+
+def vit_size(heads, ffns, patch_size=4, width=32, head_dim=8, image_size=12, in_channels=1,
+             classes=10):
+    """Closed-form parameters and MACs per sample of a ViT-tiny whose blocks keep ``heads[i]``
+    heads (of ``head_dim``) and ``ffns[i]`` FFN neurons: the patch embedding (pixels and
+    one-hot positions), per block the q/k/v/out projections, ``Q K^T`` and ``A V`` (``2 H T^2
+    head_dim``), fc1 and fc2, then the classifier; LayerNorms have parameters, no MACs."""
+    tokens = (image_size // patch_size) ** 2
+    pixels = in_channels * patch_size ** 2
+    params = (pixels + tokens) * width + width + 2 * width + width * classes + classes
+    macs = tokens * (pixels + tokens) * width + width * classes
+    for h, f in zip(heads, ffns):
+        inner = h * head_dim
+        params += 4 * width                                   # two LayerNorms
+        params += 3 * (width * inner + inner) + inner * width + width
+        params += width * f + f + f * width + width
+        macs += tokens * 4 * width * inner + 2 * tokens * tokens * inner + tokens * 2 * width * f
+    return params, macs
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +91,26 @@ def test_last_line_is_the_json_object(run):
         "resnet20": {"batch": 256, "max_reduction": 2.0, "min_ratio": 0.6,
                      "max_vs_dense_twin": 1.1},
         "mobilenet_v2": {"batch": 256, "max_vs_dense_twin": 1.1},
+        "vit_tiny": {"batch": 256, "max_reduction": 2.0, "min_ratio": 0.6,
+                     "max_vs_dense_twin": 1.1},
     }
     assert parsed["config"]["resnet20"] == {"widths": [4, 8, 16], "image_size": 12}
     assert parsed["config"]["mobilenet_v2"] == TINY_MOBILENET
+    assert parsed["config"]["vit_tiny"] == TINY_VIT
     assert parsed["config"]["conv_reductions"] == [1.5, 2.0, 3.0]
+    assert parsed["config"]["vit_reductions"] == [1.5, 2.0, 3.0]
     # one JSON object only, and it is last: no other line parses as one
     for line in lines[:-1]:
         assert not line.startswith("{")
     # the table names every case
     assert sum(1 for line in lines if line.startswith(("mlp ", "small_cnn "))) == 20
     assert sum(1 for line in lines if line.startswith(("resnet20 ", "mobilenet_v2 "))) == 12
+    assert sum(1 for line in lines if line.startswith("vit_tiny ")) == 6
 
 
 def test_cases_cover_models_batches_reductions(run):
     cases = run[0]["cases"]
-    assert len(cases) == 2 * 2 * (4 + 1) + 2 * 2 * 3
+    assert len(cases) == 2 * 2 * (4 + 1) + 3 * 2 * 3
     got = {(c["model"], c["batch"], c["method"], c["target_reduction"]) for c in cases}
     want = {(m, b, "remove", float(r)) for m in ("mlp", "small_cnn") for b in (16, 1)
             for r in (2, 3, 5, 10)}
@@ -109,6 +144,11 @@ def test_macs_and_uniform_keep_fraction(run):
         base_macs[name] = pruners.count_macs(net, images)
     assert full["resnet20"]["conv1"] == 4 and len(full["resnet20"]) == 12
     assert full["mobilenet_v2"]["blocks.6.expand_conv"] == 96
+    # the ViT: every FFN's neurons and every attention module's heads, the same fraction
+    full["vit_tiny"] = {**{f: 64 for f in VIT_FFNS}, **{h: 4 for h in VIT_HEADS}}
+    base_macs["vit_tiny"] = vit_size((4, 4), (64, 64))[1]
+    assert base_macs["vit_tiny"] == pruners.count_macs(vit_tiny(**TINY_VIT),
+                                                       torch.zeros(1, 1, 12, 12))
     for c in run[0]["cases"]:
         assert c["macs_base"] == base_macs[c["model"]]
         assert set(c["units"]) == set(full[c["model"]])
@@ -244,6 +284,81 @@ def test_dense_twins_have_the_pruned_size(run):
             assert c["dense_twin_macs"] == c["macs"] < c["macs_base"]
 
 
+def test_vit_cases_by_closed_form(run):
+    cases = [c for c in run[0]["cases"] if c["model"] == "vit_tiny"]
+    assert len(cases) == 6
+    assert {c["params_base"] for c in cases} == {vit_size((4, 4), (64, 64))[0]}
+    assert {c["params_base"] for c in cases} == {pruners.count_params(vit_tiny(**TINY_VIT))}
+    for c in cases:
+        heads = [c["units"][h] for h in VIT_HEADS]
+        ffns = [c["units"][f] for f in VIT_FFNS]
+        assert len(set(heads)) == 1 and len(set(ffns)) == 1   # uniform: every block alike
+        assert 1 <= heads[0] < 4 or ffns[0] < 64
+        params, macs = vit_size(heads, ffns)
+        assert c["params"] == c["dense_twin_params"] == params
+        assert c["macs"] == c["dense_twin_macs"] == macs
+        assert c["mac_reduction"] == vit_size((4, 4), (64, 64))[1] / macs
+    # whole heads: the 2x case keeps half of them
+    halves = [c for c in cases if c["target_reduction"] == 2.0]
+    assert {c["units"]["blocks.0.attn"] for c in halves} == {2}
+
+def test_vit_table_rows_are_the_json_figures(run):
+    result, text = run
+    rows = [line.split() for line in text.split("\n") if line.startswith("vit_tiny ")]
+    cases = [c for c in result["cases"] if c["model"] == "vit_tiny"]
+    assert len(rows) == len(cases) == 6
+    for row, c in zip(rows, cases):   # the table lists the cases in order
+        (model, batch, method, target, red, _keep, params, base, ms, speedup, ratio, twin,
+         vs_twin) = row
+        assert (model, int(batch), method, target) == \
+            ("vit_tiny", c["batch"], "remove", f"{c['target_reduction']:g}x")
+        assert red == f"{c['mac_reduction']:.2f}x" and params == f"{c['params']:,}"
+        assert (base, ms, twin) == (f"{c['ms_base']:.3f}", f"{c['ms']:.3f}",
+                                    f"{c['ms_dense_twin']:.3f}")
+        # the printed ratios are the printed times divided, up to their rounding
+        b, m, t = float(base), float(ms), float(twin)
+        assert float(speedup[:-1]) == pytest.approx(b / m, abs=0.006 + 0.001 * b / m ** 2)
+        assert float(ratio) == pytest.approx(b / m / float(red[:-1]),
+                                             abs=0.006 + 0.002 * b / m ** 2)
+        assert float(vs_twin) == pytest.approx(m / t, abs=0.006 + 0.001 * m / t ** 2)
+
+
+@pytest.mark.parametrize("target", [1.5, 2.0, 3.0])
+def test_vit_dense_twin_is_built_at_the_pruned_widths(target):
+    torch.manual_seed(0)
+    net = vit_tiny(**TINY_VIT).eval()
+    x = torch.randn(1, 1, 12, 12)
+    p = inference.prune_to_reduction(net, x, target, seed=3)
+    twin = inference.vit_dense_twin(p.model, TINY_VIT, x)
+    assert not twin.training
+    heads = [b.attn.num_heads for b in p.model.blocks]
+    ffns = [b.fc1.out_features for b in p.model.blocks]
+    assert heads == [p.kept[h] for h in VIT_HEADS] and ffns == [p.kept[f] for f in VIT_FFNS]
+    # a fresh build at those widths: the same closed-form size as the pruned model
+    params, macs = vit_size(heads, ffns)
+    assert pruners.count_params(twin) == pruners.count_params(p.model) == params
+    assert pruners.count_macs(twin, x) == pruners.count_macs(p.model, x) == p.macs == macs
+    for a, b in zip(twin.blocks, p.model.blocks):
+        assert (a.attn.num_heads, a.attn.num_kv_heads, a.attn.head_dim) == \
+            (b.attn.num_heads, b.attn.num_kv_heads, 8)
+        assert a.attn.q_proj.out_features == a.attn.out_proj.in_features == 8 * b.attn.num_heads
+        assert (a.fc1.out_features, a.fc2.in_features) == (b.fc1.out_features,) * 2
+    # freshly initialised, and with the pruned weights it computes what the pruned model does
+    assert not torch.equal(twin.blocks[0].fc1.weight, p.model.blocks[0].fc1.weight)
+    twin.load_state_dict(p.model.state_dict())
+    twin, pruned = twin.double(), copy.deepcopy(p.model).double()
+    probe = torch.randn(5, 1, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(twin(probe), pruned(probe), rtol=0, atol=1e-12)
+
+
+def test_vit_dense_twin_rejects_other_widths():
+    x = torch.zeros(1, 1, 12, 12)
+    p = inference.prune_to_reduction(vit_tiny(**TINY_VIT), x, 2.0)
+    with pytest.raises(ValueError, match="differ from the pruned model"):
+        inference.vit_dense_twin(p.model, {**TINY_VIT, "patch_size": 6}, x)
+
+
 @pytest.mark.parametrize("build", [lambda: resnet20(**TINY_RESNET),
                                    lambda: mobilenet_v2(**TINY_MOBILENET)],
                          ids=["resnet20", "mobilenet_v2"])
@@ -312,6 +427,13 @@ def test_target_checks_by_hand():
         "ratio": {"value": 0.49, "min": 0.5, "met": False}}
     assert checks("small_cnn", 256, "mask", 3.0, 0.9) == {}
     assert checks("vgg", 256, "remove", 2.0, 1.0, 1.0) == {}
+    # ViT-tiny: as ResNet-20
+    assert checks("vit_tiny", 256, "remove", 2.0, 0.59, 1.11) == {
+        "ratio": {"value": 0.59, "min": 0.6, "met": False},
+        "vs_dense_twin": {"value": 1.11, "max": 1.1, "met": False}}
+    assert checks("vit_tiny", 256, "remove", 3.0, 0.1, 1.0) == {
+        "vs_dense_twin": {"value": 1.0, "max": 1.1, "met": True}}
+    assert checks("vit_tiny", 1, "remove", 2.0, 0.1, 2.0) == {}
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +442,8 @@ def run256():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        tiny = {**TINY, "batches": (256,), "reductions": (2, 5, 10), "mask_reduction": None}
+        tiny = {**TINY, "batches": (256,), "reductions": (2, 5, 10), "mask_reduction": None,
+                "vit_reductions": (2, 3)}
         return inference.main(["--quick", "--repeats", "2"], file=io.StringIO(), **tiny)
     finally:
         torch.set_num_threads(threads)
@@ -343,8 +466,11 @@ def test_targets_follow_from_the_case_numbers(run256):
         assert c["target_checks"] == want, c
         assert c["in_target"] is bool(want)
         assert c["meets_target"] == (all(w["met"] for w in want.values()) if want else None)
-    # in scope: the MLP up to 5x, the CNN up to 3x, ResNet-20 and MobileNetV2 at every size
+    # in scope: the MLP up to 5x, the CNN up to 3x, the twinned models at every size
     scoped = {(c["model"], c["target_reduction"]) for c in cases if c["in_target"]}
-    assert scoped == {("mlp", 2.0), ("mlp", 5.0), ("small_cnn", 2.0)} | {
-        (m, r) for m in TWINNED for r in (1.5, 2.0, 3.0)}
+    assert scoped == {("mlp", 2.0), ("mlp", 5.0), ("small_cnn", 2.0), ("vit_tiny", 2.0),
+                      ("vit_tiny", 3.0)} | {
+        (m, r) for m in ("resnet20", "mobilenet_v2") for r in (1.5, 2.0, 3.0)}
+    vit = {c["target_reduction"]: c["target_checks"] for c in cases if c["model"] == "vit_tiny"}
+    assert set(vit[2.0]) == {"ratio", "vs_dense_twin"} and set(vit[3.0]) == {"vs_dense_twin"}
     assert result["targets_met"] == all(c["meets_target"] for c in cases if c["in_target"])

@@ -2,29 +2,35 @@
 
 ``python -m experiments.bench.inference [--quick] [--repeats N] [--seed S]``
 
-Four networks from :mod:`experiments.harness.models`, on 1x28x28 inputs: an
+Five networks from :mod:`experiments.harness.models`, on 1x28x28 inputs: an
 MLP 784-1024-1024-10, the small CNN (:func:`~experiments.harness.models.small_cnn`),
-ResNet-20 (:func:`~experiments.harness.models.resnet20`: residual adds) and the
+ResNet-20 (:func:`~experiments.harness.models.resnet20`: residual adds), the
 small MobileNetV2 (:func:`~experiments.harness.models.mobilenet_v2`: depthwise
-convolutions and residual adds), each with the zoo's default widths. Each is
-pruned *uniformly*: every prunable group of :func:`pruners.trace` (a layer on a
-chain, or the layers whose channels a residual add sums) keeps the same
-fraction ``k`` of its channels (chosen at random with a fixed seed), with ``k``
-found by bisection so that the multiply-accumulates counted by
-:func:`pruners.count_macs` after :func:`pruners.remove_units` fall by the
-target factor (2x, 3x, 5x, 10x for the MLP and the CNN; 1.5x, 2x, 3x for
-ResNet-20 and MobileNetV2). The actual reduction is reported. Each pruned model
+convolutions and residual adds) and ViT-tiny
+(:func:`~experiments.harness.models.vit_tiny`: attention heads and FFN neurons),
+each with the zoo's default widths. Each is pruned *uniformly*: every prunable
+group of :func:`pruners.trace` (a layer on a chain, or the layers whose
+channels a residual add sums) and every attention module with prunable heads
+keeps the same fraction ``k`` of its channels or heads (whole heads; chosen at
+random with a fixed seed), with ``k`` found by bisection so that the
+multiply-accumulates counted by :func:`pruners.count_macs` (attention products
+included) after :func:`pruners.remove_units` fall by the target factor (2x, 3x,
+5x, 10x for the MLP and the CNN; 1.5x, 2x, 3x for ResNet-20, MobileNetV2 and
+ViT-tiny). The actual reduction is reported. Each pruned model
 is timed on CPU at batch 256 and batch 1 against the unpruned model in the same
 run. For the MLP and the CNN, so is the model masked with
 :func:`pruners.mask_units` (the ``torch.nn.utils.prune`` layout) at one
 reduction, which computes the same function but keeps dense shapes.
 
-ResNet-20 and MobileNetV2 are also timed beside their *dense twins*
-(:func:`dense_twin`): the same architecture built afresh, with freshly
-initialised layers of exactly the pruned model's shapes (same parameter count,
-same MACs; checked). A dense twin is what a network designed at the pruned
-widths costs on this CPU, the limit unit removal can reach; the pruned model's
-time over its twin's (``vs_dense_twin``) shows what removal leaves on the table.
+ResNet-20, MobileNetV2 and ViT-tiny are also timed beside their *dense twins*
+(:func:`dense_twin`, :func:`vit_dense_twin`): the same architecture built
+afresh, with freshly initialised layers of exactly the pruned model's shapes
+(same parameter count, same MACs; checked); the ViT's twin has, in every
+block, a :class:`~experiments.harness.models.SelfAttention` constructed with
+the pruned block's head count and an FFN constructed at its pruned width. A
+dense twin is what a network designed at the pruned widths costs on this CPU,
+the limit unit removal can reach; the pruned model's time over its twin's
+(``vs_dense_twin``) shows what removal leaves on the table.
 
 Timing: ``model.eval()`` under ``torch.inference_mode``, default thread
 count, a warm-up per model, then ``--repeats`` rounds; each round times a
@@ -49,13 +55,14 @@ masked weight on each call (costly at batch 1), and data-dependent kernels such
 as max pooling run faster on all-zero channels.
 
 Targets (:data:`TARGETS`; batch 256, removed units): ratio >= 0.8 for the MLP
-up to 5x MAC reduction, >= 0.5 for the CNN up to 3x, >= 0.6 for ResNet-20 up
-to 2x; and for ResNet-20 and MobileNetV2 at every reduction, the pruned model
-within 10% of its dense twin's time (``vs_dense_twin`` <= 1.1).
+up to 5x MAC reduction, >= 0.5 for the CNN up to 3x, >= 0.6 for ResNet-20 and
+ViT-tiny up to 2x; and for ResNet-20, MobileNetV2 and ViT-tiny at every
+reduction, the pruned model within 10% of its dense twin's time
+(``vs_dense_twin`` <= 1.1).
 
-``--quick`` (a smoke test: few repeats, short blocks) shrinks ResNet-20 and
-MobileNetV2 to tiny widths on 12x12 inputs (:data:`QUICK_RESNET`,
-:data:`QUICK_MOBILENET`) so that the whole run takes seconds.
+``--quick`` (a smoke test: few repeats, short blocks) shrinks ResNet-20,
+MobileNetV2 and ViT-tiny to tiny widths on 12x12 inputs (:data:`QUICK_RESNET`,
+:data:`QUICK_MOBILENET`, :data:`QUICK_VIT`) so that the whole run takes seconds.
 
 Other processes on the machine distort the timings (with two threads on two
 busy cores, a call can wait a whole scheduler tick); the CPU time other
@@ -90,12 +97,20 @@ import torch.nn as nn
 
 import pruners
 from experiments.harness.checkpoint import fit_to_state_dict
-from experiments.harness.models import mlp, mobilenet_v2, resnet20, small_cnn
+from experiments.harness.models import (
+    SelfAttention,
+    ViT,
+    mlp,
+    mobilenet_v2,
+    resnet20,
+    small_cnn,
+    vit_tiny,
+)
 from experiments.harness.tables import format_table
 from experiments.harness.timing import BUSY_WARNING, loadavg, time_models, timed
 
-__all__ = ["main", "TARGETS", "uniform_units", "prune_to_reduction", "dense_twin", "time_models",
-           "target_checks"]
+__all__ = ["main", "TARGETS", "uniform_units", "prune_to_reduction", "dense_twin",
+           "vit_dense_twin", "time_models", "target_checks"]
 
 #: The benchmark's targets, at batch 256 for physically removed units: the ratio
 #: speedup / MAC reduction must reach ``min_ratio`` for every target reduction
@@ -107,6 +122,8 @@ TARGETS: dict[str, dict[str, float]] = {
     "resnet20": {"batch": 256, "max_reduction": 2.0, "min_ratio": 0.6,
                  "max_vs_dense_twin": 1.1},
     "mobilenet_v2": {"batch": 256, "max_vs_dense_twin": 1.1},
+    "vit_tiny": {"batch": 256, "max_reduction": 2.0, "min_ratio": 0.6,
+                 "max_vs_dense_twin": 1.1},
 }
 
 DEFAULT_MLP_WIDTHS = (784, 1024, 1024, 10)
@@ -122,6 +139,14 @@ QUICK_RESNET: dict[str, Any] = {"widths": (4, 8, 16), "image_size": 12}
 QUICK_MOBILENET: dict[str, Any] = {"width": 0.25, "image_size": 12}
 #: target MAC reductions of ResNet-20 and MobileNetV2
 DEFAULT_CONV_REDUCTIONS = (1.5, 2.0, 3.0)
+#: keyword arguments of :func:`~experiments.harness.models.vit_tiny`: the zoo default (patch 7,
+#: 4 blocks, width 64, 4 heads, FFN 256, on 1x28x28)
+DEFAULT_VIT: dict[str, Any] = {}
+#: the tiny ViT ``--quick`` times (9 tokens of 12x12 inputs, 2 blocks of 4 heads of 8)
+QUICK_VIT: dict[str, Any] = {"patch_size": 4, "depth": 2, "width": 32, "heads": 4, "ffn": 64,
+                             "image_size": 12}
+#: target MAC reductions of ViT-tiny
+DEFAULT_VIT_REDUCTIONS = (1.5, 2.0, 3.0)
 
 
 # ---------------------------------------------------------------------------
@@ -200,10 +225,12 @@ def prune_to_reduction(model: nn.Module, example: torch.Tensor, target: float, *
 
     Every prunable group of ``pruners.trace(model, example)`` (a layer on a
     chain, or the layers whose channels a residual add sums) keeps the same
-    fraction ``k`` of its channels (:func:`uniform_units`), chosen at random
-    (fixed ``seed``). The selection is a step function of ``k``; ``k`` is
-    found by bisection over its steps, measuring each candidate's MACs with
-    :func:`pruners.count_macs` after :func:`pruners.remove_units` on a copy.
+    fraction ``k`` of its channels, and every attention module with prunable
+    heads the same fraction of its heads (whole heads; :func:`uniform_units`),
+    chosen at random (fixed ``seed``). The selection is a step function of
+    ``k``; ``k`` is found by bisection over its steps, measuring each
+    candidate's MACs with :func:`pruners.count_macs` after
+    :func:`pruners.remove_units` on a copy.
     Of the two neighbouring steps that bracket the target, the one nearer to
     it (in log scale) is returned. ``model`` is not changed.
 
@@ -215,6 +242,7 @@ def prune_to_reduction(model: nn.Module, example: torch.Tensor, target: float, *
         raise ValueError(f"target MAC reduction must be > 1, got {target!r}")
     graph = pruners.trace(model, example)
     num_units = {n: graph.groups[n].size for n in graph.prunable}
+    num_units.update({n: graph.heads[n].num_heads for n in graph.prunable_heads})
     gen = torch.Generator().manual_seed(seed)
     order = {n: torch.randperm(u, generator=gen) for n, u in num_units.items()}
     macs_base = pruners.count_macs(model, example)
@@ -272,6 +300,12 @@ def dense_twin(pruned: nn.Module, build: Callable[[], nn.Module],
             raise ValueError(f"module {name!r} ({type(mod).__name__}) has no reset_parameters: "
                              "its resized tensors cannot be initialised")
         mod.reset_parameters()
+    return _checked_twin(twin, pruned, example)
+
+
+def _checked_twin(twin: nn.Module, pruned: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``twin`` in ``pruned``'s mode, once its tensor shapes, parameter count and MACs on
+    ``example`` are checked to be ``pruned``'s (``ValueError`` otherwise)."""
     twin.train(pruned.training)
     got, want = _shapes(twin), _shapes(pruned)
     if got != want:
@@ -283,6 +317,38 @@ def dense_twin(pruned: nn.Module, build: Callable[[], nn.Module],
         if a != b:
             raise ValueError(f"the dense twin has {a:,} {what}, the pruned model {b:,}")
     return twin
+
+
+def vit_dense_twin(pruned: ViT, vit_kwargs: Mapping[str, Any],
+                   example: torch.Tensor) -> ViT:
+    """A ViT built directly at the pruned widths of ``pruned``: in every block, a freshly
+    constructed :class:`~experiments.harness.models.SelfAttention` with the block's remaining
+    heads (the head dimension kept) and an FFN ``fc1``/``fc2`` constructed at the block's
+    remaining neurons.
+
+    ``vit_kwargs`` are the keyword arguments of
+    :func:`~experiments.harness.models.vit_tiny` ``pruned`` was built with. Unlike
+    :func:`dense_twin` (which resizes a fresh model's tensors to a state dict), the twin's
+    attention modules and FFN layers are constructed at their sizes, as a network designed
+    with fewer heads and a smaller FFN would be; their weights are PyTorch's default
+    initialisation. Its mode follows ``pruned``.
+
+    Raises:
+        ValueError: the twin's tensor shapes, parameter count or MACs on ``example``
+            (:func:`pruners.count_macs`, attention products included) differ from
+            ``pruned``'s.
+    """
+    twin = vit_tiny(**vit_kwargs)
+    for block, cut in zip(twin.blocks, pruned.blocks):
+        width = block.fc1.in_features
+        attn = cut.attn
+        block.attn = SelfAttention(width, attn.num_heads, attn.num_kv_heads,
+                                   head_dim=attn.head_dim,
+                                   bias=attn.q_proj.bias is not None, causal=attn.causal)
+        ffn = cut.fc1.out_features
+        block.fc1 = nn.Linear(width, ffn)
+        block.fc2 = nn.Linear(ffn, width)
+    return _checked_twin(twin, pruned, example)
 
 
 # ---------------------------------------------------------------------------
@@ -331,7 +397,8 @@ class _Variant:
 def _run_model(name: str, model: nn.Module, make_input, batches: Sequence[int],
                reductions: Sequence[float], mask_reduction: float | None, *, seed: int,
                timing: dict[str, Any], log,
-               build: Callable[[], nn.Module] | None = None) -> list[dict[str, Any]]:
+               twin_of: Callable[[nn.Module, torch.Tensor], nn.Module] | None = None
+               ) -> list[dict[str, Any]]:
     model.eval()
     example = make_input(1)
     macs_base = pruners.count_macs(model, example)
@@ -339,7 +406,7 @@ def _run_model(name: str, model: nn.Module, make_input, batches: Sequence[int],
     variants: list[_Variant] = []
     for target in reductions:
         p = prune_to_reduction(model, example, target, seed=seed)
-        twin = dense_twin(p.model, build, example).eval() if build is not None else None
+        twin = twin_of(p.model, example).eval() if twin_of is not None else None
         variants.append(_Variant("remove", float(target), p, p.model, twin))
         log(f"  {name}: {target:g}x -> keep {p.keep:.3f}, units {p.kept}, "
             f"MACs {macs_base:,} -> {p.macs:,} ({p.reduction:.3f}x)"
@@ -465,11 +532,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m experiments.bench.inference",
         description="CPU inference time of uniformly pruned models against the unpruned "
-                    "model (and, for ResNet-20 and MobileNetV2, against dense models built "
-                    "at the pruned widths); prints a table, then one JSON line.")
+                    "model (and, for ResNet-20, MobileNetV2 and ViT-tiny, against dense "
+                    "models built at the pruned widths); prints a table, then one JSON line.")
     ap.add_argument("--quick", action="store_true",
-                    help="few repeats and short blocks, tiny ResNet-20 and MobileNetV2 "
-                         "(smoke test; numbers are noisy)")
+                    help="few repeats and short blocks, tiny ResNet-20, MobileNetV2 and "
+                         "ViT-tiny (smoke test; numbers are noisy)")
     ap.add_argument("--repeats", type=int, default=None,
                     help="interleaved timing rounds per case (default 40, 3 with --quick)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and the "
@@ -494,9 +561,11 @@ def main(argv: Sequence[str] | None = None, *,
          cnn: Mapping[str, Any] | None = None,
          resnet: Mapping[str, Any] | None = None,
          mobilenet: Mapping[str, Any] | None = None,
+         vit: Mapping[str, Any] | None = None,
          batches: Sequence[int] = (256, 1),
          reductions: Sequence[float] = DEFAULT_REDUCTIONS,
          conv_reductions: Sequence[float] = DEFAULT_CONV_REDUCTIONS,
+         vit_reductions: Sequence[float] = DEFAULT_VIT_REDUCTIONS,
          mask_reduction: float | None = 5.0,
          file=None) -> dict[str, Any]:
     """Run the benchmark; print the table and the JSON line; return the JSON object.
@@ -513,9 +582,13 @@ def main(argv: Sequence[str] | None = None, *,
         mobilenet: keyword arguments of :func:`experiments.harness.models.mobilenet_v2`
             (default: the zoo's MobileNetV2 on 1x28x28; with ``--quick``
             :data:`QUICK_MOBILENET`).
+        vit: keyword arguments of :func:`experiments.harness.models.vit_tiny`
+            (default: the zoo's ViT-tiny on 1x28x28; with ``--quick``
+            :data:`QUICK_VIT`).
         batches: batch sizes to time.
         reductions: target MAC reductions of the MLP and the CNN.
         conv_reductions: target MAC reductions of ResNet-20 and MobileNetV2.
+        vit_reductions: target MAC reductions of ViT-tiny (heads and FFN neurons).
         mask_reduction: the reduction at which the masked MLP and CNN are timed
             too (``None``: no masked model).
         file: where to print (default ``sys.stdout``).
@@ -529,6 +602,7 @@ def main(argv: Sequence[str] | None = None, *,
                      (QUICK_RESNET if args.quick else DEFAULT_RESNET))
     mobilenet_kw = dict(mobilenet if mobilenet is not None else
                         (QUICK_MOBILENET if args.quick else DEFAULT_MOBILENET))
+    vit_kw = dict(vit if vit is not None else (QUICK_VIT if args.quick else DEFAULT_VIT))
 
     def log(msg: str) -> None:
         print(msg, file=out, flush=True)
@@ -538,12 +612,12 @@ def main(argv: Sequence[str] | None = None, *,
     log(f"inference benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"repeats {repeats}{' (quick)' if args.quick else ''}")
     torch.manual_seed(args.seed)
-    models = _models(mlp_widths, cnn_kw, resnet_kw, mobilenet_kw, reductions, conv_reductions,
-                     mask_reduction)
+    models = _models(mlp_widths, cnn_kw, resnet_kw, mobilenet_kw, vit_kw, reductions,
+                     conv_reductions, vit_reductions, mask_reduction)
     cases: list[dict[str, Any]] = []
-    for name, (model, make_input, model_reductions, masked_at, build) in models.items():
+    for name, (model, make_input, model_reductions, masked_at, twin_of) in models.items():
         cases += _run_model(name, model, make_input, batches, model_reductions, masked_at,
-                            seed=args.seed, timing=timing, log=log, build=build)
+                            seed=args.seed, timing=timing, log=log, twin_of=twin_of)
     scoped = [c for c in cases if c["in_target"]]
     targets_met = bool(scoped) and all(c["meets_target"] for c in scoped)
     elapsed = time.perf_counter() - start
@@ -556,8 +630,10 @@ def main(argv: Sequence[str] | None = None, *,
         "repeats": repeats, "quick": bool(args.quick), "seed": args.seed,
         "mlp_widths": list(mlp_widths), "cnn": _jsonable(cnn_kw),
         "resnet20": _jsonable(resnet_kw), "mobilenet_v2": _jsonable(mobilenet_kw),
+        "vit_tiny": _jsonable(vit_kw),
         "batches": [int(b) for b in batches], "reductions": [float(r) for r in reductions],
         "conv_reductions": [float(r) for r in conv_reductions],
+        "vit_reductions": [float(r) for r in vit_reductions],
         "mask_reduction": mask_reduction, "seconds": round(elapsed, 2),
         "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
     }
@@ -567,18 +643,22 @@ def main(argv: Sequence[str] | None = None, *,
     return result
 
 
-def _models(mlp_widths, cnn_kw, resnet_kw, mobilenet_kw, reductions, conv_reductions,
-            mask_reduction) -> dict[str, tuple]:
-    """name -> (model, input maker, reductions, masked reduction, builder of its dense twins)."""
+def _models(mlp_widths, cnn_kw, resnet_kw, mobilenet_kw, vit_kw, reductions, conv_reductions,
+            vit_reductions, mask_reduction) -> dict[str, tuple]:
+    """name -> (model, input maker, reductions, masked reduction, maker of its dense twins:
+    ``(pruned, example) -> twin``)."""
     return {
         "mlp": (mlp(mlp_widths), lambda b: torch.randn(b, mlp_widths[0]), reductions,
                 mask_reduction, None),
         "small_cnn": (small_cnn(**cnn_kw), _image_input(cnn_kw), reductions, mask_reduction,
                       None),
         "resnet20": (resnet20(**resnet_kw), _image_input(resnet_kw), conv_reductions, None,
-                     lambda: resnet20(**resnet_kw)),
+                     lambda p, x: dense_twin(p, lambda: resnet20(**resnet_kw), x)),
         "mobilenet_v2": (mobilenet_v2(**mobilenet_kw), _image_input(mobilenet_kw),
-                         conv_reductions, None, lambda: mobilenet_v2(**mobilenet_kw)),
+                         conv_reductions, None,
+                         lambda p, x: dense_twin(p, lambda: mobilenet_v2(**mobilenet_kw), x)),
+        "vit_tiny": (vit_tiny(**vit_kw), _image_input(vit_kw), vit_reductions, None,
+                     lambda p, x: vit_dense_twin(p, vit_kw, x)),
     }
 
 

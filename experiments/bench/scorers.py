@@ -41,6 +41,34 @@ the unit held at its mean, and the two loss changes must agree (the maximum diff
 those units is printed); elsewhere removal differs at the padded borders and only the size of
 that difference is reported, not agreement.
 
+ViT-tiny (:func:`experiments.harness.models.vit_tiny`, the zoo default: patch 7, 16 tokens,
+4 pre-norm blocks of width 64 with 4 heads of 16 and an FFN of 256 GELU neurons; 1,024 FFN
+neurons and 16 heads) on one fixed batch of 256 random 1x28x28 inputs. Attention heads are units
+addressed by their attention module (``blocks.i.attn``), FFN neurons by ``blocks.i.fc1``. Its
+cases, with their own targets:
+
+* ``mrs_pass_vit_tiny``: the MRS of every head and every FFN neuron, what
+  ``SCORERS["mrs"]`` computes for them (without tracing the model): the one-pass statistics
+  of the FFN neurons (:func:`saliency.unit_stats.unit_statistics`) and those of the heads
+  (:func:`saliency.head_scores.head_statistics`: a forward pass for the heads' means, then a
+  forward and backward pass): <= 1.3. Its two parts are reported too
+  (``mrs_ffn_neurons_vit_tiny``, ``mrs_heads_vit_tiny``; no target);
+* ``mrp_all_units_vit_tiny``: exact signed ``mrp`` of every head and neuron (no target), and
+  ``mrp_heads_vit_tiny`` the heads' part alone (:func:`saliency.head_scores.head_mrp`: one
+  forward pass per head; no target);
+* ``naive_per_head_vit_tiny``, ``naive_per_neuron_vit_tiny``: the naive loop (a deep copy,
+  :func:`pruners.remove_units` with ``replacement="mean"``, a forward pass computing the loss)
+  per unit, timed on every head and on every 16th FFN neuron of every block (every 4th with
+  ``--quick``);
+* ``mrp_speedup_vit_tiny``: the loop over all heads and all neurons (the neurons' time per
+  unit extrapolated) over ``mrp``'s time: >= 2; ``mrp_speedup_heads_vit_tiny``: the loop over
+  every head (timed, not extrapolated) over ``mrp_heads``'s (no target).
+
+``mrp``, its heads' part, the two loops and the forward+backward reference are timed in turn in
+the same rounds. Every removal of a head or an FFN neuron is exact (no padding), so the loop's
+loss changes must equal ``mrp``'s on every timed unit; the largest difference is printed, for
+heads and neurons apart.
+
 Also prints how many CPUs other processes kept busy while each model was timed (a figure
 above 0.25 marks noisy timings). Prints a table, then one JSON line last.
 """
@@ -58,24 +86,32 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from experiments.harness.models import build_model
+from experiments.harness.models import build_model, vit_tiny
 from experiments.harness.tables import format_table
 from experiments.harness.timing import BUSY_WARNING, alternating, cpu_mark, others_busy
 from pruners import InexactReplacementWarning, prepare_for, remove_units
 from saliency import SCORERS, trace
 from saliency.base import iter_batches, preserved
+from saliency.head_scores import head_mrp, head_statistics
 from saliency.hvp import hvp
 from saliency.unit_stats import is_chain, unit_statistics
 
 TARGETS = {"mrs_pass": ("<=", 1.3), "mrp_all_units": ("<=", 50.0), "hvp": ("<=", 3.0),
            "loss_change_conv1_speedup": (">=", 20.0),
-           "mrs_pass_resnet20": ("<=", 1.3), "mrp_speedup_resnet20": (">=", 2.0)}
+           "mrs_pass_resnet20": ("<=", 1.3), "mrp_speedup_resnet20": (">=", 2.0),
+           "mrs_pass_vit_tiny": ("<=", 1.3), "mrp_speedup_vit_tiny": (">=", 2.0)}
 
-MODELS = ("mlp", "thesis_cnn", "resnet20")
+MODELS = ("mlp", "thesis_cnn", "resnet20", "vit_tiny")
 
 #: ResNet-20 widths and samples of the full and the ``--quick`` setting
 RESNET_FULL = {"widths": (16, 32, 64), "samples": 256, "stride": 8}
 RESNET_QUICK = {"widths": (4, 8, 8), "samples": 32, "stride": 4}
+#: ViT-tiny (keyword arguments of :func:`~experiments.harness.models.vit_tiny`), samples and
+#: the FFN neurons' stride of the naive loop, in the full and the ``--quick`` setting (there:
+#: 9 tokens of 12x12 inputs, 2 blocks of width 32, 4 heads of 8, FFN 64)
+VIT_FULL = {"vit": {}, "samples": 256, "stride": 16}
+VIT_QUICK = {"vit": {"patch_size": 4, "depth": 2, "width": 32, "heads": 4, "ffn": 64,
+                     "image_size": 12}, "samples": 32, "stride": 4}
 
 
 def _paired(ref, case, repeats: int, warmup: int = 1) -> tuple[float, float]:
@@ -169,11 +205,14 @@ def resnet_setup(widths: Sequence[int] = (16, 32, 64), samples: int = 256,
     return model, [(x, y)]
 
 
-def unit_subset(graph, stride: int) -> list[tuple[str, int]]:
+def unit_subset(graph, stride: int, head_stride: int = 1) -> list[tuple[str, int]]:
     """Every ``stride``-th unit (0, stride, 2 stride, ...) of every prunable group of
-    ``graph``, as ``(group, unit)`` pairs in forward order."""
+    ``graph``, as ``(group, unit)`` pairs in forward order, then every ``head_stride``-th head
+    of every attention module with prunable heads, as ``(module, head)``."""
     return [(name, i) for name in graph.prunable
-            for i in range(0, graph.groups[name].size, stride)]
+            for i in range(0, graph.groups[name].size, stride)] + \
+        [(name, h) for name in graph.prunable_heads
+         for h in range(0, graph.heads[name].num_heads, head_stride)]
 
 
 def _mean_loss(model, data, loss_fn) -> float:
@@ -330,10 +369,118 @@ def measure_resnet(repeats: int, quick: bool) -> tuple[list[dict], dict]:
     return rows, agree
 
 
+# -- ViT-tiny: attention heads and FFN neurons -----------------------------------------------
+
+
+def vit_setup(vit: dict | None = None, samples: int = 256, dtype: torch.dtype = torch.float32,
+              seed: int = 0):
+    """ViT-tiny built with the keyword arguments ``vit`` (default: the zoo's; eval mode) and
+    one fixed batch ``[(x, y)]`` of ``samples`` random images of its input shape with random
+    labels of 10 classes."""
+    vit = dict(vit or {})
+    torch.manual_seed(seed)
+    model = vit_tiny(**vit).to(dtype).eval()
+    size, channels = vit.get("image_size", 28), vit.get("in_channels", 1)
+    x = torch.randn(samples, channels, size, size, dtype=dtype)
+    y = torch.randint(0, vit.get("num_classes", 10), (samples,))
+    return model, [(x, y)]
+
+
+def measure_vit(repeats: int, quick: bool) -> tuple[list[dict], dict]:
+    """The ViT-tiny rows, and the :func:`agreement` of ``mrp`` with the naive loop (for all
+    timed units, and for heads and FFN neurons apart under ``"by_kind"``)."""
+    setting = VIT_QUICK if quick else VIT_FULL
+    model, data = vit_setup(setting["vit"], setting["samples"])
+    x, y = data[0]
+    name = "vit_tiny"
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y, reduction="sum").backward()
+
+    t_fb, _ = _paired(fwd_bwd, fwd_bwd, repeats)
+    model.zero_grad(set_to_none=True)
+    graph = trace(model, x[:1])
+    ffns, attns = graph.prunable, graph.prunable_heads
+    n_neurons = sum(graph.groups[n].size for n in ffns)
+    n_heads = sum(graph.heads[n].num_heads for n in attns)
+    shape = f"{n_heads} heads in {len(attns)} modules, {n_neurons} FFN neurons in {len(ffns)}"
+    rows = [{"model": name, "case": "forward+backward", "seconds": t_fb, "ratio": 1.0,
+             "note": f"{dict(setting['vit']) or 'zoo default'}, {x.shape[0]} random "
+                     f"{tuple(x.shape[1:])}"}]
+
+    def ffn_pass():
+        with preserved(model):
+            unit_statistics(model, graph, ffns, data, F.cross_entropy, stats=["mrs"])
+
+    def head_pass():
+        with preserved(model):
+            head_statistics(model, graph.heads, attns, data, F.cross_entropy)
+
+    def both():
+        ffn_pass()
+        head_pass()
+
+    for case, fn, note in (
+            ("mrs_pass_vit_tiny", both, f"mrs of {shape}: the two passes below"),
+            ("mrs_ffn_neurons_vit_tiny", ffn_pass, "FFN neurons: one forward+backward"),
+            ("mrs_heads_vit_tiny", head_pass,
+             "heads: a forward for the means, then a forward+backward")):
+        t_ref, t = _paired(fwd_bwd, fn, repeats)
+        model.zero_grad(set_to_none=True)
+        rows.append({"model": name, "case": case, "seconds": t, "ratio": t / t_ref,
+                     "note": note})
+
+    subset = unit_subset(graph, setting["stride"])
+    neurons = [(g, i) for g, i in subset if g in ffns]
+    heads = [(g, h) for g, h in subset if g in attns]
+    times, last = _rounds({
+        "fwd_bwd": fwd_bwd,
+        "mrp": lambda: mrp_loss_changes(model, data),
+        "mrp_heads": lambda: head_mrp(model, graph.heads, attns, data, F.cross_entropy,
+                                      absolute=False),
+        "naive_heads": lambda: naive_loss_changes(model, data, heads),
+        "naive_neurons": lambda: naive_loss_changes(model, data, neurons)},
+        max(1, repeats // 2))
+    model.zero_grad(set_to_none=True)
+    t_ref, t_mrp, t_mrp_heads, t_heads, t_neurons = (
+        min(times[k]) for k in ("fwd_bwd", "mrp", "mrp_heads", "naive_heads", "naive_neurons"))
+    per_head, per_neuron = t_heads / len(heads), t_neurons / len(neurons)
+    t_naive = per_head * n_heads + per_neuron * n_neurons
+    rows += [
+        {"model": name, "case": "mrp_all_units_vit_tiny", "seconds": t_mrp,
+         "ratio": t_mrp / t_ref, "note": f"signed, {shape}"},
+        {"model": name, "case": "mrp_heads_vit_tiny", "seconds": t_mrp_heads,
+         "ratio": t_mrp_heads / t_ref, "note": f"its {n_heads} heads alone: one forward each"},
+        {"model": name, "case": "naive_per_head_vit_tiny", "seconds": per_head,
+         "ratio": per_head / t_ref,
+         "note": f"copy + remove_units + forward; timed on all {len(heads)} heads, time per head"},
+        {"model": name, "case": "naive_per_neuron_vit_tiny", "seconds": per_neuron,
+         "ratio": per_neuron / t_ref,
+         "note": f"the same, timed on {len(neurons)} FFN neurons (one in {setting['stride']} "
+                 "of every block), time per neuron"},
+        {"model": name, "case": "mrp_speedup_vit_tiny", "seconds": t_naive,
+         "ratio": t_naive / t_mrp,
+         "note": f"naive loop over all {n_heads} heads and {n_neurons} neurons (neurons "
+                 "extrapolated) / mrp"},
+        {"model": name, "case": "mrp_speedup_heads_vit_tiny", "seconds": t_heads,
+         "ratio": t_heads / t_mrp_heads, "note": f"naive loop over the {n_heads} heads / "
+                                                 "mrp of the heads"},
+    ]
+    mrp = last["mrp"]
+    agree = agreement(mrp, heads + neurons, last["naive_heads"] + last["naive_neurons"])
+    agree["by_kind"] = {"heads": agreement(mrp, heads, last["naive_heads"]),
+                        "ffn_neurons": agreement(mrp, neurons, last["naive_neurons"])}
+    agree["dtype"] = str(x.dtype).replace("torch.", "")
+    return rows, agree
+
+
 def _target_models(case: str) -> tuple[str, ...]:
     """The models a target's case is measured on."""
     if case.endswith("_resnet20"):
         return ("resnet20",)
+    if case.endswith("_vit_tiny"):
+        return ("vit_tiny",)
     if case == "loss_change_conv1_speedup":
         return ("thesis_cnn",)
     return ("mlp", "thesis_cnn")
@@ -346,7 +493,8 @@ def _fmt(v) -> str:
 def main(argv: list[str] | None = None, file=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench.scorers")
     parser.add_argument("--quick", action="store_true",
-                        help="smaller batches, a narrow ResNet-20 (widths 4, 8, 8), 2 repeats")
+                        help="smaller batches, a narrow ResNet-20 (widths 4, 8, 8), a tiny "
+                             "ViT (12x12 inputs, 2 blocks of width 32), 2 repeats")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                         help="the models to time (default: all)")
@@ -369,12 +517,14 @@ def _run(args, file) -> dict:
     out = file or sys.stdout
     repeats = 2 if args.quick else args.repeats
     models = [m for m in MODELS if m in args.models]
-    rows, busy, agree = [], {}, None
+    rows, busy, agree, agree_vit = [], {}, None, None
     start = cpu_mark()
     for name in models:
         mark = cpu_mark()
         if name == "resnet20":
             got, agree = measure_resnet(repeats, args.quick)
+        elif name == "vit_tiny":
+            got, agree_vit = measure_vit(repeats, args.quick)
         else:
             got = measure(name, repeats, args.quick)
         rows += got
@@ -402,6 +552,13 @@ def _run(args, file) -> dict:
               f"{_fmt(agree['max_abs_diff'])}; {agree['inexact_units']} whose removal differs "
               "at zero-padded borders (no agreement expected), max |difference| "
               f"{_fmt(agree['max_abs_diff_inexact'])}", file=out)
+    if agree_vit is not None:
+        kinds = agree_vit["by_kind"]
+        print(f"vit_tiny: mrp against the naive loop ({agree_vit['dtype']}) on "
+              f"{kinds['heads']['units']} heads and {kinds['ffn_neurons']['units']} FFN neurons: "
+              f"{agree_vit['exact_units']} of {agree_vit['units']} with an exact removal; max "
+              f"|difference| {_fmt(kinds['heads']['max_abs_diff'])} (heads), "
+              f"{_fmt(kinds['ffn_neurons']['max_abs_diff'])} (FFN neurons)", file=out)
     print("other processes kept "
           + ", ".join(f"{'-' if v is None else f'{v:.2f}'} CPUs busy ({k})"
                       for k, v in busy.items())
@@ -410,7 +567,7 @@ def _run(args, file) -> dict:
         print(f"warning: other processes used more than {BUSY_WARNING} CPUs; the timings are "
               "noisy", file=out)
     result = {"benchmark": "scorers", "rows": rows, "targets": met,
-              "others_busy": busy, "agreement": agree,
+              "others_busy": busy, "agreement": agree, "agreement_vit_tiny": agree_vit,
               "targets_met": all(m["met"] for m in met.values())}
     print(json.dumps(result), file=out)
     return result
