@@ -11,6 +11,8 @@ from experiments.studies.evci2018 import attacks, baselines, pruning, saliency  
 from experiments.studies.group_sparsity import repro as group_sparsity  # noqa: F401
 from experiments.studies.resnet import pruning as resnet  # noqa: F401
 from experiments.studies.shrinknets import gamma, regression, vs_static  # noqa: F401
+from experiments.studies.transformers import decoder as transformers_decoder  # noqa: F401
+from experiments.studies.transformers import vit as transformers_vit  # noqa: F401
 from experiments.studies.tristate import repro as tristate  # noqa: F401
 from experiments.studies.width_methods import comparison as width_methods  # noqa: F401
 from experiments.tools import demo  # noqa: F401

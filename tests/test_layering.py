@@ -211,7 +211,8 @@ HARNESS_TESTS = {
     "test_layering.py", "test_pruning_repro.py", "test_resnet_study.py", "test_saliency_repro.py",
     "test_transformer_zoo.py",
     "test_shrinknets_gamma.py", "test_shrinknets_regression.py", "test_shrinknets_repro.py",
-    "test_site.py", "test_sweep.py", "test_tristate_repro.py", "test_width_methods.py",
+    "test_site.py", "test_sweep.py", "test_transformer_study.py", "test_tristate_repro.py",
+    "test_width_methods.py",
 }
 
 
