@@ -404,8 +404,9 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
     the remaining heads.
 
     Args:
-        embed_dim, num_heads, head_dim: the sizes (``head_dim`` defaults to
-            ``embed_dim // num_heads``).
+        embed_dim: input and output channels.
+        num_heads: heads.
+        head_dim: channels per head (default ``embed_dim // num_heads``).
         **kwargs: ``dropout``, ``bias``, ``kdim``, ``vdim``, ``batch_first``, ``device``,
             ``dtype`` as for ``nn.MultiheadAttention``.
 

@@ -31,7 +31,8 @@ For channels joined by an elementwise product (a gated FFN, ``down(act(gate(x)) 
 mean over the data (:func:`saliency.replacement.held_means`), as ``remove_units(...,
 replacement="mean")`` holds it. On token-shaped layers (a Linear on ``(batch, ...,
 channels)``) means average over the batch and every token position, and a sample's loss is
-the sum of its per-token losses when ``loss_fn`` returns them.
+the mean of its per-token losses when ``loss_fn`` returns them (padding targets left out,
+:func:`saliency.base.per_sample_loss`).
 
 Cost: one pass for the means, then per batch one cached forward pass and,
 per unit, only the work that unit changes (:class:`saliency.engine.Downstream`):

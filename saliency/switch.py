@@ -169,7 +169,9 @@ class HeadSwitch(Switch):
     Args:
         num_heads: the number of heads (gates).
         head_dim: features per head.
-        parametrization, init, value: as :class:`Switch`.
+        parametrization: as :class:`Switch`.
+        init: as :class:`Switch`.
+        value: as :class:`Switch`.
 
     Examples:
         >>> s = HeadSwitch(2, 3, init="constant", value=0.5)
