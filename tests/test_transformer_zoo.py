@@ -35,7 +35,7 @@ from experiments.harness.training import (
     evaluate,
     token_cross_entropy,
 )
-from pruners import remove_units, trace
+from pruners import mask_units, remove_units, trace
 
 FORTUNES_DEBIAN = Path("/usr/share/games/fortunes")
 
@@ -527,3 +527,75 @@ def test_a_few_steps_on_generated_text_lower_the_loss(tmp_path, offline):
                                                                        abs=0.03)
     assert history[-1]["val_acc"] == pytest.approx(0.777, abs=0.03)
     assert history[-1]["macs"] > 0  # counted on a (1, 16) window of tokens
+
+
+# --------------------------------------------------------------------------- the whole models
+
+
+def whole_model_units(model: nn.Module, x: torch.Tensor) -> dict[str, list[int]]:
+    """Heads and FFN neurons of every block: two heads of each attention module (for the
+    grouped-query decoder, the two query heads of one key/value group), and every third FFN
+    unit."""
+    graph = trace(model, x)
+    units = {name: [0, 1] for name in graph.prunable_heads}
+    for g in graph.prunable:
+        units[g] = list(range(0, graph.groups[g].size, 3))
+    assert len(graph.prunable_heads) == len(model.blocks)  # every block's heads are units
+    assert sum(1 for g in graph.prunable) == len(model.blocks)  # and its FFN
+    return units
+
+
+CASES = {
+    "vit": (small_vit, lambda seed: images(4, seed), lambda seed: torch.randint(
+        0, 10, (4,), generator=torch.Generator().manual_seed(seed)), F.cross_entropy),
+    "decoder": (small_decoder, lambda seed: tokens(4, 12, seed=seed),
+                lambda seed: tokens(4, 12, seed=seed + 100), token_cross_entropy),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("replacement", [None, "mean"])
+def test_whole_model_masked_equals_removed(case, replacement):
+    """The zoo's ViT and decoder (causal, grouped-query) with heads and FFN neurons of every
+    block removed equal their masked twins (float64), on the scoring batch and another."""
+    build, xs, ys, _ = CASES[case]
+    model = build()
+    x = xs(0)
+    units = whole_model_units(model, x)
+    removed, masked = copy.deepcopy(model), copy.deepcopy(model)
+    data = [(x, ys(0))]
+    rep = remove_units(removed, units, replacement=replacement, data=data)
+    mask_units(masked, units, replacement=replacement, data=data)
+    assert rep.removed == {k: len(v) for k, v in units.items()}
+    with torch.no_grad():
+        for other in (x, xs(1)):
+            assert float((removed(other) - masked(other)).abs().max()) <= 1e-10
+        assert float((removed(x) - model(x)).abs().max()) > 1e-6  # the units mattered
+    assert n_params(removed) < n_params(model)
+
+
+def test_vit_twenty_adamw_steps_after_removal_equal_a_masked_twin():
+    """Optimizer continuity on the ViT: AdamW's state is sliced with the heads and neurons,
+    and 20 steps later the pruned ViT still equals its masked twin."""
+    build, xs, ys, loss_fn = CASES["vit"]
+    model = build()
+    x, y = xs(0), ys(0)
+    twins = [model, copy.deepcopy(model)]
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1) for m in twins]
+    for m, o in zip(twins, opts):  # state before the surgery
+        for _ in range(3):
+            o.zero_grad()
+            loss_fn(m.train()(x), y).backward()
+            o.step()
+    units = whole_model_units(model, x)
+    remove_units(twins[0], units, replacement="mean", data=[(x, y)], optimizer=opts[0])
+    mask_units(twins[1], units, replacement="mean", data=[(x, y)], optimizer=opts[1])
+    x2, y2 = xs(2), ys(2)
+    for _ in range(20):
+        for m, o in zip(twins, opts):
+            o.zero_grad()
+            loss_fn(m.train()(x2), y2).backward()
+            o.step()
+    with torch.no_grad():
+        diff = float((twins[0].eval()(x2) - twins[1].eval()(x2)).abs().max())
+    assert diff <= 1e-6
