@@ -40,60 +40,151 @@ from .base import loss_sum, per_sample_loss
 from .layers import effective_tensor, eval_mode
 from .replacement import iter_batches
 
-__all__ = ["head_entries", "head_mrp", "head_norms", "head_statistics"]
+__all__ = ["HEAD_STATISTICS", "HeadSums", "head_entries", "head_mrp", "head_norms",
+           "head_statistics"]
+
+
+#: the statistics :func:`head_statistics` and :class:`HeadSums` give
+HEAD_STATISTICS = ("mrs", "taylor", "dormancy", "apoz")
+
+
+class HeadSums:
+    """What one forward and backward pass accumulates for the heads of attention modules,
+    batch by batch, and the statistics of :data:`HEAD_STATISTICS` from it at the end.
+
+    A pass installs :meth:`hooks` with :func:`saliency.attention.context_hooks` (they keep
+    each module's heads' output ``c``, what its output projection reads), differentiates the
+    loss with respect to :meth:`outputs` (with any other tensors of the pass: a unit
+    statistics pass adds its layers' outputs) and hands the gradients to :meth:`add`.
+
+    MRS needs the heads' means, known only after the last batch: per sample ``k``, head ``h``
+    and dimension ``d``, ``sum_t g`` and ``sum_{t,d} c g`` are kept, and ``sum_k | sum_d
+    mu_{h,d} sum_t g - sum_{t,d} c g |`` is formed by :meth:`finish`, batch by batch in the
+    order of the pass -- the same arithmetic as holding the means from a pass of their own.
+    The mean ``mu`` is accumulated in float64 and rounded to the model's dtype, as
+    :func:`saliency.attention.head_means` gives it.
+    """
+
+    def __init__(self, model: nn.Module, heads: Mapping[str, Heads], names: Iterable[str]):
+        self.heads = heads
+        self.names = list(names)
+        self.dtypes = {n: model.get_submodule(heads[n].out).weight.dtype for n in self.names}
+        self.ctxs: dict[str, torch.Tensor] = {}
+        f64 = torch.float64
+        self.acc = {n: {k: torch.zeros(heads[n].num_heads, dtype=f64)
+                        for k in ("taylor", "absa", "zero")} for n in self.names}
+        self.sum_c: dict[str, torch.Tensor] = {}
+        self.count = {n: 0 for n in self.names}
+        self.entries = {n: 0 for n in self.names}
+        self.s_g: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
+        self.s_hg: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
+        self.samples = 0
+
+    def hooks(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """``{module: fn}`` for :func:`~saliency.attention.context_hooks`: each keeps the
+        heads' output of the current batch (a leaf that requires grad when nothing before it
+        does, so its gradient exists)."""
+        self.ctxs = {}
+
+        def make(n):
+            def fn(ctx):
+                if not ctx.requires_grad:
+                    ctx = ctx.detach().requires_grad_()
+                self.ctxs[n] = ctx
+                return ctx
+            return fn
+        return {n: make(n) for n in self.names}
+
+    def outputs(self) -> list[torch.Tensor]:
+        """The heads' outputs of the current batch, in the order of ``names``."""
+        missing = [n for n in self.names if n not in self.ctxs]
+        if missing:
+            raise ValueError(f"attention {missing[0]!r} was not called on data")
+        return [self.ctxs[n] for n in self.names]
+
+    @torch.no_grad()
+    def add(self, grads: Iterable[torch.Tensor | None], samples: int) -> None:
+        """Accumulate the current batch of ``samples`` samples, given ``dL/dc`` of
+        :meth:`outputs` (None: zero)."""
+        f64 = torch.float64
+        for n, g in zip(self.names, grads):
+            h = self.heads[n]
+            c = self.ctxs[n].detach()
+            flat = c.reshape(-1, c.shape[-1]).to(f64)
+            self.sum_c[n] = self.sum_c[n] + flat.sum(0) if n in self.sum_c else flat.sum(0)
+            self.count[n] += flat.shape[0]
+            b = c.shape[0]
+            c = c.reshape(b, -1, h.num_heads, h.head_dim).to(f64)
+            g = torch.zeros_like(c) if g is None else g.reshape(c.shape).to(f64)
+            positions = c.shape[1]
+            s_hg = (c * g).sum((1, 3))                             # (B, H)
+            self.s_hg[n].append(s_hg)
+            self.s_g[n].append(g.sum(1))                           # (B, H, d)
+            acc = self.acc[n]
+            acc["taylor"] += s_hg.sum(0) / positions
+            acc["absa"] += c.abs().sum((0, 1, 3))
+            acc["zero"] += (c == 0).to(f64).sum((0, 1, 3))
+            self.entries[n] += b * positions * h.head_dim
+        self.samples += samples
+        self.ctxs = {}
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Every head's mean output per dimension, ``(H, head_dim)`` in the model's dtype
+        (what :func:`saliency.attention.head_means` gives)."""
+        out = {}
+        for n in self.names:
+            if n not in self.sum_c:
+                raise ValueError(f"attention {n!r} was not called on data")
+            h = self.heads[n]
+            out[n] = (self.sum_c[n] / self.count[n]).to(self.dtypes[n]).reshape(
+                h.num_heads, h.head_dim)
+        return out
+
+    def finish(self, stats: Iterable[str] = HEAD_STATISTICS
+               ) -> dict[str, dict[str, torch.Tensor]]:
+        """``{statistic: {attention module: (H,) float64}}`` for ``stats`` (of
+        :data:`HEAD_STATISTICS`)."""
+        stats = list(stats)
+        unknown = set(stats) - set(HEAD_STATISTICS)
+        if unknown:
+            raise ValueError(f"unknown head statistics {sorted(unknown)}; known: "
+                             f"{HEAD_STATISTICS}")
+        means = self.means()
+        out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in stats}
+        for n in self.names:
+            acc = self.acc[n]
+            if "mrs" in stats:
+                mu = means[n].to(torch.float64)[None]
+                mrs = torch.zeros(self.heads[n].num_heads, dtype=torch.float64)
+                for s_g, s_hg in zip(self.s_g[n], self.s_hg[n]):
+                    mrs += ((mu * s_g).sum(-1) - s_hg).abs().sum(0)
+                out["mrs"][n] = mrs
+            if "taylor" in stats:
+                out["taylor"][n] = (acc["taylor"] / self.samples).abs()
+            if "dormancy" in stats:
+                absa = acc["absa"] / self.entries[n]
+                out["dormancy"][n] = absa / absa.mean().clamp_min(
+                    torch.finfo(torch.float64).tiny)
+            if "apoz" in stats:
+                out["apoz"][n] = acc["zero"] / self.entries[n]
+        return out
 
 
 def head_statistics(model: nn.Module, heads: Mapping[str, Heads], names: Iterable[str], data,
                     loss_fn: Callable) -> dict[str, dict[str, torch.Tensor]]:
     """``mrs``, ``taylor``, ``dormancy`` and ``apoz`` of every head of ``names`` (see the
-    module docstring), from one forward and backward pass per batch, after a pass for the
-    means. Returns ``{statistic: {attention module: (H,) float64}}``."""
-    names = list(names)
-    means = {n: m.to(torch.float64) for n, m in head_means(model, heads, data, names).items()}
-    acc = {n: {k: torch.zeros(heads[n].num_heads, dtype=torch.float64)
-               for k in ("mrs", "taylor", "absa", "zero")} for n in names}
-    entries = {n: 0 for n in names}
-    samples = 0
-    for x, y in iter_batches(data):
-        ctxs: dict[str, torch.Tensor] = {}
-
-        def make(n, ctxs=ctxs):
-            def fn(ctx):
-                if not ctx.requires_grad:
-                    ctx = ctx.detach().requires_grad_()
-                ctxs[n] = ctx
-                return ctx
-            return fn
-
-        with eval_mode(model), torch.enable_grad(), \
-                context_hooks(model, heads, {n: make(n) for n in names}):
-            loss = loss_sum(loss_fn, model(x), y)
-            grads = torch.autograd.grad(loss, [ctxs[n] for n in names], allow_unused=True)
-        samples += x.shape[0]
-        for n, g in zip(names, grads):
-            h = heads[n]
-            c = ctxs[n].detach()
-            b = c.shape[0]
-            c = c.reshape(b, -1, h.num_heads, h.head_dim).to(torch.float64)
-            g = torch.zeros_like(c) if g is None else \
-                g.reshape(c.shape).to(torch.float64)
-            positions = c.shape[1]
-            s_hg = (c * g).sum((1, 3))                           # (B, H)
-            s_g = g.sum(1)                                         # (B, H, d)
-            acc[n]["mrs"] += ((means[n][None] * s_g).sum(-1) - s_hg).abs().sum(0)
-            acc[n]["taylor"] += s_hg.sum(0) / positions
-            acc[n]["absa"] += c.abs().sum((0, 1, 3))
-            acc[n]["zero"] += (c == 0).to(torch.float64).sum((0, 1, 3))
-            entries[n] += b * positions * h.head_dim
-    out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in ("mrs", "taylor", "dormancy",
-                                                              "apoz")}
-    for n in names:
-        out["mrs"][n] = acc[n]["mrs"]
-        out["taylor"][n] = (acc[n]["taylor"] / samples).abs()
-        absa = acc[n]["absa"] / entries[n]
-        out["dormancy"][n] = absa / absa.mean().clamp_min(torch.finfo(torch.float64).tiny)
-        out["apoz"][n] = acc[n]["zero"] / entries[n]
-    return out
+    module docstring), from one forward and one backward pass per batch (:class:`HeadSums`;
+    the means MRS holds the heads at are accumulated in the same pass).
+    :func:`saliency.unit_stats.unit_statistics` gives them from the pass of the ordinary
+    units' statistics. Returns ``{statistic: {attention module: (H,) float64}}``."""
+    sums = HeadSums(model, heads, names)
+    with eval_mode(model):
+        for x, y in iter_batches(data):
+            with torch.enable_grad(), context_hooks(model, heads, sums.hooks()):
+                loss = loss_sum(loss_fn, model(x), y)
+                grads = torch.autograd.grad(loss, sums.outputs(), allow_unused=True)
+            sums.add(grads, x.shape[0])
+    return sums.finish()
 
 
 def head_mrp(model: nn.Module, heads: Mapping[str, Heads], names: Iterable[str], data,

@@ -9,7 +9,8 @@
   (thesis Table 4.1, ``normScorerL1`` / ``normScorerL2``).
 
 The first three read :func:`saliency.unit_stats.unit_statistics`, which
-computes all of them from the same single pass; ask it directly for several.
+computes all of them from the same single pass, attention heads included; ask it directly
+for several.
 
 Scores are keyed by group (:func:`saliency.trace`): a producer on a chain is its own group,
 and coupled channels (the producers a residual add sums) get one score per group channel
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import UnitScorer, to_group
+from .base import UnitScorer, select_heads, to_group
 from .head_scores import head_norms, head_statistics
 from .layers import effective_tensor
 from .unit_stats import unit_statistics
@@ -28,8 +29,23 @@ from .unit_stats import unit_statistics
 __all__ = ["MRS", "UnitTaylor", "Dormancy", "Norm"]
 
 
+def _one_pass(scorer: UnitScorer, model, data, loss_fn, key: str):
+    """Statistic ``key`` of the selected groups and attention modules' heads, from one
+    forward and one backward pass per batch (:func:`unit_statistics` with ``heads``)."""
+    graph, layers = scorer.graph(model, data)
+    heads = select_heads(graph, scorer.layers)
+    if not layers and not heads:
+        return {key: {}}
+    return unit_statistics(model, graph, layers, data, loss_fn, stats=[key], heads=heads)
+
+
 class _StatScorer(UnitScorer):
     statistic = ""
+
+    def _score_all(self, model, data, loss_fn):
+        """Units and heads together: one forward and one backward pass per batch (the same
+        scores as :meth:`_score` and :meth:`_head_scores` in passes of their own)."""
+        return self._finish(_one_pass(self, model, data, loss_fn, self.statistic))
 
     def _score(self, model, data, loss_fn):
         graph, layers = self.graph(model, data)
@@ -62,7 +78,8 @@ class MRS(_StatScorer):
     the first-order terms of every member summed before the absolute value,
     from the same single pass. For an attention head ``h`` (:mod:`saliency.attention`), ``h``'s
     output ``c`` (what the output projection reads) over its dimensions ``d`` and tokens
-    ``t``: ``sum_k | sum_{t,d} (mu_{h,d} - c_{k,t,h,d}) dL_k/dc_{k,t,h,d} |``.
+    ``t``: ``sum_k | sum_{t,d} (mu_{h,d} - c_{k,t,h,d}) dL_k/dc_{k,t,h,d} |``, from the
+    same forward and backward pass as the other units.
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -116,19 +133,26 @@ class Dormancy(UnitScorer):
             raise ValueError(f"statistic must be 'redo' or 'apoz', got {statistic!r}")
         self.statistic = statistic
 
-    def _score(self, model, data, loss_fn):
-        graph, layers = self.graph(model, data)
-        key = "dormancy" if self.statistic == "redo" else "apoz"
-        stats = unit_statistics(model, graph, layers, data, loss_fn, stats=[key])
+    def _score_all(self, model, data, loss_fn):
+        """Units and heads together, from one forward and one backward pass per batch."""
+        return self._finish(_one_pass(self, model, data, loss_fn, self._key))
+
+    @property
+    def _key(self) -> str:
+        return "dormancy" if self.statistic == "redo" else "apoz"
+
+    def _finish(self, stats):
         if self.statistic == "redo":
             return stats["dormancy"]
         return {n: 1.0 - v for n, v in stats["apoz"].items()}
 
+    def _score(self, model, data, loss_fn):
+        graph, layers = self.graph(model, data)
+        return self._finish(unit_statistics(model, graph, layers, data, loss_fn,
+                                            stats=[self._key]))
+
     def _head_scores(self, model, graph, names, data, loss_fn):
-        stats = head_statistics(model, graph.heads, names, data, loss_fn)
-        if self.statistic == "redo":
-            return stats["dormancy"]
-        return {n: 1.0 - v for n, v in stats["apoz"].items()}
+        return self._finish(head_statistics(model, graph.heads, names, data, loss_fn))
 
 
 class Norm(UnitScorer):

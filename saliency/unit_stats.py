@@ -60,19 +60,30 @@ group.
 
 **Tokens.** On token-shaped layers (a Linear on ``(batch, ..., channels)``) the token
 positions are the positions ``p`` above: every statistic averages (or, for MRS within a
-sample, sums) over them as over a convolution's positions, and a sample's loss is the sum of
-its per-token losses when ``loss_fn`` returns them.
+sample, sums) over them as over a convolution's positions, and a sample's loss is the mean of
+its per-token losses when ``loss_fn`` returns them (padding targets left out,
+:func:`saliency.base.per_sample_loss`).
+
+**Heads.** Attention modules named in ``heads`` have their heads' ``mrs``, ``taylor``,
+``dormancy`` and ``apoz`` (:mod:`saliency.head_scores`) computed in the same forward and
+backward pass: hooks keep each module's heads' output (what its output projection reads), the
+backward pass differentiates the loss with respect to it alongside the layers' outputs, and
+:class:`saliency.head_scores.HeadSums` accumulates the per-sample sums MRS needs and the heads'
+means, so no pass runs for the means.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
 
+from .attention import context_hooks
 from .base import iter_batches, loss_sum, to_group
 from .graph import ChannelOp, Group, UnitGraph
+from .head_scores import HEAD_STATISTICS, HeadSums
 from .layers import CHANNEL_MODULES, channels_first
 from .replacement import NodeRecorder, apply_op
 
@@ -156,19 +167,30 @@ def _position_sums(model: nn.Module, graph: UnitGraph, name: str, h: torch.Tenso
 
 
 def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
-                    loss_fn: Callable, stats: Iterable[str] | None = None
-                    ) -> dict[str, dict[str, torch.Tensor]]:
+                    loss_fn: Callable, stats: Iterable[str] | None = None,
+                    heads: Iterable[str] = ()) -> dict[str, dict[str, torch.Tensor]]:
     """Statistics of :data:`STATISTICS` (all, or ``stats``) for ``layers``, in one pass.
 
     ``layers`` are group names (:attr:`UnitGraph.prunable`; a chain producer is its own
-    group). Reductions over positions run in the model's dtype and are accumulated in
-    float64. The model must be in eval mode (the scorers ensure it). Returns
-    ``{statistic: {group: 1-D float64 tensor over its group channels}}``.
+    group). ``heads`` names attention modules (:attr:`UnitGraph.prunable_heads`) whose heads'
+    statistics among ``stats`` that heads have (``mrs``, ``taylor``, ``dormancy``, ``apoz``:
+    :data:`saliency.head_scores.HEAD_STATISTICS`) come from the same pass, under the
+    module's name (one value per head, equal to
+    :func:`saliency.head_scores.head_statistics`'). Reductions over positions run in the
+    model's dtype and are accumulated in float64. The model must be in eval mode (the
+    scorers ensure it). Returns ``{statistic: {group or attention module: 1-D float64
+    tensor over its group channels or heads}}``.
     """
     wanted = list(STATISTICS if stats is None else stats)
     unknown = set(wanted) - set(STATISTICS)
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; known: {STATISTICS}")
+    heads = list(dict.fromkeys(heads))
+    bad = [n for n in heads if n not in graph.prunable_heads]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not an attention module with prunable heads; they "
+                         f"are {graph.prunable_heads}")
+    head_sums = HeadSums(model, graph.heads, heads) if heads else None
     need = set().union(*(_NEEDS[k] for k in wanted))
     groups = {}
     for name in layers:
@@ -190,7 +212,8 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
         maps = ConsumerMaps(model, graph, coupled)
     try:
         sums = _accumulate(model, graph, members, data, loss_fn,
-                           {k: (node.name, node.channel_last) for k, node in held.items()})
+                           {k: (node.name, node.channel_last) for k, node in held.items()},
+                           head_sums)
     finally:
         if maps is not None:
             maps.remove()
@@ -204,6 +227,10 @@ def unit_statistics(model: nn.Module, graph: UnitGraph, layers: list[str], data,
             values = _finish_group(sums, maps, groups[name], wanted)
         for key, value in values.items():
             out[key][name] = value
+    if head_sums is not None:
+        for key, values in head_sums.finish([k for k in wanted if k in HEAD_STATISTICS]
+                                            ).items():
+            out[key].update(values)
     return out
 
 
@@ -248,9 +275,12 @@ def _held_key(group: str) -> str:
 
 
 def _accumulate(model: nn.Module, graph: UnitGraph, members: dict[str, set[str]], data,
-                loss_fn: Callable, nodes: dict[str, tuple[str, bool]] | None = None) -> _Sums:
+                loss_fn: Callable, nodes: dict[str, tuple[str, bool]] | None = None,
+                head_sums: HeadSums | None = None) -> _Sums:
     """The pass: forward hooks keep each member's output ``h``, ``torch.autograd.grad`` gives
     ``g = dL/dh``, and the sums ``members[name]`` lists are accumulated batch by batch.
+    ``head_sums`` (optional) takes the heads' outputs and their gradients from the same
+    forward and backward pass (:func:`~saliency.attention.context_hooks`).
 
     ``nodes`` maps keys of ``members`` that are not modules to ``(torch.fx node name,
     channels last)``: their ``h`` is that node's value, read while the traced graph runs.
@@ -268,14 +298,21 @@ def _accumulate(model: nn.Module, graph: UnitGraph, members: dict[str, set[str]]
     try:
         for x, y in iter_batches(data):
             outs.clear()
-            if nodes:
-                rec = NodeRecorder(graph.gm, [name for name, _ in nodes.values()])
-                loss = loss_sum(loss_fn, rec.run(x), y)
-                outs.update({k: rec.values[name] for k, (name, _) in nodes.items()})
-            else:
-                loss = loss_sum(loss_fn, model(x), y)
+            with contextlib.ExitStack() as stack:
+                if head_sums is not None:
+                    stack.enter_context(context_hooks(model, graph.heads, head_sums.hooks()))
+                if nodes:
+                    rec = NodeRecorder(graph.gm, [name for name, _ in nodes.values()])
+                    loss = loss_sum(loss_fn, rec.run(x), y)
+                    outs.update({k: rec.values[name] for k, (name, _) in nodes.items()})
+                else:
+                    loss = loss_sum(loss_fn, model(x), y)
             hs = [outs[n] for n in layers]
-            grads = torch.autograd.grad(loss, hs, allow_unused=True)
+            ctxs = head_sums.outputs() if head_sums is not None else []
+            grads = torch.autograd.grad(loss, hs + ctxs, allow_unused=True)
+            if head_sums is not None:
+                head_sums.add(grads[len(hs):], x.shape[0])
+                grads = grads[:len(hs)]
             sums.n_samples += x.shape[0]
             with torch.no_grad():
                 grads = [None if g is None else _first(n, mods, nodes, g)

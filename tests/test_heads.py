@@ -514,3 +514,82 @@ def test_taylor_and_mrs_of_a_head_are_their_formulas():
                           ["attn"], taylor, atol=1e-12)
     assert torch.allclose(SCORERS["mrs"](layers=["attn"]).score(model, data, token_loss)
                           ["attn"], mrs, atol=1e-12)
+
+
+class GatedBlock(nn.Module):
+    """Attention and a gated FFN (``down(silu(gate(x)) * up(x))``, a group held at the
+    product): the unit statistics pass runs the traced graph to read the product."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.attn = Attn(h=4, kv=2)
+        self.gate, self.up, self.down = nn.Linear(D, 8), nn.Linear(D, 8), nn.Linear(8, D)
+        self.head = nn.Linear(D, 5)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        z = self.ln2(x)
+        x = x + self.down(F.silu(self.gate(z)) * self.up(z))
+        return self.head(x)
+
+
+ONE_PASS = {"two-blocks": TwoBlocks, "gated": GatedBlock, "encoder": lambda: encoder(True)}
+ONE_PASS_SCORERS = {"mrs": {}, "taylor": {}, "dormancy": {}, "apoz": {"statistic": "apoz"}}
+
+
+@pytest.mark.parametrize("scorer", list(ONE_PASS_SCORERS))
+@pytest.mark.parametrize("case", list(ONE_PASS))
+def test_heads_and_units_in_one_pass_equal_their_separate_passes(case, scorer):
+    model = ONE_PASS[case]()
+    data = [batch(1), batch(2)]
+    s = SCORERS["dormancy" if scorer == "apoz" else scorer](**ONE_PASS_SCORERS[scorer])
+    together = s.score(model, data, token_loss)
+    graph, layers = s.graph(model, data)
+    heads = graph.prunable_heads
+    assert heads and layers
+    model.eval()
+    separate = {**s._score(model, data, token_loss),
+                **s._head_scores(model, graph, heads, data, token_loss)}
+    assert set(together) == set(separate) == set(layers) | set(heads)
+    for k, v in separate.items():
+        assert together[k].dtype == v.dtype == torch.float64
+        assert (together[k] - v).abs().max() <= 1e-12, k
+
+
+@pytest.mark.parametrize("case", list(ONE_PASS))
+def test_mrs_of_heads_and_units_is_one_forward_and_one_backward_per_batch(case, monkeypatch):
+    model = ONE_PASS[case]()
+    data = [batch(1), batch(2), batch(3)]
+    s = SCORERS["mrs"]()
+    s.graph(model, data)  # tracing runs the model once; count the scoring alone
+    calls = {m: 0 for m in model.modules()}
+    handles = [m.register_forward_pre_hook(lambda m, a: calls.__setitem__(m, calls[m] + 1))
+               for m in model.modules()]
+    backward = {"n": 0}
+    grad, tensor_backward = torch.autograd.grad, torch.Tensor.backward
+
+    def counted_grad(*args, **kwargs):
+        backward["n"] += 1
+        return grad(*args, **kwargs)
+
+    def counted_backward(*args, **kwargs):
+        backward["n"] += 1
+        return tensor_backward(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted_grad)
+    monkeypatch.setattr(torch.Tensor, "backward", counted_backward)
+    try:
+        scores = s.score(model, data, token_loss)
+    finally:
+        for hd in handles:
+            hd.remove()
+    graph = s.graph(model, data)[0]
+    assert set(graph.prunable_heads) <= set(scores) and set(graph.prunable) <= set(scores)
+    # every module (the model's own forward too, unless the traced graph runs its modules)
+    # runs once per batch, and there is one backward pass per batch
+    ran = {n: calls[m] for n, m in model.named_modules() if calls[m]}
+    assert set(ran.values()) == {len(data)}, ran
+    assert all(n in ran for n, m in model.named_modules()
+               if n and not any(True for _ in m.children()))
+    assert backward["n"] == len(data)

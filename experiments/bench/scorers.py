@@ -48,11 +48,12 @@ addressed by their attention module (``blocks.i.attn``), FFN neurons by ``blocks
 cases, with their own targets:
 
 * ``mrs_pass_vit_tiny``: the MRS of every head and every FFN neuron, what
-  ``SCORERS["mrs"]`` computes for them (without tracing the model): the one-pass statistics
-  of the FFN neurons (:func:`saliency.unit_stats.unit_statistics`) and those of the heads
-  (:func:`saliency.head_scores.head_statistics`: a forward pass for the heads' means, then a
-  forward and backward pass): <= 1.3. Its two parts are reported too
-  (``mrs_ffn_neurons_vit_tiny``, ``mrs_heads_vit_tiny``; no target);
+  ``SCORERS["mrs"]`` computes for them (without tracing the model): one forward and one
+  backward pass for both kinds of unit (:func:`saliency.unit_stats.unit_statistics` with
+  ``heads``, the heads' means accumulated in the same pass): <= 1.3. The two kinds scored
+  apart are reported too (``mrs_ffn_neurons_vit_tiny``: the FFN neurons' one-pass
+  statistics; ``mrs_heads_vit_tiny``: :func:`saliency.head_scores.head_statistics`, the
+  heads' own forward and backward pass; no target);
 * ``mrp_all_units_vit_tiny``: exact signed ``mrp`` of every head and neuron (no target), and
   ``mrp_heads_vit_tiny`` the heads' part alone (:func:`saliency.head_scores.head_mrp`: one
   forward pass per head; no target);
@@ -418,14 +419,14 @@ def measure_vit(repeats: int, quick: bool) -> tuple[list[dict], dict]:
             head_statistics(model, graph.heads, attns, data, F.cross_entropy)
 
     def both():
-        ffn_pass()
-        head_pass()
+        with preserved(model):
+            unit_statistics(model, graph, ffns, data, F.cross_entropy, stats=["mrs"],
+                            heads=attns)
 
     for case, fn, note in (
-            ("mrs_pass_vit_tiny", both, f"mrs of {shape}: the two passes below"),
-            ("mrs_ffn_neurons_vit_tiny", ffn_pass, "FFN neurons: one forward+backward"),
-            ("mrs_heads_vit_tiny", head_pass,
-             "heads: a forward for the means, then a forward+backward")):
+            ("mrs_pass_vit_tiny", both, f"mrs of {shape}: one forward+backward for both"),
+            ("mrs_ffn_neurons_vit_tiny", ffn_pass, "FFN neurons alone: one forward+backward"),
+            ("mrs_heads_vit_tiny", head_pass, "heads alone: one forward+backward")):
         t_ref, t = _paired(fwd_bwd, fn, repeats)
         model.zero_grad(set_to_none=True)
         rows.append({"model": name, "case": case, "seconds": t, "ratio": t / t_ref,
