@@ -771,6 +771,23 @@ def _cells(group) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]
     return [torch.tensor(v, dtype=torch.long) for v in cells.values()], free, floors
 
 
+def _keys_and_masks(size: int, num: torch.Tensor, den: torch.Tensor | None, gone,
+                    candidates) -> tuple[torch.Tensor, ...]:
+    """``(num, den, key, gone, candidates)`` over ``size`` channels or heads, in float64 on the
+    CPU: ``den`` 1 when None, ``key = num / den`` (``inf`` where ``den`` is 0), and boolean
+    masks of the ``gone`` indices and of the ``candidates`` not gone."""
+    num = num.detach().to(torch.float64).cpu()
+    den = torch.ones(size, dtype=torch.float64) if den is None else \
+        den.detach().to(torch.float64).cpu()
+    key = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
+                      torch.full_like(num, math.inf))
+    gone_mask = torch.zeros(size, dtype=torch.bool)
+    gone_mask[torch.as_tensor(list(gone), dtype=torch.long)] = True
+    cand = torch.zeros(size, dtype=torch.bool)
+    cand[torch.as_tensor(candidates, dtype=torch.long).reshape(-1).cpu()] = True
+    return num, den, key, gone_mask, cand & ~gone_mask
+
+
 def removal_items(group, candidates: torch.Tensor, num: torch.Tensor,
                   den: torch.Tensor | None = None, *, gone: Iterable[int] = (),
                   limit: int | None = None) -> list[tuple[list[int], float]]:
@@ -787,16 +804,7 @@ def removal_items(group, candidates: torch.Tensor, num: torch.Tensor,
     ``candidates`` are taken.
     """
     size = group.size
-    num = num.detach().to(torch.float64).cpu()
-    den = torch.ones(size, dtype=torch.float64) if den is None else \
-        den.detach().to(torch.float64).cpu()
-    key = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
-                      torch.full_like(num, math.inf))
-    gone_mask = torch.zeros(size, dtype=torch.bool)
-    gone_mask[torch.as_tensor(list(gone), dtype=torch.long)] = True
-    cand = torch.zeros(size, dtype=torch.bool)
-    cand[torch.as_tensor(candidates, dtype=torch.long).reshape(-1).cpu()] = True
-    cand &= ~gone_mask
+    num, den, key, gone_mask, cand = _keys_and_masks(size, num, den, gone, candidates)
     cells, free, floors = _cells(group)
     items: list[tuple[list[int], float]] = [([ch], float(key[ch]))
                                             for ch in free[cand[free]].tolist()]
@@ -851,16 +859,7 @@ def head_items(heads, candidates: torch.Tensor, num: torch.Tensor,
     ``limit`` heads are taken in all, and only ``candidates`` (not ``gone``) are taken.
     """
     size = heads.num_heads
-    num = num.detach().to(torch.float64).cpu()
-    den = torch.ones(size, dtype=torch.float64) if den is None else \
-        den.detach().to(torch.float64).cpu()
-    key = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
-                      torch.full_like(num, math.inf))
-    gone_mask = torch.zeros(size, dtype=torch.bool)
-    gone_mask[torch.as_tensor(list(gone), dtype=torch.long)] = True
-    cand = torch.zeros(size, dtype=torch.bool)
-    cand[torch.as_tensor(candidates, dtype=torch.long).reshape(-1).cpu()] = True
-    cand &= ~gone_mask
+    num, den, key, gone_mask, cand = _keys_and_masks(size, num, den, gone, candidates)
     limit = size - 1 if limit is None else min(limit, size - 1 - int(gone_mask.sum()))
     items: list[tuple[list[int], float]] = []
     groups = torch.arange(size).reshape(heads.num_kv_heads, heads.group)

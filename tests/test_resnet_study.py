@@ -21,6 +21,7 @@ from data_files import quick_run
 from scipy.stats import spearmanr
 
 import experiments.studies.resnet.pruning as rp
+from experiments.harness.callbacks import CosineLR
 from experiments.cli import main
 from experiments.harness.checkpoint import load_checkpoint, model_from_checkpoint
 from experiments.harness.models import build_model
@@ -259,7 +260,7 @@ def test_the_schedule_and_widths_helpers():
         1: 0.09375, 2: 0.1875, 3: 0.375, 4: 0.5625}
     assert rp.widths_after({"a": 16, "b": 64}, 0.3125) == {"a": 11, "b": 44}
     assert rp.widths_after({"a": 4}, 0.99) == {"a": 1}
-    lr = rp.CosineLR(0.05, 100)
+    lr = CosineLR(0.05, 100)
     assert (lr.at(0), lr.at(50), lr.at(100), lr.at(150)) == pytest.approx((0.05, 0.025, 0, 0))
     with pytest.raises(ValueError, match="cannot be reached"):
         rp.fraction_for(build_model("resnet20", widths=[2, 2, 2]), torch.zeros(1, 1, 28, 28),

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from data_files import quick_run
 from scipy.stats import spearmanr
 
+from experiments.harness.callbacks import CosineLR
 from experiments.cli import main
 from experiments.harness.callbacks import scoring_batches
 from experiments.harness.checkpoint import load_checkpoint, model_from_checkpoint
@@ -290,7 +291,7 @@ def test_the_selection_helpers():
     assert sel["a"] == [1, 2, 3, 6]                   # ties to the lower index
     assert sel["g"] == [1, 3, 4, 5]                   # two of each key/value group of four
     assert sel["f"] == list(range(128))
-    lr = oneshot.CosineLR(1e-3, 100)
+    lr = CosineLR(1e-3, 100)
     assert (lr.at(0), lr.at(50), lr.at(100)) == pytest.approx((1e-3, 5e-4, 0))
 
 

@@ -44,6 +44,8 @@ draws what :class:`PrunerCallback` logged.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Mapping
 
 import torch
@@ -54,9 +56,9 @@ from pruners.attacks import LRAttack
 from pruners.pruning import RoundReport
 from saliency.tracking import UnitTracker
 
-__all__ = ["StepLog", "EpochLog", "PrunerCallback", "RecordingPruner", "ShrinkNetsCallback",
-           "GroupSparsityCallback", "TriStateCallback", "AttackCallback", "TrackingCallback",
-           "scoring_batches"]
+__all__ = ["CosineLR", "StepLog", "EpochLog", "PrunerCallback", "RecordingPruner",
+           "ShrinkNetsCallback", "GroupSparsityCallback", "TriStateCallback", "AttackCallback",
+           "TrackingCallback", "scoring_batches"]
 
 
 def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
@@ -66,6 +68,33 @@ def scoring_batches(dataset, samples: int, batch_size: int, seed: int) -> list:
     idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:n]
     return [(x[idx[i:i + batch_size]], y[idx[i:i + batch_size]])
             for i in range(0, n, batch_size)]
+
+
+class CosineLR(Callback):
+    """Cosine decay of the learning rate over the optimizer steps of a run.
+
+    Before step ``t`` of ``total_steps`` the rate is ``lr * (1 + cos(pi * t / total_steps)) /
+    2``: ``lr`` at the first step, 0 after the last (I. Loshchilov, F. Hutter, *SGDR:
+    Stochastic Gradient Descent with Warm Restarts*, ICLR 2017,
+    https://arxiv.org/abs/1608.03983, without restarts). Set after every step and when
+    training begins or resumes (from ``trainer.step``), so a resumed run follows the same
+    rates; a history row's ``lr`` is the rate after the epoch's last step.
+    """
+
+    def __init__(self, lr: float, total_steps: int):
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.lr, self.total = float(lr), int(total_steps)
+
+    def at(self, step: int) -> float:
+        """The rate before optimizer step ``step`` (0-based)."""
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, self.total) / self.total))
+
+    def on_train_begin(self, trainer) -> None:
+        trainer.set_lr(self.at(trainer.step))
+
+    def on_step_end(self, trainer, loss: float) -> None:
+        trainer.set_lr(self.at(trainer.step))
 
 
 class PrunerCallback(Callback):

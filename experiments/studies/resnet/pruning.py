@@ -79,21 +79,21 @@ import torch
 import torch.nn as nn
 
 from experiments.harness import atomic
-from experiments.harness.callbacks import (EpochLog, PrunerCallback, RecordingPruner, StepLog,
-                                           scoring_batches)
+from experiments.harness.callbacks import (CosineLR, EpochLog, PrunerCallback, RecordingPruner,
+                                           StepLog, scoring_batches)
 from experiments.harness.models import build_model
 from experiments.harness.registry import register
 from experiments.harness.plots import log_count_axis
 from experiments.harness.run import RunContext, final_metrics, load_data, train_in_folder
 from experiments.harness.subruns import check_folder
 from experiments.harness.timing import cpu_mark, loadavg, others_busy, time_models
-from experiments.harness.training import Callback, TrainConfig, Trainer
+from experiments.harness.training import TrainConfig, Trainer
 from pruners import (InexactReplacementWarning, UnitPruner, count_macs, count_params,
                      remove_units, schedules, trace)
 from pruners.schedules import amount_to_count
 from saliency import SCORERS
 
-__all__ = ["CosineLR", "FoldRecorder", "widths_after", "shrunk_copy", "fraction_for",
+__all__ = ["FoldRecorder", "widths_after", "shrunk_copy", "fraction_for",
            "schedule_for", "mrs_vs_mrp", "run_name", "THESIS_SHAPE", "MODELS"]
 
 #: the thesis's Table 4.2 (cumulative fractions of units gone after its four rounds): the
@@ -132,33 +132,6 @@ def run_name(target: float) -> str:
 
 
 # --------------------------------------------------------------------------- pieces
-
-
-class CosineLR(Callback):
-    """Cosine decay of the learning rate over the optimizer steps of a run.
-
-    Before step ``t`` of ``total_steps`` the rate is ``lr * (1 + cos(pi * t / total_steps)) /
-    2``: ``lr`` at the first step, 0 after the last (I. Loshchilov, F. Hutter, *SGDR:
-    Stochastic Gradient Descent with Warm Restarts*, ICLR 2017,
-    https://arxiv.org/abs/1608.03983, without restarts). Set after every step and when
-    training begins or resumes (from ``trainer.step``), so a resumed run follows the same
-    rates; a history row's ``lr`` is the rate after the epoch's last step.
-    """
-
-    def __init__(self, lr: float, total_steps: int):
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        self.lr, self.total = float(lr), int(total_steps)
-
-    def at(self, step: int) -> float:
-        """The rate before optimizer step ``step`` (0-based)."""
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, self.total) / self.total))
-
-    def on_train_begin(self, trainer) -> None:
-        trainer.set_lr(self.at(trainer.step))
-
-    def on_step_end(self, trainer, loss: float) -> None:
-        trainer.set_lr(self.at(trainer.step))
 
 
 class FoldRecorder(RecordingPruner):

@@ -55,9 +55,10 @@ from experiments.harness.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from experiments.harness.callbacks import CosineLR
 from experiments.harness.run import RunContext
 from experiments.harness.subruns import check_folder
-from experiments.harness.training import Callback, TrainConfig, Trainer, evaluate
+from experiments.harness.training import TrainConfig, Trainer, evaluate
 from pruners import count_macs, count_params, remove_units, trace
 from pruners.schedules import amount_to_count
 from saliency import SCORERS
@@ -66,7 +67,6 @@ __all__ = [
     "FREE",
     "ORACLE",
     "PRUNING",
-    "CosineLR",
     "cell_name",
     "layer_sizes",
     "plot_grid",
@@ -83,35 +83,6 @@ __all__ = [
 
 #: the scorer every ranking is correlated with
 ORACLE = "mrp"
-
-
-class CosineLR(Callback):
-    """Cosine decay of the learning rate over the optimizer steps of a run.
-
-    Before step ``t`` of ``total_steps`` the rate is ``lr * (1 + cos(pi * t / total_steps)) /
-    2``: ``lr`` at the first step, 0 after the last (I. Loshchilov, F. Hutter, *SGDR:
-    Stochastic Gradient Descent with Warm Restarts*, ICLR 2017,
-    https://arxiv.org/abs/1608.03983, without restarts). Set when training begins or resumes
-    and after every step, so a resumed run follows the same rates.
-    """
-
-    def __init__(self, lr: float, total_steps: int):
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        self.lr, self.total = float(lr), int(total_steps)
-
-    def at(self, step: int) -> float:
-        """The rate before optimizer step ``step`` (0-based)."""
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, self.total) / self.total))
-
-    def on_train_begin(self, trainer) -> None:
-        trainer.set_lr(self.at(trainer.step))
-
-    def on_step_end(self, trainer, loss: float) -> None:
-        trainer.set_lr(self.at(trainer.step))
-
-
-# --------------------------------------------------------------------------- selection
 
 
 def layer_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ channels).
 ``vit-head-ffn-pruning`` (design fixed before the run; :mod:`.oneshot` holds the machinery):
 
 * **Baseline**: Adam, learning rate 1e-3 decayed to 0 by a cosine over every optimizer step
-  (:class:`~experiments.studies.transformers.oneshot.CosineLR`), no weight decay, batch 128,
+  (:class:`~experiments.harness.callbacks.CosineLR`), no weight decay, batch 128,
   15 epochs, seed 0; 55,000 training images, 5,000 held out for validation, the 10,000 test
   images. (A constant 1e-3 reached 86.3% test accuracy after 12 epochs in a measurement
   beforehand; one epoch took 18-26 s with one thread on the shared 2-core machine.)
