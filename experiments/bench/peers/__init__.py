@@ -17,7 +17,7 @@ on a generated image-shaped 10-class problem
 (:func:`~experiments.bench.peers.data.synthetic_images`), and few images for ResNet-20 and
 MobileNetV2 (half the scoring data, 200 test images); its numbers check the machinery, not the
 methods. ``--networks`` runs some of the four networks (comma-separated names: ``mlp``,
-``cnn``, ``resnet20``, ``mobilenet_v2``; default: all), e.g.
+``cnn``, ``resnet20``, ``mobilenet_v2``, ``vit``; default: all), e.g.
 ``--networks resnet20,mobilenet_v2``.
 
 Setting (the defaults; ``--quick`` shrinks every size for the test suite):
@@ -44,6 +44,20 @@ Setting (the defaults; ``--quick`` shrinks every size for the test suite):
   ``ln_structured``), with the same fine-tuning budget; ShrinkNets and group sparsity, whose
   penalty strengths were set for the MLP and the CNN, do not run on them. A setting with
   ``finetune_epochs = 0`` compares right after pruning only.
+* **ViT** (``vit``): the zoo's :func:`experiments.harness.models.vit_tiny` (patch 7, depth 4,
+  width 64, 4 heads, FFN 256; ``--quick``: depth 2, width 32, FFN 48), trained as the others.
+  Its units are attention heads (addressed by the attention module's name) and FFN neurons
+  (``blocks.i.fc1``); the residual stream is not pruned (LayerNorm mixes its channels). Its
+  setting (:data:`~experiments.bench.peers.setting.VIT_OVERRIDES`): 2x and 5x fewer MACs (every
+  attention module keeps the same number of heads, every FFN the same number of neurons;
+  ``--quick``'s tiny ViT reaches at most 3.86x, so 2x only), and three methods: ours (MRS,
+  mean replacement) and Torch-Pruning's ``MetaPruner`` with its own head pruning
+  (``num_heads``, ``prune_num_heads=True``, ``prune_head_dims=False``, a head ratio per
+  attention module; :func:`~experiments.bench.peers.methods.tp_head_options`) under its
+  magnitude and Taylor importances, checked to remove whole heads and to end at our shapes.
+  ``ln_structured`` is left out: it masks rows of one weight at a time, and a head spans rows
+  of three projections and columns of a fourth. (d) plants constant FFN neurons (zero incoming
+  weights, constant bias) and a constant head (zero value rows, constant value bias).
 * **Sizes.** For 2x, 5x and 10x fewer parameters (the residual networks: 2x and 5x fewer
   MACs) every prunable group keeps the same number of units for every method: ``round(k n_l)``
   of its ``n_l``, with ``k`` the uniform fraction whose parameter count (MAC count) is nearest
@@ -197,34 +211,36 @@ from experiments.bench.peers.inference import run_inference
 from experiments.bench.peers.methods import Context, batchnorm_of, bias_free, common_widths, \
     fold_created_biases, group_batchnorms, ln_structured_prune, make_context, mrp_drop_prune, \
     mrp_drop_rounds, mrs_prune, mrs_rounds, physical_params, physical_twin, tp_gradients, \
-    tp_prune
+    tp_prune, is_attention_layer, tp_head_ratio, tp_head_options, head_rows, removed_heads
 from experiments.bench.peers.setting import CLASSIC_METHODS, CONSTANT_TOL, DEFAULT, \
-    INFORMATIONAL, ONE_SHOT_METHODS, QUICK, TARGETS, TP_REQUIREMENT, TP_TESTED, ModelSpec, \
+    INFORMATIONAL, ONE_SHOT_METHODS, QUICK, QUICK_VIT, TARGETS, VIT_METHODS, VIT_OVERRIDES, TP_REQUIREMENT, TP_TESTED, ModelSpec, \
     Setting, TorchPruningMissing, check_tp_version, install_hint, load_torch_pruning, \
     network_setting, select_networks, setting_json, tp_version
 from experiments.bench.peers.summary import ratios_and_targets, targets_met
 from experiments.bench.peers.timing import run_timing
 from experiments.bench.peers.widths import common_model, geometric_ratios, layer_widths, \
-    lowest_units, round_widths, shapes, tp_ratio, widths_for_reduction
+    lowest_units, prunable_units, round_widths, shapes, tp_ratio, widths_for_reduction
 
 __all__ = [
     # the command line
     "main", "parse_args", "run",
     # setting, targets, Torch-Pruning
     "ModelSpec", "Setting", "DEFAULT", "QUICK", "setting_json", "network_setting",
-    "select_networks", "CLASSIC_METHODS", "ONE_SHOT_METHODS", "TARGETS", "INFORMATIONAL",
+    "select_networks", "CLASSIC_METHODS", "ONE_SHOT_METHODS", "VIT_METHODS", "VIT_OVERRIDES",
+    "QUICK_VIT", "TARGETS", "INFORMATIONAL",
     "CONSTANT_TOL", "TP_REQUIREMENT", "TP_TESTED", "TorchPruningMissing", "install_hint",
     "load_torch_pruning", "check_tp_version", "tp_version",
     # data and networks
     "SYNTHETIC_NAME", "synthetic_images", "prepare_data", "network_data", "trained_model",
     # widths
     "widths_for_reduction", "common_model", "shapes", "lowest_units", "layer_widths",
-    "tp_ratio", "geometric_ratios", "round_widths",
+    "tp_ratio", "geometric_ratios", "round_widths", "prunable_units",
     # methods
     "Context", "make_context", "common_widths", "mrs_prune", "mrs_rounds", "mrp_drop_prune",
     "mrp_drop_rounds",
     "ln_structured_prune", "physical_twin", "physical_params", "tp_gradients", "tp_prune",
     "batchnorm_of", "group_batchnorms", "bias_free", "fold_created_biases",
+    "is_attention_layer", "tp_head_ratio", "tp_head_options", "head_rows", "removed_heads",
     # the parts of a run and their summary
     "METHODS", "OURS", "PENALTY", "methods_of", "accuracy_of", "run_accuracy", "run_timing",
     "run_inference", "constant_cases", "consumer_changes", "plant_constant", "run_constant",

@@ -146,16 +146,19 @@ PENALTY = ("ours_shrinknets", "ours_group_sparsity")
 
 def methods_of(ctx: Context, base: nn.Module) -> list[str]:
     """The methods of :data:`METHODS` that run on ``base``: those of the setting, less
-    Torch-Pruning's without it, BatchNorm scale without a BatchNorm, and the penalty methods
-    without fine-tuning epochs."""
+    Torch-Pruning's without it (and on a network with attention heads in more than one round),
+    BatchNorm scale without a BatchNorm, and the penalty methods without fine-tuning epochs."""
     s = ctx.setting
     unknown = sorted(set(s.methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in base.modules())
+    # Torch-Pruning's head pruning runs in one step here (its per-step head ratio applies to
+    # the heads left, not the original count: it cannot follow our rounds' widths)
+    heads_in_rounds = s.rounds > 1 and ctx.graph is not None and bool(ctx.graph.prunable_heads)
     out = []
     for method, (_label, _runner, needs_tp, needs_bn) in METHODS.items():
-        if method not in s.methods or (needs_tp and ctx.tp is None) or \
+        if method not in s.methods or (needs_tp and (ctx.tp is None or heads_in_rounds)) or \
                 (needs_bn and not has_bn) or (method in PENALTY and s.finetune_epochs < 1):
             continue
         out.append(method)

@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="prune in this many rounds, rescoring between them (default 1: one "
                          "shot); ours and Torch-Pruning on the same geometric schedule")
     ap.add_argument("--networks", default=None,
-                    help="comma-separated networks to run, of mlp, cnn, resnet20, mobilenet_v2 "
+                    help="comma-separated networks to run, of mlp, cnn, resnet20, mobilenet_v2, vit "
                          "(default: all)")
     args = ap.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:

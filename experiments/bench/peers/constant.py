@@ -5,7 +5,10 @@ Cases (:func:`constant_cases`): a network without residual adds (the MLP, the CN
 its first prunable layer (``"first_layer"``). A network with residual groups (ResNet-20,
 MobileNetV2) gets two: the first residual stream group (``"stream"``: every member's channel
 is made constant, so the summed stream is) and the first group on a chain after it, inside a
-block (``"inner"``).
+block (``"inner"``). A network with attention heads (the ViT) gets two: the first FFN's neurons
+(``"ffn"``: zero incoming weights, a constant bias) and the first attention module's heads
+(``"head"``: zero value-projection rows, a constant value bias, so the head outputs that bias);
+Torch-Pruning drops the heads through its dependency graph from the value projection's channels.
 
 Where a removed constant reaches a zero-padded convolution (ResNet-20's 3x3 convolutions read
 both of its cases), no bias can stand for it at the border pixels, where the convolution reads
@@ -39,9 +42,13 @@ __all__ = ["constant_cases", "plant_constant", "consumer_changes", "run_constant
 def constant_cases(ctx: Context) -> list[tuple[str, str]]:
     """``(case, group)`` pairs of the network of ``ctx``: ``[("first_layer", first prunable
     group)]`` without residual groups, else ``[("stream", first residual group), ("inner",
-    first group on a chain after its first member)]``."""
+    first group on a chain after its first member)]``; with attention heads (the ViT),
+    ``[("ffn", first FFN), ("head", first attention module)]``."""
     graph = ctx.graph
-    groups = list(ctx.prunable)
+    groups = [g for g in ctx.prunable if g in graph.groups]
+    heads = [h for h in ctx.prunable if h in graph.heads]
+    if heads:  # a transformer: the first FFN's neurons and the first attention's heads
+        return [("ffn", groups[0])] * bool(groups) + [("head", heads[0])]
     joined = [g for g in groups if graph.groups[g].joined]
     if not joined:
         return [("first_layer", groups[0])]
@@ -79,9 +86,15 @@ def plant_constant(model: nn.Module, ctx: Context, seed: int, group: str | None 
     it (after the depthwise convolution too, in a MobileNetV2 block); without one (the MLP),
     zero incoming weights and a bias from U[0.5, 1.5]. Each member draws its own values, so a
     residual stream carries their sum.
+
+    ``group`` naming an attention module: ``constant_fraction`` of its heads (at least one) get
+    zero value-projection rows and a value bias from U[0.5, 1.5]: every token's value is then
+    that bias, and so is the head's output (attention weights sum to one), a constant.
     """
     graph: UnitGraph = ctx.graph
     name = group if group is not None else next(iter(ctx.prunable))
+    if name in graph.heads:
+        return name, _plant_heads(model, ctx, seed, name)
     g = graph.groups[name]
     n = g.size
     gen = torch.Generator().manual_seed(seed + 17)
@@ -105,6 +118,48 @@ def plant_constant(model: nn.Module, ctx: Context, seed: int, group: str | None 
                 layer.weight[rows] = 0.0
                 layer.bias[rows] = values.to(layer.bias.dtype)
     return name, idx
+
+
+def _plant_heads(model: nn.Module, ctx: Context, seed: int, name: str) -> list[int]:
+    """:func:`plant_constant` on the heads of the attention module ``name``."""
+    heads = ctx.graph.heads[name]
+    n = heads.num_heads
+    if heads.num_kv_heads != n:
+        raise NotImplementedError(f"{name}: planting constant heads needs one key/value head "
+                                  f"per query head")
+    gen = torch.Generator().manual_seed(seed + 17)
+    count = max(1, round(ctx.setting.constant_fraction * n))
+    idx = sorted(torch.randperm(n, generator=gen)[:count].tolist())
+    v = model.get_submodule(name).v_proj
+    d = heads.head_dim
+    with torch.no_grad():
+        for h in idx:
+            v.weight[h * d:(h + 1) * d] = 0.0
+            v.bias[h * d:(h + 1) * d] = (0.5 + torch.rand(d, generator=gen)).to(v.bias.dtype)
+    return idx
+
+
+def _tp_drop_heads(tp, net: nn.Module, name: str, idx: list[int], example: torch.Tensor
+                   ) -> None:
+    """Torch-Pruning's dependency graph drops the heads ``idx`` of the attention module
+    ``name``: their channels of the value projection, with everything its graph couples to
+    them (the query and key projections' channels, the output projection's columns); then the
+    module's ``num_heads`` is set, as Torch-Pruning's examples do by hand."""
+    attn = net.get_submodule(name)
+    d = attn.head_dim
+    n = int(attn.q_proj.out_features // d)
+    dg = tp.DependencyGraph().build_dependency(net, example_inputs=example)
+    chans = [h * d + i for h in idx for i in range(d)]
+    dg.get_pruning_group(attn.v_proj, tp.prune_linear_out_channels, chans).prune()
+    widths = {p: int(getattr(attn, p).out_features) for p in ("q_proj", "k_proj", "v_proj")}
+    if set(widths.values()) != {(n - len(idx)) * d} or attn.out_proj.in_features != \
+            (n - len(idx)) * d:
+        raise RuntimeError(f"Torch-Pruning's group of {name}.v_proj did not remove whole heads "
+                           f"from every projection: {widths}, out_proj reads "
+                           f"{attn.out_proj.in_features}")
+    attn.num_heads = n - len(idx)
+    if hasattr(attn, "num_kv_heads"):
+        attn.num_kv_heads = n - len(idx)
 
 
 def _padded(module: nn.Module) -> bool:
@@ -162,7 +217,10 @@ def consumer_changes(planted: nn.Module, pruned: nn.Module, graph: UnitGraph, gr
             keep = keep.repeat_interleave(c.block)
         module = pruned.get_submodule(c.name)
         with torch.no_grad():
-            diff = (module(inputs[c.name][:, keep]) - outputs[c.name]).abs()
+            # a Linear reads its features in the last dimension (token-shaped inputs too)
+            kept_in = (inputs[c.name][..., keep] if isinstance(module, nn.Linear)
+                       else inputs[c.name][:, keep])
+            diff = (module(kept_in) - outputs[c.name]).abs()
         padded = _padded(module)
         row = {"consumer": c.name, "padded": padded, "max_change": float(diff.max()),
                "interior_change": None, "border_change": None}
@@ -184,6 +242,8 @@ def _removed(net0: nn.Module, group: str, idx: list[int], ctx: Context, dtype: t
     example = ctx.example.to(dtype)
     data = [(xb.to(dtype), yb) for xb, yb in ctx.scoring]
     graph = pruners.trace(net0, example)
+    if group in graph.heads:
+        return _removed_heads(net0, group, idx, ctx, example, data)
     ours = copy.deepcopy(net0)
     without = bias_free(ours)
     with warnings.catch_warnings():
@@ -211,6 +271,23 @@ def _removed(net0: nn.Module, group: str, idx: list[int], ctx: Context, dtype: t
         dg.get_pruning_group(mod, fn, own).prune()
         variants["tp_drop"] = theirs
     return variants, info
+
+
+def _removed_heads(net0: nn.Module, name: str, idx: list[int], ctx: Context,
+                   example: torch.Tensor, data: list):
+    """:func:`_removed` for heads of the attention module ``name`` (no padding anywhere: every
+    consumer of a head is the output projection)."""
+    ours = copy.deepcopy(net0)
+    report = remove_units(ours, {name: idx}, replacement="mean", data=data,
+                          example_input=example)
+    dropped = copy.deepcopy(net0)
+    remove_units(dropped, {name: idx}, example_input=example)
+    variants = {"ours_mean_replacement": ours, "ours_drop": dropped}
+    if ctx.tp is not None:
+        theirs = copy.deepcopy(net0)
+        _tp_drop_heads(ctx.tp, theirs, name, idx, example)
+        variants["tp_drop"] = theirs
+    return variants, {"inexact": list(report.inexact), "consumers": None, "padded": []}
 
 
 def _judged(change: float, consumers: list[dict] | None) -> float:
@@ -275,7 +352,8 @@ def run_constant(name: str, base: nn.Module, ctx: Context, test: TensorDataset, 
                     row["judged_change"] = (_judged(change, info["consumers"])
                                             if dtype == torch.float64 else None)
                 rows.append(row)
-            log(f"  {name} {case} ({layer}, {len(idx)} of {ctx.prunable[layer]} channels) "
+            what = "heads" if layer in ctx.graph.heads else "channels"
+            log(f"  {name} {case} ({layer}, {len(idx)} of {ctx.prunable[layer]} {what}) "
                 f"{row['dtype']}: "
                 + ", ".join(f"{r['method']} {r['max_abs_change']:.3g}"
                             for r in rows[-len(variants):]))

@@ -31,14 +31,15 @@ import torch.nn.utils.prune as tprune
 import pruners
 from experiments.bench.peers.setting import Setting
 from experiments.bench.peers.widths import geometric_ratios, layer_widths, lowest_units, \
-    round_widths, shapes, tp_ratio, widths_for_reduction
+    prunable_units, round_widths, shapes, tp_ratio, widths_for_reduction
 from pruners import remove_units
 from saliency import SCORERS
 from saliency.graph import UnitGraph, module_on_path
 
 __all__ = ["Context", "make_context", "common_widths", "mrs_prune", "mrs_rounds", "mrp_drop_prune",
            "mrp_drop_rounds", "ln_structured_prune", "physical_twin", "physical_params",
-           "tp_gradients", "tp_prune", "batchnorm_of", "group_batchnorms", "bias_free",
+           "tp_gradients", "tp_prune", "is_attention_layer", "tp_head_ratio", "tp_head_options",
+           "head_rows", "removed_heads", "batchnorm_of", "group_batchnorms", "bias_free",
            "fold_created_biases"]
 
 
@@ -71,12 +72,16 @@ def make_context(base: nn.Module, example: torch.Tensor, scoring: list, tp: Any,
     """What every method needs about one trained network (its graph's prunable groups)."""
     graph = pruners.trace(base, example)
     open_ = set(graph.prunable)
-    return Context(example=example, scoring=scoring,
-                   prunable={n: graph.groups[n].size for n in graph.prunable},
-                   output_layers=[n for n, p in graph.producers.items() if p.group not in open_],
-                   tp=tp, setting=s, model_name=model_name,
-                   members={n: list(graph.groups[n].members) for n in graph.prunable},
-                   graph=graph)
+    modules = dict(base.named_modules())
+    members = {n: list(graph.groups[n].members) for n in graph.prunable}
+    members.update({n: [n] for n in graph.prunable_heads})
+    # the producers whose group is not pruned (an attention module's output is a producer of
+    # the residual stream, named "<module> (output)": its output projection is not a layer to
+    # leave alone, its input columns go with the heads)
+    return Context(example=example, scoring=scoring, prunable=prunable_units(graph),
+                   output_layers=[n for n, p in graph.producers.items()
+                                  if p.group not in open_ and n in modules],
+                   tp=tp, setting=s, model_name=model_name, members=members, graph=graph)
 
 
 def common_widths(base: nn.Module, ctx: Context, target: float) -> dict[str, int]:
@@ -390,6 +395,78 @@ def tp_gradients(model, data) -> None:
         F.cross_entropy(model(x), y).backward()
 
 
+def is_attention_layer(model: nn.Module, name: str) -> bool:
+    """Whether ``name`` addresses an attention module's heads (a module with ``q_proj``,
+    ``k_proj``, ``v_proj`` and ``head_dim``: the zoo's :class:`SelfAttention`) rather than a
+    layer's channels."""
+    mod = model.get_submodule(name)
+    return all(hasattr(mod, a) for a in ("q_proj", "k_proj", "v_proj", "head_dim"))
+
+
+def tp_head_ratio(n: int, k: int) -> float:
+    """The head pruning ratio that makes Torch-Pruning's ``MetaPruner`` keep ``k`` of ``n``
+    heads of one attention module: it removes ``ceil(ratio n)`` heads (local pruning), so the
+    ratio aims at ``n - k - 1/2``."""
+    return (n - k - 0.5) / n
+
+
+def tp_head_options(model: nn.Module, heads: Mapping[str, int]
+                    ) -> tuple[dict[str, Any], dict[nn.Module, float]]:
+    """``MetaPruner``'s head-pruning options that remove whole heads down to ``heads`` (kept
+    heads by attention module name), and the channel ratios its ``pruning_ratio_dict`` needs.
+
+    Options: ``num_heads`` for each query, key and value projection, ``prune_num_heads=True``,
+    ``prune_head_dims=False`` (the head dimension is kept, as ours keeps it) and
+    ``head_pruning_ratio_dict`` per attention module. Channel ratios: the same ratio for the
+    query, key and value projections. ``MetaPruner`` (1.6) prunes heads only inside a scope
+    whose channel ratio removes at least one channel: with the projections' channel ratio left
+    at 0 it removes no head at all, silently; with ``prune_head_dims=False`` the channel ratio
+    only opens that branch (no channel inside a head is removed), so any positive value does.
+    """
+    num_heads, ratios, channel = {}, {}, {}
+    for name, k in heads.items():
+        attn = model.get_submodule(name)
+        n = layer_widths(model, [name])[name]
+        projs = (attn.q_proj, attn.k_proj, attn.v_proj)
+        for proj in projs:
+            num_heads[proj] = int(proj.out_features // attn.head_dim)
+        if k < n:
+            ratios[attn] = tp_head_ratio(n, k)
+            channel.update({proj: tp_head_ratio(n, k) for proj in projs})
+    return ({"num_heads": num_heads, "prune_num_heads": True, "prune_head_dims": False,
+             "head_pruning_ratio_dict": ratios}, channel)
+
+
+def head_rows(model: nn.Module, name: str) -> torch.Tensor:
+    """Each head's query, key and value rows (weights and biases) of the attention module
+    ``name``, one row per head: what identifies a head after pruning."""
+    attn = model.get_submodule(name)
+    d = attn.head_dim
+    parts = []
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+        w = proj.weight.detach().reshape(-1, d * proj.in_features)
+        parts.append(w)
+        if proj.bias is not None:
+            parts.append(proj.bias.detach().reshape(-1, d))
+    return torch.cat(parts, 1)
+
+
+def removed_heads(before: torch.Tensor, after: torch.Tensor, name: str = "") -> list[int]:
+    """The heads of ``before`` (:func:`head_rows` of the unpruned module) that are missing from
+    ``after`` (of the pruned one), checked: every kept head must be exactly one of the original
+    heads, in order (RuntimeError otherwise: the pruner cut inside heads)."""
+    kept = []
+    for row in after:
+        hit = [h for h in range(before.shape[0]) if torch.equal(before[h], row)]
+        if len(hit) != 1:
+            raise RuntimeError(f"{name}: a kept head is not one of the original heads "
+                               f"(the pruner removed channels inside heads)")
+        kept.append(hit[0])
+    if kept != sorted(kept):
+        raise RuntimeError(f"{name}: the kept heads were reordered: {kept}")
+    return sorted(set(range(before.shape[0])) - set(kept))
+
+
 def tp_prune(model, kept, ctx: Context, importance: str, rounds: int = 1,
              trace: list | None = None):
     """Torch-Pruning's ``MetaPruner`` to the kept counts, in ``rounds`` iterative steps.
@@ -400,39 +477,62 @@ def tp_prune(model, kept, ctx: Context, importance: str, rounds: int = 1,
     every member gets the group's ratio, so it keeps the same count. The steps follow
     :func:`geometric_ratios`, the schedule of our rounds; the output layers are left alone.
     ``trace``: if given, the widths of the kept layers after every step are appended to it.
+
+    Attention heads (``kept`` entries that name an attention module, :func:`is_attention_layer`)
+    are pruned by ``MetaPruner``'s own head pruning (:func:`tp_head_options`: whole heads,
+    head dimension kept, the head's importance the mean of its query/key/value channels'; the
+    projections also get a channel ratio, without which it prunes no head), in
+    one step only; afterwards each module's ``num_heads`` is set from the pruner's count, as
+    Torch-Pruning's own ViT examples do by hand (``MetaPruner`` does not touch the attribute),
+    and every kept head is checked to be a whole original head (:func:`removed_heads`).
     """
     tp = ctx.tp
+    heads = {l: k for l, k in kept.items() if is_attention_layer(model, l)}
+    channels = {l: k for l, k in kept.items() if l not in heads}
+    if heads and rounds != 1:
+        raise NotImplementedError("Torch-Pruning's head pruning is run in one step here "
+                                  f"(rounds=1), not {rounds}")
     if importance == "bn_scale":
         graph = pruners.trace(model, ctx.example)
-        bn_layers = [l for l in kept if group_batchnorms(model, graph, l)]
+        bn_layers = [l for l in channels if group_batchnorms(model, graph, l)]
         if not bn_layers:
             raise ValueError("BNScaleImportance needs BatchNorm'd layers")
-        parts = [("bn_scale", {l: kept[l] for l in bn_layers}),
-                 ("magnitude", {l: kept[l] for l in kept if l not in bn_layers})]
+        parts = [("bn_scale", {l: channels[l] for l in bn_layers}, {}),
+                 ("magnitude", {l: channels[l] for l in channels if l not in bn_layers},
+                  heads)]
     else:
-        parts = [(importance, dict(kept))]
-    for imp_name, sub in parts:
-        if not sub:
+        parts = [(importance, channels, heads)]
+    for imp_name, sub, sub_heads in parts:
+        if not sub and not sub_heads:
             continue
         # every member of a group gets the group's ratio: whichever member Torch-Pruning's
         # dependency graph takes as the group's root, the group keeps ``k`` channels
         ratios = {model.get_submodule(m): tp_ratio(ctx.prunable[l], k)
                   for l, k in sub.items() for m in ctx.members.get(l, [l])}
+        extra, channel = tp_head_options(model, sub_heads) if sub_heads else ({}, {})
+        ratios.update(channel)
+        before = {l: head_rows(model, l).clone() for l in sub_heads}
         scorer = _tp_importance(tp, imp_name)
         pruner = tp.pruner.MetaPruner(
             model, ctx.example, importance=scorer, pruning_ratio=0.0,
             pruning_ratio_dict=ratios, iterative_steps=rounds,
             iterative_pruning_ratio_scheduler=geometric_ratios,
-            ignored_layers=[model.get_submodule(l) for l in ctx.output_layers])
+            ignored_layers=[model.get_submodule(l) for l in ctx.output_layers], **extra)
         for _ in range(rounds):
             if imp_name == "taylor":
                 tp_gradients(model, ctx.scoring)
             pruner.step()
             model.zero_grad(set_to_none=True)
             if trace is not None:
-                trace.append(layer_widths(model, list(sub)))
+                trace.append(layer_widths(model, list(sub) + list(sub_heads)))
         if pruner.current_step != rounds:
             raise RuntimeError(f"Torch-Pruning ran {pruner.current_step} of {rounds} steps")
+        for l in sub_heads:
+            attn = model.get_submodule(l)
+            attn.num_heads = int(pruner.num_heads[attn.q_proj])
+            if hasattr(attn, "num_kv_heads"):
+                attn.num_kv_heads = int(pruner.num_heads[attn.k_proj])
+            removed_heads(before[l], head_rows(model, l), l)
     return model
 
 

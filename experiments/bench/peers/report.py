@@ -100,7 +100,13 @@ def print_report(log: Callable[[str], None], s: Setting, parts: Mapping[str, lis
         "physical count, ln_structured's once its masked units are removed)")
     log(accuracy_table(parts["accuracy"]))
     log("")
-    log(f"(b) Taylor (and MRS) scoring and physical removal of the {s.timing_reduction:g}x "
+    sizes = {r["model"]: r.get("timing_reduction", s.timing_reduction)
+             for r in parts["timing"]}
+    if len(set(sizes.values())) <= 1:
+        size = f"the {next(iter(sizes.values()), s.timing_reduction):g}x"
+    else:
+        size = "each network's (" + ", ".join(f"{m} {v:g}x" for m, v in sizes.items()) + ")"
+    log(f"(b) Taylor (and MRS) scoring and physical removal of {size} "
         f"selection ({s.repeats} alternated repeats, fresh copy each)")
     log(timing_table(parts["timing"]))
     log("")

@@ -23,7 +23,8 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from experiments.bench.peers.methods import Context, common_widths, tp_gradients
+from experiments.bench.peers.methods import Context, common_widths, is_attention_layer, \
+    tp_gradients, tp_head_options
 from experiments.bench.peers.widths import layer_widths, lowest_units, tp_ratio
 from experiments.harness.timing import cpu_mark, others_busy
 from pruners import remove_units
@@ -89,10 +90,18 @@ def _ours_mean(model, kept, ctx: Context, record: Record) -> None:
 
 def _tp_layers(model, kept, ctx: Context) -> dict[str, Any]:
     """The per-layer ratios (every member of a group: the group's) and ignored layers of
-    Torch-Pruning's pruner to ``kept`` (looked up before its clock starts)."""
-    return {"pruning_ratio_dict": {model.get_submodule(m): tp_ratio(ctx.prunable[l], k)
-                                   for l, k in kept.items() for m in ctx.members.get(l, [l])},
-            "ignored_layers": [model.get_submodule(l) for l in ctx.output_layers]}
+    Torch-Pruning's pruner to ``kept`` (looked up before its clock starts); with attention
+    heads among ``kept``, its head-pruning options (:func:`tp_head_options`)."""
+    heads = {l: k for l, k in kept.items() if is_attention_layer(model, l)}
+    out = {"pruning_ratio_dict": {model.get_submodule(m): tp_ratio(ctx.prunable[l], k)
+                                  for l, k in kept.items() if l not in heads
+                                  for m in ctx.members.get(l, [l])},
+           "ignored_layers": [model.get_submodule(l) for l in ctx.output_layers]}
+    if heads:
+        options, channel = tp_head_options(model, heads)
+        out.update(options)
+        out["pruning_ratio_dict"].update(channel)
+    return out
 
 
 def _tp_pruner(model, ctx: Context, layers: Mapping[str, Any]):
@@ -115,20 +124,49 @@ def _tp_selection(pruner, imps, kept, group_of: Mapping[str, str]
     """Each kept group's Torch-Pruning group to prune: its root module, pruning function and
     lowest units. ``group_of`` maps every member layer to its group (the root Torch-Pruning
     picks may be any member, or a depthwise convolution inside the group; they all share the
-    group's channel numbering here, which :func:`run_timing` checks)."""
+    group's channel numbering here, which :func:`run_timing` checks).
+
+    An attention module's group (its query, key and value projections' output channels, in
+    ``pruner.num_heads``) is ranked by head, as ``MetaPruner`` ranks heads: the mean importance
+    of each head's channels; the lowest heads' channels are pruned whole."""
     out = []
     for g, imp in imps:
         dep = g[0].dep
-        # the layers whose output channels the group prunes: one of them is a member of ours
-        # (the root may be a depthwise convolution, which ours carry inside the group)
         names = [pruner.DG._module2name.get(d.target.module) for d, _ in g
                  if pruner.DG.is_out_channel_pruning_fn(d.handler)]
+        qkv = [n for d, _ in g if pruner.DG.is_out_channel_pruning_fn(d.handler)
+               and d.target.module in pruner.num_heads
+               for n in [pruner.DG._module2name.get(d.target.module)]]
+        if qkv:
+            attn = qkv[0].rsplit(".", 1)[0]
+            if attn not in kept or imp is None:
+                continue
+            n_heads = pruner.num_heads[dep.target.module]
+            head_imp = imp.view(n_heads, -1).mean(1)
+            drop = lowest_units({attn: head_imp}, {attn: kept[attn]}).get(attn, [])
+            dim = len(imp) // n_heads
+            chans = [h * dim + i for h in drop for i in range(dim)]
+            out.append((dep.target.module, dep.handler, chans))
+            continue
+        # the layers whose output channels the group prunes: one of them is a member of ours
+        # (the root may be a depthwise convolution, which ours carry inside the group)
         lname = next((group_of[n] for n in names if n in group_of), None)
         if lname not in kept or imp is None:
             continue
         drop = lowest_units({lname: imp}, {lname: kept[lname]}).get(lname, [])
         out.append((dep.target.module, dep.handler, drop))
     return out
+
+
+def _set_num_heads(model, kept) -> None:
+    """Each pruned attention module's ``num_heads`` from its query projection (Torch-Pruning
+    leaves the attribute as it was; its examples set it by hand)."""
+    for l in kept:
+        if is_attention_layer(model, l):
+            attn = model.get_submodule(l)
+            attn.num_heads = layer_widths(model, [l])[l]
+            if hasattr(attn, "num_kv_heads"):
+                attn.num_kv_heads = int(attn.k_proj.out_features // attn.head_dim)
 
 
 def _theirs(model, kept, ctx: Context, record: Record) -> None:
@@ -147,6 +185,7 @@ def _theirs(model, kept, ctx: Context, record: Record) -> None:
         pruner.DG.get_pruning_group(module, handler, drop).prune()
     t4 = time.perf_counter()
     model.zero_grad(set_to_none=True)
+    _set_num_heads(model, kept)
     record(TP_GRAPH, t1 - t0)
     record(TP_SCORE, t2 - t1)
     record(TP_REMOVE, t4 - t3)
@@ -164,6 +203,7 @@ def _theirs_step(model, kept, ctx: Context, record: Record) -> None:
     pruner.step()
     record(TP_STEP, time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
+    _set_num_heads(model, kept)
     _check_widths(model, kept)
 
 
@@ -190,6 +230,8 @@ def run_timing(name: str, base: nn.Module, ctx: Context, log) -> list[dict]:
     milliseconds over ``ctx.setting.repeats`` alternated repeats."""
     s = ctx.setting
     for g in ctx.prunable:
+        if g not in ctx.graph.groups:  # an attention module's heads
+            continue
         for m in ctx.members.get(g, [g]):
             if not torch.equal(ctx.graph.groups[g].channels[m], torch.arange(ctx.prunable[g])):
                 raise NotImplementedError(f"timing: member {m!r} of group {g!r} numbers the "
@@ -207,5 +249,6 @@ def run_timing(name: str, base: nn.Module, ctx: Context, log) -> list[dict]:
     removed = sum(ctx.prunable[l] - k for l, k in kept.items())
     return [{"model": name, "case": case, "median_ms": statistics.median(v) * 1e3,
              "best_ms": min(v) * 1e3, "repeats": len(v), "units_removed": removed,
+             "timing_reduction": float(s.timing_reduction),
              "threads": torch.get_num_threads(), "other_cpus_busy": others}
             for case, v in times.items()]

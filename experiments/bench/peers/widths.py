@@ -17,7 +17,7 @@ import pruners
 from experiments.bench.inference import keep_fractions, nearest_reduction, uniform_units
 from pruners import remove_units
 
-__all__ = ["widths_for_reduction", "common_model", "shapes", "lowest_units", "layer_widths",
+__all__ = ["prunable_units", "widths_for_reduction", "common_model", "shapes", "lowest_units", "layer_widths",
            "tp_ratio", "geometric_ratios", "round_widths"]
 
 #: what :func:`widths_for_reduction` can reduce: the name in messages and the counter
@@ -25,10 +25,18 @@ MEASURES = {"params": ("parameters", lambda model, example: pruners.count_params
             "macs": ("MACs", pruners.count_macs)}
 
 
+def prunable_units(graph) -> dict[str, int]:
+    """The units of every prunable group (its channels, by group name) and of every attention
+    module whose heads may be removed (its heads, by the module's name), from ``graph``
+    (:func:`pruners.trace`)."""
+    out = {n: graph.groups[n].size for n in graph.prunable}
+    out.update({n: graph.heads[n].num_heads for n in graph.prunable_heads})
+    return out
+
+
 def _prunable(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """The units (group channels) of every prunable group, by group name."""
-    graph = pruners.trace(model, example)
-    return {n: graph.groups[n].size for n in graph.prunable}
+    """:func:`prunable_units` of ``model`` traced on ``example``."""
+    return prunable_units(pruners.trace(model, example))
 
 
 def common_model(model: nn.Module, example: torch.Tensor, kept: Mapping[str, int]
@@ -100,11 +108,21 @@ def lowest_units(scores: Mapping[str, torch.Tensor], kept: Mapping[str, int]
 
 def layer_widths(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
     """The current number of units (output features or channels) of each of ``layers`` (of a
-    group: its first member's, which every member of a residual group shares)."""
+    group: its first member's, which every member of a residual group shares; of an attention
+    module: its query heads, read from its query projection's rows, not from its ``num_heads``
+    attribute, which a pruner may leave stale)."""
     out = {}
     for n in layers:
         m = model.get_submodule(n)
-        out[n] = int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+        if isinstance(m, nn.Linear):
+            out[n] = int(m.out_features)
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            out[n] = int(m.out_channels)
+        elif hasattr(m, "q_proj") and hasattr(m, "head_dim"):
+            out[n] = int(m.q_proj.out_features // m.head_dim)
+        else:
+            raise TypeError(f"layer_widths: {n!r} ({type(m).__name__}) is neither a Linear, a "
+                            f"convolution nor an attention module with q_proj and head_dim")
     return out
 
 
