@@ -9,7 +9,7 @@ derivative written out from ShrinkNets eq. 2 / 9 and the draft's eq. 2,
 scripted gate trajectories with closed-form moving variances, masked twins of
 physically collected networks (same losses step after step, same Adam state
 at the kept positions), and sizes counted from the weight shapes. Models are
-tiny and float64 (tolerance 1e-10 unless the issue fixes another).
+tiny and float64 (tolerance 1e-10 unless a test says otherwise).
 """
 
 from __future__ import annotations
