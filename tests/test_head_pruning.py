@@ -16,7 +16,7 @@ from fractions import Fraction
 import pytest
 import torch
 import torch.nn.functional as F
-from test_heads import Attn, Block, MHANet, TwoBlocks, encoder
+from test_heads import B, D, T, Attn, Block, MHANet, TwoBlocks, batch, encoder, out, token_loss
 from torch import nn
 
 from pruners import (
@@ -31,7 +31,6 @@ from pruners.pruning import unit_costs
 from saliency.base import UnitScorer
 from saliency.layers import effective_tensor
 
-D, T, B = 12, 5, 4
 
 
 @pytest.fixture(autouse=True)
@@ -41,20 +40,6 @@ def float64():
     torch.manual_seed(0)
     yield
     torch.set_default_dtype(old)
-
-
-def batch(seed=1, n=B):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, T, D, generator=g), torch.randint(0, 5, (n, T), generator=g)
-
-
-def token_loss(out, y, reduction="mean"):
-    return F.cross_entropy(out.transpose(1, 2), y, reduction=reduction)
-
-
-def out(model, x):
-    with torch.no_grad():
-        return model.eval()(x)
 
 
 def frac_floor(f, n: int) -> int:

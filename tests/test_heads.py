@@ -150,9 +150,9 @@ def float64():
     torch.set_default_dtype(old)
 
 
-def batch(seed=1):
+def batch(seed=1, n=B):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, D, generator=g), torch.randint(0, 5, (B, T), generator=g)
+    return torch.randn(n, T, D, generator=g), torch.randint(0, 5, (n, T), generator=g)
 
 
 def token_loss(out, y, reduction="mean"):

@@ -134,21 +134,31 @@ def _setup(name: str, quick: bool):
     return model, [(x, y)]
 
 
+def _reference_pass(model, x: torch.Tensor, y: torch.Tensor, repeats: int
+                    ) -> tuple[Callable[[], None], float]:
+    """The reference every figure is a multiple of: one forward and backward pass of the summed
+    cross-entropy over ``(x, y)``; returns it and its best time (paired with itself), the
+    gradients cleared afterwards."""
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y, reduction="sum").backward()
+
+    t_fb, _ = _paired(fwd_bwd, fwd_bwd, repeats)
+    model.zero_grad(set_to_none=True)
+    return fwd_bwd, t_fb
+
+
 def measure(name: str, repeats: int, quick: bool) -> list[dict]:
     model, data = _setup(name, quick)
     x, y = data[0]
     model.eval()
 
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y, reduction="sum").backward()
+    fwd_bwd, t_fb = _reference_pass(model, x, y, repeats)
 
     def fwd():
         with torch.no_grad():
             model(x)
 
-    t_fb, _ = _paired(fwd_bwd, fwd_bwd, repeats)
-    model.zero_grad(set_to_none=True)
     rows = [{"model": name, "case": "forward+backward", "seconds": t_fb, "ratio": 1.0}]
 
     def row(case, fn, reps, note="", ref=fwd_bwd):
@@ -316,12 +326,7 @@ def measure_resnet(repeats: int, quick: bool) -> tuple[list[dict], dict]:
     x, y = data[0]
     name = "resnet20"
 
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y, reduction="sum").backward()
-
-    t_fb, _ = _paired(fwd_bwd, fwd_bwd, repeats)
-    model.zero_grad(set_to_none=True)
+    fwd_bwd, t_fb = _reference_pass(model, x, y, repeats)
     graph = trace(model, x[:1])
     layers = graph.prunable
     n_units = sum(graph.groups[n].size for n in layers)
@@ -395,12 +400,7 @@ def measure_vit(repeats: int, quick: bool) -> tuple[list[dict], dict]:
     x, y = data[0]
     name = "vit_tiny"
 
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y, reduction="sum").backward()
-
-    t_fb, _ = _paired(fwd_bwd, fwd_bwd, repeats)
-    model.zero_grad(set_to_none=True)
+    fwd_bwd, t_fb = _reference_pass(model, x, y, repeats)
     graph = trace(model, x[:1])
     ffns, attns = graph.prunable, graph.prunable_heads
     n_neurons = sum(graph.groups[n].size for n in ffns)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -115,11 +115,13 @@ def final_metrics(history: list[dict]) -> dict[str, Any]:
 def train_in_folder(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str, callbacks=(), *,
                     model: str = "thesis_cnn", label: str | None = None,
                     model_kwargs: Mapping[str, Any] | None = None,
-                    config: TrainConfig | None = None) -> Trainer:
+                    config: TrainConfig | None = None,
+                    loss_fn: Callable | None = None) -> Trainer:
     """Train a fresh ``model`` (``build_model(model, **model_kwargs)``, seeded by
     ``cfg['seed']``) on ``data`` into the folder ``sub`` of the run: a checkpoint every epoch,
     resumed when one is there, ``history.csv`` at the end. ``config`` overrides the training
-    settings read from ``cfg``. Logs whether it trains, resumes or finds the run finished."""
+    settings read from ``cfg``; ``loss_fn`` the trainer's loss (default its own,
+    ``F.cross_entropy``). Logs whether it trains, resumes or finds the run finished."""
     label = label or sub
     kwargs = dict(model_kwargs or {})
     config = config if config is not None else TrainConfig.from_mapping(cfg)
@@ -127,7 +129,7 @@ def train_in_folder(cfg: Mapping[str, Any], ctx: RunContext, data, sub: str, cal
     trainer = Trainer(build_model(model, **kwargs), data.train, val_set=data.val,
                       test_set=data.test, config=config, arch={"model": model, "kwargs": kwargs},
                       callbacks=list(callbacks), checkpoint=ctx.path(f"{sub}/checkpoint.pt"),
-                      progress=ctx.progress)
+                      progress=ctx.progress, **({"loss_fn": loss_fn} if loss_fn else {}))
     if trainer.epoch >= trainer.config.epochs or trainer.stopped_reason:
         ctx.log(f"{label}: already trained ({trainer.epoch} epochs, {sub}/checkpoint.pt)")
     elif trainer.history:

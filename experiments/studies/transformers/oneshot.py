@@ -56,7 +56,7 @@ from experiments.harness.checkpoint import (
     save_checkpoint,
 )
 from experiments.harness.callbacks import CosineLR
-from experiments.harness.run import RunContext
+from experiments.harness.run import RunContext, train_in_folder
 from experiments.harness.subruns import check_folder
 from experiments.harness.training import TrainConfig, Trainer, evaluate
 from pruners import count_macs, count_params, remove_units, trace
@@ -415,28 +415,12 @@ def _steps_per_epoch(cfg: Mapping[str, Any], n: int) -> int:
 
 def _train_baseline(cfg: Mapping[str, Any], ctx: RunContext, data, callbacks: Sequence, *,
                     model: str, model_kwargs: Mapping[str, Any], loss_fn: Callable) -> Trainer:
-    """Train a fresh ``model`` (seeded by ``cfg['seed']``) into ``baseline/``: a checkpoint
-    every epoch, resumed when one is there, ``history.csv`` at the end (what
-    :func:`experiments.harness.run.train_in_folder` does, with the loss ``loss_fn``)."""
-    from experiments.harness.models import build_model
-
-    kwargs = dict(model_kwargs)
-    torch.manual_seed(int(cfg["seed"]))
-    trainer = Trainer(build_model(model, **kwargs), data.train, val_set=data.val,
-                      test_set=data.test,
-                      config=TrainConfig.from_mapping({**cfg, "lr_rule": "constant"}),
-                      arch={"model": model, "kwargs": kwargs}, callbacks=list(callbacks),
-                      loss_fn=loss_fn, checkpoint=ctx.path("baseline/checkpoint.pt"),
-                      progress=ctx.progress)
-    if trainer.epoch >= trainer.config.epochs or trainer.stopped_reason:
-        ctx.log(f"baseline: already trained ({trainer.epoch} epochs, baseline/checkpoint.pt)")
-    elif trainer.history:
-        ctx.log(f"baseline: resuming after epoch {trainer.epoch} of {trainer.config.epochs}")
-    else:
-        ctx.log(f"baseline: training {trainer.config.epochs} epochs")
-    trainer.fit()
-    ctx.write_csv("baseline/history.csv", trainer.history)
-    return trainer
+    """Train a fresh ``model`` (seeded by ``cfg['seed']``) into ``baseline/`` with the loss
+    ``loss_fn`` (:func:`experiments.harness.run.train_in_folder`); the schedule is the
+    callbacks' (the harness's own rule stays constant)."""
+    return train_in_folder(cfg, ctx, data, "baseline", callbacks, model=model,
+                           model_kwargs=model_kwargs, loss_fn=loss_fn,
+                           config=TrainConfig.from_mapping({**cfg, "lr_rule": "constant"}))
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
