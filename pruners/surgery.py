@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from saliency.attention import PrunedMultiheadAttention, head_means
+from saliency.attention import PrunedMultiheadAttention
+from saliency.head_scores import head_means
 from saliency.switch import head_switch_of
 from saliency.graph import UnitGraph, as_index_tensor, default_example_input
 from saliency.tracing import trace

@@ -81,7 +81,6 @@ __all__ = [
     "fastpath_disabled",
     "find_heads",
     "fit_attention",
-    "head_means",
     "is_attention",
     "layer_forward",
     "mha_forward",
@@ -767,39 +766,6 @@ def context_hooks(model: nn.Module, heads: Mapping[str, Heads],
     finally:
         for hd in handles:
             hd.remove()
-
-
-def head_means(model: nn.Module, heads: Mapping[str, Heads], data: Iterable,
-               names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Mean of every head's output, per dimension, over the batch and every token position,
-    on the unmodified model in eval mode (accumulated in float64).
-
-    Returns:
-        ``{attention module: (H, head_dim) tensor}`` in the model's dtype.
-    """
-    from .layers import eval_mode
-    names = list(names)
-    sums: dict[str, torch.Tensor] = {}
-    counts = {n: 0 for n in names}
-
-    def make(n):
-        def fn(ctx):
-            flat = ctx.detach().reshape(-1, ctx.shape[-1]).to(torch.float64)
-            sums[n] = sums[n] + flat.sum(0) if n in sums else flat.sum(0)
-            counts[n] += flat.shape[0]
-        return fn
-
-    with eval_mode(model), torch.no_grad(), context_hooks(model, heads,
-                                                          {n: make(n) for n in names}):
-        for batch in data:
-            model(batch[0])
-    out = {}
-    for n in names:
-        if n not in sums:
-            raise ValueError(f"attention {n!r} was not called on data")
-        dtype = model.get_submodule(heads[n].out).weight.dtype
-        out[n] = (sums[n] / counts[n]).to(dtype).reshape(heads[n].num_heads, heads[n].head_dim)
-    return out
 
 
 def attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> int:

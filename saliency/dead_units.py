@@ -104,7 +104,7 @@ from .graph import Group, UnitGraph
 from .tracing import trace
 from .layers import channels_first, dense_weight, effective_tensor
 from .mrp import MRP
-from .replacement import iter_inputs
+from .replacement import current_token_mask, iter_inputs, position_mask
 from .unit_stats import ConsumerMaps, activation, is_chain, unit_statistics
 
 __all__ = ["DeadUnitThresholds", "DeadUnitReport", "find_dead_units", "criterion_names",
@@ -308,9 +308,11 @@ class _ShiftedMoments:
 
     ``x`` is a producer's output ``h`` and its activation ``a``; ``c`` is the
     first sample's value at the first position (so an exactly constant unit
-    gives exactly 0). Sums over positions run in the model's dtype, across
-    batches in float64. For a group that is not a chain, every member's ``h`` is
-    hooked and its activation is what its consumers read (:class:`ConsumerMaps`).
+    gives exactly 0); positions a batch's token mask marks as padding are left out
+    (:func:`saliency.replacement.current_token_mask`). Sums over positions run in the
+    model's dtype, across batches in float64. For a group that is not a chain, every
+    member's ``h`` is hooked and its activation is what its consumers read
+    (:class:`ConsumerMaps`).
     """
 
     def __init__(self, model: nn.Module, graph: UnitGraph, layers: Sequence[str]):
@@ -331,14 +333,16 @@ class _ShiftedMoments:
         def hook(m, _inp, out):
             with torch.no_grad():
                 h = channels_first(m, out.detach())  # tokens: channels in dimension 1
-                self._add(name, "h", h)
+                keep = position_mask(current_token_mask(), h, f"layer {name!r}")
+                self._add(name, "h", h, keep)
                 if chain:
                     a = activation(self.model, edges[0].path, h) if edges else h
-                    self._add(name, "a", a)
-                self.count[name] = self.count.get(name, 0) + h.numel() // h.shape[1]
+                    self._add(name, "a", a, keep)
+                kept = h.numel() // h.shape[1] if keep is None else int(keep.sum())
+                self.count[name] = self.count.get(name, 0) + kept
         return hook
 
-    def _add(self, name: str, kind: str, x: torch.Tensor) -> None:
+    def _add(self, name: str, kind: str, x: torch.Tensor, keep: torch.Tensor | None) -> None:
         b, c = x.shape[0], x.shape[1]
         flat = x.reshape(b, c, -1)
         key = (name, kind)
@@ -346,6 +350,9 @@ class _ShiftedMoments:
             self.sums[key] = [flat[0, :, 0].clone(), None, None]
         entry = self.sums[key]
         d = flat - entry[0][None, :, None]
+        if keep is not None:  # padding deviates by nothing
+            d = torch.where(keep.reshape(b, 1, -1), d, torch.zeros((), dtype=d.dtype,
+                                                                   device=d.device))
         s1 = d.sum((0, 2), dtype=torch.float64)
         s2 = d.square_().sum((0, 2), dtype=torch.float64)
         entry[1] = s1 if entry[1] is None else entry[1] + s1

@@ -6,10 +6,13 @@ et al. 2017, https://arxiv.org/abs/1706.03762) plays the part of a unit's output
 ``head_dim`` dimensions summed as the members of a group are:
 
 * ``mean``: ``mu_{h,d}``, the mean of dimension ``d`` of the head's output over the batch
-  and every token position (what mean replacement holds it at);
+  and every token position (what mean replacement holds it at; positions a batch's token
+  mask marks as padding are left out of this and every other average here:
+  :func:`saliency.replacement.iter_masked_batches`);
 * ``mrs``: ``sum_k | sum_{t,d} (mu_{h,d} - c_{k,t,h,d}) dL_k/dc_{k,t,h,d} |`` (Evci 2018,
   Def. 3.1.2, over the head's dimensions ``d`` and tokens ``t``);
-* ``taylor``: ``| (1/N) sum_k (1/T) sum_{t,d} c dL_k/dc |`` (Molchanov et al. 2017, and
+* ``taylor``: ``| (1/M) sum_{k,t,d} c dL_k/dc |`` over the ``M`` token positions of the
+  ``N`` samples (``M = N T`` without padding) (Molchanov et al. 2017, and
   the head importance of P. Michel, O. Levy, G. Neubig, *Are Sixteen Heads Really Better
   than One?*, NeurIPS 2019, https://arxiv.org/abs/1905.10650, eq. 2, which is this
   first-order term for a head mask);
@@ -25,7 +28,10 @@ et al. 2017, https://arxiv.org/abs/1706.03762) plays the part of a unit's output
   entries with the biases of its rows.
 
 Samples' losses are :func:`saliency.base.per_sample_loss`: the mean over a sample's token
-losses when ``loss_fn`` returns them per token (padding targets left out).
+losses when ``loss_fn`` returns them per token (padding targets left out). Under a token
+mask, the means and averages leave padding out, while MRS and Taylor sum their gradient
+terms over every position: holding a head at its mean holds it at padded positions too, and
+``dL/dc`` there is non-zero only where a real token reads the position.
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .attention import Heads, context_hooks, head_means
+from .attention import Heads, context_hooks
 from .base import loss_sum, per_sample_loss
 from .layers import effective_tensor, eval_mode
-from .replacement import iter_batches
+from .replacement import (batch_token_mask, current_token_mask, iter_batches,
+                          iter_masked_batches, masked_sums)
 
-__all__ = ["HEAD_STATISTICS", "HeadSums", "head_entries", "head_mrp", "head_norms",
-           "head_statistics"]
+__all__ = ["HEAD_STATISTICS", "HeadSums", "context_sums", "head_entries", "head_means",
+           "head_mrp", "head_norms", "head_statistics"]
 
 
 #: the statistics :func:`head_statistics` and :class:`HeadSums` give
@@ -62,7 +69,7 @@ class HeadSums:
     mu_{h,d} sum_t g - sum_{t,d} c g |`` is formed by :meth:`finish`, batch by batch in the
     order of the pass -- the same arithmetic as holding the means from a pass of their own.
     The mean ``mu`` is accumulated in float64 and rounded to the model's dtype, as
-    :func:`saliency.attention.head_means` gives it.
+    :func:`head_means` gives it.
     """
 
     def __init__(self, model: nn.Module, heads: Mapping[str, Heads], names: Iterable[str]):
@@ -103,34 +110,40 @@ class HeadSums:
         return [self.ctxs[n] for n in self.names]
 
     @torch.no_grad()
-    def add(self, grads: Iterable[torch.Tensor | None], samples: int) -> None:
+    def add(self, grads: Iterable[torch.Tensor | None], samples: int,
+            mask: torch.Tensor | None = None) -> None:
         """Accumulate the current batch of ``samples`` samples, given ``dL/dc`` of
-        :meth:`outputs` (None: zero)."""
+        :meth:`outputs` (None: zero) and the batch's token mask (None: every position is a
+        token; :func:`saliency.replacement.iter_masked_batches`)."""
         f64 = torch.float64
         for n, g in zip(self.names, grads):
             h = self.heads[n]
             c = self.ctxs[n].detach()
-            flat = c.reshape(-1, c.shape[-1]).to(f64)
-            self.sum_c[n] = self.sum_c[n] + flat.sum(0) if n in self.sum_c else flat.sum(0)
-            self.count[n] += flat.shape[0]
+            s, kept = context_sums(c, mask, n)
+            self.sum_c[n] = self.sum_c[n] + s if n in self.sum_c else s
+            self.count[n] += kept
             b = c.shape[0]
+            keep = (None if mask is None or c.dim() == 2
+                    else mask.reshape(b, -1, 1, 1).to(c.device))
             c = c.reshape(b, -1, h.num_heads, h.head_dim).to(f64)
             g = torch.zeros_like(c) if g is None else g.reshape(c.shape).to(f64)
-            positions = c.shape[1]
             s_hg = (c * g).sum((1, 3))                             # (B, H)
             self.s_hg[n].append(s_hg)
             self.s_g[n].append(g.sum(1))                           # (B, H, d)
             acc = self.acc[n]
-            acc["taylor"] += s_hg.sum(0) / positions
-            acc["absa"] += c.abs().sum((0, 1, 3))
-            acc["zero"] += (c == 0).to(f64).sum((0, 1, 3))
-            self.entries[n] += b * positions * h.head_dim
+            acc["taylor"] += s_hg.sum(0)
+            absc, zero = c.abs(), c == 0
+            if keep is not None:  # padding: no magnitude, not a zero
+                absc, zero = absc * keep, zero & keep
+            acc["absa"] += absc.sum((0, 1, 3))
+            acc["zero"] += zero.to(f64).sum((0, 1, 3))
+            self.entries[n] += kept * h.head_dim
         self.samples += samples
         self.ctxs = {}
 
     def means(self) -> dict[str, torch.Tensor]:
         """Every head's mean output per dimension, ``(H, head_dim)`` in the model's dtype
-        (what :func:`saliency.attention.head_means` gives)."""
+        (what :func:`head_means` gives)."""
         out = {}
         for n in self.names:
             if n not in self.sum_c:
@@ -160,7 +173,7 @@ class HeadSums:
                     mrs += ((mu * s_g).sum(-1) - s_hg).abs().sum(0)
                 out["mrs"][n] = mrs
             if "taylor" in stats:
-                out["taylor"][n] = (acc["taylor"] / self.samples).abs()
+                out["taylor"][n] = (acc["taylor"] / self.count[n]).abs()
             if "dormancy" in stats:
                 absa = acc["absa"] / self.entries[n]
                 out["dormancy"][n] = absa / absa.mean().clamp_min(
@@ -168,6 +181,50 @@ class HeadSums:
             if "apoz" in stats:
                 out["apoz"][n] = acc["zero"] / self.entries[n]
         return out
+
+
+def head_means(model: nn.Module, heads: Mapping[str, Heads], data: Iterable,
+               names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Mean of every head's output, per dimension, over the batch and every token position
+    (padding left out where a batch has a token mask:
+    :func:`saliency.replacement.iter_masked_batches`), on the unmodified model in eval mode
+    (accumulated in float64).
+
+    Returns:
+        ``{attention module: (H, head_dim) tensor}`` in the model's dtype.
+    """
+    names = list(names)
+    sums: dict[str, torch.Tensor] = {}
+    counts = {n: 0 for n in names}
+
+    def make(n):
+        def fn(ctx):
+            s, k = context_sums(ctx.detach(), current_token_mask(), n)
+            sums[n] = sums[n] + s if n in sums else s
+            counts[n] += k
+        return fn
+
+    with eval_mode(model), torch.no_grad(), context_hooks(model, heads,
+                                                          {n: make(n) for n in names}):
+        for x, _, mask in iter_masked_batches(data):
+            with batch_token_mask(mask):
+                model(x)
+    out = {}
+    for n in names:
+        if n not in sums:
+            raise ValueError(f"attention {n!r} was not called on data")
+        dtype = model.get_submodule(heads[n].out).weight.dtype
+        out[n] = (sums[n] / counts[n]).to(dtype).reshape(heads[n].num_heads, heads[n].head_dim)
+    return out
+
+
+def context_sums(ctx: torch.Tensor, mask: torch.Tensor | None, name: str
+                 ) -> tuple[torch.Tensor, int]:
+    """``(sum over samples and token positions of the heads' output ``ctx`` (``(B, ...,
+    H * head_dim)``) per dimension in float64, number of positions summed)``, positions a
+    token mask marks as padding left out (:func:`saliency.replacement.masked_sums`)."""
+    t = ctx.movedim(-1, 1) if ctx.dim() > 2 else ctx
+    return masked_sums(t, mask, f"the heads' output of attention {name!r}")
 
 
 def head_statistics(model: nn.Module, heads: Mapping[str, Heads], names: Iterable[str], data,
@@ -179,11 +236,11 @@ def head_statistics(model: nn.Module, heads: Mapping[str, Heads], names: Iterabl
     units' statistics. Returns ``{statistic: {attention module: (H,) float64}}``."""
     sums = HeadSums(model, heads, names)
     with eval_mode(model):
-        for x, y in iter_batches(data):
+        for x, y, mask in iter_masked_batches(data):
             with torch.enable_grad(), context_hooks(model, heads, sums.hooks()):
                 loss = loss_sum(loss_fn, model(x), y)
                 grads = torch.autograd.grad(loss, sums.outputs(), allow_unused=True)
-            sums.add(grads, x.shape[0])
+            sums.add(grads, x.shape[0], mask)
     return sums.finish()
 
 

@@ -20,6 +20,8 @@ The functions here only compute; they never change the model.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
@@ -35,7 +37,9 @@ from .layers import (CHANNEL_MODULES, DROPOUT_FUNCTIONS, PRODUCERS, channels_fir
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _CHANNEL_DROPOUT = {F.dropout1d, F.dropout2d}
 
-__all__ = ["iter_batches", "iter_inputs", "unit_means", "apply_op", "run_path", "fold_deltas",
+__all__ = ["iter_batches", "iter_masked_batches", "iter_inputs", "position_mask", "masked_sums",
+           "batch_token_mask", "current_token_mask",
+           "unit_means", "apply_op", "run_path", "fold_deltas",
            "member_indices", "region_constants", "replacement_hooks", "held_means",
            "NodeRecorder"]
 
@@ -44,7 +48,24 @@ def iter_batches(data: Iterable) -> Iterator[tuple[torch.Tensor, Any]]:
     """Yield ``(inputs, targets)`` from ``data``; clear errors for bad data.
 
     ``data`` is an iterable of ``(inputs, targets)`` batches (a list, a
-    DataLoader); inputs must be tensors. Empty data is an error.
+    DataLoader), or ``(inputs, targets, mask)`` batches with a token mask
+    (:func:`iter_masked_batches`); inputs must be tensors. Empty data is an error.
+    """
+    for x, y, _ in iter_masked_batches(data):
+        yield x, y
+
+
+def iter_masked_batches(data: Iterable) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor | None]]:
+    """Yield ``(inputs, targets, mask)`` from ``data``: ``mask`` is a batch's third element
+    when it has one (None otherwise, or when the third element is None).
+
+    The **token mask** of a batch is a boolean tensor ``(batch, tokens...)``, True at the
+    positions that hold real tokens and False at padding. Statistics averaged over token
+    positions (the means that mean replacement holds units and heads at, MRS's means,
+    dormancy, APoZ and the moments) leave the padding out; see :func:`position_mask` for
+    which tensors a mask applies to. Losses leave padding out through the targets
+    (``ignore_index``, :func:`saliency.base.per_sample_loss`): give padded targets that
+    value, as ``F.cross_entropy`` expects.
     """
     if data is None:
         raise ValueError("this operation needs data: an iterable of (inputs, targets) batches")
@@ -56,13 +77,95 @@ def iter_batches(data: Iterable) -> Iterator[tuple[torch.Tensor, Any]]:
         if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
             raise TypeError(f"batch {n} of data is a {type(batch).__name__}, expected an "
                             "(inputs, targets) pair")
-        if not isinstance(batch[0], torch.Tensor):
-            raise TypeError(f"batch {n}: inputs are a {type(batch[0]).__name__}, expected a "
+        x = batch[0]
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"batch {n}: inputs are a {type(x).__name__}, expected a "
                             "Tensor")
+        mask = batch[2] if len(batch) >= 3 else None
+        if mask is not None:
+            _check_mask(mask, x, n)
         n += 1
-        yield batch[0], batch[1]
+        yield x, batch[1], mask
     if n == 0:
         raise ValueError("data is empty: it yielded no batch")
+
+
+def _check_mask(mask: Any, x: torch.Tensor, n: int) -> None:
+    """Raise a clear error unless ``mask`` is a boolean ``(batch, tokens...)`` tensor for
+    inputs ``x`` of batch ``n``."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        what = (f"a {mask.dtype} tensor" if isinstance(mask, torch.Tensor)
+                else f"a {type(mask).__name__}")
+        raise TypeError(f"batch {n}: the third element (the token mask) is {what}; expected a "
+                        "bool tensor (batch, tokens...), True at real tokens (for an "
+                        "attention mask of 0/1 integers, pass mask.bool())")
+    if mask.dim() < 2 or mask.shape[0] != x.shape[0]:
+        raise ValueError(f"batch {n}: the token mask has shape {tuple(mask.shape)}; expected "
+                         f"(batch, tokens...) with batch {x.shape[0]}, like the inputs "
+                         f"{tuple(x.shape)}")
+
+
+_BATCH_MASK: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "batch_token_mask", default=None)
+
+
+@contextlib.contextmanager
+def batch_token_mask(mask: torch.Tensor | None):
+    """Within the block, :func:`current_token_mask` is ``mask``: a pass over data sets it
+    around each batch's forward pass, so hooks that observe the pass (statistics taken by
+    another module's hooks) leave the same padding out."""
+    token = _BATCH_MASK.set(mask)
+    try:
+        yield
+    finally:
+        _BATCH_MASK.reset(token)
+
+
+def current_token_mask() -> torch.Tensor | None:
+    """The token mask of the batch being run (:func:`batch_token_mask`), or None."""
+    return _BATCH_MASK.get()
+
+
+def position_mask(mask: torch.Tensor | None, t: torch.Tensor, where: str
+                  ) -> torch.Tensor | None:
+    """The positions of ``t`` a token mask keeps, as a ``(batch, 1, positions...)`` bool
+    tensor, or None when every position counts.
+
+    ``t`` has its channels in dimension 1 (:func:`saliency.layers.channels_first`): a
+    token-shaped ``(batch, tokens..., channels)`` tensor is ``(batch, channels,
+    tokens...)``. The mask applies when ``t``'s positions are the mask's tokens; a tensor
+    with one position per sample (``(batch, channels)``, after pooling) has none to leave
+    out. Any other shape is an error that names ``where``.
+
+    Examples:
+        >>> m = torch.tensor([[True, True, False]])
+        >>> position_mask(m, torch.zeros(1, 4, 3), "fc").shape
+        torch.Size([1, 1, 3])
+        >>> position_mask(m, torch.zeros(1, 4), "head") is None
+        True
+    """
+    if mask is None or t.dim() == 2:
+        return None
+    if tuple(t.shape[2:]) != tuple(mask.shape[1:]) or t.shape[0] != mask.shape[0]:
+        raise ValueError(
+            f"the token mask of shape {tuple(mask.shape)} does not fit {where}, whose output "
+            f"has batch {t.shape[0]} and positions {tuple(t.shape[2:])} (channels in "
+            "dimension 1): a mask must have the shape (batch, tokens...) of the token "
+            "positions of every layer it is measured on; leave the mask out for layers whose "
+            "positions are not tokens")
+    return mask.unsqueeze(1).to(t.device)
+
+
+def masked_sums(t: torch.Tensor, mask: torch.Tensor | None, where: str
+                ) -> tuple[torch.Tensor, int]:
+    """``(per-channel sum over samples and kept positions in float64, number of kept
+    (sample, position) pairs)`` of a channels-first ``t`` (:func:`position_mask`)."""
+    m = position_mask(mask, t, where)
+    dims = [d for d in range(t.dim()) if d != 1]
+    if m is None:
+        return t.to(torch.float64).sum(dim=dims), t.numel() // t.shape[1]
+    kept = torch.where(m, t, torch.zeros((), dtype=t.dtype, device=t.device))
+    return kept.to(torch.float64).sum(dim=dims), int(m.sum())
 
 
 def iter_inputs(data: Iterable) -> Iterator[torch.Tensor]:
@@ -76,8 +179,9 @@ def unit_means(model: nn.Module, data: Iterable, layers: Iterable[str]) -> dict[
 
     The mean of unit ``i`` is taken over samples and, for convolutions, over
     positions (for a Linear on token-shaped inputs ``(batch, ..., channels)``, over every
-    token position): ``E[y_i]`` of eq. 1.5. All layers are measured in one pass on
-    the unmodified model. Accumulation is in float64.
+    token position, padding left out where a batch has a token mask:
+    :func:`iter_masked_batches`): ``E[y_i]`` of eq. 1.5. All layers are measured in one
+    pass on the unmodified model. Accumulation is in float64.
 
     Returns:
         ``{layer name: 1-D tensor of means}`` in the layer's dtype.
@@ -90,19 +194,19 @@ def unit_means(model: nn.Module, data: Iterable, layers: Iterable[str]) -> dict[
 
     def make_hook(name: str):
         def hook(m, _inp, out):
-            out = channels_first(m, out)
-            dims = [d for d in range(out.dim()) if d != 1]
-            s = out.detach().to(torch.float64).sum(dim=dims)
+            s, k = masked_sums(channels_first(m, out.detach()), current_token_mask(),
+                               f"layer {name!r}")
             sums[name] = sums[name] + s if name in sums else s
-            counts[name] += out.numel() // out.shape[1]
+            counts[name] += k
         return hook
 
     try:
         for n in layers:
             handles.append(mods[n].register_forward_hook(make_hook(n)))
         with eval_mode(model), torch.no_grad():
-            for x in iter_inputs(data):
-                model(x)
+            for x, _, mask in iter_masked_batches(data):
+                with batch_token_mask(mask):
+                    model(x)
     finally:
         for h in handles:
             h.remove()
@@ -329,7 +433,8 @@ def held_means(model: nn.Module, graph: UnitGraph, data: Iterable, groups: Itera
 
     For a group joined by an elementwise product (:attr:`Group.held`, a gated FFN's
     ``act(gate(x)) * up(x)``): the mean of the product over samples and positions (every token
-    position of a token-shaped tensor), measured on the unmodified model in eval mode and
+    position of a token-shaped tensor, padding left out where a batch has a token mask),
+    measured on the unmodified model in eval mode and
     accumulated in float64; what mean replacement holds the group's removed channels at.
     Groups held at their members' outputs are left out (:func:`unit_means` gives theirs).
 
@@ -344,15 +449,15 @@ def held_means(model: nn.Module, graph: UnitGraph, data: Iterable, groups: Itera
     sums: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {g: 0 for g in groups}
     with eval_mode(model), eval_mode(gm), torch.no_grad():
-        for x in iter_inputs(data):
+        for x, _, mask in iter_masked_batches(data):
             rec = NodeRecorder(gm, [n.name for n in nodes.values()])
             rec.run(x)
             for g, node in nodes.items():
                 v = rec.values[node.name]
-                v = v.movedim(-1, 1) if node.channel_last else v
-                s = v.to(torch.float64).sum(dim=[d for d in range(v.dim()) if d != 1])
+                v = v.movedim(-1, 1) if node.channel_last and v.dim() > 2 else v
+                s, k = masked_sums(v, mask, f"the product of group {g!r}")
                 sums[g] = sums[g] + s if g in sums else s
-                count[g] += v.numel() // v.shape[1]
+                count[g] += k
     out = {}
     for g, node in nodes.items():
         dtype = model.get_submodule(graph.groups[g].members[0]).weight.dtype

@@ -356,8 +356,23 @@ class _LabelPass:
                 self.visit(node)
             except _Refused as exc:
                 self.refuse(node, str(exc))
-                self.unlabeled(node)  # what follows does not see these channels
+                self.carry_or_drop(node)
         self.check_carriers()
+
+    def carry_or_drop(self, node: fx.Node) -> None:
+        """After refusing ``node``: what follows does not see the channels, unless ``node``
+        keeps its one labeled input's channels as the last dimension of a token-shaped
+        output (a class token concatenated along the tokens, a position embedding added).
+        Then the refused channels are carried on, so a normalization that mixes them later
+        closes their group as not prunable for that reason (the residual stream of a
+        transformer) instead of the node being reported as unsupported."""
+        ins = [n for n in self.inputs(node) if self.info[n].labeled]
+        shape = _shape(node)
+        if len(ins) == 1 and self.info[ins[0]].last and shape is not None and len(shape) > 2 \
+                and shape[-1] == self.info[ins[0]].labels.size:
+            self.info[node] = _Info(self.info[ins[0]].labels.copy(), None, True)
+        else:
+            self.unlabeled(node)
 
     def check_carriers(self) -> None:
         """A module with per-channel tensors may be called several times (one switch after

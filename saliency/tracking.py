@@ -69,7 +69,7 @@ from .engine import Downstream
 from .graph import UnitGraph, as_index_tensor
 from .tracing import trace
 from .layers import channels_first, dense_weight, effective_tensor
-from .replacement import iter_inputs
+from .replacement import current_token_mask, iter_inputs, masked_sums
 from .unit_stats import is_chain, unit_statistics
 
 __all__ = ["UnitTracker", "QUANTITIES", "HISTOGRAMS"]
@@ -250,10 +250,9 @@ class UnitTracker:
                     if want_h:
                         captured[name].append(h.index_select(1, idx.to(h.device)).clone())
                     if want_mean:  # the arithmetic of saliency.unit_means, for exact MRP
-                        dims = [d for d in range(h.dim()) if d != 1]
-                        s = h.to(torch.float64).sum(dim=dims)
+                        s, k = masked_sums(h, current_token_mask(), f"layer {name!r}")
                         sums[name] = sums[name] + s if name in sums else s
-                        counts[name] += h.numel() // h.shape[1]
+                        counts[name] += k
             return hook
 
         total = {"loss": 0.0, "n": 0}

@@ -62,7 +62,12 @@ group.
 positions are the positions ``p`` above: every statistic averages (or, for MRS within a
 sample, sums) over them as over a convolution's positions, and a sample's loss is the mean of
 its per-token losses when ``loss_fn`` returns them (padding targets left out,
-:func:`saliency.base.per_sample_loss`).
+:func:`saliency.base.per_sample_loss`). A batch ``(inputs, targets, mask)`` with a token mask
+(:func:`saliency.replacement.iter_masked_batches`) leaves padded positions out of every sum of
+outputs and activations and of the counts that divide them (``mean``, ``taylor``'s
+average, ``dormancy``, ``apoz``, the moments); the gradient terms of ``mrs``, ``taylor`` and
+``grad_norm`` run over every position, since holding a unit at its mean holds it at padding
+too (``dL/dh`` there is non-zero only where a real token reads it).
 
 **Heads.** Attention modules named in ``heads`` have their heads' ``mrs``, ``taylor``,
 ``dormancy`` and ``apoz`` (:mod:`saliency.head_scores`) computed in the same forward and
@@ -81,11 +86,12 @@ import torch
 import torch.nn as nn
 
 from .attention import context_hooks
-from .base import iter_batches, loss_sum, to_group
+from .base import loss_sum, to_group
 from .graph import ChannelOp, Group, UnitGraph
 from .head_scores import HEAD_STATISTICS, HeadSums
 from .layers import CHANNEL_MODULES, channels_first
-from .replacement import NodeRecorder, apply_op
+from .replacement import (NodeRecorder, apply_op, batch_token_mask, current_token_mask,
+                          iter_masked_batches, position_mask)
 
 __all__ = ["unit_statistics", "STATISTICS", "activation", "is_chain", "is_pool", "ConsumerMaps"]
 
@@ -117,13 +123,17 @@ _NEEDS = {  # per statistic, the per-sample sums over positions it is built from
 
 
 def _position_sums(model: nn.Module, graph: UnitGraph, name: str, h: torch.Tensor,
-                   g: torch.Tensor, need: set[str], g_owned: bool) -> dict[str, torch.Tensor]:
+                   g: torch.Tensor, need: set[str], g_owned: bool,
+                   keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-sample sums over positions (``B x C``, model dtype) of what ``need`` lists.
 
-    Full-size temporaries cost more than the reductions (fresh allocations of
-    a convolution's maps), so the few needed are reused in place: ``g``
-    (when ``g_owned``: nothing else holds it) becomes ``h * g``, and the
-    activation becomes ``|a|`` and then ``sign(|a|)`` (the non-zero count).
+    ``keep`` (``(B, 1, positions...)`` bool, :func:`~saliency.replacement.position_mask`)
+    leaves padded positions out of the sums of outputs and activations; the gradient terms
+    (``g``, ``g^2``, ``h g``) run over every position, since holding a unit at a constant
+    holds it at padding too. Full-size temporaries cost more than the reductions (fresh
+    allocations of a convolution's maps), so the few needed are reused in place: ``g``
+    (when ``g_owned``: nothing else holds it) becomes ``h * g``, and the activation becomes
+    ``|a|`` and then ``sign(|a|)`` (the non-zero count).
     """
     b, c = h.shape[0], h.shape[1]
     flat = h.dim() == 2  # one position per unit: sums are the tensors themselves
@@ -131,38 +141,55 @@ def _position_sums(model: nn.Module, graph: UnitGraph, name: str, h: torch.Tenso
     def psum(t):
         return t if flat else t.reshape(b, c, -1).sum(2)
 
+    def ksum(t):  # over the kept positions
+        if keep is None:
+            return psum(t)
+        return psum(torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device)))
+
     sums = {}
     if "h" in need:
-        sums["h"] = psum(h)
+        sums["h"] = ksum(h)
     if "h2" in need:
-        sums["h2"] = psum(h * h)
+        sums["h2"] = ksum(h * h)
     if "g" in need:
         sums["g"] = psum(g)
     if "g2" in need:
         sums["g2"] = psum(g * g)
     if "hg" in need:
         sums["hg"] = psum(g.mul_(h) if g_owned and not flat else g * h)  # g is done with
-    if need & {"a", "a2", "absa", "zero"}:
-        edges = graph.producers[name].edges
-        a = activation(model, edges[0].path, h) if edges else h
-        a_owned = not flat and a.untyped_storage().data_ptr() != h.untyped_storage().data_ptr()
-        if "a" in need:
-            sums["a"] = psum(a)
-        if "a2" in need:
-            sums["a2"] = psum(a * a)
-        if "absa" in need or "zero" in need:
-            if flat:
-                if "absa" in need:
-                    sums["absa"] = a.abs()
-                if "zero" in need:
-                    sums["zero"] = a == 0
-            else:
-                t = a.abs_() if a_owned else a.abs()
-                if "absa" in need:
-                    sums["absa"] = psum(t)
-                if "zero" in need:
-                    positions = t[0, 0].numel()
-                    sums["zero"] = positions - psum(t.sign_())
+    if need & _ACTIVATION_SUMS:
+        sums.update(_activation_sums(model, graph, name, h, need, keep, ksum))
+    return sums
+
+
+def _activation_sums(model: nn.Module, graph: UnitGraph, name: str, h: torch.Tensor,
+                     need: set[str], keep: torch.Tensor | None, ksum: Callable
+                     ) -> dict[str, torch.Tensor]:
+    """The sums of :func:`_position_sums` over the activation ``a`` (``h`` through its path's
+    per-channel ops), over the kept positions ``ksum`` sums."""
+    flat = h.dim() == 2
+    edges = graph.producers[name].edges
+    a = activation(model, edges[0].path, h) if edges else h
+    a_owned = not flat and a.untyped_storage().data_ptr() != h.untyped_storage().data_ptr()
+    sums = {}
+    if "a" in need:
+        sums["a"] = ksum(a)
+    if "a2" in need:
+        sums["a2"] = ksum(a * a)
+    if "absa" in need or "zero" in need:
+        if flat:
+            if "absa" in need:
+                sums["absa"] = a.abs()
+            if "zero" in need:
+                sums["zero"] = a == 0
+        else:
+            t = a.abs_() if a_owned else a.abs()
+            if "absa" in need:
+                sums["absa"] = ksum(t)
+            if "zero" in need:
+                kept = (t[0, 0].numel() if keep is None
+                        else keep.reshape(a.shape[0], -1).sum(1, keepdim=True))
+                sums["zero"] = kept - ksum(t.sign_())
     return sums
 
 
@@ -256,10 +283,12 @@ class _Sums:
         self.s_hg: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
         self.s_g: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
         self.n_samples = 0
-        self.positions: dict[str, int] = {}
+        self.count: dict[str, int] = {}
 
-    def add(self, name: str, sums: dict[str, torch.Tensor], positions: int) -> None:
-        self.positions[name] = positions
+    def add(self, name: str, sums: dict[str, torch.Tensor], count: int) -> None:
+        """Add a batch's per-sample sums of layer ``name`` over ``count`` (sample, position)
+        pairs (the kept ones under a token mask)."""
+        self.count[name] = self.count.get(name, 0) + count
         if "hg" in sums:
             self.s_hg[name].append(sums["hg"])
         if "g" in sums:
@@ -296,9 +325,10 @@ def _accumulate(model: nn.Module, graph: UnitGraph, members: dict[str, set[str]]
     for p in model.parameters():
         p.requires_grad_(True)  # restored by the scorer's `preserved`
     try:
-        for x, y in iter_batches(data):
+        for x, y, mask in iter_masked_batches(data):
             outs.clear()
             with contextlib.ExitStack() as stack:
+                stack.enter_context(batch_token_mask(mask))
                 if head_sums is not None:
                     stack.enter_context(context_hooks(model, graph.heads, head_sums.hooks()))
                 if nodes:
@@ -311,7 +341,7 @@ def _accumulate(model: nn.Module, graph: UnitGraph, members: dict[str, set[str]]
             ctxs = head_sums.outputs() if head_sums is not None else []
             grads = torch.autograd.grad(loss, hs + ctxs, allow_unused=True)
             if head_sums is not None:
-                head_sums.add(grads[len(hs):], x.shape[0])
+                head_sums.add(grads[len(hs):], x.shape[0], mask)
                 grads = grads[:len(hs)]
             sums.n_samples += x.shape[0]
             with torch.no_grad():
@@ -324,8 +354,10 @@ def _accumulate(model: nn.Module, graph: UnitGraph, members: dict[str, set[str]]
                     if g is None:
                         g = torch.zeros_like(h)
                     owned = storages.count(g.untyped_storage().data_ptr()) == 1
+                    keep = position_mask(mask, h, f"layer {name!r}")
+                    count = h.numel() // h.shape[1] if keep is None else int(keep.sum())
                     sums.add(name, _position_sums(model, graph, name, h, g, members[name],
-                                                  owned), h[0, 0].numel())
+                                                  owned, keep), count)
     finally:
         for hk in hooks:
             hk.remove()
@@ -365,8 +397,10 @@ class ConsumerMaps:
     positions (a flattened Linear input as channels x its block of columns) and accumulate,
     per position, around a shift taken from the first sample (so an exactly constant map has
     a variance of exactly 0): ``sum (x - c)``, ``sum (x - c)^2``, ``sum |x|`` and the number
-    of zeros, over samples and positions, in float64. :meth:`statistics` gives each group
-    channel's statistics, averaged over the consumers that read it.
+    of zeros, over samples and positions (the batch's token mask, when it has one, leaving
+    padding out: :func:`~saliency.replacement.current_token_mask`), in float64.
+    :meth:`statistics` gives each group channel's statistics, averaged over the consumers
+    that read it.
     """
 
     def __init__(self, model: nn.Module, graph: UnitGraph, groups: Iterable[str]):
@@ -388,22 +422,28 @@ class ConsumerMaps:
             with torch.no_grad():
                 x = channels_first(m, args[0].detach())
                 b = x.shape[0]
+                keep = position_mask(current_token_mask(), x, f"the input of {consumer!r}")
+                keep = None if keep is None else keep.reshape(b, 1, -1)
                 for name, j, pos, block in reads:
                     t = x.reshape(b, -1, block) if block > 1 else x.reshape(b, x.shape[1], -1)
-                    self._add((name, j), t.index_select(1, pos.to(t.device)))
+                    self._add((name, j), t.index_select(1, pos.to(t.device)), keep)
         return hook
 
-    def _add(self, key: tuple[str, int], t: torch.Tensor) -> None:
+    def _add(self, key: tuple[str, int], t: torch.Tensor, keep: torch.Tensor | None) -> None:
         f64 = torch.float64
         if key not in self.acc:
             self.acc[key] = [t[0, :, 0].clone(), 0.0, 0.0, 0.0, 0.0, 0]
         entry = self.acc[key]
         d = t - entry[0][None, :, None]
+        zeros = t == 0
+        if keep is not None:  # padding: no deviation, no magnitude, not a zero
+            d = torch.where(keep, d, torch.zeros((), dtype=d.dtype, device=d.device))
+            zeros &= keep
         entry[1] = entry[1] + d.sum((0, 2), dtype=f64)
         entry[2] = entry[2] + d.square_().sum((0, 2), dtype=f64)
-        entry[3] = entry[3] + t.abs().sum((0, 2), dtype=f64)
-        entry[4] = entry[4] + (t == 0).sum((0, 2)).to(f64)
-        entry[5] += t.shape[0] * t.shape[2]
+        entry[3] = entry[3] + (t.abs() if keep is None else t.abs() * keep).sum((0, 2), dtype=f64)
+        entry[4] = entry[4] + zeros.sum((0, 2)).to(f64)
+        entry[5] += t.shape[0] * t.shape[2] if keep is None else int(keep.sum())
 
     def remove(self) -> None:
         for hd in self.handles:
@@ -444,7 +484,7 @@ def _finish_group(sums: _Sums, maps: "ConsumerMaps | None", group: Group,
     f64 = torch.float64
     n_samples = sums.n_samples
     d = {m: sums.acc[m] for m in group.members}
-    count = {m: n_samples * sums.positions[m] for m in group.members}
+    count = sums.count
     mu = {m: d[m]["h"] / count[m] for m in group.members if "h" in d[m]}
     out: dict[str, torch.Tensor] = {}
     if "mean" in wanted:
@@ -487,9 +527,8 @@ def _consumer_statistics(maps: ConsumerMaps | None, group: Group, wanted: list[s
 def _finish(sums: _Sums, name: str, wanted: list[str]) -> dict[str, torch.Tensor]:
     """The statistics ``wanted`` of layer ``name`` from the accumulated sums."""
     f64 = torch.float64
-    d, npos = sums.acc[name], sums.positions[name]
+    d, count = sums.acc[name], sums.count[name]
     n_samples = sums.n_samples
-    count = n_samples * npos
     mu = d["h"] / count if "h" in d else None
     out: dict[str, torch.Tensor] = {}
     if "mean" in wanted:

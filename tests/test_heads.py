@@ -593,3 +593,121 @@ def test_mrs_of_heads_and_units_is_one_forward_and_one_backward_per_batch(case, 
     assert all(n in ran for n, m in model.named_modules()
                if n and not any(True for _ in m.children()))
     assert backward["n"] == len(data)
+
+
+# --------------------------------------------------------------------------- a timm-style ViT
+
+
+class TimmAttention(nn.Module):
+    """The timm layout: one fused qkv projection reshaped to (3, B, H, T, head_dim)."""
+
+    def __init__(self, d=D, h=3):
+        super().__init__()
+        self.num_heads, self.head_dim = h, d // h
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class ClassTokenViT(nn.Module):
+    """Patches, a class token concatenated along the tokens, a learned position embedding
+    added, a pre-norm block, the class token's logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Linear(7, D)
+        self.cls = nn.Parameter(torch.randn(1, 1, D))
+        self.pos = nn.Parameter(torch.randn(1, T + 1, D))
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.attn = TimmAttention()
+        self.fc1, self.fc2 = nn.Linear(D, 16), nn.Linear(16, D)
+        self.head = nn.Linear(D, 5)
+
+    def forward(self, x):
+        x = self.patch(x)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        x = x + self.attn(self.ln1(x))
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return self.head(x[:, 0])
+
+
+def vit_batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, 7, generator=g), torch.randint(0, 5, (B,), generator=g)
+
+
+def test_a_class_token_and_position_embedding_leave_heads_and_neurons_prunable():
+    model = ClassTokenViT().eval()
+    x = vit_batch(1)[0]
+    graph = trace(model, x)
+    assert graph.prunable == ["fc1"] and graph.prunable_heads == ["attn"]
+    assert not graph.groups["patch"].prunable
+    assert "LayerNorm mixes them" in graph.groups["patch"].reason
+    data = [vit_batch(2), vit_batch(3)]
+    expect = hooked_reference_timm(model, data, x, heads=[1], neurons=[0, 9])
+    remove_units(model, {"attn": [1], "fc1": [0, 9]}, replacement="mean", data=data)
+    assert (model.attn.num_heads, model.attn.qkv.out_features, model.fc1.out_features) == \
+        (2, 3 * 8, 14)
+    assert float((out(model, x) - expect).abs().max()) <= 1e-9
+
+
+def hooked_reference_timm(model, data, x, heads, neurons):
+    """The output with the heads' slices of the projection's input and fc1's neurons held at
+    their means over the data (forward hooks)."""
+    ins, outs = [], []
+    hs = [model.attn.proj.register_forward_pre_hook(
+              lambda m, a: ins.append(a[0].reshape(-1, D))),
+          model.fc1.register_forward_hook(lambda m, a, o: outs.append(o.reshape(-1, 16)))]
+    with torch.no_grad():
+        for xb, _ in data:
+            model(xb)
+    for h in hs:
+        h.remove()
+    mu_c, mu_h = torch.cat(ins).mean(0), torch.cat(outs).mean(0)
+    cols = [j * 4 + d for j in heads for d in range(4)]
+
+    def hold_c(m, a):
+        c = a[0].clone()
+        c[..., cols] = mu_c[cols]
+        return (c,)
+
+    def hold_h(m, a, o):
+        o = o.clone()
+        o[..., neurons] = mu_h[neurons]
+        return o
+
+    hs = [model.attn.proj.register_forward_pre_hook(hold_c),
+          model.fc1.register_forward_hook(hold_h)]
+    try:
+        return out(model, x)
+    finally:
+        for h in hs:
+            h.remove()
+
+
+class ClassTokenMLP(nn.Module):
+    """Patches, a class token concatenated along the tokens, then a token-wise MLP: the
+    patches' channels reach a Linear through the concatenation, no normalization between."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Linear(7, D)
+        self.cls = nn.Parameter(torch.randn(1, 1, D))
+        self.fc = nn.Linear(D, 5)
+
+    def forward(self, x):
+        x = self.patch(x)
+        return self.fc(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)).mean(1)
+
+
+def test_a_class_token_reaching_a_layer_without_normalization_is_still_refused():
+    model = ClassTokenMLP().eval()
+    with pytest.raises(UnsupportedArchitecture, match=r"node 'cat' .*concatenates along "
+                                                      r"dimension 1.*\[reached from producer "
+                                                      r"'patch'"):
+        trace(model, vit_batch(1)[0])
