@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from saliency.attention import attention_macs, attention_spec, fastpath_disabled
+from saliency.attention import attention_macs, attention_spec, fastpath_disabled, head_count
 from saliency.layers import PRODUCERS, eval_mode
 
 __all__ = ["count_params", "count_macs"]
@@ -76,7 +76,7 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
 
         def out_hook(mod, inp, out, m=m, spec=spec, seen=seen):
             nonlocal total
-            heads = getattr(m, spec.num_heads)
+            heads = head_count(m, spec.num_heads)
             d = mod.in_features // heads
             queries = tokens(inp[0])
             keys = seen.get("keys", queries)

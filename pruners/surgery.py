@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from saliency.attention import PrunedMultiheadAttention
+from saliency.attention import PrunedMultiheadAttention, set_head_counts
 from saliency.head_scores import head_means
 from saliency.switch import head_switch_of
 from saliency.graph import UnitGraph, as_index_tensor, default_example_input
@@ -454,13 +454,8 @@ def _set_heads(model, heads, idx: torch.Tensor, journal: Journal) -> None:
         journal.add(undo)
         _set_attr(mod, "num_heads", left, journal)
         return
-    spec = heads.spec
-    _set_attr(mod, spec.num_heads, left, journal)
-    if spec.num_kv_heads:
-        _set_attr(mod, spec.num_kv_heads,
-                  heads.num_kv_heads - heads.removed_kv(idx).numel(), journal)
-    for a in spec.dims:
-        _set_attr(mod, a, left * heads.head_dim, journal)
+    set_head_counts(mod, heads.spec, left, heads.num_kv_heads - heads.removed_kv(idx).numel(),
+                    heads.head_dim, lambda m, a, v: _set_attr(m, a, v, journal))
 
 
 def _checked(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -632,6 +627,12 @@ def _cut_tensor(module: nn.Module, name: str, c: _Cut, keep: torch.Tensor, optim
 
 
 def _set_attr(module: nn.Module, attr: str, value, journal: Journal) -> None:
+    """Set an attribute, journaled (one the module did not have, a head count its config
+    held, is deleted on undo)."""
+    if attr not in module.__dict__:
+        setattr(module, attr, value)
+        journal.add(lambda: delattr(module, attr))
+        return
     old = getattr(module, attr)
     setattr(module, attr, value)
     journal.add(lambda: setattr(module, attr, old))

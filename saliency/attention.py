@@ -81,9 +81,11 @@ __all__ = [
     "fastpath_disabled",
     "find_heads",
     "fit_attention",
+    "head_count",
     "is_attention",
     "layer_forward",
     "mha_forward",
+    "set_head_counts",
     "transformer_layer_reason",
 ]
 
@@ -118,6 +120,13 @@ class AttentionSpec:
         num_kv_heads: the attribute holding the number of key/value heads, or None
             (as many as query heads).
         dims: attributes holding ``num_heads * head_dim`` (updated with it).
+        groups: the attribute holding ``num_heads // num_kv_heads`` (the query heads per
+            key/value head, ``num_key_value_groups`` of the ``transformers`` models), or None.
+
+    A head count the module does not hold itself is read from its ``config`` (the
+    ``transformers`` convention: ``config.num_attention_heads``,
+    ``config.num_key_value_heads``; :func:`head_count`); removal then writes the module's own
+    count, so layers of one config may differ.
     """
 
     out: str
@@ -128,6 +137,74 @@ class AttentionSpec:
     num_heads: str = "num_heads"
     num_kv_heads: str | None = None
     dims: tuple[str, ...] = ()
+    groups: str | None = None
+
+
+#: where a ``transformers`` config holds the head count an attribute name stands for
+_CONFIG_COUNTS = {"num_heads": ("num_attention_heads", "n_head"),
+                  "num_key_value_heads": ("num_key_value_heads", "num_attention_heads", "n_head")}
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def head_count(module: nn.Module, attr: str) -> int:
+    """The head count ``module`` holds in attribute ``attr``, or, when it holds none, the one
+    of its ``config`` (``transformers`` modules read theirs there: ``num_heads`` is
+    ``config.num_attention_heads``, ``num_key_value_heads`` is
+    ``config.num_key_value_heads``)."""
+    v = getattr(module, attr, None)
+    if _int(v):
+        return v
+    config = getattr(module, "config", None)
+    for name in _CONFIG_COUNTS.get(attr, (attr,)):
+        v = getattr(config, name, None)
+        if _int(v):
+            return v
+    raise AttributeError(f"{type(module).__name__} holds no head count {attr!r} (nor does "
+                         "its config)")
+
+
+def set_head_counts(module: nn.Module, spec: AttentionSpec, num_heads: int, num_kv_heads: int,
+                    head_dim: int, setter: Callable[[nn.Module, str, Any], None] = setattr
+                    ) -> None:
+    """Write an attention module's head counts after its heads change: ``spec``'s head-count
+    attributes, its ``dims`` (``num_heads * head_dim``) and its ``groups`` (query heads per
+    key/value head), on the module itself (``setter``: how to set an attribute)."""
+    setter(module, spec.num_heads, num_heads)
+    if spec.num_kv_heads:
+        setter(module, spec.num_kv_heads, num_kv_heads)
+    for a in spec.dims:
+        setter(module, a, num_heads * head_dim)
+    if spec.groups:
+        setter(module, spec.groups, num_heads // num_kv_heads)
+
+
+def _transformers_spec(module: nn.Module, children: dict[str, nn.Module]
+                       ) -> AttentionSpec | None:
+    """The layout of an attention module of the ``transformers`` package: GPT-2's fused
+    ``c_attn`` (once its ``Conv1D`` layers are ``nn.Linear``,
+    :func:`saliency.hf.linear_from_conv1d`; ``split_size`` is ``num_heads * head_dim``) and
+    the q/k/v/o projections of the Llama family (head counts in the config, the key/value
+    groups in ``num_key_value_groups``)."""
+    if not type(module).__module__.startswith("transformers."):
+        return None
+    groups = "num_key_value_groups" if _int(getattr(module, "num_key_value_groups", None)) \
+        else None
+    if isinstance(children.get("c_attn"), nn.Linear) and isinstance(children.get("c_proj"),
+                                                                      nn.Linear) \
+            and _int(getattr(module, "num_heads", None)) and "q_attn" not in children:
+        return AttentionSpec("c_proj", qkv="c_attn", num_heads="num_heads", dims=("split_size",))
+    if all(isinstance(children.get(n), nn.Linear) for n in ("q_proj", "k_proj", "v_proj",
+                                                              "o_proj")):
+        try:
+            head_count(module, "num_heads")
+        except AttributeError:
+            return None
+        return AttentionSpec("o_proj", "q_proj", "k_proj", "v_proj", None, "num_heads",
+                             "num_key_value_heads", (), groups)
+    return None
 
 
 _DESCRIBED: dict[type, AttentionSpec] = {}
@@ -183,6 +260,9 @@ def attention_spec(module: nn.Module) -> AttentionSpec | None:
     if type(module).__module__.startswith("torch."):
         return None
     children = dict(module.named_children())
+    known = _transformers_spec(module, children)
+    if known is not None:
+        return known
     heads = next((a for a in HEAD_ATTRS if isinstance(getattr(module, a, None), int)
                   and not isinstance(getattr(module, a), bool)), None)
     if heads is None:
@@ -493,18 +573,17 @@ def fit_attention(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> n
                            state_dict.get(prefix + spec.out + ".weight_orig"))
         if w is None:
             continue
-        h0 = getattr(mod, spec.num_heads)
+        h0 = head_count(mod, spec.num_heads)
         d = mod.get_submodule(spec.out).in_features // h0
         h = int(w.shape[1]) // d
+        hkv = h
         if spec.num_kv_heads:
             kvname = spec.k if spec.k else spec.qkv
             kw = state_dict.get(prefix + kvname + ".weight",
                                 state_dict.get(prefix + kvname + ".weight_orig"))
             rows = int(kw.shape[0]) if spec.k else (int(kw.shape[0]) - h * d) // 2
-            setattr(mod, spec.num_kv_heads, rows // d)
-        setattr(mod, spec.num_heads, h)
-        for a in spec.dims:
-            setattr(mod, a, h * d)
+            hkv = rows // d
+        set_head_counts(mod, spec, h, hkv, d)
     return model
 
 
@@ -530,8 +609,8 @@ def fastpath_disabled():
 
 def _linear_heads(name: str, mod: nn.Module, spec: AttentionSpec) -> Heads:
     prefix = f"{name}." if name else ""
-    h = getattr(mod, spec.num_heads)
-    hkv = getattr(mod, spec.num_kv_heads) if spec.num_kv_heads else h
+    h = head_count(mod, spec.num_heads)
+    hkv = head_count(mod, spec.num_kv_heads) if spec.num_kv_heads else h
     out = mod.get_submodule(spec.out)
     if not isinstance(out, nn.Linear):
         raise TypeError(f"its output projection {spec.out!r} is not an nn.Linear")
@@ -673,13 +752,9 @@ def check_layout(mod: nn.Module, heads: Heads, args: tuple, kwargs: dict) -> str
             _cut_linear(cut, local(heads.out), heads.positions(removed)[" out"], dim=1)
             for (modname, _tensors), rows in pos.items():
                 _cut_linear(cut, local(modname), rows, dim=0)
-            spec = heads.spec
-            h = heads.num_heads - removed.numel()
-            setattr(cut, spec.num_heads, h)
-            if spec.num_kv_heads:
-                setattr(cut, spec.num_kv_heads, heads.num_kv_heads - heads.removed_kv(removed).numel())
-            for a in spec.dims:
-                setattr(cut, a, h * heads.head_dim)
+            set_head_counts(cut, heads.spec, heads.num_heads - removed.numel(),
+                            heads.num_kv_heads - heads.removed_kv(removed).numel(),
+                            heads.head_dim)
             got = cut(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure is the reason
         return (f"removing a head from a copy of it fails ({type(exc).__name__}: "

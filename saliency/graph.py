@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .layers import CHANNEL_MODULES, PRODUCERS
+from .layers import CHANNEL_MODULES, PRODUCERS, is_channel_norm
 
 __all__ = ["UnsupportedArchitecture", "ChannelOp", "Edge", "Producer", "RegionNode",
            "GroupConsumer", "Group", "Unsupported", "UnitGraph", "module_on_path", "clause",
@@ -520,12 +520,15 @@ def as_index_tensor(name: str, idx: Any) -> torch.Tensor:
 
 
 def default_example_input(model: nn.Module) -> torch.Tensor:
-    """A one-sample input for a model whose first layer is a Linear.
+    """A one-sample input for a model whose first layer is a Linear, or token ids (one
+    sequence of 8 tokens) for a model whose first layer is an ``nn.Embedding``.
 
     Convolutional models need an explicit ``example_input`` (the spatial size
     cannot be inferred from the weights).
     """
     for mod in model.modules():
+        if isinstance(mod, nn.Embedding):
+            return torch.zeros(1, 8, dtype=torch.long, device=mod.weight.device)
         if isinstance(mod, nn.Linear):
             return torch.zeros(1, mod.in_features, dtype=mod.weight.dtype,
                                device=mod.weight.device)
@@ -554,7 +557,7 @@ class _Tracer(fx.Tracer):
             return False
         if isinstance(m, tuple(KNOWN_LAYERS)):  # unchecked, or a subclass: one call
             return True
-        return type(m) in CHANNEL_MODULES or type(m) in PRODUCERS or \
+        return type(m) in CHANNEL_MODULES or type(m) in PRODUCERS or is_channel_norm(m) or \
             super().is_leaf_module(m, qualname)
 
     def call_module(self, m: nn.Module, forward, args, kwargs):

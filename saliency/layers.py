@@ -407,6 +407,25 @@ CHANNEL_MODULES: dict[type, ChannelSpec] = {
 }
 
 
+#: normalizations over the channels: they mix them (the channels reaching them are not units)
+CHANNEL_NORMS = tuple(c for c in (nn.LayerNorm, getattr(nn, "RMSNorm", None), nn.GroupNorm,
+                                  nn.LocalResponseNorm) if c is not None)
+#: class-name endings of normalizations over the channels written outside ``torch``
+#: (``LlamaRMSNorm`` and the other normalizations of the ``transformers`` package)
+_NORM_NAMES = ("RMSNorm", "LayerNorm", "GroupNorm")
+
+
+def is_channel_norm(module: nn.Module) -> bool:
+    """Whether ``module`` normalizes over its input's channels (every output reads every
+    channel): a LayerNorm, RMSNorm, GroupNorm or LocalResponseNorm of ``torch``, or a module
+    of another package whose class name ends in ``RMSNorm``, ``LayerNorm`` or ``GroupNorm``
+    (``LlamaRMSNorm``), kept as one call when tracing."""
+    if isinstance(module, CHANNEL_NORMS):
+        return True
+    cls = type(module)
+    return not cls.__module__.startswith("torch.") and cls.__name__.endswith(_NORM_NAMES)
+
+
 def register_channel_module(cls: type, spec: ChannelSpec) -> None:
     """Declare a new per-channel module type (e.g. a switch layer)."""
     CHANNEL_MODULES[cls] = spec
@@ -432,5 +451,5 @@ POOL_FUNCTIONS: dict = {
 #: Tensor methods that act elementwise.
 ELEMENTWISE_METHODS: set = {
     "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "abs", "clamp", "clamp_",
-    "contiguous", "float", "double", "exp", "neg",
+    "contiguous", "float", "double", "exp", "neg", "pow", "to",
 }

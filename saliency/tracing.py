@@ -52,7 +52,7 @@ from .graph import (ChannelOp, Edge, Group, GroupConsumer, Producer, RegionNode,
                     symbolic_trace)
 from .layers import (CHANNEL_MODULES, DROPOUT_FUNCTIONS, ELEMENTWISE_FUNCTIONS,
                      ELEMENTWISE_METHODS, POOL_FUNCTIONS, PRODUCERS, avg_pool_scale,
-                     conv_kind, eval_mode)
+                     conv_kind, eval_mode, is_channel_norm)
 
 __all__ = ["trace", "ON_UNSUPPORTED"]
 
@@ -70,9 +70,6 @@ _PRODUCT_FUNCTIONS = {operator.mul, torch.mul}
 _PRODUCT_METHODS = {"mul"}
 _LAYOUT_METHODS = {"view", "reshape", "flatten", "permute", "transpose"}
 _LAYOUT_FUNCTIONS = {torch.reshape, torch.permute, torch.transpose, torch.flatten}
-#: normalizations over the channels: they mix them (the channels reaching them are not units)
-_MIXING_MODULES = tuple(c for c in (nn.LayerNorm, getattr(nn, "RMSNorm", None), nn.GroupNorm,
-                                    nn.LocalResponseNorm) if c is not None)
 _MIXING_FUNCTIONS = {f for f in (F.layer_norm, getattr(F, "rms_norm", None), F.group_norm,
                                  F.local_response_norm) if f is not None}
 _AVG_POOL_FUNCS = {F.avg_pool1d: 3, F.avg_pool2d: 4}
@@ -82,7 +79,8 @@ _AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad
 
 
 def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
-          exclude: Iterable[str] = (), on_unsupported: str = "raise") -> UnitGraph:
+          exclude: Iterable[str] = (), on_unsupported: str = "raise",
+          route: str = "auto") -> UnitGraph:
     """Build the graph of units of ``model``.
 
     Every output channel of an ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d`` is a unit.
@@ -94,7 +92,8 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     model's output are not prunable.
 
     Args:
-        model: any ``nn.Module`` that ``torch.fx.symbolic_trace`` can trace.
+        model: any ``nn.Module`` that ``torch.fx.symbolic_trace`` or ``torch.export`` can
+            trace.
         example_input: a batch (e.g. of one sample) used to learn tensor
             shapes. Optional for models whose first layer is a Linear.
         exclude: producer names to leave out: their groups are not prunable.
@@ -102,6 +101,11 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
             every node the graph cannot represent exactly; ``"exclude"``: leave the
             producers whose channels reach such a node out of the prunable groups and list
             them in :attr:`UnitGraph.unsupported`.
+        route: how the graph is built: ``"auto"`` (default) traces with ``torch.fx`` and,
+            when that fails, with ``torch.export`` (:mod:`saliency.export`: the models of
+            the ``transformers`` package, forwards that branch on sizes); ``"fx"`` or
+            ``"export"`` only that way. Both give the same units, groups and consumers on
+            models both can trace.
 
     Returns:
         A :class:`~saliency.graph.UnitGraph`.
@@ -122,12 +126,14 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
     if on_unsupported not in ON_UNSUPPORTED:
         raise ValueError(f"on_unsupported must be one of {ON_UNSUPPORTED}, got "
                          f"{on_unsupported!r}")
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     if isinstance(exclude, str):
         exclude = [exclude]
     exclude = set(exclude)
     if example_input is None:
         example_input = default_example_input(model)
-    key = _signature(model, example_input, exclude, on_unsupported)
+    key = _signature(model, example_input, exclude, on_unsupported) + (route,)
     cached = _CACHE.get(model, {}).get(key)
     if cached is not None:
         return cached
@@ -141,7 +147,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None, *,
         raise ValueError(f"exclude names modules that are not Linear or convolution layers: "
                          f"{not_layers} (exclude the layers whose units to leave alone)")
     check_transformer_layers(model, example_input)  # their FFN neurons: traced through
-    gm = _traced(model, example_input)
+    gm = _traced(model, example_input, route)
     labels = _LabelPass(model, gm, exclude)
     labels.run()
     graph = _assemble(labels, gm)
@@ -199,13 +205,26 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-def _traced(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
-    try:
-        with eval_mode(model):  # flags such as F.dropout(training=self.training) bake as eval
-            gm = symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedArchitecture(
-            f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
+#: how :func:`trace` builds its graph: ``torch.fx`` symbolic tracing, falling back to
+#: ``torch.export`` when it fails (``"auto"``), or only one of them
+ROUTES = ("auto", "fx", "export")
+
+
+def _traced(model: nn.Module, example_input: torch.Tensor, route: str = "auto"
+            ) -> fx.GraphModule:
+    fx_error = None
+    gm = None
+    if route in ("auto", "fx"):
+        try:
+            with eval_mode(model):  # flags such as F.dropout(training=self.training) bake
+                gm = symbolic_trace(model)
+        except Exception as exc:  # noqa: BLE001
+            fx_error = exc
+            if route == "fx":
+                raise UnsupportedArchitecture(
+                    f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
+    if gm is None:
+        gm = _exported(model, example_input, fx_error)
     try:
         with eval_mode(model), torch.no_grad():
             _ShapeRecorder(gm).run(example_input)
@@ -215,6 +234,29 @@ def _traced(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
                          f"{tuple(example_input.shape)}: {msg[0] if msg else type(exc).__name__}"
                          ) from exc
     return gm
+
+
+def _exported(model: nn.Module, example_input: torch.Tensor,
+              fx_error: Exception | None) -> fx.GraphModule:
+    """The graph from ``torch.export`` (:func:`saliency.export.exported_graph`), exported on
+    a batch of at least two samples (a batch of one would be specialised to one)."""
+    from .export import exported_graph
+    x = example_input
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == 1:
+        x = x.expand(2, *x.shape[1:]).clone()
+    try:
+        return exported_graph(model, x)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()
+        why = first[0] if first else type(exc).__name__
+        name = type(model).__name__
+        what = (f"torch.fx cannot trace {name}: {fx_error}; torch.export cannot trace it "
+                f"either: {why}" if fx_error is not None
+                else f"torch.export cannot trace {name}: {why}")
+        raise UnsupportedArchitecture(
+            f"{what} (a model whose forward takes keyword arguments or returns a structure is "
+            "traced through a wrapper taking one tensor and returning one: see "
+            "saliency.export)") from exc
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -507,7 +549,7 @@ class _LabelPass:
         if isinstance(mod, nn.Flatten):
             self.flatten(node, src)
             return
-        if isinstance(mod, _MIXING_MODULES):
+        if is_channel_norm(mod):
             self.mixing(node, type(mod).__name__)
             return
         spec = CHANNEL_MODULES.get(type(mod))
@@ -1209,8 +1251,8 @@ def _close_groups(groups: dict[str, Group], lp: _LabelPass, grouping: _Groups
 
     An unsupported node reached only by excluded groups is not reported: excluding its
     producers is how it is left alone; nor is one reached only by groups whose channels a
-    normalization mixes (LayerNorm, RMSNorm: the residual stream of a transformer), which are
-    not prunable anyway.
+    normalization mixes (LayerNorm, RMSNorm: the residual stream of a transformer) or that
+    reach the model's output, which are not prunable anyway.
     """
     def reached(labels):
         return sorted({grouping.channel[lp.find(int(lab))][0] for lab in labels},
@@ -1227,10 +1269,11 @@ def _close_groups(groups: dict[str, Group], lp: _LabelPass, grouping: _Groups
                         if kind == "mixed":
                             reason = clause(node, reason)
                         groups[g].prunable, groups[g].reason = False, reason
-    # a group excluded, or closed by a normalization that mixes its channels, is not
-    # prunable whatever else its channels reach: what else they reach is not reported
-    excluded = {g for node, reason, labels, k in lp.problems if k in ("excluded", "mixed")
-                for g in reached(labels)}
+    # a group excluded, closed by a normalization that mixes its channels, or reaching the
+    # model's output is not prunable whatever else its channels reach: what else they reach
+    # is not reported (a tied output embedding, say)
+    excluded = {g for node, reason, labels, k in lp.problems
+                if k in ("excluded", "mixed", "output") for g in reached(labels)}
     found: list[Unsupported] = []
     for node, reason, labels, kind in lp.problems:
         names = reached(labels)

@@ -207,6 +207,7 @@ HARNESS_TESTS = {
     "test_bench_peers.py", "test_bench_peers_seeds.py", "test_bench_scorers.py",
     "test_bench_shrinknets.py",
     "test_cli.py", "test_datasets.py", "test_demo.py", "test_diagnose.py", "test_docs.py",
+    "test_export_zoo.py", "test_hf_harness.py",
     "test_group_sparsity_repro.py", "test_harness.py", "test_harness_library.py",
     "test_layering.py", "test_pruning_repro.py", "test_resnet_study.py", "test_saliency_repro.py",
     "test_transformer_zoo.py",
