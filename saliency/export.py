@@ -166,7 +166,8 @@ def _export(model: nn.Module, example_input: torch.Tensor, leaves: list[str]):
             mod.forward = (lambda m, f: (lambda *a, **k: f(m, *a, **k)))(mod, fn)
             patched.append(mod)
     try:
-        dims = ({d: torch.export.Dim.AUTO for d in range(example_input.dim())},)
+        dims = ({d: torch.export.Dim.AUTO for d in range(example_input.dim())
+                 if example_input.shape[d] > 1},)  # a size of 1 would specialise anyway
         return torch.export.export(model, (example_input,), dynamic_shapes=dims, strict=False,
                                    preserve_module_call_signature=tuple(leaves))
     finally:
@@ -193,6 +194,7 @@ class _Builder:
         self.attrs: dict[str, str] = {}   # placeholder name -> parameter or buffer FQN
         self.signatures = {e.fqn: e.signature for e in ep.module_call_graph if e.fqn}
         self.calls: dict[str, int] = {}
+        self.inside: dict[str, fx.Node] = {}   # exported nodes computed inside a leaf's call
         self.users = {n.name: len(n.users) for n in ep.graph.nodes}
         # leaves that compute nothing in eval mode (a Dropout): export records their call
         # with the output named as the input; the graph calls them where that value is made
@@ -215,6 +217,7 @@ class _Builder:
                 if call[0] != current:
                     current = call[0]
                     self.module_call(call[1])
+                self.inside[node.name] = node
                 continue
             current = None
             self.visit(node)
@@ -226,9 +229,14 @@ class _Builder:
 
     def lookup(self, name: str) -> fx.Node:
         """The new node of the exported node ``name`` (a parameter or buffer: a ``get_attr``
-        node, made on first use)."""
+        node, made on first use; a value computed inside a leaf's call but read outside it,
+        such as an alias the functionalised graph keeps (``x.to(dtype)`` of a tensor already
+        of that dtype, inside a norm, read by the residual add): computed again outside)."""
         if name not in self.env:
-            self.env[name] = self.graph.get_attr(self.attrs[name])
+            if name in self.inside:  # computed inside a leaf and read outside (an alias)
+                self.visit(self.inside.pop(name))
+            else:
+                self.env[name] = self.graph.get_attr(self.attrs[name])
         return self.env[name]
 
     def made(self, name: str, node: fx.Node) -> None:

@@ -54,7 +54,7 @@ def test_last_line_is_the_json_object(run):
     assert set(parsed) >= {"benchmark", "rows", "targets", "targets_met", "others_busy",
                            "agreement"}
     assert parsed["benchmark"] == "scorers"
-    assert "agreement_vit_tiny" in parsed
+    assert "agreement_vit_tiny" in parsed and "agreement_hf_llama" in parsed
     assert isinstance(parsed["targets_met"], bool)
     assert parsed["targets_met"] == all(t["met"] for t in parsed["targets"].values())
 
@@ -65,7 +65,8 @@ def test_every_target_is_reported_and_the_thesis_targets_are_unchanged(run):
         "mrs_pass": "<= 1.3", "mrp_all_units": "<= 50.0", "hvp": "<= 3.0",
         "loss_change_conv1_speedup": ">= 20.0",
         "mrs_pass_resnet20": "<= 1.3", "mrp_speedup_resnet20": ">= 2.0",
-        "mrs_pass_vit_tiny": "<= 1.3", "mrp_speedup_vit_tiny": ">= 2.0"}
+        "mrs_pass_vit_tiny": "<= 1.3", "mrp_speedup_vit_tiny": ">= 2.0",
+        "mrs_pass_hf_llama": "<= 1.3", "mrp_speedup_hf_llama": ">= 2.0"}
     assert len(result["targets"]["mrs_pass"]["values"]) == 2       # the MLP and the CNN
     assert len(result["targets"]["mrs_pass_resnet20"]["values"]) == 1
     assert len(result["targets"]["mrs_pass_vit_tiny"]["values"]) == 1
@@ -202,3 +203,22 @@ def test_mrp_equals_the_naive_loop_on_the_vit(one_thread):
     assert got["agreement"]["max_abs_diff"] <= 1e-8
     # the heads change the loss: the check is not of zeros
     assert max(abs(m) for (g, _), m in zip(got["units"], got["mrp"]) if g.endswith("attn")) > 1e-6
+
+
+def test_the_llama_of_transformers_rows_and_agreement(run):
+    pytest.importorskip("transformers")
+    result, text = run
+    rows = {r["case"]: r for r in result["rows"] if r["model"] == "hf_llama"}
+    assert set(rows) == {c.replace("vit_tiny", "hf_llama") for c in VIT_CASES}
+    per_head = rows["naive_per_head_hf_llama"]["seconds"]
+    per_neuron = rows["naive_per_neuron_hf_llama"]["seconds"]
+    speedup = rows["mrp_speedup_hf_llama"]
+    # the quick Llama: 2 layers of 4 heads and 24 SwiGLU neurons
+    assert speedup["seconds"] == pytest.approx(per_head * 8 + per_neuron * 48, rel=1e-12)
+    assert "one in 2 of the 8 heads (4)" in rows["naive_per_head_hf_llama"]["note"]
+    agree = result["agreement_hf_llama"]
+    assert agree["units"] == agree["exact_units"] == 10 and agree["dtype"] == "float32"
+    assert agree["max_abs_diff"] < 1e-5
+    assert agree["by_kind"]["ffn_neurons"]["exact_groups"] == [
+        "model.model.layers.0.mlp.gate_proj", "model.model.layers.1.mlp.gate_proj"]
+    assert "hf_llama: mrp against the naive loop (float32) on 4 heads and 6 FFN neurons" in text

@@ -249,9 +249,11 @@ def test_twenty_adamw_steps_after_removal_equal_a_masked_twin(case):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_the_pruned_model_generates_with_the_cache_as_without(case):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_pruned_model_generates_with_the_cache_as_without(case, attention):
     build, units = CASES[case]
     model = build()
+    model.model.set_attn_implementation(attention)
     remove_units(model, units, replacement="mean", data=[batch(1)])
     hf = model.model
     prompt = batch(4, n=2)[0][:, :4]

@@ -425,3 +425,60 @@ def test_the_decoder_figures_are_what_its_saved_networks_give(lm_run):
     for row in table:
         rho, _ = spearmanr(scores[row["scorer"]][row["layer"]], scores["mrp"][row["layer"]])
         assert (row["spearman"] == "") if math.isnan(rho) else float(row["spearman"]) == rho
+
+
+# --------------------------------------------------------------------------- transformers' Llama
+
+HF = "hf-llama-pruning"
+
+
+@pytest.fixture(scope="module")
+def hf_run(tmp_path_factory):
+    """``hf-llama-pruning --quick`` on generated text (the decoder's words)."""
+    pytest.importorskip("transformers")
+    corpus = tmp_path_factory.mktemp("hf_text")
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    gen = torch.Generator().manual_seed(1)
+    docs = [" ".join(words[int(j)] for j in torch.randint(0, 8, (int(n),), generator=gen))
+            for n in torch.randint(4, 16, (400,), generator=gen)]
+    (corpus / "words").write_text("\n%\n".join(docs) + "\n", encoding="utf-8")
+    out = tmp_path_factory.mktemp("hf_llama_pruning")
+    assert main(["run", HF, "--quick", "--out", str(out), "--set", f"data_dir={corpus}"]) == 0
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    return out, cfg, json.loads((out / "results.json").read_text())
+
+
+def test_the_llama_of_transformers_is_pruned_and_every_figure_reproduces(hf_run):
+    from experiments.harness.training import token_cross_entropy
+    from experiments.studies.transformers.decoder import load_text
+
+    out, cfg, res = hf_run
+    data = load_text(cfg)
+    bs = cfg["eval_batch_size"]
+    layers = "model.model.layers"
+    assert set(res["model"]["layers"]) == {f"{layers}.{i}.{m}" for i in range(2)
+                                           for m in ("self_attn", "mlp.gate_proj")}
+    base = _model(out / "baseline/checkpoint.pt")
+    got = evaluate(base, data.val, batch_size=bs, loss_fn=token_cross_entropy)
+    assert res["baseline"]["val_loss"] == pytest.approx(got["loss"], rel=1e-6)
+    rows = _rows(out / "pruning.csv")
+    assert [(r["scorer"], float(r["fraction"])) for r in rows] == [
+        (s, f) for s in SCORERS for f in FRACTIONS]
+    for r in res["grid"]:
+        if r["fraction"] not in (0.3, 0.7):
+            continue
+        cell = out / oneshot.cell_name(r["scorer"], r["fraction"])
+        saved = load_checkpoint(cell / "pruned.pt")
+        for stage, path in (("pruned", "pruned.pt"), ("recovered", "checkpoint.pt")):
+            m = _model(cell / path)      # rebuilt by name, resized to the saved shapes
+            for i, layer in enumerate(m.model.model.layers):
+                removed = len(saved["units"].get(f"{layers}.{i}.self_attn", []))
+                assert layer.self_attn.q_proj.out_features == 4 * (4 - removed)
+                assert layer.self_attn.num_key_value_groups * layer.self_attn.k_proj.out_features \
+                    == layer.self_attn.q_proj.out_features
+            got = evaluate(m, data.val, batch_size=bs, loss_fn=token_cross_entropy)
+            assert r[f"val_loss_{stage}"] == pytest.approx(got["loss"], rel=1e-6)
+    spearman = _rows(out / "spearman.csv")
+    assert {(s["layer"], s["scorer"]) for s in spearman} == {
+        (f"{layers}.{i}.{m}", s) for i in range(2) for m in ("self_attn", "mlp.gate_proj")
+        for s in SCORERS if s != "mrp"}

@@ -70,6 +70,17 @@ the same rounds. Every removal of a head or an FFN neuron is exact (no padding),
 loss changes must equal ``mrp``'s on every timed unit; the largest difference is printed, for
 heads and neurons apart.
 
+``hf_llama`` (:func:`experiments.harness.models.hf_llama`: the ``transformers`` package's
+``LlamaForCausalLM``, RMSNorm, SwiGLU, rotary positions; 4 layers of width 64, 8 heads of 8,
+176 SwiGLU neurons, a vocabulary of 114, needs the ``hf`` extra) on one fixed batch of 64
+random windows of 64 tokens, the loss the mean per-token cross-entropy of a window: the same
+cases as the ViT's, suffixed ``_hf_llama``, with the same targets (MRS pass <= 1.3, exact MRP
+>= 2x faster than the loop). Its graph is built through ``torch.export``, so the loop's removal
+traces each copy that way. The benchmark's Llama has as many key/value heads as query heads:
+under grouped-query attention one query head cannot be removed alone, so the loop could not
+remove heads one at a time (``mrp`` scores them all the same). The loop is timed on every
+other head and every 44th neuron of every layer (``--quick``: 2 layers of width 16).
+
 Also prints how many CPUs other processes kept busy while each model was timed (a figure
 above 0.25 marks noisy timings). Prints a table, then one JSON line last.
 """
@@ -100,9 +111,12 @@ from saliency.unit_stats import is_chain, unit_statistics
 TARGETS = {"mrs_pass": ("<=", 1.3), "mrp_all_units": ("<=", 50.0), "hvp": ("<=", 3.0),
            "loss_change_conv1_speedup": (">=", 20.0),
            "mrs_pass_resnet20": ("<=", 1.3), "mrp_speedup_resnet20": (">=", 2.0),
-           "mrs_pass_vit_tiny": ("<=", 1.3), "mrp_speedup_vit_tiny": (">=", 2.0)}
+           "mrs_pass_vit_tiny": ("<=", 1.3), "mrp_speedup_vit_tiny": (">=", 2.0),
+           "mrs_pass_hf_llama": ("<=", 1.3), "mrp_speedup_hf_llama": (">=", 2.0)}
 
-MODELS = ("mlp", "thesis_cnn", "resnet20", "vit_tiny")
+MODELS = ("mlp", "thesis_cnn", "resnet20", "vit_tiny", "hf_llama")
+#: the transformers: heads and FFN neurons
+TRANSFORMERS = ("vit_tiny", "hf_llama")
 
 #: ResNet-20 widths and samples of the full and the ``--quick`` setting
 RESNET_FULL = {"widths": (16, 32, 64), "samples": 256, "stride": 8}
@@ -113,6 +127,15 @@ RESNET_QUICK = {"widths": (4, 8, 8), "samples": 32, "stride": 4}
 VIT_FULL = {"vit": {}, "samples": 256, "stride": 16}
 VIT_QUICK = {"vit": {"patch_size": 4, "depth": 2, "width": 32, "heads": 4, "ffn": 64,
                      "image_size": 12}, "samples": 32, "stride": 4}
+#: the Llama of ``transformers`` (keyword arguments of
+#: :func:`~experiments.harness.models.hf_llama`), windows, tokens per window and the strides of
+#: the naive loop (neurons, heads), full and ``--quick``
+LLAMA_FULL = {"llama": {"vocab_size": 114, "context": 64, "depth": 4, "width": 64, "heads": 8,
+                        "kv_heads": 8, "ffn": 176},
+              "samples": 64, "tokens": 64, "stride": 44, "head_stride": 2}
+LLAMA_QUICK = {"llama": {"vocab_size": 40, "context": 16, "depth": 2, "width": 16, "heads": 4,
+                         "kv_heads": 4, "ffn": 24},
+               "samples": 8, "tokens": 16, "stride": 8, "head_stride": 2}
 
 
 def _paired(ref, case, repeats: int, warmup: int = 1) -> tuple[float, float]:
@@ -134,14 +157,14 @@ def _setup(name: str, quick: bool):
     return model, [(x, y)]
 
 
-def _reference_pass(model, x: torch.Tensor, y: torch.Tensor, repeats: int
-                    ) -> tuple[Callable[[], None], float]:
+def _reference_pass(model, x: torch.Tensor, y: torch.Tensor, repeats: int,
+                    loss_fn: Callable = F.cross_entropy) -> tuple[Callable[[], None], float]:
     """The reference every figure is a multiple of: one forward and backward pass of the summed
-    cross-entropy over ``(x, y)``; returns it and its best time (paired with itself), the
-    gradients cleared afterwards."""
+    loss (cross-entropy) over ``(x, y)``; returns it and its best time (paired with itself),
+    the gradients cleared afterwards."""
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y, reduction="sum").backward()
+        loss_fn(model(x), y, reduction="sum").backward()
 
     t_fb, _ = _paired(fwd_bwd, fwd_bwd, repeats)
     model.zero_grad(set_to_none=True)
@@ -392,87 +415,134 @@ def vit_setup(vit: dict | None = None, samples: int = 256, dtype: torch.dtype = 
     return model, [(x, y)]
 
 
-def measure_vit(repeats: int, quick: bool) -> tuple[list[dict], dict]:
-    """The ViT-tiny rows, and the :func:`agreement` of ``mrp`` with the naive loop (for all
-    timed units, and for heads and FFN neurons apart under ``"by_kind"``)."""
-    setting = VIT_QUICK if quick else VIT_FULL
-    model, data = vit_setup(setting["vit"], setting["samples"])
-    x, y = data[0]
-    name = "vit_tiny"
+def token_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of ``(B, T, V)`` next-token logits and ``(B, T)`` targets, per token
+    with ``reduction="none"`` (a window's loss is its tokens' mean:
+    :func:`saliency.base.per_sample_loss`); ``"sum"`` sums the windows' mean losses, as the
+    scorers' per-sample sum does."""
+    per_token = F.cross_entropy(out.transpose(1, 2), y, reduction="none")
+    if reduction == "none":
+        return per_token
+    per_window = per_token.mean(1)
+    return per_window.sum() if reduction == "sum" else per_window.mean()
 
-    fwd_bwd, t_fb = _reference_pass(model, x, y, repeats)
+
+def llama_setup(llama: dict, samples: int, tokens: int, seed: int = 0):
+    """``hf_llama`` built with the keyword arguments ``llama`` (eval mode, float32) and one
+    fixed batch ``[(x, y)]`` of ``samples`` random windows of ``tokens`` token ids with random
+    next tokens."""
+    torch.manual_seed(seed)
+    model = build_model("hf_llama", **llama).eval()
+    x = torch.randint(0, llama["vocab_size"], (samples, tokens))
+    y = torch.randint(0, llama["vocab_size"], (samples, tokens))
+    return model, [(x, y)]
+
+
+def _transformer(name: str, quick: bool):
+    """``(model, data, loss_fn, stride, head_stride, note)`` of a transformer case."""
+    if name == "vit_tiny":
+        setting = VIT_QUICK if quick else VIT_FULL
+        model, data = vit_setup(setting["vit"], setting["samples"])
+        x = data[0][0]
+        return (model, data, F.cross_entropy, setting["stride"], 1,
+                f"{dict(setting['vit']) or 'zoo default'}, {x.shape[0]} random "
+                f"{tuple(x.shape[1:])}")
+    setting = LLAMA_QUICK if quick else LLAMA_FULL
+    model, data = llama_setup(setting["llama"], setting["samples"], setting["tokens"])
+    return (model, data, token_loss, setting["stride"], setting["head_stride"],
+            f"{setting['llama']}, {setting['samples']} random windows of "
+            f"{setting['tokens']} tokens")
+
+
+def measure_transformer(name: str, repeats: int, quick: bool) -> tuple[list[dict], dict]:
+    """The rows of a transformer (``vit_tiny`` or ``hf_llama``), and the :func:`agreement` of
+    ``mrp`` with the naive loop (for all timed units, and for heads and FFN neurons apart
+    under ``"by_kind"``)."""
+    model, data, loss_fn, stride, head_stride, note = _transformer(name, quick)
+    x, y = data[0]
+    fwd_bwd, t_fb = _reference_pass(model, x, y, repeats, loss_fn)
     graph = trace(model, x[:1])
     ffns, attns = graph.prunable, graph.prunable_heads
     n_neurons = sum(graph.groups[n].size for n in ffns)
     n_heads = sum(graph.heads[n].num_heads for n in attns)
     shape = f"{n_heads} heads in {len(attns)} modules, {n_neurons} FFN neurons in {len(ffns)}"
     rows = [{"model": name, "case": "forward+backward", "seconds": t_fb, "ratio": 1.0,
-             "note": f"{dict(setting['vit']) or 'zoo default'}, {x.shape[0]} random "
-                     f"{tuple(x.shape[1:])}"}]
+             "note": note}]
 
     def ffn_pass():
         with preserved(model):
-            unit_statistics(model, graph, ffns, data, F.cross_entropy, stats=["mrs"])
+            unit_statistics(model, graph, ffns, data, loss_fn, stats=["mrs"])
 
     def head_pass():
         with preserved(model):
-            head_statistics(model, graph.heads, attns, data, F.cross_entropy)
+            head_statistics(model, graph.heads, attns, data, loss_fn)
 
     def both():
         with preserved(model):
-            unit_statistics(model, graph, ffns, data, F.cross_entropy, stats=["mrs"],
-                            heads=attns)
+            unit_statistics(model, graph, ffns, data, loss_fn, stats=["mrs"], heads=attns)
 
-    for case, fn, note in (
-            ("mrs_pass_vit_tiny", both, f"mrs of {shape}: one forward+backward for both"),
-            ("mrs_ffn_neurons_vit_tiny", ffn_pass, "FFN neurons alone: one forward+backward"),
-            ("mrs_heads_vit_tiny", head_pass, "heads alone: one forward+backward")):
+    for case, fn, what in (
+            ("mrs_pass", both, f"mrs of {shape}: one forward+backward for both"),
+            ("mrs_ffn_neurons", ffn_pass, "FFN neurons alone: one forward+backward"),
+            ("mrs_heads", head_pass, "heads alone: one forward+backward")):
         t_ref, t = _paired(fwd_bwd, fn, repeats)
         model.zero_grad(set_to_none=True)
-        rows.append({"model": name, "case": case, "seconds": t, "ratio": t / t_ref,
-                     "note": note})
+        rows.append({"model": name, "case": f"{case}_{name}", "seconds": t, "ratio": t / t_ref,
+                     "note": what})
+    rows_mrp, agree = _mrp_rows(name, model, data, loss_fn, graph, fwd_bwd, repeats, stride,
+                                head_stride, shape)
+    agree["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+    return rows + rows_mrp, agree
 
-    subset = unit_subset(graph, setting["stride"])
+
+def _mrp_rows(name, model, data, loss_fn, graph, fwd_bwd, repeats, stride, head_stride,
+              shape) -> tuple[list[dict], dict]:
+    """Exact MRP against the naive loop on a transformer: the rows and their agreement."""
+    ffns, attns = graph.prunable, graph.prunable_heads
+    n_neurons = sum(graph.groups[n].size for n in ffns)
+    n_heads = sum(graph.heads[n].num_heads for n in attns)
+    subset = unit_subset(graph, stride, head_stride)
     neurons = [(g, i) for g, i in subset if g in ffns]
     heads = [(g, h) for g, h in subset if g in attns]
     times, last = _rounds({
         "fwd_bwd": fwd_bwd,
-        "mrp": lambda: mrp_loss_changes(model, data),
-        "mrp_heads": lambda: head_mrp(model, graph.heads, attns, data, F.cross_entropy,
+        "mrp": lambda: mrp_loss_changes(model, data, loss_fn),
+        "mrp_heads": lambda: head_mrp(model, graph.heads, attns, data, loss_fn,
                                       absolute=False),
-        "naive_heads": lambda: naive_loss_changes(model, data, heads),
-        "naive_neurons": lambda: naive_loss_changes(model, data, neurons)},
+        "naive_heads": lambda: naive_loss_changes(model, data, heads, loss_fn),
+        "naive_neurons": lambda: naive_loss_changes(model, data, neurons, loss_fn)},
         max(1, repeats // 2))
     model.zero_grad(set_to_none=True)
     t_ref, t_mrp, t_mrp_heads, t_heads, t_neurons = (
         min(times[k]) for k in ("fwd_bwd", "mrp", "mrp_heads", "naive_heads", "naive_neurons"))
     per_head, per_neuron = t_heads / len(heads), t_neurons / len(neurons)
     t_naive = per_head * n_heads + per_neuron * n_neurons
-    rows += [
-        {"model": name, "case": "mrp_all_units_vit_tiny", "seconds": t_mrp,
+    every = "all" if head_stride == 1 else f"one in {head_stride} of the"
+    rows = [
+        {"model": name, "case": f"mrp_all_units_{name}", "seconds": t_mrp,
          "ratio": t_mrp / t_ref, "note": f"signed, {shape}"},
-        {"model": name, "case": "mrp_heads_vit_tiny", "seconds": t_mrp_heads,
+        {"model": name, "case": f"mrp_heads_{name}", "seconds": t_mrp_heads,
          "ratio": t_mrp_heads / t_ref, "note": f"its {n_heads} heads alone: one forward each"},
-        {"model": name, "case": "naive_per_head_vit_tiny", "seconds": per_head,
+        {"model": name, "case": f"naive_per_head_{name}", "seconds": per_head,
          "ratio": per_head / t_ref,
-         "note": f"copy + remove_units + forward; timed on all {len(heads)} heads, time per head"},
-        {"model": name, "case": "naive_per_neuron_vit_tiny", "seconds": per_neuron,
+         "note": f"copy + remove_units + forward; timed on {every} {n_heads} heads "
+                 f"({len(heads)}), time per head"},
+        {"model": name, "case": f"naive_per_neuron_{name}", "seconds": per_neuron,
          "ratio": per_neuron / t_ref,
-         "note": f"the same, timed on {len(neurons)} FFN neurons (one in {setting['stride']} "
+         "note": f"the same, timed on {len(neurons)} FFN neurons (one in {stride} "
                  "of every block), time per neuron"},
-        {"model": name, "case": "mrp_speedup_vit_tiny", "seconds": t_naive,
+        {"model": name, "case": f"mrp_speedup_{name}", "seconds": t_naive,
          "ratio": t_naive / t_mrp,
-         "note": f"naive loop over all {n_heads} heads and {n_neurons} neurons (neurons "
-                 "extrapolated) / mrp"},
-        {"model": name, "case": "mrp_speedup_heads_vit_tiny", "seconds": t_heads,
-         "ratio": t_heads / t_mrp_heads, "note": f"naive loop over the {n_heads} heads / "
-                                                 "mrp of the heads"},
+         "note": f"naive loop over all {n_heads} heads and {n_neurons} neurons (extrapolated "
+                 "from the timed ones) / mrp"},
+        {"model": name, "case": f"mrp_speedup_heads_{name}",
+         "seconds": per_head * n_heads, "ratio": per_head * n_heads / t_mrp_heads,
+         "note": f"naive loop over the {n_heads} heads / mrp of the heads"},
     ]
     mrp = last["mrp"]
     agree = agreement(mrp, heads + neurons, last["naive_heads"] + last["naive_neurons"])
     agree["by_kind"] = {"heads": agreement(mrp, heads, last["naive_heads"]),
                         "ffn_neurons": agreement(mrp, neurons, last["naive_neurons"])}
-    agree["dtype"] = str(x.dtype).replace("torch.", "")
     return rows, agree
 
 
@@ -480,8 +550,9 @@ def _target_models(case: str) -> tuple[str, ...]:
     """The models a target's case is measured on."""
     if case.endswith("_resnet20"):
         return ("resnet20",)
-    if case.endswith("_vit_tiny"):
-        return ("vit_tiny",)
+    for name in TRANSFORMERS:
+        if case.endswith(f"_{name}"):
+            return (name,)
     if case == "loss_change_conv1_speedup":
         return ("thesis_cnn",)
     return ("mlp", "thesis_cnn")
@@ -495,7 +566,8 @@ def main(argv: list[str] | None = None, file=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench.scorers")
     parser.add_argument("--quick", action="store_true",
                         help="smaller batches, a narrow ResNet-20 (widths 4, 8, 8), a tiny "
-                             "ViT (12x12 inputs, 2 blocks of width 32), 2 repeats")
+                             "ViT (12x12 inputs, 2 blocks of width 32), a tiny Llama (2 layers "
+                             "of width 16), 2 repeats")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                         help="the models to time (default: all)")
@@ -518,14 +590,14 @@ def _run(args, file) -> dict:
     out = file or sys.stdout
     repeats = 2 if args.quick else args.repeats
     models = [m for m in MODELS if m in args.models]
-    rows, busy, agree, agree_vit = [], {}, None, None
+    rows, busy, agree, agree_tf = [], {}, None, {}
     start = cpu_mark()
     for name in models:
         mark = cpu_mark()
         if name == "resnet20":
             got, agree = measure_resnet(repeats, args.quick)
-        elif name == "vit_tiny":
-            got, agree_vit = measure_vit(repeats, args.quick)
+        elif name in TRANSFORMERS:
+            got, agree_tf[name] = measure_transformer(name, repeats, args.quick)
         else:
             got = measure(name, repeats, args.quick)
         rows += got
@@ -553,11 +625,11 @@ def _run(args, file) -> dict:
               f"{_fmt(agree['max_abs_diff'])}; {agree['inexact_units']} whose removal differs "
               "at zero-padded borders (no agreement expected), max |difference| "
               f"{_fmt(agree['max_abs_diff_inexact'])}", file=out)
-    if agree_vit is not None:
-        kinds = agree_vit["by_kind"]
-        print(f"vit_tiny: mrp against the naive loop ({agree_vit['dtype']}) on "
+    for name, ag in agree_tf.items():
+        kinds = ag["by_kind"]
+        print(f"{name}: mrp against the naive loop ({ag['dtype']}) on "
               f"{kinds['heads']['units']} heads and {kinds['ffn_neurons']['units']} FFN neurons: "
-              f"{agree_vit['exact_units']} of {agree_vit['units']} with an exact removal; max "
+              f"{ag['exact_units']} of {ag['units']} with an exact removal; max "
               f"|difference| {_fmt(kinds['heads']['max_abs_diff'])} (heads), "
               f"{_fmt(kinds['ffn_neurons']['max_abs_diff'])} (FFN neurons)", file=out)
     print("other processes kept "
@@ -568,7 +640,8 @@ def _run(args, file) -> dict:
         print(f"warning: other processes used more than {BUSY_WARNING} CPUs; the timings are "
               "noisy", file=out)
     result = {"benchmark": "scorers", "rows": rows, "targets": met,
-              "others_busy": busy, "agreement": agree, "agreement_vit_tiny": agree_vit,
+              "others_busy": busy, "agreement": agree,
+              **{f"agreement_{n}": agree_tf.get(n) for n in TRANSFORMERS if n in models},
               "targets_met": all(m["met"] for m in met.values())}
     print(json.dumps(result), file=out)
     return result

@@ -69,6 +69,7 @@ __all__ = [
     "DecoderBlock",
     "DecoderLM",
     "decoder_lm",
+    "hf_llama",
     "MODELS",
     "build_model",
 ]
@@ -1345,9 +1346,8 @@ def decoder_lm(vocab_size: int = 128, context: int = 128, depth: int = 4, width:
     Graph of units (:func:`pruners.trace`): each block's ``gate`` and ``up`` form one group
     (named ``blocks.{i}.gate``, held at their product) consumed by ``down``: the SwiGLU
     neurons. The residual stream (every ``attn.out_proj`` and ``down``) is not prunable:
-    RMSNorm mixes its channels. With ``tie_embeddings=True`` the graph refuses ``head`` (it
-    shares its weight with ``embed``); pass ``exclude=["head"]`` (it is the output layer, never
-    prunable). Pruned widths per block are read back from the weights by
+    RMSNorm mixes its channels. ``head`` is the output layer, never prunable (tied to
+    ``embed`` or not). Pruned widths per block are read back from the weights by
     :func:`experiments.harness.checkpoint.fit_to_state_dict`.
 
     Submodules: ``embed``; ``blocks.{i}`` with ``norm1``, ``attn.{q_proj, k_proj, v_proj,
@@ -1374,6 +1374,44 @@ def decoder_lm(vocab_size: int = 128, context: int = 128, depth: int = 4, width:
     return DecoderLM(vocab_size, context, depth, width, heads, kv_heads, ffn, tie_embeddings)
 
 
+def hf_llama(vocab_size: int = 128, context: int = 128, depth: int = 4, width: int = 64,
+             heads: int = 8, kv_heads: int = 2, ffn: int = 176,
+             tie_embeddings: bool = False) -> nn.Module:
+    """A Llama-family language model of the ``transformers`` package, built from a config
+    with random weights (nothing is downloaded), mapping token ids to next-token logits.
+
+    ``transformers.LlamaForCausalLM`` (H. Touvron et al., *LLaMA*, 2023,
+    https://arxiv.org/abs/2302.13971: pre-norm RMSNorm blocks, a SwiGLU FFN, grouped-query
+    causal attention with rotary position embeddings, no biases) of ``depth`` layers of
+    ``width`` channels, ``heads`` query and ``kv_heads`` key/value heads, ``ffn`` SwiGLU
+    neurons, at most ``context`` positions, wrapped by :class:`saliency.hf.Logits` (input
+    ``(B, T)`` token ids, output ``(B, T, vocab_size)``; the ``transformers`` model is
+    ``.model``). The same shape as :func:`decoder_lm` but for the rotary positions: the
+    library's code instead of the zoo's. The graph of units is built through ``torch.export``
+    (``torch.fx`` cannot trace it): each layer's ``mlp.gate_proj``/``mlp.up_proj`` group and
+    ``self_attn`` heads are units. Requires the ``hf`` extra (``pip install
+    "saliency-pruning[hf]"``).
+    """
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover - the test extra installs it
+        raise ImportError('hf_llama needs the transformers package: pip install '
+                          '"saliency-pruning[hf]"') from exc
+    from saliency.hf import Logits
+    _check_int("vocab_size", vocab_size)
+    _check_int("context", context)
+    _check_int("depth", depth)
+    _check_heads(width, heads, kv_heads, None)
+    _check_int("ffn", ffn)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=ffn,
+        num_hidden_layers=depth, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=context, tie_word_embeddings=bool(tie_embeddings),
+        attention_bias=False, mlp_bias=False, bos_token_id=None, eos_token_id=None,
+        pad_token_id=None)
+    return Logits(transformers.LlamaForCausalLM(config))
+
+
 #: name -> factory, for checkpoints (the architecture is recorded by name and
 #: keyword arguments) and the CLI.
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -1394,6 +1432,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "densenet": densenet,
     "vit_tiny": vit_tiny,
     "decoder_lm": decoder_lm,
+    "hf_llama": hf_llama,
 }
 
 

@@ -29,6 +29,11 @@ of the training text. The data: Debian's ``fortunes`` quotations split by quotat
 
 Outputs as :mod:`~experiments.studies.transformers.vit`. ``--quick``: 256 windows of 32
 characters per split, a 2-block model of width 16, in seconds.
+
+``hf-llama-pruning``: the same design, data, widths, training, grid and recovery on the
+``transformers`` package's ``LlamaForCausalLM`` (the zoo's ``hf_llama``: rotary positions
+instead of learned ones, the library's code instead of the zoo's), whose graph of units is
+built through ``torch.export``. Needs the ``hf`` extra.
 """
 
 from __future__ import annotations
@@ -112,6 +117,32 @@ def decoder_lm_pruning(cfg: dict, ctx: RunContext) -> dict:
         title=(f"decoder_lm (depth {kw['depth']}, width {kw['width']}, {kw['heads']} heads / "
                f"{kw['kv_heads']} kv, SwiGLU {kw['ffn']}) on fortunes: one-shot pruning with "
                "mean replacement"))
+    base = res["baseline"]
+    ctx.log(f"baseline: validation loss {base['val_loss']:.4f} nats per character "
+            f"(next-character accuracy {100 * base['val_acc']:.2f}%), "
+            f"{res['model']['params']:,} parameters, {res['model']['macs']:,} MACs per window")
+    return res
+
+
+@register("hf-llama-pruning",
+          "Llama model of the transformers package (RMSNorm, SwiGLU, grouped-query attention, "
+          "rotary positions) on fortunes, character level: one-shot pruning of heads and "
+          "SwiGLU neurons at five fractions (mean replacement), ranked by MRS, norm, Taylor, "
+          "random and exact MRP; validation loss per character before/after a short recovery; "
+          "Spearman with MRP per layer (needs the hf extra)",
+          defaults=_DEFAULTS, quick=_QUICK, validate=_validate,
+          source="Touvron et al. 2023 (LLaMA); Michel et al. 2019 (heads); Evci 2018 (MRS, "
+                 "MRP, mean replacement)")
+def hf_llama_pruning(cfg: dict, ctx: RunContext) -> dict:
+    """``transformers``' Llama pruned once per scorer and fraction (see the module)."""
+    data = load_text(cfg)
+    kw = model_kwargs(cfg, data.num_classes)
+    res = oneshot.run_study(
+        cfg, ctx, data, model="hf_llama", model_kwargs=kw, loss_fn=token_cross_entropy,
+        report=("val", "loss"),
+        title=(f"transformers LlamaForCausalLM (depth {kw['depth']}, width {kw['width']}, "
+               f"{kw['heads']} heads / {kw['kv_heads']} kv, SwiGLU {kw['ffn']}) on fortunes: "
+               "one-shot pruning with mean replacement"))
     base = res["baseline"]
     ctx.log(f"baseline: validation loss {base['val_loss']:.4f} nats per character "
             f"(next-character accuracy {100 * base['val_acc']:.2f}%), "

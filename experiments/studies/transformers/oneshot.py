@@ -96,9 +96,9 @@ def layer_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, dict[str, 
     graph = trace(model, example)
     out: dict[str, dict[str, Any]] = {}
     for name in graph.prunable_heads:
-        mod = model.get_submodule(name)
-        h = int(mod.num_heads)
-        out[name] = {"kind": "heads", "size": h, "kv_heads": int(getattr(mod, "num_kv_heads", h))}
+        heads = graph.heads[name]
+        out[name] = {"kind": "heads", "size": int(heads.num_heads),
+                     "kv_heads": int(heads.num_kv_heads)}
     for name in graph.prunable:
         out[name] = {"kind": "ffn", "size": int(graph.groups[name].size)}
     return out
@@ -510,7 +510,8 @@ def run_study(cfg: Mapping[str, Any], ctx: RunContext, data, *, model: str,
     key = f"{split}_{metric}"
     plot_grid(ctx, rows, spearman, key=key,
               label=(f"{split} accuracy (%)" if metric == "acc"
-                     else f"{split} loss per {'character' if model == 'decoder_lm' else 'token'}"
+                     else f"{split} loss per "
+                          f"{'character' if model in ('decoder_lm', 'hf_llama') else 'token'}"
                           " (nats)"),
               baseline=base[key], title=title, scale=100.0 if metric == "acc" else 1.0)
     summary = {}
