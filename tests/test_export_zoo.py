@@ -9,7 +9,7 @@ import torch
 from test_export import signature
 
 from experiments.harness.models import MODELS, build_model
-from pruners import trace
+from pruners import UnsupportedArchitecture, trace
 
 #: (keyword arguments, example input) per zoo network; small widths keep it quick
 CASES = {
@@ -31,7 +31,11 @@ CASES = {
     "vit_tiny": (dict(width=32, depth=2), lambda: torch.randn(2, 1, 28, 28)),
     "decoder_lm": (dict(width=32, depth=2, ffn=48, context=16),
                    lambda: torch.randint(0, 128, (2, 16))),
+    "hf_llama": (dict(width=16, depth=2, heads=4, ffn=24, context=16),
+                 lambda: torch.randint(0, 128, (2, 16))),
 }
+#: networks torch.fx cannot trace: only the export route builds their graph
+EXPORT_ONLY = {"hf_llama"}
 
 
 def test_every_zoo_network_has_a_case():
@@ -42,9 +46,17 @@ def test_every_zoo_network_has_a_case():
 @pytest.mark.parametrize("name", list(CASES))
 def test_both_routes_give_the_same_graph_on_the_model_zoo(name):
     kwargs, example = CASES[name]
+    if name == "hf_llama":
+        pytest.importorskip("transformers")
     torch.manual_seed(0)
     model = build_model(name, **kwargs).eval()
     x = example()
+    if name in EXPORT_ONLY:
+        with pytest.raises(UnsupportedArchitecture, match="torch.fx cannot trace"):
+            trace(model, x, route="fx")
+        graph = trace(model, x)
+        assert graph.prunable and graph.prunable_heads
+        return
     fx_graph = trace(model, x, route="fx", on_unsupported="exclude")
     export_graph = trace(model, x, route="export", on_unsupported="exclude")
     assert signature(export_graph) == signature(fx_graph)
