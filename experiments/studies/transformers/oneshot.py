@@ -346,6 +346,13 @@ def _plt():
     return plt, sns
 
 
+def _block(layer: str) -> str:
+    """The block index in a layer's name (``"blocks.2.attn"``, ``"model.model.layers.2.mlp.
+    gate_proj"``: ``"2"``), else the name."""
+    digits = [part for part in layer.split(".") if part.isdigit()]
+    return digits[0] if digits else layer
+
+
 def plot_grid(ctx: RunContext, rows: Sequence[Mapping[str, Any]],
               spearman: Sequence[Mapping[str, Any]], *, key: str, label: str,
               baseline: float, title: str, name: str = "pruning.png",
@@ -387,7 +394,7 @@ def plot_grid(ctx: RunContext, rows: Sequence[Mapping[str, Any]],
         ax.bar([i + (j - (len(others) - 1) / 2) * width for i in range(len(layer_names))], vals,
                width=width, color=colors.get(s), label=s)
     ax.set_xticks(range(len(layer_names)))
-    ax.set_xticklabels([f"{'heads' if k == 'heads' else 'FFN'}\n{n.replace('blocks.', 'b')}"
+    ax.set_xticklabels([f"{'heads' if k == 'heads' else 'FFN'}\nblock {_block(n)}"
                         for k, n in layer_names], fontsize=7)
     ax.axhline(0, color="0.3", linewidth=0.8)
     ax.set(ylabel="Spearman with exact MRP", title="rank correlation with exact MRP per layer",
