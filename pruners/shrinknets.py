@@ -30,7 +30,7 @@ Inference").
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.fx as fx
@@ -131,9 +131,7 @@ def insert_switches(model: nn.Module, example_input: torch.Tensor | None = None,
         if head_switch_of(model, graph.heads[name]) is not None:
             raise ValueError(f"attention {name!r} already has a head switch")
     _check_head_hosts(model, graph, head_targets, example_input)
-    gm = symbolic_trace(model) if not isinstance(model, fx.GraphModule) else model
-    if gm is not model:
-        _check_mode_free(model, gm)
+    gm = model if isinstance(model, fx.GraphModule) else _traced_copy(model, example_input)
     if hasattr(gm, "switches") and not isinstance(getattr(gm, "switches"), nn.ModuleDict):
         raise ValueError("the model has an attribute 'switches' already")
     nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
@@ -274,17 +272,39 @@ def _switch_sites(gm: fx.GraphModule, nodes: dict, group) -> list[fx.Node]:
     return sites
 
 
-def _check_mode_free(model: nn.Module, gm: fx.GraphModule) -> None:
+def _traced_copy(model: nn.Module, example_input: torch.Tensor | None) -> fx.GraphModule:
+    """``model`` as a graph module to insert switches into: its ``torch.fx`` trace, or, when
+    ``torch.fx`` cannot trace it, the graph built through ``torch.export``
+    (:func:`saliency.export.exported_graph`), checked to read no ``self.training`` outside its
+    leaf modules (:func:`_check_mode_free`)."""
+    try:
+        gm = symbolic_trace(model)
+        trace_as = None
+    except Exception:  # noqa: BLE001 - trace() succeeded, so the export route works
+        from saliency.export import exported_graph
+        x = example_input if example_input is not None else default_example_input(model)
+        if x.dim() > 0 and x.shape[0] == 1:
+            x = x.expand(2, *x.shape[1:]).clone()
+
+        def trace_as(m: nn.Module) -> fx.GraphModule:
+            return exported_graph(m, x, train=m.training)
+        gm = trace_as(model)
+    _check_mode_free(model, gm, trace_as or symbolic_trace)
+    return gm
+
+
+def _check_mode_free(model: nn.Module, gm: fx.GraphModule,
+                     trace_as: Callable[[nn.Module], fx.GraphModule] = symbolic_trace) -> None:
     """Refuse a forward that reads ``self.training`` outside leaf modules.
 
     Tracing freezes such reads (``F.dropout(x, training=self.training)``
     becomes ``training=True``): the traced copy would drop out in eval mode
-    too. Traced in the other mode, such a model gives different code.
+    too. Traced in the other mode (by ``trace_as``), such a model gives different code.
     """
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.train(not model.training)
-        other = symbolic_trace(model)
+        other = trace_as(model)
     finally:
         for m, flag in flags:
             m.training = flag

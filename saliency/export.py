@@ -294,10 +294,13 @@ class _Builder:
         return getattr(a, "value", None)
 
 
-def exported_graph(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+def exported_graph(model: nn.Module, example_input: torch.Tensor, *, train: bool = False
+                   ) -> fx.GraphModule:
     """The graph :func:`saliency.trace` reads, built from ``torch.export`` (see the module
     docstring); its root is ``model``, so it calls the model's own modules. The export runs
-    on a copy of the model in eval mode (it leaves weak references on what it traced).
+    on a copy of the model (it leaves weak references on what it traced), in eval mode, or in
+    training mode with ``train=True``: what the forward reads of ``self.training`` outside the
+    leaves is fixed in the graph, as ``torch.fx`` tracing fixes it.
 
     Raises:
         RuntimeError: when ``torch.export`` cannot trace the model (its message).
@@ -305,7 +308,7 @@ def exported_graph(model: nn.Module, example_input: torch.Tensor) -> fx.GraphMod
     leaves = leaf_modules(model)
     # export leaves weak references on the tensors it traced, which would stop a later
     # removal from swapping them (torch.utils.swap_tensors): trace a copy of the model
-    twin = copy.deepcopy(model).eval()
+    twin = copy.deepcopy(model).train(train)
     with torch.no_grad():
         ep = _export(twin, example_input, leaves)
     return _Builder(model, ep, leaves).build()

@@ -14,7 +14,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from pruners import mask_units, remove_units, trace  # noqa: E402
+from pruners import mask_units, prepare_for, remove_units, trace  # noqa: E402
 from saliency import SCORERS  # noqa: E402
 from saliency.hf import Logits, linear_from_conv1d  # noqa: E402
 
@@ -269,12 +269,17 @@ def test_the_pruned_model_generates_with_the_cache_as_without(case, attention):
 
 
 @pytest.mark.parametrize("name", ["norm", "mrs", "taylor", "dormancy", "random_unit",
-                                  "group_norm"])
-def test_every_unit_scorer_scores_neurons_and_heads(name):
-    model = llama()
-    scores = SCORERS[name]().score(model, [batch(1)], token_loss)
-    assert scores[f"{LLAMA}.0.mlp.gate_proj"].shape == (24,)
-    assert scores[f"{LLAMA}.1.self_attn"].shape == (4,)
+                                  "group_norm", "switch"])
+@pytest.mark.parametrize("case", ["llama", "gpt2"])
+def test_every_unit_scorer_scores_neurons_and_heads(name, case):
+    build, _ = CASES[case]
+    scorer = SCORERS[name]()
+    model = prepare_for(scorer, build(), example_input=batch(1)[0])  # switches: a traced copy
+    scores = scorer.score(model, [batch(1)], token_loss)
+    prefix, ffn, attn = (LLAMA, "mlp.gate_proj", "self_attn") if case == "llama" else \
+        (GPT2, "mlp.c_fc", "attn")
+    assert scores[f"{prefix}.0.{ffn}"].shape == (24,)
+    assert scores[f"{prefix}.1.{attn}"].shape == (4,)
     assert all(torch.isfinite(v).all() for v in scores.values())
 
 
