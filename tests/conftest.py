@@ -22,3 +22,15 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def float64():
+    """float64 as torch's default dtype for the test (modules and tensors built in it), and
+    seed 0; the previous default restored after. Use with
+    ``pytestmark = pytest.mark.usefixtures("float64")``."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(old)

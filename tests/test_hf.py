@@ -23,12 +23,7 @@ LLAMA = "model.model.layers"
 GPT2 = "model.transformer.h"
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def llama(tie: bool = False, bias: bool = True) -> Logits:

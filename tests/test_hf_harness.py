@@ -11,10 +11,12 @@ import torch
 
 pytest.importorskip("transformers")
 
-from test_hf import CASES, batch, float64, logits  # noqa: E402, F401
+from test_hf import CASES, batch, logits  # noqa: E402
 
 from experiments.harness.checkpoint import fit_to_state_dict  # noqa: E402
 from pruners import remove_units  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.mark.parametrize("case", list(CASES))

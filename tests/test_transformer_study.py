@@ -314,19 +314,32 @@ def test_bad_settings_are_refused_before_anything_is_written(bad, match):
 LM = "decoder-lm-pruning"
 
 
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory):
-    """``decoder-lm-pruning --quick`` on generated text (quotations of random words)."""
-    corpus = tmp_path_factory.mktemp("text")
+def word_corpus(folder, seed: int):
+    """A ``fortunes``-format file of 400 quotations of 4-15 random words (of 8) in ``folder``;
+    returns the folder."""
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     docs = [" ".join(words[int(j)] for j in torch.randint(0, 8, (int(n),), generator=gen))
             for n in torch.randint(4, 16, (400,), generator=gen)]
-    (corpus / "words").write_text("\n%\n".join(docs) + "\n", encoding="utf-8")
-    out = tmp_path_factory.mktemp("decoder_lm_pruning")
-    assert main(["run", LM, "--quick", "--out", str(out), "--set", f"data_dir={corpus}"]) == 0
+    (folder / "words").write_text("\n%\n".join(docs) + "\n", encoding="utf-8")
+    return folder
+
+
+def quick_text_run(tmp_path_factory, experiment: str, seed: int):
+    """``experiment --quick`` on generated text (quotations of random words): ``(folder,
+    config, results)``."""
+    corpus = word_corpus(tmp_path_factory.mktemp("text"), seed=seed)
+    out = tmp_path_factory.mktemp(experiment.replace("-", "_"))
+    assert main(["run", experiment, "--quick", "--out", str(out), "--set",
+                 f"data_dir={corpus}"]) == 0
     cfg = json.loads((out / "config.json").read_text())["config"]
     return out, cfg, json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    """``decoder-lm-pruning --quick`` on generated text."""
+    return quick_text_run(tmp_path_factory, LM, seed=0)
 
 
 def test_the_decoder_figures_are_what_its_saved_networks_give(lm_run):
@@ -434,18 +447,9 @@ HF = "hf-llama-pruning"
 
 @pytest.fixture(scope="module")
 def hf_run(tmp_path_factory):
-    """``hf-llama-pruning --quick`` on generated text (the decoder's words)."""
+    """``hf-llama-pruning --quick`` on generated text."""
     pytest.importorskip("transformers")
-    corpus = tmp_path_factory.mktemp("hf_text")
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
-    gen = torch.Generator().manual_seed(1)
-    docs = [" ".join(words[int(j)] for j in torch.randint(0, 8, (int(n),), generator=gen))
-            for n in torch.randint(4, 16, (400,), generator=gen)]
-    (corpus / "words").write_text("\n%\n".join(docs) + "\n", encoding="utf-8")
-    out = tmp_path_factory.mktemp("hf_llama_pruning")
-    assert main(["run", HF, "--quick", "--out", str(out), "--set", f"data_dir={corpus}"]) == 0
-    cfg = json.loads((out / "config.json").read_text())["config"]
-    return out, cfg, json.loads((out / "results.json").read_text())
+    return quick_text_run(tmp_path_factory, HF, seed=1)
 
 
 def test_the_llama_of_transformers_is_pruned_and_every_figure_reproduces(hf_run):

@@ -109,12 +109,17 @@ def _validate(cfg: Mapping[str, Any]) -> None:
           source="Michel et al. 2019 (heads); Evci 2018 (MRS, MRP, mean replacement)")
 def decoder_lm_pruning(cfg: dict, ctx: RunContext) -> dict:
     """The decoder LM pruned once per scorer and fraction (see the module)."""
+    return _study(cfg, ctx, "decoder_lm", "decoder_lm")
+
+
+def _study(cfg: dict, ctx: RunContext, model: str, what: str) -> dict:
+    """The study on zoo model ``model`` (``what`` names it in the figure's title)."""
     data = load_text(cfg)
     kw = model_kwargs(cfg, data.num_classes)
     res = oneshot.run_study(
-        cfg, ctx, data, model="decoder_lm", model_kwargs=kw, loss_fn=token_cross_entropy,
+        cfg, ctx, data, model=model, model_kwargs=kw, loss_fn=token_cross_entropy,
         report=("val", "loss"),
-        title=(f"decoder_lm (depth {kw['depth']}, width {kw['width']}, {kw['heads']} heads / "
+        title=(f"{what} (depth {kw['depth']}, width {kw['width']}, {kw['heads']} heads / "
                f"{kw['kv_heads']} kv, SwiGLU {kw['ffn']}) on fortunes: one-shot pruning with "
                "mean replacement"))
     base = res["baseline"]
@@ -135,16 +140,4 @@ def decoder_lm_pruning(cfg: dict, ctx: RunContext) -> dict:
                  "MRP, mean replacement)")
 def hf_llama_pruning(cfg: dict, ctx: RunContext) -> dict:
     """``transformers``' Llama pruned once per scorer and fraction (see the module)."""
-    data = load_text(cfg)
-    kw = model_kwargs(cfg, data.num_classes)
-    res = oneshot.run_study(
-        cfg, ctx, data, model="hf_llama", model_kwargs=kw, loss_fn=token_cross_entropy,
-        report=("val", "loss"),
-        title=(f"transformers LlamaForCausalLM (depth {kw['depth']}, width {kw['width']}, "
-               f"{kw['heads']} heads / {kw['kv_heads']} kv, SwiGLU {kw['ffn']}) on fortunes: "
-               "one-shot pruning with mean replacement"))
-    base = res["baseline"]
-    ctx.log(f"baseline: validation loss {base['val_loss']:.4f} nats per character "
-            f"(next-character accuracy {100 * base['val_acc']:.2f}%), "
-            f"{res['model']['params']:,} parameters, {res['model']['macs']:,} MACs per window")
-    return res
+    return _study(cfg, ctx, "hf_llama", "transformers LlamaForCausalLM")
