@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
-__all__ = ["exported_graph", "ATEN_EQUIVALENTS"]
+__all__ = ["exported_graph", "leaf_modules", "ATEN_EQUIVALENTS"]
 
 aten = torch.ops.aten
 
@@ -63,13 +63,14 @@ def _method(name: str) -> Callable:
 
 
 def _index(args, kwargs):
-    """``aten.select(x, dim, i)`` and ``aten.slice(x, dim, start, end, step)`` as
-    ``x[..., index]`` with ``dim`` full slices before the index."""
+    """``aten.select(x, dim, i)`` as ``x[:, ..., i]`` (``dim`` full slices before ``i``)."""
     x, dim = args[0], args[1]
     return ("call_function", operator.getitem, (x, (slice(None),) * dim + (args[2],)), {})
 
 
 def _slice(args, kwargs):
+    """``aten.slice(x, dim, start, end, step)`` as ``x[:, ..., start:end:step]`` (an ``end``
+    of 2**63 - 1 is the end of the dimension)."""
     x, dim = args[0], args[1] if len(args) > 1 else 0
     start = args[2] if len(args) > 2 else None
     end = args[3] if len(args) > 3 else None
@@ -155,7 +156,7 @@ def leaf_modules(model: nn.Module) -> list[str]:
 
 
 def _export(model: nn.Module, example_input: torch.Tensor, leaves: list[str]):
-    """``torch.export.export`` of ``model`` on ``example_input`` with a dynamic batch and the
+    """``torch.export.export`` of ``model`` on ``example_input`` with dynamic sizes and the
     leaves' call signatures kept, the checked transformer layers run through their
     written-out forward (as the ``torch.fx`` route traces them)."""
     from .attention import layer_forward
