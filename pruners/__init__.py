@@ -41,6 +41,9 @@ Public names:
   :func:`~pruners.shrinknets.fold_switches`.
 * :func:`prepare_for` -- insert the layers a scorer reads (switches,
   tri-state ReLUs).
+* :func:`load_pruned`, :func:`fit_to_state_dict` -- reload a pruned model's state dict into
+  its architecture as built before pruning; :func:`read_state_dict` -- the state dict of the
+  checkpoint files people have, safely (:mod:`pruners.checkpoint`).
 * :class:`LRAttack`, :func:`attack_steps` -- learning-rate attacks (Evci
   2018, Sec. 3.3): on steps ``start + r * interval + j`` the update of chosen
   units is scaled, ``p <- p_old + m (p_new - p_old)``, for any optimizer.
@@ -51,6 +54,7 @@ from saliency.tracing import trace
 
 from . import schedules
 from .attacks import LRAttack, attack_steps
+from .checkpoint import StateDictError, fit_to_state_dict, load_pruned, read_state_dict
 from .cleanup import nonzero_fractions, remove_sparse_units, sparse_units
 from .group_sparsity import (GROUPINGS, Grouping, LayerGroups, ProximalGroupSparsity,
                              group_layout, group_norms, group_sparsity_penalty,
@@ -75,6 +79,10 @@ __all__ = [
     "count_params",
     "count_macs",
     "slice_param",
+    "load_pruned",
+    "fit_to_state_dict",
+    "read_state_dict",
+    "StateDictError",
     "schedules",
     "ParameterPruner",
     "UnitPruner",
