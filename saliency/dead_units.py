@@ -108,6 +108,7 @@ from .replacement import current_token_mask, iter_inputs, position_mask
 from .unit_stats import ConsumerMaps, activation, is_chain, unit_statistics
 
 __all__ = ["DeadUnitThresholds", "DeadUnitReport", "find_dead_units", "criterion_names",
+           "TARGET_CRITERIA",
            "EXACT_CRITERIA", "UNIT_STATISTICS"]
 
 #: criteria whose flagged units are exactly replaceable by a constant on the data
@@ -178,15 +179,20 @@ class DeadUnitThresholds:
         return cls(**dict(values))
 
 
+#: the criteria that read the loss's gradient, so need targets
+TARGET_CRITERIA = ("low_mrp", "low_mrs", "frozen")
+
+
 def criterion_names(thresholds: DeadUnitThresholds | None = None,
-                    exact_mrp: bool = False) -> list[str]:
-    """The criteria a report has, in order (``low_mrp`` only with exact MRP)."""
+                    exact_mrp: bool = False, targets: bool = True) -> list[str]:
+    """The criteria a report has, in order (``low_mrp`` only with exact MRP; without
+    ``targets``, none of :data:`TARGET_CRITERIA`)."""
     th = thresholds or DeadUnitThresholds()
     names = ["low_mrp"] if exact_mrp else []
     names += ["low_mrs", "constant", "constant_activation", "never_active"]
     names += [f"dormant@{t:g}" for t in th.taus]
     names += ["zero_outgoing", "frozen"]
-    return names
+    return names if targets else [n for n in names if n not in TARGET_CRITERIA]
 
 
 @dataclass
@@ -206,6 +212,8 @@ class DeadUnitReport:
         loss: mean loss on the data (eval mode).
         exact_mrp: whether exact MRP was computed.
         members: per group, its member layers (one, itself, on a chain).
+        skipped: criteria not computed: those of :data:`TARGET_CRITERIA` when the data has no
+            targets (batches ``(inputs, None)``; their statistics are NaN, ``loss`` too).
     """
 
     layers: list[str]
@@ -218,6 +226,7 @@ class DeadUnitReport:
     exact_mrp: bool = False
     criteria: list[str] = field(default_factory=list)
     members: dict[str, list[str]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
 
     def dead(self, criteria: Iterable[str] = EXACT_CRITERIA, *, how: str = "any"
              ) -> dict[str, torch.Tensor]:
@@ -279,8 +288,8 @@ class DeadUnitReport:
         th["taus"] = list(th["taus"])
         return {"thresholds": th, "samples": self.samples,
                 "loss": self.loss, "exact_mrp": self.exact_mrp, "criteria": list(self.criteria),
-                "exact_criteria": list(EXACT_CRITERIA), "layers": self.summary(),
-                "units": self.rows()}
+                "exact_criteria": list(EXACT_CRITERIA), "skipped": list(self.skipped),
+                "layers": self.summary(), "units": self.rows()}
 
     def __str__(self) -> str:
         cols = ["units", *self.criteria]
@@ -294,6 +303,8 @@ class DeadUnitReport:
             members = self.members.get(layer, [layer])
             if len(members) > 1:
                 lines.append(f"group {layer}: {', '.join(members)}")
+        if self.skipped:
+            lines.append(f"not computed (the data has no targets): {', '.join(self.skipped)}")
         return "\n".join(lines)
 
 
@@ -442,7 +453,9 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
 
     Args:
         model: the model (evaluated in eval mode, never changed).
-        data: an iterable of ``(inputs, targets)`` batches.
+        data: an iterable of ``(inputs, targets)`` batches. Batches ``(inputs, None)`` (data
+            without targets) give every criterion but those of :data:`TARGET_CRITERIA`,
+            which need the loss's gradient (listed in :attr:`DeadUnitReport.skipped`).
         layers: groups to examine by name (default: every prunable one of
             :func:`saliency.trace`; a producer on a chain is its own group).
         loss_fn: ``loss_fn(output, target, reduction="none")``.
@@ -471,7 +484,13 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
         raise ValueError("find_dead_units needs data: an iterable of (inputs, targets) batches")
     if iter(data) is data:
         data = list(data)
-    next(iter_batches(data))  # fail early on empty or malformed data
+    targets = next(iter_batches(data))[1] is not None  # fails early on empty data too
+    if not targets:
+        if exact_mrp:
+            raise ValueError("exact MRP (low_mrp) needs targets: it is a change of the loss, "
+                             "and the data's batches have none (targets None); pass "
+                             "(inputs, targets) batches, or leave exact_mrp off")
+        loss_fn = _no_loss
     example = example_input if example_input is not None else next(iter_inputs(data))
     graph = trace(model, example, exclude=exclude)
     names = select_layers(model, graph, None if layers is None else list(layers))
@@ -483,13 +502,24 @@ def find_dead_units(model: nn.Module, data: Iterable, *, layers: Iterable[str] |
             stats["mrp_rel"][name] = _relative(stats["mrp"][name])
     else:
         del stats["mrp"], stats["mrp_rel"]
-    criteria = criterion_names(th, exact_mrp)
+    criteria = criterion_names(th, exact_mrp, targets)
     samples = sum(int(x.shape[0]) for x in iter_inputs(data))
+    if not targets:
+        for key in ("mrs", "mrs_rel", "grad_norm", "grad_rel"):
+            stats[key] = {n: torch.full_like(stats[key][n], math.nan) for n in names}
     return DeadUnitReport(
         layers=list(names), num_units={n: graph.groups[n].size for n in names},
         stats=stats, flags=_flags(stats, names, th, criteria), thresholds=th, samples=samples,
-        loss=total_loss / max(samples, 1), exact_mrp=bool(exact_mrp), criteria=criteria,
-        members={n: list(graph.groups[n].members) for n in names})
+        loss=total_loss / max(samples, 1) if targets else math.nan, exact_mrp=bool(exact_mrp),
+        criteria=criteria, members={n: list(graph.groups[n].members) for n in names},
+        skipped=[] if targets else [c for c in criterion_names(th, exact_mrp)
+                                    if c in TARGET_CRITERIA])
+
+
+def _no_loss(out: torch.Tensor, y: Any, reduction: str = "mean") -> torch.Tensor:
+    """A loss of 0 per sample (data without targets: the gradient criteria are skipped)."""
+    zero = out.reshape(out.shape[0], -1).sum(1) * 0.0
+    return zero if reduction == "none" else zero.sum()
 
 
 def _thresholds(thresholds: DeadUnitThresholds | Mapping[str, Any] | None
@@ -553,12 +583,14 @@ def _flags(stats: dict[str, dict[str, torch.Tensor]], names: Sequence[str],
     for name in names:
         if "low_mrp" in flags:
             flags["low_mrp"][name] = stats["mrp_rel"][name] <= th.mrp_rel
-        flags["low_mrs"][name] = stats["mrs_rel"][name] <= th.mrs_rel
+        if "low_mrs" in flags:
+            flags["low_mrs"][name] = stats["mrs_rel"][name] <= th.mrs_rel
         flags["constant"][name] = stats["out_var_rel"][name] <= th.var_rel
         flags["constant_activation"][name] = stats["act_var_rel"][name] <= th.var_rel
         flags["never_active"][name] = stats["apoz"][name] >= th.apoz
         for t in th.taus:
             flags[f"dormant@{t:g}"][name] = stats["redo"][name] <= t
         flags["zero_outgoing"][name] = stats["w_out_max"][name] <= th.outgoing_atol
-        flags["frozen"][name] = stats["grad_rel"][name] <= th.grad_rel
+        if "frozen" in flags:
+            flags["frozen"][name] = stats["grad_rel"][name] <= th.grad_rel
     return flags

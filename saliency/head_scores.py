@@ -44,6 +44,7 @@ from torch import nn
 from .attention import Heads, context_hooks
 from .base import loss_sum, per_sample_loss
 from .layers import effective_tensor, eval_mode
+from .progress import progress
 from .replacement import (batch_token_mask, current_token_mask, iter_batches,
                           iter_masked_batches, masked_sums)
 
@@ -257,7 +258,7 @@ def head_mrp(model: nn.Module, heads: Mapping[str, Heads], names: Iterable[str],
         for x, y in iter_batches(data):
             with context_hooks(model, heads, {}):
                 base = per_sample_loss(loss_fn, model(x), y).to(torch.float64)
-            for n in names:
+            for n in progress(names, "head MRP modules"):
                 d = heads[n].head_dim
                 for j in range(heads[n].num_heads):
                     def fn(ctx, j=j, n=n, d=d):

@@ -40,6 +40,7 @@ from .base import ParameterScorer, iter_batches, per_sample_loss
 from .engine import Downstream
 from .graph import UnitGraph, UnsupportedArchitecture, symbolic_trace
 from .tracing import trace
+from .progress import progress
 from .replacement import iter_inputs
 from .taylor import parameter_values
 
@@ -253,8 +254,9 @@ class LossChange(ParameterScorer):
         totals = {k: torch.zeros(p.numel(), dtype=torch.float64, device=p.device)
                   for k, p in params.items()}
         count = 0
+        batches = list(iter_batches(data))
         with torch.no_grad():
-            for x, y in iter_batches(data):
+            for x, y in progress(batches, "loss_change batches"):
                 if fast:
                     ds = Downstream(model, graph, x, budget=self.budget)
                     base = _finite(per_sample_loss(loss_fn, ds.out, y))
@@ -320,7 +322,7 @@ class LossChange(ParameterScorer):
         copy = p.detach().clone()
         flat = copy.view(-1)
         res = torch.zeros(flat.numel(), dtype=torch.float64, device=p.device)
-        for e in range(flat.numel()):
+        for e in progress(range(flat.numel()), f"loss_change {real_name} weights"):
             old = flat[e].clone()
             if old == 0:
                 continue

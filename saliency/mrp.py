@@ -51,6 +51,7 @@ from .base import UnitScorer, iter_batches
 from .engine import Downstream
 from .head_scores import head_mrp
 from .layers import channels_first
+from .progress import progress
 from .replacement import held_means, unit_means
 from .unit_stats import is_chain
 
@@ -99,31 +100,40 @@ class MRP(UnitScorer):
         means.update(held_means(model, graph, data, held))
         totals = {n: torch.zeros(graph.groups[n].size, dtype=torch.float64) for n in layers}
         count = 0
-        for x, y in iter_batches(data):
-            ds = Downstream(model, graph, x)
-            base = ds.base_losses(y, loss_fn).to(torch.float64)
-            count += x.shape[0]
+        batches = list(iter_batches(data))
+        work = [(b, name) for b in range(len(batches)) for name in layers]
+        current, ds, reduce = -1, None, None
+        for b, name in progress(work, "MRP layers x batches"):
+            if b != current:  # a new batch: its base losses, once for all its layers
+                current = b
+                x, y = batches[b]
+                ds = Downstream(model, graph, x)
+                base = ds.base_losses(y, loss_fn).to(torch.float64)
+                count += x.shape[0]
 
-            def reduce(losses, base=base):
-                d = losses.to(torch.float64) - base
-                return (d.abs() if self.absolute else d).sum(1)
-
-            for name in layers:
-                group = graph.groups[name]
-                if not is_chain(group):
-                    ch = torch.arange(group.size)
-                    vals = {name: means[name]} if name in held else \
-                        {m: means[m] for m in group.members}
-                    totals[name] += ds.channel_losses(name, ch, vals, y, loss_fn, reduce=reduce)
-                    continue
-                h = channels_first(model.get_submodule(name), ds.output_of(name))
-                c = h.shape[1]
-                ch = torch.arange(c)
-                vals = means[name].to(h).reshape((c, 1) + (1,) * (h.dim() - 2))
-                totals[name] += ds.channel_losses(name, ch, vals, y, loss_fn, reduce=reduce)
+                def reduce(losses, base=base):
+                    d = losses.to(torch.float64) - base
+                    return (d.abs() if self.absolute else d).sum(1)
+            totals[name] += self._group_losses(model, graph, ds, name, means, held, y,
+                                               loss_fn, reduce)
         if self.reduction == "mean":
             totals = {n: t / count for n, t in totals.items()}
         return totals
+
+    @staticmethod
+    def _group_losses(model, graph, ds, name, means, held, y, loss_fn, reduce):
+        """The reduced loss changes of holding each channel of group ``name`` at its mean,
+        on the batch of ``ds``."""
+        group = graph.groups[name]
+        if not is_chain(group):
+            ch = torch.arange(group.size)
+            vals = {name: means[name]} if name in held else \
+                {m: means[m] for m in group.members}
+            return ds.channel_losses(name, ch, vals, y, loss_fn, reduce=reduce)
+        h = channels_first(model.get_submodule(name), ds.output_of(name))
+        c = h.shape[1]
+        vals = means[name].to(h).reshape((c, 1) + (1,) * (h.dim() - 2))
+        return ds.channel_losses(name, torch.arange(c), vals, y, loss_fn, reduce=reduce)
 
     def _head_scores(self, model, graph, names, data, loss_fn):
         totals = head_mrp(model, graph.heads, names, data, loss_fn, absolute=self.absolute)

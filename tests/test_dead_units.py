@@ -4,6 +4,8 @@ replaceable units are removed without changing the outputs."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -190,3 +192,26 @@ def test_every_statistic_is_in_the_table():
     assert d["exact_criteria"] == list(EXACT_CRITERIA)
     assert len(d["units"]) == 8 + 7 and d["thresholds"]["taus"] == [0.0, 0.025, 0.1]
     assert "constant" in str(report).splitlines()[0]
+
+
+def test_data_without_targets_gives_every_criterion_but_the_gradient_ones():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        net[0].weight[2] = 0
+        net[0].bias[2] = -1.0           # unit 2 never fires
+        net[2].weight[:, 4] = 0         # unit 4 has no outgoing weight
+    x = torch.randn(50, 4, dtype=torch.float64)
+    with_targets = find_dead_units(net, [(x, torch.randint(0, 3, (50,)))])
+    without = find_dead_units(net, [(x, None)])
+    assert without.skipped == ["low_mrs", "frozen"] and with_targets.skipped == []
+    assert without.criteria == [c for c in with_targets.criteria
+                                if c not in ("low_mrs", "frozen")]
+    for c in without.criteria:         # the target-free criteria are the same
+        assert torch.equal(without.flags[c]["0"], with_targets.flags[c]["0"]), c
+    assert without.dead(["never_active"])["0"].tolist() == [2]
+    assert without.dead(["zero_outgoing"])["0"].tolist() == [4]
+    assert math.isnan(without.loss) and torch.isnan(without.stats["mrs"]["0"]).all()
+    assert "not computed (the data has no targets): low_mrs, frozen" in str(without)
+    with pytest.raises(ValueError, match=r"exact MRP \(low_mrp\) needs targets"):
+        find_dead_units(net, [(x, None)], exact_mrp=True)
