@@ -26,7 +26,9 @@ scores a model once and reuses the result for every comparison.
 Each has a one-line plot (:func:`plot_correlations`, :func:`plot_topk`,
 :func:`plot_penalty`, :func:`plot_fidelity`) drawn with seaborn on a
 matplotlib Axes; nothing calls ``plt.show()``, so the plots work with the Agg
-backend and in notebooks alike.
+backend and in notebooks alike. A figure a plot creates is sized to its labels
+(long scorer names are shown in full, bar labels never overlap); the
+pruning-penalty plot names the layer it pruned.
 
 Example (a notebook cell)::
 
@@ -56,6 +58,7 @@ from scipy import stats
 
 from .base import per_sample_loss, preserved
 from .graph import Group
+from .progress import progress
 from .replacement import iter_inputs, replacement_hooks, unit_means
 from .tracing import trace
 
@@ -116,6 +119,42 @@ def _check_scores(scores: Mapping[str, Scores]) -> list[str]:
                 raise ValueError(f"layer {layer!r}: scorer {first[0]!r} gives shape {first[1]}, "
                                  f"{name!r} gives {tuple(t.shape)}")
     return list(scores)
+
+
+def _granularity(scores: Scores) -> str:
+    """``"parameter"`` for parameter-wise scores (a tensor that is not 1-D, or a key naming a
+    parameter: ``fc1.weight``, ``fc1.bias``, ``fc1.weight_orig``), else ``"unit"``."""
+    for key, t in scores.items():
+        last = str(key).rsplit(".", 1)[-1]
+        if t.dim() != 1 or last.endswith(("weight", "bias", "_orig")):
+            return "parameter"
+    return "unit"
+
+
+def _check_granularity(scores: Mapping[str, Scores], what: str) -> None:
+    """Raise a ValueError naming the scorers whose granularity differs from the others'.
+
+    Parameter-wise and unit-wise scores rank different items (weights vs. units) and share
+    no layer key, so a comparison between them is undefined, not merely NaN.
+    """
+    kinds: dict[str, list[str]] = {"parameter": [], "unit": []}
+    for name, s in scores.items():
+        kinds[_granularity(s)].append(name)
+    if not kinds["parameter"] or not kinds["unit"]:
+        return
+    # the minority is the odd one out (a tie names the parameter scorers)
+    odd, usual = (("unit", "parameter") if len(kinds["unit"]) < len(kinds["parameter"])
+                  else ("parameter", "unit"))
+
+    def example(kind: str) -> str:
+        return repr(next((k for n in kinds[kind] for k in scores[n]), ""))
+
+    raise ValueError(
+        f"{what}: scorer(s) {kinds[odd]} are {odd}-wise (keys like {example(odd)}) but "
+        f"{kinds[usual]} are {usual}-wise (keys like {example(usual)}); they rank different "
+        "items and cannot be compared. Compare parameter scorers with parameter scorers and "
+        "unit scorers with unit scorers: call it once per granularity, e.g. with "
+        f"{{name: scores[name] for name in {kinds[usual]}}}")
 
 
 def _warn_undefined(notes: list[str], what: str) -> None:
@@ -239,8 +278,11 @@ def rank_correlations(scores: Mapping[str, Scores], method: str = "spearman",
 
     ``"global"`` concatenates, in a fixed order, the flattened scores of every
     layer the two scorers share: the ranking a global pruner (one threshold
-    over all layers) would use. Scorers of different granularity (parameter
-    names vs. unit layer names) share no layer: their global entry is NaN.
+    over all layers) would use. Scorers of different granularity rank
+    different items (weights vs. units) and cannot be compared: mixing
+    parameter-wise scores (``{"fc1.weight": ...}``) with unit-wise ones
+    (``{"fc1": ...}``) is a ValueError naming the odd ones out; compare each
+    granularity in its own call.
 
     An undefined correlation (a constant score vector, or fewer than two
     items) is NaN, with a :class:`UndefinedComparisonWarning`.
@@ -255,6 +297,10 @@ def rank_correlations(scores: Mapping[str, Scores], method: str = "spearman",
         matrix over the scorers that have that layer (``"global"``: all
         scorers), index and columns named ``"scorer"``.
 
+    Raises:
+        ValueError: an unknown ``method``, scores of different shapes for a
+            layer, NaN scores, or parameter-wise and unit-wise scorers mixed.
+
     Examples:
         >>> import torch
         >>> s = {"a": {"fc": torch.tensor([1., 2., 3.])},
@@ -265,6 +311,7 @@ def rank_correlations(scores: Mapping[str, Scores], method: str = "spearman",
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     names = _check_scores(scores)
+    _check_granularity(scores, "rank_correlations")
     notes: list[str] = []
     out: dict[str, pd.DataFrame] = {}
     if per_layer:
@@ -307,7 +354,8 @@ def topk_overlap(scores: Mapping[str, Scores], k: int | float = 0.1,
     is the set of the ``k`` items with the lowest scores under ``s`` -- the
     items a pruner using ``s`` removes first. Ties are broken by position
     (stable sort), as a pruner would. 1 = same pruned set; a random pair
-    overlaps by about ``k / n``.
+    overlaps by about ``k / n``. Parameter-wise and unit-wise scorers cannot
+    be mixed (a ValueError, as in :func:`rank_correlations`).
 
     Args:
         scores: ``{scorer name: {layer: tensor}}``.
@@ -330,6 +378,7 @@ def topk_overlap(scores: Mapping[str, Scores], k: int | float = 0.1,
         1.0
     """
     names = _check_scores(scores)
+    _check_granularity(scores, "topk_overlap")
     _n_of(k, 1 << 30)  # validate k before any work
     notes: list[str] = []
     out: dict[str, pd.DataFrame] = {}
@@ -466,7 +515,8 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
       0), as ``remove_units`` does with the group.
 
     Probes run in eval mode under ``torch.no_grad()``; training flags,
-    hooks, ``.grad`` and ``requires_grad`` are restored, also on error.
+    hooks, ``.grad`` and ``requires_grad`` are restored, also on error. On a
+    terminal a progress bar counts the probes (:func:`saliency.progress.progress`).
 
     Args:
         model: the model; unchanged afterwards.
@@ -483,7 +533,11 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
 
     Returns:
         DataFrame with columns ``scorer, fraction, n_pruned, loss_before,
-        loss_after, delta``, one row per scorer and fraction.
+        loss_after, delta``, one row per scorer and fraction. Its ``attrs``
+        record what was pruned: ``layer`` (the parameter, or the layer or
+        group whose units), ``kind``, ``n_items``, ``replacement`` (None for
+        parameters) and ``members`` (a group's layers);
+        :func:`plot_penalty` names them in its title.
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -495,6 +549,8 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
         >>> df = pruning_penalty(net, scorers, data, layer="0", fractions=[0.25, 0.5])
         >>> df[["scorer", "fraction", "n_pruned"]].values.tolist()
         [['mrp', 0.25, 2], ['mrp', 0.5, 4], ['random', 0.25, 2], ['random', 0.5, 4]]
+        >>> df.attrs["layer"], df.attrs["n_items"]
+        ('0', 8)
     """
     fractions = _check_penalty_args(model, scorers_or_scores, fractions, data, kind,
                                     replacement)
@@ -503,7 +559,12 @@ def pruning_penalty(model: nn.Module, scorers_or_scores: Mapping[str, Any],
     target = _PenaltyTarget.of(model, layer, kind, data)
     vectors = _penalty_vectors(model, scorers_or_scores, target, score_data, loss_fn)
     rows = _penalty_rows(model, target, vectors, fractions, data, loss_fn, replacement)
-    return pd.DataFrame(rows, columns=_PENALTY_COLUMNS)
+    df = pd.DataFrame(rows, columns=_PENALTY_COLUMNS)
+    df.attrs.update({"layer": target.key, "kind": kind, "n_items": target.n_items,
+                     "replacement": replacement if kind == "unit" else None,
+                     "members": list(target.group.members) if target.group is not None
+                     else [target.key]})
+    return df
 
 
 _PENALTY_COLUMNS = ["scorer", "fraction", "n_pruned", "loss_before", "loss_after", "delta"]
@@ -648,16 +709,16 @@ def _penalty_rows(model: nn.Module, target: _PenaltyTarget, vectors: dict[str, t
         if target.kind == "unit" and replacement == "mean":
             layers = target.group.members if target.group is not None else [target.key]
             means = unit_means(model, data, layers)
-        for name, v in vectors.items():
-            for f in fractions:
-                idx = torch.as_tensor(_lowest(v, counts[f]), dtype=torch.long)
-                if target.kind == "parameter":
-                    loss_after = _probe_parameter(model, target.param, idx, data, loss_fn)
-                else:
-                    loss_after = _probe_unit(model, _held(target, idx, means), data, loss_fn)
-                rows.append({"scorer": name, "fraction": f, "n_pruned": int(idx.numel()),
-                             "loss_before": loss_before, "loss_after": loss_after,
-                             "delta": loss_after - loss_before})
+        probes = [(name, f) for name in vectors for f in fractions]
+        for name, f in progress(probes, f"pruning-penalty probes of {target.key}"):
+            idx = torch.as_tensor(_lowest(vectors[name], counts[f]), dtype=torch.long)
+            if target.kind == "parameter":
+                loss_after = _probe_parameter(model, target.param, idx, data, loss_fn)
+            else:
+                loss_after = _probe_unit(model, _held(target, idx, means), data, loss_fn)
+            rows.append({"scorer": name, "fraction": f, "n_pruned": int(idx.numel()),
+                         "loss_before": loss_before, "loss_after": loss_after,
+                         "delta": loss_after - loss_before})
     return rows
 
 
@@ -682,43 +743,99 @@ def _probe_unit(model, held, data, loss_fn) -> float:
 
 
 # --------------------------------------------------------------------------- plots
+#
+# A figure a plot creates is sized from its labels (estimated from their number of
+# characters) and laid out by matplotlib's constrained layout ("compressed" for the square
+# heatmaps), so no label is cut; on an Axes the caller passes, long labels are rotated and
+# the layout is the caller's.
 
-def _axes(ax, figsize=(5, 4)):
-    if ax is not None:
-        return ax
+#: estimated width, in inches, of one character of 10-point text (DejaVu Sans, with margin)
+_CHAR_IN = 0.09
+#: widest bar chart (inches) before the labels of its bars turn vertical
+_MAX_BARS_INCHES = 16.0
+#: inches per heatmap cell: room for an annotation such as "-0.12"
+_CELL = 0.62
+_SIN45 = math.sqrt(0.5)
+
+
+def _text_inches(labels: Iterable[Any], fontsize: float = 10.0) -> float:
+    """Estimated width (inches) of the longest line of ``labels`` at ``fontsize`` points."""
+    longest = max((len(line) for lab in labels for line in str(lab).splitlines()), default=0)
+    return longest * _CHAR_IN * fontsize / 10.0
+
+
+def _new_axes(figsize: tuple[float, float], layout: str = "constrained") -> Axes:
     import matplotlib.pyplot as plt
-    _, ax = plt.subplots(figsize=figsize)
+    _, ax = plt.subplots(figsize=figsize, layout=layout)
     return ax
+
+
+def _rotate_x(ax: Axes, degrees: float) -> None:
+    """Rotate the x tick labels, anchored at their right end under the tick."""
+    for t in ax.get_xticklabels():
+        t.set_rotation(degrees)
+        t.set_horizontalalignment("right" if degrees else "center")
+        t.set_rotation_mode("anchor" if degrees else "default")
+
+
+def _heatmap_inches(df: pd.DataFrame, title: str) -> tuple[float, float]:
+    """``(width, height)`` in inches of one annotated heatmap, from its labels and title."""
+    n_rows, n_cols = df.shape
+    y_w = _text_inches(df.index) + 0.55            # tick labels, ticks, the axis label
+    x_w = _text_inches(df.columns)
+    rotate = x_w > 0.9 * _CELL
+    x_h = (_SIN45 * x_w + 0.2 if rotate else 0.25) + 0.35
+    left = max(y_w, _SIN45 * x_w - _CELL / 2 + 0.3 if rotate else 0.0)
+    width = max(left + n_cols * _CELL + 1.2, _text_inches([title], 12) + 0.5)
+    return width, 0.55 + n_rows * _CELL + x_h + 0.2
 
 
 def _heatmaps(mats, ax, *, vmin, vmax, cmap, title):
     import seaborn as sns
 
-    def one(df, ax, name):
+    def label(name):
+        return f"{title}: {name}" if name else title
+
+    def one(df, ax, name, given=False):
         ax = sns.heatmap(df, ax=ax, annot=True, fmt=".2f", vmin=vmin, vmax=vmax, cmap=cmap,
                          square=True, cbar_kws={"shrink": 0.8})
-        ax.set_title(f"{title}: {name}" if name else title)
+        ax.set_title(label(name))
+        ax.tick_params(axis="y", labelrotation=0)
+        _rotate_x(ax, 45 if _text_inches(df.columns) > 0.9 * _CELL else 0)
+        if given and df.size:  # the caller's Axes: annotations as small as its cells
+            pos, fig = ax.get_position(), ax.figure
+            cell = min(pos.width * fig.get_figwidth() / df.shape[1],
+                       pos.height * fig.get_figheight() / df.shape[0])
+            if cell < _CELL:
+                for t in ax.texts:
+                    t.set_fontsize(max(5.0, 10.0 * cell / _CELL))
         return ax
 
     if isinstance(mats, pd.DataFrame):
-        return one(mats, _axes(ax), None)
+        if ax is not None:
+            return one(mats, ax, None, given=True)
+        return one(mats, _new_axes(_heatmap_inches(mats, title), "compressed"), None)
     if not isinstance(mats, Mapping) or not mats:
         raise TypeError("expected a DataFrame or a non-empty {layer: DataFrame} dict")
     if len(mats) == 1:
         (name, df), = mats.items()
-        return one(df, _axes(ax), name)
+        if ax is not None:
+            return one(df, ax, name, given=True)
+        return one(df, _new_axes(_heatmap_inches(df, label(name)), "compressed"), name)
     if ax is not None:
         raise ValueError("several matrices need a figure of their own: pass ax=None, or one "
                          "DataFrame (e.g. result['global'])")
     import matplotlib.pyplot as plt
     ncols = min(3, len(mats))
     nrows = math.ceil(len(mats) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 4 * nrows), squeeze=False)
+    sizes = [_heatmap_inches(df, label(name)) for name, df in mats.items()]
+    width, height = max(w for w, _ in sizes), max(h for _, h in sizes)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows),
+                             squeeze=False, layout="compressed")
     for a, (name, df) in zip(axes.flat, mats.items()):
         one(df, a, name)
     for a in axes.flat[len(mats):]:
         a.set_visible(False)
-    fig.tight_layout()
     return fig
 
 
@@ -726,10 +843,19 @@ def plot_correlations(corr: pd.DataFrame | Mapping[str, pd.DataFrame], ax: Axes 
                       title: str = "rank correlation") -> Axes | Figure:
     """Annotated heatmap(s) of :func:`rank_correlations` (colour scale -1..1).
 
+    A figure drawn here is sized from the number and length of the scorer
+    names, so long names (``random_unit``, ``loss_change``) are shown in
+    full; long column labels are rotated by 45 degrees.
+
     Args:
         corr: one matrix (returns its Axes) or ``{layer: matrix}`` (a grid of
             heatmaps: returns the Figure; a one-entry dict returns the Axes).
-        ax: Axes to draw one matrix on (new figure when None).
+        ax: Axes to draw one matrix on (new figure when None; the layout of a
+            figure passed in is the caller's, e.g. ``fig.tight_layout()``).
+        title: the title; a panel of a dict adds ``": <layer>"``.
+
+    Returns:
+        The Axes of one heatmap, or the Figure of a grid.
 
     Examples:
         >>> import torch, matplotlib
@@ -747,7 +873,8 @@ def plot_topk(overlap: pd.DataFrame | Mapping[str, pd.DataFrame], ax: Axes | Non
     """Annotated heatmap(s) of :func:`topk_overlap` (colour scale 0..1).
 
     Takes one matrix (returns its Axes) or ``{layer: matrix}`` (returns the
-    Figure of a grid), like :func:`plot_correlations`.
+    Figure of a grid), and sizes its figure to the labels, like
+    :func:`plot_correlations`.
 
     Examples:
         >>> import torch, matplotlib
@@ -769,9 +896,32 @@ def _role(name: str, random: Sequence[str], oracles: Sequence[str]) -> str:
     return "scorer"
 
 
+def _penalty_subject(df: pd.DataFrame, layer: str | None) -> str | None:
+    """What the penalty frame pruned, for a title: ``"layer fc1 (64 units, mean
+    replacement)"``, ``"fc2.weight (2,048 weights set to 0)"``; None when nothing says."""
+    attrs = dict(getattr(df, "attrs", None) or {})
+    if layer is None and "layer" in df.columns:
+        layer = ", ".join(dict.fromkeys(str(v) for v in df["layer"]))
+    if layer is None:
+        layer = attrs.get("layer")
+    if layer is None:
+        return None
+    if attrs.get("layer") != layer:
+        return str(layer)
+    n = attrs.get("n_items")
+    if attrs.get("kind") == "parameter":
+        return f"{layer} ({n:,} weights set to 0)" if n else f"{layer} (weights set to 0)"
+    how = {"mean": "mean replacement", "zero": "held at 0"}.get(attrs.get("replacement"),
+                                                                "removed")
+    members = attrs.get("members") or [layer]
+    what = f"group {layer} of {len(members)} layers" if len(members) > 1 else f"layer {layer}"
+    return f"{what} ({n:,} units, {how})" if n else f"{what} (units, {how})"
+
+
 def plot_penalty(df: pd.DataFrame, ax: Axes | None = None, *, yscale: str = "symlog",
                  random: Sequence[str] = RANDOM_NAMES,
-                 oracles: Sequence[str] = ORACLE_NAMES) -> Axes:
+                 oracles: Sequence[str] = ORACLE_NAMES, layer: str | None = None,
+                 title: str | None = None) -> Axes:
     """Pruning-penalty curves of :func:`pruning_penalty`: loss change vs. fraction pruned.
 
     One line per scorer (``delta`` against ``fraction``); the random
@@ -780,13 +930,23 @@ def plot_penalty(df: pd.DataFrame, ax: Axes | None = None, *, yscale: str = "sym
     ``mrp``) bold. Several rows per scorer and fraction (e.g. the frames of
     several random seeds concatenated) are averaged, with a +-1 sd band.
 
+    The title names what was pruned: ``layer``, else a ``layer`` column of
+    ``df``, else what :func:`pruning_penalty` recorded in ``df.attrs`` (the
+    layer, its number of units or entries, and how they were pruned), e.g.
+    ``"pruning penalty of layer fc1 (64 units, mean replacement)"``.
+
     Args:
         df: the DataFrame of :func:`pruning_penalty`.
-        ax: Axes to draw on (new figure when None).
+        ax: Axes to draw on (new figure when None, its legend beside the
+            plot).
         yscale: ``"symlog"`` (default: log-like, yet defined for negative and
             zero deltas), ``"log"`` or ``"linear"``.
         random: name prefixes drawn as the random baseline (dashed).
         oracles: name prefixes drawn as the exact oracles (bold).
+        layer: the pruned layer or parameter to name in the title (default:
+            read from ``df``).
+        title: a first title line above the one naming the layer, e.g. the
+            model and data (``"mlp on fashion-mnist"``).
 
     Returns:
         The Axes.
@@ -797,8 +957,9 @@ def plot_penalty(df: pd.DataFrame, ax: Axes | None = None, *, yscale: str = "sym
         >>> df = pd.DataFrame({"scorer": ["mrp", "mrp", "random", "random"],
         ...                    "fraction": [0.1, 0.5, 0.1, 0.5],
         ...                    "delta": [0.0, 0.2, 0.1, 0.9]})
-        >>> len(plot_penalty(df).get_lines())
-        2
+        >>> ax = plot_penalty(df, layer="fc1", title="mlp, fashion-mnist")
+        >>> len(ax.get_lines()), ax.get_title()
+        (2, 'mlp, fashion-mnist\\npruning penalty of fc1')
     """
     import seaborn as sns
 
@@ -808,8 +969,10 @@ def plot_penalty(df: pd.DataFrame, ax: Axes | None = None, *, yscale: str = "sym
                          "output)")
     if yscale not in ("symlog", "log", "linear"):
         raise ValueError(f"yscale must be 'symlog', 'log' or 'linear', got {yscale!r}")
-    ax = _axes(ax, figsize=(6, 4))
+    own = ax is None
     names = list(dict.fromkeys(df["scorer"]))
+    if own:
+        ax = _new_axes((6.0 + max(1.0, _text_inches(names) + 0.6), 4.2))
     others = [n for n in names if _role(n, random, oracles) != "random"]
     palette = dict(zip(others, sns.color_palette(n_colors=max(len(others), 1))))
     for name in names:
@@ -832,20 +995,36 @@ def plot_penalty(df: pd.DataFrame, ax: Axes | None = None, *, yscale: str = "sym
         ax.set_yscale(yscale)
     ax.set_xlabel("fraction pruned")
     ax.set_ylabel("loss change (held-out)")
-    ax.set_title("pruning penalty")
-    ax.legend(title="scorer")
+    subject = _penalty_subject(df, layer)
+    line = f"pruning penalty of {subject}" if subject else "pruning penalty"
+    ax.set_title(f"{title}\n{line}" if title else line)
+    if own:
+        ax.legend(title="scorer", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0.0)
+    else:
+        ax.legend(title="scorer")
     return ax
 
 
 def plot_fidelity(df: pd.DataFrame, ax: Axes | None = None, *,
-                  layer: str | None = "global") -> Axes:
+                  layer: str | None = "global", title: str | None = None) -> Axes:
     """Bar chart of :func:`fidelity`: Spearman, Kendall and top-k overlap per pair.
+
+    Each pair is labelled on two lines (``taylor1`` / ``vs loss_change``,
+    and the layer on a third with ``layer=None``); a figure drawn here gives
+    every label its own slot (up to a width of 16 inches), and where the
+    slots are too narrow for them (many pairs, or a narrow Axes passed in)
+    each label is written vertically on one line, so they never run into
+    each other.
 
     Args:
         df: the DataFrame of :func:`fidelity`.
-        ax: Axes to draw on (new figure when None).
+        ax: Axes to draw on (new figure when None, its legend beside the
+            bars).
         layer: which rows to draw (``"global"`` by default); ``None`` draws
             every row, one group per ``approximation / layer``.
+        title: a first title line above ``"fidelity"``, e.g. the model and
+            data.
 
     Returns:
         The Axes; one bar per pair (and layer) and metric.
@@ -868,18 +1047,36 @@ def plot_fidelity(df: pd.DataFrame, ax: Axes | None = None, *,
     rows = df if layer is None else df[df["layer"] == layer]
     if rows.empty:
         raise ValueError(f"no rows for layer {layer!r}; layers are {sorted(set(df['layer']))}")
-    label = rows["approximation"] + " vs " + rows["exact"]
+    label = rows["approximation"].astype(str) + "\nvs " + rows["exact"].astype(str)
     if layer is None:
-        label = label + " / " + rows["layer"]
+        label = label + "\n(" + rows["layer"].astype(str) + ")"
+    pairs = list(dict.fromkeys(label))
+    label_w = _text_inches(pairs) + 0.1     # inches the widest label takes
+    slot = max(1.0, label_w + 0.25)         # inches per pair in a figure drawn here
+    lines = 3 if layer is None else 2
+    if slot * len(pairs) > _MAX_BARS_INCHES:  # too many pairs: narrower slots
+        slot = max(0.3, _MAX_BARS_INCHES / len(pairs))
+    level = slot > label_w                  # labels level, else each on one vertical line
+    one_line = [p.replace("\n", " ") for p in pairs]
     long = (rows.assign(pair=label)
             .melt(id_vars=["pair"], value_vars=["spearman", "kendall", "topk_overlap"],
                   var_name="metric", value_name="value"))
-    ax = _axes(ax, figsize=(max(5, 1.6 * rows.shape[0] + 2), 4))
+    own = ax is None
+    if own:
+        ax = _new_axes((1.0 + slot * len(pairs) + 1.7,
+                        3.6 + (0.2 * lines if level else _text_inches(one_line) + 0.1)))
     sns.barplot(data=long, x="pair", y="value", hue="metric", ax=ax, errorbar=None)
     ax.axhline(0, color="0.3", linewidth=0.8)
     ax.set_ylim(min(-0.05, float(np.nanmin(long["value"])) - 0.05) if long["value"].notna().any()
                 else -0.05, 1.05)
+    if not own:  # the caller's Axes: turn the labels when their slots are too narrow
+        level = ax.get_position().width * ax.figure.get_figwidth() / len(pairs) > label_w
+    if not level:  # vertical, on one line: each label as wide as a line is high
+        ax.set_xticks(ax.get_xticks(), one_line, rotation=90)
     ax.set_xlabel("approximation vs exact" + ("" if layer is None else f" ({layer})"))
     ax.set_ylabel("agreement")
-    ax.set_title("fidelity")
+    ax.set_title(f"{title}\nfidelity" if title else "fidelity")
+    if own:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                        title="metric")
     return ax

@@ -128,21 +128,37 @@ def test_rank_correlations_constant_vector_is_nan_with_warning():
     assert df.loc["a", "a"] == pytest.approx(1.0, abs=1e-12)
 
 
-def test_rank_correlations_global_only_and_mixed_granularity():
+def test_rank_correlations_global_only():
     s = {"p": {"fc.weight": torch.tensor([[1., 2.], [4., 3.]])},
-         "q": {"fc.weight": torch.tensor([[1., 3.], [4., 2.]])},
-         "u": {"fc": torch.tensor([2., 1.])}}
-    with pytest.warns(UndefinedComparisonWarning):
-        out = rank_correlations(s, per_layer=False)
+         "q": {"fc.weight": torch.tensor([[1., 3.], [4., 2.]])}}
+    out = rank_correlations(s, per_layer=False)
     assert list(out) == ["global"]
     g = out["global"]
     assert g.loc["p", "q"] == pytest.approx(stats.spearmanr([1, 2, 4, 3], [1, 3, 4, 2]).statistic)
-    assert math.isnan(g.loc["p", "u"])  # no common layer
-    assert g.loc["u", "u"] == pytest.approx(1.0, abs=1e-12)
+    assert g.loc["q", "q"] == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("fn", [rank_correlations, lambda s: topk_overlap(s, 1)])
+def test_mixed_granularity_is_an_error_naming_the_odd_scorers(fn):
+    s = {"p": {"fc.weight": torch.tensor([[1., 2.], [4., 3.]])},
+         "mrp": {"fc": torch.tensor([2., 1.])},
+         "random_unit": {"fc": torch.tensor([1., 2.])}}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        per = rank_correlations(s)
-    assert list(per["fc.weight"].index) == ["p", "q"] and list(per["fc"].index) == ["u"]
+        warnings.simplefilter("error")     # an error, not a NaN matrix with a warning
+        with pytest.raises(ValueError) as err:
+            fn(s)
+    msg = str(err.value)
+    assert "['p'] are parameter-wise" in msg and "['mrp', 'random_unit'] are unit-wise" in msg
+    assert "'fc.weight'" in msg and "parameter scorers with parameter scorers" in msg
+    assert "unit scorers with unit scorers" in msg
+    # a parameter scorer of biases only (1-D) is still parameter-wise
+    bias = {"b": {"fc.bias": torch.tensor([1., 2.])}, **s}
+    with pytest.raises(ValueError, match=r"\['b', 'p'\] are parameter-wise"):
+        fn(bias)
+    # either granularity alone is fine, and the correlations are numbers
+    units = {k: s[k] for k in ("mrp", "random_unit")}
+    assert fn(units)["global"].loc["mrp", "random_unit"] == pytest.approx(
+        -1.0 if fn is rank_correlations else 0.0)
 
 
 def test_rank_correlations_validation():
@@ -532,6 +548,148 @@ def test_plot_fidelity_bars(tmp_path):
     assert (tmp_path / "fid.png").read_bytes()[:4] == b"\x89PNG"
     ax_all = plot_fidelity(df, layer=None)
     assert sum(len(c) for c in ax_all.containers) == 3 * df.shape[0]
+
+
+# ----------------------------------------------------------------- pictures that read
+
+LONG_NAMES = ["mrp", "random_unit", "loss_change", "taylor2", "signed_loss_change"]
+
+
+def long_name_scores():
+    g = torch.Generator().manual_seed(11)
+    return {n: {"fc1": torch.rand(9, generator=g), "fc2": torch.rand(5, generator=g)}
+            for n in LONG_NAMES}
+
+
+def assert_inside_figure(fig, artists):
+    """Every artist's drawn extent lies inside the figure (nothing is cut)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    checked = 0
+    for a in artists:
+        if not a.get_visible() or not a.get_text():
+            continue
+        bb = a.get_window_extent(renderer)
+        assert bb.x0 >= box.x0 - 0.5 and bb.x1 <= box.x1 + 0.5, (a.get_text(), bb, box)
+        assert bb.y0 >= box.y0 - 0.5 and bb.y1 <= box.y1 + 0.5, (a.get_text(), bb, box)
+        checked += 1
+    return checked
+
+
+def drawn_ticks(axis):
+    """The tick labels drawn: those of ticks inside the view limits."""
+    lo, hi = sorted(axis.get_view_interval())
+    return [t.label1 for t in axis.get_major_ticks() if lo - 1e-9 <= t.get_loc() <= hi + 1e-9]
+
+
+def labels_of(ax):
+    ax.figure.canvas.draw()            # the ticks of the final layout
+    return [*drawn_ticks(ax.xaxis), *drawn_ticks(ax.yaxis), ax.title, ax.xaxis.label,
+            ax.yaxis.label, *ax.texts]
+
+
+def test_heatmap_shows_long_scorer_names_uncut():
+    corr = rank_correlations(long_name_scores())
+    ax = plot_correlations(corr["global"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == LONG_NAMES
+    assert [t.get_text() for t in ax.get_yticklabels()] == LONG_NAMES
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {45.0}
+    assert {t.get_rotation() for t in ax.get_yticklabels()} == {0.0}
+    n = len(LONG_NAMES)
+    assert assert_inside_figure(ax.figure, labels_of(ax)) == 2 * n + 3 + n * n
+    # the figure grew with the labels: wider than the default 5 x 4 inches
+    assert ax.figure.get_figwidth() > 5 and ax.figure.get_figheight() > 4
+    # a grid of per-layer heatmaps (and top-k overlaps): every label of every panel fits
+    for fig in (plot_correlations(corr), plot_topk(topk_overlap(long_name_scores(), 0.3))):
+        panels = [a for a in fig.axes if a.get_title()]
+        assert len(panels) == 3
+        for a in panels:
+            assert [t.get_text() for t in a.get_yticklabels()] == LONG_NAMES
+        assert assert_inside_figure(fig, [t for a in panels for t in labels_of(a)]) == \
+            3 * (2 * n + 3 + n * n)
+
+
+def test_heatmap_on_a_given_axes_rotates_and_shrinks_to_its_cells():
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    ax = plot_correlations(rank_correlations(long_name_scores())["global"], ax=axes[1])
+    assert ax is axes[1] and fig.get_size_inches().tolist() == [8, 3.5]   # not resized
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {45.0}
+    sizes = {t.get_fontsize() for t in ax.texts}
+    assert len(sizes) == 1 and 5 <= sizes.pop() < 10      # annotations fit the small cells
+
+
+def test_fidelity_labels_do_not_overlap():
+    s = long_name_scores()
+    s.update({f"approximation_{i}": {"fc1": torch.rand(9), "fc2": torch.rand(5)}
+              for i in range(14)})
+    few = fidelity(s, {"taylor2": "loss_change", "signed_loss_change": "loss_change",
+                       "random_unit": "mrp", "approximation_0": "mrp"})
+    many = fidelity(s, {f"approximation_{i}": "loss_change" for i in range(14)})
+
+    def check(ax, rotation):
+        fig = ax.figure
+        labels = ax.get_xticklabels()
+        assert {t.get_rotation() for t in labels} == {rotation}
+        assert_inside_figure(fig, labels_of(ax))
+        boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in labels]
+        for (i, a), (j, b) in itertools.combinations(enumerate(boxes), 2):
+            assert not a.overlaps(b), (labels[i].get_text(), labels[j].get_text())
+        return labels
+
+    labels = check(plot_fidelity(few), 0.0)          # level, two lines each
+    assert [t.get_text() for t in labels] == [
+        "taylor2\nvs loss_change", "signed_loss_change\nvs loss_change", "random_unit\nvs mrp",
+        "approximation_0\nvs mrp"]
+    two = fidelity(s, {"taylor2": "loss_change", "random_unit": "mrp"})
+    labels = check(plot_fidelity(two, layer=None), 0.0)   # and a third line: the layer
+    assert len(labels) == 6 and labels[0].get_text() == "taylor2\nvs loss_change\n(fc1)"
+    for df, n in [(few, 12), (many, 42)]:                 # many pairs: vertical, one line each
+        ax = plot_fidelity(df, layer=None)
+        labels = check(ax, 90.0)
+        assert len(labels) == n and ax.figure.get_figwidth() <= 16 + 3
+        assert labels[0].get_text() == ("taylor2 vs loss_change (fc1)" if n == 12 else
+                                        "approximation_0 vs loss_change (fc1)")
+    fig, narrow = plt.subplots(figsize=(5, 4.5))      # a small Axes of the caller, who
+    plot_fidelity(few, ax=narrow)                     # lays the figure out
+    fig.tight_layout()
+    check(narrow, 90.0)
+
+
+def test_penalty_plot_names_its_layer_and_the_probes_show_progress(capsys):
+    from saliency.progress import show_progress
+    model, shape = build("mlp")
+    data = make_data(shape, 3)
+    g = torch.Generator().manual_seed(6)
+    scorers = {"mrp": MRP(layers=["fc1"]), "random": {"fc1": torch.rand(7, generator=g)}}
+    capsys.readouterr()
+    with show_progress(True):
+        df = pruning_penalty(model, scorers, data, layer="fc1", fractions=[0.2, 0.6])
+    err = capsys.readouterr().err
+    assert "pruning-penalty probes of fc1" in err and "/4" in err   # 2 scorers x 2 fractions
+    assert df.attrs == {"layer": "fc1", "kind": "unit", "n_items": 7, "replacement": "mean",
+                        "members": ["fc1"]}
+    ax = plot_penalty(df)
+    assert ax.get_title() == "pruning penalty of layer fc1 (7 units, mean replacement)"
+    assert_inside_figure(ax.figure, [ax.title, *ax.get_legend().get_texts()])
+    ax = plot_penalty(df, title="mlp on noise")
+    assert ax.get_title().splitlines() == ["mlp on noise",
+                                           "pruning penalty of layer fc1 (7 units, mean "
+                                           "replacement)"]
+    # several seeds concatenated keep the record; a frame without one is named by `layer`
+    seeds = pd.concat([df, df.assign(delta=df["delta"] + 0.01)])
+    assert "layer fc1" in plot_penalty(seeds).get_title()
+    bare = pd.DataFrame(df[["scorer", "fraction", "delta"]].to_dict("list"))
+    assert bare.attrs == {} and plot_penalty(bare).get_title() == "pruning penalty"
+    assert plot_penalty(bare, layer="fc1").get_title() == "pruning penalty of fc1"
+    assert plot_penalty(bare.assign(layer="fc2")).get_title() == "pruning penalty of fc2"
+    # parameters, and zero replacement
+    pdf = pruning_penalty(model, {"mag": Magnitude(params=["fc2.weight"])}, data,
+                          layer="fc2.weight", fractions=[0.5], kind="parameter")
+    n = model.fc2.weight.numel()
+    assert plot_penalty(pdf).get_title() == f"pruning penalty of fc2.weight ({n} weights set to 0)"
+    zdf = pruning_penalty(model, scorers, data, layer="fc1", fractions=[0.5], replacement="zero")
+    assert plot_penalty(zdf).get_title().endswith("(7 units, held at 0)")
 
 
 # ----------------------------------------------------------------- docstrings
