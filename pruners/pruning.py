@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Union
@@ -44,7 +45,9 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
 from saliency import SCORERS
-from saliency.base import Scorer, iter_batches, per_sample_loss, select_layers
+from saliency.base import (Scorer, check_dtype, check_materialized, default_parameters,
+                           iter_batches, per_sample_loss, select_layers, unknown_parameter)
+from saliency.graph import default_example_input, symbolic_trace
 from saliency.tracing import trace
 from saliency.layers import CHANNEL_MODULES, eval_mode
 from saliency.replacement import iter_inputs
@@ -54,7 +57,8 @@ from .schedules import Amount, Schedule, amount_to_count, check_amount, constant
 from .surgery import RemovalReport, mask_units, remove_units
 
 __all__ = ["ParameterPruner", "UnitPruner", "RoundReport", "mean_loss", "unit_costs",
-           "head_costs", "head_items"]
+           "head_costs", "head_items", "output_layers", "OutputLayerWarning",
+           "EmptiedTensorWarning"]
 
 LossFn = Callable[..., torch.Tensor]
 #: what the pruners accept as a schedule: a schedule, a ``{t: amount}`` table, an amount, or
@@ -82,6 +86,9 @@ class RoundReport:
         loss_before, loss_after: mean loss on the scoring data just before
             and just after the round (None without data).
         removal: the :class:`~pruners.RemovalReport` of a unit round.
+        left_out: the model's output layers (:func:`output_layers`) this round left
+            alone: by default :class:`ParameterPruner` does not prune them, and the units
+            of :class:`UnitPruner` never include them.
     """
 
     step: int
@@ -97,6 +104,7 @@ class RoundReport:
     loss_before: float | None = None
     loss_after: float | None = None
     removal: RemovalReport | None = None
+    left_out: list[str] = field(default_factory=list)
 
     @property
     def penalty(self) -> float | None:
@@ -134,6 +142,9 @@ class RoundReport:
         if self.penalty is not None:
             lines.append(f"  loss {self.loss_before:.5f} -> {self.loss_after:.5f} "
                          f"(penalty {self.penalty:+.5f})")
+        if self.left_out:
+            lines.append(f"  left alone (the model's output layer): "
+                         f"{', '.join(self.left_out)}")
         return "\n".join(lines)
 
 
@@ -201,6 +212,97 @@ def example_of(example_input, data):
     return None
 
 
+class OutputLayerWarning(UserWarning):
+    """:class:`ParameterPruner` left the model's output layer out of its default selection."""
+
+
+class EmptiedTensorWarning(UserWarning):
+    """A pruning round masked every entry of a tensor (a layer left with no weights)."""
+
+
+#: the layers whose weights :class:`ParameterPruner` prunes by default
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def output_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
+    """The Linear / Conv1d / Conv2d layers whose output is the model's output.
+
+    Read from the ``torch.fx`` graph of ``model`` (no input needed): walking back from the
+    model's output through every operation that is not such a layer (activations,
+    softmax, flatten, residual adds...), the first layer met on each path is an output
+    layer: the classifier of a classification network, the last layer of an MLP; every
+    layer summed into the output when the output is a residual sum. A module called as one
+    unit (an attention module) stands for its last Linear. When ``torch.fx`` cannot trace
+    the model, the last such layer called on ``example_input`` (or on the input
+    :func:`saliency.graph.default_example_input` infers) is the output layer; without an
+    input, the last one registered.
+
+    Args:
+        model: the model (not changed; at most run once in eval mode without gradients).
+        example_input: an input batch, used only when ``torch.fx`` cannot trace the model.
+
+    Returns:
+        The names of the output layers in model order (empty when the model has no such
+        layer).
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), nn.Softmax(1))
+        >>> output_layers(net)
+        ['2']
+    """
+    mods = dict(model.named_modules())
+    layers = [n for n, m in mods.items() if isinstance(m, WEIGHTED)]
+    if not layers:
+        return []
+    try:
+        with eval_mode(model):
+            gm = symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - fall back to running the model
+        gm = None
+    found: set[str] = set()
+    if gm is not None:
+        stack = [n for node in gm.graph.nodes if node.op == "output"
+                 for n in node.all_input_nodes]
+        seen = set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node.op == "call_module":
+                mod = mods.get(node.target)
+                if isinstance(mod, WEIGHTED):
+                    found.add(node.target)
+                    continue
+                subs = mod.named_modules() if mod is not None else ()
+                inner = [f"{node.target}.{n}" for n, m in subs if n and isinstance(m, WEIGHTED)]
+                if inner:
+                    found.add(inner[-1])
+                    continue
+            stack.extend(node.all_input_nodes)
+        if found:
+            return [n for n in layers if n in found]
+    called: list[str] = []
+    x = example_input
+    if x is None:
+        try:
+            x = default_example_input(model)
+        except ValueError:
+            x = None
+    if x is not None:
+        handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: called.append(n))
+                   for n in layers]
+        try:
+            with eval_mode(model), torch.no_grad():
+                model(x)
+        except Exception:  # noqa: BLE001 - the registration order decides
+            called.clear()
+        finally:
+            for h in handles:
+                h.remove()
+    return [called[-1] if called else layers[-1]]
+
+
 class _Pruner:
     """Shared scheduling, history and state of both pruners."""
 
@@ -244,7 +346,8 @@ class _Pruner:
 
 def _report_state(r: RoundReport) -> dict[str, Any]:
     """A report's fields as plain values (the removal report is not kept)."""
-    return {f: (dict(v) if isinstance(v, dict) else v) for f, v in
+    return {f: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+            for f, v in
             ((f, getattr(r, f)) for f in RoundReport.__dataclass_fields__) if f != "removal"}
 
 
@@ -261,27 +364,59 @@ class ParameterPruner(_Pruner):
     2.2) or of each tensor (``scope="layer"``). An int amount is a count.
     Already-pruned entries stay pruned (masks compose).
 
+    **The output layer is left alone by default.** The default selection is the weight of
+    every Linear / Conv1d / Conv2d module except the model's output layers
+    (:func:`output_layers`: the classifier, the last layer of an MLP), whose weights make
+    the model's outputs directly; the first round that acts warns once
+    (:class:`OutputLayerWarning`) naming the layers left out, and every report lists them
+    in :attr:`RoundReport.left_out`. ``prune_output=True`` prunes them too (what Evci 2018,
+    Sec. 2.2 does: "all parameters"); tensors named in ``params`` are pruned as asked.
+
+    **Emptied tensors.** A round that masks every entry of a tensor (an amount of 1.0,
+    or a global ranking that takes all of a small layer) leaves that layer's output
+    independent of its input; it is done as asked, with an :class:`EmptiedTensorWarning`
+    naming the tensors.
+
     Args:
         scorer: a parameter-wise scorer or its name in :data:`saliency.SCORERS`
             (``"magnitude"`` for the thesis's experiment).
         schedule: a :mod:`pruners.schedules` schedule, a ``{t: amount}``
             mapping (a table), an amount (from ``t = 0``) or a callable.
         scope: ``"global"`` or ``"layer"``.
-        params: names of the tensors to prune (``"fc1.weight"``); default:
-            the weight of every Linear / Conv1d / Conv2d module.
+        params: names of the tensors to prune (``"fc1.weight"``, not the module's name
+            ``"fc1"``; one name may be given as a string); default: the weight of every Linear / Conv1d / Conv2d module but the
+            output layers (see ``prune_output``).
         include_bias: with the default selection, also prune their biases.
+        prune_output: with the default selection, also prune the output layers' weights
+            (and biases with ``include_bias``).
         loss_fn: the loss for data-driven scorers and the round report.
-        example_input: one input batch, for MAC counts (default: from data).
+        example_input: one input batch, for MAC counts (default: from data), and to find
+            the output layer of a model ``torch.fx`` cannot trace.
+
+    Raises:
+        ValueError: no schedule, an unknown ``scope``; at :meth:`step`, a name of
+            ``params`` that is not a parameter of the model (a module's name gets the
+            suggestion ``"fc1.weight"``), or a default selection left empty by the output
+            layer (pass ``prune_output=True``).
+        TypeError: a scorer that is not parameter-wise, a bad schedule, a non-bool
+            ``prune_output``.
 
     Examples:
         >>> import torch.nn as nn
         >>> from pruners import ParameterPruner, schedules
         >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> pruner = ParameterPruner("magnitude", schedules.table({1: 0.5}))
-        >>> pruner.step(0, net) is None, pruner.step(1, net).fraction["0.weight"] >= 0
-        (True, True)
-        >>> float((net[0].weight == 0).float().mean() + (net[2].weight == 0).float().mean()) > 0
-        True
+        >>> list(pruner.targets(net))       # the output layer "2" is left alone
+        ['0.weight']
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", OutputLayerWarning)
+        ...     report = pruner.step(1, net)
+        >>> report.fraction["0.weight"], report.left_out, bool((net[2].weight == 0).any())
+        (0.5, ['2'], False)
+        >>> everything = ParameterPruner("magnitude", 0.5, prune_output=True)
+        >>> list(everything.targets(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))))
+        ['0.weight', '2.weight']
     """
 
     granularity = "parameter"
@@ -289,37 +424,72 @@ class ParameterPruner(_Pruner):
     def __init__(self, scorer: Scorer | str = "magnitude", schedule: ScheduleLike | None = None,
                  *, scope: str = "global",
                  params: Iterable[str] | None = None, include_bias: bool = False,
+                 prune_output: bool = False,
                  loss_fn: LossFn = F.cross_entropy, example_input: torch.Tensor | None = None):
         if schedule is None:
             raise ValueError("a schedule is needed, e.g. pruners.schedules.THESIS_PARAMETERS")
         super().__init__(scorer, schedule, loss_fn, example_input)
         if scope not in ("global", "layer"):
             raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+        if not isinstance(prune_output, bool):
+            raise TypeError(f"prune_output must be True or False, got {prune_output!r}")
         self.scope = scope
+        if isinstance(params, str):
+            params = [params]
         self.params = None if params is None else list(params)
         self.include_bias = bool(include_bias)
+        self.prune_output = prune_output
+        #: the output layers the default selection left out at the last :meth:`targets`
+        self.left_out: list[str] = []
+        self._warned = False
 
     # -- what is pruned -------------------------------------------------------
 
     def targets(self, model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
-        """``{"layer.weight": (module, "weight")}`` of the tensors this pruner prunes."""
+        """The tensors this pruner prunes.
+
+        Args:
+            model: the model.
+
+        Returns:
+            ``{"layer.weight": (module, "weight")}``: the tensors of ``params``, or the
+            default selection (every Linear / Conv1d / Conv2d weight, biases with
+            ``include_bias``, the output layers' only with ``prune_output``). The output
+            layers left out are in :attr:`left_out`.
+
+        Raises:
+            ValueError: a name of ``params`` is not a parameter (a module's name gets the
+                suggestion ``"fc1.weight"``); the model has no Linear/Conv weights, or only
+                those of its output layer (pass ``prune_output=True``).
+        """
         mods = dict(model.named_modules())
         out: dict[str, tuple[nn.Module, str]] = {}
+        self.left_out = []
         if self.params is None:
+            skip = set() if self.prune_output else set(output_layers(model, self.example_input))
             for mname, mod in mods.items():
-                if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                if isinstance(mod, WEIGHTED):
+                    if mname in skip:
+                        self.left_out.append(mname)
+                        continue
                     for pname in ("weight", "bias") if self.include_bias else ("weight",):
                         if _tensor(mod, pname) is not None:
                             out[f"{mname}.{pname}" if mname else pname] = (mod, pname)
+            if not out and self.left_out:
+                raise ValueError(
+                    f"{type(model).__name__}'s only Linear/Conv weights are those of its output "
+                    f"layer {', '.join(map(repr, self.left_out))}, which ParameterPruner leaves "
+                    "alone by default: pass prune_output=True to prune it")
             if not out:
                 raise ValueError(f"{type(model).__name__} has no Linear/Conv weights to prune")
             return out
+        known = None
         for key in self.params:
             mname, _, pname = key.rpartition(".")
             mod = mods.get(mname)
             if mod is None or _tensor(mod, pname) is None:
-                raise ValueError(f"unknown parameter {key!r}: no module {mname!r} with a "
-                                 f"tensor {pname!r}")
+                known = list(default_parameters(model)) if known is None else known
+                raise ValueError(unknown_parameter(model, key, known))
             out[key] = (mod, pname)
         return out
 
@@ -329,13 +499,34 @@ class ParameterPruner(_Pruner):
              data: Iterable | None = None) -> RoundReport | None:
         """Prune to ``schedule(t)`` if not there yet; return the round's report or None.
 
-        ``optimizer`` is accepted for symmetry with :class:`UnitPruner`;
-        masking keeps every parameter object, so its state needs no change.
+        Args:
+            t: the step (epoch, iteration) the schedule is read at.
+            model: the model, pruned in place (masks of :mod:`torch.nn.utils.prune`).
+            optimizer: accepted for symmetry with :class:`UnitPruner`; masking keeps every
+                parameter object, so its state needs no change.
+            data: scoring batches (needed by data-driven scorers; also the report's losses).
+
+        Returns:
+            The round's :class:`RoundReport` (also appended to :attr:`history`), or None
+            when the model is already pruned to ``schedule(t)``.
+
+        Raises:
+            ValueError: see :meth:`targets`; the model is on the ``meta`` device; the
+                scorer needs data and none is given; the scores are NaN or misshaped.
+            TypeError: the data's (or ``example_input``'s) floating dtype is not the
+                parameters' (``model.double()`` or ``x.float()``).
+
+        Warns:
+            OutputLayerWarning: once per pruner, at its first round, when the default
+                selection left the output layer out (see the class docstring).
+            EmptiedTensorWarning: when the round masks every entry of a tensor.
         """
         target = _target(self.schedule, t)
         if self.reached is not None and target <= self.reached:
             return None
+        check_materialized(model)
         targets = self.targets(model)
+        left_out = list(self.left_out)
         masks = {k: _mask(mod, p) for k, (mod, p) in targets.items()}
         sizes = {k: m.numel() for k, m in masks.items()}
         dead = {k: int((m == 0).sum()) for k, m in masks.items()}
@@ -351,6 +542,10 @@ class ParameterPruner(_Pruner):
             return None
         data = self._check_data(data)
         example = example_of(self.example_input, data)
+        if data is not None:
+            check_dtype(model, next(iter_inputs(data)), "the data")
+        if self.example_input is not None:
+            check_dtype(model, self.example_input, "example_input")
         scorer = copy.copy(self.scorer)
         scorer.params = list(targets)
         scores = scorer.score(model, data, self.loss_fn)
@@ -382,8 +577,23 @@ class ParameterPruner(_Pruner):
                 chosen = torch.zeros(s.numel(), dtype=torch.bool)
                 chosen[torch.argsort(s, stable=True)[:max(want[k], dead[k])]] = True
                 new_masks[k] = chosen
+        emptied = [k for k, chosen in new_masks.items()
+                   if bool(chosen.all()) and dead[k] < sizes[k]]
         loss_before = mean_loss(model, data, self.loss_fn) if data is not None else None
         params_before, macs_before = self._sizes(model, example)
+        if left_out and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"ParameterPruner leaves the output layer {', '.join(map(repr, left_out))} "
+                "alone (its output is the model's output); pass prune_output=True to prune it "
+                "too, or params= to choose the tensors", OutputLayerWarning, stacklevel=2)
+        if emptied:
+            warnings.warn(
+                f"pruning to {target} at t={t} masks every entry of {emptied}: a layer with "
+                "no weights outputs its bias whatever its input; to keep part of every tensor, "
+                "use an amount below 1.0 with scope='layer' (with scope='global' a tensor whose "
+                "scores are all low can go entirely)",
+                EmptiedTensorWarning, stacklevel=2)
         pruned, fraction = {}, {}
         for k, chosen in new_masks.items():
             mod, pname = targets[k]
@@ -400,7 +610,7 @@ class ParameterPruner(_Pruner):
                              fraction=fraction, params_before=params_before,
                              params_after=params_after, macs_before=macs_before,
                              macs_after=macs_after, loss_before=loss_before,
-                             loss_after=loss_after)
+                             loss_after=loss_after, left_out=left_out)
         self.reached = target
         self.history.append(report)
         return report
@@ -920,6 +1130,14 @@ class UnitPruner(_Pruner):
     balanced steps, one or more channels per conv group; the count is rounded
     down to whole steps), and ``min_units`` holds. Reports are keyed by group.
 
+    **The output layer is never pruned.** Its units are the model's outputs (the classes
+    of a classifier), so the graph of units makes the groups whose channels reach the
+    model's output not prunable: they are not in the default selection, naming one in
+    ``layers`` raises ValueError saying why, and every report lists the output layers
+    (:func:`output_layers`) in :attr:`RoundReport.left_out`. (Unlike
+    :class:`ParameterPruner` there is no ``prune_output``: removing an output unit would
+    change what the model outputs.)
+
     **Attention heads.** The heads of every attention module with prunable heads
     (:attr:`saliency.UnitGraph.heads`; ``layers`` may name attention modules) are units too,
     scored one per head under the module's name, counted in the schedule like a group's
@@ -972,7 +1190,13 @@ class UnitPruner(_Pruner):
             attention module with prunable heads).
         exclude: producers left out of the graph (see :func:`~pruners.trace`).
         loss_fn: as :class:`ParameterPruner`.
-        example_input: as :class:`ParameterPruner`.
+        example_input: one input batch, to trace the model and for MAC counts (default:
+            the first batch of the data given to :meth:`step`).
+
+    Raises:
+        ValueError: no schedule, or an invalid ``replacement``, ``min_units``, ``scope``,
+            ``normalize`` or ``cost``; at :meth:`step`, see there.
+        TypeError: a scorer that is not unit-wise, a bad schedule.
     """
 
     granularity = "unit"
@@ -1030,6 +1254,20 @@ class UnitPruner(_Pruner):
         with the parameters, so training continues with the same optimizer.
         ``data``: scoring batches, also used for the mean replacement and
         the report's losses.
+
+        Returns:
+            The round's :class:`RoundReport` (also appended to :attr:`history`; its
+            ``left_out`` names the output layers), or None when the model is already
+            pruned to ``schedule(t)``.
+
+        Raises:
+            ValueError: neither ``data`` nor the constructor's ``example_input`` to trace
+                the model with; the model is on the ``meta`` device; ``layers`` names an
+                unknown or non-prunable layer (the output layer: the message says so); the
+                scorer or the mean replacement needs data and none is given; NaN or
+                misshaped scores.
+            TypeError: the data's (or ``example_input``'s) floating dtype is not the
+                parameters' (``model.double()`` or ``x.float()``).
         """
         target = _target(self.schedule, t)
         if self.reached is not None and target <= self.reached:
@@ -1037,7 +1275,12 @@ class UnitPruner(_Pruner):
         data = data_list(data)
         example = example_of(self.example_input, data)
         if example is None:
-            raise ValueError("UnitPruner.step needs data= (or example_input=) to trace the model")
+            raise ValueError("UnitPruner.step needs data= (scoring batches) to trace the model, "
+                             "or an input batch given to the constructor: "
+                             "UnitPruner(..., example_input=x)")
+        check_materialized(model)
+        check_dtype(model, example, "the data" if self.example_input is None else
+                    "example_input")
         graph, layers = self._layers(model, example)
         width = {n: graph.heads[n].num_heads if n in graph.heads else graph.groups[n].size
                  for n in layers}
@@ -1093,6 +1336,7 @@ class UnitPruner(_Pruner):
                           for n, v in units.items() if n in graph.heads})
         loss_before = mean_loss(model, data, self.loss_fn) if data is not None else None
         params_before, macs_before = self._sizes(model, example)
+        left_out = [n for n in output_layers(model, example) if n not in layers]
         act = remove_units if self.remove else mask_units
         removal = act(model, units, replacement=self.replacement, data=data, optimizer=optimizer,
                       example_input=example, exclude=self.exclude, min_units=self.min_units)
@@ -1109,7 +1353,8 @@ class UnitPruner(_Pruner):
                              fraction=fraction, remaining=remaining,
                              params_before=params_before, params_after=params_after,
                              macs_before=macs_before, macs_after=macs_after,
-                             loss_before=loss_before, loss_after=loss_after, removal=removal)
+                             loss_before=loss_before, loss_after=loss_after, removal=removal,
+                             left_out=left_out)
         self.reached = target
         self.history.append(report)
         return report

@@ -34,22 +34,25 @@ layer, is one class and one entry in :data:`saliency.SCORERS`.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
+import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .graph import Group, UnitGraph
+from .graph import Group, UnitGraph, default_example_input
 from .tracing import trace
 from .replacement import iter_batches, iter_inputs
 
 __all__ = ["Scorer", "ParameterScorer", "UnitScorer", "LayerRequirement", "iter_batches",
            "loss_sum", "per_sample_loss", "sample_losses", "ignore_index", "IGNORE_INDEX",
-           "summing_loss", "preserved", "default_parameters",
-           "select_layers", "select_heads", "to_group"]
+           "summing_loss", "preserved", "default_parameters", "unknown_parameter",
+           "check_materialized", "check_dtype", "select_layers", "select_heads", "to_group"]
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -182,6 +185,134 @@ def default_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return out
 
 
+def unknown_parameter(model: nn.Module, name: str, known: Iterable[str] | None = None) -> str:
+    """Why ``name`` is not a parameter name of ``model``, and which names are.
+
+    A module's name (``"fc1"``) gets the names of its tensors as the suggestion
+    (``"fc1.weight"``); any other name the closest parameter names, then a few valid ones.
+
+    Args:
+        model: the model.
+        name: the name that was given.
+        known: the valid parameter names (default: :func:`default_parameters`).
+
+    Returns:
+        The text of the error, starting ``unknown parameter 'name'``.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> print(unknown_parameter(net, "0"))  # doctest: +NORMALIZE_WHITESPACE
+        unknown parameter '0': '0' is a module, not a parameter; name its tensors, e.g.
+        '0.weight' (its parameters: ['0.weight', '0.bias'])
+    """
+    known = list(default_parameters(model) if known is None else known)
+    modules = dict(model.named_modules())
+    if name in modules:
+        prefix = f"{name}." if name else ""
+        own = [k for k in known if k.startswith(prefix) and "." not in k[len(prefix):]]
+        if own:
+            return (f"unknown parameter {name!r}: {name!r} is a module, not a parameter; name its "
+                    f"tensors, e.g. {own[0]!r} (its parameters: {own})")
+        return (f"unknown parameter {name!r}: {name!r} is a module with no parameters of its "
+                f"own; parameters are named 'module.tensor', e.g. {known[:5]}")
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    few = known[:8] + (["..."] if len(known) > 8 else [])
+    return f"unknown parameter {name!r}{hint} (the model's parameters: {few})"
+
+
+def check_materialized(model: nn.Module) -> None:
+    """Raise ValueError if ``model`` has tensors on the ``meta`` device (shapes, no values).
+
+    Args:
+        model: the model about to be scored or pruned.
+
+    Raises:
+        ValueError: naming the first such tensor and how to give the model values.
+    """
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if t.is_meta:
+            raise ValueError(
+                f"{type(model).__name__} is on the meta device ({name!r} has a shape but no "
+                "values), so there is nothing to score or prune: load or materialize its "
+                "weights first, e.g. model.to_empty(device=\"cpu\") then "
+                "model.load_state_dict(state_dict)")
+
+
+_DTYPE_METHODS = {torch.float64: "double", torch.float32: "float", torch.float16: "half",
+                  torch.bfloat16: "bfloat16"}
+
+
+def check_dtype(model: nn.Module, x, what: str = "the data") -> None:
+    """Raise TypeError if the floating input ``x`` has another dtype than ``model``'s parameters.
+
+    Nothing is checked for integer inputs (token ids), models whose floating parameters have
+    several dtypes, or under autocast.
+
+    Args:
+        model: the model about to be run on ``x``.
+        x: an input batch.
+        what: how the message names ``x`` (``"the data"``, ``"example_input"``).
+
+    Raises:
+        TypeError: ``the model's parameters are float32 but the data is float64: convert
+            one, e.g. model.double() or x.float()``.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return
+    if torch.is_autocast_enabled():
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) != 1 or x.dtype in dtypes:
+        return
+    (dtype,) = dtypes
+    name = lambda d: str(d).replace("torch.", "")  # noqa: E731
+    to_x = _DTYPE_METHODS.get(x.dtype)
+    to_model = _DTYPE_METHODS.get(dtype)
+    how = " or ".join(h for h in (f"model.{to_x}()" if to_x else "",
+                                  f"x.{to_model}()" if to_model else "") if h) or \
+        f"x.to({dtype})"
+    raise TypeError(f"the model's parameters are {name(dtype)} but {what} is {name(x.dtype)}: "
+                    f"convert one, e.g. {how}")
+
+
+def constructor_options(cls: type) -> list[str]:
+    """The keyword options of ``cls``'s constructor, following ``**kwargs`` up the classes.
+
+    Examples:
+        >>> from saliency import Norm
+        >>> constructor_options(Norm)
+        ['p', 'layers', 'exclude', 'example_input']
+    """
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            break
+        forwards = False
+        for p in params:
+            if p.kind is p.VAR_KEYWORD:
+                forwards = True
+            elif p.kind is not p.VAR_POSITIONAL and p.name != "self" and p.name not in names:
+                names.append(p.name)
+        if not forwards:
+            break
+    return names
+
+
+def registry_call(scorer_cls: type, option: str) -> str:
+    """How to build ``scorer_cls`` with ``option``: ``SCORERS["norm"](example_input=x)``."""
+    from . import SCORERS  # the registry imports this module
+    key = next((k for k, c in SCORERS.items() if c is scorer_cls), None)
+    value = "x" if option == "example_input" else "..."
+    ctor = f'SCORERS["{key}"]' if key is not None else scorer_cls.__name__
+    return f"{ctor}({option}={value})"
+
+
 @dataclass(frozen=True)
 class LayerRequirement:
     """A layer a scorer reads, and the function that inserts it into a model.
@@ -244,20 +375,56 @@ class Scorer:
     approximates: str | None = None
 
     def score(self, model: nn.Module, data: Iterable | None = None,
-              loss_fn: LossFn = F.cross_entropy) -> dict[str, torch.Tensor]:
-        """Score ``model`` on ``data``; see the module docstring for the contract."""
+              loss_fn: LossFn = F.cross_entropy, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Score ``model`` on ``data``; see the module docstring for the contract.
+
+        Args:
+            model: the model (not changed).
+            data: an iterable of ``(inputs, targets)`` batches (needed when
+                ``needs_data``).
+            loss_fn: the loss, called with ``reduction="none"``.
+            **kwargs: none are accepted; a scorer's options (``example_input``,
+                ``layers``, ``params``...) go to its constructor.
+
+        Returns:
+            ``{name: scores}`` (see the module docstring).
+
+        Raises:
+            TypeError: ``model`` is not a module; a keyword argument is given (for one of
+                the constructor's options the message shows the call, e.g.
+                ``SCORERS["norm"](example_input=x).score(model)``); the data's floating
+                dtype is not the parameters'.
+            ValueError: the model is on the ``meta`` device (no values); data is
+                needed and missing, empty or malformed.
+        """
+        if kwargs:
+            raise TypeError(self._keyword_error(kwargs))
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        check_materialized(model)
+        if self.needs_data and data is None:
+            raise ValueError(f"{type(self).__name__} needs data: an iterable of "
+                             "(inputs, targets) batches")
+        if data is not None and iter(data) is data:  # a one-pass iterator: read it once
+            data = list(data)
         if self.needs_data:
-            if data is None:
-                raise ValueError(f"{type(self).__name__} needs data: an iterable of "
-                                 "(inputs, targets) batches")
-            if iter(data) is data:  # a one-pass iterator: read it once
-                data = list(data)
-            next(iter_batches(data))  # fail early on empty or malformed data
+            x, _ = next(iter_batches(data))  # fail early on empty or malformed data
+            check_dtype(model, x, "the data")
         with preserved(model):
             scores = self._score_all(model, data, loss_fn)
         return {k: v.detach() for k, v in scores.items()}
+
+    def _keyword_error(self, kwargs: Mapping) -> str:
+        name = type(self).__name__
+        options = constructor_options(type(self))
+        for key in kwargs:
+            if key in options:
+                return (f"{name}.score() takes no {key!r}: {key} is an option of the "
+                        f"constructor, e.g. {registry_call(type(self), key)}.score(model, "
+                        "...)")
+        key = next(iter(kwargs))
+        return (f"{name}.score() got an unexpected keyword argument {key!r} (it takes model, "
+                f"data and loss_fn; the constructor's options are {options})")
 
     def _score_all(self, model, data, loss_fn) -> dict[str, torch.Tensor]:
         return self._score(model, data, loss_fn)
@@ -284,8 +451,8 @@ class ParameterScorer(Scorer):
             return allp
         unknown = [n for n in self.params if n not in allp]
         if unknown:
-            raise ValueError(f"unknown parameter names {unknown}; the model has "
-                             f"{sorted(allp)}")
+            raise ValueError(unknown_parameter(model, unknown[0], allp) + (
+                f" (unknown: {unknown})" if len(unknown) > 1 else ""))
         return {n: allp[n] for n in self.params}
 
 
@@ -308,8 +475,10 @@ def select_layers(model: nn.Module, graph: UnitGraph, layers: Iterable[str] | No
         group = graph.producers[n].group if n in graph.producers else n
         (names if group in prunable else bad).append(group if group in prunable else n)
     if bad:
+        why = [f"{n!r} is not prunable: {graph.producers[n].reason}" for n in bad
+               if n in graph.producers and graph.producers[n].reason]
         raise ValueError(f"unknown or non-prunable layers {bad}; prunable layers are "
-                         f"{prunable}")
+                         f"{prunable}" + "".join(f"; {w}" for w in why))
     return list(dict.fromkeys(names))
 
 
@@ -357,7 +526,14 @@ class UnitScorer(Scorer):
     """A unit-wise scorer; ``layers`` selects groups by name (None = all prunable).
 
     ``example_input`` (optional) is used to trace convolutional models when
-    there is no data; ``exclude`` is passed to :func:`trace`.
+    there is no data; ``exclude`` is passed to :func:`trace`. Both are options of the
+    constructor (``SCORERS["norm"](example_input=x).score(model)``), not of :meth:`score`.
+
+    Args:
+        layers: groups (or any member's name) and attention modules to score.
+        exclude: producers left out of the graph.
+        example_input: an input batch to trace the model with (default: the first batch of
+            the data, or an input inferred from a first Linear / Embedding layer).
     """
 
     granularity = "unit"
@@ -384,8 +560,31 @@ class UnitScorer(Scorer):
         return scores
 
     def graph(self, model: nn.Module, data) -> tuple[UnitGraph, list[str]]:
+        """The graph of units of ``model`` and the selected groups.
+
+        Traced on ``example_input`` (the constructor's), else on the first batch of
+        ``data``, else on :func:`~saliency.graph.default_example_input`.
+
+        Raises:
+            ValueError: no input to trace with and none can be inferred (a convolutional
+                model): the message says to give ``example_input`` to the constructor.
+            TypeError: ``example_input``'s floating dtype is not the parameters'.
+        """
         example = self.example_input
-        if example is None and data is not None:
+        if example is not None:
+            check_dtype(model, example, "example_input")
+        elif data is not None:
             example = next(iter_inputs(data))
+            check_dtype(model, example, "the data")
+        else:
+            try:
+                default_example_input(model)
+            except ValueError:
+                name = type(self).__name__
+                raise ValueError(
+                    f"{name} cannot infer the input shape of {type(model).__name__} (its "
+                    "first layer is not a Linear or an Embedding): give an input batch to the "
+                    f"constructor, e.g. {registry_call(type(self), 'example_input')}"
+                    ".score(model), or pass data= to score()") from None
         graph = trace(model, example, exclude=self.exclude)
         return graph, select_layers(model, graph, self.layers)

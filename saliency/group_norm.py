@@ -81,8 +81,9 @@ class GroupNormScorer(UnitScorer):
     exactly 0; lower is less important. For an attention head: its query, key and value
     rows with their biases (a key/value head's rows count ``1/G`` for each of the ``G``
     query heads sharing them) and its output-projection columns
-    (:func:`saliency.head_scores.head_entries`). Needs no data (an ``example_input``
-    traces a convolutional model).
+    (:func:`saliency.head_scores.head_entries`). Needs no data: a convolutional model is
+    traced on an ``example_input`` given to the constructor
+    (``GroupNormScorer(example_input=x).score(model)``), or on the first batch of ``data``.
 
     Args:
         layers: groups to score (default: every prunable group).
@@ -92,7 +93,11 @@ class GroupNormScorer(UnitScorer):
             that layers with different group sizes compare (``sqrt(P_i)`` for
             coupled channels).
         exclude: as in :class:`~saliency.base.UnitScorer`.
-        example_input: as in :class:`~saliency.base.UnitScorer`.
+        example_input: as in :class:`~saliency.base.UnitScorer` (an input batch to trace
+            a convolutional model with; ``score`` itself takes none).
+
+    Raises:
+        TypeError: ``bias`` or ``normalize`` is not a bool.
 
     Examples:
         >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))

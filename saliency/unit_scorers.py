@@ -19,6 +19,8 @@ under the group's name; each class gives its group formula.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .base import UnitScorer, select_heads, to_group
@@ -127,7 +129,7 @@ class Dormancy(UnitScorer):
     tokens), the denominator the mean over the module's heads.
     """
 
-    def __init__(self, statistic: str = "redo", **kwargs):
+    def __init__(self, statistic: str = "redo", **kwargs: Any):
         super().__init__(**kwargs)
         if statistic not in ("redo", "apoz"):
             raise ValueError(f"statistic must be 'redo' or 'apoz', got {statistic!r}")
@@ -166,12 +168,23 @@ class Norm(UnitScorer):
     of all the group channel's incoming weights). For an attention head: its query rows,
     its key/value head's key and value rows (``1/G`` each when ``G`` query heads share
     them) and its output-projection columns (:func:`saliency.head_scores.head_norms`).
-    Needs no data (an ``example_input`` traces a convolutional model).
+    Needs no data. A convolutional model is traced on an input batch given to the
+    constructor, ``Norm(example_input=x).score(model)`` (``score`` itself takes no
+    ``example_input``), or on the first batch of ``data``.
+
+    Args:
+        p: ``"l1"`` or ``"l2"``.
+        **kwargs: ``layers``, ``exclude`` and ``example_input`` of
+            :class:`~saliency.base.UnitScorer`.
+
+    Raises:
+        ValueError: an unknown ``p``; at :meth:`score`, a convolutional model without
+            ``example_input`` or data (the message shows the call above).
     """
 
     needs_data = False
 
-    def __init__(self, p: str = "l1", **kwargs):
+    def __init__(self, p: str = "l1", **kwargs: Any):
         super().__init__(**kwargs)
         if p not in ("l1", "l2"):
             raise ValueError(f"p must be 'l1' or 'l2', got {p!r}")

@@ -17,6 +17,7 @@ import copy
 import io
 import math
 import pickle
+import warnings
 from fractions import Fraction
 
 import pytest
@@ -31,6 +32,7 @@ from zoo import build, thesis_cnn
 
 from pruners import (ParameterPruner, RoundReport, UnitPruner, count_macs, count_params, mean_loss,
                      nonzero_fractions, remove_sparse_units, schedules, sparse_units)
+from pruners.pruning import EmptiedTensorWarning, OutputLayerWarning, output_layers
 from pruners.schedules import (THESIS_PARAMETERS, THESIS_UNITS, amount_to_count, check_amount,
                                constant, cubic, linear, table)
 from saliency import MRP, Norm, RandomParameter
@@ -440,7 +442,8 @@ def test_pruned_weights_stay_zero_through_training(opt_name):
 def test_pruned_state_dict_round_trips_through_torch_prune(how):
     model, shape = build("cnn", seed=2)
     x = batches(shape, 4, sizes=(6,), seed=2)[0][0]
-    pruner = ParameterPruner("magnitude", table({1: 0.4, 2: 0.7}), include_bias=True)
+    pruner = ParameterPruner("magnitude", table({1: 0.4, 2: 0.7}), include_bias=True,
+                             prune_output=True)
     pruner.step(1, model)
     pruner.step(2, model)
     sd = model.state_dict()
@@ -482,7 +485,7 @@ def test_global_magnitude_equals_brute_force_and_masks_compose(arch):
     keys = weight_keys(model)
     total = sum(eff(model, k).numel() for k in keys)
     sched = table({1: 0.3, 2: 0.6, 3: 0.85})
-    pruner = ParameterPruner("magnitude", sched)
+    pruner = ParameterPruner("magnitude", sched, prune_output=True)
     # torch's own global L1 pruning is a reference for the first round
     ref = copy.deepcopy(model)
     prune.global_unstructured([(ref.get_submodule(k.rpartition(".")[0]), "weight") for k in keys],
@@ -515,7 +518,7 @@ def test_layer_scope_per_tensor_counts_and_selection():
     model, shape = build("cnn", seed=5)
     keys = weight_keys(model)
     sched = table({1: 0.25, 2: 0.5})
-    pruner = ParameterPruner("magnitude", sched, scope="layer")
+    pruner = ParameterPruner("magnitude", sched, scope="layer", prune_output=True)
     ref = copy.deepcopy(model)
     for k in keys:
         prune.l1_unstructured(ref.get_submodule(k.rpartition(".")[0]), "weight", amount=0.25)
@@ -546,12 +549,12 @@ def test_layer_scope_per_tensor_counts_and_selection():
 def test_count_schedule_prunes_exact_counts():
     model, _ = build("mlp")
     keys = weight_keys(model)
-    pruner = ParameterPruner("magnitude", table({1: 10, 2: 25}))
+    pruner = ParameterPruner("magnitude", table({1: 10, 2: 25}), prune_output=True)
     pruner.step(1, model)
     assert len(pruned_set(model, keys)) == 10
     pruner.step(2, model)
     assert len(pruned_set(model, keys)) == 25
-    layer = ParameterPruner("magnitude", 3, scope="layer")
+    layer = ParameterPruner("magnitude", 3, scope="layer", prune_output=True)
     m2, _ = build("mlp")
     layer.step(0, m2)
     assert [len(pruned_set(m2, [k])) for k in keys] == [3, 3, 3]
@@ -563,13 +566,14 @@ def test_any_parameter_scorer_drives_selection():
     keys = weight_keys(model)
     scores = RandomParameter(seed=3, params=keys).score(model)
     expected = brute_lowest(model, keys, lambda k: scores[k], round(0.5 * 92))
-    ParameterPruner(RandomParameter(seed=3), 0.5).step(0, model)
+    ParameterPruner(RandomParameter(seed=3), 0.5, prune_output=True).step(0, model)
     assert pruned_set(model, keys) == expected
     assert expected != brute_lowest(model, keys, lambda k: eff(model, k).abs(), 46)
     # a scorer that gives new scores every round (and high ones to pruned entries):
     # masks still compose, and each round adds the lowest-scoring live entries
     m1, _ = build("mlp", seed=6)
-    pruner = ParameterPruner(RandomParameter(seed=None), table({1: 0.3, 2: 0.6}))
+    pruner = ParameterPruner(RandomParameter(seed=None), table({1: 0.3, 2: 0.6}),
+                             prune_output=True)
     torch.manual_seed(0)
     pruner.step(1, m1)
     first = pruned_set(m1, keys)
@@ -584,15 +588,21 @@ def test_any_parameter_scorer_drives_selection():
     # ties keep the order of the tensors and entries (a stable sort)
     m2, _ = build("mlp")
     fixed = {k: torch.zeros_like(eff(m2, k)) for k in keys}
-    ParameterPruner(FixedParamScores(fixed), 10).step(0, m2)
+    ParameterPruner(FixedParamScores(fixed), 10, prune_output=True).step(0, m2)
     assert pruned_set(m2, keys) == {("fc1.weight", i) for i in range(10)}
 
 
 def test_biases_and_params_selection():
     model, _ = build("mlp", seed=8)
-    pruner = ParameterPruner("magnitude", 0.5)
+    default = ParameterPruner("magnitude", 0.5)  # the output layer fc3 is left alone
+    assert list(default.targets(model)) == ["fc1.weight", "fc2.weight"]
+    assert default.left_out == ["fc3"]
+    assert list(ParameterPruner("magnitude", 0.5, include_bias=True).targets(model)) == [
+        "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    pruner = ParameterPruner("magnitude", 0.5, prune_output=True)
     assert list(pruner.targets(model)) == ["fc1.weight", "fc2.weight", "fc3.weight"]
-    with_bias = ParameterPruner("magnitude", 0.5, include_bias=True)
+    assert pruner.left_out == []
+    with_bias = ParameterPruner("magnitude", 0.5, include_bias=True, prune_output=True)
     assert list(with_bias.targets(model)) == ["fc1.weight", "fc1.bias", "fc2.weight",
                                               "fc2.bias", "fc3.weight", "fc3.bias"]
     nobias, _ = build("mlp_nobias")
@@ -632,7 +642,7 @@ def test_parameter_pruner_round_reports():
     model.train()
     data = batches(shape, 3, sizes=(7, 12), seed=9)
     x_ex = data[0][0][:1]
-    pruner = ParameterPruner("magnitude", THESIS_PARAMETERS)
+    pruner = ParameterPruner("magnitude", THESIS_PARAMETERS, prune_output=True)
     assert pruner.due(0) and pruner.reached is None
     assert pruner.step(0, model, data=data) is None
     assert not pruner.due(1) and pruner.due(2)  # the schedule rises at t = 2
@@ -665,14 +675,14 @@ def test_parameter_pruner_round_reports():
         assert model.training and model.drop.training
     assert pruner.step(6, model, data=data) is None
     assert [r.step for r in pruner.history] == [2, 3, 4, 5]
-    nodata = ParameterPruner("magnitude", 0.5).step(0, build("mlp")[0])
+    nodata = ParameterPruner("magnitude", 0.5, prune_output=True).step(0, build("mlp")[0])
     assert nodata.loss_before is None and nodata.penalty is None and nodata.macs_before is None
 
 
 def test_parameter_pruner_resumes_from_state():
     def pruned_model():  # built twice: a pruned module cannot be deep-copied
         model, _ = build("mlp", seed=10)
-        p = ParameterPruner("magnitude", THESIS_PARAMETERS)
+        p = ParameterPruner("magnitude", THESIS_PARAMETERS, prune_output=True)
         p.step(2, model)
         p.step(3, model)
         return model, p
@@ -683,7 +693,7 @@ def test_parameter_pruner_resumes_from_state():
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
-    b = ParameterPruner("magnitude", THESIS_PARAMETERS)
+    b = ParameterPruner("magnitude", THESIS_PARAMETERS, prune_output=True)
     b.load_state_dict(torch.load(buf, weights_only=True))
     assert b.state_dict() == state
     assert [r.params_after for r in b.history] == [r.params_after for r in a.history]
@@ -691,6 +701,165 @@ def test_parameter_pruner_resumes_from_state():
     b.step(4, m_b)
     assert pruned_set(m_a, weight_keys(m_a)) == pruned_set(m_b, weight_keys(m_b))
     assert b.state_dict() == a.state_dict()
+
+
+# the output layer: left alone by default, pruned when asked, and said
+
+
+def _rounds(pruner, model, ts, **kw):
+    """Run ``pruner.step`` for each ``t``; return the reports and the warnings raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reports = [pruner.step(t, model, **kw) for t in ts]
+    return reports, [w for w in caught if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_parameter_pruner_leaves_the_output_layer_alone_by_default(scope):
+    model, shape = build("mlp", seed=30)
+    data = batches(shape, 3, sizes=(6,), seed=30)
+    before = {k: eff(model, k).clone() for k in weight_keys(model)}
+    pruner = ParameterPruner("magnitude", table({1: 0.5, 2: 0.8}), scope=scope)
+    (r1, r2), caught = _rounds(pruner, model, (1, 2), data=data)
+    # fc3 (the output layer) is exactly as before: no mask, the very same values
+    assert not hasattr(model.fc3, "weight_mask") and torch.equal(model.fc3.weight,
+                                                                before["fc3.weight"])
+    # fc1 (7x6) and fc2 (5x7) get exactly the schedule's count of zeros, 77 weights in all
+    for report, f in ((r1, 0.5), (r2, 0.8)):
+        assert set(report.fraction) == {"fc1.weight", "fc2.weight"}
+        assert report.left_out == ["fc3"] and "left alone" in str(report) and "fc3" in str(report)
+    dead = {k: int((mask_of(model, k) == 0).sum()) for k in ("fc1.weight", "fc2.weight")}
+    if scope == "global":
+        assert sum(dead.values()) == round(0.8 * (42 + 35)) == 62
+    else:
+        assert dead == {"fc1.weight": round(0.8 * 42), "fc2.weight": round(0.8 * 35)}
+    # said once, naming the layer and the option
+    said = [w for w in caught if issubclass(w.category, OutputLayerWarning)]
+    assert len(said) == 1
+    assert "'fc3'" in str(said[0].message) and "prune_output=True" in str(said[0].message)
+    assert str(r2).splitlines()[-1] == "  left alone (the model's output layer): fc3"
+    assert pruner.state_dict()["history"][0]["left_out"] == ["fc3"]
+
+
+def test_parameter_pruner_prunes_the_output_layer_when_asked():
+    model, _ = build("mlp", seed=31)
+    w3 = model.fc3.weight.detach().clone()
+    pruner = ParameterPruner("magnitude", 0.5, scope="layer", prune_output=True)
+    (report,), caught = _rounds(pruner, model, (0,))
+    assert not [w for w in caught if issubclass(w.category, OutputLayerWarning)]
+    assert report.left_out == [] and "left alone" not in str(report)
+    n = w3.numel()  # 15
+    assert int((model.fc3.weight_mask == 0).sum()) == round(0.5 * n) == 8
+    assert int((eff(model, "fc3.weight") == 0).sum()) == 8
+    lowest = set(torch.argsort(w3.abs().reshape(-1), stable=True)[:8].tolist())
+    assert set(torch.nonzero(model.fc3.weight_mask.reshape(-1) == 0).flatten().tolist()) == lowest
+    # explicit params prune the output layer as named, without a warning
+    m2, _ = build("mlp", seed=31)
+    (rep2,), caught = _rounds(ParameterPruner("magnitude", 0.5, params=["fc3.weight"]), m2, (0,))
+    assert not caught and rep2.pruned == {"fc3.weight": 8} and rep2.left_out == []
+
+
+def test_parameter_pruner_output_layer_of_a_cnn_and_a_single_layer():
+    model, shape = build("cnn", seed=32)
+    assert output_layers(model) == ["fc2"]
+    pruner = ParameterPruner("magnitude", 0.5)
+    assert list(pruner.targets(model)) == ["conv1.weight", "conv2.weight", "fc1.weight"]
+    w = model.fc2.weight.detach().clone()
+    (report,), _ = _rounds(pruner, model, (0,))
+    assert torch.equal(model.fc2.weight, w) and report.left_out == ["fc2"]
+    total = sum(eff(model, k).numel() for k in ("conv1.weight", "conv2.weight", "fc1.weight"))
+    assert len(pruned_set(model, ["conv1.weight", "conv2.weight", "fc1.weight"])) == round(
+        0.5 * total)
+    # a model that is only its output layer: nothing to prune unless asked
+    single = nn.Linear(4, 3).double()
+    with pytest.raises(ValueError, match=r"only Linear/Conv weights are those of its output "
+                                         r"layer ''.*pass prune_output=True"):
+        ParameterPruner("magnitude", 0.5).step(0, single)
+    (rep,), _ = _rounds(ParameterPruner("magnitude", 0.5, prune_output=True), single, (0,))
+    assert rep.pruned == {"weight": 6}
+
+
+class _Residual(nn.Module):
+    """The output is a sum of two layers' outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 5)
+        self.b = nn.Linear(5, 3)
+        self.skip = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h) + self.skip(h)
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 5)
+        self.head = nn.Linear(5, 3)
+        self.aux = nn.Linear(4, 4)  # registered last, called first
+
+    def forward(self, x):
+        x = self.aux(x)
+        if x.sum() > 1e9:
+            x = -x
+        return self.head(torch.relu(self.a(x)))
+
+
+def test_output_layers_of_several_structures():
+    softmax = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3), nn.LogSoftmax(1))
+    assert output_layers(softmax) == ["2"]
+    assert output_layers(_Residual()) == ["b", "skip"]
+    assert output_layers(build("vgg")[0]) == ["classifier.4"]
+    assert output_layers(build("conv1d")[0]) == ["fc"]
+    # torch.fx fails: the last layer called on an input (inferred from the first Linear)
+    assert output_layers(_Branchy()) == ["head"]
+    assert output_layers(nn.Sequential(nn.ReLU())) == []
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3))
+    assert output_layers(conv) == ["2"]
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_amount_one_empties_every_tensor_with_a_warning(scope):
+    model, _ = build("mlp", seed=33)
+    w3 = model.fc3.weight.detach().clone()
+    (report,), caught = _rounds(ParameterPruner("magnitude", 1.0, scope=scope), model, (0,))
+    emptied = [w for w in caught if issubclass(w.category, EmptiedTensorWarning)]
+    assert len(emptied) == 1
+    assert "['fc1.weight', 'fc2.weight']" in str(emptied[0].message)
+    assert report.fraction == {"fc1.weight": 1.0, "fc2.weight": 1.0}
+    assert (eff(model, "fc1.weight") == 0).all() and (eff(model, "fc2.weight") == 0).all()
+    assert torch.equal(model.fc3.weight, w3)  # still left alone
+    m2, _ = build("mlp", seed=33)
+    (rep2,), caught = _rounds(ParameterPruner("magnitude", 1.0, scope=scope, prune_output=True),
+                              m2, (0,))
+    assert rep2.fraction == {k: 1.0 for k in weight_keys(m2)}
+    assert any("fc3.weight" in str(w.message) for w in caught
+               if issubclass(w.category, EmptiedTensorWarning))
+    # a round that does not empty a tensor says nothing of the sort
+    m3, _ = build("mlp", seed=33)
+    _, caught = _rounds(ParameterPruner("magnitude", 0.9, scope=scope), m3, (0,))
+    assert not [w for w in caught if issubclass(w.category, EmptiedTensorWarning)]
+
+
+def test_unit_pruner_never_prunes_the_output_layer_and_says_so():
+    model, shape = build("mlp", seed=34)
+    data = batches(shape, 3, sizes=(8,), seed=34)
+    w3 = model.fc3.weight.detach().clone()
+    (report,), caught = _rounds(UnitPruner("mrs", 0.5), model, (0,), data=data)
+    assert set(report.pruned) == {"fc1", "fc2"} and report.left_out == ["fc3"]
+    assert model.fc3.out_features == 3 and "fc3" in str(report)
+    assert model.fc3.weight.shape == (3, 5 - 2)  # its inputs go with fc2's units, not its rows
+    kept = sorted(set(range(5)) - {int(i) for i in report.removal.indices["fc2"]})
+    assert torch.equal(model.fc3.weight, w3[:, kept])  # its rows all there, as they were
+    assert not [w for w in caught if issubclass(w.category, OutputLayerWarning)]
+    with pytest.raises(ValueError, match=r"'fc3' is not prunable: its output is the model's "
+                                         r"output"):
+        UnitPruner("norm", 0.5, layers=["fc3"], replacement=None).step(0, build("mlp")[0],
+                                                                        data=data)
 
 
 # ---------------------------------------------------------------------------
@@ -1094,7 +1263,9 @@ def sparse_model(arch, sparsity=0.9, seed=23):
             model.conv2.weight[0] = 0  # conv2 unit 0 is constant, through flatten
             model.conv2.bias[0] = 0.9
             model.fc1.weight.view(12, 8, 9)[:, 2] = 0  # conv2 unit 2 feeds nothing
-    ParameterPruner("magnitude", sparsity).step(0, model)
+    with warnings.catch_warnings():  # a high sparsity may take all of fc1: on purpose
+        warnings.simplefilter("ignore", EmptiedTensorWarning)
+        ParameterPruner("magnitude", sparsity, prune_output=True).step(0, model)
     return model, shape
 
 
@@ -1257,14 +1428,19 @@ STEP_ERRORS = {  # (pruner factory, pass data?, exception, message)
                       ValueError, "unknown parameter 'fc9.weight'"),
     "param_typo": (lambda: ParameterPruner("magnitude", 0.5, params=["fc1.weigth"]), True,
                    ValueError, "unknown parameter 'fc1.weigth'"),
+    "param_module_name": (lambda: ParameterPruner("magnitude", 0.5, params=["fc1"]), True,
+                          ValueError, r"'fc1' is a module, not a parameter; name its tensors, "
+                                      r"e\.g\. 'fc1\.weight'"),
     "param_scorer_needs_data": (lambda: ParameterPruner("taylor1", 0.5), False, ValueError,
                                 "Taylor1 needs data"),
     "param_schedule_1.5": (lambda: ParameterPruner("magnitude", lambda t: 1.5), True, ValueError,
                            r"invalid amount at t=1: .*in \[0, 1\], got 1.5"),
     "param_schedule_str": (lambda: ParameterPruner("magnitude", lambda t: "half"), True, TypeError,
                            "invalid amount at t=1"),
-    "param_count_too_large": (lambda: ParameterPruner("magnitude", 93), True, ValueError,
-                              "more than the 92"),
+    "param_count_too_large": (lambda: ParameterPruner("magnitude", 93, prune_output=True), True,
+                              ValueError, "more than the 92"),
+    "param_count_too_large_default": (lambda: ParameterPruner("magnitude", 78), True, ValueError,
+                                      "more than the 77"),  # the output layer's 15 left out
     "param_nan_scores": (lambda: ParameterPruner(FixedParamScores(
         {k: torch.full(s, NAN, dtype=torch.float64) for k, s in
          (("fc1.weight", (7, 6)), ("fc2.weight", (5, 7)), ("fc3.weight", (3, 5)))}), 0.5),
@@ -1274,8 +1450,15 @@ STEP_ERRORS = {  # (pruner factory, pass data?, exception, message)
                       ValueError, r"unknown or non-prunable layers \['fc9'\]"),
     "output_layer": (lambda: UnitPruner("norm", 0.5, layers=["fc3"], replacement=None), True,
                      ValueError, "non-prunable"),
+    "param_float64_data_float32_model": (lambda: ParameterPruner("magnitude", 0.5), "float32",
+                                         TypeError, r"parameters are float64 but the data is "
+                                                    r"float32: convert one, e\.g\. "
+                                                    r"model\.float\(\) or x\.double\(\)"),
+    "unit_float64_data_float32_model": (lambda: UnitPruner("mrs", 0.5), "float32", TypeError,
+                                        r"parameters are float64 but the data is float32"),
     "unit_nothing_to_trace": (lambda: UnitPruner("mrs", 0.5), False, ValueError,
-                              r"needs data= \(or example_input=\)"),
+                              r"needs data= .*or an input batch given to the constructor: "
+                              r"UnitPruner\(\.\.\., example_input=x\)"),
     "unit_scorer_needs_data": (lambda: UnitPruner("mrs", 0.5, example_input=X_EX), False,
                                ValueError, "MRS needs data"),
     "mean_needs_data": (lambda: UnitPruner("norm", 0.5, example_input=X_EX), False, ValueError,
@@ -1300,6 +1483,8 @@ def test_step_errors_change_nothing(case):
     state = copy.deepcopy(pruner.state_dict())
     before = take(model, opt)
     args = {"data": data} if with_data is True else {"data": []} if with_data == "empty" else {}
+    if with_data == "float32":
+        args = {"data": [(x.float(), y) for x, y in data]}
     with pytest.raises(exc, match=match):
         pruner.step(1, model, opt, **args)
     assert_unchanged(before, model, opt)

@@ -430,7 +430,7 @@ def thesis_magnitude_pruning(cfg: dict, ctx: RunContext) -> dict:
     seed 0); after epochs 2, 3, 4, 5 (Table 2.2) the fraction 0.2, 0.5, 0.8,
     0.9 of all Linear/Conv weights (20,424 of the 20,522 parameters; biases
     are not pruned) with the smallest magnitude is zeroed
-    (``ParameterPruner("magnitude", THESIS_PARAMETERS, scope="global")``:
+    (``ParameterPruner("magnitude", THESIS_PARAMETERS, scope="global", prune_output=True)``:
     ``round(f * N)`` weights over all layers together, masks through
     ``torch.nn.utils.prune`` so pruned weights stay zero). The same run
     without pruning, same seed, is the reference.
@@ -455,7 +455,7 @@ def thesis_magnitude_pruning(cfg: dict, ctx: RunContext) -> dict:
     data = load_data(cfg)
     schedule = _table(cfg["schedule"])
     dense, dense_log = _unpruned(cfg, ctx, data)
-    pruner = ParameterPruner("magnitude", schedule, scope="global")
+    pruner = ParameterPruner("magnitude", schedule, scope="global", prune_output=True)
     cb = _pruner_callback(pruner, cfg)
     pruned = _train(cfg, ctx, data, "pruned", [cb, EpochLog(ctx.log, "pruned", cb)])
     model = pruned.model
