@@ -44,6 +44,9 @@ Public names:
 * :func:`load_pruned`, :func:`fit_to_state_dict` -- reload a pruned model's state dict into
   its architecture as built before pruning; :func:`read_state_dict` -- the state dict of the
   checkpoint files people have, safely (:mod:`pruners.checkpoint`).
+* :func:`diagnose`, :class:`Diagnosis` -- the dead units of a trained model on data and what
+  removing them saves (:mod:`pruners.diagnosis`); :func:`batches_of` -- data of any common form
+  as ``(inputs, targets)`` batches.
 * :class:`LRAttack`, :func:`attack_steps` -- learning-rate attacks (Evci
   2018, Sec. 3.3): on steps ``start + r * interval + j`` the update of chosen
   units is scaled, ``p <- p_old + m (p_new - p_old)``, for any optimizer.
@@ -56,6 +59,7 @@ from . import schedules
 from .attacks import LRAttack, attack_steps
 from .checkpoint import StateDictError, fit_to_state_dict, load_pruned, read_state_dict
 from .cleanup import nonzero_fractions, remove_sparse_units, sparse_units
+from .diagnosis import Diagnosis, batches_of, diagnose
 from .group_sparsity import (GROUPINGS, Grouping, LayerGroups, ProximalGroupSparsity,
                              group_layout, group_norms, group_sparsity_penalty,
                              prox_sparse_group_lasso, register_grouping, remove_zero_groups,
@@ -64,7 +68,8 @@ from .inserters import prepare_for
 from .metrics import count_macs, count_params
 from .tristate import (binarize_gates, binarizing_regularizer, clip_gates, complexity_term,
                        finalize_tristate, insert_tristate, tristate_penalty)
-from .pruning import ParameterPruner, RoundReport, UnitPruner, mean_loss, unit_costs
+from .pruning import (EmptiedTensorWarning, OutputLayerWarning, ParameterPruner, RoundReport,
+                      UnitPruner, mean_loss, output_layers, unit_costs)
 from .optim_state import slice_param
 from .surgery import InexactReplacementWarning, RemovalReport, mask_units, remove_units
 
@@ -83,10 +88,16 @@ __all__ = [
     "fit_to_state_dict",
     "read_state_dict",
     "StateDictError",
+    "diagnose",
+    "Diagnosis",
+    "batches_of",
     "schedules",
     "ParameterPruner",
     "UnitPruner",
     "RoundReport",
+    "OutputLayerWarning",
+    "EmptiedTensorWarning",
+    "output_layers",
     "mean_loss",
     "unit_costs",
     "nonzero_fractions",

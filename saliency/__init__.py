@@ -57,6 +57,7 @@ from .tristate import GateScorer, TriStateReLU
 from .unit_scorers import MRS, Dormancy, Norm, UnitTaylor
 from .unit_stats import unit_statistics
 from .dead_units import EXACT_CRITERIA, DeadUnitReport, DeadUnitThresholds, find_dead_units
+from .dead_unit_plots import plot_criteria, plot_unit_statistics
 from .tracking import UnitTracker
 
 #: name -> scorer class. Parameter-wise and unit-wise scorers of the thesis
@@ -118,6 +119,8 @@ __all__ = [
     "unit_means",
     "unit_statistics",
     "find_dead_units",
+    "plot_unit_statistics",
+    "plot_criteria",
     "DeadUnitReport",
     "DeadUnitThresholds",
     "EXACT_CRITERIA",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -61,6 +62,8 @@ def progress(items: Iterable[T], what: str, total: int | None = None) -> Iterato
     from tqdm.auto import tqdm
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    # a terminal that reports no size (0 x 0) would get no bar: 100 x 20 then
+    size = shutil.get_terminal_size((100, 20))
     with tqdm(items, total=total, unit=what.split()[-1] if what else "it", desc=what,
-              file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+              file=sys.stderr, ncols=size.columns, nrows=size.lines, leave=False) as bar:
         yield from bar

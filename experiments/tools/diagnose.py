@@ -1,73 +1,64 @@
-"""Diagnose a trained checkpoint: ``python -m experiments diagnose CHECKPOINT --data NAME``.
+"""Diagnose a trained checkpoint: ``python -m experiments diagnose CHECKPOINT --data DATA``.
 
-Finds the dead, dormant and frozen units of a checkpoint on a data set with
-:func:`saliency.find_dead_units` (Sec. 3.2, Def. 3.2.1-3.2.2 of U. Evci,
-*Detecting Dead Weights and Units in Neural Networks*, MS thesis, NYU, 2018,
-https://arxiv.org/abs/1806.06068, below: the thesis; ReDo; APoZ), prints a
-per-layer summary -- units, units flagged by each criterion, and the
-parameters and MACs that removing the dead units would save -- and writes into ``--out DIR`` (default
-``runs/diagnose/<checkpoint name>``):
+A thin command line over the library's :func:`pruners.diagnose` (the dead, dormant and frozen
+units of a model on data, by the criteria of U. Evci, *Detecting Dead Weights and Units in
+Neural Networks*, MS thesis, NYU, 2018, https://arxiv.org/abs/1806.06068, ReDo and APoZ, and
+what removing them saves). It prints a per-layer summary and writes into ``--out DIR`` (default
+``runs/diagnose/<checkpoint name>``): ``report.json`` (everything), ``units.csv`` (one row per
+unit) and ``layers.csv``, and the figures ``statistics.png`` (per layer, histograms of the unit
+statistics the criteria read) and ``criteria.png`` (units by criteria, one panel per layer).
 
-* ``report.json``: everything (the library's :meth:`DeadUnitReport.to_dict`
-  plus the savings, the removal's deviation and loss change, the settings);
-* ``units.csv`` (one row per unit: statistics and flags) and ``layers.csv``;
-* ``statistics.png``: per layer, histograms of the unit statistics the
-  criteria read;
-* ``criteria.png``: a units-by-criteria heatmap (seaborn).
+**Checkpoints** (:func:`pruners.read_state_dict`, never running code from the file): the
+toolkit's own (which record the architecture), a bare state dict, a dict holding one under
+``model``, ``state_dict``, ``model_state_dict`` or ``net`` (or ``--key KEY``), keys prefixed by
+``module.`` or ``_orig_mod.``, and ``.safetensors`` files. A whole pickled model is refused with
+the steps to save its state dict; ``--allow-pickle`` loads it (it runs the code it names: only
+for files you trust).
 
-Models whose channels are coupled (ResNets, MobileNetV2, DenseNets: residual adds,
-depthwise and grouped convolutions, concatenations) are diagnosed per group of
-:func:`saliency.trace`: the layers whose channels a residual add sums are one group, named
-after the first, with one row per group channel; the summary names the members, and a
-removal removes the channel from every member at once.
+**Models** for a state dict: ``--model NAME`` (a model of the zoo), ``--model
+package.module:Class`` (or a factory function) or ``--model path/to/file.py:Class``, with
+``--model-kwargs JSON``. The state dict must fit the model as built; ``--resize`` resizes the
+model to the state dict's shapes (a checkpoint whose units were removed) and says which layers
+it resized.
 
-The dead units removed are those flagged by ``--remove-by`` (default: the
-criteria whose units are exactly replaceable on the data, constant output,
-never active, zero outgoing weights). They are removed from a copy with the
-foundation's exact removal (:func:`pruners.remove_units`, mean replacement
-with bias propagation); the maximum output deviation and the loss change on
-the data are reported, and ``--remove-dead OUT.pt`` writes that smaller model
-as a checkpoint of the same kind (a harness checkpoint reloads with
-:func:`experiments.harness.checkpoint.model_from_checkpoint`; a plain state dict with
-``--model ... --resize``). The written checkpoint holds the model only, not
-the optimizer.
+**Data**: a built-in data set by name (``fashion-mnist``, ``mnist``, ``cifar10``, ...), a tensor
+file (``.pt``, read with ``weights_only=True``, or ``.npz``) holding the inputs and optionally
+the targets under the keys of :data:`pruners.diagnosis.INPUT_KEYS` and
+:data:`pruners.diagnosis.TARGET_KEYS` (``inputs``/``x``, ``targets``/``y``, ...), or
+``module:function`` (or ``path/to/file.py:function``) returning a ``Dataset``, a ``DataLoader``,
+tensors or batches (dict batches too). Without targets, the criteria that need the loss's
+gradient are skipped and named.
 
-Checkpoints: the harness's (``experiments.harness.checkpoint``, which records the
-architecture), or a plain state dict with ``--model module:factory`` (or a
-name of :data:`experiments.harness.models.MODELS`) and ``--model-kwargs JSON``. Files
-are read with ``torch.load(weights_only=True)``: a pickle that would run code
-when loaded is refused. Every bad input is one line on stderr and an exit code
-(:data:`EXIT_CODES`), never a traceback (``--debug`` shows it).
+Every bad input is an error message on stderr (all of it) and an exit code
+(:data:`EXIT_CODES`), never a traceback (``--debug`` shows it). Long steps show progress on a
+terminal (``--progress`` / ``--no-progress``).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
+import importlib.util
 import io
 import json
-import math
-import pickle
-import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from experiments.harness import atomic
-from experiments.harness.checkpoint import (FORMAT, CheckpointError, fit_to_state_dict,
-                                            model_from_checkpoint)
+from experiments.harness.checkpoint import FORMAT, CheckpointError, model_from_checkpoint
 from experiments.harness.models import MODELS
-from pruners import count_macs, count_params, remove_units
-from saliency import EXACT_CRITERIA, DeadUnitReport, UnitGraph, find_dead_units, trace
+from pruners import Diagnosis, StateDictError, batches_of, diagnose, read_state_dict
+from pruners.checkpoint import fit_to_state_dict
+from pruners.diagnosis import INPUT_KEYS, TARGET_KEYS
+from saliency import EXACT_CRITERIA
+from saliency.progress import show_progress
 
-__all__ = ["DiagnoseError", "EXIT_CODES", "load_model", "load_data", "diagnose",
-           "removal_plan", "add_arguments", "run_from_args", "main"]
+__all__ = ["DiagnoseError", "EXIT_CODES", "load_model", "load_data", "add_arguments",
+           "run_from_args", "main"]
 
 #: exit codes of ``python -m experiments diagnose``
 EXIT_CODES: dict[str, int] = {
@@ -91,61 +82,88 @@ class DiagnoseError(ValueError):
         return EXIT_CODES[self.kind]
 
 
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- models
 
 
-def _first_line(exc: BaseException) -> str:
+def _message(exc: BaseException) -> str:
+    """An exception's whole message (every line), or its type's name."""
     text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
+    return text or type(exc).__name__
 
 
-def _read(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)`` with one clear error per failure."""
-    if not path.exists():
-        raise DiagnoseError(f"checkpoint {str(path)!r} does not exist", "missing")
-    if not path.is_file():
-        raise DiagnoseError(f"checkpoint {str(path)!r} is not a file", "missing")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Weights only load failed" in text:
-            glob = re.search(r"GLOBAL ([\w.]+)", text)
-            op = re.search(r"Unsupported operand (\d+)", text)
-            what = (f"a reference to {glob.group(1)}" if glob else
-                    f"pickle operation {op.group(1)}" if op else "a disallowed object")
+def import_object(spec: str, what: str) -> Any:
+    """The object ``spec`` names: ``package.module:name`` (imported from ``sys.path``, the
+    current folder included) or ``path/to/file.py:name`` (loaded from the file). ``what``
+    names the option in errors."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise DiagnoseError(f"{what} {spec!r}: expected package.module:name or "
+                            "path/to/file.py:name")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise DiagnoseError(f"{what} {spec!r}: no file {str(path)!r} (from the current "
+                                f"folder {str(Path.cwd())!r})")
+        name = f"_diagnose_user_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(path.resolve().parent))  # its own imports of sibling files
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001
+            raise DiagnoseError(f"{what} {spec!r}: running {str(path)!r} failed: "
+                                f"{_message(exc)}") from None
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+    else:
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            searched = "\n".join(f"  {p or '.'}" for p in sys.path)
             raise DiagnoseError(
-                f"refused to load {str(path)!r}: it contains {what}, which could run code when "
-                "unpickled; only tensors and plain containers are loaded (weights_only=True)",
-                "refused") from None
-        raise DiagnoseError(f"cannot read checkpoint {str(path)!r}: {_first_line(exc)}",
-                            "unreadable") from None
-    except Exception as exc:  # noqa: BLE001 - zip errors, EOF, bad magic: one message
-        why = _first_line(exc)
-        why = "empty file" if isinstance(exc, EOFError) and path.stat().st_size == 0 else why
-        raise DiagnoseError(f"cannot read checkpoint {str(path)!r}: the file is truncated, "
-                            f"corrupt or not written by torch.save ({why})",
-                            "unreadable") from None
+                f"{what} {spec!r}: cannot import module {target!r} ({_message(exc)}). "
+                f"Searched:\n{searched}\nRun from the folder that holds it, add its folder to "
+                "PYTHONPATH (PYTHONPATH=path/to/folder python -m experiments diagnose ...), or "
+                "name the file: path/to/file.py:" + attr) from None
+        except Exception as exc:  # noqa: BLE001
+            raise DiagnoseError(f"{what} {spec!r}: importing {target!r} failed: "
+                                f"{_message(exc)}") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        public = sorted(n for n in vars(module) if not n.startswith("_"))[:12]
+        raise DiagnoseError(f"{what} {spec!r}: {target!r} has no {attr!r}; it has {public}")
+    return obj
 
 
 def _factory(spec: str) -> Callable[..., nn.Module]:
     if ":" not in spec:
         if spec in MODELS:
             return MODELS[spec]
-        raise DiagnoseError(f"--model {spec!r}: expected module:factory or one of "
-                            f"{sorted(MODELS)}")
-    mod_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except Exception as exc:  # noqa: BLE001
-        raise DiagnoseError(f"--model {spec!r}: cannot import module {mod_name!r}: "
-                            f"{_first_line(exc)}") from None
-    fn = getattr(module, attr, None)
-    if fn is None or not callable(fn):
-        raise DiagnoseError(f"--model {spec!r}: module {mod_name!r} has no callable {attr!r}")
+        raise DiagnoseError(f"--model {spec!r}: expected package.module:Class, "
+                            f"path/to/file.py:Class or one of {sorted(MODELS)}")
+    fn = import_object(spec, "--model")
+    if not callable(fn):
+        raise DiagnoseError(f"--model {spec!r}: {type(fn).__name__} is not a class or function")
     return fn
+
+
+def _build(spec: str, kwargs: Mapping[str, Any]) -> nn.Module:
+    fn = _factory(spec)
+    try:
+        net = fn(**kwargs)
+    except TypeError as exc:
+        raise DiagnoseError(f"--model {spec!r} does not accept --model-kwargs {dict(kwargs)}: "
+                            f"{_message(exc)}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise DiagnoseError(f"--model {spec!r} with --model-kwargs {dict(kwargs)} failed: "
+                            f"{_message(exc)}", "mismatch") from None
+    if not isinstance(net, nn.Module):
+        raise DiagnoseError(f"--model {spec!r} returned a {type(net).__name__}, not an "
+                            "nn.Module", "mismatch")
+    return net
 
 
 def _base(key: str) -> str:
@@ -156,118 +174,157 @@ def _base(key: str) -> str:
 
 
 def _apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str,
-                      resize: bool) -> nn.Module:
-    """Load ``state`` into ``model``, refusing mismatched keys or shapes with one line."""
+                      resize: bool) -> list[str]:
+    """Load ``state`` into ``model`` (resized first with ``resize``); the resized layers.
+    Mismatched keys or shapes are one error listing them all."""
     own = model.state_dict()
-    theirs = {_base(k) for k in state}
-    mine = {_base(k) for k in own}
-    missing, unexpected = sorted(mine - theirs), sorted(theirs - mine)
+    missing = sorted({_base(k) for k in own} - {_base(k) for k in state})
+    unexpected = sorted({_base(k) for k in state} - {_base(k) for k in own})
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
-        raise DiagnoseError(f"the state dict does not match {what}: " + "; ".join(parts),
-                            "mismatch")
-    if not resize:
-        for key, value in state.items():
-            if key.endswith("_mask"):
-                continue
-            ref = own.get(_base(key))
-            if ref is not None and tuple(ref.shape) != tuple(value.shape):
-                raise DiagnoseError(
-                    f"the state dict does not match {what}: {_base(key)} is "
-                    f"{tuple(value.shape)} in the checkpoint but {tuple(ref.shape)} in the model "
-                    "(pass --resize if units were removed from the checkpoint's model)",
-                    "mismatch")
+        parts = [f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}" if missing else "",
+                 f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}"
+                 if unexpected else ""]
+        raise DiagnoseError(f"the state dict does not match {what}: "
+                            + "; ".join(p for p in parts if p), "mismatch")
+    shapes = [f"{_base(k)}: {tuple(v.shape)} saved, {tuple(own[_base(k)].shape)} built"
+              for k, v in state.items() if not k.endswith("_mask") and _base(k) in own
+              and tuple(own[_base(k)].shape) != tuple(v.shape)]
+    if shapes and not resize:
+        raise DiagnoseError(
+            f"the state dict does not match {what}: {len(shapes)} tensor(s) differ in shape:\n  "
+            + "\n  ".join(shapes) + "\nIf units were removed from the checkpoint's model, pass "
+            "--resize to resize the model to the saved shapes; otherwise check --model and "
+            "--model-kwargs", "mismatch")
+    resized: list[str] = []
     try:
-        fit_to_state_dict(model, state)
+        fit_to_state_dict(model, state, resized)
         model.load_state_dict(state, strict=True)
-    except (CheckpointError, RuntimeError) as exc:
-        raise DiagnoseError(f"the state dict does not match {what}: {_first_line(exc)}",
+    except (StateDictError, RuntimeError) as exc:
+        raise DiagnoseError(f"the state dict does not match {what}: {_message(exc)}",
                             "mismatch") from None
-    return model
+    return resized
 
 
 def load_model(path: str | Path, model: str | None = None,
-               model_kwargs: Mapping[str, Any] | None = None, resize: bool = False
+               model_kwargs: Mapping[str, Any] | None = None, resize: bool = False, *,
+               key: str | None = None, allow_pickle: bool = False
                ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a harness checkpoint or a plain state dict (with a factory) safely.
+    """The model of checkpoint ``path`` (see the module docstring), safely.
 
-    Returns ``(model, info)`` with ``info["kind"]`` ``"harness"`` or
-    ``"state_dict"`` (and the harness's ``arch``). Raises :class:`DiagnoseError`.
+    Returns ``(model, info)``: ``info["kind"]`` is ``"harness"`` (a toolkit checkpoint, with
+    its ``arch``), ``"state_dict"`` or ``"pickled model"``, ``info["layout"]`` how the file
+    held it, ``info["resized"]`` the layers ``resize`` resized. Raises
+    :class:`DiagnoseError`.
     """
     path = Path(path)
-    obj = _read(path)
-    if not isinstance(obj, Mapping):
-        raise DiagnoseError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint "
-                            "or a state dict", "unreadable")
-    kwargs = dict(model_kwargs or {})
-    if obj.get("format") == FORMAT:
-        info = {"kind": "harness", "arch": dict(obj.get("arch", {})),
-                "epoch": obj.get("epoch"), "step": obj.get("step")}
-        state = obj.get("state_dict")
-        if not isinstance(state, Mapping):
-            raise DiagnoseError(f"{str(path)!r}: the checkpoint has no state dict", "unreadable")
+    if not path.exists():
+        raise DiagnoseError(f"checkpoint {str(path)!r} does not exist", "missing")
+    try:
+        state, read = read_state_dict(path, key=key, allow_pickle=allow_pickle)
+    except StateDictError as exc:
+        text = str(exc)
+        kind = "refused" if text.startswith("refused") else \
+            "missing" if "does not exist" in text else "unreadable"
+        raise DiagnoseError(text, kind) from None
+    info: dict[str, Any] = {"layout": read["layout"], "stripped": read["stripped"],
+                            "resized": []}
+    if read["layout"] == "pickled model" and model is None:
+        return read["model"], {**info, "kind": "pickled model"}
+    if read["layout"] == "toolkit":
+        info.update({"kind": "harness", "arch": read["arch"]})
         if model is None:
             try:
-                net = model_from_checkpoint(obj)
+                net = model_from_checkpoint({"format": FORMAT, "arch": read["arch"],
+                                             "state_dict": state})
             except CheckpointError as exc:
-                raise DiagnoseError(f"{str(path)!r}: {_first_line(exc)}", "mismatch") from None
+                raise DiagnoseError(f"{str(path)!r}: {_message(exc)}", "mismatch") from None
             return net, info
-        state_dict = state
     else:
-        state_dict = obj.get("state_dict") if isinstance(obj.get("state_dict"), Mapping) else obj
-        if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-            raise DiagnoseError(f"{str(path)!r} is neither a {FORMAT} checkpoint nor a state "
-                                "dict (a mapping of names to tensors)", "unreadable")
-        info = {"kind": "state_dict"}
+        info["kind"] = "state_dict"
         if model is None:
-            raise DiagnoseError(f"{str(path)!r} is a plain state dict: pass --model "
-                                "module:factory (and --model-kwargs) to build its model")
-    fn = _factory(model)
-    try:
-        net = fn(**kwargs)
-    except Exception as exc:  # noqa: BLE001
-        raise DiagnoseError(f"--model {model!r} with kwargs {kwargs} failed: {_first_line(exc)}",
-                            "mismatch") from None
-    if not isinstance(net, nn.Module):
-        raise DiagnoseError(f"--model {model!r} returned a {type(net).__name__}, not an nn.Module",
-                            "mismatch")
+            raise DiagnoseError(
+                f"{str(path)!r} holds a state dict ({read['layout']}) but not the "
+                "architecture: pass --model (a zoo name, package.module:Class or "
+                "path/to/file.py:Class) and --model-kwargs to build its model")
+    kwargs = dict(model_kwargs or {})
+    net = _build(model, kwargs)
     info.update({"model": model, "model_kwargs": kwargs})
-    return _apply_state_dict(net, state_dict, f"--model {model!r}", resize), info
+    info["resized"] = _apply_state_dict(net, state, f"--model {model!r}", resize)
+    return net, info
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _tensor_file(path: Path) -> dict[str, Any]:
+    if path.suffix == ".npz":
+        import numpy as np
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: torch.from_numpy(z[k]) for k in z.files}
+        except Exception as exc:  # noqa: BLE001
+            raise DiagnoseError(f"--data {str(path)!r}: cannot read the .npz file: "
+                                f"{_message(exc)}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise DiagnoseError(f"--data {str(path)!r}: cannot read it with weights_only=True: "
+                            f"{_message(exc)}") from None
+    if isinstance(obj, torch.Tensor):
+        return {"inputs": obj}
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return {"inputs": obj[0], "targets": obj[1]}
+    if not isinstance(obj, Mapping):
+        raise DiagnoseError(f"--data {str(path)!r} holds a {type(obj).__name__}; expected a "
+                            f"dict of tensors with inputs under one of {list(INPUT_KEYS)} and "
+                            f"targets (optional) under one of {list(TARGET_KEYS)}")
+    return dict(obj)
 
 
 def load_data(name: str, *, data_dir: str | None = None, split: str = "val",
               samples: int = 1000, batch_size: int = 500, seed: int = 0,
               val_size: int = 5000):
-    """The first ``samples`` samples of a split of data set ``name``, in batches.
+    """The first ``samples`` samples of data ``name``, in batches: ``(batches, num_outputs)``.
 
-    Returns ``(batches, splits)``. The validation split is the harness's
-    (``val_size`` samples carved from the training set with ``seed``; the
-    defaults 5000 and 0 are the harness's).
+    ``name`` is a built-in data set (its ``split``; the validation split is the harness's,
+    ``val_size`` samples carved from the training set with ``seed``), a tensor file (``.pt``,
+    ``.npz``) or ``module:function`` / ``path/to/file.py:function`` (see the module
+    docstring). ``num_outputs`` is the data set's number of classes or targets when known.
     """
-    from experiments.harness.datasets import get_dataset
-
     if split not in ("train", "val", "test"):
         raise DiagnoseError(f"--split must be train, val or test, got {split!r}")
     if samples < 1 or batch_size < 1:
         raise DiagnoseError("--samples and --batch-size must be >= 1")
+    path = Path(name)
+    if path.suffix in (".pt", ".pth", ".npz") or (path.is_file() and ":" not in name):
+        if not path.is_file():
+            raise DiagnoseError(f"--data {name!r}: no such file (from the current folder "
+                                f"{str(Path.cwd())!r})")
+        return _batches(_tensor_file(path), name, samples, batch_size), None
+    if ":" in name:
+        fn = import_object(name, "--data")
+        try:
+            obj = fn() if callable(fn) and not isinstance(fn, (torch.Tensor, Mapping)) else fn
+        except Exception as exc:  # noqa: BLE001
+            raise DiagnoseError(f"--data {name!r}: calling it failed: {_message(exc)}") from None
+        return _batches(obj, name, samples, batch_size), None
+    from experiments.harness.datasets import get_dataset
     try:
         splits = get_dataset(name, data_dir=data_dir or None, seed=seed, val_size=val_size)
     except (ValueError, FileNotFoundError) as exc:
-        raise DiagnoseError(f"--data {name!r}: {_first_line(exc)}") from None
+        raise DiagnoseError(f"--data {name!r}: {_message(exc)}") from None
     ds = getattr(splits, split)
     x, y = ds.tensors[0][:samples], ds.tensors[1][:samples]
     if not len(x):
         raise DiagnoseError(f"--data {name!r}: the {split} split is empty")
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)], \
-        splits
+    return _batches((x, y), name, samples, batch_size), getattr(splits, "num_outputs", None)
 
 
-def _loss_fn(data) -> Callable:
-    return F.mse_loss if data[0][1].is_floating_point() else F.cross_entropy
+def _batches(obj: Any, name: str, samples: int, batch_size: int):
+    try:
+        return batches_of(obj, batch_size=batch_size, samples=samples)
+    except (TypeError, ValueError) as exc:
+        raise DiagnoseError(f"--data {name!r}: {_message(exc)}") from None
 
 
 def _check_runs(model: nn.Module, data, what: str, num_outputs: int | None) -> None:
@@ -279,258 +336,32 @@ def _check_runs(model: nn.Module, data, what: str, num_outputs: int | None) -> N
             out = model(x[:2])
     except Exception as exc:  # noqa: BLE001
         raise DiagnoseError(f"the model does not run on {what} inputs of shape "
-                            f"{tuple(x.shape[1:])}: {_first_line(exc)}", "mismatch") from None
+                            f"{tuple(x.shape[1:])} ({x.dtype}): {_message(exc)}",
+                            "mismatch") from None
     finally:
         for m, flag in flags:
             m.training = flag
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise DiagnoseError(f"the model's output on {what} is not a (batch, outputs) tensor",
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        raise DiagnoseError(f"the model's output on {what} is not a (batch, ...) tensor",
                             "mismatch")
-    if num_outputs and out.shape[1] != num_outputs:
+    if num_outputs and out.dim() == 2 and out.shape[1] != num_outputs:
         raise DiagnoseError(f"the model outputs {out.shape[1]} values per sample but {what} has "
                             f"{num_outputs} classes/targets", "mismatch")
-
-
-# --------------------------------------------------------------------------- removal
-
-
-def _outputs(model: nn.Module, data) -> list[torch.Tensor]:
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            return [model(x) for x, _ in data]
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _mean_loss(outs, data, loss_fn) -> float:
-    total = sum(float(loss_fn(o, y, reduction="sum")) for o, (_, y) in zip(outs, data))
-    return total / sum(int(x.shape[0]) for x, _ in data)
-
-
-def removal_plan(report: DeadUnitReport, criteria=EXACT_CRITERIA, graph: UnitGraph | None = None
-                 ) -> tuple[dict, dict]:
-    """``({group: indices to remove}, {group: flagged indices kept})``: the units flagged by
-    ``criteria``. A group (a layer on a chain) whose units are all flagged keeps its first;
-    with the model's ``graph`` (:func:`saliency.trace`), every member of a group keeps a
-    channel and a grouped convolution loses the same number of channels from each of its
-    groups (the lowest flagged indices are removed, the others kept)."""
-    dead = report.dead(criteria)
-    plan, kept = {}, {}
-    for layer, idx in dead.items():
-        keep: list[int] = []
-        if idx.numel() >= report.num_units[layer]:
-            keep.append(int(idx[0]))
-        group = graph.groups.get(layer) if graph is not None else None
-        if group is not None:
-            keep = _group_keeps(group, idx.tolist(), keep)
-        if keep:
-            kept[layer] = sorted(keep)
-        rest = idx[~torch.isin(idx, torch.tensor(keep, dtype=idx.dtype))]
-        if rest.numel():
-            plan[layer] = rest
-    return plan, kept
-
-
-def _group_keeps(group, flagged: list[int], keep: list[int]) -> list[int]:
-    """``keep`` grown until removing the rest of ``flagged`` leaves every member of ``group`` a
-    channel and takes the same count from every conv group of its grouped convolutions."""
-    keep = list(keep)
-    while True:
-        removed = set(flagged) - set(keep)
-        grown = False
-        for m in group.members:
-            own = set(group.channels[m].tolist())
-            if own <= removed:
-                keep.append(min(own))
-                grown = True
-                break
-        for parts in group.partitions.values():
-            if grown:
-                break
-            sets = [set(p.tolist()) for p in parts]
-            target = min(min(len(p & removed) for p in sets), min(len(p) for p in sets) - 1)
-            for p in sets:
-                extra = sorted(p & removed)[target:]
-                if extra:
-                    keep += extra
-                    grown = True
-        if not grown:
-            return keep
-
-
-def _remove(model, plan, data, example):
-    """Remove ``plan`` from a copy; (copy, RemovalReport, warnings)."""
-    net = copy.deepcopy(model)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rep = remove_units(net, plan, replacement="mean", data=data, example_input=example)
-    return net, rep, [str(w.message) for w in caught]
-
-
-def diagnose(model: nn.Module, data, *, thresholds: Mapping[str, Any] | None = None,
-             exact_mrp: bool = False, criteria=EXACT_CRITERIA) -> tuple[DeadUnitReport, dict,
-                                                                         nn.Module | None]:
-    """Report, savings and the model with the dead units removed.
-
-    Returns ``(report, extra, smaller_model)``: ``extra`` holds per-layer
-    ``params_saved`` / ``macs_saved`` (removing that layer's dead units
-    alone), the total (removing them all at once), the removal's maximum
-    output deviation and loss change on ``data``; ``smaller_model`` is None
-    when no unit is removed. A "layer" is a group of :func:`saliency.trace`:
-    a producer on a chain, or the layers whose channels a residual add sums
-    (named after the first, its ``members`` listed), whose units are removed
-    from every member at once.
-    """
-    loss_fn = _loss_fn(data)
-    example = data[0][0][:1]
-    report = find_dead_units(model, data, loss_fn=loss_fn, thresholds=thresholds,
-                             exact_mrp=exact_mrp, example_input=example)
-    criteria = list(criteria)
-    plan, kept = removal_plan(report, criteria, trace(model, example))
-    params, macs = count_params(model), count_macs(model, example)
-    per_layer = {}
-    for layer in report.layers:
-        if layer in plan:
-            _, rep, _ = _remove(model, {layer: plan[layer]}, data, example)
-            per_layer[layer] = {"removed": int(plan[layer].numel()),
-                                "params_saved": rep.params_before - rep.params_after,
-                                "macs_saved": rep.macs_before - rep.macs_after}
-        else:
-            per_layer[layer] = {"removed": 0, "params_saved": 0, "macs_saved": 0}
-        per_layer[layer]["members"] = list(report.members.get(layer, [layer]))
-        if layer in kept:
-            per_layer[layer]["kept_flagged"] = kept[layer]
-    extra: dict[str, Any] = {"removal_criteria": criteria, "per_layer": per_layer,
-                             "params": params, "macs": macs, "kept": kept}
-    smaller = None
-    before = _outputs(model, data)
-    loss_before = _mean_loss(before, data, loss_fn)
-    if plan:
-        smaller, rep, warned = _remove(model, plan, data, example)
-        after = _outputs(smaller, data)
-        dev = max(float((a - b).abs().max()) for a, b in zip(after, before))
-        scale = max(float(b.abs().max()) for b in before)
-        loss_after = _mean_loss(after, data, loss_fn)
-        extra["removal"] = {
-            "units": {k: v.tolist() for k, v in plan.items()},
-            "removed": int(sum(v.numel() for v in plan.values())),
-            "params_before": rep.params_before, "params_after": rep.params_after,
-            "macs_before": rep.macs_before, "macs_after": rep.macs_after,
-            "max_output_deviation": dev, "max_abs_output": scale,
-            "max_output_deviation_relative": dev / scale if scale > 0 else 0.0,
-            "loss_before": loss_before, "loss_after": loss_after,
-            "loss_change": loss_after - loss_before, "warnings": warned}
-    else:
-        extra["removal"] = {"units": {}, "removed": 0, "params_before": params,
-                            "params_after": params, "macs_before": macs, "macs_after": macs,
-                            "max_output_deviation": 0.0, "max_abs_output": None,
-                            "max_output_deviation_relative": 0.0, "loss_before": loss_before,
-                            "loss_after": loss_before, "loss_change": 0.0, "warnings": []}
-    return report, extra, smaller
 
 
 # --------------------------------------------------------------------------- outputs
 
 
-def _table(report: DeadUnitReport, extra: dict) -> str:
-    crit = report.criteria
-    short = {c: c.replace("constant_activation", "const_act").replace("zero_outgoing",
-                                                                       "zero_out")
-             for c in crit}
-    cols = ["units", *crit, "removed", "params saved", "MACs saved"]
-    names = {**short, "units": "units", "removed": "removed", "params saved": "params saved",
-             "MACs saved": "MACs saved"}
-    width = max(len(n) for n in report.layers + ["layer", "total"]) + 2
-    widths = {c: max(len(names[c]), 6) + 2 for c in cols}
-    lines = [f"{'layer':<{width}}" + "".join(f"{names[c]:>{widths[c]}}" for c in cols)]
-    counts = report.counts()
-    for layer in report.layers:
-        pl = extra["per_layer"][layer]
-        vals = {"units": report.num_units[layer], **counts[layer], "removed": pl["removed"],
-                "params saved": f"{pl['params_saved']:,}", "MACs saved": f"{pl['macs_saved']:,}"}
-        lines.append(f"{layer:<{width}}" + "".join(f"{vals[c]:>{widths[c]}}" for c in cols))
-    rem = extra["removal"]
-    tot = {"units": sum(report.num_units.values()),
-           **{c: sum(counts[layer][c] for layer in report.layers) for c in crit},
-           "removed": rem["removed"],
-           "params saved": f"{rem['params_before'] - rem['params_after']:,}",
-           "MACs saved": f"{rem['macs_before'] - rem['macs_after']:,}"}
-    lines.append(f"{'total':<{width}}" + "".join(f"{tot[c]:>{widths[c]}}" for c in cols))
-    for layer in report.layers:
-        members = report.members.get(layer, [layer])
-        if len(members) > 1:
-            lines.append(f"group {layer}: {len(members)} layers whose channels are removed "
-                         f"together ({', '.join(members)})")
-    return "\n".join(lines)
-
-
-def _plots(report: DeadUnitReport, out: Path) -> list[str]:
+def _figures(result: Diagnosis, out: Path, title: str) -> list[str]:
     import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
-    stats = [("mrs_rel", "MRS / layer mean (log10)", True),
-             ("redo", "ReDo score E|a| / layer mean", False),
-             ("apoz", "APoZ (fraction of zero activations)", False),
-             ("grad_rel", "output-gradient norm / layer mean (log10)", True),
-             ("out_var_rel", "Var(h) / layer mean (log10)", True),
-             ("w_out_l1", "outgoing weights L1", False)]
-    if report.exact_mrp:
-        stats.insert(0, ("mrp_rel", "MRP / layer mean (log10)", True))
-    floor = 1e-12
-    fig, axes = plt.subplots(len(report.layers), len(stats),
-                             figsize=(3.0 * len(stats), 2.3 * len(report.layers)), squeeze=False)
-    for r, layer in enumerate(report.layers):
-        for c, (key, label, log) in enumerate(stats):
-            ax = axes[r][c]
-            v = report.stats[key][layer].numpy()
-            if log:
-                v = np.log10(np.maximum(v, floor))
-            ax.hist(v, bins=30, color="C2" if log else "C0", edgecolor="none")  # 10x faster than histplot
-            if log:
-                ax.axvline(math.log10(floor), color="0.5", lw=0.8, ls=":")
-            if r == 0:
-                ax.set_title(label, fontsize=8)
-            ax.set_ylabel(f"{layer}\nunits" if c == 0 else "")
-            ax.tick_params(labelsize=7)
-    fig.suptitle(f"unit statistics on {report.samples} samples (log10 values at "
-                 f"{int(math.log10(floor))} are exactly 0)", fontsize=9)
-    fig.tight_layout()
-    atomic.save_figure(fig, out / "statistics.png")
-
-    rows = [(layer, i) for layer in report.layers for i in range(report.num_units[layer])]
-    note = "every unit"
-    if len(rows) > 256:
-        rows = [(layer, i) for layer, i in rows
-                if any(bool(report.flags[c][layer][i]) for c in report.criteria)][:256]
-        note = f"the {len(rows)} flagged units (of {sum(report.num_units.values())})"
-    if not rows:
-        rows = [(report.layers[0], 0)]
-        note = "no unit is flagged"
-    mat = np.array([[float(report.flags[c][layer][i]) for c in report.criteria]
-                    for layer, i in rows])
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(report.criteria),
-                                    1.5 + min(0.16 * len(rows), 40)))
-    sns.heatmap(mat, ax=ax, cmap=sns.color_palette(["#f0f0f0", "#c0392b"], as_cmap=True),
-                vmin=0, vmax=1, cbar=False, linewidths=0.3 if len(rows) <= 64 else 0,
-                linecolor="white", xticklabels=report.criteria,
-                yticklabels=[f"{layer}:{i}" for layer, i in rows] if len(rows) <= 96 else False)
-    for r in range(1, len(rows)):  # a line between layers
-        if rows[r][0] != rows[r - 1][0]:
-            ax.axhline(r, color="0.2", lw=1.0)
-    ax.set_title(f"units by criteria: {note} (red = flagged)", fontsize=9)
-    ax.tick_params(labelsize=7)
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
-    fig.tight_layout()
-    atomic.save_figure(fig, out / "criteria.png")
-    return ["statistics.png", "criteria.png"]
+    files = []
+    for name, fig in result.figures(title=title).items():
+        atomic.save_figure(fig, out / f"{name}.png")
+        plt.close(fig)
+        files.append(f"{name}.png")
+    return files
 
 
 def _save_smaller(path: Path, smaller: nn.Module, info: dict, source: Path,
@@ -550,9 +381,13 @@ def _save_smaller(path: Path, smaller: nn.Module, info: dict, source: Path,
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``diagnose`` subcommand's arguments."""
-    parser.add_argument("checkpoint", help="a harness checkpoint or a plain state dict (.pt)")
-    parser.add_argument("--data", required=True, metavar="NAME",
-                        help="data set (fashion-mnist, mnist, cifar10, ...)")
+    parser.add_argument("checkpoint", help="a toolkit checkpoint, a state dict, a dict holding "
+                                           "one, or a .safetensors file")
+    parser.add_argument("--data", required=True, metavar="DATA",
+                        help="a data set name (fashion-mnist, mnist, cifar10, ...), a tensor "
+                             "file (.pt, .npz: inputs/x and optional targets/y), or "
+                             "module:function / file.py:function returning a Dataset, a "
+                             "DataLoader, tensors or batches")
     parser.add_argument("--data-dir", default=None, metavar="DIR", help="folder of its files")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"),
                         help="which split to diagnose on (default val, the harness's)")
@@ -572,14 +407,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--remove-by", default=",".join(EXACT_CRITERIA), metavar="CRITERIA",
                         help="comma-separated criteria whose units are removed (default: "
                              f"{','.join(EXACT_CRITERIA)}, exactly replaceable)")
-    parser.add_argument("--model", default=None, metavar="MODULE:FACTORY",
-                        help="factory of a plain state dict's model (or a name of "
-                             "experiments.harness.models.MODELS)")
+    parser.add_argument("--model", default=None, metavar="MODEL",
+                        help="the model of a state dict: a zoo name, package.module:Class or "
+                             "path/to/file.py:Class (a class or a function building it)")
     parser.add_argument("--model-kwargs", default="{}", metavar="JSON",
-                        help="keyword arguments of the factory")
+                        help="keyword arguments of the model's class or function")
     parser.add_argument("--resize", action="store_true",
-                        help="resize the factory's model to the state dict's shapes (a "
-                             "checkpoint with removed units)")
+                        help="resize the model to the state dict's shapes (a checkpoint whose "
+                             "units were removed); the resized layers are printed")
+    parser.add_argument("--key", default=None, metavar="KEY",
+                        help="the key of the checkpoint dict that holds the state dict "
+                             "(default: model, state_dict, model_state_dict or net)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load a whole pickled model (runs the code the file names: only "
+                             "for files you trust)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: on a terminal only)")
     parser.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
                         help="a threshold of saliency.DeadUnitThresholds (JSON value), "
                              "repeatable, e.g. --threshold taus=[0,0.05]")
@@ -620,7 +463,7 @@ def _checked_arguments(args, path: Path) -> tuple[dict, Any, list[str], Path | N
         from saliency import DeadUnitThresholds
         th = DeadUnitThresholds.from_mapping(thresholds)
     except (ValueError, TypeError) as exc:
-        raise DiagnoseError(f"--threshold: {_first_line(exc)}") from None
+        raise DiagnoseError(f"--threshold: {_message(exc)}") from None
     criteria = [c.strip() for c in args.remove_by.split(",") if c.strip()]
     out_ckpt = Path(args.remove_dead) if args.remove_dead else None
     if out_ckpt is not None and path.exists() and out_ckpt.exists() \
@@ -655,64 +498,69 @@ def _run(args) -> int:
         torch.set_num_threads(max(1, int(args.threads)))
     path = Path(args.checkpoint)
     kwargs, th, criteria, out_ckpt = _checked_arguments(args, path)
-    model, info = load_model(path, args.model, kwargs, args.resize)
-    data, splits = load_data(args.data, data_dir=args.data_dir, split=args.split,
-                             samples=args.samples, batch_size=args.batch_size,
-                             seed=args.data_seed, val_size=args.val_size)
-    what = f"{args.data} ({args.split})"
-    _check_runs(model, data, what, getattr(splits, "num_outputs", None))
-    from saliency.dead_units import criterion_names
-    known = criterion_names(th, args.exact_mrp)
-    bad = [c for c in criteria if c not in known]
-    if bad or not criteria:
-        raise DiagnoseError(f"--remove-by: unknown criteria {bad}; known: {known}")
+    model, info = load_model(path, args.model, kwargs, args.resize, key=args.key,
+                             allow_pickle=args.allow_pickle)
+    if info["stripped"]:
+        print(f"note: removed the key prefixes {info['stripped']} (a wrapped model's state dict)")
+    if info["resized"]:
+        print(f"--resize: resized {len(info['resized'])} layer(s) to the saved shapes: "
+              f"{', '.join(info['resized'])}")
+    data, num_outputs = load_data(args.data, data_dir=args.data_dir, split=args.split,
+                                  samples=args.samples, batch_size=args.batch_size,
+                                  seed=args.data_seed, val_size=args.val_size)
+    what = f"{args.data} ({args.split})" if ":" not in args.data and \
+        not Path(args.data).suffix else args.data
+    _check_runs(model, data, what, num_outputs)
     try:
-        report, extra, smaller = diagnose(model, data, thresholds=th, exact_mrp=args.exact_mrp,
-                                          criteria=criteria)
-    except (ValueError, RuntimeError) as exc:
-        raise DiagnoseError(f"the model cannot be diagnosed: {_first_line(exc)}",
+        result = diagnose(model, data, thresholds=th, exact_mrp=args.exact_mrp,
+                          criteria=criteria)
+    except ValueError as exc:
+        kind = "usage" if str(exc).startswith(("unknown criteria", "exact MRP")) else "mismatch"
+        raise DiagnoseError(f"the model cannot be diagnosed: {_message(exc)}", kind) from None
+    except RuntimeError as exc:
+        raise DiagnoseError(f"the model cannot be diagnosed: {_message(exc)}",
                             "mismatch") from None
     out = Path(args.out) if args.out else Path("runs") / "diagnose" / path.stem
-    samples = report.samples
-    arch = info.get("arch", {}).get("model") or info.get("model")
-    print(f"diagnosis of {path} ({arch}, {extra['params']:,} parameters) on {what}, "
-          f"{samples:,} samples; mean loss {report.loss:.4f}")
-    print(_table(report, extra))
-    rem = extra["removal"]
-    _print_removal(rem, criteria, extra["kept"])
-    result = {"checkpoint": str(path), "checkpoint_kind": info["kind"],
-              "arch": info.get("arch"), "model": info.get("model"),
-              "model_kwargs": info.get("model_kwargs"),
-              "data": {"name": args.data, "split": args.split, "samples": samples,
-                       "batch_size": args.batch_size, "data_seed": args.data_seed,
-                       "val_size": args.val_size},
-              **report.to_dict(), "savings": extra["per_layer"], "removal_criteria": criteria,
-              "params": extra["params"], "macs": extra["macs"], "removal": rem}
-    for row in result["layers"]:
-        row.update({k: v for k, v in extra["per_layer"][row["layer"]].items()})
+    report = result.report
+    arch = (info.get("arch") or {}).get("model") or info.get("model") or info["kind"]
+    loss = "" if report.skipped else f"; mean loss {report.loss:.4f}"
+    print(f"diagnosis of {path} ({arch}, {result.params:,} parameters) on {what}, "
+          f"{report.samples:,} samples{loss}")
+    print(result.table())
+    _print_removal(result.removal, criteria, result.kept)
+    dumped = result.to_dict()
+    meta = {"checkpoint": str(path), "checkpoint_kind": info["kind"],
+            "checkpoint_layout": info["layout"], "arch": info.get("arch"),
+            "model": info.get("model"), "model_kwargs": info.get("model_kwargs"),
+            "resized": info["resized"],
+            "data": {"name": args.data, "split": args.split, "samples": report.samples,
+                     "batch_size": args.batch_size, "data_seed": args.data_seed,
+                     "val_size": args.val_size}}
     files = ["report.json", "units.csv", "layers.csv"]
     atomic.write_csv(out / "units.csv", [{**r, "dead_by": ";".join(r["dead_by"])}
-                                      for r in result["units"]])
-    atomic.write_csv(out / "layers.csv", result["layers"])
+                                         for r in dumped["units"]])
+    atomic.write_csv(out / "layers.csv", [{k: v for k, v in r.items() if k != "members"}
+                                          | {"members": ";".join(r.get("members", []))}
+                                          for r in dumped["layers"]])
     if args.plots:
-        files += _plots(report, out)
+        files += _figures(result, out, f"{arch} on {what}, {report.samples:,} samples")
     if out_ckpt is not None:
-        if smaller is None:
+        if result.smaller is None:
             print(f"--remove-dead: no unit to remove; {out_ckpt} not written")
         else:
-            _save_smaller(out_ckpt, smaller, info, path, rem)
-            result["removed_checkpoint"] = str(out_ckpt)
+            _save_smaller(out_ckpt, result.smaller, info, path, result.removal)
+            meta["removed_checkpoint"] = str(out_ckpt)
             print(f"smaller checkpoint written to {out_ckpt}")
-    result["files"] = files
-    atomic.write_json(out / "report.json", result)
+    atomic.write_json(out / "report.json", {**meta, **dumped, "files": files})
     print(f"written to {out}/: {', '.join(files)}")
     return 0
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run ``diagnose``; a bad input is one line on stderr and its exit code."""
+    """Run ``diagnose``; a bad input is its whole message on stderr and its exit code."""
     try:
-        return _run(args)
+        with show_progress(args.progress):
+            return _run(args)
     except DiagnoseError as exc:
         if args.debug:
             raise
@@ -721,7 +569,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - never a traceback unless --debug
         if args.debug:
             raise
-        print(f"error: diagnose failed ({type(exc).__name__}): {_first_line(exc)} "
+        print(f"error: diagnose failed ({type(exc).__name__}): {_message(exc)}\n"
               "(--debug shows the traceback)", file=sys.stderr)
         return 1
 
