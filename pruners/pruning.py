@@ -88,7 +88,9 @@ class RoundReport:
         removal: the :class:`~pruners.RemovalReport` of a unit round.
         left_out: the model's output layers (:func:`output_layers`) this round left
             alone: by default :class:`ParameterPruner` does not prune them, and the units
-            of :class:`UnitPruner` never include them.
+            of :class:`UnitPruner` never include them; for a :class:`UnitPruner` with
+            ``on_unsupported="exclude"``, also the layers the graph of units cannot
+            represent (:attr:`UnitPruner.unsupported` gives the reasons).
     """
 
     step: int
@@ -1189,13 +1191,18 @@ class UnitPruner(_Pruner):
             modules whose heads to prune (default: every prunable group and every
             attention module with prunable heads).
         exclude: producers left out of the graph (see :func:`~pruners.trace`).
+        on_unsupported: ``"raise"`` (default): a model with layers the graph of units cannot
+            represent is refused at :meth:`step`, every such layer listed at once (as
+            :func:`~pruners.trace` does); ``"exclude"``: those layers are left out, named with
+            the reason in :attr:`unsupported` (warned once) and in every round's
+            :attr:`RoundReport.left_out`.
         loss_fn: as :class:`ParameterPruner`.
         example_input: one input batch, to trace the model and for MAC counts (default:
             the first batch of the data given to :meth:`step`).
 
     Raises:
         ValueError: no schedule, or an invalid ``replacement``, ``min_units``, ``scope``,
-            ``normalize`` or ``cost``; at :meth:`step`, see there.
+            ``normalize``, ``cost`` or ``on_unsupported``; at :meth:`step`, see there.
         TypeError: a scorer that is not unit-wise, a bad schedule.
     """
 
@@ -1206,10 +1213,18 @@ class UnitPruner(_Pruner):
                  remove: bool = True, min_units: int = 1, scope: str = "layer",
                  normalize: str | None = "l2", cost: str | None = None,
                  layers: Iterable[str] | None = None,
-                 exclude: Iterable[str] = (), loss_fn: LossFn = F.cross_entropy,
+                 exclude: Iterable[str] = (), on_unsupported: str = "raise",
+                 loss_fn: LossFn = F.cross_entropy,
                  example_input: torch.Tensor | None = None):
         if schedule is None:
             raise ValueError("a schedule is needed, e.g. pruners.schedules.THESIS_UNITS")
+        if on_unsupported not in ("raise", "exclude"):
+            raise ValueError(f"on_unsupported must be 'raise' or 'exclude', got "
+                             f"{on_unsupported!r}")
+        self.on_unsupported = on_unsupported
+        #: layers the graph of units cannot represent, left out with ``on_unsupported=
+        #: "exclude"``: ``{layer: reason}`` (filled at the first step)
+        self.unsupported: dict[str, str] = {}
         super().__init__(scorer, schedule, loss_fn, example_input)
         if replacement not in ("mean", "zero", None):
             raise ValueError(f"replacement must be 'mean', 'zero' or None, got {replacement!r}")
@@ -1239,8 +1254,21 @@ class UnitPruner(_Pruner):
         self.masked = {k: [int(i) for i in v] for k, v in state.get("masked", {}).items()}
 
     def _layers(self, model, example) -> tuple[Any, list[str]]:
-        """The graph, and the groups and attention modules (heads) this pruner prunes."""
-        graph = trace(model, example, exclude=self.exclude)
+        """The graph, and the groups and attention modules (heads) this pruner prunes; with
+        ``on_unsupported="exclude"``, the layers the graph cannot represent join
+        :attr:`exclude` (named in :attr:`unsupported`, warned about once)."""
+        graph = trace(model, example, exclude=self.exclude, on_unsupported=self.on_unsupported)
+        found = {layer: f"{u.node} {u.reason}" for u in graph.unsupported for layer in u.layers
+                 if layer not in self.exclude}
+        if found:
+            new = {k: v for k, v in found.items() if k not in self.unsupported}
+            if new:
+                warnings.warn("UnitPruner leaves out the layers the graph of units cannot "
+                              "represent: " + "; ".join(f"{k}: {v}" for k, v in new.items()),
+                              stacklevel=3)
+            self.unsupported.update(found)
+            self.exclude = tuple(dict.fromkeys([*self.exclude, *found]))
+            graph = trace(model, example, exclude=self.exclude)
         heads = head_names(graph, self.layers)
         groups = None if self.layers is None else [n for n in self.layers if n not in heads]
         names = group_names(model, graph, groups) if groups is None or groups else []
@@ -1337,6 +1365,7 @@ class UnitPruner(_Pruner):
         loss_before = mean_loss(model, data, self.loss_fn) if data is not None else None
         params_before, macs_before = self._sizes(model, example)
         left_out = [n for n in output_layers(model, example) if n not in layers]
+        left_out += [n for n in self.unsupported if n not in left_out]
         act = remove_units if self.remove else mask_units
         removal = act(model, units, replacement=self.replacement, data=data, optimizer=optimizer,
                       example_input=example, exclude=self.exclude, min_units=self.min_units)

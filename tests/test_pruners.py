@@ -30,8 +30,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zoo import build, thesis_cnn
 
-from pruners import (ParameterPruner, RoundReport, UnitPruner, count_macs, count_params, mean_loss,
-                     nonzero_fractions, remove_sparse_units, schedules, sparse_units)
+from pruners import (ParameterPruner, RoundReport, UnitPruner, UnsupportedArchitecture,
+                     count_macs, count_params, mean_loss, nonzero_fractions,
+                     remove_sparse_units, schedules, sparse_units)
 from pruners.pruning import EmptiedTensorWarning, OutputLayerWarning, output_layers
 from pruners.schedules import (THESIS_PARAMETERS, THESIS_UNITS, amount_to_count, check_amount,
                                constant, cubic, linear, table)
@@ -1515,3 +1516,34 @@ def test_unit_pruner_errors_before_and_after_a_round_change_nothing(remove):
         bad.step(2, model, None, data=data)
     assert_unchanged(snapshot, model)
     assert bad.state_dict() == state
+
+
+class _Sandwich(nn.Module):
+    """fc1 feeds a squaring (not per channel: the graph refuses it); fc2 and fc3 are a chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 8)
+        self.fc3 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        h = h * h.flip(1)                      # mixes channels i and 5 - i
+        return self.fc3(torch.relu(self.fc2(h)))
+
+
+def test_unit_pruner_leaves_out_unsupported_layers_when_asked_and_says_why():
+    torch.manual_seed(0)
+    net = _Sandwich()
+    data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+    strict = UnitPruner("mrs", {1: 0.5})
+    with pytest.raises(UnsupportedArchitecture, match=r"reached from producer 'fc1'"):
+        strict.step(1, copy.deepcopy(net), data=data)
+    lenient = UnitPruner("mrs", {1: 0.5}, on_unsupported="exclude")
+    with pytest.warns(UserWarning, match=r"leaves out the layers the graph of units cannot "
+                                         r"represent: fc1: node 'mul'"):
+        report = lenient.step(1, net, data=data)
+    assert set(lenient.unsupported) == {"fc1"} and "fc1" in report.left_out
+    assert report.pruned == {"fc2": 4} and net.fc1.out_features == 6 and net.fc2.out_features == 4
+    with pytest.raises(ValueError, match="on_unsupported must be 'raise' or 'exclude'"):
+        UnitPruner("mrs", {1: 0.5}, on_unsupported="skip")
