@@ -543,7 +543,7 @@ def _run(args) -> int:
                                           | {"members": ";".join(r.get("members", []))}
                                           for r in dumped["layers"]])
     if args.plots:
-        files += _figures(result, out, f"{arch} on {what}, {report.samples:,} samples")
+        files += _figures(result, out, f"{arch} on {what}")
     if out_ckpt is not None:
         if result.smaller is None:
             print(f"--remove-dead: no unit to remove; {out_ckpt} not written")
