@@ -28,6 +28,7 @@ from saliency.compare import (UndefinedComparisonWarning, compute_scores, fideli
                               pruning_penalty, rank_correlations, topk_overlap)
 from saliency.mrp import MRP  # noqa: E402
 from zoo import build  # noqa: E402
+from figure_checks import assert_inside_figure  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -559,22 +560,6 @@ def long_name_scores():
     g = torch.Generator().manual_seed(11)
     return {n: {"fc1": torch.rand(9, generator=g), "fc2": torch.rand(5, generator=g)}
             for n in LONG_NAMES}
-
-
-def assert_inside_figure(fig, artists):
-    """Every artist's drawn extent lies inside the figure (nothing is cut)."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    box = fig.bbox
-    checked = 0
-    for a in artists:
-        if not a.get_visible() or not a.get_text():
-            continue
-        bb = a.get_window_extent(renderer)
-        assert bb.x0 >= box.x0 - 0.5 and bb.x1 <= box.x1 + 0.5, (a.get_text(), bb, box)
-        assert bb.y0 >= box.y0 - 0.5 and bb.y1 <= box.y1 + 0.5, (a.get_text(), bb, box)
-        checked += 1
-    return checked
 
 
 def drawn_ticks(axis):

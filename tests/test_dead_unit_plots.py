@@ -20,6 +20,7 @@ import saliency.dead_unit_plots as dead_unit_plots  # noqa: E402
 from saliency import EXACT_CRITERIA, find_dead_units  # noqa: E402
 from saliency.dead_unit_plots import (STATISTIC_PANELS, plot_criteria,  # noqa: E402
                                       plot_unit_statistics)
+from figure_checks import assert_inside_figure  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -72,21 +73,6 @@ def flags_of(report, layer):
 
 def panel_matrix(ax, n_criteria):
     return np.asarray(ax.collections[0].get_array()).reshape(-1, n_criteria)
-
-
-def assert_inside_figure(fig, artists):
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    box = fig.bbox
-    n = 0
-    for a in artists:
-        if not a.get_visible() or not a.get_text():
-            continue
-        bb = a.get_window_extent(renderer)
-        assert box.x0 - 0.5 <= bb.x0 and bb.x1 <= box.x1 + 0.5, (a.get_text(), bb.bounds)
-        assert box.y0 - 0.5 <= bb.y0 and bb.y1 <= box.y1 + 0.5, (a.get_text(), bb.bounds)
-        n += 1
-    return n
 
 
 # ----------------------------------------------------------------- plot_criteria
