@@ -11,8 +11,8 @@ state dicts load with ``torch.load(path, weights_only=True)``.
 
 * a bare state dict, or this toolkit's checkpoints (``{"format":
   "saliency-pruning-checkpoint/1", "state_dict": ...}``);
-* a dict holding the state dict under a common key (``model``, ``state_dict``,
-  ``model_state_dict``, ``net``) or a key you name;
+* a dict holding the state dict under a common key (``state_dict``, ``model``,
+  ``model_state_dict``, ``net``, tried in that order) or a key you name;
 * keys prefixed by ``module.`` (``nn.DataParallel``, ``DistributedDataParallel``) or
   ``_orig_mod.`` (``torch.compile``), which are removed;
 * safetensors files (``.safetensors``; needs the ``safetensors`` package, which the ``hf``
@@ -157,7 +157,13 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
         if "Weights only load failed" not in text:
             raise StateDictError(f"cannot read {str(path)!r}: {_first_line(exc)}") from None
         if allow_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except (ImportError, AttributeError) as exc:
+                raise StateDictError(
+                    f"cannot unpickle {str(path)!r}: {_first_line(exc)}. A pickled model needs "
+                    "its class importable under the name it was saved with: run from the folder "
+                    "that holds its module, or add that folder to PYTHONPATH") from None
         glob = re.search(r"GLOBAL ([\w.]+)", text)
         what = f"a reference to {glob.group(1)}" if glob else "objects other than tensors"
         raise StateDictError(

@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from saliency import EXACT_CRITERIA, DeadUnitReport, UnitGraph, find_dead_units, trace
+from saliency.base import check_dtype
 from saliency.progress import progress
 
 from .metrics import count_macs, count_params
@@ -63,8 +64,9 @@ def batches_of(data: Any, *, batch_size: int = 500, samples: int | None = None
                ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """``data`` as a list of ``(inputs, targets)`` batches (targets None when it has none).
 
-    Accepted: a tensor of inputs; a tuple ``(inputs, targets)`` of tensors (a list is a list of
-    batches); a dict of tensors
+    Accepted: a tensor of inputs; a pair ``(inputs, targets)`` of tensors (a tuple; or a list
+    whose second tensor has fewer dimensions than the first: a list of two batches of inputs
+    is two batches); a dict of tensors
     (inputs and targets under :data:`INPUT_KEYS` / :data:`TARGET_KEYS`); a
     ``torch.utils.data.Dataset`` of samples (tensors, pairs or dicts); a ``DataLoader`` or any
     iterable of batches (tensors, pairs, dicts). Tensors and datasets are cut into batches of
@@ -82,6 +84,8 @@ def batches_of(data: Any, *, batch_size: int = 500, samples: int | None = None
     if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__") and \
             not isinstance(data, torch.utils.data.IterableDataset):
         n = len(data) if samples is None else min(samples, len(data))
+        if n == 0:
+            raise ValueError("the data is empty: the Dataset has no sample")
         items = [_pair(data[i], f"sample {i}") for i in range(n)]
         xs = torch.stack([a for a, _ in items])
         ys = None if items[0][1] is None else torch.stack(
@@ -109,8 +113,10 @@ def _whole(data: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(inputs, targets)`` of data given whole (a tensor, a pair of tensors, a dict)."""
     if isinstance(data, torch.Tensor):
         return data, None
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor) and \
-            (data[1] is None or isinstance(data[1], torch.Tensor)):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and \
+            isinstance(data[0], torch.Tensor) and \
+            (data[1] is None or isinstance(data[1], torch.Tensor)) and \
+            (isinstance(data, tuple) or data[1] is None or data[1].dim() < data[0].dim()):
         return data[0], data[1]
     if isinstance(data, Mapping):
         return _from_dict(data, "the data")
@@ -326,15 +332,15 @@ def _remove(model, plan, data, example):
     return net, rep, [str(w.message) for w in caught]
 
 
-def default_loss(data) -> Callable:
+def _default_loss(data) -> Callable:
     """Cross-entropy for integer targets, the mean squared error for float targets."""
     y = data[0][1]
     return F.mse_loss if y is not None and y.is_floating_point() else F.cross_entropy
 
 
 def diagnose(model: nn.Module, data: Any, *, loss_fn: Callable | None = None,
-             thresholds: Mapping[str, Any] | None = None, exact_mrp: bool = False,
-             criteria: Sequence[str] = EXACT_CRITERIA, batch_size: int = 500,
+             thresholds: Any = None, exact_mrp: bool = False,
+             criteria: Sequence[str] | str = EXACT_CRITERIA, batch_size: int = 500,
              samples: int | None = None, exclude: Iterable[str] = ()) -> Diagnosis:
     """Flag the dead, dormant and frozen units of ``model`` on ``data``, remove those flagged
     by ``criteria`` from a copy, and measure what that saves and changes.
@@ -356,23 +362,22 @@ def diagnose(model: nn.Module, data: Any, *, loss_fn: Callable | None = None,
         A :class:`Diagnosis`.
 
     Raises:
-        ValueError: an unknown criterion (with the known ones), a criterion that needs targets
-            on data without them, or data :func:`batches_of` refuses.
+        ValueError: an unknown criterion (with the known ones and why: ``low_mrp`` without
+            exact MRP, a criterion that needs targets on data without them), checked before
+            any work, or data :func:`batches_of` refuses.
+        TypeError: floating inputs of another dtype than the model's parameters.
     """
     data = batches_of(data, batch_size=batch_size, samples=samples)
-    loss_fn = loss_fn or default_loss(data)
+    criteria = [criteria] if isinstance(criteria, str) else list(criteria)
+    _check_criteria(criteria, thresholds, exact_mrp, data[0][1] is not None)
+    check_dtype(model, data[0][0], "the data")
+    loss_fn = loss_fn or _default_loss(data)
     example = data[0][0][:1]
     graph = trace(model, example, exclude=exclude, on_unsupported="exclude")
     left_out = {layer: f"{u.node} {u.reason}" for u in graph.unsupported for layer in u.layers}
     report = find_dead_units(model, data, loss_fn=loss_fn, thresholds=thresholds,
                              exact_mrp=exact_mrp, example_input=example,
                              exclude=[*exclude, *left_out])
-    criteria = list(criteria)
-    bad = [c for c in criteria if c not in report.criteria]
-    if bad or not criteria:
-        why = (f" ({', '.join(c for c in bad if c in report.skipped)} need targets, which the "
-               "data does not have)" if set(bad) & set(report.skipped) else "")
-        raise ValueError(f"unknown criteria {bad}{why}; known: {report.criteria}")
     plan, kept = removal_plan(report, criteria, graph)
     params, macs = count_params(model), count_macs(model, example)
     per_layer = _per_layer(model, report, plan, kept, data, example)
@@ -405,10 +410,31 @@ def diagnose(model: nn.Module, data: Any, *, loss_fn: Callable | None = None,
                      left_out=left_out, smaller=smaller)
 
 
+def _check_criteria(criteria: list[str], thresholds, exact_mrp: bool, targets: bool) -> None:
+    """Refuse criteria the diagnosis will not have, before any work, saying why."""
+    from saliency.dead_units import TARGET_CRITERIA, DeadUnitThresholds, criterion_names
+    th = thresholds if isinstance(thresholds, DeadUnitThresholds) else \
+        DeadUnitThresholds.from_mapping(thresholds or {})
+    if not criteria:
+        raise ValueError(f"no criteria given; known: {criterion_names(th, exact_mrp, targets)}")
+    known = criterion_names(th, exact_mrp, targets)
+    bad = [c for c in criteria if c not in known]
+    if not bad:
+        return
+    why = []
+    if "low_mrp" in bad and not exact_mrp:
+        why.append("low_mrp needs exact MRP (exact_mrp=True, --exact-mrp)")
+    if not targets and set(bad) & set(TARGET_CRITERIA):
+        why.append(f"{', '.join(c for c in bad if c in TARGET_CRITERIA)} need targets, which "
+                   "the data does not have")
+    raise ValueError(f"unknown criteria {bad}" + (f" ({'; '.join(why)})" if why else "")
+                     + f"; known: {known}")
+
+
 def _per_layer(model, report, plan, kept, data, example) -> dict[str, dict[str, Any]]:
     """Per group, what removing its planned units alone saves."""
     per_layer: dict[str, dict[str, Any]] = {}
-    for layer in progress(report.layers, "diagnose layers"):
+    for layer in progress(report.layers, "diagnose: removals", unit="layer"):
         if layer in plan:
             _, rep, _ = _remove(model, {layer: plan[layer]}, data, example)
             per_layer[layer] = {"removed": int(plan[layer].numel()),

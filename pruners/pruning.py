@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class RoundReport:
             of :class:`UnitPruner` never include them; for a :class:`UnitPruner` with
             ``on_unsupported="exclude"``, also the layers the graph of units cannot
             represent (:attr:`UnitPruner.unsupported` gives the reasons).
+        unsupported: those last layers (of :attr:`left_out`).
     """
 
     step: int
@@ -107,6 +109,7 @@ class RoundReport:
     loss_after: float | None = None
     removal: RemovalReport | None = None
     left_out: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
 
     @property
     def penalty(self) -> float | None:
@@ -144,9 +147,12 @@ class RoundReport:
         if self.penalty is not None:
             lines.append(f"  loss {self.loss_before:.5f} -> {self.loss_after:.5f} "
                          f"(penalty {self.penalty:+.5f})")
-        if self.left_out:
-            lines.append(f"  left alone (the model's output layer): "
-                         f"{', '.join(self.left_out)}")
+        outputs = [n for n in self.left_out if n not in self.unsupported]
+        if outputs:
+            lines.append(f"  left alone (the model's output layer): {', '.join(outputs)}")
+        if self.unsupported:
+            lines.append(f"  left out (the graph of units cannot represent them): "
+                         f"{', '.join(self.unsupported)}")
         return "\n".join(lines)
 
 
@@ -226,6 +232,12 @@ class EmptiedTensorWarning(UserWarning):
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
+#: functional layers: the walk back from the output stops there (a tied output embedding
+#: ``F.linear(h, embedding.weight)`` is the output layer, not the module before it)
+_FUNCTIONAL_LAYERS = {F.linear, F.conv1d, F.conv2d, torch.matmul, torch.mm, torch.bmm,
+                      operator.matmul}
+
+
 def output_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
     """The Linear / Conv1d / Conv2d layers whose output is the model's output.
 
@@ -262,6 +274,7 @@ def output_layers(model: nn.Module, example_input: torch.Tensor | None = None) -
     except Exception:  # noqa: BLE001 - fall back to running the model
         gm = None
     found: set[str] = set()
+    functional = False
     if gm is not None:
         stack = [n for node in gm.graph.nodes if node.op == "output"
                  for n in node.all_input_nodes]
@@ -281,8 +294,16 @@ def output_layers(model: nn.Module, example_input: torch.Tensor | None = None) -
                 if inner:
                     found.add(inner[-1])
                     continue
+            if node.op == "call_function" and node.target in _FUNCTIONAL_LAYERS:
+                # a layer of its own: the module whose weight it reads when that is a layer
+                # (a traced Linear's own F.linear), else none (a tied embedding's weight)
+                functional = True
+                owners = [a.target.rpartition(".")[0] for a in node.all_input_nodes
+                          if a.op == "get_attr"]
+                found.update(o for o in owners if o in layers)
+                continue
             stack.extend(node.all_input_nodes)
-        if found:
+        if found or functional:
             return [n for n in layers if n in found]
     called: list[str] = []
     x = example_input
@@ -1266,9 +1287,10 @@ class UnitPruner(_Pruner):
                 warnings.warn("UnitPruner leaves out the layers the graph of units cannot "
                               "represent: " + "; ".join(f"{k}: {v}" for k, v in new.items()),
                               stacklevel=3)
+            exclude = tuple(dict.fromkeys([*self.exclude, *found]))
+            graph = trace(model, example, exclude=exclude)
             self.unsupported.update(found)
-            self.exclude = tuple(dict.fromkeys([*self.exclude, *found]))
-            graph = trace(model, example, exclude=self.exclude)
+            self.exclude = exclude
         heads = head_names(graph, self.layers)
         groups = None if self.layers is None else [n for n in self.layers if n not in heads]
         names = group_names(model, graph, groups) if groups is None or groups else []
@@ -1383,7 +1405,7 @@ class UnitPruner(_Pruner):
                              params_before=params_before, params_after=params_after,
                              macs_before=macs_before, macs_after=macs_after,
                              loss_before=loss_before, loss_after=loss_after, removal=removal,
-                             left_out=left_out)
+                             left_out=left_out, unsupported=list(self.unsupported))
         self.reached = target
         self.history.append(report)
         return report

@@ -710,7 +710,7 @@ def _penalty_rows(model: nn.Module, target: _PenaltyTarget, vectors: dict[str, t
             layers = target.group.members if target.group is not None else [target.key]
             means = unit_means(model, data, layers)
         probes = [(name, f) for name in vectors for f in fractions]
-        for name, f in progress(probes, f"pruning-penalty probes of {target.key}"):
+        for name, f in progress(probes, f"pruning-penalty probes of {target.key}", unit="probe"):
             idx = torch.as_tensor(_lowest(vectors[name], counts[f]), dtype=torch.long)
             if target.kind == "parameter":
                 loss_after = _probe_parameter(model, target.param, idx, data, loss_fn)

@@ -31,6 +31,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from .dead_units import EXACT_CRITERIA, DeadUnitReport
 
@@ -122,11 +123,16 @@ def plot_unit_statistics(report: DeadUnitReport, *, title: str | None = None) ->
               and all(layer in report.stats[p[0]] for layer in report.layers)]
     if not report.exact_mrp:
         panels = [p for p in panels if p[0] != "mrp_rel"]
+    # statistics not computed (data without targets: MRS and the gradient norms are NaN)
+    panels = [p for p in panels if any(bool(torch.isfinite(report.stats[p[0]][layer]).any())
+                                       for layer in report.layers)]
     palette = sns.color_palette()
     rows, cols = len(report.layers), len(panels)
     width = 3.0 * cols
+    # at most 30 inches high (3,000 px at 100 dpi): many layers get thinner rows
+    height = min(1.0 + 2.2 * rows, 30.0)
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(rows, cols, figsize=(width, 1.0 + 2.2 * rows), squeeze=False,
+        fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False,
                                  layout="constrained")
     for r, layer in enumerate(report.layers):
         for c, (key, label, log) in enumerate(panels):
@@ -148,6 +154,8 @@ def plot_unit_statistics(report: DeadUnitReport, *, title: str | None = None) ->
             ax.tick_params(labelsize=7)
     head = (f"unit statistics on {report.samples:,} samples (log10 values at "
             f"{int(math.log10(_FLOOR))} are exactly 0)")
+    if report.skipped:
+        head += "; MRS and gradient norms not computed (the data has no targets)"
     fig.suptitle(_wrap(f"{title}: {head}" if title else head, width - 0.4, 10), fontsize=10)
     return fig
 

@@ -258,7 +258,7 @@ def head_mrp(model: nn.Module, heads: Mapping[str, Heads], names: Iterable[str],
         for x, y in iter_batches(data):
             with context_hooks(model, heads, {}):
                 base = per_sample_loss(loss_fn, model(x), y).to(torch.float64)
-            for n in progress(names, "head MRP modules"):
+            for n in progress(names, "exact MRP of heads", unit="module"):
                 d = heads[n].head_dim
                 for j in range(heads[n].num_heads):
                     def fn(ctx, j=j, n=n, d=d):

@@ -256,7 +256,7 @@ class LossChange(ParameterScorer):
         count = 0
         batches = list(iter_batches(data))
         with torch.no_grad():
-            for x, y in progress(batches, "loss_change batches"):
+            for x, y in progress(batches, "loss_change", unit="batch"):
                 if fast:
                     ds = Downstream(model, graph, x, budget=self.budget)
                     base = _finite(per_sample_loss(loss_fn, ds.out, y))
@@ -322,7 +322,7 @@ class LossChange(ParameterScorer):
         copy = p.detach().clone()
         flat = copy.view(-1)
         res = torch.zeros(flat.numel(), dtype=torch.float64, device=p.device)
-        for e in progress(range(flat.numel()), f"loss_change {real_name} weights"):
+        for e in progress(range(flat.numel()), f"loss_change of {real_name}", unit="weight"):
             old = flat[e].clone()
             if old == 0:
                 continue

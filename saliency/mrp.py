@@ -103,7 +103,7 @@ class MRP(UnitScorer):
         batches = list(iter_batches(data))
         work = [(b, name) for b in range(len(batches)) for name in layers]
         current, ds, reduce = -1, None, None
-        for b, name in progress(work, "MRP layers x batches"):
+        for b, name in progress(work, "exact MRP", unit="layer-batch"):
             if b != current:  # a new batch: its base losses, once for all its layers
                 current = b
                 x, y = batches[b]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -53,8 +52,9 @@ def show_progress(on: bool | None = True):
         _STATE["on"] = old
 
 
-def progress(items: Iterable[T], what: str, total: int | None = None) -> Iterator[T]:
-    """``items``, with a bar of ``what`` (``"units"``, ``"batches"``) when
+def progress(items: Iterable[T], what: str, total: int | None = None,
+             unit: str = "it") -> Iterator[T]:
+    """``items``, with a bar labelled ``what`` counting ``unit`` s when
     :func:`progress_enabled`; ``total`` when ``items`` has no length."""
     if not progress_enabled():
         yield from items
@@ -62,8 +62,14 @@ def progress(items: Iterable[T], what: str, total: int | None = None) -> Iterato
     from tqdm.auto import tqdm
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    # a terminal that reports no size (0 x 0) would get no bar: 100 x 20 then
-    size = shutil.get_terminal_size((100, 20))
-    with tqdm(items, total=total, unit=what.split()[-1] if what else "it", desc=what,
-              file=sys.stderr, ncols=size.columns, nrows=size.lines, leave=False) as bar:
+    # the size of the terminal the bar is written to (stderr); one that reports no size
+    # (0 x 0, a fresh pseudo-terminal) would get no bar: 100 x 20 then
+    try:
+        cols, lines = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        cols, lines = 0, 0
+    sized = cols > 0 and lines > 0
+    with tqdm(items, total=total, unit=unit, desc=what, file=sys.stderr, leave=False,
+              dynamic_ncols=sized, ncols=None if sized else 100,
+              nrows=None if sized else 20) as bar:
         yield from bar

@@ -445,11 +445,12 @@ def test_data_from_a_tensor_file_and_from_a_function(user_files, tmp_path, capsy
     x = torch.randn(40, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (40,), generator=g)
     import numpy as np
-    np.savez(tmp_path / "data.npz", x=x.numpy(), y=y.numpy())
+    np.savez(tmp_path / "data.npz", x=x.double().numpy(), y=y.numpy())   # float64, as numpy
     torch.save({"inputs": x}, tmp_path / "inputs.pt")       # no targets
-    code, _, err = _run([ckpt, "--data", str(tmp_path / "data.npz"), "--model", model,
-                         "--out", str(tmp_path / "a"), "--no-plots"], capsys)
+    code, stdout, err = _run([ckpt, "--data", str(tmp_path / "data.npz"), "--model", model,
+                              "--out", str(tmp_path / "a"), "--no-plots"], capsys)
     assert code == 0, err
+    assert "note: the data's inputs are float64, the model's parameters float32" in stdout
     a = json.loads((tmp_path / "a" / "report.json").read_text())
     assert a["samples"] == 40 and "low_mrs" in a["criteria"] and a["skipped"] == []
     # the library on the same model and data gives the same report
@@ -458,8 +459,10 @@ def test_data_from_a_tensor_file_and_from_a_function(user_files, tmp_path, capsy
     assert [(u["layer"], u["unit"], u["dead_by"]) for u in a["units"]] == \
         [(u["layer"], u["unit"], u["dead_by"]) for u in lib["units"]]
     code, stdout, err = _run([ckpt, "--data", str(tmp_path / "inputs.pt"), "--model", model,
-                              "--out", str(tmp_path / "b"), "--no-plots"], capsys)
+                              "--out", str(tmp_path / "b"), "--no-plots", "--remove-by",
+                              "constant,never_active,zero_outgoing,dormant@0"], capsys)
     assert code == 0, err
+    assert "nan" not in stdout                                 # no loss without targets
     b = json.loads((tmp_path / "b" / "report.json").read_text())
     assert b["skipped"] == ["low_mrs", "frozen"] and "low_mrs" not in b["criteria"]
     assert "not computed (the data has no targets): low_mrs, frozen" in stdout
@@ -513,4 +516,4 @@ def test_progress_on_a_terminal_and_not_when_piped(env, tmp_path):
     _, status = os.waitpid(pid, 0)
     text = b"".join(chunks).decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
-    assert "MRP layers x batches" in text and "%|" in text      # a tqdm bar with a count
+    assert "exact MRP" in text and "%|" in text                 # a tqdm bar with a count

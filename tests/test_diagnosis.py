@@ -87,3 +87,29 @@ def test_layers_the_graph_cannot_represent_are_left_out_and_named():
     assert list(result.left_out) == ["fc1"] and "node 'mul'" in result.left_out["fc1"]
     assert result.report.layers == ["fc2"]
     assert "left out: fc1: node 'mul'" in result.table()
+
+
+def test_bad_forms_and_criteria_are_refused_before_any_work():
+    net, x, y = planted()
+    assert [len(b[0]) for b in batches_of([x, y], batch_size=50)] == [50, 40]   # a list pair
+    assert len(batches_of([x[:10], x[10:20]])) == 2                            # two batches
+    with pytest.raises(ValueError, match="the Dataset has no sample"):
+        batches_of(TensorDataset(x[:0], y[:0]))
+    with pytest.raises(ValueError, match=r"unknown criteria \['low_mrp'\] \(low_mrp needs exact "
+                                         r"MRP"):
+        diagnose(net, (x, y), criteria=["low_mrp"])
+    with pytest.raises(ValueError, match="no criteria given"):
+        diagnose(net, (x, y), criteria=[])
+    assert diagnose(net, (x, y), criteria="never_active").plan["0"] == [3]
+    with pytest.raises(TypeError, match="parameters are float32 but the data is float64"):
+        diagnose(net, (x.double(), y))
+
+
+def test_the_statistics_figure_drops_what_data_without_targets_cannot_give():
+    import matplotlib
+    matplotlib.use("Agg")
+    net, x, _ = planted()
+    fig = diagnose(net, x).figures()["statistics"]
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert not any("MRS" in t or "gradient" in t for t in titles) and titles
+    assert "not computed (the data has no targets)" in fig._suptitle.get_text()

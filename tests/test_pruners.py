@@ -1547,3 +1547,19 @@ def test_unit_pruner_leaves_out_unsupported_layers_when_asked_and_says_why():
     assert report.pruned == {"fc2": 4} and net.fc1.out_features == 6 and net.fc2.out_features == 4
     with pytest.raises(ValueError, match="on_unsupported must be 'raise' or 'exclude'"):
         UnitPruner("mrs", {1: 0.5}, on_unsupported="skip")
+
+
+class _TiedHead(nn.Module):
+    """An output layer that is F.linear with the embedding's weight (a tied head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(10, 6), nn.Linear(6, 6)
+
+    def forward(self, ids):
+        return F.linear(torch.relu(self.fc(self.emb(ids))), self.emb.weight)
+
+
+def test_a_functional_output_layer_is_not_mistaken_for_the_module_before_it():
+    assert output_layers(_TiedHead()) == []
+    assert output_layers(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))) == ["2"]

@@ -91,7 +91,7 @@ def _message(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def import_object(spec: str, what: str) -> Any:
+def _import_object(spec: str, what: str) -> Any:
     """The object ``spec`` names: ``package.module:name`` (imported from ``sys.path``, the
     current folder included) or ``path/to/file.py:name`` (loaded from the file). ``what``
     names the option in errors."""
@@ -112,13 +112,16 @@ def import_object(spec: str, what: str) -> Any:
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001
+            del sys.modules[name]
             raise DiagnoseError(f"{what} {spec!r}: running {str(path)!r} failed: "
                                 f"{_message(exc)}") from None
         finally:
             sys.path.remove(str(path.resolve().parent))
     else:
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))
+        cwd = str(Path.cwd())
+        added = "" not in sys.path and cwd not in sys.path
+        if added:  # the current folder, as `python -m` has it
+            sys.path.insert(0, cwd)
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
@@ -131,11 +134,13 @@ def import_object(spec: str, what: str) -> Any:
         except Exception as exc:  # noqa: BLE001
             raise DiagnoseError(f"{what} {spec!r}: importing {target!r} failed: "
                                 f"{_message(exc)}") from None
-    obj = getattr(module, attr, None)
-    if obj is None:
+        finally:
+            if added:
+                sys.path.remove(cwd)
+    if not hasattr(module, attr):
         public = sorted(n for n in vars(module) if not n.startswith("_"))[:12]
         raise DiagnoseError(f"{what} {spec!r}: {target!r} has no {attr!r}; it has {public}")
-    return obj
+    return getattr(module, attr)
 
 
 def _factory(spec: str) -> Callable[..., nn.Module]:
@@ -144,7 +149,7 @@ def _factory(spec: str) -> Callable[..., nn.Module]:
             return MODELS[spec]
         raise DiagnoseError(f"--model {spec!r}: expected package.module:Class, "
                             f"path/to/file.py:Class or one of {sorted(MODELS)}")
-    fn = import_object(spec, "--model")
+    fn = _import_object(spec, "--model")
     if not callable(fn):
         raise DiagnoseError(f"--model {spec!r}: {type(fn).__name__} is not a class or function")
     return fn
@@ -302,7 +307,7 @@ def load_data(name: str, *, data_dir: str | None = None, split: str = "val",
                                 f"{str(Path.cwd())!r})")
         return _batches(_tensor_file(path), name, samples, batch_size), None
     if ":" in name:
-        fn = import_object(name, "--data")
+        fn = _import_object(name, "--data")
         try:
             obj = fn() if callable(fn) and not isinstance(fn, (torch.Tensor, Mapping)) else fn
         except Exception as exc:  # noqa: BLE001
@@ -325,6 +330,19 @@ def _batches(obj: Any, name: str, samples: int, batch_size: int):
         return batches_of(obj, batch_size=batch_size, samples=samples)
     except (TypeError, ValueError) as exc:
         raise DiagnoseError(f"--data {name!r}: {_message(exc)}") from None
+
+
+def _model_dtype(model: nn.Module, data):
+    """Floating inputs of another dtype than the model's parameters (float64 arrays of an
+    .npz file, say) converted to the parameters' dtype, with a note."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    x = data[0][0]
+    if len(dtypes) != 1 or not x.is_floating_point() or x.dtype in dtypes:
+        return data
+    dtype = dtypes.pop()
+    print(f"note: the data's inputs are {str(x.dtype).replace('torch.', '')}, the model's "
+          f"parameters {str(dtype).replace('torch.', '')}: inputs converted")
+    return [(bx.to(dtype), by) for bx, by in data]
 
 
 def _check_runs(model: nn.Module, data, what: str, num_outputs: int | None) -> None:
@@ -355,11 +373,9 @@ def _check_runs(model: nn.Module, data, what: str, num_outputs: int | None) -> N
 def _figures(result: Diagnosis, out: Path, title: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     files = []
     for name, fig in result.figures(title=title).items():
-        atomic.save_figure(fig, out / f"{name}.png")
-        plt.close(fig)
+        atomic.save_figure(fig, out / f"{name}.png")  # saves and closes it
         files.append(f"{name}.png")
     return files
 
@@ -388,13 +404,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "file (.pt, .npz: inputs/x and optional targets/y), or "
                              "module:function / file.py:function returning a Dataset, a "
                              "DataLoader, tensors or batches")
-    parser.add_argument("--data-dir", default=None, metavar="DIR", help="folder of its files")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="the folder of a built-in data set's files (default: where the "
+                             "data set looks: its environment variable, then the usual places)")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"),
                         help="which split to diagnose on (default val, the harness's)")
     parser.add_argument("--samples", type=int, default=1000,
-                        help="first N samples of the split (default 1000, the thesis's "
+                        help="first N samples of the data (of the split of a built-in data "
+                             "set, of a file, of a function's data; default 1000, the thesis's "
                              "validation set size)")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=500,
+                        help="samples per forward pass (default 500)")
     parser.add_argument("--data-seed", type=int, default=0,
                         help="seed of the validation split (default 0, the harness's)")
     parser.add_argument("--val-size", type=int, default=5000,
@@ -417,7 +437,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "units were removed); the resized layers are printed")
     parser.add_argument("--key", default=None, metavar="KEY",
                         help="the key of the checkpoint dict that holds the state dict "
-                             "(default: model, state_dict, model_state_dict or net)")
+                             "(default: state_dict, model, model_state_dict or net)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load a whole pickled model (runs the code the file names: only "
                              "for files you trust)")
@@ -472,17 +492,19 @@ def _checked_arguments(args, path: Path) -> tuple[dict, Any, list[str], Path | N
     return kwargs, th, criteria, out_ckpt
 
 
-def _print_removal(rem: Mapping[str, Any], criteria: list[str], kept: Mapping[str, int]) -> None:
+def _print_removal(rem: Mapping[str, Any], criteria: list[str],
+                   kept: Mapping[str, list[int]]) -> None:
     """What removing the flagged units did (or that there was nothing to remove)."""
     if rem["removed"]:
         n = rem["removed"]
+        loss = ("" if rem["loss_before"] != rem["loss_before"]  # NaN: no targets
+                else f", loss {rem['loss_before']:.6f} -> {rem['loss_after']:.6f} "
+                     f"({rem['loss_change']:+.3g})")
         print(f"removing the {n} unit{'s' if n > 1 else ''} flagged by {', '.join(criteria)} "
               f"(mean replacement, bias propagation): parameters {rem['params_before']:,} -> "
               f"{rem['params_after']:,}, MACs/sample {rem['macs_before']:,} -> "
               f"{rem['macs_after']:,}; max output deviation {rem['max_output_deviation']:.3g} "
-              f"({rem['max_output_deviation_relative']:.2g} of the largest output), "
-              f"loss {rem['loss_before']:.6f} -> {rem['loss_after']:.6f} "
-              f"({rem['loss_change']:+.3g})")
+              f"({rem['max_output_deviation_relative']:.2g} of the largest output){loss}")
         for w in rem["warnings"]:
             print(f"  warning: {w}")
     else:
@@ -510,6 +532,7 @@ def _run(args) -> int:
                                   seed=args.data_seed, val_size=args.val_size)
     what = f"{args.data} ({args.split})" if ":" not in args.data and \
         not Path(args.data).suffix else args.data
+    data = _model_dtype(model, data)
     _check_runs(model, data, what, num_outputs)
     try:
         result = diagnose(model, data, thresholds=th, exact_mrp=args.exact_mrp,
