@@ -215,10 +215,10 @@ def test_the_llama_of_transformers_rows_and_agreement(run):
     speedup = rows["mrp_speedup_hf_llama"]
     # the quick Llama: 2 layers of 4 heads and 24 SwiGLU neurons
     assert speedup["seconds"] == pytest.approx(per_head * 8 + per_neuron * 48, rel=1e-12)
-    assert "one in 2 of the 8 heads (4)" in rows["naive_per_head_hf_llama"]["note"]
+    assert "one in 4 of the 8 heads (2)" in rows["naive_per_head_hf_llama"]["note"]
     agree = result["agreement_hf_llama"]
-    assert agree["units"] == agree["exact_units"] == 10 and agree["dtype"] == "float32"
+    assert agree["units"] == agree["exact_units"] == 6 and agree["dtype"] == "float32"
     assert agree["max_abs_diff"] < 1e-5
     assert agree["by_kind"]["ffn_neurons"]["exact_groups"] == [
         "model.model.layers.0.mlp.gate_proj", "model.model.layers.1.mlp.gate_proj"]
-    assert "hf_llama: mrp against the naive loop (float32) on 4 heads and 6 FFN neurons" in text
+    assert "hf_llama: mrp against the naive loop (float32) on 2 heads and 4 FFN neurons" in text

@@ -79,7 +79,8 @@ cases as the ViT's, suffixed ``_hf_llama``, with the same targets (MRS pass <= 1
 traces each copy that way. The benchmark's Llama has as many key/value heads as query heads:
 under grouped-query attention one query head cannot be removed alone, so the loop could not
 remove heads one at a time (``mrp`` scores them all the same). The loop is timed on every
-other head and every 44th neuron of every layer (``--quick``: 2 layers of width 16).
+other head and every 44th neuron of every layer (``--quick``: 2 layers of width 16, one head in
+4 and one neuron in 12).
 
 Also prints how many CPUs other processes kept busy while each model was timed (a figure
 above 0.25 marks noisy timings). Prints a table, then one JSON line last.
@@ -135,7 +136,7 @@ LLAMA_FULL = {"llama": {"vocab_size": 114, "context": 64, "depth": 4, "width": 6
               "samples": 64, "tokens": 64, "stride": 44, "head_stride": 2}
 LLAMA_QUICK = {"llama": {"vocab_size": 40, "context": 16, "depth": 2, "width": 16, "heads": 4,
                          "kv_heads": 4, "ffn": 24},
-               "samples": 8, "tokens": 16, "stride": 8, "head_stride": 2}
+               "samples": 8, "tokens": 16, "stride": 12, "head_stride": 4}
 
 
 def _paired(ref, case, repeats: int, warmup: int = 1) -> tuple[float, float]:
