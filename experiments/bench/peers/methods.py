@@ -38,7 +38,7 @@ from saliency.graph import UnitGraph, module_on_path
 
 __all__ = ["Context", "make_context", "common_widths", "mrs_prune", "mrs_rounds", "mrp_drop_prune",
            "mrp_drop_rounds", "ln_structured_prune", "physical_twin", "physical_params",
-           "tp_gradients", "tp_prune", "is_attention_layer", "tp_head_ratio", "tp_head_options",
+           "tp_gradients", "tp_hessian_gradients", "tp_prune", "is_attention_layer", "tp_head_ratio", "tp_head_options",
            "head_rows", "removed_heads", "batchnorm_of", "group_batchnorms", "bias_free",
            "fold_created_biases"]
 
@@ -378,8 +378,12 @@ def _check_shapes(method: str, model: nn.Module, reference: Mapping[str, tuple] 
 
 
 def _tp_importance(tp, name: str):
-    if name == "magnitude":
+    if name in ("magnitude", "l2"):
         return tp.importance.MagnitudeImportance(p=2)
+    if name == "l1":
+        return tp.importance.MagnitudeImportance(p=1)
+    if name == "hessian":
+        return tp.importance.HessianImportance()
     if name == "taylor":
         return tp.importance.TaylorImportance()
     if name == "bn_scale":
@@ -393,6 +397,32 @@ def tp_gradients(model, data) -> None:
     model.zero_grad(set_to_none=True)
     for x, y in data:
         F.cross_entropy(model(x), y).backward()
+
+
+def tp_hessian_gradients(model, data, scorer) -> None:
+    """Prepare Torch-Pruning's ``HessianImportance`` ``scorer``: every parameter's ``.grad``
+    becomes the mean over the samples of ``data`` of the squared per-sample cross-entropy
+    gradient (the diagonal Fisher estimate of the Hessian it scores with, Optimal Brain Damage).
+
+    Its own ``accumulate_grad`` (1.6.1) looks parameter *names* up in a dict keyed by the
+    parameters, so it keeps only the last sample's squared gradient; with nothing accumulated,
+    its ``__call__`` reads ``.grad`` as given, so the mean is computed here instead.
+    """
+    scorer.zero_grad()
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = [torch.zeros_like(p) for p in params]
+    count = 0
+    for x, y in data:
+        losses = F.cross_entropy(model(x), y, reduction="none")
+        for i, loss in enumerate(losses):
+            grads = torch.autograd.grad(loss, params, retain_graph=i + 1 < len(losses),
+                                        allow_unused=True)
+            for acc, g in zip(sums, grads):
+                if g is not None:
+                    acc.add_(g.detach().pow(2))
+            count += 1
+    for p, acc in zip(params, sums):
+        p.grad = acc / max(count, 1)
 
 
 def is_attention_layer(model: nn.Module, name: str) -> bool:
@@ -471,7 +501,8 @@ def tp_prune(model, kept, ctx: Context, importance: str, rounds: int = 1,
              trace: list | None = None):
     """Torch-Pruning's ``MetaPruner`` to the kept counts, in ``rounds`` iterative steps.
 
-    ``importance``: ``"magnitude"`` (L2), ``"taylor"`` (gradients of the scoring data,
+    ``importance``: ``"magnitude"`` or ``"l2"`` (L2), ``"l1"``, ``"hessian"`` (the diagonal
+    Hessian of per-sample squared gradients, :func:`tp_hessian_gradients`), ``"taylor"`` (gradients of the scoring data,
     recomputed before every step) or ``"bn_scale"`` (the groups with a BatchNorm; the others by
     magnitude). Its dependency graph couples the channels of a residual group as ours does;
     every member gets the group's ratio, so it keeps the same count. The steps follow
@@ -521,6 +552,8 @@ def tp_prune(model, kept, ctx: Context, importance: str, rounds: int = 1,
         for _ in range(rounds):
             if imp_name == "taylor":
                 tp_gradients(model, ctx.scoring)
+            elif imp_name == "hessian":
+                tp_hessian_gradients(model, ctx.scoring, scorer)
             pruner.step()
             model.zero_grad(set_to_none=True)
             if trace is not None:
