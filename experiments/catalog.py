@@ -7,6 +7,7 @@ is one module under ``experiments/studies/`` (or ``experiments/tools/``) and
 one line here.
 """
 
+from experiments.bench.criteria import experiment as criteria_benchmark  # noqa: F401
 from experiments.studies.evci2018 import attacks, baselines, pruning, saliency  # noqa: F401
 from experiments.studies.group_sparsity import repro as group_sparsity  # noqa: F401
 from experiments.studies.resnet import pruning as resnet  # noqa: F401
