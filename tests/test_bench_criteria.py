@@ -90,7 +90,8 @@ def test_differences_equal_scipy_on_the_cells(quick):
             assert d["ci"] == pytest.approx([diff.mean(), diff.mean()])
     # one finalist per network at least, two networks x two points x two stages each
     assert len(results["differences"]) >= 2 * 2 * 2
-    assert results["verdict"]["comparisons"] == len(results["differences"])
+    recommended = [d for d in results["differences"] if d["role"].startswith("recommended")]
+    assert results["verdict"]["comparisons"] == len(recommended) == 2 * 2 * 2
 
 
 def test_curve_points_equal_the_logged_cells(quick):
@@ -269,3 +270,25 @@ def test_the_registered_experiment_runs_one_trial(tmp_path):
     assert done["ran"] == done["cells"] == 12 * len(network(QUICK, "mlp").screened())
     assert len(list((root / "cells" / "screen-oneshot" / "mlp" / "seed0").glob("*.json"))) \
         == done["cells"]
+
+
+def test_width_learners_are_compared_at_their_own_widths(quick):
+    root, _ = quick
+    rows = _cells(root, "width")
+    learners = {(r["seed"], r["method"]): r for r in rows if "+" not in r["method"]}
+    full = network(QUICK, "mlp").kwargs["widths"][1]
+    lasso = [r for (s, m), r in learners.items() if m == "group_lasso"]
+    assert lasso and all(min(r["kept"].values()) < full for r in lasso)  # it removed units
+    matched = [r for r in rows if "+" in r["method"]]
+    assert matched
+    for r in matched:
+        ref = learners[(r["seed"], r["learner"])]
+        assert r["kept"] == ref["kept"] and r["params"] == ref["params"]
+        assert r["macs"] == ref["macs"]
+
+
+def test_a_verdict_without_every_network_is_incomplete(quick):
+    root, _ = quick
+    verdict = json.loads((root / "report" / "results.json").read_text())["verdict"]
+    assert verdict["missing_networks"] == ["resnet20", "vit"]
+    assert not verdict["acc_finetuned"]["met"] and not verdict["acc_pruned"]["met"]

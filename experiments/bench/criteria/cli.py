@@ -72,7 +72,15 @@ def run_select(root: str, setting: str, log, networks: Sequence[str] | None = No
     ``selection.json`` (atomically)."""
     store = Store(root, setting_named(setting))
     selection = select(store, networks)
-    atomic.write_json(Path(root) / "selection.json", selection)
+    path = Path(root) / "selection.json"
+    if path.exists() and atomic.read_json(path) != atomic.to_jsonable(selection):
+        ran = [p for ph in ("heldout", "width")
+               for p in (Path(root) / "cells" / ph).rglob("*.json")]
+        if ran:
+            raise RuntimeError(f"{path} already holds another selection and {len(ran)} held-out "
+                               f"cells ran with it; the selection is made once, before the "
+                               f"held-out seeds (delete the held-out cells to select again)")
+    atomic.write_json(path, selection)
     for name, part in selection["networks"].items():
         log(f"select {name}: pairs {part['pairs']}, recommended {part['recommended']}")
     log(f"select overall: {selection['overall']}")

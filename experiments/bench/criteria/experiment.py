@@ -13,7 +13,8 @@ as a SLURM job array, unchanged::
 
 Every trial writes into the benchmark's folder (``root``, an absolute path on a cluster's shared
 file system), whatever the sweep's own output folder; a trial whose seed is not one of its
-phase's seeds does nothing (the grid spans every seed and every phase takes its own).
+phase's seeds does nothing (the grid spans every seed, those of the default and of the quick
+setting, and every phase takes its own).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.bench.criteria.setting import DEFAULT, network
+from experiments.bench.criteria.setting import DEFAULT, QUICK, network
 from experiments.bench.criteria.store import PHASES
 from experiments.bench.criteria.trial import run_trial, seeds_of, setting_named
 from experiments.harness.registry import register
@@ -45,7 +46,8 @@ def validate(cfg: dict[str, Any]) -> None:
                     "root": "runs/bench-criteria", "setting": "default"},
           quick={"setting": "quick", "root": "runs/bench-criteria-quick", "seed": 0},
           space={"network": ("choice", [n.name for n in DEFAULT.networks]),
-                 "seed": ("choice", list(DEFAULT.dev_seeds + DEFAULT.heldout_seeds))},
+                 "seed": ("choice", sorted(set(DEFAULT.dev_seeds + DEFAULT.heldout_seeds
+                                               + QUICK.dev_seeds + QUICK.heldout_seeds)))},
           source="Blalock et al., What is the State of Neural Network Pruning?, MLSys 2020",
           validate=validate)
 def run_cell_trial(cfg: dict[str, Any], ctx) -> dict[str, Any]:

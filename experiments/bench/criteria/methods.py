@@ -224,26 +224,26 @@ def _during(run: Run, model: nn.Module, widths, gaps, scorer: str, replacement: 
                               replacement="mean" if replacement == "mean" else None,
                               layers=[g], example_input=run.data.example)
         for g in start}
-    spent = 0
+    spent, acc_pruned = 0, None
     for r, gap in enumerate(gaps):
         batches = [next(stream) for _ in range(per_round)]
         without = bias_free(model)
         for unit_pruner in unit_pruners.values():
             unit_pruner.step(r + 1, model, optimizer=opt, data=batches)
         fold_created_biases(model, run.data.example, without, opt)
-        model.train()
-        for x, y in batches:  # the scoring batches are training batches: train on them
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
+        last = r + 1 == len(gaps)
+        if last:  # measured straight after the last removal, as every other mode is
+            acc_pruned = run.accuracy(model)
+        # the scoring batches are training batches: trained on, counted in the budget
+        train_steps(model, opt, iter(batches), len(batches))
         spent += len(batches)
-        steps = max(0, gap - len(batches)) if r + 1 < len(gaps) else 0
+        steps = 0 if last else max(0, gap - len(batches))
         train_steps(model, opt, stream, steps)
         spent += steps
     got = layer_widths(model, list(widths[-1]))
     if got != dict(widths[-1]):
         raise RuntimeError(f"pruning during training ended at {got}, not {dict(widths[-1])}")
-    return run.accuracy(model), spent, opt
+    return acc_pruned, spent, opt
 
 
 def _schedule(group: str, start, widths):
@@ -286,9 +286,14 @@ def run_method(run: Run, method: str, point: float, kept: dict[str, int] | None 
         else:
             tp_prune(model, kept, run.ctx, method[3:])
         acc_pruned, spent = run.accuracy(model), 0
+    if spent > net.finetune_steps:
+        raise RuntimeError(f"{method} spent {spent} training steps while pruning, more than the "
+                           f"budget of {net.finetune_steps}: raise finetune_steps or lower "
+                           f"the rounds or the scoring images")
     check = run.data.eval.tensors[0][:256]
     pruned_params = physical_params(model, method, kept, run.ctx, check, reference)
-    train_steps(model, opt if opt is not None else new_optimizer(model, s), stream, net.finetune_steps - spent)
+    train_steps(model, opt if opt is not None else new_optimizer(model, s), stream,
+                net.finetune_steps - spent)
     final_params = physical_params(model, method, kept, run.ctx, check, reference)
     if not pruned_params == final_params == params:
         raise RuntimeError(f"{method} at {point:g}x has {pruned_params:,} parameters after "

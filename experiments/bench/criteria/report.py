@@ -1,8 +1,8 @@
 """The report of a benchmark folder: tables (printed and as Markdown), the curves, the verdict,
 and a final JSON line with the differences to the best peer.
 
-Written into ``ROOT/report/`` (``report.md``, ``results.json``, ``curves_<network>.png``,
-``screen_<network>.png``), every file atomically; ``docs=DIR`` also writes the figures into
+Written into ``ROOT/report/`` (``report.md``, ``results.json``, ``criteria_<network>.png``,
+``criteria_screen_<network>.png``), every file atomically; ``docs=DIR`` also writes the figures into
 ``DIR`` for the documentation.
 """
 
@@ -18,7 +18,8 @@ from experiments.bench.criteria.rule import STAGES
 from experiments.bench.criteria.setting import Setting, parse_ours
 from experiments.bench.criteria.store import Store
 from experiments.bench.criteria.summary import curves, differences, seed_stats, verdict
-from experiments.bench.criteria.trial import read_selection, setting_named
+from experiments.bench.criteria.trial import example_input, peers_of, read_selection, \
+    setting_named
 from experiments.bench.criteria.width import WIDTH_METHODS
 from experiments.harness import atomic
 from experiments.harness.stats import mean
@@ -173,7 +174,9 @@ def write_report(root: str, setting: str, log: Callable[[str], None],
     seeds = list(s.heldout_seeds)
     rows = [r for r in store.rows("heldout", seeds) if r["network"] in selection["networks"]]
     points = curves(rows, seeds)
-    diffs = differences(rows, selection, s)
+    expected = {n.name: peers_of(n, s, example_input(s)) for n in s.networks
+                if n.name in selection["networks"]}
+    diffs = differences(rows, selection, s, expected)
     result = verdict(diffs, s)
     timing_path = store.root / "timing.json"
     timing = atomic.read_json(timing_path) if timing_path.exists() else {}
@@ -183,7 +186,10 @@ def write_report(root: str, setting: str, log: Callable[[str], None],
     drawn = _figures(store, s, points, selection, rows, out, Path(docs) if docs else None)
     parts = ["# Criteria benchmark: report", "",
              f"Held-out seeds {seeds}; development seeds {list(s.dev_seeds)}. "
-             f"Comparisons read by the verdict: {result['comparisons']}.", "",
+             f"Comparisons read by the verdict: {result['comparisons']} (the recommended "
+             f"method's differences; the overall method's are reported beside them)."
+             + (f" Not run: {', '.join(result['missing_networks'])}: the verdict is "
+                f"incomplete." if result["missing_networks"] else ""), "",
              "## Differences to the best peer (held-out seeds, test accuracy, points)", "",
              differences_table(diffs, timing, points), ""]
     for net in s.networks:

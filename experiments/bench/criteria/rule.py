@@ -139,14 +139,23 @@ def select(store: Store, networks: Sequence[str] | None = None) -> dict[str, Any
                         for m in order]}
     common = set.intersection(*(set(r) for r in scores.values()))
     overall_score = {m: sum(scores[n][m] for n in scores) / len(scores) for m in common}
-    overall = sorted(overall_score, key=lambda m: (overall_score[m], m))
+    finetuned = {m: sum(r["figures"][k] for part in per_network.values()
+                        for r in part["ranking"] if r["method"] == m
+                        for k in r["figures"] if k.endswith("acc_finetuned"))
+                 for m in common}
+    overall = sorted(overall_score, key=lambda m: (overall_score[m], -finetuned[m], m))
     return {"rule": RULE, "dev_seeds": list(s.dev_seeds), "networks": per_network,
+            "selected_over": [n.name for n in nets],
             "overall": overall[0],
             "overall_ranking": [{"method": m, "mean_rank": overall_score[m]} for m in overall],
             "setting": store.digest}
 
 
 def finalists(selection: Mapping[str, Any], net_name: str) -> list[str]:
-    """Step 6: the methods of ours that run on ``net_name``'s held-out seeds."""
+    """Step 6: the methods of ours that run on ``net_name``'s held-out seeds (ValueError for a
+    network the selection was not made over)."""
+    if net_name not in selection["networks"]:
+        raise ValueError(f"the selection was made over {', '.join(selection['networks'])}, not "
+                         f"{net_name}: run its screen, then --step select with it")
     rec = selection["networks"][net_name]["recommended"]
     return list(dict.fromkeys([rec, selection["overall"]]))

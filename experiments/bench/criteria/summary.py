@@ -60,16 +60,24 @@ def curves(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list[dict
     return out
 
 
-def _peers_at(cells, net: str, point: float) -> list[str]:
-    return [m for (n, m, p) in cells if n == net and p == point and m in PEERS]
+def _peers_at(cells, net: str, point: float, expected: Sequence[str] | None) -> list[str]:
+    found = [m for (n, m, p) in cells if n == net and p == point and m in PEERS]
+    if expected is not None and sorted(found) != sorted(expected):
+        raise ValueError(f"{net} {point:g}x: the held-out cells of the peers "
+                         f"{sorted(set(expected) - set(found))} are missing (run the heldout "
+                         f"step)")
+    return found
 
 
 def differences(rows: Sequence[Mapping[str, Any]], selection: Mapping[str, Any],
-                s: Setting) -> list[dict[str, Any]]:
+                s: Setting, peers: Mapping[str, Sequence[str]] | None = None
+                ) -> list[dict[str, Any]]:
     """For every network, finalist, point and stage: the best peer (highest mean) and the
-    statistics of the per-seed difference finalist minus that peer."""
+    statistics of the per-seed difference finalist minus that peer. ``peers``: the peers each
+    network must have (ValueError if one has no cells)."""
     cells = by_cell(rows)
     seeds = list(s.heldout_seeds)
+    peers_of = peers
     out = []
     for net in s.networks:
         if net.name not in selection["networks"]:
@@ -82,7 +90,8 @@ def differences(rows: Sequence[Mapping[str, Any]], selection: Mapping[str, Any],
                  else "")
             for point in net.points:
                 ours = cells.get((net.name, method, float(point)))
-                peers = _peers_at(cells, net.name, float(point))
+                peers = _peers_at(cells, net.name, float(point),
+                                  None if peers_of is None else peers_of.get(net.name))
                 if ours is None or not peers:
                     raise ValueError(f"{net.name} {point:g}x: the held-out cells of {method} or "
                                      f"of the peers are missing (run the heldout step)")
@@ -102,26 +111,30 @@ def differences(rows: Sequence[Mapping[str, Any]], selection: Mapping[str, Any],
 
 
 def comparisons(diffs: Sequence[Mapping[str, Any]]) -> int:
-    """How many differences the verdict reads (finalist x network x point x stage)."""
-    return len(diffs)
+    """How many differences the verdict reads: the recommended method's, per network, point and
+    stage (the overall method's differences are reported beside them, not judged)."""
+    return sum(1 for d in diffs if d["role"].startswith("recommended"))
 
 
 def verdict(diffs: Sequence[Mapping[str, Any]], s: Setting) -> dict[str, Any]:
-    """The goal checked for each network's recommended method."""
+    """The goal checked for each network's recommended method, over every network of ``s``: a
+    network without differences makes the verdict incomplete (not met)."""
     rec = [d for d in diffs if d["role"].startswith("recommended")]
     finetuned = [d for d in rec if d["stage"] == "acc_finetuned"]
     pruned = [d for d in rec if d["stage"] == "acc_pruned"]
     ft_short = [d for d in finetuned if d["mean"] < 0]
+    missing = [n.name for n in s.networks if not any(d["network"] == n.name for d in rec)]
     ahead = {}
     for net in s.networks:
         pts = [d for d in pruned if d["network"] == net.name]
-        if not pts:
-            continue
-        ahead[net.name] = bool(pts) and all(
-            d["mean"] > 0 and d["ci"] is not None and d["ci"][0] > 0 for d in pts)
-    return {"acc_finetuned": {"goal": GOAL["acc_finetuned"], "met": not ft_short,
+        if pts:
+            ahead[net.name] = all(d["mean"] > 0 and d["ci"] is not None and d["ci"][0] > 0
+                                  for d in pts)
+    need = min(3, len(s.networks))
+    return {"acc_finetuned": {"goal": GOAL["acc_finetuned"], "met": not ft_short and not missing,
                               "short": [(d["network"], d["point"], d["mean"]) for d in ft_short]},
             "acc_pruned": {"goal": GOAL["acc_pruned"],
-                           "met": sum(ahead.values()) >= min(3, len(ahead)),
+                           "met": sum(ahead.values()) >= need and not missing,
                            "ahead": ahead},
+            "missing_networks": missing,
             "comparisons": comparisons(diffs)}

@@ -27,7 +27,7 @@ from experiments.bench.peers.setting import load_torch_pruning
 from experiments.harness import atomic
 from experiments.harness.models import build_model
 
-__all__ = ["SETTINGS", "setting_named", "seeds_of", "peers_of", "read_selection",
+__all__ = ["SETTINGS", "setting_named", "seeds_of", "peers_of", "read_selection", "example_input",
            "phase_methods", "run_trial"]
 
 #: the settings a trial can be asked for by name (the sweep passes names, not objects)
@@ -105,7 +105,7 @@ def run_trial(root: str, network_name: str, seed: int, phase: str, setting: str 
         raise ValueError(f"seed {seed} is not a seed of phase {phase!r}: it runs on "
                          f"{', '.join(map(str, seeds_of(s, phase)))}")
     t0 = time.perf_counter()
-    example = _example(s)
+    example = example_input(s)
     methods = phase_methods(store, net, phase, example)
     if phase == "width":
         matched = ([read_selection(store)["networks"][net.name]["recommended"]]
@@ -129,7 +129,8 @@ def run_trial(root: str, network_name: str, seed: int, phase: str, setting: str 
     return _summary(net, seed, phase, len(methods) * len(points), len(pending), t0)
 
 
-def _example(s: Setting) -> torch.Tensor:
+def example_input(s: Setting) -> torch.Tensor:
+    """One input of the setting's data (every network of the benchmark reads 1x28x28 images)."""
     return torch.zeros(1, 1, 28, 28)
 
 
