@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
+from experiments.harness.atomic import to_jsonable
+
 __all__ = ["Network", "Setting", "DEFAULT", "QUICK", "SCORERS_OF_OURS", "REPLACEMENTS",
            "MODES", "PEERS", "WIDTH_LEARNING", "setting_json", "network", "ours_name",
            "parse_ours"]
@@ -108,8 +110,6 @@ class Setting:
     peers: tuple[str, ...] = PEERS
 
 
-_TRAIN = dict(train_lr=1e-3, train_batch=128)
-
 DEFAULT = Setting(networks=(
     Network("mlp", "mlp", {"widths": [784, 512, 512, 10]}, (1.5, 2.0, 3.0, 5.0, 10.0),
             screen_points=(2.0, 5.0, 10.0), train_epochs=5, train_images=None,
@@ -161,14 +161,6 @@ def network(s: Setting, name: str) -> Network:
                      f"{', '.join(n.name for n in s.networks)}")
 
 
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def setting_json(s: Setting) -> dict[str, Any]:
     """``s`` as JSON-ready data, as every cell records it."""
-    return _jsonable(asdict(s))
+    return to_jsonable(asdict(s))
