@@ -213,6 +213,7 @@ HARNESS_TESTS = {
     "test_transformer_zoo.py",
     "test_shrinknets_gamma.py", "test_shrinknets_regression.py", "test_shrinknets_repro.py",
     "test_site.py", "test_sweep.py", "test_transformer_study.py", "test_tristate_repro.py",
+    "test_bench_criteria.py",
     "test_width_methods.py",
 }
 

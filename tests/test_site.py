@@ -188,7 +188,7 @@ def test_site_builds_strictly(pydantic, tmp_path, executed_cache):
 #: every page of the site, the README and the notebooks (their text, cells included)
 TEXTS = [ROOT / "README.md", ROOT / "mkdocs.yml", *sorted(DOCS.rglob("*.md")), *NOTEBOOKS]
 RESULT_PAGES = ["saliency", "pruning", "shrinknets", "group_sparsity", "tristate", "dead_units",
-                "width_methods", "peers", "transformers"]
+                "width_methods", "peers", "transformers", "criteria"]
 
 
 def test_results_pages_are_in_the_navigation():
