@@ -35,7 +35,7 @@ from experiments.harness.training import evaluate
 from pruners import remove_units
 from saliency import SCORERS
 
-__all__ = ["Run", "make_run", "run_method", "applicable", "finetune_stream", "train_steps",
+__all__ = ["Run", "make_run", "run_method", "prune_copy", "applicable", "finetune_stream", "train_steps",
            "new_optimizer", "PEER_LABELS"]
 
 #: what each peer is, for tables
@@ -258,22 +258,13 @@ def _schedule(group: str, start, widths):
 # a cell
 
 
-def run_method(run: Run, method: str, point: float, kept: dict[str, int] | None = None
-               ) -> dict[str, Any]:
-    """Prune a copy of the baseline by ``method`` to the widths of ``point`` (times fewer
-    MACs; or to ``kept``, units per group, when given), fine-tune it with the budget, and
-    return the cell's figures.
-
-    RuntimeError if the method's widths, shapes or parameter count differ from the common
-    ones, before or after fine-tuning.
-    """
-    t0 = time.perf_counter()
-    net, s = run.net, run.setting
-    kept = dict(kept) if kept is not None else common_widths(run.base, run.ctx, point)
-    common = common_model(run.base, run.data.example, kept)
-    reference, params = shapes(common), pruners.count_params(common)
-    macs = pruners.count_macs(common, run.data.example)
-    stream = finetune_stream(run.data, net, run.data.seed)
+def prune_copy(run: Run, method: str, kept: dict[str, int], stream
+               ) -> tuple[nn.Module, float, int, Any]:
+    """A copy of the baseline pruned by ``method`` to ``kept``: the model, its accuracy right
+    after the last pruning round, the training steps spent while pruning (drawn from
+    ``stream``), and the optimizer to go on with (None: a new one). RuntimeError if pruning
+    spent more than the budget."""
+    net = run.net
     torch.manual_seed(run.data.seed)
     model = copy.deepcopy(run.base).eval()
     ours = parse_ours(method)
@@ -290,6 +281,26 @@ def run_method(run: Run, method: str, point: float, kept: dict[str, int] | None 
         raise RuntimeError(f"{method} spent {spent} training steps while pruning, more than the "
                            f"budget of {net.finetune_steps}: raise finetune_steps or lower "
                            f"the rounds or the scoring images")
+    return model, acc_pruned, spent, opt
+
+
+def run_method(run: Run, method: str, point: float, kept: dict[str, int] | None = None
+               ) -> dict[str, Any]:
+    """Prune a copy of the baseline by ``method`` to the widths of ``point`` (times fewer
+    MACs; or to ``kept``, units per group, when given), fine-tune it with the budget, and
+    return the cell's figures.
+
+    RuntimeError if the method's widths, shapes or parameter count differ from the common
+    ones, before or after fine-tuning.
+    """
+    t0 = time.perf_counter()
+    net, s = run.net, run.setting
+    kept = dict(kept) if kept is not None else common_widths(run.base, run.ctx, point)
+    common = common_model(run.base, run.data.example, kept)
+    reference, params = shapes(common), pruners.count_params(common)
+    macs = pruners.count_macs(common, run.data.example)
+    stream = finetune_stream(run.data, net, run.data.seed)
+    model, acc_pruned, spent, opt = prune_copy(run, method, kept, stream)
     check = run.data.eval.tensors[0][:256]
     pruned_params = physical_params(model, method, kept, run.ctx, check, reference)
     train_steps(model, opt if opt is not None else new_optimizer(model, s), stream,

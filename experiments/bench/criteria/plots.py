@@ -52,6 +52,9 @@ def plot_curves(points: Sequence[Mapping[str, Any]], network: str, labels: Mappi
         if baseline is not None:
             ax.axhline(baseline * 100, color="0.3", linestyle=":", linewidth=1.2,
                        label="unpruned (mean)")
+        span = [v for d in drawn if d["stage"] == stage for v in (d["lo"], d["hi"])]
+        if span:  # an interval of two seeds can reach past 0 or 100%: accuracies cannot
+            ax.set_ylim(max(0.0, min(span) * 100 - 2), min(100.0, max(span) * 100 + 2))
         ax.set_xscale("log")
         ticks = sorted({round(p["x"], 2) for p in drawn})
         ax.set_xticks(ticks)
@@ -83,7 +86,9 @@ def plot_screen(table: Mapping[str, Mapping[str, float]], network: str, columns:
     ax.set_yticklabels([f"{m}  *" if m in chosen else m for m in methods], rotation=0,
                        fontsize=8)
     ax.set_xticks(np.arange(len(columns)) + 0.5)
-    ax.set_xticklabels(columns, rotation=35, ha="right", fontsize=8)
+    names = {"acc_pruned": "right after pruning", "acc_finetuned": "after fine-tuning"}
+    ax.set_xticklabels([" ".join(names.get(w, w) for w in c.split(" ")) for c in columns],
+                       rotation=35, ha="right", fontsize=8)
     ax.set_title(f"{network}: screen, validation accuracy (%), development seeds "
                  f"(exploratory; * = selected)", fontsize=9)
     fig.tight_layout()
