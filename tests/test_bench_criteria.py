@@ -292,3 +292,35 @@ def test_a_verdict_without_every_network_is_incomplete(quick):
     verdict = json.loads((root / "report" / "results.json").read_text())["verdict"]
     assert verdict["missing_networks"] == ["resnet20", "vit"]
     assert not verdict["acc_finetuned"]["met"] and not verdict["acc_pruned"]["met"]
+
+
+def test_batchnorm_recalibration_equals_the_statistics_of_the_images():
+    from experiments.bench.criteria.diagnostic import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 6 * 6, 4), nn.BatchNorm1d(4)).double().eval()
+    x = torch.randn(50, 1, 8, 8, dtype=torch.float64)
+    assert recalibrate_batchnorm(model, x, batch=20) == 2
+    with torch.no_grad():
+        conv = model[0](x)
+    # the cumulative average of the batch means (sizes 20, 20, 10), as BatchNorm keeps it
+    means = [conv[i:i + 20].mean(dim=(0, 2, 3)) for i in (0, 20, 40)]
+    assert torch.allclose(model[1].running_mean, sum(means) / 3, atol=1e-13)
+    assert model[1].momentum == 0.1 and not model.training
+
+
+def test_the_diagnostic_reproduces_the_cells_right_after_pruning(quick, tmp_path):
+    root, _ = quick
+    copy = tmp_path / "run"
+    shutil.copytree(root, copy)
+    assert cli.main(["--quick", "--root", str(copy), "--networks", "mlp,cnn", "--step",
+                     "diagnostic"]) == 0
+    diag = json.loads((copy / "diagnostic.json").read_text())
+    assert list(diag) == ["cnn"]  # the MLP has no BatchNorm
+    cells = {(c["method"], c["point"], c["seed"]): c for c in _cells(root, "heldout")
+             if c["network"] == "cnn"}
+    for key, part in diag["cnn"].items():
+        method, point = key.rsplit("@", 1)
+        want = [cells[(method, float(point[:-1]), s)]["acc_pruned"] for s in QUICK.heldout_seeds]
+        assert part["as_pruned"]["values"] == want

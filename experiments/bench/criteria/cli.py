@@ -19,11 +19,13 @@ from experiments.bench.criteria.trial import run_trial, seeds_of, setting_named
 from experiments.harness import atomic
 from experiments.harness.subruns import run_jobs
 
-__all__ = ["main", "parse_args", "run_phase", "run_select", "STEPS"]
+__all__ = ["main", "parse_args", "run_phase", "run_select", "STEPS", "EXTRA_STEPS"]
 
 #: the steps of a whole run, in order (``select`` between the screen and the held-out seeds;
 #: ``timing`` and ``report`` read the cells)
 STEPS = ("screen-oneshot", "screen-modes", "select", "heldout", "width", "timing", "report")
+#: steps run only when asked (post hoc)
+EXTRA_STEPS = ("diagnostic",)
 
 #: the cost of a network's trial relative to the others, to start the slowest first
 _COST = {"resnet20": 4, "vit": 2, "cnn": 2, "mlp": 1}
@@ -41,8 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--root", default=None,
                    help="the benchmark's folder (default runs/bench-criteria, with --quick "
                         "runs/bench-criteria-quick)")
-    p.add_argument("--step", choices=("all",) + STEPS, default="all",
-                   help="run one step (default: all, in order)")
+    p.add_argument("--step", choices=("all",) + STEPS + EXTRA_STEPS, default="all",
+                   help="run one step (default: all, in order; diagnostic, post hoc, only "
+                        "when asked)")
     p.add_argument("--networks", default=None,
                    help="comma-separated networks (default: every network of the setting)")
     p.add_argument("--workers", type=int, default=1,
@@ -108,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif step == "timing":
             from experiments.bench.criteria.timing import run_timing
             run_timing(root, setting, networks, log)
+        elif step == "diagnostic":
+            from experiments.bench.criteria.diagnostic import run_diagnostic
+            run_diagnostic(root, setting, networks, log)
         elif step == "report":
             from experiments.bench.criteria.report import write_report
             write_report(root, setting, log, docs=args.docs)
