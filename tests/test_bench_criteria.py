@@ -320,7 +320,9 @@ def test_the_diagnostic_reproduces_the_cells_right_after_pruning(quick, tmp_path
     assert list(diag) == ["cnn"]  # the MLP has no BatchNorm
     cells = {(c["method"], c["point"], c["seed"]): c for c in _cells(root, "heldout")
              if c["network"] == "cnn"}
-    for key, part in diag["cnn"].items():
+    assert sorted(diag["cnn"]["seeds"]) == sorted(str(s) for s in QUICK.heldout_seeds)
+    for key, part in diag["cnn"]["summary"].items():
         method, point = key.rsplit("@", 1)
         want = [cells[(method, float(point[:-1]), s)]["acc_pruned"] for s in QUICK.heldout_seeds]
         assert part["as_pruned"]["values"] == want
+        assert part["recalibrated"]["n"] == len(QUICK.heldout_seeds)

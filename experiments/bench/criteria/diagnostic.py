@@ -54,39 +54,47 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 1
 def run_diagnostic(root: str, setting: str, networks: Sequence[str],
                    log: Callable[[str], None], images: int = 512) -> dict:
     """Right-after-pruning accuracy with and without re-estimated BatchNorm statistics, for every
-    held-out method of the networks with BatchNorm; written to ``ROOT/diagnostic.json``."""
+    held-out method of the networks with BatchNorm, written to ``ROOT/diagnostic.json`` after
+    every seed (a killed run resumes at the next seed): per network, ``seeds`` (the values of
+    each cut, by seed) and ``summary`` (their statistics over the seeds done)."""
     s = setting_named(setting)
     store = Store(root, s)
     path = Path(root) / "diagnostic.json"
     out = atomic.read_json(path) if path.exists() else {}
     tp = load_torch_pruning(skip_missing=False, log=log)
     for net in s.networks:
-        if net.name not in networks or net.name in out:
+        if net.name not in networks:
             continue
         rows = store.rows("heldout", s.heldout_seeds, net.name)
         methods = sorted({r["method"] for r in rows})
-        cells: dict[str, dict[str, list[float]]] = {}
+        part = out.setdefault(net.name, {"seeds": {}, "summary": {}})
         for seed in s.heldout_seeds:
+            if str(seed) in part["seeds"]:
+                continue
             base, _ = baseline(net, s, seed, store.root / "baselines", log)
             if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in base.modules()):
+                out.pop(net.name)
                 break
             run = make_run(net, s, load_data(net, s, seed, "heldout"), base, tp)
             calib = run.data.finetune.tensors[0][:images]
+            cuts = {}
             for method in methods:
                 for point in net.points:
                     kept = common_widths(run.base, run.ctx, point)
                     stream = finetune_stream(run.data, net, seed)
                     model, acc, _spent, _opt = prune_copy(run, method, kept, stream)
                     recalibrate_batchnorm(model, calib)
-                    key = f"{method}@{point:g}x"
-                    part = cells.setdefault(key, {"as_pruned": [], "recalibrated": []})
-                    part["as_pruned"].append(acc)
-                    part["recalibrated"].append(run.accuracy(model))
-            log(f"diagnostic {net.name} seed {seed}: {len(methods) * len(net.points)} cuts "
-                f"re-measured with BatchNorm statistics of {len(calib)} images")
-        if cells:
-            out[net.name] = {k: {"as_pruned": seed_stats(v["as_pruned"]),
-                                 "recalibrated": seed_stats(v["recalibrated"])}
-                             for k, v in cells.items()}
+                    cuts[f"{method}@{point:g}x"] = {"as_pruned": acc,
+                                                    "recalibrated": run.accuracy(model)}
+            part["seeds"][str(seed)] = cuts
+            part["summary"] = _summary(part["seeds"])
             atomic.write_json(path, out)
+            log(f"diagnostic {net.name} seed {seed}: {len(cuts)} cuts re-measured with "
+                f"BatchNorm statistics of {len(calib)} images")
     return out
+
+
+def _summary(seeds: dict) -> dict:
+    keys = next(iter(seeds.values())).keys()
+    return {k: {stage: seed_stats([seeds[sd][k][stage] for sd in sorted(seeds)])
+                for stage in ("as_pruned", "recalibrated")} for k in keys}

@@ -64,7 +64,7 @@ def read_selection(store: Store) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the held-out seeds run the methods the "
                                 f"rule selects on the development seeds; run the screen and "
-                                f"then --phase select first")
+                                f"then --step select first")
     sel = atomic.read_json(path)
     if sel.get("setting") != store.digest:
         raise SettingMismatch(f"{path} was made for setting {sel.get('setting')}, not "
