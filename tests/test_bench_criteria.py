@@ -173,7 +173,8 @@ def test_a_folder_of_another_setting_is_refused(quick, tmp_path):
         Store(copy, replace(QUICK, rounds=3))
     other = replace(QUICK, networks=(replace(QUICK.networks[0], finetune_steps=9),)
                     + QUICK.networks[1:])
-    with pytest.raises(SettingMismatch, match=r"networks\[mlp\]\.finetune_steps: 8 in the folder, 9 now"):
+    with pytest.raises(SettingMismatch,
+                       match=r"networks\[mlp\]\.finetune_steps: 8 in the folder, 9 now"):
         Store(copy, other)
     assert {p: p.read_bytes() for p in copy.rglob("*.json")} == files
     # a cell computed with another setting is refused where it is read

@@ -35,8 +35,8 @@ from experiments.harness.training import evaluate
 from pruners import remove_units
 from saliency import SCORERS
 
-__all__ = ["Run", "make_run", "run_method", "prune_copy", "applicable", "finetune_stream", "train_steps",
-           "new_optimizer", "PEER_LABELS"]
+__all__ = ["Run", "make_run", "run_method", "prune_copy", "applicable", "finetune_stream",
+           "train_steps", "new_optimizer", "PEER_LABELS"]
 
 #: what each peer is, for tables
 PEER_LABELS = {

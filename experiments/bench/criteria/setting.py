@@ -8,7 +8,7 @@ version on generated images.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 from experiments.harness.atomic import to_jsonable

@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
 from experiments.bench.criteria.rule import STAGES
-from experiments.bench.criteria.setting import PEERS, Setting, parse_ours
+from experiments.bench.criteria.setting import PEERS, Setting
 from experiments.harness.stats import mean, t_interval
 
 __all__ = ["seed_stats", "by_cell", "curves", "differences", "verdict", "GOAL",
