@@ -15,7 +15,7 @@ from experiments.bench.peers.data import synthetic_images, trained_model
 from experiments.bench.peers.setting import ModelSpec
 from experiments.harness.datasets import Splits, get_dataset
 
-__all__ = ["Data", "load_data", "baseline", "baseline_path"]
+__all__ = ["Data", "load_data", "baseline"]
 
 _SPLITS: dict[tuple[str, int], Splits] = {}
 
@@ -76,9 +76,3 @@ def baseline(net: Network, s: Setting, seed: int, cache: Path, log) -> tuple[nn.
     splits = _train_splits(net, _splits(s, seed), seed)
     cache.mkdir(parents=True, exist_ok=True)
     return trained_model(_spec(net), splits, net, cache, seed, log)
-
-
-def baseline_path(net: Network, s: Setting, seed: int, cache: Path) -> Path:
-    """Where :func:`baseline` keeps ``net``'s checkpoint of ``seed`` (trains it if missing)."""
-    _model, info = baseline(net, s, seed, cache, lambda _m: None)
-    return Path(info["checkpoint"])

@@ -35,7 +35,7 @@ from experiments.harness.training import evaluate
 from pruners import remove_units
 from saliency import SCORERS
 
-__all__ = ["Run", "make_run", "run_method", "prune_copy", "applicable", "finetune_stream",
+__all__ = ["Run", "make_run", "run_method", "prune_copy", "finetune_stream",
            "train_steps", "new_optimizer", "PEER_LABELS"]
 
 #: what each peer is, for tables
@@ -68,32 +68,10 @@ class Run:
         """Accuracy on the phase's evaluation set, in eval mode."""
         return float(evaluate(model, self.data.eval, batch_size=self.net.eval_batch)["acc"])
 
-    def has_batchnorm(self) -> bool:
-        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.base.modules())
-
-    def has_heads(self) -> bool:
-        return bool(self.ctx.graph.prunable_heads)
-
 
 def make_run(net: Network, s: Setting, data: Data, base: nn.Module, tp: Any) -> Run:
     """The :class:`Run` of a trained network."""
     return Run(net, s, data, base, tp)
-
-
-def applicable(run: Run, method: str) -> str | None:
-    """Why ``method`` cannot run on ``run``'s network, or None if it can."""
-    if parse_ours(method) is not None:
-        return None
-    if method not in PEER_LABELS:
-        raise ValueError(f"unknown method {method!r}")
-    if method.startswith("tp_") and run.tp is None:
-        return "torch_pruning is not installed"
-    if method == "tp_bn_scale" and not run.has_batchnorm():
-        return "the network has no BatchNorm"
-    if method == "ln_structured" and run.has_heads():
-        return ("ln_structured masks rows of one weight; a head spans rows of three "
-                "projections and columns of a fourth")
-    return None
 
 
 # ---------------------------------------------------------------------------
